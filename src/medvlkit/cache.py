@@ -1,0 +1,77 @@
+"""On-disk embedding cache keyed by (model fingerprint, item id, file size, mtime).
+
+Each call that computes new embeddings appends shard files (written atomically), so an interrupted
+run keeps every shard it finished and a re-run only encodes what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$MEDVLKIT_CACHE`` or ``~/.cache/medvlkit``."""
+    return Path(os.environ.get("MEDVLKIT_CACHE", Path.home() / ".cache" / "medvlkit")).expanduser()
+
+
+def file_fingerprint(path: str) -> str:
+    """``path|size|mtime_ns`` of a file (the file part of an item id before any ``::``)."""
+    real = path.split("::", 1)[0]
+    try:
+        st = os.stat(real)
+    except OSError:
+        return f"{path}|missing"
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def item_key(item_id: str) -> str:
+    """Cache key of one dataset item (an absolute path, or ``path::member``): hash of id, size, mtime."""
+    return hashlib.sha1(file_fingerprint(item_id).encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """Embeddings of one model, stored as ``<root>/<fingerprint>/shard-*.npz``.
+
+    Args:
+        root: cache directory (``default_cache_dir()`` when None).
+        fingerprint: the model's fingerprint (``model.fingerprint()``).
+    """
+
+    def __init__(self, fingerprint: str, root: Path | None = None) -> None:
+        self.dir = Path(root or default_cache_dir()) / "embeddings" / fingerprint
+        self._store: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._store is None:
+            self._store = {}
+            for shard in sorted(self.dir.glob("shard-*.npz")):
+                try:
+                    with np.load(shard) as z:
+                        self._store.update(zip(z["keys"].tolist(), z["vectors"]))
+                except (OSError, ValueError, KeyError) as err:
+                    logger.warning("ignoring unreadable cache shard %s (%s)", shard, err)
+        return self._store
+
+    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among ``keys``."""
+        store = self._load()
+        return {k: store[k] for k in keys if k in store}
+
+    def put(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Store (N, D) vectors for N keys in a new shard (atomic rename)."""
+        if not keys:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{uuid.uuid4().hex}"
+        tmp = self.dir / f"{name}.tmp.npz"
+        np.savez(tmp, keys=np.asarray(keys), vectors=np.asarray(vectors, dtype=np.float32))
+        os.replace(tmp, self.dir / f"{name}.npz")
+        self._load().update(zip(keys, np.asarray(vectors, dtype=np.float32)))

@@ -1,0 +1,246 @@
+"""The ``medvlkit`` command line. It parses options, calls the public API and prints; no logic lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from medvlkit.errors import MedvlkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Medical vision-language models: embed, classify zero-shot, evaluate. "
+                       "Every command has --help with an example.")
+console = Console()
+err_console = Console(stderr=True)
+
+# Options shared by the commands that run a model over a dataset.
+ModelOpt = typer.Option("lite", "--model", "-m", help="lite, a preset (medvlkit models), hf:DIR, openai-ckpt:FILE, "
+                                                      "open_clip:NAME")
+DataOpt = typer.Option(..., "--data", "-d", help="image folder, CSV, JSONL, .npz, or MedPix-2.0 folder")
+SplitOpt = typer.Option(None, "--split", help="train, val or test, where the data has splits")
+FormatOpt = typer.Option("auto", "--format", help="dataset adapter (medvlkit datasets); auto detects it")
+OutOpt = typer.Option(None, "--out", "-o", help="output folder (default runs/<timestamp>-<verb>)")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, mps or auto")
+PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16")
+BatchOpt = typer.Option(64, "--batch-size", help="images per forward pass")
+WorkersOpt = typer.Option(2, "--workers", help="image loading processes (0 = main process)")
+OnErrorOpt = typer.Option("fail", "--on-error", help="fail on the first unreadable image, or skip and count it")
+NoCacheOpt = typer.Option(False, "--no-cache", help="do not read or write the embedding cache")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="embedding cache folder (default $MEDVLKIT_CACHE or "
+                                                     "~/.cache/medvlkit)")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar")
+TokenizerOpt = typer.Option(None, "--tokenizer", help="tokenizer folder for openai-ckpt: models")
+PathColOpt = typer.Option(None, "--path-column", help="CSV column with image paths")
+LabelColsOpt = typer.Option(None, "--label-columns", help="comma-separated CSV label columns")
+UncertainOpt = typer.Option("ignore", "--uncertain", help="CheXpert -1 labels: ignore (NaN), zeros or ones")
+ImageRootOpt = typer.Option(None, "--image-root", help="folder that CSV/JSONL image paths are relative to")
+
+
+def _model(spec: str, device: str, precision: str, tokenizer: str | None):
+    from medvlkit.models import create_model
+
+    kwargs = {"tokenizer": tokenizer} if tokenizer else {}
+    return create_model(spec, device=device, precision=precision, **kwargs)
+
+
+def _dataset(data: Path, split: str | None, fmt: str, path_column: str | None = None,
+             label_columns: str | None = None, uncertain: str = "ignore", image_root: str | None = None):
+    from medvlkit.data import load_dataset
+
+    opts = {k: v for k, v in dict(path_column=path_column, label_columns=label_columns, uncertain=uncertain,
+                                  image_root=image_root).items() if v is not None}
+    return load_dataset(data, split=split, format=fmt, **opts)
+
+
+def _out(out: Path | None, verb: str) -> Path:
+    from medvlkit.results import default_out_dir
+
+    return out or default_out_dir(verb)
+
+
+@app.command()
+def models(pattern: str = typer.Argument("*", help="shell pattern over preset names, e.g. '*clip*'"),
+           as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """List the named backbones: source, licence, preprocessing, how to get the weights.
+
+    Example: medvlkit models '*clip*'
+    """
+    from medvlkit.models import list_models
+
+    presets = list_models(pattern)
+    if as_json:
+        print(json.dumps([p.to_dict() for p in presets], indent=1))
+        return
+    table = Table("name", "spec", "licence", "preprocessing", "how to get it", show_lines=True)
+    for p in presets:
+        table.add_row(*(escape(v) for v in (p.name, p.spec, p.licence, p.preprocessing, p.fetch)))
+    console.print(table)
+    console.print("Any local transformers CLIP/SigLIP folder works as hf:DIR; an OpenAI-format .pt as openai-ckpt:FILE.")
+
+
+@app.command()
+def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this dataset instead of listing formats"),
+             split: str = SplitOpt, fmt: str = FormatOpt) -> None:
+    """List dataset formats and prompt sets, or describe one dataset (--data).
+
+    Example: medvlkit datasets --data ../shared/data/chest_xray_pneumonia --split test
+    """
+    from medvlkit.data import list_adapters
+    from medvlkit.prompts import list_prompt_sets
+
+    if data is not None:
+        ds = _dataset(data, split, fmt)
+        console.print(f"{ds.name} split={ds.split} images={len(ds)} multilabel={ds.multilabel} "
+                      f"captions={'yes' if ds.texts else 'no'}")
+        if ds.has_labels:
+            import numpy as np
+
+            for name, count in zip(ds.classnames, np.nansum(ds.labels, axis=0)):
+                console.print(f"  {name}: {int(count)}")
+        return
+    table = Table("format", "what it reads")
+    for a in list_adapters():
+        table.add_row(a.name, a.description)
+    console.print(table)
+    console.print("prompt sets: " + ", ".join(list_prompt_sets()))
+
+
+@app.command()
+def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
+          out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
+          workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
+          cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
+          path_column: str = PathColOpt, image_root: str = ImageRootOpt) -> None:
+    """Embed a dataset's images: writes embeddings.npy, files.csv, result.json (with images/s).
+
+    Example: medvlkit embed --model hf:./clip-vit-b32 --data ../shared/data/chest_xray_pneumonia --split test
+    """
+    from medvlkit.features import embed_images, save_embeddings
+
+    config = dict(locals())
+    m, ds = _model(model, device, precision, tokenizer), _dataset(data, split, fmt, path_column, image_root=image_root)
+    start = time.perf_counter()
+    emb = embed_images(m, ds, batch_size=batch_size, num_workers=workers, cache=not no_cache,
+                       cache_dir=cache_dir, on_error=on_error, progress=not quiet)
+    out_dir = _out(out, "embed")
+    res = save_embeddings(emb, out_dir, m, ds, _jsonable(config), time.perf_counter() - start)
+    rate = res["metrics"]["images_per_second"]
+    console.print(f"{res['metrics']['n_images']} embeddings ({res['metrics']['n_cached']} from cache, "
+                  f"{len(emb.skipped)} skipped){f', {rate:.1f} images/s' if rate else ''} -> {out_dir}")
+
+
+@app.command()
+def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
+             prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
+             classes: str = typer.Option(None, "--classes", help="comma-separated class names (instead of --prompts)"),
+             mode: str = typer.Option(None, "--mode", help="softmax (one label) or pos_neg (multi-label); default: "
+                                                           "the prompt set's"),
+             out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
+             workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
+             cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
+             bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs (0: none)"),
+             seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+             path_column: str = PathColOpt, label_columns: str = LabelColsOpt, uncertain: str = UncertainOpt,
+             image_root: str = ImageRootOpt) -> None:
+    """Zero-shot classification from text prompts; writes result.json and predictions.csv.
+
+    Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
+    """
+    from medvlkit.prompts import load_prompt_set, prompt_set_from_classes
+    from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
+
+    config = dict(locals())
+    if (prompts is None) == (classes is None):
+        raise MedvlkitError("pass exactly one of --prompts NAME|FILE or --classes 'a,b,c'")
+    ps = load_prompt_set(prompts) if prompts else prompt_set_from_classes(
+        [c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")
+    m = _model(model, device, precision, tokenizer)
+    ds = _dataset(data, split, fmt, path_column, label_columns, uncertain, image_root)
+    res = zeroshot_classify(m, ds, ps, mode, batch_size=batch_size, num_workers=workers, cache=not no_cache,
+                            cache_dir=cache_dir, on_error=on_error, progress=not quiet)
+    out_dir = _out(out, "zeroshot")
+    written = save_zeroshot(res, ds, m, out_dir, _jsonable(config), bootstrap, seed)
+    _print_metrics(written)
+    console.print(f"wrote {out_dir}/result.json and predictions.csv")
+
+
+@app.command()
+def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV with file + prob_<class> columns"),
+             labels: Path = typer.Option(..., "--labels", help="CSV with file + label (class name) or one 0/1 column "
+                                                               "per class"),
+             out: Path = OutOpt, bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples"),
+             seed: int = typer.Option(0, "--seed", help="bootstrap seed")) -> None:
+    """Score predictions made elsewhere against labels (joined on the 'file' column).
+
+    Example: medvlkit evaluate --predictions runs/x/predictions.csv --labels labels.csv --out runs/eval
+    """
+    from medvlkit.evaluate import evaluate_csv
+    from medvlkit.results import write_result
+
+    ev, classnames, unmatched = evaluate_csv(predictions, labels, bootstrap, seed)
+    out_dir = _out(out, "evaluate")
+    write_result(out_dir, dataset=str(labels), model=str(predictions), task="evaluate", metrics=ev.metrics, ci=ev.ci,
+                 config={"predictions": str(predictions), "labels": str(labels), "bootstrap": bootstrap}, seed=seed,
+                 extra={"classnames": classnames, "confusion_matrix": ev.confusion_matrix,
+                        "n_unlabelled_predictions": unmatched})
+    _print_metrics({"metrics": ev.metrics, "ci": ev.ci})
+    if unmatched:
+        err_console.print(f"warning: {unmatched} predictions had no label and were left out")
+    console.print(f"wrote {out_dir}/result.json")
+
+
+def _print_metrics(result: dict) -> None:
+    metrics, ci = result.get("metrics") or {}, result.get("ci") or {}
+    if not metrics:
+        console.print("no labels in the data: predictions only")
+        return
+    table = Table("metric", "value", "95% CI")
+    for k, v in metrics.items():
+        if "/" in k or v is None or k == "n":
+            continue
+        lo_hi = ci.get(k)
+        table.add_row(k, f"{v:.4f}", f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi and None not in lo_hi else "")
+    console.print(table)
+
+
+def _jsonable(config: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input prints one line and exits 2 (a traceback only with --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, prog_name="medvlkit", standalone_mode=False)
+    except MedvlkitError as err:
+        if debug:
+            raise
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        return 2
+    except (typer.Exit, SystemExit) as ex:
+        return int(getattr(ex, "exit_code", getattr(ex, "code", 0)) or 0)
+    except Exception as err:  # click usage errors and aborts carry their own exit codes
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        if isinstance(err, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

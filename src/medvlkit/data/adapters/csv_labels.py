@@ -1,0 +1,116 @@
+"""CSV files with a path column plus 0/1(/-1) label columns (CheXpert) or a ``|``-separated findings column
+(ChestX-ray14 ``Data_Entry_2017.csv``)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from medvlkit.data.dataset import ImageDataset, register_adapter
+from medvlkit.errors import MedvlkitError
+
+PATH_COLUMNS = ("path", "Path", "file", "filename", "image", "Image Index", "image_path", "img_path")
+FINDINGS_COLUMNS = ("Finding Labels", "findings", "labels")
+CAPTION_COLUMNS = ("caption", "text", "Caption", "report")
+UNCERTAIN_POLICIES = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
+_LABEL_VALUES = {"", "0", "1", "-1", "0.0", "1.0", "-1.0"}
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV file (UTF-8, BOM tolerated)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:
+    """The named column, or the first candidate present; a clear error naming the columns otherwise."""
+    if wanted:
+        if wanted not in header:
+            raise MedvlkitError(f"{path} has no column '{wanted}' (for {what}); its columns: {', '.join(header)}")
+        return wanted
+    for c in candidates:
+        if c in header:
+            return c
+    raise MedvlkitError(f"{path}: no {what} column found (looked for {', '.join(candidates)}); its columns: "
+                        f"{', '.join(header)}. Name it with the matching option")
+
+
+def resolve_image_path(value: str, roots: list[Path]) -> str:
+    """First existing ``root/value`` (absolute values kept); the first candidate if none exists."""
+    p = Path(value)
+    if p.is_absolute():
+        return str(p)
+    cands = [r / value for r in roots] + [r / "images" / value for r in roots]
+    for c in cands:
+        if c.exists():
+            return str(c.resolve())
+    return str(cands[0].resolve())
+
+
+def _detect(path: Path) -> bool:
+    if not (path.is_file() and path.suffix.lower() == ".csv"):
+        return False
+    with open(path, encoding="utf-8-sig") as f:
+        header = f.readline()
+    return not any(c in header for c in CAPTION_COLUMNS)
+
+
+def _label_columns(header: list[str], rows: list[dict[str, str]], skip: set[str]) -> list[str]:
+    return [c for c in header if c not in skip and rows and all(r[c].strip() in _LABEL_VALUES for r in rows)
+            and any(r[c].strip() for r in rows)]
+
+
+@register_adapter("csv", "CSV: a path column + 0/1/-1 label columns (CheXpert) or a '|'-separated findings "
+                  "column (ChestX-ray14)", _detect)
+def load_label_csv(path: Path, split: str | None = None, path_column: str | None = None,
+                   label_columns: list[str] | str | None = None, findings_column: str | None = None,
+                   uncertain: str = "ignore", image_root: str | None = None, **_: object) -> ImageDataset:
+    """Load a label CSV.
+
+    Args:
+        path_column: column with image paths (relative to ``image_root``, the CSV's folder or its parent).
+        label_columns: label columns (comma-separated or list); auto: every column of only 0/1/-1/blank.
+        findings_column: a ``|``-separated findings column; used when no label columns are given/found.
+        uncertain: CheXpert's -1: ``ignore`` (NaN, masked from metrics), ``zeros`` or ``ones``.
+        split: keep rows whose ``split`` column equals it (when the CSV has one).
+    """
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise MedvlkitError(f"--uncertain {uncertain}: valid options: {', '.join(UNCERTAIN_POLICIES)}")
+    header, rows = read_csv_rows(path)
+    if not rows:
+        raise MedvlkitError(f"{path} has a header but no rows")
+    pcol = pick_column(header, path_column, PATH_COLUMNS, "image path", path)
+    if split and "split" in header:
+        rows = [r for r in rows if r["split"].strip().lower() == split.lower()]
+        if not rows:
+            raise MedvlkitError(f"{path}: no rows with split == '{split}'")
+    if isinstance(label_columns, str):
+        label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
+    for c in label_columns or []:
+        pick_column(header, c, (), "labels", path)
+    cols = label_columns or ([] if findings_column else _label_columns(header, rows, {pcol, "split"}))
+    if cols:
+        labels = np.array([[_label_value(r[c], uncertain) for c in cols] for r in rows], dtype=np.float32)
+        names = cols
+    else:
+        fcol = pick_column(header, findings_column, FINDINGS_COLUMNS, "label or findings", path)
+        names = sorted({f.strip() for r in rows for f in r[fcol].split("|") if f.strip()})
+        labels = np.array([[1.0 if n in {f.strip() for f in r[fcol].split("|")} else 0.0 for n in names]
+                           for r in rows], dtype=np.float32)
+    roots = [Path(image_root)] if image_root else [path.parent, path.parent.parent]
+    items = [resolve_image_path(r[pcol], roots) for r in rows]
+    single = bool(np.all(np.nansum(labels, axis=1) == 1) and not np.isnan(labels).any())
+    return ImageDataset(items=items, name=path.stem, classnames=names, labels=labels, multilabel=not single,
+                        split=split, meta={"uncertain": uncertain})
+
+
+def _label_value(raw: str, uncertain: str) -> float:
+    raw = raw.strip()
+    if raw == "":
+        return float("nan")
+    v = float(raw)
+    return UNCERTAIN_POLICIES[uncertain] if v == -1 else v

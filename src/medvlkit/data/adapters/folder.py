@@ -1,0 +1,69 @@
+"""Image folders: ``root/<class>/*.png``, ``root/<split>/<class>/*``, COVID-QU-Ex ``<split>/<class>/images/*``,
+or a flat folder of unlabelled images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
+from medvlkit.data.io import is_image_file
+from medvlkit.errors import MedvlkitError
+
+SPLIT_ALIASES = {"val": ("val", "valid", "validation", "dev"), "test": ("test", "testing"),
+                 "train": ("train", "training")}
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files of a class folder; COVID-QU-Ex keeps them in ``images/`` beside its mask folders."""
+    inner = folder / "images"
+    src = inner if inner.is_dir() else folder
+    return sorted(p for p in src.iterdir() if p.is_file() and is_image_file(p))
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_split_dir(root: Path, split: str) -> Path | None:
+    """``root/<split>`` under the split's usual spellings (val/valid/validation/dev...)."""
+    for name in SPLIT_ALIASES.get(split.lower(), (split,)):
+        for cand in (root / name, root / name.capitalize(), root / name.upper()):
+            if cand.is_dir():
+                return cand
+    return None
+
+
+def _detect(path: Path) -> bool:
+    return path.is_dir() and not (path / "descriptions_test.jsonl").exists()
+
+
+@register_adapter("folder", "image folder: <root>/[<split>/]<class>/[images/]*.png|jpg|dcm..., or flat "
+                  "unlabelled images", _detect)
+def load_image_folder(path: Path, split: str | None = None, **_: object) -> ImageDataset:
+    """Load a class-per-subfolder image tree (or a flat folder of unlabelled images)."""
+    root = Path(path)
+    if split:
+        split_dir = find_split_dir(root, split)
+        if split_dir is None:
+            raise MedvlkitError(f"--data {root} has no '{split}' split folder; its sub-folders are: "
+                                f"{', '.join(p.name for p in _subdirs(root)) or '(none)'}")
+        root = split_dir
+    flat = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
+    classes = [d for d in _subdirs(root) if _images_in(d)]
+    if not classes and not flat:
+        splits = [d.name for d in _subdirs(root) if any(d.name.lower() in a for a in SPLIT_ALIASES.values())]
+        hint = f"; it has split folders {', '.join(splits)}: pass --split" if splits else ""
+        raise MedvlkitError(f"--data {root}: no images found (looked for {', '.join(('.png', '.jpg', '.dcm'))}... "
+                            f"directly and in class sub-folders){hint}")
+    if not classes:
+        return ImageDataset(items=[str(p.resolve()) for p in flat], name=Path(path).name, split=split)
+    items, idx = [], []
+    for c, d in enumerate(classes):
+        files = _images_in(d)
+        items += [str(p.resolve()) for p in files]
+        idx += [c] * len(files)
+    return ImageDataset(items=items, name=Path(path).name, classnames=[d.name for d in classes],
+                        labels=one_hot(np.asarray(idx), len(classes)), split=split,
+                        meta={"root": str(root.resolve())})

@@ -1,0 +1,135 @@
+"""The sample contract shared by every adapter, and the adapter registry.
+
+A dataset is a list of image items with, optionally, labels and captions:
+
+- ``items[i]``: absolute path of an image file, or ``<file.npz>::<array>[<index>]``.
+- ``labels``: float array (N, C): 1 present, 0 absent, NaN unknown (uncertain labels after the policy).
+- ``classnames[c]``: name of column c of ``labels``.
+- ``multilabel``: False when every row has exactly one 1 (one class per image).
+- ``texts[i]``: the caption of item i, for image-caption data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medvlkit.data.io import read_image
+from medvlkit.errors import MedvlkitError
+
+
+@dataclass
+class ImageDataset:
+    """Images with optional labels and captions (see the module docstring for every field)."""
+
+    items: list[str]
+    name: str
+    classnames: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None
+    multilabel: bool = False
+    texts: list[str] | None = None
+    split: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.items)
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.float32)
+            if self.labels.shape != (n, len(self.classnames)):
+                raise ValueError(f"labels shape {self.labels.shape} != (items {n}, classes {len(self.classnames)})")
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError(f"{len(self.texts)} texts for {n} items")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None and len(self.classnames) > 0
+
+    def load_image(self, index: int) -> Image.Image:
+        """Read item ``index`` (raises ``ImageReadError`` naming the file)."""
+        return read_image(self.items[index])
+
+    def targets(self) -> np.ndarray:
+        """Class index per item for single-label data. (N,) int."""
+        if not self.has_labels or self.multilabel:
+            raise MedvlkitError(f"dataset '{self.name}' has no single-label targets")
+        return np.nanargmax(self.labels, axis=1)
+
+    def subset(self, keep: np.ndarray | list[int]) -> ImageDataset:
+        """A copy restricted to the given item indices (order kept)."""
+        keep = np.asarray(keep, dtype=int)
+        return ImageDataset(
+            items=[self.items[i] for i in keep], name=self.name, classnames=list(self.classnames),
+            labels=None if self.labels is None else self.labels[keep], multilabel=self.multilabel,
+            texts=None if self.texts is None else [self.texts[i] for i in keep], split=self.split,
+            meta=dict(self.meta))
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A registered dataset format: how to recognise it and how to load it."""
+
+    name: str
+    description: str
+    detect: Callable[[Path], bool]
+    load: Callable[..., ImageDataset]
+
+
+_ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(name: str, description: str, detect: Callable[[Path], bool]):
+    """Decorator registering a loader ``fn(path, split=None, **options) -> ImageDataset``."""
+
+    def wrap(fn: Callable[..., ImageDataset]) -> Callable[..., ImageDataset]:
+        _ADAPTERS[name] = Adapter(name, description, detect, fn)
+        return fn
+
+    return wrap
+
+
+def list_adapters() -> list[Adapter]:
+    """Every registered dataset format, in registration order."""
+    import medvlkit.data.adapters  # noqa: F401  (registers the built-in adapters)
+
+    return list(_ADAPTERS.values())
+
+
+def load_dataset(path: str | Path, split: str | None = None, format: str = "auto", **options) -> ImageDataset:
+    """Load a dataset from a folder or file.
+
+    Args:
+        path: an image folder, a CSV/JSONL file, a MedMNIST-style ``.npz``, or a MedPix-2.0 folder.
+        split: ``train``, ``val``, ``test`` (or the data's own split names) where the data has splits.
+        format: an adapter name from ``medvlkit datasets``, or ``auto`` to detect it.
+        **options: adapter options (``path_column``, ``label_columns``, ``uncertain``, ``image_root``...).
+
+    Raises:
+        MedvlkitError: the path does not exist, no adapter recognises it, or the adapter rejects it.
+    """
+    adapters = {a.name: a for a in list_adapters()}
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MedvlkitError(f"--data {path}: no such file or folder")
+    if format != "auto":
+        if format not in adapters:
+            raise MedvlkitError(f"--format {format}: unknown; valid options: auto, {', '.join(adapters)}")
+        return adapters[format].load(path, split=split, **options)
+    for adapter in adapters.values():
+        if adapter.detect(path):
+            return adapter.load(path, split=split, **options)
+    raise MedvlkitError(f"--data {path}: no dataset format recognises it; valid formats: {', '.join(adapters)} "
+                        "(see `medvlkit datasets`), or pass --format")
+
+
+def one_hot(indices: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N,) int -> (N, C) float32 one-hot label matrix."""
+    out = np.zeros((len(indices), n_classes), dtype=np.float32)
+    out[np.arange(len(indices)), indices] = 1.0
+    return out

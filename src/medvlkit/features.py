@@ -1,0 +1,161 @@
+"""Image and text embeddings: batched, multi-worker loading, inference mode, on-disk cache, progress bar."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medvlkit.cache import EmbeddingCache, item_key
+from medvlkit.data.dataset import ImageDataset
+from medvlkit.errors import ImageReadError, MedvlkitError
+from medvlkit.models.base import ImagePreprocessor, ModelBase
+
+logger = logging.getLogger(__name__)
+ON_ERROR = ("fail", "skip")
+_FLUSH_EVERY = 2048  # write a cache shard at least every this many new embeddings
+
+
+@dataclass
+class ImageEmbeddings:
+    """Embeddings of the readable items of a dataset.
+
+    Attributes:
+        vectors: (N_ok, D) float32, L2-normalised.
+        indices: (N_ok,) positions of those items in the dataset.
+        items: the N_ok item ids.
+        skipped: (item, reason) for every item that could not be read.
+        n_cached: how many vectors came from the cache.
+    """
+
+    vectors: np.ndarray
+    indices: np.ndarray
+    items: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    n_cached: int = 0
+
+
+class _Images(torch.utils.data.Dataset):
+    """Reads and preprocesses items in loader workers; a failure comes back as its message, not an exception."""
+
+    def __init__(self, dataset: ImageDataset, positions: list[int], preprocessor: ImagePreprocessor) -> None:
+        self.dataset, self.positions, self.preprocessor = dataset, positions, preprocessor
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        pos = self.positions[i]
+        try:
+            return pos, self.preprocessor(self.dataset.load_image(pos)), ""
+        except ImageReadError as err:
+            return pos, None, err.reason
+
+
+def _collate(batch):
+    ok = [(p, t) for p, t, _ in batch if t is not None]
+    failed = [(p, e) for p, t, e in batch if t is None]
+    pixels = torch.stack([t for _, t in ok]) if ok else None
+    return [p for p, _ in ok], pixels, failed
+
+
+@torch.inference_mode()
+def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
+                 cache: bool = True, cache_dir: str | None = None, on_error: str = "fail",
+                 progress: bool = True) -> ImageEmbeddings:
+    """Encode every image of ``dataset`` with ``model`` (cached vectors are reused, not recomputed).
+
+    Args:
+        model: any medvlkit model (``create_model``).
+        dataset: the images.
+        batch_size: images per forward pass.
+        num_workers: loader processes reading and preprocessing images (0 = in this process).
+        cache: read and write the on-disk embedding cache.
+        cache_dir: cache root (default ``$MEDVLKIT_CACHE`` or ``~/.cache/medvlkit``).
+        on_error: ``fail`` raises on the first unreadable image; ``skip`` records it in ``skipped``.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`ImageEmbeddings` in dataset order, without the skipped items.
+    """
+    if on_error not in ON_ERROR:
+        raise MedvlkitError(f"--on-error {on_error}: valid options: {', '.join(ON_ERROR)}")
+    store = EmbeddingCache(model.fingerprint(), cache_dir) if cache else None
+    keys = [item_key(it) for it in dataset.items]
+    found = store.get(keys) if store else {}
+    vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
+    todo = [i for i in range(len(dataset)) if i not in vectors]
+    skipped: list[tuple[str, str]] = []
+    pending: list[int] = []
+    loader = torch.utils.data.DataLoader(_Images(dataset, todo, model.image_preprocessor), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_collate)
+    bar = tqdm(total=len(dataset), initial=len(vectors), desc="embed images", unit="img", disable=not progress)
+    for positions, pixels, failed in loader:
+        for pos, reason in failed:
+            if on_error == "fail":
+                raise ImageReadError(dataset.items[pos], reason + " (pass --on-error skip to skip such files)")
+            logger.warning("skipping unreadable image %s: %s", dataset.items[pos], reason)
+            skipped.append((dataset.items[pos], reason))
+        if pixels is not None:
+            out = model.encode_image(pixels).float().cpu().numpy()
+            vectors.update(zip(positions, out))
+            pending += positions
+        if store and len(pending) >= _FLUSH_EVERY:
+            store.put([keys[i] for i in pending], np.stack([vectors[i] for i in pending]))
+            pending = []
+        bar.update(len(positions) + len(failed))
+    bar.close()
+    if store and pending:
+        store.put([keys[i] for i in pending], np.stack([vectors[i] for i in pending]))
+    order = np.array(sorted(vectors), dtype=int)
+    if len(order) == 0:
+        raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped); "
+                            f"first error: {skipped[0][0]}: {skipped[0][1]}" if skipped else "dataset is empty")
+    return ImageEmbeddings(vectors=np.stack([vectors[i] for i in order]).astype(np.float32), indices=order,
+                           items=[dataset.items[i] for i in order], skipped=skipped, n_cached=len(found))
+
+
+@torch.inference_mode()
+def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Encode texts (tokenised to the model's context length). Returns (N, D) float32, L2-normalised."""
+    if not texts:
+        raise MedvlkitError("no texts to embed")
+    chunks = [model.encode_text(model.tokenize(texts[i:i + batch_size])).float().cpu().numpy()
+              for i in range(0, len(texts), batch_size)]
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def save_embeddings(emb: ImageEmbeddings, out_dir, model: ModelBase, dataset: ImageDataset, config: dict,
+                    seconds: float) -> dict:
+    """Write ``embeddings.npy`` (N, D), ``files.csv`` (row i = file of embedding i) and ``result.json``.
+
+    Returns:
+        the dict written to ``result.json`` (``metrics`` holds throughput and counts).
+    """
+    import csv
+    import json
+    from pathlib import Path
+
+    from medvlkit.results import write_result
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "embeddings.npy", emb.vectors)
+    with open(out_dir / "files.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "file"] + (["text"] if dataset.texts else []))
+        for row, (pos, item) in enumerate(zip(emb.indices, emb.items)):
+            w.writerow([row, item] + ([dataset.texts[pos]] if dataset.texts else []))
+    computed = len(emb.items) - emb.n_cached
+    metrics = {"n_images": len(emb.items), "n_cached": emb.n_cached, "n_computed": computed,
+               "seconds": seconds, "images_per_second": computed / seconds if computed and seconds > 0 else None,
+               "embed_dim": int(emb.vectors.shape[1])}
+    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    path = write_result(out_dir, dataset=name, model=model.name, task="embed", metrics=metrics, config=config,
+                        n_skipped=len(emb.skipped),
+                        extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped],
+                               "preprocess": model.preprocess_cfg.to_dict()})
+    return json.loads(path.read_text())

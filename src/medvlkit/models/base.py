@@ -1,0 +1,149 @@
+"""The one surface every backbone shows to the tasks, and the preprocessing that travels with it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+TextBatch = dict[str, torch.Tensor]
+"""Tokenizer output: at least ``input_ids`` (B, L); often ``attention_mask`` (B, L)."""
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """How pixels must be prepared for one set of weights.
+
+    Attributes:
+        image_size: side of the square input the model sees.
+        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        std: per-channel std divided after subtracting the mean.
+        interpolation: PIL resampling filter name (bicubic, bilinear, nearest, lanczos).
+        resize_mode: ``shortest`` resizes the short side to ``image_size`` then centre-crops (CLIP);
+            ``squash`` resizes both sides to ``image_size`` without keeping the aspect ratio (SigLIP).
+    """
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation={self.interpolation!r}; valid options: {sorted(_RESAMPLE)}")
+        if self.resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"resize_mode={self.resize_mode!r}; valid options: shortest, squash")
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ImagePreprocessor:
+    """Turns PIL images into the (3, S, S) float tensor one model expects. Picklable for loader workers."""
+
+    cfg: PreprocessCfg = field(default_factory=PreprocessCfg)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """Resize, crop, scale to [0, 1] and normalise one image. Returns (3, S, S) float32."""
+        cfg = self.cfg
+        # Grey images become RGB only here, at the model boundary (all backbones take 3 channels).
+        image = image.convert("RGB")
+        resample = _RESAMPLE[cfg.interpolation]
+        size = cfg.image_size
+        if cfg.resize_mode == "squash":
+            image = image.resize((size, size), resample=resample)
+        else:
+            w, h = image.size
+            scale = size / min(w, h)
+            # floor, as torchvision's Resize and transformers' CLIP processor compute the long side
+            new_w, new_h = max(size, int(w * scale)), max(size, int(h * scale))
+            image = image.resize((new_w, new_h), resample=resample)
+            left, top = (new_w - size) // 2, (new_h - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+        arr = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
+        arr = (arr - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    def batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """Preprocess a list of images. Returns (B, 3, S, S)."""
+        return torch.stack([self(im) for im in images])
+
+
+@runtime_checkable
+class VisionLanguageModel(Protocol):
+    """What every backbone offers: two encoders into one space, and how to feed them."""
+
+    name: str
+    embed_dim: int
+    preprocess_cfg: PreprocessCfg
+    context_length: int
+    logit_scale: float
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, D)."""
+        ...
+
+    def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
+        """Tokenizer output for B texts -> (B, D)."""
+        ...
+
+    def tokenize(self, texts: list[str]) -> TextBatch:
+        """Texts -> tokens, cut at ``context_length`` tokens (never characters)."""
+        ...
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> (B, 3, S, S)."""
+        ...
+
+
+class ModelBase(torch.nn.Module):
+    """Shared plumbing for medvlkit's model wrappers: preprocessing, device, fingerprint."""
+
+    name: str = "model"
+    embed_dim: int = 0
+    context_length: int = 77
+
+    def __init__(self, preprocess_cfg: PreprocessCfg, weight_files: list[str] | None = None) -> None:
+        super().__init__()
+        self.preprocess_cfg = preprocess_cfg
+        self.image_preprocessor = ImagePreprocessor(preprocess_cfg)
+        self.weight_files = list(weight_files or [])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> (B, 3, S, S) float32 tensor on the CPU."""
+        return self.image_preprocessor.batch(images)
+
+    def fingerprint(self) -> str:
+        """A short id of (model name, weight files' paths, sizes, mtimes) for the embedding cache."""
+        from medvlkit.cache import file_fingerprint
+
+        parts = [self.name, repr(self.preprocess_cfg)] + [file_fingerprint(f) for f in self.weight_files]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm. (B, D) -> (B, D)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,153 @@
+"""transformers CLIPModel / SiglipModel behind the medvlkit model surface (`hf:<dir or hub id>`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from medvlkit.errors import MedvlkitError
+from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+
+logger = logging.getLogger(__name__)
+
+_PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+_SUPPORTED_TYPES = ("clip", "siglip")
+
+
+class HFDualEncoder(ModelBase):
+    """A transformers CLIPModel or SiglipModel with its tokenizer and preprocessing.
+
+    Args:
+        model: a ``CLIPModel`` or ``SiglipModel``.
+        tokenizer: the tokenizer saved with the weights.
+        preprocess_cfg: image preprocessing read from the weights' ``preprocessor_config.json``.
+        name: the spec the model was created from.
+        weight_files: files whose size and mtime identify these weights (for the embedding cache).
+    """
+
+    def __init__(self, model, tokenizer, preprocess_cfg: PreprocessCfg, name: str,
+                 weight_files: list[str] | None = None) -> None:
+        super().__init__(preprocess_cfg, weight_files)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.model_type = model.config.model_type
+        self.embed_dim = _projection_dim(model.config)
+        self.context_length = int(model.config.text_config.max_position_embeddings)
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's own learned temperature (exp of the stored log scale)."""
+        return float(self.model.logit_scale.detach().exp())
+
+    def tokenize(self, texts: list[str]) -> TextBatch:
+        # SigLIP was trained on texts padded to the full length and pools the last token.
+        padding = "max_length" if self.model_type == "siglip" else True
+        out = self.tokenizer(list(texts), padding=padding, truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+        keep = ("input_ids",) if self.model_type == "siglip" else ("input_ids", "attention_mask")
+        return {k: out[k] for k in keep if k in out}
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        feats = _pooled(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
+        return l2_normalize(feats) if normalize else feats
+
+    def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
+        tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        feats = _pooled(self.model.get_text_features(**tokens))
+        return l2_normalize(feats) if normalize else feats
+
+
+def _pooled(out) -> torch.Tensor:
+    """transformers 5 returns an output object from get_*_features; 4.x returned the tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _projection_dim(config) -> int:
+    if getattr(config, "projection_dim", None):
+        return int(config.projection_dim)
+    return int(config.vision_config.hidden_size)  # SigLIP: no projection, the pooled width is the space
+
+
+def preprocess_cfg_from_dir(path: Path, model_type: str, image_size: int) -> PreprocessCfg:
+    """Read ``preprocessor_config.json`` (as saved by CLIPImageProcessor / SiglipImageProcessor)."""
+    defaults = _default_cfg(model_type, image_size)
+    cfg_file = path / "preprocessor_config.json"
+    if not cfg_file.is_file():
+        logger.warning("%s has no preprocessor_config.json; using %s defaults", path, model_type)
+        return defaults
+    raw = json.loads(cfg_file.read_text())
+    size = raw.get("size") or {}
+    crop = raw.get("crop_size") or {}
+    if raw.get("do_center_crop", False) and "shortest_edge" in size:
+        side, mode = int(crop.get("height", size["shortest_edge"])), "shortest"
+        if side != int(size["shortest_edge"]):
+            logger.warning("crop %d != resize %d in %s; using crop size", side, size["shortest_edge"], cfg_file)
+    else:
+        side = int(size.get("height", size.get("shortest_edge", image_size)))
+        mode = "squash" if "height" in size else "shortest"
+    return PreprocessCfg(
+        image_size=side,
+        mean=tuple(raw.get("image_mean", defaults.mean)),
+        std=tuple(raw.get("image_std", defaults.std)),
+        interpolation=_PIL_RESAMPLE_NAMES.get(int(raw.get("resample", 3)), "bicubic"),
+        resize_mode=mode,
+    )
+
+
+def _default_cfg(model_type: str, image_size: int) -> PreprocessCfg:
+    if model_type == "siglip":
+        return PreprocessCfg(image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", "squash")
+    return PreprocessCfg(image_size=image_size)
+
+
+def resolve_hf_path(ref: str) -> Path:
+    """A local directory as is; a hub id through the local Hugging Face cache only.
+
+    Raises:
+        MedvlkitError: the id is neither a directory nor cached, with the command that fetches it.
+    """
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MedvlkitError(f"hf:{ref} is a file; hf: takes a directory written by save_pretrained "
+                            "(use openai-ckpt:FILE for an OpenAI-format .pt/.pth state dict)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception as err:  # noqa: BLE001 - any hub failure means the same thing to the user
+        raise MedvlkitError(
+            f"model 'hf:{ref}' is not a local directory and not in the Hugging Face cache ({type(err).__name__}); "
+            f"this machine has no hub access. On a machine with a network run "
+            f"`huggingface-cli download {ref} --local-dir DIR`, copy DIR here and pass --model hf:DIR"
+        ) from None
+
+
+def load_hf(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> HFDualEncoder:
+    """Load a CLIPModel or SiglipModel and its tokenizer from a directory (or cached hub id)."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
+
+    path = resolve_hf_path(ref)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise MedvlkitError(f"hf:{ref}: no readable config.json in {path} ({err})") from None
+    if config.model_type not in _SUPPORTED_TYPES:
+        raise MedvlkitError(f"hf:{ref} is a '{config.model_type}' model; hf: loads {', '.join(_SUPPORTED_TYPES)}. "
+                            "For OpenCLIP models (BiomedCLIP) use open_clip:hf-hub:<id>")
+    cls = SiglipModel if config.model_type == "siglip" else CLIPModel
+    model = cls.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise MedvlkitError(f"hf:{ref}: no tokenizer files in {path} ({err}); save the tokenizer next to "
+                            "the weights with tokenizer.save_pretrained(DIR)") from None
+    cfg = preprocess_cfg_from_dir(path, config.model_type, int(config.vision_config.image_size))
+    weights = sorted(str(p) for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return HFDualEncoder(model, tokenizer, cfg, name=f"hf:{os.fspath(ref)}", weight_files=weights)

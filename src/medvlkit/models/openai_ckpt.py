@@ -1,0 +1,189 @@
+"""OpenAI-format CLIP state dicts (CheXzero, original PubMedCLIP) <-> transformers CLIPModel.
+
+The architecture is inferred from tensor shapes, as OpenAI's ``clip.model.build_model`` does.
+Only ViT image towers map onto CLIPModel; ResNet (RN50...) checkpoints are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from medvlkit.errors import MedvlkitError
+from medvlkit.models.base import PreprocessCfg
+from medvlkit.models.hf import HFDualEncoder
+
+logger = logging.getLogger(__name__)
+
+# (openai suffix inside a residual block, HF suffix inside an encoder layer)
+_BLOCK_MAP = [
+    ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
+    ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"),
+]
+_TOWERS = [("visual.transformer.resblocks", "vision_model.encoder.layers"),
+           ("transformer.resblocks", "text_model.encoder.layers")]
+_PLAIN_MAP = {
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "logit_scale": "logit_scale",
+}
+_TRANSPOSED = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
+_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
+def infer_clip_config(sd: dict[str, torch.Tensor]):
+    """A transformers ``CLIPConfig`` matching an OpenAI-format state dict's shapes."""
+    from transformers import CLIPConfig
+
+    if "visual.proj" not in sd or "visual.conv1.weight" not in sd:
+        kind = "a ResNet image tower (RN50/RN101...)" if "visual.layer1.0.conv1.weight" in sd else "not a CLIP ViT"
+        raise MedvlkitError(f"this checkpoint is {kind}; openai-ckpt: converts ViT CLIP checkpoints only "
+                            "(for ResNet CLIPs use open_clip:RN50@<file>)")
+
+    def n_layers(prefix: str) -> int:
+        return len({k.split(".")[len(prefix.split("."))] for k in sd if k.startswith(prefix + ".")})
+
+    v_width, _, patch, _ = sd["visual.conv1.weight"].shape
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    t_width = sd["ln_final.weight"].shape[0]
+    vocab = sd["token_embedding.weight"].shape[0]
+    common = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+    text = dict(common, vocab_size=vocab, hidden_size=t_width, intermediate_size=4 * t_width,
+                num_hidden_layers=n_layers("transformer.resblocks"), num_attention_heads=max(1, t_width // 64),
+                max_position_embeddings=sd["positional_embedding"].shape[0],
+                # OpenAI pools the end-of-text token, which is the highest id of its vocabulary.
+                eos_token_id=vocab - 1, bos_token_id=vocab - 2, pad_token_id=vocab - 1)
+    vision = dict(common, hidden_size=v_width, intermediate_size=4 * v_width, patch_size=patch,
+                  image_size=patch * grid, num_hidden_layers=n_layers("visual.transformer.resblocks"),
+                  num_attention_heads=max(1, v_width // 64))
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=sd["text_projection"].shape[1])
+
+
+def openai_to_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename and split an OpenAI-format CLIP state dict into CLIPModel's layout."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key in _JIT_EXTRAS or key == "attn_mask" or key.endswith(".attn_mask"):
+            continue
+        if key in _PLAIN_MAP:
+            out[_PLAIN_MAP[key]] = value
+        elif key in _TRANSPOSED:
+            out[_TRANSPOSED[key]] = value.t().contiguous()
+        else:
+            out.update(_convert_block_key(key, value))
+    return out
+
+
+def _convert_block_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    for src, dst in _TOWERS:
+        m = re.fullmatch(re.escape(src) + r"\.(\d+)\.(.+)", key)
+        if not m:
+            continue
+        layer, rest = m.groups()
+        base = f"{dst}.{layer}"
+        if rest.startswith("attn.in_proj_"):
+            kind = rest.rsplit("_", 1)[1]  # weight | bias
+            q, k, v = value.chunk(3, dim=0)
+            return {f"{base}.self_attn.{n}_proj.{kind}": t.contiguous() for n, t in zip("qkv", (q, k, v))}
+        for o, h in _BLOCK_MAP:
+            if rest.startswith(o + "."):
+                return {f"{base}.{h}{rest[len(o):]}": value}
+    raise MedvlkitError(f"unexpected tensor '{key}' in OpenAI-format checkpoint; is this a CLIP state dict?")
+
+
+def hf_to_openai_state_dict(model) -> dict[str, torch.Tensor]:
+    """The inverse conversion: a CLIPModel's weights in OpenAI's layout (for export and tests)."""
+    hf = model.state_dict()
+    out = {o: hf[h] for o, h in _PLAIN_MAP.items()}
+    out.update({o: hf[h].t().contiguous() for o, h in _TRANSPOSED.items()})
+    for src, dst in _TOWERS:
+        n = len({k.split(".")[3] for k in hf if k.startswith(dst + ".")})
+        for i in range(n):
+            base = f"{dst}.{i}"
+            for kind in ("weight", "bias"):
+                out[f"{src}.{i}.attn.in_proj_{kind}"] = torch.cat(
+                    [hf[f"{base}.self_attn.{n_}_proj.{kind}"] for n_ in "qkv"], dim=0)
+                for o, h in _BLOCK_MAP:
+                    out[f"{src}.{i}.{o}.{kind}"] = hf[f"{base}.{h}.{kind}"]
+    return out
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a .pt/.pth state dict safely (``weights_only=True``); TorchScript archives via ``jit.load``."""
+    if not path.is_file():
+        raise MedvlkitError(f"checkpoint '{path}' does not exist; pass openai-ckpt:<path to .pt/.pth file>")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        if _is_torchscript(path):
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            raise MedvlkitError(f"cannot load '{path}' with weights_only=True ({str(err).splitlines()[0]}); "
+                                "re-save it as a plain state dict: torch.save(model.state_dict(), FILE)") from None
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise MedvlkitError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
+    return {k.removeprefix("module.").removeprefix("model."): v for k, v in obj.items()
+            if isinstance(v, torch.Tensor)}
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def find_tokenizer(ckpt: Path, tokenizer: str | None):
+    """The CLIP BPE tokenizer: ``tokenizer`` dir, else files beside the checkpoint, else an error."""
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    candidates = [Path(tokenizer).expanduser()] if tokenizer else [ckpt.parent]
+    for d in candidates:
+        if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+            return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+        if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(d, local_files_only=True)
+    if tokenizer:
+        raise MedvlkitError(f"--tokenizer {tokenizer}: no vocab.json + merges.txt or tokenizer.json there")
+    raise MedvlkitError(
+        f"no CLIP tokenizer beside '{ckpt}'. OpenAI-format checkpoints use the OpenAI CLIP BPE tokenizer: put its "
+        "vocab.json and merges.txt (from openai/clip-vit-base-patch32) next to the checkpoint or pass --tokenizer DIR")
+
+
+def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                     tokenizer: str | None = None) -> HFDualEncoder:
+    """Load an OpenAI-format CLIP checkpoint as a transformers CLIPModel behind the medvlkit surface."""
+    from transformers import CLIPModel
+
+    path = Path(ref).expanduser()
+    sd = read_state_dict(path)
+    config = infer_clip_config(sd)
+    model = CLIPModel(config)
+    missing, unexpected = model.load_state_dict(openai_to_hf_state_dict(sd), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise MedvlkitError(f"'{path}' does not match the inferred CLIP architecture: "
+                            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    cfg = PreprocessCfg(image_size=config.vision_config.image_size)  # OpenAI CLIP: bicubic, CLIP mean/std
+    tok = find_tokenizer(path, tokenizer)
+    logger.info("converted %s: ViT width %d, %d layers, image %d px", path, config.vision_config.hidden_size,
+                config.vision_config.num_hidden_layers, cfg.image_size)
+    return HFDualEncoder(model.to(device=device, dtype=dtype), tok, cfg, name=f"openai-ckpt:{ref}",
+                         weight_files=[str(path)])

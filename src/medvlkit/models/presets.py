@@ -1,0 +1,74 @@
+"""Named backbones: where their weights come from, their licence, preprocessing, and how to fetch them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """One registered backbone.
+
+    Attributes:
+        name: the short name users pass to ``--model``.
+        spec: the source spec it resolves to when no local copy is found (``hf:<hub id>`` ...).
+        description: what the model is and what it was trained on.
+        licence: the weights' licence as stated by their source.
+        preprocessing: image size, resize, mean/std as the weights expect.
+        fetch: the command that fetches the weights where a network exists.
+        local_name: file or folder to look for in ``$MEDVLKIT_MODELS/<name>/``.
+    """
+
+    name: str
+    spec: str
+    description: str
+    licence: str
+    preprocessing: str
+    fetch: str
+    local_name: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_CLIP_PRE = "224 px, short side resized (bicubic) + centre crop, CLIP mean/std"
+
+
+def _hf_fetch(hub_id: str, name: str) -> str:
+    return f"huggingface-cli download {hub_id} --local-dir $MEDVLKIT_MODELS/{name}"
+
+
+PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
+    ModelPreset("lite", "lite", "medvlkit's embedded default: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2 "
+                "towers with projection heads trained by `medvlkit pretrain` on medical image-caption pairs",
+                "Apache-2.0 (heads); towers: Apache-2.0", "224 px squash, bilinear, mean/std 0.5",
+                "ships with medvlkit (no download)"),
+    ModelPreset("clip-vit-b32", "hf:openai/clip-vit-base-patch32", "OpenAI CLIP ViT-B/32 (400M web pairs)",
+                "MIT", _CLIP_PRE, _hf_fetch("openai/clip-vit-base-patch32", "clip-vit-b32")),
+    ModelPreset("clip-vit-b16", "hf:openai/clip-vit-base-patch16", "OpenAI CLIP ViT-B/16", "MIT", _CLIP_PRE,
+                _hf_fetch("openai/clip-vit-base-patch16", "clip-vit-b16")),
+    ModelPreset("clip-vit-l14", "hf:openai/clip-vit-large-patch14", "OpenAI CLIP ViT-L/14", "MIT", _CLIP_PRE,
+                _hf_fetch("openai/clip-vit-large-patch14", "clip-vit-l14")),
+    ModelPreset("pubmedclip-vit-b32", "hf:flaviagiammarino/pubmed-clip-vit-base-patch32",
+                "PubMedCLIP (Eslami et al. 2023): CLIP ViT-B/32 fine-tuned on ROCO image-caption pairs, HF port",
+                "MIT", _CLIP_PRE, _hf_fetch("flaviagiammarino/pubmed-clip-vit-base-patch32", "pubmedclip-vit-b32")),
+    ModelPreset("chexzero", "openai-ckpt:$MEDVLKIT_MODELS/chexzero/best_64_5e-05_original_22000_0.864.pt",
+                "CheXzero (Tiu et al. 2022): CLIP ViT-B/32 fine-tuned on MIMIC-CXR reports, OpenAI-format .pt",
+                "MIT (code); weights under the CheXzero repository's terms (PhysioNet-derived)", _CLIP_PRE,
+                "download the checkpoints linked from github.com/rajpurkarlab/CheXzero into $MEDVLKIT_MODELS/chexzero "
+                "with vocab.json + merges.txt of openai/clip-vit-base-patch32 beside them",
+                "best_64_5e-05_original_22000_0.864.pt"),
+    ModelPreset("biomedclip", "open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+                "BiomedCLIP (Zhang et al. 2023): ViT-B/16 + PubMedBERT on PMC-15M figure-caption pairs", "MIT",
+                "224 px, bicubic, CLIP mean/std; context 256 tokens",
+                "pip install 'medvlkit[open_clip]' (needs torchvision), then let open_clip fetch "
+                "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"),
+    ModelPreset("siglip-b16", "hf:google/siglip-base-patch16-224", "SigLIP ViT-B/16 (WebLI)", "Apache-2.0",
+                "224 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
+                _hf_fetch("google/siglip-base-patch16-224", "siglip-b16")),
+    ModelPreset("medsiglip", "hf:google/medsiglip-448",
+                "MedSigLIP-448 (Google HAI-DEF): SigLIP tuned on de-identified medical images and text",
+                "Health AI Developer Foundations terms (gated; accept them on the hub)",
+                "448 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
+                _hf_fetch("google/medsiglip-448", "medsiglip")),
+]}

@@ -1,0 +1,97 @@
+"""``create_model(spec)`` and ``list_models()``: every backbone through one factory.
+
+A spec is ``lite``, a preset name (``medvlkit models``), or ``<source>:<ref>`` where source is one of
+``hf``, ``openai-ckpt``, ``open_clip``. Sources register themselves with :func:`register_source`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from medvlkit.errors import MedvlkitError
+from medvlkit.models.base import ModelBase
+from medvlkit.models.presets import PRESETS, ModelPreset
+
+_SOURCES: dict[str, Callable[..., ModelBase]] = {}
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def register_source(prefix: str) -> Callable[[Callable[..., ModelBase]], Callable[..., ModelBase]]:
+    """Decorator: ``@register_source("hf")`` makes ``hf:<ref>`` specs call the decorated loader."""
+
+    def wrap(fn: Callable[..., ModelBase]) -> Callable[..., ModelBase]:
+        _SOURCES[prefix] = fn
+        return fn
+
+    return wrap
+
+
+def models_dir() -> Path:
+    """Where presets are looked for locally: ``$MEDVLKIT_MODELS`` or ``~/.cache/medvlkit/models``."""
+    return Path(os.environ.get("MEDVLKIT_MODELS", Path.home() / ".cache" / "medvlkit" / "models")).expanduser()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda, mps or cpu, whichever exists; other names are checked."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MedvlkitError(f"--device {device}: no CUDA device is visible; use --device cpu or auto")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise MedvlkitError(f"--device {device}: valid options are cpu, cuda, cuda:N, mps, auto")
+    return device
+
+
+def _resolve_preset(preset: ModelPreset) -> str:
+    """A preset's spec pointing at a local copy when there is one."""
+    local = models_dir() / preset.name
+    source = preset.spec.split(":", 1)[0]
+    if source == "hf" and local.is_dir():
+        return f"hf:{local}"
+    if source == "openai-ckpt":
+        ckpt = local / preset.local_name
+        if ckpt.is_file():
+            return f"openai-ckpt:{ckpt}"
+        raise MedvlkitError(f"preset '{preset.name}' needs {ckpt}; {preset.fetch}")
+    return preset.spec
+
+
+def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32", **kwargs) -> ModelBase:
+    """Build a model from a spec.
+
+    Args:
+        spec: ``lite``, a preset name, ``hf:<dir or hub id>``, ``openai-ckpt:<file>``, ``open_clip:<name>``.
+        device: cpu, cuda, cuda:N, mps or auto.
+        precision: fp32, fp16 or bf16.
+        **kwargs: passed to the source's loader (e.g. ``tokenizer=DIR`` for openai-ckpt).
+
+    Returns:
+        A model in eval mode on ``device`` with ``encode_image``/``encode_text``/``tokenize``/``preprocess``.
+    """
+    import medvlkit.models  # noqa: F401  (registers the built-in sources)
+
+    if precision not in _PRECISIONS:
+        raise MedvlkitError(f"--precision {precision}: valid options are {', '.join(_PRECISIONS)}")
+    device = resolve_device(device)
+    if spec in PRESETS:
+        spec = _resolve_preset(PRESETS[spec])
+    source, sep, ref = spec.partition(":")
+    if source in _SOURCES and (sep or source == "lite"):
+        if sep and not ref:
+            raise MedvlkitError(f"model spec '{spec}' has nothing after '{source}:'; e.g. {source}:/path/to/model")
+        return _SOURCES[source](ref, device=device, dtype=_PRECISIONS[precision], **kwargs)
+    raise MedvlkitError(f"unknown model spec '{spec}'. Valid: a preset ({', '.join(PRESETS)}) or "
+                        f"<source>:<ref> with source one of {', '.join(sorted(s for s in _SOURCES if s != 'lite'))}; "
+                        "e.g. hf:/models/clip-vit-base-patch32")
+
+
+def list_models(pattern: str = "*") -> list[ModelPreset]:
+    """Registered presets whose name matches a shell pattern (``list_models("*clip*")``)."""
+    return [p for name, p in PRESETS.items() if fnmatch.fnmatch(name, pattern)]

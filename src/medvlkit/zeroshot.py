@@ -1,0 +1,126 @@
+"""Zero-shot classification from text prompts.
+
+- ``softmax``: one label per image; softmax over class embeddings (each the mean of its prompt ensemble).
+- ``pos_neg``: multi-label; per class a 2-way softmax between "X" and "no X" ensembles (CheXzero's method).
+Both use the model's own learned temperature (``model.logit_scale``), never a hard-coded 100.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medvlkit.data.dataset import ImageDataset
+from medvlkit.errors import MedvlkitError
+from medvlkit.evaluate import evaluate_probs
+from medvlkit.features import ImageEmbeddings, embed_images, embed_texts
+from medvlkit.models.base import ModelBase
+from medvlkit.prompts import MODES, PromptSet
+from medvlkit.results import write_predictions, write_result
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def ensemble_embeddings(model: ModelBase, prompts: PromptSet, side: str = "positive") -> np.ndarray:
+    """One embedding per class: the re-normalised mean of its phrases x templates. Returns (C, D)."""
+    out = []
+    for c in prompts.classes:
+        phrases = c.positive if side == "positive" else c.negative
+        if not phrases:
+            raise MedvlkitError(f"class '{c.name}' of prompt set '{prompts.name}' has no {side} phrases; "
+                                "pos_neg needs both positive and negative phrases per class")
+        out.append(_normalize(embed_texts(model, prompts.texts(phrases)).mean(axis=0)))
+    return np.stack(out)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_probs(image_emb: np.ndarray, class_emb: np.ndarray, logit_scale: float) -> np.ndarray:
+    """(N, D) x (C, D) -> (N, C) class probabilities."""
+    return softmax(logit_scale * image_emb @ class_emb.T)
+
+
+def pos_neg_probs(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray, logit_scale: float) -> np.ndarray:
+    """(N, D), (C, D), (C, D) -> (N, C): per class P("X") from a 2-way softmax against "no X"."""
+    pos, neg = logit_scale * image_emb @ pos_emb.T, logit_scale * image_emb @ neg_emb.T
+    return 1.0 / (1.0 + np.exp(neg - pos))
+
+
+@dataclass
+class ZeroShotResult:
+    """Per-image class probabilities and what they refer to."""
+
+    probs: np.ndarray                # (N_ok, C)
+    classnames: list[str]
+    mode: str
+    embeddings: ImageEmbeddings
+    labels: np.ndarray | None = None  # (N_ok, C) true labels when the data has them
+    prompt_texts: dict[str, list[str]] = field(default_factory=dict)
+
+
+def classify(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: str | None = None) -> np.ndarray:
+    """Probabilities for precomputed image embeddings (N, D). Returns (N, C)."""
+    mode = mode or prompts.mode
+    if mode not in MODES:
+        raise MedvlkitError(f"--mode {mode}: valid options: {', '.join(MODES)}")
+    pos = ensemble_embeddings(model, prompts, "positive")
+    if mode == "softmax":
+        return softmax_probs(image_emb, pos, model.logit_scale)
+    return pos_neg_probs(image_emb, pos, ensemble_embeddings(model, prompts, "negative"), model.logit_scale)
+
+
+def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
+                      **embed_options) -> ZeroShotResult:
+    """Embed a dataset's images and classify them zero-shot.
+
+    Args:
+        model: any medvlkit model.
+        dataset: images, labelled or not. With labels, the prompt classes are matched to the dataset's
+            class names (or aliases) and put in the dataset's order.
+        prompts: a :class:`PromptSet` (``load_prompt_set`` / ``prompt_set_from_classes``).
+        mode: ``softmax`` or ``pos_neg``; default: the prompt set's own mode.
+        **embed_options: passed to :func:`embed_images` (batch_size, num_workers, cache, on_error...).
+    """
+    mode = mode or prompts.mode
+    if dataset.has_labels:
+        prompts = prompts.select(dataset.classnames)
+        if mode == "softmax" and dataset.multilabel:
+            raise MedvlkitError(f"dataset '{dataset.name}' is multi-label: use --mode pos_neg")
+    emb = embed_images(model, dataset, **embed_options)
+    probs = classify(model, emb.vectors, prompts, mode)
+    texts = {c.name: prompts.texts(c.positive) + (prompts.texts(c.negative) if mode == "pos_neg" else [])
+             for c in prompts.classes}
+    labels = dataset.labels[emb.indices] if dataset.has_labels else None
+    return ZeroShotResult(probs, prompts.classnames, mode, emb, labels, texts)
+
+
+def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBase, out_dir: str | Path,
+                  config: dict, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Score a zero-shot result (when the data has labels); write result.json, predictions.csv, prompts.json.
+
+    Returns:
+        the dict written to ``result.json``.
+    """
+    out_dir = Path(out_dir)
+    multilabel = result.mode == "pos_neg"
+    metrics, ci = {}, {}
+    extra = {"classnames": result.classnames, "mode": result.mode, "n_images": len(result.embeddings.items),
+             "skipped": [{"file": f, "reason": r} for f, r in result.embeddings.skipped]}
+    if result.labels is not None:
+        ev = evaluate_probs(result.labels, result.probs, result.classnames, multilabel, n_bootstrap, seed)
+        metrics, ci, extra["confusion_matrix"] = ev.metrics, ev.ci, ev.confusion_matrix
+    write_predictions(out_dir, result.embeddings.items, result.classnames, result.probs, result.labels, multilabel)
+    (out_dir / "prompts.json").write_text(json.dumps(result.prompt_texts, indent=1) + "\n")
+    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_classification", metrics=metrics,
+                        ci=ci, config=config, seed=seed, n_skipped=len(result.embeddings.skipped), extra=extra)
+    return json.loads(path.read_text())

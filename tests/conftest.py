@@ -1,0 +1,41 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import save_tiny_clip, save_tiny_siglip  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own embedding cache and model folder; nothing touches ~/.cache."""
+    monkeypatch.setenv("MEDVLKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("MEDVLKIT_MODELS", str(tmp_path_factory.mktemp("models")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    return save_tiny_siglip(tmp_path_factory.mktemp("tiny_siglip"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real data: $MEDVLKIT_DATA or ../shared/data. CI sets MEDVLKIT_REQUIRE_DATA=1 so a missing
+    folder fails the run instead of skipping."""
+    root = Path(os.environ.get("MEDVLKIT_DATA", REPO.parent / "shared" / "data"))
+    if not (root / "chest_xray_pneumonia").is_dir():
+        if os.environ.get("MEDVLKIT_REQUIRE_DATA") == "1":
+            pytest.fail(f"real data not found at {root} (MEDVLKIT_REQUIRE_DATA=1)")
+        pytest.skip(f"real data not found at {root}; set MEDVLKIT_DATA")
+    return root

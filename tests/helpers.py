@@ -1,0 +1,106 @@
+"""Tiny random models and generated files for tests: nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte -> printable unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def write_clip_tokenizer(folder: Path) -> Path:
+    """A complete byte-level CLIP BPE tokenizer: 256 byte symbols, their </w> forms, start/end tokens, no merges.
+
+    Vocabulary size 514; <|endoftext|> is id 513, the highest, as in OpenAI's tokenizer.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+def load_clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
+def tiny_clip_config(image_size: int = 32, context: int = 32):
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=514, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
+                max_position_embeddings=context, eos_token_id=513, bos_token_id=512, pad_token_id=513,
+                hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    vision = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
+                  image_size=image_size, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+
+
+def save_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A random CLIPModel + tokenizer + image processor written with save_pretrained."""
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(tiny_clip_config(image_size)).eval()
+    model.save_pretrained(folder)
+    tok_dir = write_clip_tokenizer(folder / "_tok")
+    load_clip_tokenizer(tok_dir).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+                       ).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_siglip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A random SiglipModel + (byte-level) tokenizer + SigLIP image processor written with save_pretrained."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(seed)
+    cfg = SiglipConfig(
+        text_config=dict(vocab_size=514, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=513, eos_token_id=513,
+                         bos_token_id=512),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8))
+    SiglipModel(cfg).eval().save_pretrained(folder)
+    load_clip_tokenizer(write_clip_tokenizer(folder / "_tok")).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return folder
+
+
+def make_image(path: Path, seed: int = 0, size: tuple[int, int] = (40, 36), mode: str = "RGB") -> Path:
+    """A random image file (format from the suffix)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        Image.fromarray(rng.integers(0, 4096, size[::-1], dtype=np.uint16)).save(path)
+    else:
+        shape = size[::-1] + ((3,) if mode == "RGB" else ())
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
+    return path
+
+
+def make_image_folder(root: Path, classes: dict[str, int], seed: int = 0, suffix: str = ".png") -> Path:
+    """root/<class>/img<i><suffix> with random pictures."""
+    k = seed
+    for name, n in classes.items():
+        for i in range(n):
+            make_image(root / name / f"img{i}{suffix}", seed=k)
+            k += 1
+    return root
