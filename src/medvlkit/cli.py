@@ -83,7 +83,8 @@ def models(pattern: str = typer.Argument("*", help="shell pattern over preset na
     for p in presets:
         table.add_row(*(escape(v) for v in (p.name, p.spec, p.licence, p.preprocessing, p.fetch)))
     console.print(table)
-    console.print("Any local transformers CLIP/SigLIP folder works as hf:DIR; an OpenAI-format .pt as openai-ckpt:FILE.")
+    console.print("Any local transformers CLIP/SigLIP folder works as hf:DIR; "
+                  "an OpenAI-format .pt as openai-ckpt:FILE.")
 
 
 @app.command()
@@ -126,7 +127,8 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fm
     from medvlkit.features import embed_images, save_embeddings
 
     config = dict(locals())
-    m, ds = _model(model, device, precision, tokenizer), _dataset(data, split, fmt, path_column, image_root=image_root)
+    ds = _dataset(data, split, fmt, path_column, image_root=image_root)
+    m = _model(model, device, precision, tokenizer)
     start = time.perf_counter()
     emb = embed_images(m, ds, batch_size=batch_size, num_workers=workers, cache=not no_cache,
                        cache_dir=cache_dir, on_error=on_error, progress=not quiet)
@@ -162,8 +164,8 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         raise MedvlkitError("pass exactly one of --prompts NAME|FILE or --classes 'a,b,c'")
     ps = load_prompt_set(prompts) if prompts else prompt_set_from_classes(
         [c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")
+    ds = _dataset(data, split, fmt, path_column, label_columns, uncertain, image_root)  # cheap checks first
     m = _model(model, device, precision, tokenizer)
-    ds = _dataset(data, split, fmt, path_column, label_columns, uncertain, image_root)
     res = zeroshot_classify(m, ds, ps, mode, batch_size=batch_size, num_workers=workers, cache=not no_cache,
                             cache_dir=cache_dir, on_error=on_error, progress=not quiet)
     out_dir = _out(out, "zeroshot")
@@ -212,7 +214,17 @@ def _print_metrics(result: dict) -> None:
 
 
 def _jsonable(config: dict) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
+    """The command's options (its locals minus imported helpers), JSON-ready."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()
+            if v is None or isinstance(v, (str, int, float, bool, Path))}
+
+
+def _quiet_transformers() -> None:
+    """The CLI's own output stays readable: no weight-loading bars or advisory warnings from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,24 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        _quiet_transformers()
     try:
-        app(args=argv, prog_name="medvlkit", standalone_mode=False)
+        app(args=argv, prog_name="medvlkit", standalone_mode=True)  # usage errors print and exit 2 themselves
     except MedvlkitError as err:
         if debug:
             raise
-        err_console.print(f"error: {err}", markup=False, highlight=False)
+        print(f"error: {err}", file=sys.stderr)  # one unwrapped line, whatever the terminal width
         return 2
-    except (typer.Exit, SystemExit) as ex:
-        return int(getattr(ex, "exit_code", getattr(ex, "code", 0)) or 0)
-    except Exception as err:  # click usage errors and aborts carry their own exit codes
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
-        if isinstance(err, click.exceptions.Abort):
-            return 130
-        raise
+    except SystemExit as ex:
+        return ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
     return 0
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from helpers import bytes_to_unicode, load_clip_tokenizer, make_image, tiny_clip_config, write_clip_tokenizer
 from PIL import Image
 
+from helpers import bytes_to_unicode, load_clip_tokenizer, make_image, tiny_clip_config, write_clip_tokenizer
 from medvlkit import MedvlkitError, create_model, list_models
 from medvlkit.models.base import ImagePreprocessor, PreprocessCfg
 from medvlkit.models.openai_ckpt import hf_to_openai_state_dict, infer_clip_config
@@ -125,6 +125,8 @@ def test_create_model_errors(tmp_path):
         create_model("hf:")
     with pytest.raises(MedvlkitError, match="huggingface-cli download"):
         create_model("hf:someone/not-a-local-model")
+    with pytest.raises(MedvlkitError, match="no such directory"):
+        create_model("hf:/no/such/dir")
     with pytest.raises(MedvlkitError, match="huggingface-cli download"):
         create_model("clip-vit-b32")  # a preset with no local copy
     with pytest.raises(MedvlkitError, match="chexzero"):

@@ -117,6 +117,9 @@ def resolve_hf_path(ref: str) -> Path:
     if path.exists():
         raise MedvlkitError(f"hf:{ref} is a file; hf: takes a directory written by save_pretrained "
                             "(use openai-ckpt:FILE for an OpenAI-format .pt/.pth state dict)")
+    if ref.startswith(("/", ".", "~")) or ref.count("/") != 1:  # a path, not an <org>/<name> hub id
+        raise MedvlkitError(f"hf:{ref}: no such directory; pass a folder written by save_pretrained "
+                            "(config.json, weights, tokenizer and preprocessor files)")
     try:
         from huggingface_hub import snapshot_download
 

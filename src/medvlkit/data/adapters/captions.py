@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.data.adapters.csv_labels import CAPTION_COLUMNS, PATH_COLUMNS, pick_column, read_csv_rows, \
-    resolve_image_path
+from medvlkit.data.adapters.csv_labels import (
+    CAPTION_COLUMNS,
+    PATH_COLUMNS,
+    pick_column,
+    read_csv_rows,
+    resolve_image_path,
+)
 from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
 from medvlkit.errors import MedvlkitError
 

@@ -92,6 +92,8 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
         label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
     for c in label_columns or []:
         pick_column(header, c, (), "labels", path)
+    if not findings_column and not label_columns:
+        findings_column = next((c for c in FINDINGS_COLUMNS if c in header), None)
     cols = label_columns or ([] if findings_column else _label_columns(header, rows, {pcol, "split"}))
     if cols:
         labels = np.array([[_label_value(r[c], uncertain) for c in cols] for r in rows], dtype=np.float32)

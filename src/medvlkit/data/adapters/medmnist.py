@@ -41,8 +41,8 @@ def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
             names = [str(n) for n in z["label_names"]] if "label_names" in keys else None
         else:
             if not split:
-                raise MedvlkitError(f"--data {path} has splits {sorted(k[:-7] for k in keys if k.endswith('_images'))}: "
-                                    "pass --split")
+                splits = sorted(k[:-7] for k in keys if k.endswith("_images"))
+                raise MedvlkitError(f"--data {path} has splits {splits}: pass --split")
             key = f"{_SPLITS.get(split.lower(), split)}_images"
             if key not in keys:
                 raise MedvlkitError(f"--data {path} has no '{split}' split (arrays: {', '.join(sorted(keys))})")
