@@ -44,6 +44,20 @@ UncertainOpt = typer.Option("ignore", "--uncertain", help="CheXpert -1 labels: i
 ImageRootOpt = typer.Option(None, "--image-root", help="folder that CSV/JSONL image paths are relative to")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from medvlkit import __version__
+
+        print(f"medvlkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="print the version and exit")) -> None:
+    """Medical vision-language models: embed, classify zero-shot, evaluate."""
+
+
 def _model(spec: str, device: str, precision: str, tokenizer: str | None):
     from medvlkit.models import create_model
 

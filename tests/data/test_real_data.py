@@ -1,0 +1,65 @@
+"""End-to-end checks on the real images in $MEDVLKIT_DATA (CI sets MEDVLKIT_REQUIRE_DATA=1: no skipping)."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from medvlkit import load_dataset
+from medvlkit.cli import main
+
+pytestmark = pytest.mark.data
+
+
+def test_zeroshot_reads_every_real_chest_xray(tiny_clip_dir, data_root, tmp_path):
+    folder = data_root / "chest_xray_pneumonia"
+    out = tmp_path / "run"
+    rc = main(["zeroshot", "--model", f"hf:{tiny_clip_dir}", "--data", str(folder), "--split", "test",
+               "--prompts", "pneumonia", "--out", str(out), "--quiet", "--bootstrap", "100"])
+    assert rc == 0
+    res = json.loads((out / "result.json").read_text())
+    n_files = sum(1 for p in (folder / "test").rglob("*.jpeg"))
+    assert n_files == 624 and res["n_images"] == 624 and res["n_skipped"] == 0
+    assert res["metrics"]["n"] == 624 and res["metrics"]["support/NORMAL"] == 234
+    assert res["metrics"]["support/PNEUMONIA"] == 390
+    assert 0 <= res["metrics"]["auroc"] <= 1 and res["ci"]["auroc"][0] <= res["ci"]["auroc"][1]
+    assert np.asarray(res["confusion_matrix"]).sum() == 624
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 624 and {r["true"] for r in rows} == {"NORMAL", "PNEUMONIA"}
+    assert {r["file"] for r in rows} == {str(p.resolve()) for p in (folder / "test").rglob("*.jpeg")}
+
+
+def test_real_adapters(data_root):
+    cxr = load_dataset(data_root / "chest_xray_pneumonia", split="train")
+    assert len(cxr) == 5216 and cxr.classnames == ["NORMAL", "PNEUMONIA"]
+    assert int(cxr.labels[:, 0].sum()) == 1341
+    pm = load_dataset(data_root / "medmnist" / "pneumoniamnist.npz", split="test")
+    assert len(pm) == 624 and pm.classnames == ["normal", "pneumonia"] and pm.load_image(0).size == (28, 28)
+    retina = load_dataset(data_root / "medmnist" / "retinamnist.npz", split="val")
+    assert len(retina) == 120 and retina.load_image(0).mode == "RGB" and len(retina.classnames) == 5
+    breast = load_dataset(data_root / "medmnist" / "breastmnist.npz", split="train")
+    assert len(breast) == 546
+    medpix = load_dataset(data_root / "medpix2", split="test")
+    assert len(medpix) == 200 and medpix.classnames == ["CT", "MR"] and all(medpix.texts)
+    assert all(__import__("os").path.isfile(p) for p in medpix.items)
+    assert len(load_dataset(data_root / "medpix2", split="val")) == 197
+    cifar = load_dataset(data_root / "natural" / "cifar10_test_first846.npz")
+    assert len(cifar) == 846 and "airplane" in cifar.classnames
+    ants = load_dataset(data_root / "natural" / "hymenoptera", split="val")
+    assert ants.classnames == ["ants", "bees"]
+
+
+def test_dicom_folder_end_to_end(tiny_clip_dir, tmp_path):
+    """Real DICOM files (pydicom's CT and MR test images) through zeroshot with the modality prompts."""
+    from pydicom.data import get_testdata_file
+
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), tmp_path / name)
+    out = tmp_path / "run"
+    assert main(["zeroshot", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path), "-p", "modality", "-o", str(out),
+                 "-q", "--workers", "0"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["n_images"] == 2 and len(res["classnames"]) == 6
