@@ -189,6 +189,34 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
 
 @app.command()
+def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
+             out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
+             workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
+             cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
+             bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs (0: none)"),
+             seed: int = typer.Option(0, "--seed", help="bootstrap seed"), image_root: str = ImageRootOpt) -> None:
+    """Image-to-text and text-to-image retrieval on image-caption data: recall@1/5/10, mean/median rank.
+
+    Example: medvlkit retrieve --data ../shared/data/medpix2 --split test
+    """
+    from medvlkit.results import write_result
+    from medvlkit.retrieval import evaluate_retrieval
+
+    config = _jsonable(dict(locals()))
+    ds = _dataset(data, split, fmt, image_root=image_root)
+    m = _model(model, device, precision, tokenizer)
+    metrics, ci, emb = evaluate_retrieval(m, ds, bootstrap, seed, batch_size=batch_size, num_workers=workers,
+                                          cache=not no_cache, cache_dir=cache_dir, on_error=on_error,
+                                          progress=not quiet)
+    out_dir = _out(out, "retrieve")
+    write_result(out_dir, dataset=ds.name + (f"/{ds.split}" if ds.split else ""), model=m.name,
+                 task="zeroshot_retrieval", metrics=metrics, ci=ci, config=config, seed=seed,
+                 n_skipped=len(emb.skipped), extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped]})
+    _print_metrics({"metrics": metrics, "ci": ci})
+    console.print(f"wrote {out_dir}/result.json")
+
+
+@app.command()
 def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV with file + prob_<class> columns"),
              labels: Path = typer.Option(..., "--labels", help="CSV with file + label (class name) or one 0/1 column "
                                                                "per class"),
@@ -211,6 +239,74 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
     if unmatched:
         err_console.print(f"warning: {unmatched} predictions had no label and were left out")
     console.print(f"wrote {out_dir}/result.json")
+
+
+@app.command()
+def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit data folder (default $MEDVLKIT_DATA "
+                                                                      "or ../shared/data)"),
+             out: Path = OutOpt, epochs: int = typer.Option(60, "--epochs"),
+             patience: int = typer.Option(12, "--patience", help="stop after this many epochs without a better val "
+                                                                 "score"),
+             batch_size: int = typer.Option(256, "--batch-size"), lr: float = typer.Option(1e-3, "--lr"),
+             weight_decay: float = typer.Option(0.05, "--weight-decay"),
+             cap_per_source: int = typer.Option(1500, "--cap-per-source", help="images per source per epoch"),
+             embed_dim: int = typer.Option(256, "--embed-dim"), hidden_dim: int = typer.Option(1024, "--hidden-dim"),
+             dropout: float = typer.Option(0.1, "--dropout"), seed: int = typer.Option(0, "--seed"),
+             sources: str = typer.Option(None, "--sources", help="comma-separated: cxr,medpix,retina,photo"),
+             workers: int = WorkersOpt,
+             resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
+             quiet: bool = QuietOpt) -> None:
+    """Train the projection heads of the embedded `lite` model on real image-caption pairs (train splits only).
+
+    Example: medvlkit pretrain --data-root ../shared/data --out runs/pretrain-lite
+    Use the result with --model lite:runs/pretrain-lite/best
+    """
+    import os
+
+    from medvlkit.pretrain.train import PretrainConfig
+    from medvlkit.pretrain.train import pretrain as run_pretrain
+
+    root = data_root or Path(os.environ.get("MEDVLKIT_DATA", "../shared/data"))
+    cfg = PretrainConfig(data_root=str(root), out_dir=str(_out(out, "pretrain")), epochs=epochs, patience=patience,
+                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, cap_per_source=cap_per_source,
+                         embed_dim=embed_dim, hidden_dim=hidden_dim, dropout=dropout, seed=seed,
+                         sources=tuple(s.strip() for s in sources.split(",")) if sources else None, workers=workers)
+    summary = run_pretrain(cfg, resume=resume, progress=not quiet)
+    best = summary["best"]
+    console.print(f"best epoch {best['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items()
+                                                              if k not in ("epoch",)))
+    console.print(f"heads written to {cfg.out_dir}/best (use --model lite:{cfg.out_dir}/best)")
+
+
+@app.command()
+def demo(images: Path = typer.Option(None, "--images", help="also run on your own images (a folder)"),
+         model: str = ModelOpt, out: Path = OutOpt, device: str = DeviceOpt, quiet: bool = QuietOpt) -> None:
+    """Run the embedded model on real images bundled in scikit-image and pydicom (and --images DIR):
+    medical-image gate, imaging modality, and pneumonia for chest X-rays.
+
+    Example: medvlkit demo --images ../shared/data/chest_xray_pneumonia/test/PNEUMONIA
+    """
+    from medvlkit.demo import run_demo, save_demo, write_bundled_images
+
+    config = _jsonable(dict(locals()))
+    out_dir = _out(out, "demo")
+    expected = write_bundled_images(out_dir / "bundled_images")
+    m = _model(model, device, "fp32", None)
+    rows = run_demo(m, out_dir / "bundled_images", expected, progress=not quiet)
+    if images is not None:
+        rows += run_demo(m, images, None, progress=not quiet)
+    metrics = save_demo(rows, m, out_dir, config)
+    table = Table("image", "expected", "P(medical)", "gate", "modality", "P(pneumonia)")
+    for r in rows:
+        table.add_row(Path(r.file).name, r.expected or "?", f"{r.p_medical:.2f}",
+                      "medical" if r.medical else "non-medical",
+                      f"{r.modality} ({r.p_modality:.2f})" if r.medical else "-",
+                      "" if r.p_pneumonia is None else f"{r.p_pneumonia:.2f}")
+    console.print(table)
+    if metrics:
+        console.print(f"bundled images: gate {metrics['gate_correct']}/{metrics['n_known']} right, modality "
+                      f"{metrics['modality_correct']}/{metrics['n_medical']} right")
+    console.print(f"wrote {out_dir}/result.json and predictions.csv")
 
 
 def _print_metrics(result: dict) -> None:

