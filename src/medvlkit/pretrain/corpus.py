@@ -6,10 +6,12 @@ Only train splits feed training; a validation part picks the checkpoint. Test sp
   pneumonia, with bacterial / viral from the file name.
 - medpix2: train (val: dev); the real caption plus modality, plane and body-region phrasings.
 - retinamnist: train (val: val); fundus photograph and diabetic retinopathy grade.
+- pneumoniamnist: train (val: val); 28 px chest X-rays with the chest X-ray phrasings. Without them the gate
+  learned that any small upsampled image is a photo (CIFAR is 32 px).
 - hymenoptera: train only (its val split is held out for the gate); "a photo of an ant/bee".
 - cifar10_test_first846: images 0-499 train, 500-599 val, 600-845 held out; "a photo of a <class>".
 
-BreastMNIST (ultrasound) and PneumoniaMNIST are left out entirely, so that zero-shot figures on them are honest.
+BreastMNIST (ultrasound) is left out entirely, so that zero-shot figures on it are honest.
 """
 
 from __future__ import annotations
@@ -112,6 +114,17 @@ def medpix_pairs(root: Path, part: str) -> list[Pair]:
     return pairs
 
 
+def pneumoniamnist_pairs(root: Path, part: str) -> list[Pair]:
+    ds = load_dataset(root / "medmnist" / "pneumoniamnist.npz", split=part)
+    pairs = []
+    for item, label in zip(ds.items, ds.targets()):
+        cls = ds.classnames[label]
+        caps = [p.format(f) for p in CXR_PREFIXES for f in CXR_FINDINGS[cls]] + medical_phrases("chest x-ray")
+        caps += [f"a low resolution chest x-ray with {f}." for f in CXR_FINDINGS[cls]]
+        pairs.append(Pair(item, caps, f"cxr/{cls}", "pneumoniamnist", {"label": cls}))
+    return pairs
+
+
 def retina_pairs(root: Path, part: str) -> list[Pair]:
     ds = load_dataset(root / "medmnist" / "retinamnist.npz", split=part)
     pairs = []
@@ -146,7 +159,8 @@ def natural_pairs(root: Path, part: str) -> list[Pair]:
     return pairs
 
 
-BUILDERS = {"cxr": cxr_pairs, "medpix": medpix_pairs, "retina": retina_pairs, "photo": natural_pairs}
+BUILDERS = {"cxr": cxr_pairs, "pneumoniamnist": pneumoniamnist_pairs, "medpix": medpix_pairs,
+            "retina": retina_pairs, "photo": natural_pairs}
 
 
 def build_corpus(data_root: Path, part: str, sources: list[str] | None = None) -> list[Pair]:
