@@ -23,8 +23,8 @@ def default_cache_dir() -> Path:
 
 
 def file_fingerprint(path: str) -> str:
-    """``path|size|mtime_ns`` of a file (the file part of an item id before any ``::``)."""
-    real = path.split("::", 1)[0]
+    """``path|size|mtime_ns`` of a file (the file part of an item id, before any ``::member`` or ``@@view``)."""
+    real = path.split("@@", 1)[0].split("::", 1)[0]
     try:
         st = os.stat(real)
     except OSError:

@@ -252,7 +252,8 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
              cap_per_source: int = typer.Option(1500, "--cap-per-source", help="images per source per epoch"),
              embed_dim: int = typer.Option(256, "--embed-dim"), hidden_dim: int = typer.Option(1024, "--hidden-dim"),
              dropout: float = typer.Option(0.1, "--dropout"), seed: int = typer.Option(0, "--seed"),
-             sources: str = typer.Option(None, "--sources", help="comma-separated: cxr,pneumoniamnist,medpix,retina,photo"),
+             sources: str = typer.Option(None, "--sources",
+                                         help="comma-separated: cxr,pneumoniamnist,medpix,retina,photo"),
              workers: int = WorkersOpt,
              resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
              quiet: bool = QuietOpt) -> None:

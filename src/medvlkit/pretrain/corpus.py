@@ -10,6 +10,8 @@ Only train splits feed training; a validation part picks the checkpoint. Test sp
   learned that any small upsampled image is a photo (CIFAR is 32 px).
 - hymenoptera: train only (its val split is held out for the gate); "a photo of an ant/bee".
 - cifar10_test_first846: images 0-499 train, 500-599 val, 600-845 held out; "a photo of a <class>".
+- every photo also as a greyscale view (``<item>@@gray``, "a black and white photo of ..."): without it the
+  gate learned that greyscale means medical.
 
 BreastMNIST (ultrasound) is left out entirely, so that zero-shot figures on it are honest.
 """
@@ -159,8 +161,24 @@ def natural_pairs(root: Path, part: str) -> list[Pair]:
     return pairs
 
 
+def gray_views(pairs: list[Pair]) -> list[Pair]:
+    """Greyscale copies of photo pairs, captioned as black and white photos."""
+    out = []
+    for p in pairs:
+        caps = [c.replace("a photo", "a black and white photo").replace("a picture", "a grayscale picture")
+                for c in p.captions]
+        out.append(Pair(f"{p.item}@@gray", caps, p.group, p.source, dict(p.meta, view="gray")))
+    return out
+
+
+def photo_pairs(root: Path, part: str) -> list[Pair]:
+    """Natural photos and their greyscale views."""
+    color = natural_pairs(root, part)
+    return color + gray_views(color)
+
+
 BUILDERS = {"cxr": cxr_pairs, "pneumoniamnist": pneumoniamnist_pairs, "medpix": medpix_pairs,
-            "retina": retina_pairs, "photo": natural_pairs}
+            "retina": retina_pairs, "photo": photo_pairs}
 
 
 def build_corpus(data_root: Path, part: str, sources: list[str] | None = None) -> list[Pair]:

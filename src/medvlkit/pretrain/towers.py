@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from medvlkit.cache import EmbeddingCache
+from medvlkit.data.dataset import ImageDataset
+from medvlkit.data.io import read_image
 from medvlkit.features import embed_images
 from medvlkit.models.base import ModelBase, TextBatch
 from medvlkit.models.lite import LiteModel
@@ -30,11 +33,21 @@ class LiteTowers(ModelBase):
         return self.lite.text_features(tokens)
 
 
-def image_tower_features(towers: LiteTowers, items: list[str], **embed_options) -> np.ndarray:
-    """(N, 1280) features of image items (cached on disk; unreadable items are an error here)."""
-    from medvlkit.data.dataset import ImageDataset
+class CorpusImages(ImageDataset):
+    """Corpus items, where ``<item>@@<view>`` is an augmented view of ``<item>`` (see :data:`VIEWS`)."""
 
-    emb = embed_images(towers, ImageDataset(items=items, name="pretrain"), on_error="fail", **embed_options)
+    def load_image(self, index: int) -> Image.Image:
+        item, _, view = self.items[index].partition("@@")
+        image = read_image(item)
+        return VIEWS[view](image) if view else image
+
+
+VIEWS = {"gray": lambda im: im.convert("L")}
+
+
+def image_tower_features(towers: LiteTowers, items: list[str], **embed_options) -> np.ndarray:
+    """(N, 1280) features of image items and views (cached on disk; unreadable items are an error here)."""
+    emb = embed_images(towers, CorpusImages(items=items, name="pretrain"), on_error="fail", **embed_options)
     return emb.vectors
 
 

@@ -2,8 +2,8 @@
 
 The towers stay frozen, so their features are computed once (and cached on disk); training the heads is then
 fast on a CPU. Each epoch is checkpointed atomically (``checkpoint.pt``), the best epoch on validation is
-written as ``best/lite_heads.safetensors`` (float16, the file medvlkit ships) + ``best/lite_config.json``, and ``resume=True`` continues an
-interrupted run.
+written as ``best/lite_heads.safetensors`` (float16, the file medvlkit ships) + ``best/lite_config.json``,
+and ``resume=True`` continues an interrupted run.
 """
 
 from __future__ import annotations
