@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from medvlkit.errors import MedvlkitError
 
@@ -297,7 +297,8 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
     if images is not None:
         rows += run_demo(m, images, None, progress=not quiet)
     metrics = save_demo(rows, m, out_dir, config)
-    table = Table("image", "expected", "P(medical)", "gate", "modality", "P(pneumonia)")
+    table = Table("expected", "P(med)", "gate", "modality", "P(pneu)")
+    table.columns.insert(0, Column("image", no_wrap=True, min_width=26))
     for r in rows:
         table.add_row(Path(r.file).name, r.expected or "?", f"{r.p_medical:.2f}",
                       "medical" if r.medical else "non-medical",

@@ -63,3 +63,18 @@ def test_dicom_folder_end_to_end(tiny_clip_dir, tmp_path):
                  "-q", "--workers", "0"]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["n_images"] == 2 and len(res["classnames"]) == 6
+
+
+@pytest.mark.slow
+def test_lite_zeroshot_on_real_chest_xrays(data_root, tmp_path):
+    """Regression check of the shipped model on a fixed sixth of the chest X-ray test split (104 images).
+
+    The full-split figure (AUROC 0.946) is in MODEL_CARD.md; this only guards against a broken model."""
+    from medvlkit import create_model, load_prompt_set, zeroshot_classify
+    from medvlkit.evaluate import evaluate_probs
+
+    ds = load_dataset(data_root / "chest_xray_pneumonia", split="test")
+    ds = ds.subset(np.arange(0, len(ds), 6))
+    res = zeroshot_classify(create_model("lite"), ds, load_prompt_set("pneumonia"), progress=False, num_workers=2)
+    ev = evaluate_probs(res.labels, res.probs, res.classnames, False, n_bootstrap=0)
+    assert len(res.probs) == 104 and ev.metrics["auroc"] > 0.85

@@ -41,6 +41,11 @@ class PreprocessCfg:
     resize_mode: str = "shortest"
 
     def __post_init__(self) -> None:
+        # configs read from JSON carry lists; keep tuples so equal configs compare and fingerprint equal
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each (std > 0), got mean={self.mean} std={self.std}")
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation={self.interpolation!r}; valid options: {sorted(_RESAMPLE)}")
         if self.resize_mode not in ("shortest", "squash"):
