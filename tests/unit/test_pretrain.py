@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import make_image
 
+from helpers import make_image
 from medvlkit import MedvlkitError
 from medvlkit.pretrain import train as train_mod
 from medvlkit.pretrain.corpus import Pair, cxr_patient, pair_targets, sample_epoch

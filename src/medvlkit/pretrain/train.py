@@ -119,7 +119,7 @@ def _train_epoch(heads: LiteHeads, opt: torch.optim.Optimizer, feats: Features, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return float(np.mean(losses))
 
 
