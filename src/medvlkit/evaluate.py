@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medvlkit.data.adapters.csv_labels import read_csv_rows
 from medvlkit.errors import MedvlkitError
 from medvlkit.metrics import bootstrap_ci, confusion_matrix, multilabel_metrics, single_label_metrics
 
@@ -55,8 +56,6 @@ def evaluate_probs(labels: np.ndarray, probs: np.ndarray, classnames: list[str],
 
 def read_prediction_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """A predictions CSV: a ``file`` column and ``prob_<class>`` columns. Returns files, classes, (N, C)."""
-    from medvlkit.data.adapters.csv_labels import read_csv_rows
-
     if not path.is_file():
         raise MedvlkitError(f"--predictions {path}: no such file")
     header, rows = read_csv_rows(path)
@@ -74,8 +73,6 @@ def read_prediction_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 def read_label_csv(path: Path, classnames: list[str]) -> tuple[dict[str, np.ndarray], bool]:
     """A labels CSV: ``file`` plus either a ``label`` column of class names (single-label) or one 0/1/blank
     column per class (multi-label). Returns {file: (C,) label row}, multilabel."""
-    from medvlkit.data.adapters.csv_labels import read_csv_rows
-
     if not path.is_file():
         raise MedvlkitError(f"--labels {path}: no such file")
     header, rows = read_csv_rows(path)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +16,7 @@ from medvlkit.cache import EmbeddingCache, item_key
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.models.base import ImagePreprocessor, ModelBase
+from medvlkit.results import write_result
 
 logger = logging.getLogger(__name__)
 ON_ERROR = ("fail", "skip")
@@ -128,19 +132,13 @@ def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256) -> np
     return np.concatenate(chunks).astype(np.float32)
 
 
-def save_embeddings(emb: ImageEmbeddings, out_dir, model: ModelBase, dataset: ImageDataset, config: dict,
+def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase, dataset: ImageDataset, config: dict,
                     seconds: float) -> dict:
     """Write ``embeddings.npy`` (N, D), ``files.csv`` (row i = file of embedding i) and ``result.json``.
 
     Returns:
         the dict written to ``result.json`` (``metrics`` holds throughput and counts).
     """
-    import csv
-    import json
-    from pathlib import Path
-
-    from medvlkit.results import write_result
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "embeddings.npy", emb.vectors)

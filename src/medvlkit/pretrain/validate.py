@@ -47,7 +47,7 @@ def validate(heads: LiteHeads, pairs: list[Pair], image_feats: np.ndarray,
     image-to-caption recall@5, gate AUROC (medical vs photo); ``score`` is their mean (the checkpoint criterion)."""
     heads.eval()
     img = _unit(heads.project_image(torch.from_numpy(image_feats)))
-    scale = float(heads.log_logit_scale.exp())
+    scale = float(heads.log_logit_scale.detach().exp())
     sets = val_prompt_sets()
     src = np.array([p.source for p in pairs])
     out: dict[str, float] = {}
@@ -77,7 +77,7 @@ def choose_gate_threshold(heads: LiteHeads, pairs: list[Pair], image_feats: np.n
                           text_feats: dict[str, np.ndarray]) -> float:
     """The P(medical) threshold with the best balanced accuracy on the val pairs (medical vs photo)."""
     img = _unit(heads.project_image(torch.from_numpy(image_feats)))
-    scale = float(heads.log_logit_scale.exp())
+    scale = float(heads.log_logit_scale.detach().exp())
     with torch.no_grad():
         p = (scale * img @ class_embeddings(heads, val_prompt_sets()["medical_gate"], text_feats).T).softmax(-1)
     p_med = p[:, 0].numpy()
