@@ -217,6 +217,49 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
 
 @app.command()
+def calibrate(predictions: Path = typer.Option(..., "--predictions", help="VALIDATION predictions.csv (with true "
+                                                                          "labels) from zeroshot"),
+              out: Path = OutOpt,
+              thresholds: str = typer.Option("youden", "--thresholds", help="per-class thresholds: youden, "
+                                                                           "sensitivity or none"),
+              target_sensitivity: float = typer.Option(0.9, "--target-sensitivity",
+                                                       help="with --thresholds sensitivity")) -> None:
+    """Fit temperature scaling and per-class thresholds on validation predictions (never on test data).
+
+    Example: medvlkit calibrate --predictions runs/val/predictions.csv --out runs/calib
+    Then: medvlkit apply-calibration --predictions runs/test/predictions.csv --calibration runs/calib/calibration.json
+    """
+    from medvlkit.calibrate import calibrate_predictions
+
+    out_dir = _out(out, "calibrate")
+    metrics = calibrate_predictions(predictions, out_dir, thresholds, target_sensitivity)
+    console.print(f"validation ECE {metrics['ece_before']:.4f} -> {metrics['ece_after']:.4f} after temperature "
+                  f"scaling; wrote {out_dir}/calibration.json")
+
+
+@app.command("apply-calibration")
+def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions", help="predictions.csv to calibrate"),
+                          calibration: Path = typer.Option(..., "--calibration", help="calibration.json from "
+                                                                                      "medvlkit calibrate"),
+                          out: Path = OutOpt,
+                          bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples"),
+                          seed: int = typer.Option(0, "--seed", help="bootstrap seed")) -> None:
+    """Apply a calibration fitted on validation data to other (e.g. test) predictions.
+
+    Example: medvlkit apply-calibration --predictions runs/test/predictions.csv
+             --calibration runs/calib/calibration.json
+    """
+    from medvlkit.calibrate import apply_to_predictions
+
+    out_dir = _out(out, "apply-calibration")
+    metrics = apply_to_predictions(predictions, calibration, out_dir, bootstrap, seed)
+    if metrics:
+        console.print(f"ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f}")
+        _print_metrics({"metrics": metrics})
+    console.print(f"wrote {out_dir}/predictions.csv and result.json")
+
+
+@app.command()
 def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV with file + prob_<class> columns"),
              labels: Path = typer.Option(..., "--labels", help="CSV with file + label (class name) or one 0/1 column "
                                                                "per class"),

@@ -28,12 +28,15 @@ class Evaluation:
 
 
 def evaluate_probs(labels: np.ndarray, probs: np.ndarray, classnames: list[str], multilabel: bool,
-                   n_bootstrap: int = 1000, seed: int = 0) -> Evaluation:
+                   n_bootstrap: int = 1000, seed: int = 0, decisions: np.ndarray | None = None,
+                   thresholds: np.ndarray | float = 0.5) -> Evaluation:
     """Score (N, C) probabilities against (N, C) labels (one-hot for single-label; 1/0/NaN multi-label).
 
     Args:
         n_bootstrap: bootstrap resamples for the 95% CIs (0 disables them).
         seed: the bootstrap's seed.
+        decisions: single-label predicted class indices (N,) when not the argmax (validation thresholds).
+        thresholds: multi-label per-class decision thresholds.
     """
     if labels.shape != probs.shape:
         raise MedvlkitError(f"labels {labels.shape} and predictions {probs.shape} do not align")
@@ -41,14 +44,16 @@ def evaluate_probs(labels: np.ndarray, probs: np.ndarray, classnames: list[str],
         raise MedvlkitError("nothing to evaluate: no labelled predictions")
     if multilabel:
         def fn(y, p):
-            return multilabel_metrics(y, p, classnames)
+            return multilabel_metrics(y, p, classnames, thresholds)
         arrays, keys, cm = (labels, probs), CI_KEYS_MULTI, None
     else:
         y = np.nanargmax(labels, axis=1)
-        def fn(y, p):
-            return single_label_metrics(y, p, classnames)
-        arrays, keys = (y, probs), CI_KEYS_SINGLE
-        cm = confusion_matrix(y, probs.argmax(1), len(classnames)).tolist()
+        d = probs.argmax(1) if decisions is None else np.asarray(decisions, dtype=int)
+
+        def fn(y, p, d):
+            return single_label_metrics(y, p, classnames, d)
+        arrays, keys = (y, probs, d), CI_KEYS_SINGLE
+        cm = confusion_matrix(y, d, len(classnames)).tolist()
     metrics = fn(*arrays)
     ci = bootstrap_ci(fn, arrays, n_bootstrap, seed, keys=keys) if n_bootstrap > 0 else {}
     return Evaluation(metrics, ci, cm)

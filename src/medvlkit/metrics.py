@@ -49,15 +49,17 @@ def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np
     return precision, recall, f1
 
 
-def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classnames: list[str]) -> dict[str, float]:
+def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classnames: list[str],
+                         y_pred: np.ndarray | None = None) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro and per-class precision/recall/F1/AUROC/AP.
 
     ``auroc`` is the positive-class AUROC for two classes and the macro one-vs-rest AUROC otherwise
-    (classes absent from ``y_true`` are left out of the macro means of AUROC and AP).
+    (classes absent from ``y_true`` are left out of the macro means of AUROC and AP). Decisions are
+    ``y_pred`` when given (e.g. after validation-chosen thresholds), else the argmax of ``probs``.
     """
     y_true = np.asarray(y_true, dtype=int)
     n_classes = probs.shape[1]
-    y_pred = probs.argmax(axis=1)
+    y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=int)
     cm = confusion_matrix(y_true, y_pred, n_classes)
     tp = np.diag(cm).astype(float)
     precision, recall, f1 = _prf(tp, cm.sum(0) - tp, cm.sum(1) - tp)

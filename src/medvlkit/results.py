@@ -74,11 +74,12 @@ def write_result(out_dir: Path, *, dataset: str, model: str, task: str, metrics:
 
 
 def write_predictions(out_dir: Path, items: list[str], classnames: list[str], probs: np.ndarray,
-                      labels: np.ndarray | None, multilabel: bool, threshold: float = 0.5) -> Path:
+                      labels: np.ndarray | None, multilabel: bool, decisions: np.ndarray | None = None) -> Path:
     """Write ``out_dir/predictions.csv``: ``file``, ``true``, ``predicted``, ``prob_<class>`` per class.
 
-    ``true``/``predicted`` hold one class name (single-label) or ``|``-joined names (multi-label, probability
-    >= ``threshold``); ``true`` is empty when the data has no labels.
+    ``true``/``predicted`` hold one class name (single-label) or ``|``-joined names (multi-label); ``true`` is
+    empty when the data has no labels. ``predicted`` follows ``decisions`` when given (class indices (N,) or
+    booleans (N, C), e.g. from validation-chosen thresholds), else the argmax / probability >= 0.5.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PREDICTIONS_FILE
@@ -88,10 +89,19 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], pr
         w.writerow(["file", "true", "predicted"] + [f"prob_{c}" for c in classnames])
         for i, item in enumerate(items):
             w.writerow([item, _names(labels[i], classnames, multilabel, 0.5) if labels is not None else "",
-                        _names(probs[i], classnames, multilabel, threshold)]
+                        _predicted(i, probs, decisions, classnames, multilabel)]
                        + [f"{p:.6f}" for p in probs[i]])
     os.replace(tmp, path)
     return path
+
+
+def _predicted(i: int, probs: np.ndarray, decisions: np.ndarray | None, classnames: list[str],
+               multilabel: bool) -> str:
+    if decisions is None:
+        return _names(probs[i], classnames, multilabel, 0.5)
+    if multilabel:
+        return "|".join(c for c, d in zip(classnames, decisions[i]) if d)
+    return classnames[int(decisions[i])]
 
 
 def _names(row: np.ndarray, classnames: list[str], multilabel: bool, threshold: float) -> str:

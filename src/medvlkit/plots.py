@@ -1,0 +1,86 @@
+"""Plots as PNG bytes (matplotlib, Agg backend): confusion matrix, ROC curves, reliability diagram."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _figure(width: float = 4.2, height: float = 3.6):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(figsize=(width, height), dpi=110)
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def confusion_matrix_png(cm: list[list[int]], classnames: list[str], title: str = "confusion matrix") -> bytes:
+    """Counts with row-normalised colour (rows: true class, columns: predicted)."""
+    plt, (fig, ax) = _figure()
+    cm = np.asarray(cm)
+    frac = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classnames)), classnames, rotation=30, ha="right")
+    ax.set_yticks(range(len(classnames)), classnames)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _png(plt, fig)
+
+
+def roc_curve_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold (from the top score down)."""
+    order = np.argsort(-score, kind="mergesort")
+    y, s = np.asarray(y, bool)[order], score[order]
+    last = np.r_[np.where(np.diff(s))[0], len(s) - 1]
+    tps, fps = np.cumsum(y)[last], np.cumsum(~y)[last]
+    return np.r_[0.0, fps / max(fps[-1], 1)], np.r_[0.0, tps / max(tps[-1], 1)]
+
+
+def roc_png(labels: np.ndarray, probs: np.ndarray, classnames: list[str], title: str = "ROC") -> bytes:
+    """One ROC curve per class (one-vs-rest; NaN labels masked), AUROC in the legend."""
+    from medvlkit.metrics import auroc_binary
+
+    plt, (fig, ax) = _figure()
+    for c, name in enumerate(classnames):
+        known = ~np.isnan(labels[:, c])
+        y, p = labels[known, c] == 1, probs[known, c]
+        if y.any() and (~y).any():
+            fpr, tpr = roc_curve_points(y, p)
+            ax.plot(fpr, tpr, label=f"{name} ({auroc_binary(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(plt, fig)
+
+
+def reliability_png(curves: dict[str, dict[str, list[float]]], title: str = "reliability") -> bytes:
+    """Reliability diagram: accuracy per confidence bin, one line per curve (e.g. before / after)."""
+    plt, (fig, ax) = _figure()
+    for name, r in curves.items():
+        conf, acc = np.asarray(r["confidence"]), np.asarray(r["accuracy"])
+        ok = ~np.isnan(conf)
+        ax.plot(conf[ok], acc[ok], marker="o", ms=3, label=name)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(plt, fig)
