@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from medvlkit import MedvlkitError
-from medvlkit.calibrate import (apply_calibration, calibration_error, expected_calibration_error, fit_calibration,
-                                scale_softmax, sensitivity_threshold, youden_threshold)
+from medvlkit.calibrate import (
+    apply_calibration,
+    calibration_error,
+    expected_calibration_error,
+    fit_calibration,
+    scale_softmax,
+    sensitivity_threshold,
+    youden_threshold,
+)
 from medvlkit.cli import main
 from medvlkit.results import write_predictions
 
