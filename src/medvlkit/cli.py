@@ -42,6 +42,8 @@ PathColOpt = typer.Option(None, "--path-column", help="CSV column with image pat
 LabelColsOpt = typer.Option(None, "--label-columns", help="comma-separated CSV label columns")
 UncertainOpt = typer.Option("ignore", "--uncertain", help="CheXpert -1 labels: ignore (NaN), zeros or ones")
 ImageRootOpt = typer.Option(None, "--image-root", help="folder that CSV/JSONL image paths are relative to")
+GateOpt = typer.Option(False, "--gate", help="first drop images the medical-image gate rejects (listed in result.json)")
+GateThrOpt = typer.Option(None, "--gate-threshold", help="P(medical) threshold for --gate (default: the model's)")
 
 
 def _print_version(value: bool) -> None:
@@ -72,6 +74,19 @@ def _dataset(data: Path, split: str | None, fmt: str, path_column: str | None = 
     opts = {k: v for k, v in dict(path_column=path_column, label_columns=label_columns, uncertain=uncertain,
                                   image_root=image_root).items() if v is not None}
     return load_dataset(data, split=split, format=fmt, **opts)
+
+
+def _gated(m, ds, gate: bool, threshold: float | None, embed_kwargs: dict):
+    """The dataset after the gate (when asked) and the rejected files, for result.json."""
+    if not gate:
+        return ds, {}
+    from medvlkit.gate import filter_dataset
+
+    kept, rejected = filter_dataset(m, ds, threshold, **embed_kwargs)
+    if len(kept) == 0:
+        raise MedvlkitError(f"the gate rejected all {len(ds)} images of {ds.name} (threshold "
+                            f"{rejected[0]['threshold']:.3f}); check the data or lower --gate-threshold")    err_console.print(f"gate: kept {len(kept)} of {len(ds)} images, rejected {len(rejected)} (listed in result.json)")
+    return kept, {"gated_out": rejected}
 
 
 def _out(out: Path | None, verb: str) -> Path:
@@ -133,7 +148,8 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fm
           out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
           workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
           cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
-          path_column: str = PathColOpt, image_root: str = ImageRootOpt) -> None:
+          path_column: str = PathColOpt, image_root: str = ImageRootOpt, gate: bool = GateOpt,
+          gate_threshold: float = GateThrOpt) -> None:
     """Embed a dataset's images: writes embeddings.npy, files.csv, result.json (with images/s).
 
     Example: medvlkit embed --model hf:./clip-vit-b32 --data ../shared/data/chest_xray_pneumonia --split test
@@ -144,10 +160,12 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fm
     ds = _dataset(data, split, fmt, path_column, image_root=image_root)
     m = _model(model, device, precision, tokenizer)
     start = time.perf_counter()
-    emb = embed_images(m, ds, batch_size=batch_size, num_workers=workers, cache=not no_cache,
-                       cache_dir=cache_dir, on_error=on_error, progress=not quiet)
+    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, cache_dir=cache_dir,
+                  on_error=on_error, progress=not quiet)
+    ds, gated = _gated(m, ds, gate, gate_threshold, kwargs)
+    emb = embed_images(m, ds, **kwargs)
     out_dir = _out(out, "embed")
-    res = save_embeddings(emb, out_dir, m, ds, _jsonable(config), time.perf_counter() - start)
+    res = save_embeddings(emb, out_dir, m, ds, _jsonable(config), time.perf_counter() - start, gated)
     rate = res["metrics"]["images_per_second"]
     console.print(f"{res['metrics']['n_images']} embeddings ({res['metrics']['n_cached']} from cache, "
                   f"{len(emb.skipped)} skipped){f', {rate:.1f} images/s' if rate else ''} -> {out_dir}")
@@ -165,7 +183,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs (0: none)"),
              seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
              path_column: str = PathColOpt, label_columns: str = LabelColsOpt, uncertain: str = UncertainOpt,
-             image_root: str = ImageRootOpt) -> None:
+             image_root: str = ImageRootOpt, gate: bool = GateOpt, gate_threshold: float = GateThrOpt) -> None:
     """Zero-shot classification from text prompts; writes result.json and predictions.csv.
 
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
@@ -180,10 +198,12 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         [c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")
     ds = _dataset(data, split, fmt, path_column, label_columns, uncertain, image_root)  # cheap checks first
     m = _model(model, device, precision, tokenizer)
-    res = zeroshot_classify(m, ds, ps, mode, batch_size=batch_size, num_workers=workers, cache=not no_cache,
-                            cache_dir=cache_dir, on_error=on_error, progress=not quiet)
+    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, cache_dir=cache_dir,
+                  on_error=on_error, progress=not quiet)
+    ds, gated = _gated(m, ds, gate, gate_threshold, kwargs)
+    res = zeroshot_classify(m, ds, ps, mode, **kwargs)
     out_dir = _out(out, "zeroshot")
-    written = save_zeroshot(res, ds, m, out_dir, _jsonable(config), bootstrap, seed)
+    written = save_zeroshot(res, ds, m, out_dir, _jsonable(config), bootstrap, seed, gated)
     _print_metrics(written)
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
 
@@ -257,6 +277,42 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
         console.print(f"ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f}")
         _print_metrics({"metrics": metrics})
     console.print(f"wrote {out_dir}/predictions.csv and result.json")
+
+
+@app.command("gate")
+def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
+             out: Path = OutOpt, device: str = DeviceOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt,
+             on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt,
+             threshold: float = typer.Option(None, "--threshold", help="P(medical) threshold (default: chosen on "
+                                                                        "--val-* images, else the model's)"),
+             val_medical: Path = typer.Option(None, "--val-medical", help="validation folder of medical images"),
+             val_non_medical: Path = typer.Option(None, "--val-non-medical", help="validation folder of ordinary "
+                                                                                  "images")) -> None:
+    """Label each image medical / non-medical with a score; the threshold is chosen on validation images.
+
+    Example: medvlkit gate --data inbox/ --val-medical val/medical --val-non-medical val/photos --out runs/gate
+    """
+    from medvlkit.gate import run_gate, save_gate, threshold_from_validation
+
+    config = _jsonable(dict(locals()))
+    if (val_medical is None) != (val_non_medical is None):
+        raise MedvlkitError("pass both --val-medical and --val-non-medical (or neither)")
+    if threshold is not None and val_medical is not None:
+        raise MedvlkitError("pass either --threshold or the --val-* folders, not both")
+    ds = _dataset(data, split, fmt)
+    m = _model(model, device, "fp32", None)
+    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, on_error=on_error,
+                  progress=not quiet)
+    source = "given"
+    if val_medical is not None:
+        threshold = threshold_from_validation(m, _dataset(val_medical, None, "folder"),
+                                              _dataset(val_non_medical, None, "folder"), **kwargs)
+        source = f"balanced accuracy on {val_medical} vs {val_non_medical}"
+    res = run_gate(m, ds, threshold, source, **kwargs)
+    out_dir = _out(out, "gate")
+    summary = save_gate(res, out_dir, m, ds, config)
+    console.print(f"{summary['n_medical']} medical, {summary['n_non_medical']} non-medical "
+                  f"(threshold {res.threshold:.3f}: {res.threshold_source}); wrote {out_dir}/gate.csv")
 
 
 @app.command()

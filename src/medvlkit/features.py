@@ -133,7 +133,7 @@ def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256) -> np
 
 
 def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase, dataset: ImageDataset, config: dict,
-                    seconds: float) -> dict:
+                    seconds: float, extra: dict | None = None) -> dict:
     """Write ``embeddings.npy`` (N, D), ``files.csv`` (row i = file of embedding i) and ``result.json``.
 
     Returns:
@@ -155,5 +155,5 @@ def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase,
     path = write_result(out_dir, dataset=name, model=model.name, task="embed", metrics=metrics, config=config,
                         n_skipped=len(emb.skipped),
                         extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped],
-                               "preprocess": model.preprocess_cfg.to_dict()})
+                               "preprocess": model.preprocess_cfg.to_dict()} | (extra or {}))
     return json.loads(path.read_text())

@@ -1,9 +1,19 @@
-"""Medical vs non-medical image gate (zero-shot prompts), usable in front of other commands."""
+"""Medical vs non-medical image gate (zero-shot prompts), usable in front of other commands.
+
+The decision threshold is, in order: the one the caller gives, one chosen on validation images the caller
+gives (balanced accuracy), or the model's own validated threshold (``lite`` ships one), else 0.5.
+"""
 
 from __future__ import annotations
 
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
+from medvlkit.data.dataset import ImageDataset
+from medvlkit.features import embed_images
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import PromptSet, load_prompt_set
 from medvlkit.zeroshot import classify
@@ -22,3 +32,78 @@ def medical_probability(model: ModelBase, image_emb: np.ndarray, prompts: Prompt
     prompts = prompts or load_prompt_set(GATE_PROMPTS)
     probs = classify(model, image_emb, prompts, "softmax")
     return probs[:, prompts.classnames.index("medical")]
+
+
+def balanced_threshold(p_medical: np.ndarray, is_medical: np.ndarray) -> float:
+    """The threshold with the best balanced accuracy; the middle of the optimal range, not its edge."""
+    is_medical = np.asarray(is_medical, bool)
+    candidates = np.unique(np.r_[p_medical, 0.5])
+    balanced = np.array([0.5 * (np.mean(p_medical[is_medical] >= t) + np.mean(p_medical[~is_medical] < t))
+                         for t in candidates])
+    optimal = candidates[balanced == balanced.max()]
+    mid = len(optimal) // 2
+    return float(optimal[mid]) if len(optimal) % 2 else float(optimal[mid - 1:mid + 1].mean())
+
+
+@dataclass
+class GateResult:
+    """Per-image gate scores for the readable items of a dataset."""
+
+    items: list[str]
+    p_medical: np.ndarray  # (N,)
+    threshold: float
+    threshold_source: str
+    skipped: list[tuple[str, str]]
+
+    @property
+    def accepted(self) -> np.ndarray:
+        return self.p_medical >= self.threshold
+
+
+def threshold_from_validation(model: ModelBase, medical: ImageDataset, non_medical: ImageDataset,
+                              **embed_options) -> float:
+    """Balanced-accuracy threshold on the caller's validation images (medical and non-medical folders)."""
+    p_med = medical_probability(model, embed_images(model, medical, **embed_options).vectors)
+    p_non = medical_probability(model, embed_images(model, non_medical, **embed_options).vectors)
+    return balanced_threshold(np.r_[p_med, p_non], np.r_[np.ones(len(p_med)), np.zeros(len(p_non))])
+
+
+def run_gate(model: ModelBase, dataset: ImageDataset, threshold: float | None = None,
+             threshold_source: str = "given", **embed_options) -> GateResult:
+    """Score every image of ``dataset``; ``threshold`` None means the model's default."""
+    emb = embed_images(model, dataset, **embed_options)
+    if threshold is None:
+        threshold, threshold_source = default_gate_threshold(model), "model default (validated for lite)"
+    return GateResult(emb.items, medical_probability(model, emb.vectors), float(threshold), threshold_source,
+                      emb.skipped)
+
+
+def filter_dataset(model: ModelBase, dataset: ImageDataset, threshold: float | None = None,
+                   **embed_options) -> tuple[ImageDataset, list[dict]]:
+    """The dataset restricted to images the gate accepts, and the rejected ones with their scores."""
+    res = run_gate(model, dataset, threshold, **embed_options)
+    index = {item: i for i, item in enumerate(dataset.items)}
+    keep = [index[it] for it, ok in zip(res.items, res.accepted) if ok]
+    rejected = [{"file": it, "p_medical": float(p), "threshold": res.threshold}
+                for it, p, ok in zip(res.items, res.p_medical, res.accepted) if not ok]
+    return dataset.subset(keep), rejected
+
+
+def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDataset, config: dict) -> dict:
+    """Write gate.csv (file, p_medical, verdict) and result.json (counts, threshold, rejected files)."""
+    from medvlkit.results import write_result
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "gate.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "p_medical", "verdict"])
+        for it, p, ok in zip(res.items, res.p_medical, res.accepted):
+            w.writerow([it, f"{p:.4f}", "medical" if ok else "non-medical"])
+    metrics = {"n_images": len(res.items), "n_medical": int(res.accepted.sum()),
+               "n_non_medical": int((~res.accepted).sum())}
+    extra = {"threshold": res.threshold, "threshold_source": res.threshold_source,
+             "rejected": [it for it, ok in zip(res.items, res.accepted) if not ok],
+             "skipped": [{"file": f, "reason": r} for f, r in res.skipped]}
+    write_result(out_dir, dataset=dataset.name + (f"/{dataset.split}" if dataset.split else ""), model=model.name,
+                 task="gate", metrics=metrics, config=config, n_skipped=len(res.skipped), extra=extra)
+    return metrics | extra

@@ -104,7 +104,7 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
 
 
 def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBase, out_dir: str | Path,
-                  config: dict, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+                  config: dict, n_bootstrap: int = 1000, seed: int = 0, extra: dict | None = None) -> dict:
     """Score a zero-shot result (when the data has labels); write result.json, predictions.csv, prompts.json.
 
     Returns:
@@ -114,7 +114,7 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
     multilabel = result.mode == "pos_neg"
     metrics, ci = {}, {}
     extra = {"classnames": result.classnames, "mode": result.mode, "n_images": len(result.embeddings.items),
-             "skipped": [{"file": f, "reason": r} for f, r in result.embeddings.skipped]}
+             "skipped": [{"file": f, "reason": r} for f, r in result.embeddings.skipped]} | (extra or {})
     if result.labels is not None:
         ev = evaluate_probs(result.labels, result.probs, result.classnames, multilabel, n_bootstrap, seed)
         metrics, ci, extra["confusion_matrix"] = ev.metrics, ev.ci, ev.confusion_matrix

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medvlkit.gate import balanced_threshold
 from medvlkit.metrics import auroc_binary
 from medvlkit.models.lite import LiteHeads
 from medvlkit.pretrain.corpus import Pair
@@ -81,10 +82,4 @@ def choose_gate_threshold(heads: LiteHeads, pairs: list[Pair], image_feats: np.n
     with torch.no_grad():
         p = (scale * img @ class_embeddings(heads, val_prompt_sets()["medical_gate"], text_feats).T).softmax(-1)
     p_med = p[:, 0].numpy()
-    medical = np.array([pr.source != "photo" for pr in pairs])
-    candidates = np.unique(np.r_[p_med, 0.5])
-    balanced = np.array([0.5 * (np.mean(p_med[medical] >= t) + np.mean(p_med[~medical] < t)) for t in candidates])
-    optimal = candidates[balanced == balanced.max()]
-    # the middle of the optimal range, not its edge: the widest margin on both sides
-    return float(optimal[len(optimal) // 2]) if len(optimal) % 2 else float(optimal[len(optimal) // 2 - 1:
-                                                                                    len(optimal) // 2 + 1].mean())
+    return balanced_threshold(p_med, np.array([pr.source != "photo" for pr in pairs]))

@@ -1,0 +1,69 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from helpers import make_image, make_image_folder
+
+from medvlkit.cli import main
+from medvlkit.gate import balanced_threshold
+
+
+def test_balanced_threshold_is_mid_margin():
+    p = np.array([0.1, 0.2, 0.6, 0.9, 0.95])
+    assert balanced_threshold(p, np.array([0, 0, 1, 1, 1])) == pytest.approx(0.55)
+    assert balanced_threshold(np.array([0.3, 0.7]), np.array([1, 0])) in (0.3, 0.5, 0.7)
+
+
+def test_gate_cli_thresholds_and_lists(tiny_clip_dir, tmp_path):
+    for i in range(4):
+        make_image(tmp_path / "inbox" / f"{i}.png", seed=i)
+    base = ["gate", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "inbox"), "-q", "--workers", "0"]
+    assert main(base + ["--threshold", "0", "--out", str(tmp_path / "all")]) == 0
+    res = json.loads((tmp_path / "all" / "result.json").read_text())
+    assert res["metrics"]["n_medical"] == 4 and res["rejected"] == [] and res["task"] == "gate"
+    assert main(base + ["--threshold", "1.01", "--out", str(tmp_path / "none")]) == 0
+    res = json.loads((tmp_path / "none" / "result.json").read_text())
+    assert res["metrics"]["n_non_medical"] == 4 and len(res["rejected"]) == 4
+    with open(tmp_path / "none" / "gate.csv", newline="") as f:
+        assert {r["verdict"] for r in csv.DictReader(f)} == {"non-medical"}
+    make_image_folder(tmp_path / "val_med", {"x": 2}, seed=10)
+    make_image_folder(tmp_path / "val_photo", {"y": 2}, seed=20)
+    assert main(base + ["--val-medical", str(tmp_path / "val_med" / "x"), "--val-non-medical",
+                        str(tmp_path / "val_photo" / "y"), "--out", str(tmp_path / "val")]) == 0
+    res = json.loads((tmp_path / "val" / "result.json").read_text())
+    assert res["threshold_source"].startswith("balanced accuracy")
+    assert main(base + ["--val-medical", str(tmp_path / "val_med"), "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_zeroshot_and_embed_behind_the_gate(tiny_clip_dir, tmp_path, capsys):
+    make_image_folder(tmp_path / "d", {"NORMAL": 2, "PNEUMONIA": 2})
+    base = ["-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "d"), "-q", "--workers", "0", "--gate"]
+    assert main(["zeroshot", *base, "-p", "pneumonia", "--gate-threshold", "1.01", "--out", str(tmp_path / "z")]) == 2
+    assert "gate rejected all" in capsys.readouterr().err
+    assert main(["zeroshot", *base, "-p", "pneumonia", "--gate-threshold", "0", "--bootstrap", "0", "--out",
+                 str(tmp_path / "z")]) == 0
+    res = json.loads((tmp_path / "z" / "result.json").read_text())
+    assert res["gated_out"] == [] and res["n_images"] == 4
+    assert main(["embed", *base, "--gate-threshold", "1.01", "--out", str(tmp_path / "e")]) == 2
+    assert "gate rejected all 4 images" in capsys.readouterr().err
+    assert main(["embed", *base, "--gate-threshold", "0", "--out", str(tmp_path / "e")]) == 0
+    res = json.loads((tmp_path / "e" / "result.json").read_text())
+    assert res["gated_out"] == [] and res["metrics"]["n_images"] == 4
+
+
+@pytest.mark.slow
+def test_lite_gate_on_real_images(data_root, tmp_path):
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    xrays = sorted((data_root / "chest_xray_pneumonia" / "test" / "NORMAL").glob("*.jpeg"))[:4]
+    photos = sorted((data_root / "natural" / "hymenoptera" / "val" / "bees").glob("*.jpg"))[:4]
+    for p in xrays + photos:
+        shutil.copy(p, inbox / p.name)
+    assert main(["gate", "-d", str(inbox), "-q", "--out", str(tmp_path / "g")]) == 0
+    with open(tmp_path / "g" / "gate.csv", newline="") as f:
+        verdict = {r["file"].rsplit("/", 1)[-1]: r["verdict"] for r in csv.DictReader(f)}
+    assert all(verdict[p.name] == "medical" for p in xrays)
+    assert all(verdict[p.name] == "non-medical" for p in photos)
