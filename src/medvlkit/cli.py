@@ -85,7 +85,8 @@ def _gated(m, ds, gate: bool, threshold: float | None, embed_kwargs: dict):
     kept, rejected = filter_dataset(m, ds, threshold, **embed_kwargs)
     if len(kept) == 0:
         raise MedvlkitError(f"the gate rejected all {len(ds)} images of {ds.name} (threshold "
-                            f"{rejected[0]['threshold']:.3f}); check the data or lower --gate-threshold")    err_console.print(f"gate: kept {len(kept)} of {len(ds)} images, rejected {len(rejected)} (listed in result.json)")
+                            f"{rejected[0]['threshold']:.3f}); check the data or lower --gate-threshold")
+    err_console.print(f"gate: kept {len(kept)} of {len(ds)} images, rejected {len(rejected)} (listed in result.json)")
     return kept, {"gated_out": rejected}
 
 

@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_image, make_image_folder
 
+from helpers import make_image, make_image_folder
 from medvlkit.cli import main
 from medvlkit.gate import balanced_threshold
 
