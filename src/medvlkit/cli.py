@@ -316,6 +316,64 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
                   f"(threshold {res.threshold:.3f}: {res.threshold_source}); wrote {out_dir}/gate.csv")
 
 
+@app.command("index")
+def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
+              out: Path = typer.Option(..., "--out", "-o", help="index folder to write"), device: str = DeviceOpt,
+              batch_size: int = BatchOpt, workers: int = WorkersOpt, on_error: str = OnErrorOpt,
+              no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt, gate: bool = GateOpt,
+              gate_threshold: float = GateThrOpt,
+              recursive: bool = typer.Option(False, "--recursive", help="every image file under --data (a folder)"),
+              ) -> None:
+    """Build a FAISS index of a dataset's image embeddings for similar-case search.
+
+    Example: medvlkit index --data ../shared/data/chest_xray_pneumonia --split train --out runs/cxr-index
+    """
+    from medvlkit.data import load_dataset
+    from medvlkit.features import embed_images
+    from medvlkit.search import build_index
+
+    ds = load_dataset(data, split=split, format="folder", recursive=True) if recursive else _dataset(data, split, fmt)
+    m = _model(model, device, "fp32", None)
+    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, on_error=on_error,
+                  progress=not quiet)
+    ds, gated = _gated(m, ds, gate, gate_threshold, kwargs)
+    start = time.perf_counter()
+    idx = build_index(embed_images(m, ds, **kwargs), m, ds, out)
+    if gated:
+        idx.meta |= gated
+        (out / "index.json").write_text(json.dumps(idx.meta, indent=1) + "\n")
+    console.print(f"indexed {len(idx.files)} images in {time.perf_counter() - start:.1f} s -> {out}")
+
+
+@app.command()
+def search(index: Path = typer.Option(..., "--index", help="folder written by medvlkit index"),
+           text: str = typer.Option(None, "--text", help="text query"),
+           image: Path = typer.Option(None, "--image", help="query image file"),
+           k: int = typer.Option(5, "-k", help="results per query"), model: str = ModelOpt,
+           device: str = DeviceOpt, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The k nearest indexed images to a text query or a query image, with cosine scores.
+
+    Example: medvlkit search --index runs/cxr-index --text "right lower lobe consolidation" -k 5
+    """
+    from medvlkit.search import load_index, query_vectors
+
+    if (text is None) == (image is None):
+        raise MedvlkitError("pass exactly one of --text or --image")
+    if k < 1:
+        raise MedvlkitError(f"-k {k}: must be at least 1")
+    idx = load_index(index)
+    m = _model(model, device, "fp32", None)
+    idx.check_model(m)
+    hits = idx.search(query_vectors(m, [text] if text else None, [str(image)] if image else None), k)[0]
+    if as_json:
+        print(json.dumps([{"file": f, "score": s} for f, s in hits], indent=1))
+        return
+    table = Table("rank", "score", "file")
+    for r, (f, s) in enumerate(hits, 1):
+        table.add_row(str(r), f"{s:.4f}", escape(f))
+    console.print(table)
+
+
 @app.command()
 def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV with file + prob_<class> columns"),
              labels: Path = typer.Option(..., "--labels", help="CSV with file + label (class name) or one 0/1 column "

@@ -35,6 +35,8 @@ def test_flat_unlabelled_and_empty(tmp_path):
     (tmp_path / "flat" / "notes.txt").write_text("x")
     ds = load_dataset(tmp_path / "flat")
     assert len(ds) == 2 and not ds.has_labels
+    make_image(tmp_path / "flat" / "deep" / "er" / "c.png")
+    assert len(load_dataset(tmp_path / "flat", format="folder", recursive=True)) == 3
     (tmp_path / "empty").mkdir()
     with pytest.raises(MedvlkitError, match="no images found"):
         load_dataset(tmp_path / "empty")

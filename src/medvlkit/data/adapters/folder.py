@@ -41,9 +41,17 @@ def _detect(path: Path) -> bool:
 
 @register_adapter("folder", "image folder: <root>/[<split>/]<class>/[images/]*.png|jpg|dcm..., or flat "
                   "unlabelled images", _detect)
-def load_image_folder(path: Path, split: str | None = None, **_: object) -> ImageDataset:
-    """Load a class-per-subfolder image tree (or a flat folder of unlabelled images)."""
+def load_image_folder(path: Path, split: str | None = None, recursive: bool = False, **_: object) -> ImageDataset:
+    """Load a class-per-subfolder image tree (or a flat folder of unlabelled images).
+
+    ``recursive=True`` takes every image file anywhere under the folder, unlabelled (for search indexes).
+    """
     root = Path(path)
+    if recursive:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise MedvlkitError(f"--data {root}: no image files anywhere under it")
+        return ImageDataset(items=[str(p.resolve()) for p in files], name=root.name, split=split)
     if split:
         split_dir = find_split_dir(root, split)
         if split_dir is None:

@@ -1,0 +1,96 @@
+"""Similar-case search: a FAISS index of a folder's image embeddings, queried by text or by image.
+
+An index folder holds ``index.faiss`` (exact inner product over unit vectors = cosine), ``files.csv`` (row i =
+vector i) and ``index.json`` (model name and fingerprint, embedding size, preprocessing). It reloads without
+re-embedding and refuses a query from another model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medvlkit.data.dataset import ImageDataset
+from medvlkit.data.io import read_image
+from medvlkit.errors import MedvlkitError
+from medvlkit.features import ImageEmbeddings, embed_texts
+from medvlkit.models.base import ModelBase
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:
+        raise MedvlkitError(f"index/search need FAISS: pip install faiss-cpu ({err})") from None
+    return faiss
+
+
+@dataclass
+class SearchIndex:
+    """A loaded index: the FAISS object, the files in vector order, and the model it was built with."""
+
+    index: object
+    files: list[str]
+    meta: dict
+
+    def check_model(self, model: ModelBase) -> None:
+        """Refuse a model other than the one that built the index (vectors of two models do not compare)."""
+        if model.fingerprint() != self.meta["model_fingerprint"]:
+            raise MedvlkitError(f"this index was built with model '{self.meta['model']}' (fingerprint "
+                                f"{self.meta['model_fingerprint']}); the query model '{model.name}' differs "
+                                f"({model.fingerprint()}). Pass --model {self.meta['model']} or rebuild the index")
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Top-k (file, cosine similarity) per query row of (Q, D) unit vectors."""
+        k = min(k, len(self.files))
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return [[(self.files[j], float(s)) for j, s in zip(row_ids, row_scores) if j >= 0]
+                for row_ids, row_scores in zip(ids, scores)]
+
+
+def build_index(emb: ImageEmbeddings, model: ModelBase, dataset: ImageDataset, out_dir: Path) -> SearchIndex:
+    """Write an index folder from embeddings computed by :func:`medvlkit.embed_images`."""
+    faiss = _faiss()
+    index = faiss.IndexFlatIP(emb.vectors.shape[1])
+    index.add(np.ascontiguousarray(emb.vectors, dtype=np.float32))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(out_dir / "index.faiss"))
+    with open(out_dir / "files.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "file"])
+        w.writerows(enumerate(emb.items))
+    meta = {"model": model.name, "model_fingerprint": model.fingerprint(), "embed_dim": int(emb.vectors.shape[1]),
+            "n": len(emb.items), "dataset": dataset.name, "preprocess": model.preprocess_cfg.to_dict(),
+            "skipped": [{"file": f, "reason": r} for f, r in emb.skipped]}
+    (out_dir / "index.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return SearchIndex(index, list(emb.items), meta)
+
+
+def load_index(folder: Path) -> SearchIndex:
+    """Reload an index folder written by :func:`build_index`."""
+    faiss = _faiss()
+    folder = Path(folder)
+    needed = [folder / n for n in ("index.faiss", "files.csv", "index.json")]
+    if not all(p.is_file() for p in needed):
+        raise MedvlkitError(f"--index {folder}: not an index folder (needs index.faiss, files.csv, index.json); "
+                            "build one with `medvlkit index`")
+    with open(folder / "files.csv", newline="") as f:
+        files = [r["file"] for r in csv.DictReader(f)]
+    return SearchIndex(faiss.read_index(str(folder / "index.faiss")), files, json.loads((folder / "index.json")
+                                                                                        .read_text()))
+
+
+def query_vectors(model: ModelBase, texts: list[str] | None = None, images: list[str] | None = None) -> np.ndarray:
+    """Unit query vectors from texts or image files. Returns (Q, D)."""
+    import torch
+
+    if texts:
+        return embed_texts(model, texts)
+    if not images:
+        raise MedvlkitError("pass a text query (--text) or a query image (--image)")
+    with torch.inference_mode():
+        return model.encode_image(model.preprocess([read_image(p) for p in images])).float().cpu().numpy()

@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+from helpers import make_image_folder, save_tiny_clip
+
+from medvlkit import create_model
+from medvlkit.cli import main
+from medvlkit.retrieval import first_relevant_ranks, retrieval_metrics
+
+
+def test_index_then_search_by_image_and_text(tiny_clip_dir, tmp_path, capsys):
+    make_image_folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    idx = tmp_path / "idx"
+    assert main(["index", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "imgs"), "--out", str(idx), "-q",
+                 "--workers", "0"]) == 0
+    meta = json.loads((idx / "index.json").read_text())
+    assert meta["n"] == 6 and meta["model_fingerprint"] == create_model(f"hf:{tiny_clip_dir}").fingerprint()
+    capsys.readouterr()
+    query = tmp_path / "imgs" / "b" / "img1.png"
+    assert main(["search", "--index", str(idx), "--image", str(query), "-k", "3", "-m", f"hf:{tiny_clip_dir}",
+                 "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and hits[0]["file"] == str(query.resolve()) and hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    assert main(["search", "--index", str(idx), "--text", "pneumonia", "-k", "10", "-m", f"hf:{tiny_clip_dir}",
+                 "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 6  # k is capped at the index size
+
+
+def test_search_refuses_another_model(tiny_clip_dir, tmp_path, capsys):
+    make_image_folder(tmp_path / "imgs", {"a": 2})
+    idx = tmp_path / "idx"
+    assert main(["index", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "imgs"), "--out", str(idx), "-q",
+                 "--workers", "0"]) == 0
+    other = save_tiny_clip(tmp_path / "other", seed=1)
+    assert main(["search", "--index", str(idx), "--text", "x", "-m", f"hf:{other}"]) == 2
+    assert "was built with model" in capsys.readouterr().err
+    assert main(["search", "--index", str(tmp_path), "--text", "x", "-m", f"hf:{other}"]) == 2
+    assert main(["search", "--index", str(idx), "-m", f"hf:{other}"]) == 2
+
+
+def test_retrieval_metrics_with_duplicate_captions():
+    sims = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.1, 0.7, 0.6]])
+    rel = np.eye(3, dtype=bool)
+    assert first_relevant_ranks(sims, rel).tolist() == [1, 2, 2]
+    emb = np.eye(3)
+    m, ci = retrieval_metrics(emb, emb, ["a", "b", "c"], n_bootstrap=10)
+    assert m["image_to_text_recall@1"] == 1 and m["text_to_image_median_rank"] == 1 and "image_to_text_recall@5" in ci
+    # two images share one caption text: either copy of the caption counts as a hit
+    txt = np.array([[0, 1.0, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    m, _ = retrieval_metrics(np.eye(3), txt, ["same", "same", "other"], n_bootstrap=0)
+    assert m["image_to_text_recall@1"] == 1.0
+
+
+def test_retrieve_cli_on_captions(tiny_clip_dir, tmp_path):
+    from helpers import make_image
+
+    rows = []
+    for i in range(5):
+        make_image(tmp_path / "im" / f"{i}.png", seed=i)
+        rows.append(json.dumps({"image": f"im/{i}.png", "text": f"finding number {i}"}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "r"
+    assert main(["retrieve", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "pairs.jsonl"), "-q", "--workers",
+                 "0", "--bootstrap", "20", "--out", str(out)]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["task"] == "zeroshot_retrieval" and 0 <= res["metrics"]["image_to_text_recall@5"] <= 1
+    assert res["metrics"]["image_to_text_recall@5"] == 1.0  # 5 candidates: recall@5 is always 1
+    assert main(["retrieve", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "im"), "-q", "--out", str(out)]) == 2
