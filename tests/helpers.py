@@ -104,3 +104,25 @@ def make_image_folder(root: Path, classes: dict[str, int], seed: int = 0, suffix
             make_image(root / name / f"img{i}{suffix}", seed=k)
             k += 1
     return root
+
+
+def save_tiny_blip(folder: Path, seed: int = 0) -> Path:
+    """A random BLIP captioner (BlipForConditionalGeneration + BlipProcessor with a small WordPiece vocab)."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["chest", "x", "-", "ray", "lung", "opacity", "normal", "heart", "left", "right", "lower", "lobe",
+             "effusion", "ct", "scan", "brain", "of", "the", "a", "with", "no", "image", "photo", "mri"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + words
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    torch.manual_seed(seed)
+    cfg = BlipConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=2, bos_token_id=5, pad_token_id=0,
+                                      sep_token_id=3, eos_token_id=3),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16)
+    BlipForConditionalGeneration(cfg).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

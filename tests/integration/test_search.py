@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_image_folder, save_tiny_clip
 
+from helpers import make_image_folder, save_tiny_clip
 from medvlkit import create_model
 from medvlkit.cli import main
 from medvlkit.retrieval import first_relevant_ranks, retrieval_metrics
