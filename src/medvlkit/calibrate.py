@@ -218,7 +218,7 @@ def read_labelled_predictions(path: Path) -> tuple[list[str], list[str], np.ndar
     return files, classnames, probs, labels, multilabel
 
 
-def _top_label(labels: np.ndarray, probs: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+def confidence_and_correct(labels: np.ndarray, probs: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
     """(confidence, correct) pairs for reliability diagrams: top label, or every known class cell."""
     if not multilabel:
         return probs.max(1), (probs.argmax(1) == np.nanargmax(labels, 1)).astype(float)
@@ -242,8 +242,8 @@ def calibrate_predictions(predictions: Path, out_dir: Path, threshold_method: st
     scaled, _ = apply_calibration(cal, probs, classnames)
     metrics = {"ece_before": calibration_error(labels, probs, multilabel),
                "ece_after": calibration_error(labels, scaled, multilabel), "n": len(files)}
-    curves = {"before": reliability(*_top_label(labels, probs, multilabel)),
-              "after": reliability(*_top_label(labels, scaled, multilabel))}
+    curves = {"before": reliability(*confidence_and_correct(labels, probs, multilabel)),
+              "after": reliability(*confidence_and_correct(labels, scaled, multilabel))}
     (out_dir / "reliability.png").write_bytes(reliability_png(curves, "validation reliability"))
     write_result(out_dir, dataset=str(predictions), model="", task="calibrate", metrics=metrics,
                  config={"predictions": str(predictions), "thresholds": threshold_method,
@@ -276,8 +276,8 @@ def apply_to_predictions(predictions: Path, calibration: Path, out_dir: Path, n_
                                    "ece_uncalibrated": calibration_error(labels, probs, cal.multilabel)}
         ci = after.ci
         extra |= {"metrics_uncalibrated": before.metrics, "confusion_matrix": after.confusion_matrix,
-                  "reliability": {"uncalibrated": reliability(*_top_label(labels, probs, cal.multilabel)),
-                                  "calibrated": reliability(*_top_label(labels, scaled, cal.multilabel))}}
+                  "reliability": {"uncalibrated": reliability(*confidence_and_correct(labels, probs, cal.multilabel)),
+                                  "calibrated": reliability(*confidence_and_correct(labels, scaled, cal.multilabel))}}
         (out_dir / "reliability.png").write_bytes(reliability_png(extra["reliability"], "reliability"))
     write_result(out_dir, dataset=str(predictions), model="", task="apply_calibration", metrics=metrics, ci=ci,
                  config={"predictions": str(predictions), "calibration": str(calibration)}, seed=seed, extra=extra)

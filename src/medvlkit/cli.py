@@ -226,13 +226,15 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     config = _jsonable(dict(locals()))
     ds = _dataset(data, split, fmt, image_root=image_root)
     m = _model(model, device, precision, tokenizer)
-    metrics, ci, emb = evaluate_retrieval(m, ds, bootstrap, seed, batch_size=batch_size, num_workers=workers,
+    metrics, ci, emb, examples = evaluate_retrieval(m, ds, bootstrap, seed, batch_size=batch_size,
+                                                    num_workers=workers,
                                           cache=not no_cache, cache_dir=cache_dir, on_error=on_error,
                                           progress=not quiet)
     out_dir = _out(out, "retrieve")
     write_result(out_dir, dataset=ds.name + (f"/{ds.split}" if ds.split else ""), model=m.name,
                  task="zeroshot_retrieval", metrics=metrics, ci=ci, config=config, seed=seed,
-                 n_skipped=len(emb.skipped), extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped]})
+                 n_skipped=len(emb.skipped), extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped],
+                                                    "examples": examples})
     _print_metrics({"metrics": metrics, "ci": ci})
     console.print(f"wrote {out_dir}/result.json")
 
@@ -402,6 +404,20 @@ def caption(data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
     write_jsonl(rows, out)
     console.print(f"wrote {len(rows)} captions for {len(ds) - len(skipped)} images to {out}"
                   + (f" ({len(skipped)} unreadable images skipped)" if skipped else ""))
+
+
+@app.command()
+def report(runs: list[Path] = typer.Argument(..., help="run folders (each with a result.json)"),
+           out: Path = OutOpt) -> None:
+    """Merge runs into report.md, report.csv and a self-contained report.html with plots.
+
+    Example: medvlkit report runs/cxr runs/medpix-retrieval --out runs/report
+    """
+    from medvlkit.report import write_report
+
+    out_dir = _out(out, "report")
+    page = write_report(runs, out_dir)
+    console.print(f"wrote {page}, report.md and report.csv")
 
 
 @app.command()

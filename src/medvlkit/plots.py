@@ -73,7 +73,7 @@ def reliability_png(curves: dict[str, dict[str, list[float]]], title: str = "rel
     """Reliability diagram: accuracy per confidence bin, one line per curve (e.g. before / after)."""
     plt, (fig, ax) = _figure()
     for name, r in curves.items():
-        conf, acc = np.asarray(r["confidence"]), np.asarray(r["accuracy"])
+        conf, acc = np.asarray(r["confidence"], dtype=float), np.asarray(r["accuracy"], dtype=float)  # null -> NaN
         ok = ~np.isnan(conf)
         ax.plot(conf[ok], acc[ok], marker="o", ms=3, label=name)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)

@@ -62,7 +62,8 @@ def evaluate_retrieval(model, dataset, n_bootstrap: int = 1000, seed: int = 0, *
     """Embed an image-caption dataset and score retrieval both ways.
 
     Returns:
-        (metrics, ci, embeddings) where embeddings is the :class:`~medvlkit.features.ImageEmbeddings`.
+        (metrics, ci, embeddings, examples): embeddings is the :class:`~medvlkit.features.ImageEmbeddings`,
+        examples a few text queries with their top images (:func:`text_to_image_examples`).
     """
     from medvlkit.errors import MedvlkitError
     from medvlkit.features import embed_images, embed_texts
@@ -74,4 +75,17 @@ def evaluate_retrieval(model, dataset, n_bootstrap: int = 1000, seed: int = 0, *
     captions = [dataset.texts[i] for i in emb.indices]
     text_emb = embed_texts(model, captions)
     metrics, ci = retrieval_metrics(emb.vectors, text_emb, captions, n_bootstrap, seed)
-    return metrics, ci, emb
+    return metrics, ci, emb, text_to_image_examples(emb.vectors, text_emb, captions, emb.items)
+
+
+def text_to_image_examples(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[str], items: list[str],
+                           n_queries: int = 6, k: int = 5) -> list[dict]:
+    """The first ``n_queries`` captions with their top-k images (for the report's retrieval grid)."""
+    sims = text_emb[:n_queries] @ image_emb.T  # (Q, N)
+    out = []
+    for q in range(min(n_queries, len(captions))):
+        top = np.argsort(-sims[q])[:k]
+        out.append({"query": captions[q], "answer": items[q],
+                    "top": [{"file": items[j], "score": float(sims[q, j]), "correct": captions[j] == captions[q]}
+                            for j in top]})
+    return out

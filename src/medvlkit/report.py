@@ -1,0 +1,179 @@
+"""``medvlkit report``: result JSONs of several runs -> a Markdown table, a CSV, and one self-contained HTML
+page (confusion matrices, ROC curves per class, reliability diagrams, retrieval grids; images inlined)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medvlkit.errors import MedvlkitError
+from medvlkit.plots import confusion_matrix_png, reliability_png, roc_png
+
+HEADLINE = {
+    "zeroshot_classification": ["accuracy", "balanced_accuracy", "macro_f1", "auroc"],
+    "apply_calibration": ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "ece_uncalibrated"],
+    "zeroshot_retrieval": ["image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",
+                           "text_to_image_recall@1", "text_to_image_recall@5", "text_to_image_recall@10"],
+    "calibrate": ["ece_before", "ece_after"],
+    "evaluate": ["accuracy", "balanced_accuracy", "macro_f1", "auroc"],
+    "gate": ["n_medical", "n_non_medical"],
+    "demo": ["gate_accuracy", "modality_accuracy"],
+    "embed": ["n_images", "images_per_second"],
+}
+
+
+@dataclass
+class Run:
+    """One run folder: its result.json and, when present, its predictions.csv."""
+
+    name: str
+    folder: Path
+    result: dict
+
+    @property
+    def predictions(self) -> Path | None:
+        p = self.folder / "predictions.csv"
+        return p if p.is_file() and "classnames" in self.result else None
+
+
+def load_runs(folders: list[Path]) -> list[Run]:
+    """Read ``result.json`` of each folder; names are the folder names (made unique)."""
+    runs, seen = [], set()
+    for folder in folders:
+        path = Path(folder) / "result.json"
+        if not path.is_file():
+            raise MedvlkitError(f"{folder}: no result.json (pass run folders written by medvlkit commands)")
+        name = Path(folder).name
+        while name in seen:
+            name += "'"
+        seen.add(name)
+        runs.append(Run(name, Path(folder), json.loads(path.read_text())))
+    if not runs:
+        raise MedvlkitError("no run folders given")
+    return runs
+
+
+def _fmt(v, ci=None) -> str:
+    if v is None:
+        return "-"
+    text = f"{v:.4f}" if isinstance(v, float) else str(v)
+    return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
+
+
+def headline_rows(runs: list[Run]) -> list[list[str]]:
+    """One row per run: name, task, dataset, model, then 'metric value [CI]' for its task's headline metrics."""
+    rows = []
+    for r in runs:
+        res = r.result
+        keys = HEADLINE.get(res.get("task"), [k for k, v in res.get("metrics", {}).items() if "/" not in k][:4])
+        cells = [f"{k} {_fmt(res['metrics'].get(k), res.get('ci', {}).get(k))}" for k in keys
+                 if k in res.get("metrics", {})]
+        rows.append([r.name, res.get("task", ""), str(res.get("dataset", "")), str(res.get("model", "")),
+                     "; ".join(cells)])
+    return rows
+
+
+def write_tables(runs: list[Run], out: Path) -> None:
+    """report.md (headline table) and report.csv (every scalar metric of every run)."""
+    lines = ["| run | task | dataset | model | metrics (95% CI) |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in headline_rows(runs)]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    keys = sorted({k for r in runs for k, v in r.result.get("metrics", {}).items() if isinstance(v, (int, float))})
+    with open(out / "report.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "task", "dataset", "model", *keys])
+        for r in runs:
+            m = r.result.get("metrics", {})
+            w.writerow([r.name, r.result.get("task"), r.result.get("dataset"), r.result.get("model"),
+                        *[m.get(k, "") for k in keys]])
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _thumb(path: str, size: int = 110) -> str:
+    from medvlkit.data.io import read_image
+
+    try:
+        im = read_image(path).convert("RGB")
+    except MedvlkitError:
+        return '<div class="missing">unreadable</div>'
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
+    return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _prediction_arrays(run: Run) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    from medvlkit.calibrate import read_labelled_predictions
+
+    if run.predictions is None:
+        return None
+    _, classnames, probs, labels, _ = read_labelled_predictions(run.predictions)
+    return (labels, probs, classnames) if labels is not None else None
+
+
+def run_section(run: Run) -> str:
+    """The HTML of one run: its metrics and every plot its files allow."""
+    res = run.result
+    parts = [f'<section><h2>{html.escape(run.name)}</h2><p class="meta">{html.escape(res.get("task", ""))} · '
+             f'{html.escape(str(res.get("dataset", "")))} · {html.escape(str(res.get("model", "")))} · '
+             f'{html.escape(res.get("created_at", ""))}</p>']
+    metrics = {k: v for k, v in res.get("metrics", {}).items() if "/" not in k}
+    if metrics:
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v, res.get('ci', {}).get(k))}</td></tr>"
+                       for k, v in metrics.items())
+        parts.append(f'<table class="metrics"><tr><th>metric</th><th>value [95% CI]</th></tr>{rows}</table>')
+    plots = []
+    if res.get("confusion_matrix") and res.get("classnames"):
+        plots.append(_img(confusion_matrix_png(res["confusion_matrix"], res["classnames"]), "confusion matrix"))
+    arrays = _prediction_arrays(run)
+    if arrays is not None:
+        labels, probs, classnames = arrays
+        plots.append(_img(roc_png(labels, probs, classnames), "ROC curves"))
+    if res.get("reliability"):
+        plots.append(_img(reliability_png(res["reliability"]), "reliability diagram"))
+    elif arrays is not None:
+        from medvlkit.calibrate import confidence_and_correct, reliability
+
+        labels, probs, _ = arrays
+        curve = reliability(*confidence_and_correct(labels, probs, res.get("mode") == "pos_neg"))
+        plots.append(_img(reliability_png({"model": curve}), "reliability diagram"))
+    if plots:
+        parts.append('<div class="plots">' + "".join(plots) + "</div>")
+    for ex in res.get("examples", []):
+        cells = "".join(f'<figure class="{"hit" if t["correct"] else ""}">{_thumb(t["file"])}'
+                        f'<figcaption>{t["score"]:.3f}</figcaption></figure>' for t in ex["top"])
+        parts.append(f'<div class="query"><p>“{html.escape(ex["query"][:160])}”</p>'
+                     f'<div class="grid">{cells}</div></div>')
+    return "".join(parts) + "</section>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0;font-size:13px} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+.meta{color:#666;font-size:12px} .plots img{margin:4px;border:1px solid #eee;max-width:380px}
+.grid{display:flex;gap:6px} figure{margin:0;text-align:center;font-size:11px;border:2px solid transparent}
+figure.hit{border-color:#2a9d4a} .query p{font-size:13px;margin:10px 0 4px}"""
+
+
+def write_report(folders: list[Path], out: Path) -> Path:
+    """Merge run folders into ``out/report.md``, ``out/report.csv`` and ``out/report.html``."""
+    runs = load_runs(folders)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(runs, out)
+    head = "".join(f"<tr>{''.join(f'<td>{html.escape(c)}</td>' for c in row)}</tr>" for row in headline_rows(runs))
+    body = (f"<h1>medvlkit report: {len(runs)} run(s)</h1><table><tr><th>run</th><th>task</th><th>dataset</th>"
+            f"<th>model</th><th>metrics (95% CI)</th></tr>{head}</table>" + "".join(map(run_section, runs)))
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>medvlkit report</title><style>{CSS}</style>" \
+           f"</head><body>{body}</body></html>"
+    (out / "report.html").write_text(page)
+    return out / "report.html"
