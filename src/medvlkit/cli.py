@@ -278,7 +278,7 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
     metrics = apply_to_predictions(predictions, calibration, out_dir, bootstrap, seed)
     if metrics:
         console.print(f"ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f}")
-        _print_metrics({"metrics": metrics})
+        _print_metrics({"metrics": metrics, "ci": json.loads((out_dir / "result.json").read_text())["ci"]})
     console.print(f"wrote {out_dir}/predictions.csv and result.json")
 
 

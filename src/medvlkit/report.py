@@ -152,7 +152,10 @@ def run_section(run: Run) -> str:
     for ex in res.get("examples", []):
         cells = "".join(f'<figure class="{"hit" if t["correct"] else ""}">{_thumb(t["file"])}'
                         f'<figcaption>{t["score"]:.3f}</figcaption></figure>' for t in ex["top"])
-        parts.append(f'<div class="query"><p>“{html.escape(ex["query"][:160])}”</p>'
+        if "answer_rank" in ex and not any(t["correct"] for t in ex["top"]):
+            cells += (f'<figure class="answer">{_thumb(ex["answer"])}<figcaption>right image: rank '
+                      f'{ex["answer_rank"]}</figcaption></figure>')
+        parts.append(f'<div class="query"><p>“{html.escape(ex["query"][:300])}”</p>'
                      f'<div class="grid">{cells}</div></div>')
     return "".join(parts) + "</section>"
 
@@ -162,7 +165,8 @@ h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #dd
 table{border-collapse:collapse;margin:8px 0;font-size:13px} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .meta{color:#666;font-size:12px} .plots img{margin:4px;border:1px solid #eee;max-width:380px}
 .grid{display:flex;gap:6px} figure{margin:0;text-align:center;font-size:11px;border:2px solid transparent}
-figure.hit{border-color:#2a9d4a} .query p{font-size:13px;margin:10px 0 4px}"""
+figure.hit{border-color:#2a9d4a} figure.answer{border-color:#d08a00;margin-left:18px}
+.query p{font-size:13px;margin:10px 0 4px}"""
 
 
 def write_report(folders: list[Path], out: Path) -> Path:

@@ -80,12 +80,17 @@ def evaluate_retrieval(model, dataset, n_bootstrap: int = 1000, seed: int = 0, *
 
 def text_to_image_examples(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[str], items: list[str],
                            n_queries: int = 6, k: int = 5) -> list[dict]:
-    """The first ``n_queries`` captions with their top-k images (for the report's retrieval grid)."""
-    sims = text_emb[:n_queries] @ image_emb.T  # (Q, N)
+    """The first ``n_queries`` distinct captions with their top-k images and the rank of the right image (for
+    the report's retrieval grid)."""
+    firsts = list(dict.fromkeys(captions))[:n_queries]
     out = []
-    for q in range(min(n_queries, len(captions))):
-        top = np.argsort(-sims[q])[:k]
-        out.append({"query": captions[q], "answer": items[q],
-                    "top": [{"file": items[j], "score": float(sims[q, j]), "correct": captions[j] == captions[q]}
-                            for j in top]})
+    for caption in firsts:
+        q = captions.index(caption)
+        sims = image_emb @ text_emb[q]  # (N,)
+        order = np.argsort(-sims)
+        relevant = np.array([c == caption for c in captions])
+        rank = int(np.argmax(relevant[order])) + 1
+        out.append({"query": caption, "answer": items[q], "answer_rank": rank,
+                    "top": [{"file": items[j], "score": float(sims[j]), "correct": bool(relevant[j])}
+                            for j in order[:k]]})
     return out

@@ -75,7 +75,7 @@ def cxr_patient(path: str) -> str:
     return name.split("_")[0] if name.startswith("person") else re.sub(r"-\d+$", "", name)
 
 
-def _in_val(key: str) -> bool:
+def in_val(key: str) -> bool:
     """Deterministic 10% of keys (hash-based, independent of file order)."""
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < VAL_PATIENT_FRACTION
 
@@ -84,7 +84,7 @@ def cxr_pairs(root: Path, part: str) -> list[Pair]:
     ds = load_dataset(root / "chest_xray_pneumonia", split="train")
     pairs = []
     for item, label in zip(ds.items, ds.targets()):
-        if _in_val(cxr_patient(item)) != (part == "val"):
+        if in_val(cxr_patient(item)) != (part == "val"):
             continue
         cls = ds.classnames[label].lower()
         findings = list(CXR_FINDINGS[cls])
