@@ -77,17 +77,17 @@ def _dataset(data: Path, split: str | None, fmt: str, path_column: str | None = 
 
 
 def _gated(m, ds, gate: bool, threshold: float | None, embed_kwargs: dict):
-    """The dataset after the gate (when asked) and the rejected files, for result.json."""
+    """The dataset after the gate (when asked), the rejected files for result.json, and the kept embeddings."""
     if not gate:
-        return ds, {}
+        return ds, {}, None
     from medvlkit.gate import filter_dataset
 
-    kept, rejected = filter_dataset(m, ds, threshold, **embed_kwargs)
+    kept, rejected, emb = filter_dataset(m, ds, threshold, **embed_kwargs)
     if len(kept) == 0:
         raise MedvlkitError(f"the gate rejected all {len(ds)} images of {ds.name} (threshold "
                             f"{rejected[0]['threshold']:.3f}); check the data or lower --gate-threshold")
     err_console.print(f"gate: kept {len(kept)} of {len(ds)} images, rejected {len(rejected)} (listed in result.json)")
-    return kept, {"gated_out": rejected}
+    return kept, {"gated_out": rejected}, emb
 
 
 def _out(out: Path | None, verb: str) -> Path:
@@ -163,8 +163,8 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fm
     start = time.perf_counter()
     kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, cache_dir=cache_dir,
                   on_error=on_error, progress=not quiet)
-    ds, gated = _gated(m, ds, gate, gate_threshold, kwargs)
-    emb = embed_images(m, ds, **kwargs)
+    ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
+    emb = emb or embed_images(m, ds, **kwargs)
     out_dir = _out(out, "embed")
     res = save_embeddings(emb, out_dir, m, ds, _jsonable(config), time.perf_counter() - start, gated)
     rate = res["metrics"]["images_per_second"]
@@ -201,8 +201,8 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     m = _model(model, device, precision, tokenizer)
     kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, cache_dir=cache_dir,
                   on_error=on_error, progress=not quiet)
-    ds, gated = _gated(m, ds, gate, gate_threshold, kwargs)
-    res = zeroshot_classify(m, ds, ps, mode, **kwargs)
+    ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
+    res = zeroshot_classify(m, ds, ps, mode, embeddings=emb, **kwargs)
     out_dir = _out(out, "zeroshot")
     written = save_zeroshot(res, ds, m, out_dir, _jsonable(config), bootstrap, seed, gated)
     _print_metrics(written)
@@ -338,9 +338,9 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
     m = _model(model, device, "fp32", None)
     kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, on_error=on_error,
                   progress=not quiet)
-    ds, gated = _gated(m, ds, gate, gate_threshold, kwargs)
     start = time.perf_counter()
-    idx = build_index(embed_images(m, ds, **kwargs), m, ds, out)
+    ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
+    idx = build_index(emb or embed_images(m, ds, **kwargs), m, ds, out)
     if gated:
         idx.meta |= gated
         (out / "index.json").write_text(json.dumps(idx.meta, indent=1) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.features import embed_images
+from medvlkit.features import ImageEmbeddings, embed_images
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import PromptSet, load_prompt_set
 from medvlkit.zeroshot import classify
@@ -79,14 +79,20 @@ def run_gate(model: ModelBase, dataset: ImageDataset, threshold: float | None = 
 
 
 def filter_dataset(model: ModelBase, dataset: ImageDataset, threshold: float | None = None,
-                   **embed_options) -> tuple[ImageDataset, list[dict]]:
-    """The dataset restricted to images the gate accepts, and the rejected ones with their scores."""
-    res = run_gate(model, dataset, threshold, **embed_options)
-    index = {item: i for i, item in enumerate(dataset.items)}
-    keep = [index[it] for it, ok in zip(res.items, res.accepted) if ok]
-    rejected = [{"file": it, "p_medical": float(p), "threshold": res.threshold}
-                for it, p, ok in zip(res.items, res.p_medical, res.accepted) if not ok]
-    return dataset.subset(keep), rejected
+                   **embed_options) -> tuple[ImageDataset, list[dict], ImageEmbeddings]:
+    """The dataset restricted to images the gate accepts, the rejected ones with their scores, and the kept
+    images' embeddings (in kept-dataset order), so the next task need not embed them again."""
+    emb = embed_images(model, dataset, **embed_options)
+    if threshold is None:
+        threshold = default_gate_threshold(model)
+    p_med = medical_probability(model, emb.vectors)
+    accepted = p_med >= threshold
+    kept = dataset.subset(emb.indices[accepted])
+    rejected = [{"file": it, "p_medical": float(p), "threshold": float(threshold)}
+                for it, p, ok in zip(emb.items, p_med, accepted) if not ok]
+    kept_emb = ImageEmbeddings(vectors=emb.vectors[accepted], indices=np.arange(int(accepted.sum())),
+                               items=list(kept.items), skipped=emb.skipped, n_cached=emb.n_cached)
+    return kept, rejected, kept_emb
 
 
 def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDataset, config: dict) -> dict:

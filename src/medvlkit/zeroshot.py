@@ -79,7 +79,7 @@ def classify(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: 
 
 
 def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
-                      **embed_options) -> ZeroShotResult:
+                      embeddings: ImageEmbeddings | None = None, **embed_options) -> ZeroShotResult:
     """Embed a dataset's images and classify them zero-shot.
 
     Args:
@@ -88,6 +88,7 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
             class names (or aliases) and put in the dataset's order.
         prompts: a :class:`PromptSet` (``load_prompt_set`` / ``prompt_set_from_classes``).
         mode: ``softmax`` or ``pos_neg``; default: the prompt set's own mode.
+        embeddings: the dataset's image embeddings when already computed (e.g. by the gate).
         **embed_options: passed to :func:`embed_images` (batch_size, num_workers, cache, on_error...).
     """
     mode = mode or prompts.mode
@@ -95,7 +96,7 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
         prompts = prompts.select(dataset.classnames)
         if mode == "softmax" and dataset.multilabel:
             raise MedvlkitError(f"dataset '{dataset.name}' is multi-label: use --mode pos_neg")
-    emb = embed_images(model, dataset, **embed_options)
+    emb = embeddings if embeddings is not None else embed_images(model, dataset, **embed_options)
     probs = classify(model, emb.vectors, prompts, mode)
     texts = {c.name: prompts.texts(c.positive) + (prompts.texts(c.negative) if mode == "pos_neg" else [])
              for c in prompts.classes}

@@ -67,3 +67,18 @@ def test_lite_gate_on_real_images(data_root, tmp_path):
         verdict = {r["file"].rsplit("/", 1)[-1]: r["verdict"] for r in csv.DictReader(f)}
     assert all(verdict[p.name] == "medical" for p in xrays)
     assert all(verdict[p.name] == "non-medical" for p in photos)
+
+
+def test_filter_dataset_hands_on_its_embeddings(tiny_clip_dir, tmp_path):
+    from medvlkit import create_model, embed_images, load_dataset
+    from medvlkit.gate import filter_dataset, medical_probability
+
+    model = create_model(f"hf:{tiny_clip_dir}")
+    ds = load_dataset(make_image_folder(tmp_path / "d", {"a": 3, "b": 3}))
+    p = medical_probability(model, embed_images(model, ds, cache=False, progress=False).vectors)
+    thr = float(np.median(p))
+    kept, rejected, emb = filter_dataset(model, ds, thr, cache=False, progress=False)
+    assert len(kept) + len(rejected) == 6 and len(kept) == int((p >= thr).sum())
+    assert emb.items == kept.items
+    np.testing.assert_allclose(emb.vectors, embed_images(model, kept, cache=False, progress=False).vectors,
+                               rtol=1e-5, atol=1e-6)
