@@ -370,7 +370,7 @@ def search(index: Path = typer.Option(..., "--index", help="folder written by me
     if as_json:
         print(json.dumps([{"file": f, "score": s} for f, s in hits], indent=1))
         return
-    table = Table("rank", "score", "file")
+    table = Table("rank", "score", Column("file", overflow="fold"))
     for r, (f, s) in enumerate(hits, 1):
         table.add_row(str(r), f"{s:.4f}", escape(f))
     console.print(table)
