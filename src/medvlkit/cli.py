@@ -421,6 +421,56 @@ def report(runs: list[Path] = typer.Argument(..., help="run folders (each with a
 
 
 @app.command()
+def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out: Path = OutOpt,
+          train_split: str = typer.Option("train", "--train-split"),
+          val_split: str = typer.Option(None, "--val-split", help="validation split that picks C (default: 'val' "
+                                                                   "when the data has one, else --val-fraction)"),
+          test_split: str = typer.Option("test", "--test-split"),
+          val_fraction: float = typer.Option(0.1, "--val-fraction", help="part of train held out to pick C when "
+                                                                          "there is no val split"),
+          group_pattern: str = typer.Option(None, "--group-pattern", help="regex on file names giving the patient "
+                                                                           "id, so held-out val is patient-level"),
+          shots: int = typer.Option(None, "--shots", help="few-shot: K training examples per class (seeded)"),
+          class_weight: str = typer.Option("none", "--class-weight", help="none or balanced"),
+          c: float = typer.Option(None, "--C", help="one C instead of the validation sweep"),
+          select: str = typer.Option("auroc", "--select", help="validation metric picking C: auroc, accuracy, "
+                                                               "balanced_accuracy"),
+          load: Path = typer.Option(None, "--load", help="a saved probe.npz: skip training, score --test-split"),
+          device: str = DeviceOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt, on_error: str = OnErrorOpt,
+          no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt,
+          bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs (0: none)"),
+          seed: int = typer.Option(0, "--seed", help="seed of few-shot sampling, held-out split and bootstrap"),
+          ) -> None:
+    """Linear probe (logistic regression) on frozen image embeddings; C chosen on validation data only.
+
+    Example: medvlkit probe --data ../shared/data/medmnist/breastmnist.npz --out runs/breast-probe
+    Reuse:   medvlkit probe --load runs/breast-probe/probe.npz --data other.npz --test-split test
+    """
+    from medvlkit.probe import LinearProbe, check_probe_model, embed_split, fit_probe, probe_splits, save_probe_run
+
+    config = _jsonable(dict(locals()))
+    test_ds = _dataset(data, test_split, fmt)
+    m = _model(model, device, "fp32", None)
+    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, on_error=on_error,
+                  progress=not quiet)
+    if load is not None:
+        lp, header = LinearProbe.load(load)
+        check_probe_model(header, m)
+        info = {"loaded": str(load), "C": lp.C_}
+    else:
+        lp = LinearProbe(Cs=(c,) if c else LinearProbe().Cs, select=select, random_state=seed,
+                         class_weight=None if class_weight == "none" else class_weight)
+        train_ds, train, val = probe_splits(m, data, fmt, train_split, val_split, val_fraction, group_pattern, seed,
+                                            need_val=c is None, **kwargs)
+        info = fit_probe(lp, train, val, train_ds.classnames, train_ds.multilabel, shots, seed)
+    out_dir = _out(out, "probe")
+    res = save_probe_run(lp, embed_split(m, test_ds, **kwargs), m, test_ds, out_dir, config, info, bootstrap, seed)
+    _print_metrics(res)
+    console.print(f"C = {lp.C_:g} (chosen on {info.get('n_val', 0)} validation images); wrote {out_dir}/result.json, "
+                  "predictions.csv and probe.npz")
+
+
+@app.command()
 def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV with file + prob_<class> columns"),
              labels: Path = typer.Option(..., "--labels", help="CSV with file + label (class name) or one 0/1 column "
                                                                "per class"),

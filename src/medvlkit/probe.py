@@ -1,0 +1,261 @@
+"""Linear probe: logistic regression on frozen image embeddings, C chosen on validation data only.
+
+Follows scikit-learn's estimator contract: ``__init__`` stores parameters, ``fit`` returns self, learned state
+ends in ``_``, ``predict_proba`` columns follow ``classnames_``. Multi-label data gets one binary classifier per
+class, trained on the rows whose label for that class is known (NaN rows are left out).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medvlkit.errors import MedvlkitError
+from medvlkit.metrics import auroc_binary, single_label_metrics
+
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 3, 13))
+SELECT = ("auroc", "accuracy", "balanced_accuracy")
+
+
+class LinearProbe:
+    """Logistic regression on (N, D) embeddings.
+
+    Args:
+        Cs: inverse regularisation strengths to try; the best on validation data is kept (one value: no sweep).
+        class_weight: None or "balanced" (weights inversely proportional to class frequency).
+        select: validation metric that picks C: auroc (macro), accuracy or balanced_accuracy.
+        max_iter: L-BFGS iterations.
+        random_state: seed of the solver.
+    """
+
+    def __init__(self, Cs: tuple[float, ...] = DEFAULT_CS, class_weight: str | None = None, select: str = "auroc",
+                 max_iter: int = 2000, random_state: int = 0) -> None:
+        self.Cs, self.class_weight, self.select = tuple(Cs), class_weight, select
+        self.max_iter, self.random_state = max_iter, random_state
+
+    def _check(self) -> None:
+        if self.select not in SELECT:
+            raise MedvlkitError(f"--select {self.select}: valid options: {', '.join(SELECT)}")
+        if self.class_weight not in (None, "balanced"):
+            raise MedvlkitError(f"--class-weight {self.class_weight}: valid options: none, balanced")
+        if not self.Cs or min(self.Cs) <= 0:
+            raise MedvlkitError(f"C values must be positive, got {self.Cs}")
+
+    def _fit_one(self, X: np.ndarray, y: np.ndarray, C: float):
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=C, class_weight=self.class_weight, max_iter=self.max_iter,
+                                 random_state=self.random_state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence warnings at extreme C are expected in a sweep
+            return clf.fit(X, y)
+
+    def _fit_all(self, X: np.ndarray, Y: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
+        """(coef (C_out, D), intercept (C_out,)) for one C."""
+        if self.multilabel_:
+            coefs, bias = [], []
+            for c in range(Y.shape[1]):
+                known = ~np.isnan(Y[:, c])
+                y = Y[known, c].astype(int)
+                if len(np.unique(y)) < 2:
+                    raise MedvlkitError(f"class '{self.classnames_[c]}' has only one label value in the training "
+                                        "data; a probe needs positives and negatives for every class")
+                clf = self._fit_one(X[known], y, C)
+                coefs.append(clf.coef_[0])
+                bias.append(clf.intercept_[0])
+            return np.stack(coefs), np.asarray(bias)
+        y = np.nanargmax(Y, axis=1)
+        clf = self._fit_one(X, y, C)
+        if len(clf.classes_) != Y.shape[1]:
+            missing = sorted(set(range(Y.shape[1])) - set(clf.classes_.tolist()))
+            raise MedvlkitError(f"classes {[self.classnames_[i] for i in missing]} have no training example")
+        if Y.shape[1] == 2:  # sklearn stores one row for binary problems: expand to two columns
+            return np.stack([-clf.coef_[0], clf.coef_[0]]) / 2, np.array([-clf.intercept_[0], clf.intercept_[0]]) / 2
+        return clf.coef_, clf.intercept_
+
+    def _score(self, Y: np.ndarray, P: np.ndarray) -> float:
+        if self.multilabel_:
+            return float(np.nanmean([auroc_binary(Y[~np.isnan(Y[:, c]), c] == 1, P[~np.isnan(Y[:, c]), c])
+                                     for c in range(Y.shape[1])]))
+        m = single_label_metrics(np.nanargmax(Y, 1), P, self.classnames_)
+        return m[self.select]
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, classnames: list[str], multilabel: bool,
+            X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None) -> LinearProbe:
+        """Fit on (N, D) embeddings and (N, C) labels; with several Cs, pick C on (X_val, Y_val)."""
+        self._check()
+        self.classnames_, self.multilabel_ = list(classnames), bool(multilabel)
+        if len(self.Cs) > 1 and (X_val is None or len(X_val) == 0):
+            raise MedvlkitError("sweeping C needs validation data (a val split or --val-fraction), or give one --C")
+        self.val_scores_: dict[float, float] = {}
+        if len(self.Cs) == 1:
+            self.C_ = self.Cs[0]
+        else:
+            for C in self.Cs:
+                self.coef_, self.intercept_ = self._fit_all(X, Y, C)
+                self.val_scores_[C] = self._score(Y_val, self.predict_proba(X_val))
+            self.C_ = max(self.val_scores_, key=lambda c: (self.val_scores_[c], -c))  # ties: stronger regulariser
+        self.coef_, self.intercept_ = self._fit_all(X, Y, self.C_)
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C): softmax over classes, or per-class sigmoid for multi-label probes."""
+        z = self.decision_function(X)
+        if self.multilabel_:
+            return 1.0 / (1.0 + np.exp(-z))
+        z = z - z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    def save(self, path: Path, meta: dict | None = None) -> None:
+        """``.npz`` weights + a JSON header (no pickle): classnames, C, validation scores, model identity."""
+        header = {"classnames": self.classnames_, "multilabel": self.multilabel_, "C": self.C_,
+                  "val_scores": {str(k): v for k, v in self.val_scores_.items()}, "class_weight": self.class_weight,
+                  "select": self.select, **(meta or {})}
+        np.savez(path, coef=self.coef_, intercept=self.intercept_, header=np.asarray(json.dumps(header)))
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[LinearProbe, dict]:
+        """A probe saved with :meth:`save`, and its header."""
+        if not Path(path).is_file():
+            raise MedvlkitError(f"--load {path}: no such probe file (written by medvlkit probe as probe.npz)")
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            probe = cls(Cs=(header["C"],), class_weight=header.get("class_weight"),
+                        select=header.get("select", "auroc"))
+            probe.coef_, probe.intercept_ = z["coef"], z["intercept"]
+        probe.classnames_, probe.multilabel_, probe.C_ = header["classnames"], header["multilabel"], header["C"]
+        probe.val_scores_ = {float(k): v for k, v in header.get("val_scores", {}).items()}
+        return probe, header
+
+
+def few_shot_indices(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
+    """K examples per class (seeded): single-label rows of that class, or multi-label rows positive for it."""
+    if shots < 1:
+        raise MedvlkitError(f"--shots {shots}: must be at least 1")
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    for c in range(labels.shape[1]):
+        pool = np.flatnonzero(labels[:, c] == 1)
+        if len(pool) < shots:
+            raise MedvlkitError(f"--shots {shots}: class {c} has only {len(pool)} training examples")
+        chosen.update(rng.choice(pool, shots, replace=False).tolist())
+    return np.array(sorted(chosen))
+
+
+def holdout_indices(items: list[str], labels: np.ndarray, fraction: float, seed: int = 0,
+                    group_pattern: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split training rows into (train, val) with ``fraction`` of groups held out, stratified by label where
+    possible. Groups come from ``group_pattern`` (a regex on the file name whose first match is the patient id,
+    so one patient's images stay on one side), else each image is its own group."""
+    if not 0 < fraction < 1:
+        raise MedvlkitError(f"--val-fraction {fraction}: must be between 0 and 1")
+    if group_pattern:
+        rx = re.compile(group_pattern)
+        groups = [(m.group(1) if m and m.groups() else m.group(0)) if (m := rx.search(Path(it).name)) else it
+                  for it in items]
+    else:
+        groups = list(items)
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    key = np.nanargmax(np.nan_to_num(labels, nan=0), axis=1)  # stratify by (first) label
+    index = {}
+    for i, g in enumerate(groups):
+        index.setdefault(g, []).append(i)
+    for k in np.unique(key):
+        members = sorted({groups[i] for i in np.flatnonzero(key == k)})
+        take = rng.permutation(len(members))[: max(1, round(fraction * len(members)))]
+        for j in take:
+            val += index[members[j]]
+    val_set = set(val)
+    train = np.array([i for i in range(len(items)) if i not in val_set])
+    return train, np.array(sorted(val_set))
+
+
+@dataclass
+class ProbeData:
+    """Embeddings and labels of one split."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    items: list[str]
+
+
+def embed_split(model, dataset, **embed_options) -> ProbeData:
+    """Embeddings (cached) and label rows of a labelled dataset."""
+    from medvlkit.features import embed_images
+
+    if not dataset.has_labels:
+        raise MedvlkitError(f"dataset '{dataset.name}' ({dataset.split}) has no labels; a probe needs labelled data")
+    emb = embed_images(model, dataset, **embed_options)
+    return ProbeData(emb.vectors, dataset.labels[emb.indices], emb.items)
+
+
+def fit_probe(probe: LinearProbe, train: ProbeData, val: ProbeData | None, classnames: list[str], multilabel: bool,
+              shots: int | None = None, seed: int = 0) -> dict:
+    """Fit ``probe`` (optionally on a seeded K-shot sample of ``train``). Returns what was used, for the record."""
+    keep = few_shot_indices(train.Y, shots, seed) if shots else np.arange(len(train.X))
+    probe.fit(train.X[keep], train.Y[keep], classnames, multilabel,
+              None if val is None else val.X, None if val is None else val.Y)
+    return {"n_train": int(len(keep)), "n_val": 0 if val is None else len(val.X), "C": probe.C_,
+            "val_scores": {str(k): v for k, v in probe.val_scores_.items()}, "shots": shots}
+
+
+def probe_splits(model, data: Path, fmt: str = "auto", train_split: str = "train", val_split: str | None = None,
+                 val_fraction: float = 0.1, group_pattern: str | None = None, seed: int = 0, need_val: bool = True,
+                 **embed_options):
+    """Training data and validation data for a probe.
+
+    Validation is ``val_split`` when given, else the data's ``val`` split when it has one, else a seeded
+    ``val_fraction`` of the training groups (patient-level with ``group_pattern``). Returns (train dataset,
+    train ProbeData, val ProbeData or None when ``need_val`` is False).
+    """
+    from medvlkit.data import load_dataset
+
+    train_ds = load_dataset(data, split=train_split, format=fmt)
+    train = embed_split(model, train_ds, **embed_options)
+    if not need_val:
+        return train_ds, train, None
+    try:
+        val_ds = load_dataset(data, split=val_split or "val", format=fmt)
+    except MedvlkitError:
+        if val_split:
+            raise
+        tr, va = holdout_indices(train.items, train.Y, val_fraction, seed, group_pattern)
+        pick = lambda idx: ProbeData(train.X[idx], train.Y[idx], [train.items[j] for j in idx])  # noqa: E731
+        return train_ds, pick(tr), pick(va)
+    return train_ds, train, embed_split(model, val_ds, **embed_options)
+
+
+def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir: Path, config: dict, info: dict,
+                   n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Score the probe on the test split; write probe.npz, predictions.csv and result.json."""
+    from medvlkit.evaluate import evaluate_probs
+    from medvlkit.results import write_predictions, write_result
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probs = probe.predict_proba(test.X)
+    ev = evaluate_probs(test.Y, probs, probe.classnames_, probe.multilabel_, n_bootstrap, seed)
+    probe.save(out_dir / "probe.npz", {"model": model.name, "model_fingerprint": model.fingerprint()})
+    write_predictions(out_dir, test.items, probe.classnames_, probs, test.Y, probe.multilabel_)
+    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    path = write_result(out_dir, dataset=name, model=model.name, task="linear_probe", metrics=ev.metrics, ci=ev.ci,
+                        config=config, seed=seed,
+                        extra={"classnames": probe.classnames_, "mode": "pos_neg" if probe.multilabel_ else "softmax",
+                               "confusion_matrix": ev.confusion_matrix, "probe": info})
+    return json.loads(path.read_text())
+
+
+def check_probe_model(header: dict, model) -> None:
+    """A saved probe only fits the embeddings of the model it was trained on."""
+    if header.get("model_fingerprint") != model.fingerprint():
+        raise MedvlkitError(f"this probe was trained on '{header.get('model')}' embeddings; pass --model "
+                            f"{header.get('model')} (the current model '{model.name}' differs)")
