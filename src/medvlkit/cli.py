@@ -290,14 +290,19 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
                                                                         "--val-* images, else the model's)"),
              val_medical: Path = typer.Option(None, "--val-medical", help="validation folder of medical images"),
              val_non_medical: Path = typer.Option(None, "--val-non-medical", help="validation folder of ordinary "
-                                                                                  "images")) -> None:
+                                                                                  "images"),
+             probe: Path = typer.Option(None, "--probe", help="probe.npz from `medvlkit probe` on medical/ and "
+                                                              "non-medical/ folders, instead of prompts")) -> None:
     """Label each image medical / non-medical with a score; the threshold is chosen on validation images.
 
     Example: medvlkit gate --data inbox/ --val-medical val/medical --val-non-medical val/photos --out runs/gate
     """
     from medvlkit.gate import run_gate, save_gate, threshold_from_validation
+    from medvlkit.probe import LinearProbe, check_probe_model
 
     config = _jsonable(dict(locals()))
+    if probe is not None and val_medical is not None:
+        raise MedvlkitError("--probe picks its threshold at 0.5 (or --threshold); do not pass --val-* folders with it")
     if (val_medical is None) != (val_non_medical is None):
         raise MedvlkitError("pass both --val-medical and --val-non-medical (or neither)")
     if threshold is not None and val_medical is not None:
@@ -311,7 +316,12 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         threshold = threshold_from_validation(m, _dataset(val_medical, None, "folder"),
                                               _dataset(val_non_medical, None, "folder"), **kwargs)
         source = f"balanced accuracy on {val_medical} vs {val_non_medical}"
-    res = run_gate(m, ds, threshold, source, **kwargs)
+    gate_probe = None
+    if probe is not None:
+        gate_probe, header = LinearProbe.load(probe)
+        check_probe_model(header, m)
+        source = "given" if threshold is not None else source
+    res = run_gate(m, ds, threshold, source, probe=gate_probe, **kwargs)
     out_dir = _out(out, "gate")
     summary = save_gate(res, out_dir, m, ds, config)
     console.print(f"{summary['n_medical']} medical, {summary['n_non_medical']} non-medical "

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medvlkit.data.dataset import ImageDataset
+from medvlkit.errors import MedvlkitError
 from medvlkit.features import ImageEmbeddings, embed_images
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import PromptSet, load_prompt_set
@@ -68,14 +69,26 @@ def threshold_from_validation(model: ModelBase, medical: ImageDataset, non_medic
     return balanced_threshold(np.r_[p_med, p_non], np.r_[np.ones(len(p_med)), np.zeros(len(p_non))])
 
 
+def probe_medical_probability(probe, image_emb: np.ndarray) -> np.ndarray:
+    """P(medical) from a probe trained with ``medvlkit probe`` on folders named ``medical`` / ``non-medical``."""
+    names = [n.strip().lower().replace("_", "-") for n in probe.classnames_]
+    if "medical" not in names:
+        raise MedvlkitError(f"the gate probe needs a class named 'medical' (its classes: {probe.classnames_}); "
+                            "train it on folders medical/ and non-medical/")
+    return probe.predict_proba(image_emb)[:, names.index("medical")]
+
+
 def run_gate(model: ModelBase, dataset: ImageDataset, threshold: float | None = None,
-             threshold_source: str = "given", **embed_options) -> GateResult:
-    """Score every image of ``dataset``; ``threshold`` None means the model's default."""
+             threshold_source: str = "given", probe=None, **embed_options) -> GateResult:
+    """Score every image of ``dataset`` (zero-shot prompts, or ``probe``); ``threshold`` None means the model's
+    default (0.5 with a probe)."""
     emb = embed_images(model, dataset, **embed_options)
     if threshold is None:
-        threshold, threshold_source = default_gate_threshold(model), "model default (validated for lite)"
-    return GateResult(emb.items, medical_probability(model, emb.vectors), float(threshold), threshold_source,
-                      emb.skipped)
+        threshold, threshold_source = ((0.5, "0.5 (probe)") if probe is not None else
+                                       (default_gate_threshold(model), "model default (validated for lite)"))
+    p_med = probe_medical_probability(probe, emb.vectors) if probe is not None else medical_probability(
+        model, emb.vectors)
+    return GateResult(emb.items, p_med, float(threshold), threshold_source, emb.skipped)
 
 
 def filter_dataset(model: ModelBase, dataset: ImageDataset, threshold: float | None = None,

@@ -82,3 +82,24 @@ def test_filter_dataset_hands_on_its_embeddings(tiny_clip_dir, tmp_path):
     assert emb.items == kept.items
     np.testing.assert_allclose(emb.vectors, embed_images(model, kept, cache=False, progress=False).vectors,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_gate_backed_by_a_probe(tiny_clip_dir, tmp_path, capsys):
+    for split in ("train", "val", "test"):
+        make_image_folder(tmp_path / "g" / split, {"medical": 4, "non-medical": 4}, seed=len(split))
+    base = ["-m", f"hf:{tiny_clip_dir}", "-q", "--workers", "0"]
+    assert main(["probe", *base, "-d", str(tmp_path / "g"), "--out", str(tmp_path / "p"), "--bootstrap", "0"]) == 0
+    for i in range(3):
+        make_image(tmp_path / "inbox" / f"{i}.png", seed=100 + i)
+    assert main(["gate", *base, "-d", str(tmp_path / "inbox"), "--probe", str(tmp_path / "p" / "probe.npz"),
+                 "--out", str(tmp_path / "o")]) == 0
+    res = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert res["threshold"] == 0.5 and res["metrics"]["n_images"] == 3
+    make_image_folder(tmp_path / "h" / "train", {"cats": 3, "dogs": 3})
+    make_image_folder(tmp_path / "h" / "test", {"cats": 2, "dogs": 2})
+    assert main(["probe", *base, "-d", str(tmp_path / "h"), "--C", "1", "--out", str(tmp_path / "q"),
+                 "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    assert main(["gate", *base, "-d", str(tmp_path / "inbox"), "--probe", str(tmp_path / "q" / "probe.npz"),
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "class named 'medical'" in capsys.readouterr().err
