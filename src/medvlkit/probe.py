@@ -18,7 +18,7 @@ import numpy as np
 from medvlkit.errors import MedvlkitError
 from medvlkit.metrics import auroc_binary, single_label_metrics
 
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 3, 13))
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 5, 17))  # 1e-3 .. 1e5, half-decade steps
 SELECT = ("auroc", "accuracy", "balanced_accuracy")
 
 
@@ -85,6 +85,13 @@ class LinearProbe:
         m = single_label_metrics(np.nanargmax(Y, 1), P, self.classnames_)
         return m[self.select]
 
+    def _log_loss(self, Y: np.ndarray, P: np.ndarray) -> float:
+        P = np.clip(P, 1e-7, 1 - 1e-7)
+        if self.multilabel_:
+            known = ~np.isnan(Y)
+            return float(-np.mean(np.where(Y[known] == 1, np.log(P[known]), np.log(1 - P[known]))))
+        return float(-np.mean(np.log(P[np.arange(len(Y)), np.nanargmax(Y, 1)])))
+
     def fit(self, X: np.ndarray, Y: np.ndarray, classnames: list[str], multilabel: bool,
             X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None) -> LinearProbe:
         """Fit on (N, D) embeddings and (N, C) labels; with several Cs, pick C on (X_val, Y_val)."""
@@ -96,10 +103,14 @@ class LinearProbe:
         if len(self.Cs) == 1:
             self.C_ = self.Cs[0]
         else:
+            log_loss = {}
             for C in self.Cs:
                 self.coef_, self.intercept_ = self._fit_all(X, Y, C)
-                self.val_scores_[C] = self._score(Y_val, self.predict_proba(X_val))
-            self.C_ = max(self.val_scores_, key=lambda c: (self.val_scores_[c], -c))  # ties: stronger regulariser
+                probs = self.predict_proba(X_val)
+                self.val_scores_[C], log_loss[C] = self._score(Y_val, probs), self._log_loss(Y_val, probs)
+            # Scores equal to 3 decimals are ties (a saturated val AUROC says nothing); the proper scoring rule
+            # (val log-loss) breaks them, so a degenerate, over-regularised probe is never picked on a tie.
+            self.C_ = max(self.Cs, key=lambda c: (round(self.val_scores_[c], 3), -log_loss[c]))
         self.coef_, self.intercept_ = self._fit_all(X, Y, self.C_)
         return self
 

@@ -2,9 +2,9 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_image_folder
 from sklearn.linear_model import LogisticRegression
 
+from helpers import make_image_folder
 from medvlkit import MedvlkitError
 from medvlkit.cli import main
 from medvlkit.probe import LinearProbe, few_shot_indices, holdout_indices
@@ -30,9 +30,19 @@ def test_sweep_picks_C_on_validation_only():
     X, Y, _ = _blobs(seed=1)
     Xv, Yv, _ = _blobs(n=100, seed=2)
     p = LinearProbe(Cs=(1e-4, 1e-2, 1.0)).fit(X, Y, list("abc"), False, Xv, Yv)
-    assert set(p.val_scores_) == {1e-4, 1e-2, 1.0} and p.C_ == max(p.val_scores_, key=lambda c: (p.val_scores_[c], -c))
+    assert set(p.val_scores_) == {1e-4, 1e-2, 1.0}
+    assert round(p.val_scores_[p.C_], 3) == round(max(p.val_scores_.values()), 3)
     with pytest.raises(MedvlkitError, match="validation"):
         LinearProbe(Cs=(0.1, 1.0)).fit(X, Y, list("abc"), False)
+
+
+def test_saturated_validation_ties_go_to_the_best_log_loss():
+    """Perfectly separable val data: every C has AUROC 1; the tie must not pick the most regularised probe."""
+    X, Y, y = _blobs(n=300, classes=2, seed=4)
+    X = X + np.eye(2, 8)[y] * 20  # trivially separable
+    p = LinearProbe(Cs=(1e-3, 1e-1, 10.0)).fit(X[:200], Y[:200], ["a", "b"], False, X[200:], Y[200:])
+    assert len({round(v, 3) for v in p.val_scores_.values()}) == 1 and p.C_ == 10.0
+    assert (p.predict_proba(X[200:]).argmax(1) == y[200:]).mean() == 1.0
 
 
 def test_multilabel_masks_unknown_labels():
@@ -75,7 +85,7 @@ def test_probe_cli_train_select_reuse(tiny_clip_dir, tmp_path, capsys):
     assert main(["probe", *base, "--out", str(out)]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["task"] == "linear_probe" and res["probe"]["n_val"] == 6 and res["probe"]["n_train"] == 12
-    assert len(res["probe"]["val_scores"]) == 13 and (out / "probe.npz").is_file()
+    assert len(res["probe"]["val_scores"]) == 17 and (out / "probe.npz").is_file()
     assert main(["probe", *base, "--shots", "2", "--out", str(tmp_path / "fs")]) == 0
     assert json.loads((tmp_path / "fs" / "result.json").read_text())["probe"]["n_train"] == 4
     assert main(["probe", *base, "--load", str(out / "probe.npz"), "--out", str(tmp_path / "re")]) == 0
