@@ -9,9 +9,10 @@ import torch
 
 from helpers import make_image
 from medvlkit import MedvlkitError
+from medvlkit.losses import contrastive_loss
 from medvlkit.pretrain import train as train_mod
 from medvlkit.pretrain.corpus import Pair, cxr_patient, pair_targets, sample_epoch
-from medvlkit.pretrain.train import PretrainConfig, contrastive_loss, pretrain
+from medvlkit.pretrain.train import PretrainConfig, pretrain
 
 
 def test_contrastive_loss_equals_clip_loss_with_identity_targets():

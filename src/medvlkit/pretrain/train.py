@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from medvlkit.errors import MedvlkitError
+from medvlkit.losses import contrastive_loss
 from medvlkit.models.lite import LiteConfig, LiteHeads, LiteModel, save_heads
 from medvlkit.pretrain.corpus import Pair, build_corpus, pair_targets, sample_epoch
 from medvlkit.pretrain.towers import LiteTowers, image_tower_features, text_tower_features
@@ -69,14 +70,6 @@ class PretrainConfig:
                 raise MedvlkitError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise MedvlkitError("--batch-size must be at least 2 for a contrastive loss")
-
-
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with soft targets. img, txt: (B, D) unit vectors; targets: (B, B) rows summing to 1."""
-    logits = scale * img @ txt.T  # (B, B)
-    loss_i = -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
-    loss_t = -(targets.T * F.log_softmax(logits.T, dim=1)).sum(1).mean()
-    return 0.5 * (loss_i + loss_t)
 
 
 @dataclass

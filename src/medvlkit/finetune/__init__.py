@@ -1,0 +1,1 @@
+"""Adapting models to a user's data (contrastive fine-tuning, GradCache)."""
