@@ -50,11 +50,18 @@ def balanced_threshold(p_medical: np.ndarray, is_medical: np.ndarray) -> float:
 class GateResult:
     """Per-image gate scores for the readable items of a dataset."""
 
-    items: list[str]
+    embeddings: ImageEmbeddings
     p_medical: np.ndarray  # (N,)
     threshold: float
     threshold_source: str
-    skipped: list[tuple[str, str]]
+
+    @property
+    def items(self) -> list[str]:
+        return self.embeddings.items
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return self.embeddings.skipped
 
     @property
     def accepted(self) -> np.ndarray:
@@ -88,21 +95,18 @@ def run_gate(model: ModelBase, dataset: ImageDataset, threshold: float | None = 
                                        (default_gate_threshold(model), "model default (validated for lite)"))
     p_med = probe_medical_probability(probe, emb.vectors) if probe is not None else medical_probability(
         model, emb.vectors)
-    return GateResult(emb.items, p_med, float(threshold), threshold_source, emb.skipped)
+    return GateResult(emb, p_med, float(threshold), threshold_source)
 
 
-def filter_dataset(model: ModelBase, dataset: ImageDataset, threshold: float | None = None,
+def filter_dataset(model: ModelBase, dataset: ImageDataset, threshold: float | None = None, probe=None,
                    **embed_options) -> tuple[ImageDataset, list[dict], ImageEmbeddings]:
     """The dataset restricted to images the gate accepts, the rejected ones with their scores, and the kept
     images' embeddings (in kept-dataset order), so the next task need not embed them again."""
-    emb = embed_images(model, dataset, **embed_options)
-    if threshold is None:
-        threshold = default_gate_threshold(model)
-    p_med = medical_probability(model, emb.vectors)
-    accepted = p_med >= threshold
+    res = run_gate(model, dataset, threshold, probe=probe, **embed_options)
+    emb, accepted = res.embeddings, res.accepted
     kept = dataset.subset(emb.indices[accepted])
-    rejected = [{"file": it, "p_medical": float(p), "threshold": float(threshold)}
-                for it, p, ok in zip(emb.items, p_med, accepted) if not ok]
+    rejected = [{"file": it, "p_medical": float(p), "threshold": res.threshold}
+                for it, p, ok in zip(emb.items, res.p_medical, accepted) if not ok]
     kept_emb = ImageEmbeddings(vectors=emb.vectors[accepted], indices=np.arange(int(accepted.sum())),
                                items=list(kept.items), skipped=emb.skipped, n_cached=emb.n_cached)
     return kept, rejected, kept_emb
