@@ -90,6 +90,13 @@ def _gated(m, ds, gate: bool, threshold: float | None, embed_kwargs: dict):
     return kept, {"gated_out": rejected}, emb
 
 
+def _embed_opts(batch_size: int, workers: int, no_cache: bool, on_error: str, quiet: bool,
+                cache_dir: Path | None = None) -> dict:
+    """The options of ``embed_images`` as every verb passes them."""
+    return dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, cache_dir=cache_dir,
+                on_error=on_error, progress=not quiet)
+
+
 def _out(out: Path | None, verb: str) -> Path:
     from medvlkit.results import default_out_dir
 
@@ -161,8 +168,7 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fm
     ds = _dataset(data, split, fmt, path_column, image_root=image_root)
     m = _model(model, device, precision, tokenizer)
     start = time.perf_counter()
-    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, cache_dir=cache_dir,
-                  on_error=on_error, progress=not quiet)
+    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet, cache_dir)
     ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
     emb = emb or embed_images(m, ds, **kwargs)
     out_dir = _out(out, "embed")
@@ -199,8 +205,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         [c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")
     ds = _dataset(data, split, fmt, path_column, label_columns, uncertain, image_root)  # cheap checks first
     m = _model(model, device, precision, tokenizer)
-    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, cache_dir=cache_dir,
-                  on_error=on_error, progress=not quiet)
+    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet, cache_dir)
     ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
     res = zeroshot_classify(m, ds, ps, mode, embeddings=emb, **kwargs)
     out_dir = _out(out, "zeroshot")
@@ -226,10 +231,8 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     config = _jsonable(dict(locals()))
     ds = _dataset(data, split, fmt, image_root=image_root)
     m = _model(model, device, precision, tokenizer)
-    metrics, ci, emb, examples = evaluate_retrieval(m, ds, bootstrap, seed, batch_size=batch_size,
-                                                    num_workers=workers,
-                                          cache=not no_cache, cache_dir=cache_dir, on_error=on_error,
-                                          progress=not quiet)
+    metrics, ci, emb, examples = evaluate_retrieval(
+        m, ds, bootstrap, seed, **_embed_opts(batch_size, workers, no_cache, on_error, quiet, cache_dir))
     out_dir = _out(out, "retrieve")
     write_result(out_dir, dataset=ds.name + (f"/{ds.split}" if ds.split else ""), model=m.name,
                  task="zeroshot_retrieval", metrics=metrics, ci=ci, config=config, seed=seed,
@@ -309,8 +312,7 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         raise MedvlkitError("pass either --threshold or the --val-* folders, not both")
     ds = _dataset(data, split, fmt)
     m = _model(model, device, "fp32", None)
-    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, on_error=on_error,
-                  progress=not quiet)
+    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet)
     source = "given"
     if val_medical is not None:
         threshold = threshold_from_validation(m, _dataset(val_medical, None, "folder"),
@@ -346,8 +348,7 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
 
     ds = load_dataset(data, split=split, format="folder", recursive=True) if recursive else _dataset(data, split, fmt)
     m = _model(model, device, "fp32", None)
-    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, on_error=on_error,
-                  progress=not quiet)
+    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet)
     start = time.perf_counter()
     ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
     idx = build_index(emb or embed_images(m, ds, **kwargs), m, ds, out)
@@ -461,8 +462,7 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
     config = _jsonable(dict(locals()))
     test_ds = _dataset(data, test_split, fmt)
     m = _model(model, device, "fp32", None)
-    kwargs = dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, on_error=on_error,
-                  progress=not quiet)
+    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet)
     if load is not None:
         lp, header = LinearProbe.load(load)
         check_probe_model(header, m)

@@ -16,8 +16,7 @@ import numpy as np
 from PIL import Image
 
 from medvlkit.data import load_dataset
-from medvlkit.features import embed_images
-from medvlkit.gate import default_gate_threshold, medical_probability
+from medvlkit.gate import default_gate_threshold, run_gate
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import load_prompt_set
 from medvlkit.results import write_json_atomic, write_result
@@ -71,9 +70,8 @@ def run_demo(model: ModelBase, folder: Path, expected: dict[str, str] | None = N
              num_workers: int = 0) -> list[DemoRow]:
     """Gate, modality and (for chest X-rays) pneumonia zero-shot for every image under ``folder``."""
     ds = load_dataset(folder)
-    emb = embed_images(model, ds, num_workers=num_workers, on_error="skip", progress=progress)
-    threshold = default_gate_threshold(model)
-    p_med = medical_probability(model, emb.vectors)
+    gate = run_gate(model, ds, num_workers=num_workers, on_error="skip", progress=progress)
+    emb, p_med, threshold = gate.embeddings, gate.p_medical, gate.threshold
     modality_set = load_prompt_set("modality")
     mod = classify(model, emb.vectors, modality_set, "softmax")
     pneu_set = load_prompt_set("pneumonia")

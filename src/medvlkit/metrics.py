@@ -25,16 +25,21 @@ def auroc_binary(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def binary_clf_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positive counts at each distinct score, from the highest score down."""
+    order = np.argsort(-np.asarray(score), kind="mergesort")
+    s, t = np.asarray(score)[order], np.asarray(y, dtype=bool)[order]
+    last = np.r_[np.where(np.diff(s))[0], len(s) - 1]  # last index of each distinct score
+    tps = np.cumsum(t)[last]
+    return tps, (last + 1) - tps
+
+
 def average_precision_binary(y: np.ndarray, score: np.ndarray) -> float:
     """Average precision as scikit-learn defines it (step-wise, one point per distinct score)."""
     y = np.asarray(y, dtype=bool)
     if not y.any():
         return float("nan")
-    order = np.argsort(-np.asarray(score), kind="mergesort")
-    s, t = np.asarray(score)[order], y[order]
-    last = np.r_[np.where(np.diff(s))[0], len(s) - 1]  # last index of each distinct score
-    tps = np.cumsum(t)[last]
-    fps = (last + 1) - tps
+    tps, fps = binary_clf_curve(y, score)
     precision = tps / (tps + fps)
     recall = tps / tps[-1]
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))

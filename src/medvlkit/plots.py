@@ -43,10 +43,9 @@ def confusion_matrix_png(cm: list[list[int]], classnames: list[str], title: str 
 
 def roc_curve_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False and true positive rates at every distinct threshold (from the top score down)."""
-    order = np.argsort(-score, kind="mergesort")
-    y, s = np.asarray(y, bool)[order], score[order]
-    last = np.r_[np.where(np.diff(s))[0], len(s) - 1]
-    tps, fps = np.cumsum(y)[last], np.cumsum(~y)[last]
+    from medvlkit.metrics import binary_clf_curve
+
+    tps, fps = binary_clf_curve(y, score)
     return np.r_[0.0, fps / max(fps[-1], 1)], np.r_[0.0, tps / max(tps[-1], 1)]
 
 
