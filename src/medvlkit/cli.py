@@ -544,6 +544,124 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
 
 
 @app.command()
+def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out: Path = OutOpt,
+             mode: str = typer.Option("contrastive", "--mode", help="contrastive (image-caption InfoNCE; captions "
+                                                                     "from labels when the data has none) or "
+                                                                     "supervised (CE/BCE head)"),
+             lora: str = typer.Option(None, "--lora", help="LoRA instead of full fine-tuning: 'default' or "
+                                                           "r=4,alpha=16,dropout=0.1,targets=q_proj,v_proj,fc1,fc2"),
+             freeze: str = typer.Option("none", "--freeze", help="keep a tower fixed: vision, text or none"),
+             train_split: str = typer.Option("train", "--train-split"),
+             val_split: str = typer.Option(None, "--val-split", help="split choosing the best epoch (default 'val' "
+                                                                     "when the data has one, else a held-out "
+                                                                     "--val-fraction of train; 'holdout' forces that)"),
+             test_split: str = typer.Option("test", "--test-split", help="split the best model is scored on "
+                                                                       "('none' to skip)"),
+             val_fraction: float = typer.Option(0.1, "--val-fraction", help="part of train held out as validation "
+                                                                         "when there is no val split"),
+             group_pattern: str = typer.Option(None, "--group-pattern", help="regex on file names giving the "
+                                                                             "patient id (patient-level held-out val)"),
+             epochs: int = typer.Option(5, "--epochs"),
+             max_steps: int = typer.Option(0, "--max-steps", help="stop after this many steps (0: --epochs decide)"),
+             patience: int = typer.Option(3, "--patience", help="epochs without a better val score before stopping"),
+             batch_size: int = typer.Option(32, "--batch-size", help="global batch (over all torchrun ranks)"),
+             grad_cache: int = typer.Option(0, "--grad-cache", help="GradCache chunk size: a large contrastive "
+                                                                   "batch in small memory (0: off)"),
+             lr: float = typer.Option(None, "--lr", help="tower/adapter learning rate (default 2e-4 LoRA, 1e-5 "
+                                                         "full)"),
+             head_lr: float = typer.Option(1e-3, "--head-lr", help="classifier head and temperature learning rate"),
+             weight_decay: float = typer.Option(0.01, "--weight-decay"),
+             optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (momentum 0.9)"),
+             warmup: int = typer.Option(50, "--warmup", help="linear warm-up steps"),
+             class_weight: str = typer.Option("balanced", "--class-weight", help="balanced (BCE pos_weight, "
+                                                                                 "weighted CE) or none"),
+             precision: str = typer.Option("auto", "--precision", help="auto (AMP on CUDA), fp32, bf16, fp16"),
+             save_every: int = typer.Option(100, "--save-every", help="steps between checkpoints"),
+             max_val: int = typer.Option(0, "--max-val", help="validation images per evaluation (0: all)"),
+             device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto"),
+             workers: int = WorkersOpt, seed: int = typer.Option(0, "--seed"),
+             resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
+             load: Path = typer.Option(None, "--load", help="a run's best/ folder: skip training, score "
+                                                            "--test-split"),
+             bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs"),
+             quiet: bool = QuietOpt) -> None:
+    """Fine-tune a model: contrastive (full, LoRA, one tower frozen; GradCache) or supervised (CE/BCE head).
+
+    Example: medvlkit finetune --data ../shared/data/medpix --lora default --epochs 3 --out runs/medpix-lora
+    Scale:   torchrun --nproc-per-node 2 -m medvlkit finetune --data ... (DDP; gloo on CPU, NCCL on GPU)
+    Use the model: --model ft:runs/medpix-lora/best with any other command.
+    """
+    from medvlkit.finetune.config import FinetuneConfig
+    from medvlkit.finetune.distributed import init_world
+    from medvlkit.finetune.evaluation import evaluate_finetuned
+    from medvlkit.finetune.loop import finetune as run_finetune
+    from medvlkit.models.registry import resolve_device
+
+    config = _jsonable(dict(locals()))
+    out_dir = _out(out, "finetune")
+    if load is None:
+        cfg = FinetuneConfig(model=model, data=str(data), format=fmt, out_dir=str(out_dir), mode=mode, lora=lora,
+                             freeze=freeze, train_split=train_split, val_split=val_split, val_fraction=val_fraction,
+                             group_pattern=group_pattern, epochs=epochs, max_steps=max_steps, patience=patience,
+                             batch_size=batch_size, grad_cache=grad_cache, lr=lr, head_lr=head_lr,
+                             weight_decay=weight_decay, optimizer=optimizer, warmup=warmup, class_weight=class_weight,
+                             precision=precision, save_every=save_every, max_val=max_val, device=device,
+                             workers=workers, seed=seed)
+        summary = run_finetune(cfg, resume=resume, progress=not quiet)
+        best = summary["best"]
+        if not init_world(device).is_main:
+            return
+        console.print(f"best epoch {best['epoch']} (step {best['step']}): val score {best['score']:.4f}; "
+                      f"{summary['steps']} steps in {summary['train_seconds']:.0f} s; model in {out_dir}/best "
+                      f"(use --model ft:{out_dir}/best)")
+        load = out_dir / "best"
+    if test_split.lower() == "none":
+        return
+    m = _model(f"ft:{load}", resolve_device(device), "fp32", None)
+    res = evaluate_finetuned(m, _dataset(data, test_split, fmt), out_dir, config, bootstrap, seed,
+                             batch_size=64, num_workers=workers, progress=not quiet)
+    _print_metrics(res)
+    console.print(f"wrote {out_dir}/result.json")
+
+
+@app.command()
+def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out: Path = OutOpt,
+              prompts: str = typer.Option(None, "--prompts", help="prompt set for the zero-shot row (default: the "
+                                                                  "phrasings fine-tuning trains on)"),
+              lora: str = typer.Option("default", "--lora", help="LoRA settings of the fine-tuning row"),
+              epochs: int = typer.Option(3, "--epochs", help="fine-tuning epochs"),
+              max_steps: int = typer.Option(0, "--max-steps", help="fine-tuning steps (0: --epochs decide)"),
+              batch_size: int = typer.Option(32, "--batch-size", help="fine-tuning batch"),
+              lr: float = typer.Option(None, "--lr", help="fine-tuning learning rate (default 2e-4)"),
+              grad_cache: int = typer.Option(0, "--grad-cache", help="GradCache chunk size (0: off)"),
+              val_split: str = typer.Option(None, "--val-split", help="validation split; 'holdout' holds out "
+                                                                      "--val-fraction of train"),
+              val_fraction: float = typer.Option(0.1, "--val-fraction"),
+              group_pattern: str = typer.Option(None, "--group-pattern", help="patient id regex for held-out val"),
+              rows: str = typer.Option(",".join(("zeroshot", "probe_frozen", "lora_contrastive", "probe_lora")),
+                                       "--rows", help="rows to run"),
+              device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto"),
+              workers: int = WorkersOpt, seed: int = typer.Option(0, "--seed"),
+              bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs"),
+              quiet: bool = QuietOpt) -> None:
+    """The seed's comparison table: zero-shot, linear probe (frozen), LoRA contrastive, probe on the LoRA tower.
+
+    Example: medvlkit benchmark --data ../shared/data/medmnist/breastmnist.npz --out runs/bench-breast
+    Train splits train, validation chooses, the test split is scored; rerun the same command to continue.
+    """
+    from medvlkit.benchmark import BenchmarkConfig, run_benchmark
+
+    cfg = BenchmarkConfig(data=str(data), out_dir=str(_out(out, "benchmark")), model=model, format=fmt,
+                          prompts=prompts, lora=lora, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                          lr=lr, grad_cache=grad_cache, val_split=val_split, val_fraction=val_fraction,
+                          group_pattern=group_pattern, device=device, workers=workers, seed=seed, bootstrap=bootstrap,
+                          rows=tuple(r.strip() for r in rows.split(",") if r.strip()))
+    table = run_benchmark(cfg, progress=not quiet)
+    print(table["markdown"])  # plain: a Markdown table must not be wrapped
+    console.print(f"wrote {cfg.out_dir}/table.md, table.json and one folder per row")
+
+
+@app.command()
 def demo(images: Path = typer.Option(None, "--images", help="also run on your own images (a folder)"),
          model: str = ModelOpt, out: Path = OutOpt, device: str = DeviceOpt, quiet: bool = QuietOpt) -> None:
     """Run the embedded model on real images bundled in scikit-image and pydicom (and --images DIR):

@@ -222,11 +222,12 @@ def fit_probe(probe: LinearProbe, train: ProbeData, val: ProbeData | None, class
 
 def probe_splits(model, data: Path, fmt: str = "auto", train_split: str = "train", val_split: str | None = None,
                  val_fraction: float = 0.1, group_pattern: str | None = None, seed: int = 0, need_val: bool = True,
-                 **embed_options):
+                 holdout: bool = False, **embed_options):
     """Training data and validation data for a probe.
 
-    Validation is ``val_split`` when given, else the data's ``val`` split when it has one, else a seeded
-    ``val_fraction`` of the training groups (patient-level with ``group_pattern``). Returns (train dataset,
+    Validation is ``val_split`` when given, else the data's ``val`` split when it has one, else (or with
+    ``holdout=True`` / ``val_split="holdout"``) a seeded ``val_fraction`` of the training groups (patient-level
+    with ``group_pattern``). Returns (train dataset,
     train ProbeData, val ProbeData or None when ``need_val`` is False).
     """
     from medvlkit.data import load_dataset
@@ -235,10 +236,13 @@ def probe_splits(model, data: Path, fmt: str = "auto", train_split: str = "train
     train = embed_split(model, train_ds, **embed_options)
     if not need_val:
         return train_ds, train, None
+    holdout = holdout or val_split == "holdout"
     try:
+        if holdout:
+            raise MedvlkitError("held-out validation asked for")
         val_ds = load_dataset(data, split=val_split or "val", format=fmt)
     except MedvlkitError:
-        if val_split:
+        if val_split and not holdout:
             raise
         tr, va = holdout_indices(train.items, train.Y, val_fraction, seed, group_pattern)
         pick = lambda idx: ProbeData(train.X[idx], train.Y[idx], [train.items[j] for j in idx])  # noqa: E731

@@ -13,5 +13,14 @@ register_source("hf")(load_hf)
 register_source("openai-ckpt")(load_openai_ckpt)
 register_source("open_clip")(load_open_clip)
 
+
+def _load_ft(ref: str, **kwargs):
+    from medvlkit.finetune.saved import load_finetuned  # the finetune package imports models: load it lazily
+
+    return load_finetuned(ref, **kwargs)
+
+
+register_source("ft")(_load_ft)
+
 __all__ = ["ImagePreprocessor", "ModelBase", "ModelPreset", "PRESETS", "PreprocessCfg", "VisionLanguageModel",
            "create_model", "list_models", "register_source"]

@@ -141,6 +141,20 @@ class ModelBase(torch.nn.Module):
         """PIL images -> (B, 3, S, S) float32 tensor on the CPU."""
         return self.image_preprocessor.batch(images)
 
+    def tower_modules(self) -> dict[str, list[torch.nn.Module]]:
+        """The trainable parts by tower: ``{"vision": [...], "text": [...]}`` (for ``--freeze`` and LoRA targets)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support fine-tuning")
+
+    default_lora_targets: tuple[str, ...] = ()
+
+    def head_modules(self) -> dict[str, list[torch.nn.Module]]:
+        """Parts trained in full even under LoRA, by tower (none by default)."""
+        return {"vision": [], "text": []}
+
+    def log_scale_param(self) -> torch.nn.Parameter:
+        """The learned log temperature that the contrastive loss trains."""
+        raise NotImplementedError(f"{type(self).__name__} does not support fine-tuning")
+
     def fingerprint(self) -> str:
         """A short id of (model name, weight files' paths, sizes, mtimes) for the embedding cache."""
         from medvlkit.cache import file_fingerprint

@@ -44,6 +44,17 @@ class HFDualEncoder(ModelBase):
         """The model's own learned temperature (exp of the stored log scale)."""
         return float(self.model.logit_scale.detach().exp())
 
+    default_lora_targets = ("q_proj", "v_proj", "fc1", "fc2")  # attention and MLP of both transformers
+
+    def tower_modules(self) -> dict[str, list[torch.nn.Module]]:
+        m = self.model
+        extra = lambda name: [getattr(m, name)] if getattr(m, name, None) is not None else []  # noqa: E731
+        return {"vision": [m.vision_model, *extra("visual_projection")],
+                "text": [m.text_model, *extra("text_projection")]}
+
+    def log_scale_param(self) -> torch.nn.Parameter:
+        return self.model.logit_scale  # CLIPModel and SiglipModel both store the log of the scale
+
     def tokenize(self, texts: list[str]) -> TextBatch:
         # SigLIP was trained on texts padded to the full length and pools the last token.
         padding = "max_length" if self.model_type == "siglip" else True

@@ -98,7 +98,24 @@ def load_image_tower() -> nn.Module:
     tower = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(path, map_location="cpu", weights_only=True)
     tower.load_state_dict(state)
-    return tower.eval()
+    return plain_pointwise_convs(tower).eval()
+
+
+def plain_pointwise_convs(tower: nn.Module) -> nn.Module:
+    """Swap the 1x1 ``Conv2dStaticSamePadding`` layers (no padding: identical maths) for plain ``nn.Conv2d``.
+
+    peft builds LoRA factors with ``type(layer)(...)``, which this subclass cannot do without an image size; a
+    plain convolution with the same weights can be adapted, merged and saved like any other.
+    """
+    for name, module in list(tower.named_modules()):
+        if (type(module) is not nn.Conv2d and isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+                and module.stride == (1, 1) and not isinstance(getattr(module, "static_padding", None), nn.ZeroPad2d)):
+            plain = nn.Conv2d(module.in_channels, module.out_channels, 1, bias=module.bias is not None,
+                              groups=module.groups)
+            plain.load_state_dict(module.state_dict())
+            parent, _, child = name.rpartition(".")
+            setattr(tower.get_submodule(parent) if parent else tower, child, plain)
+    return tower
 
 
 def text_tower_dir() -> Path:
@@ -139,6 +156,19 @@ class LiteModel(ModelBase):
     @property
     def logit_scale(self) -> float:
         return float(self.heads.log_logit_scale.detach().exp())
+
+    # BERT attention and the 1x1 expand/project convolutions of the MBConv blocks (EfficientNet's MLP)
+    default_lora_targets = ("query", "value", "_expand_conv", "_project_conv")
+
+    def tower_modules(self) -> dict[str, list[nn.Module]]:
+        return {"vision": [self.image_tower, self.heads.image_head], "text": [self.text_tower, self.heads.text_head]}
+
+    def log_scale_param(self) -> nn.Parameter:
+        return self.heads.log_logit_scale
+
+    def head_modules(self) -> dict[str, list[nn.Module]]:
+        """Parts trained in full even under LoRA (the small projection heads), unless their tower is frozen."""
+        return {"vision": [self.heads.image_head], "text": [self.heads.text_head]}
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Frozen-tower features. (B, 3, 224, 224) -> (B, 1280)."""

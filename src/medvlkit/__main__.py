@@ -1,0 +1,7 @@
+"""``python -m medvlkit`` (and ``torchrun -m medvlkit finetune ...``) runs the CLI."""
+
+import sys
+
+from medvlkit.cli import main
+
+sys.exit(main())

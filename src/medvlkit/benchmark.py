@@ -1,0 +1,211 @@
+"""``medvlkit benchmark``: the seed projects' comparison table on one dataset, in one command.
+
+Rows (each a full medvlkit run with its own ``result.json`` under ``out/<row>/``):
+
+1. ``zeroshot``: the untuned model, zero-shot (a prompt set, or the phrasings fine-tuning trains on);
+2. ``probe_frozen``: a linear probe on the frozen image embeddings (C chosen on validation);
+3. ``lora_contrastive``: LoRA contrastive fine-tuning (captions from labels where the data has none), scored
+   zero-shot with the tuned model;
+4. ``probe_lora``: a linear probe on the image embeddings of the LoRA-tuned model (CLIP_COVID's best).
+
+Data with captions adds retrieval rows. Train splits train, the validation data chooses (C, best epoch), the
+test split is only scored. A row whose ``result.json`` exists is not run again, so an interrupted benchmark
+continues where it stopped. ``table.md`` and ``table.json`` collect the rows with their 95% CIs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medvlkit.errors import MedvlkitError
+
+CLASS_COLUMNS = [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("precision", "macro_precision"),
+                 ("recall", "macro_recall"), ("AUROC", "auroc")]
+RETRIEVAL_COLUMNS = [("i2t R@1", "image_to_text_recall@1"), ("i2t R@5", "image_to_text_recall@5"),
+                     ("i2t R@10", "image_to_text_recall@10"), ("t2i R@1", "text_to_image_recall@1"),
+                     ("t2i R@5", "text_to_image_recall@5"), ("t2i R@10", "text_to_image_recall@10")]
+ROWS = ("zeroshot", "probe_frozen", "lora_contrastive", "probe_lora")
+
+
+@dataclass
+class BenchmarkConfig:
+    """Options of one benchmark (recorded in every row's result.json).
+
+    Attributes:
+        model, data, format, out_dir: what, on what, where.
+        prompts: prompt set for the zero-shot row (default: the phrasings that fine-tuning trains on).
+        lora: ``--lora`` text for the fine-tuning row; ``epochs``/``max_steps``/``batch_size``/``lr``: its length.
+        val_split, val_fraction, group_pattern: validation data (see ``medvlkit probe``/``finetune``).
+        rows: which rows to run (default all that the data supports).
+    """
+
+    data: str
+    out_dir: str
+    model: str = "lite"
+    format: str = "auto"
+    prompts: str | None = None
+    lora: str = "default"
+    epochs: int = 3
+    max_steps: int = 0
+    batch_size: int = 32
+    lr: float | None = None
+    grad_cache: int = 0
+    val_split: str | None = None
+    val_fraction: float = 0.1
+    group_pattern: str | None = None
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    bootstrap: int = 1000
+    rows: tuple[str, ...] = ROWS
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [r for r in self.rows if r not in ROWS]
+        if bad:
+            raise MedvlkitError(f"--rows {','.join(bad)}: valid rows: {', '.join(ROWS)}")
+
+
+def _done(folder: Path) -> dict | None:
+    f = folder / "result.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
+    """Run (or continue) every row; write ``table.md`` and ``table.json``. Returns the table as a dict."""
+    from medvlkit.data import load_dataset
+    from medvlkit.models import create_model
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test = load_dataset(cfg.data, split="test", format=cfg.format)
+    record = {k: v for k, v in vars(cfg).items() if k != "extra"} | {"rows": list(cfg.rows)}
+    embed = dict(batch_size=64, num_workers=cfg.workers, progress=progress)
+    results: dict[str, dict] = {}
+    base = None
+
+    def base_model():
+        nonlocal base
+        base = base or create_model(cfg.model, device=_device(cfg.device))
+        return base
+
+    if "zeroshot" in cfg.rows:
+        results["zeroshot"] = _done(out / "zeroshot") or _zeroshot(base_model(), test, cfg, out / "zeroshot",
+                                                                   record, embed)
+    if "probe_frozen" in cfg.rows and test.has_labels:
+        results["probe_frozen"] = _done(out / "probe_frozen") or _probe(base_model(), test, cfg, out / "probe_frozen",
+                                                                        record, embed)
+    tuned_dir = out / "lora_contrastive"
+    if {"lora_contrastive", "probe_lora"} & set(cfg.rows):
+        if not (tuned_dir / "best" / "finetune.json").is_file() or (tuned_dir / "checkpoint.pt").is_file() and \
+                not (tuned_dir / "summary.json").is_file():
+            _finetune(cfg, tuned_dir, progress)
+        tuned = create_model(f"ft:{tuned_dir / 'best'}", device=_device(cfg.device))
+        if "lora_contrastive" in cfg.rows:
+            results["lora_contrastive"] = _done(tuned_dir) or _tuned_eval(tuned, test, cfg, tuned_dir, record, embed)
+        if "probe_lora" in cfg.rows and test.has_labels:
+            results["probe_lora"] = _done(out / "probe_lora") or _probe(tuned, test, cfg, out / "probe_lora",
+                                                                        record, embed)
+    table = make_table(results, test.name)
+    (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
+    (out / "table.md").write_text(table["markdown"] + "\n")
+    return table
+
+
+def _device(device: str) -> str:
+    from medvlkit.models.registry import resolve_device
+
+    return resolve_device(device)
+
+
+def _zeroshot(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed: dict) -> dict:
+    from medvlkit.results import write_result
+    from medvlkit.retrieval import evaluate_retrieval
+    from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
+
+    out.mkdir(parents=True, exist_ok=True)
+    if test.has_labels:
+        res = zeroshot_classify(model, test, _prompts(cfg, test), **embed)
+        result = save_zeroshot(res, test, model, out, record, cfg.bootstrap, cfg.seed)
+        if not test.texts:
+            return result
+    metrics, ci, emb, _ = evaluate_retrieval(model, test, cfg.bootstrap, cfg.seed, **embed)
+    name = test.name + (f"/{test.split}" if test.split else "")
+    if test.has_labels:  # keep both: classification metrics from above, retrieval ones added
+        result["metrics"] |= metrics
+        result["ci"] |= ci
+        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        return result
+    write_result(out, dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics, ci=ci,
+                 config=record, seed=cfg.seed, n_skipped=len(emb.skipped))
+    return json.loads((out / "result.json").read_text())
+
+
+def _probe(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed: dict) -> dict:
+    from medvlkit.probe import LinearProbe, embed_split, fit_probe, probe_splits, save_probe_run
+
+    lp = LinearProbe(random_state=cfg.seed)
+    train_ds, train, val = probe_splits(model, Path(cfg.data), cfg.format, "train", cfg.val_split, cfg.val_fraction,
+                                        cfg.group_pattern, cfg.seed, **embed)
+    info = fit_probe(lp, train, val, train_ds.classnames, train_ds.multilabel, None, cfg.seed)
+    return save_probe_run(lp, embed_split(model, test, **embed), model, test, out, record, info, cfg.bootstrap,
+                          cfg.seed)
+
+
+def _finetune(cfg: BenchmarkConfig, out: Path, progress: bool) -> None:
+    from medvlkit.finetune.config import FinetuneConfig
+    from medvlkit.finetune.loop import finetune
+
+    ft = FinetuneConfig(model=cfg.model, data=cfg.data, format=cfg.format, out_dir=str(out), mode="contrastive",
+                        lora=cfg.lora, val_split=cfg.val_split, val_fraction=cfg.val_fraction,
+                        group_pattern=cfg.group_pattern, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                        batch_size=cfg.batch_size, lr=cfg.lr, grad_cache=cfg.grad_cache, device=cfg.device,
+                        workers=cfg.workers, seed=cfg.seed)
+    finetune(ft, resume=(out / "checkpoint.pt").is_file(), progress=progress)
+
+
+def _prompts(cfg: BenchmarkConfig, test):
+    from medvlkit.finetune.evaluation import caption_prompts
+    from medvlkit.prompts import load_prompt_set
+
+    return load_prompt_set(cfg.prompts) if cfg.prompts else caption_prompts(test)
+
+
+def _tuned_eval(tuned, test, cfg: BenchmarkConfig, out: Path, record: dict, embed: dict) -> dict:
+    from medvlkit.evaluate import evaluate_probs
+    from medvlkit.finetune.evaluation import evaluate_finetuned
+    from medvlkit.zeroshot import zeroshot_classify
+
+    result = evaluate_finetuned(tuned, test, out, record, cfg.bootstrap, cfg.seed, **embed)
+    if test.has_labels and test.texts:  # captioned data scored by retrieval above; add zero-shot classification
+        zs = zeroshot_classify(tuned, test, _prompts(cfg, test), **embed)
+        ev = evaluate_probs(zs.labels, zs.probs, zs.classnames, zs.mode == "pos_neg", cfg.bootstrap, cfg.seed)
+        result["metrics"] |= ev.metrics
+        result["ci"] |= ev.ci
+        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _cell(result: dict, key: str) -> str:
+    v = (result.get("metrics") or {}).get(key)
+    if v is None:
+        return "-"
+    ci = (result.get("ci") or {}).get(key)
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else f"{v:.3f}"
+
+
+def make_table(results: dict[str, dict], dataset: str) -> dict:
+    """Rows x metrics with 95% CIs, as Markdown and as numbers."""
+    any_metrics = {k for r in results.values() for k in (r.get("metrics") or {})}
+    columns = [c for c in CLASS_COLUMNS + RETRIEVAL_COLUMNS if c[1] in any_metrics]
+    lines = [f"Test split of {dataset}; value [95% bootstrap CI].", "",
+             "| method | n | " + " | ".join(c[0] for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for row, res in results.items():
+        n = (res.get("metrics") or {}).get("n", "")
+        lines.append(f"| {row} | {n} | " + " | ".join(_cell(res, k) for _, k in columns) + " |")
+    numbers = {row: {k: (res.get("metrics") or {}).get(k) for _, k in columns} | {
+        "ci": {k: (res.get("ci") or {}).get(k) for _, k in columns}} for row, res in results.items()}
+    return {"dataset": dataset, "rows": numbers, "markdown": "\n".join(lines)}

@@ -1,0 +1,120 @@
+"""Scoring a model while and after it is fine-tuned: the validation score that picks the best epoch, and the
+test-split result of the chosen model (written like every other medvlkit result)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medvlkit.caption import class_phrasings
+from medvlkit.data.dataset import ImageDataset
+from medvlkit.errors import MedvlkitError
+from medvlkit.prompts import ClassPrompts, PromptSet
+
+
+def caption_prompts(dataset: ImageDataset) -> PromptSet:
+    """The prompt set matching the template captions of :func:`medvlkit.finetune.data.caption_pools`: the phrasings
+    a contrastive run trained on are the ones it is scored with (single-label softmax; multi-label pos/neg)."""
+    if dataset.multilabel:
+        classes = [ClassPrompts(c, [f"findings: {c}."], ["no findings."]) for c in dataset.classnames]
+        return PromptSet("finetune-captions", classes, mode="pos_neg")
+    phrasings = class_phrasings(dataset.classnames)
+    return PromptSet("finetune-captions", [ClassPrompts(c, phrasings[c]) for c in dataset.classnames])
+
+
+@torch.inference_mode()
+def head_probs(head, emb: np.ndarray, multilabel: bool, device) -> np.ndarray:
+    """Classifier probabilities from unnormalised image embeddings. (N, D) -> (N, C)."""
+    logits = head(torch.from_numpy(emb).to(device)).float()
+    return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).cpu().numpy()
+
+
+def _macro_auroc(labels: np.ndarray, probs: np.ndarray, classnames: list[str], multilabel: bool) -> dict:
+    from medvlkit.evaluate import evaluate_probs
+
+    m = evaluate_probs(labels, probs, classnames, multilabel, n_bootstrap=0).metrics
+    return {"auroc": m.get("auroc", m.get("macro_auroc")), "accuracy": m.get("accuracy", m.get("macro_accuracy")),
+            "macro_f1": m.get("macro_f1")}
+
+
+def validation_score(model, dataset: ImageDataset, mode: str, head=None, progress: bool = False,
+                     batch_size: int = 64) -> dict:
+    """Metrics on validation data and ``score``, the number early stopping maximises.
+
+    - supervised: macro AUROC of the classifier head;
+    - contrastive on labelled data: macro AUROC of zero-shot classification with the training phrasings;
+    - contrastive on captions: mean of image->text and text->image recall@5.
+    """
+    from medvlkit.retrieval import retrieval_metrics
+    from medvlkit.zeroshot import classify
+
+    normalize = mode == "contrastive"
+    emb = _embed(model, dataset, normalize, batch_size, progress)
+    if mode == "supervised":
+        out = _macro_auroc(dataset.labels, head_probs(head, emb, dataset.multilabel, model.device),
+                           dataset.classnames, dataset.multilabel)
+        return out | {"score": out["auroc"]}
+    if dataset.texts:
+        from medvlkit.features import embed_texts
+
+        m, _ = retrieval_metrics(emb, embed_texts(model, dataset.texts), dataset.texts, n_bootstrap=0)
+        r5 = 0.5 * (m["image_to_text_recall@5"] + m["text_to_image_recall@5"])
+        return {k: m[k] for k in ("image_to_text_recall@5", "text_to_image_recall@5")} | {"score": r5}
+    prompts = caption_prompts(dataset)
+    out = _macro_auroc(dataset.labels, classify(model, emb, prompts), dataset.classnames, dataset.multilabel)
+    return out | {"score": out["auroc"]}
+
+
+@torch.inference_mode()
+def _embed(model, dataset: ImageDataset, normalize: bool, batch_size: int, progress: bool) -> np.ndarray:
+    """Embeddings of every image (no cache: the weights change between calls)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="validate", disable=not progress, leave=False):
+        idx = range(start, min(start + batch_size, len(dataset)))
+        pixels = model.preprocess([dataset.load_image(i) for i in idx])
+        out.append(model.encode_image(pixels, normalize=normalize).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict, n_bootstrap: int = 1000,
+                       seed: int = 0, **embed_options) -> dict:
+    """Score a fine-tuned model (``ft:DIR``) on a test split and write result.json (+ predictions.csv).
+
+    A supervised run is scored by its classifier head; a contrastive run by zero-shot classification with its
+    training phrasings (labelled data) or by retrieval (captioned data).
+    """
+    from medvlkit.evaluate import evaluate_probs
+    from medvlkit.results import write_predictions, write_result
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    if getattr(model, "classifier", None) is not None:
+        if not dataset.has_labels:
+            raise MedvlkitError(f"dataset '{dataset.name}' has no labels to score the classifier head on")
+        if list(dataset.classnames) != list(model.classnames):
+            raise MedvlkitError(f"the head was trained on classes {model.classnames}; this data has "
+                                f"{dataset.classnames}")
+        emb = _embed(model, dataset, False, embed_options.get("batch_size", 64), embed_options.get("progress", True))
+        probs = head_probs(model.classifier, emb, dataset.multilabel, model.device)
+        ev = evaluate_probs(dataset.labels, probs, dataset.classnames, dataset.multilabel, n_bootstrap, seed)
+        write_predictions(out_dir, dataset.items, dataset.classnames, probs, dataset.labels, dataset.multilabel)
+        path = write_result(out_dir, dataset=name, model=model.name, task="finetune_classification",
+                            metrics=ev.metrics, ci=ev.ci, config=config, seed=seed,
+                            extra={"classnames": dataset.classnames, "confusion_matrix": ev.confusion_matrix})
+        return json.loads(path.read_text())
+    if dataset.has_labels and not dataset.texts:
+        from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
+
+        result = zeroshot_classify(model, dataset, caption_prompts(dataset), **embed_options)
+        return save_zeroshot(result, dataset, model, out_dir, config, n_bootstrap, seed)
+    from medvlkit.retrieval import evaluate_retrieval
+
+    metrics, ci, emb, examples = evaluate_retrieval(model, dataset, n_bootstrap, seed, **embed_options)
+    path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics, ci=ci,
+                        config=config, seed=seed, n_skipped=len(emb.skipped), extra={"examples": examples})
+    return json.loads(path.read_text())

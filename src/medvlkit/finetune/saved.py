@@ -1,0 +1,106 @@
+"""A fine-tuned model on disk, and ``create_model("ft:DIR")`` to load it.
+
+``DIR`` holds ``finetune.json`` (base model spec, LoRA settings and target layers, classifier classes),
+``adapter.safetensors`` (the LoRA weights alone, peft naming; only with LoRA) and ``trained.safetensors`` (every
+other trained tensor: full fine-tuned tower weights, ``lite``'s projection heads, the temperature, the
+classifier head as ``classifier.*``). Loading rebuilds the base model, inserts the adapters, loads both files and
+by default merges the adapters into the base weights, so inference runs at the base model's speed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from medvlkit.errors import MedvlkitError
+from medvlkit.finetune.lora import LoraSpec, add_lora, is_lora_param, load_lora_state_dict, lora_state_dict, merge_lora
+from medvlkit.finetune.steps import ClassifierHead
+from medvlkit.models.base import ModelBase
+
+META, ADAPTER, TRAINED = "finetune.json", "adapter.safetensors", "trained.safetensors"
+
+
+def save_finetuned(model: ModelBase, out: Path, meta: dict, head: ClassifierHead | None = None) -> None:
+    """Write the trained part of ``model`` (and ``head``) to ``out`` atomically (temporary names, then renames).
+
+    Args:
+        meta: ``base`` (spec), ``lora`` (LoraSpec dict or None), ``lora_layers`` (names), ``mode``, ``classnames``,
+            ``multilabel``; written as ``finetune.json`` with the list of trained tensors.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    trained = {n: p.detach().cpu().float().contiguous() for n, p in model.named_parameters()
+               if p.requires_grad and not is_lora_param(n)}
+    if head is not None:
+        trained |= {f"classifier.{k}": v.detach().cpu().float().contiguous() for k, v in head.state_dict().items()}
+    files = {TRAINED: trained}
+    if meta.get("lora"):
+        files[ADAPTER] = {k: v.float() for k, v in lora_state_dict(model).items()}
+    for name, tensors in files.items():
+        save_file(tensors, str(out / (name + ".tmp")))
+    (out / (META + ".tmp")).write_text(json.dumps(meta | {"trained": sorted(trained)}, indent=1) + "\n")
+    for name in [*files, META]:
+        (out / (name + ".tmp")).replace(out / name)
+    if not meta.get("lora") and (out / ADAPTER).exists():
+        (out / ADAPTER).unlink()
+
+
+def read_meta(folder: Path) -> dict:
+    meta_file = folder / META
+    if not meta_file.is_file():
+        raise MedvlkitError(f"ft:{folder}: no {META} there; pass the best/ folder of a `medvlkit finetune` run")
+    return json.loads(meta_file.read_text())
+
+
+def apply_finetuned(model: ModelBase, folder: Path, meta: dict, merge: bool = True) -> ClassifierHead | None:
+    """Insert the adapters of ``folder`` into ``model`` (its base), load every trained tensor, merge if asked.
+
+    Returns:
+        the classifier head when the run trained one.
+    """
+    from safetensors.torch import load_file
+
+    if meta.get("lora"):
+        add_lora(model, LoraSpec(**(meta["lora"] | {"targets": tuple(meta["lora"]["targets"])})),
+                 meta["lora_layers"])
+        load_lora_state_dict(model, load_file(str(folder / ADAPTER)))
+    state = load_file(str(folder / TRAINED))
+    head_state = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
+    tower_state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    params = dict(model.named_parameters())
+    unknown = [k for k in tower_state if k not in params]
+    if unknown:
+        raise MedvlkitError(f"ft:{folder}: trained tensors {unknown[:3]} do not exist in base model "
+                            f"'{meta.get('base')}'; was the run made on another base?")
+    with torch.no_grad():
+        for k, v in tower_state.items():
+            params[k].copy_(v.to(params[k].dtype))
+    if merge and meta.get("lora"):
+        merge_lora(model)
+    head = None
+    if head_state:
+        w = head_state["linear.weight"]
+        head = ClassifierHead(w.shape[1], w.shape[0]).to(model.device)
+        head.load_state_dict(head_state)
+    return head
+
+
+def load_finetuned(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32, merge: bool = True) -> ModelBase:
+    """``ft:DIR``: the base model of a fine-tuning run with its trained weights (adapters merged by default).
+
+    The classifier head of a supervised run is attached as ``model.classifier`` with ``model.classnames``.
+    """
+    from medvlkit.models.registry import create_model
+
+    folder = Path(ref).expanduser().resolve()
+    meta = read_meta(folder)
+    model = create_model(meta["base"], device=device)
+    head = apply_finetuned(model, folder, meta, merge=merge)
+    model.classifier, model.classnames, model.multilabel = head, meta.get("classnames"), meta.get("multilabel", False)
+    model.name = f"ft:{folder}"
+    model.weight_files = list(model.weight_files) + [str(folder / f) for f in (ADAPTER, TRAINED)
+                                                      if (folder / f).exists()]
+    return model.to(dtype=dtype).eval()

@@ -1,0 +1,65 @@
+"""Two CPU processes under torchrun (gloo) train to the same weights as one process with the same global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import make_image_folder
+from medvlkit.finetune import FinetuneConfig, finetune
+
+SCRIPT = """
+import json, sys
+from medvlkit.finetune import FinetuneConfig, finetune
+finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode,grad_cache", [("contrastive", 2), ("supervised", 0)])
+def test_two_processes_equal_one(tiny_clip_dir, tmp_path, mode, grad_cache):
+    data = tmp_path / "data"
+    for i, split in enumerate(("train", "val")):
+        make_image_folder(data / split, {"NORMAL": 6, "PNEUMONIA": 6}, seed=10 * i)
+    base = dict(model=f"hf:{tiny_clip_dir}", data=str(data), mode=mode, lora="r=2,dropout=0", epochs=1,
+                batch_size=6, device="cpu", workers=0, warmup=0, lr=0.1, head_lr=0.1,
+                optimizer="sgd")  # SGD, not Adam: a wrongly scaled gradient must change the weights
+    single = tmp_path / "single"
+    finetune(FinetuneConfig(**base, out_dir=str(single)), progress=False)
+    multi = tmp_path / "multi"
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    cfg = json.dumps(base | {"out_dir": str(multi), "grad_cache": grad_cache})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(_free_port()), str(script), cfg],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(single / "checkpoint.pt", weights_only=False)
+    b = torch.load(multi / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 2
+    assert a["trainable"].keys() == b["trainable"].keys()
+    moved = 0
+    for k, v in a["trainable"].items():
+        assert torch.allclose(v, b["trainable"][k], atol=1e-5), k
+    if a["head"]:
+        for k, v in a["head"].items():
+            assert torch.allclose(v, b["head"][k], atol=1e-5), k
+    start = FinetuneConfig(**base, out_dir=str(tmp_path / "unused"))
+    assert start.mode == mode
+    summary = json.loads((multi / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    # the weights did move: the comparison is not between two untouched models
+    for k, v in a["trainable"].items():
+        moved += int("lora_B" in k and v.abs().sum() > 0)
+    assert moved > 0
