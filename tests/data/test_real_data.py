@@ -78,3 +78,43 @@ def test_lite_zeroshot_on_real_chest_xrays(data_root, tmp_path):
     res = zeroshot_classify(create_model("lite"), ds, load_prompt_set("pneumonia"), progress=False, num_workers=2)
     ev = evaluate_probs(res.labels, res.probs, res.classnames, False, n_bootstrap=0)
     assert len(res.probs) == 104 and ev.metrics["auroc"] > 0.85
+
+
+def _real_cxr_subset(data_root, root, per_class: dict[str, int]):
+    """train/val/test folders of symlinks to a fixed few real chest X-rays (nothing is copied)."""
+    for split, n in per_class.items():
+        src_split = "test" if split == "test" else "train"
+        offset = 0 if split != "val" else 100
+        for cls in ("NORMAL", "PNEUMONIA"):
+            files = sorted((data_root / "chest_xray_pneumonia" / src_split / cls).glob("*.jpeg"))
+            (root / split / cls).mkdir(parents=True)
+            for f in files[offset:offset + n]:
+                (root / split / cls / f.name).symlink_to(f)
+    return root
+
+
+def test_lite_lora_finetune_on_real_chest_xrays(data_root, tmp_path):
+    """LoRA on both towers of the real `lite` model, two steps on real X-rays, then the saved adapters load
+    merged and unmerged with the same embeddings."""
+    import torch
+
+    from medvlkit import create_model
+    from medvlkit.finetune.saved import load_finetuned
+
+    data = _real_cxr_subset(data_root, tmp_path / "cxr", {"train": 8, "val": 4, "test": 4})
+    out = tmp_path / "run"
+    assert main(["finetune", "--data", str(data), "--lora", "default", "--max-steps", "2", "--batch-size", "8",
+                 "--device", "cpu", "--workers", "0", "--quiet", "--bootstrap", "0", "--out", str(out)]) == 0
+    meta = json.loads((out / "best" / "finetune.json").read_text())
+    assert meta["base"] == "lite" and any("_project_conv" in n for n in meta["lora_layers"])
+    assert any(n.startswith("text_tower.") for n in meta["lora_layers"])
+    result = json.loads((out / "result.json").read_text())
+    assert result["metrics"]["n"] == 8 and 0 <= result["metrics"]["auroc"] <= 1
+    merged, unmerged = create_model(f"ft:{out / 'best'}"), load_finetuned(str(out / "best"), merge=False)
+    ds = load_dataset(data, split="test")
+    pixels = merged.preprocess([ds.load_image(i) for i in range(3)])
+    with torch.inference_mode():
+        a, b = merged.encode_image(pixels), unmerged.encode_image(pixels)
+        base = create_model("lite").encode_image(pixels)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, base, atol=1e-4)  # two steps did change the model

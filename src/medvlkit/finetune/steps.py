@@ -70,10 +70,12 @@ def contrastive_step(model, pixels: torch.Tensor, tokens: dict, targets: torch.T
     for sl, (img_state, txt_state) in zip(slices, states):
         with img_state:
             out = enc_img(pixels[sl])
-        out.backward(img_local.grad[sl])
+        if out.requires_grad:  # not when the tower is frozen
+            out.backward(img_local.grad[sl])
         with txt_state:
             out = enc_txt(_select(tokens, sl))
-        out.backward(txt_local.grad[sl])
+        if out.requires_grad:
+            out.backward(txt_local.grad[sl])
     return float(loss.detach())
 
 

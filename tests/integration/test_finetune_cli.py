@@ -1,0 +1,80 @@
+"""`medvlkit finetune` and `medvlkit benchmark` in-process, on a tiny CLIP and generated images."""
+
+import json
+
+import pytest
+
+from helpers import make_image_folder
+from medvlkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_ft")
+    for i, split in enumerate(("train", "val", "test")):
+        make_image_folder(root / split, {"NORMAL": 6, "PNEUMONIA": 6}, seed=50 * i)
+    return root
+
+
+def _common(tiny_clip_dir, folder):
+    return ["--model", f"hf:{tiny_clip_dir}", "--data", str(folder), "--device", "cpu", "--workers", "0",
+            "--quiet", "--bootstrap", "20"]
+
+
+def test_finetune_supervised_then_load(tiny_clip_dir, folder, tmp_path, capsys):
+    out = tmp_path / "sup"
+    rc = main(["finetune", *_common(tiny_clip_dir, folder), "--mode", "supervised", "--epochs", "2",
+               "--batch-size", "4", "--out", str(out)])
+    assert rc == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["task"] == "finetune_classification" and result["metrics"]["n"] == 12
+    assert (out / "predictions.csv").is_file() and (out / "best" / "trained.safetensors").is_file()
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2 and all("samples_per_s" in h for h in history)
+    again = tmp_path / "again"
+    assert main(["finetune", *_common(tiny_clip_dir, folder), "--load", str(out / "best"), "--out", str(again)]) == 0
+    assert json.loads((again / "result.json").read_text())["metrics"] == result["metrics"]
+    assert "ft:" in capsys.readouterr().out
+
+
+def test_finetune_contrastive_lora_and_use_model_elsewhere(tiny_clip_dir, folder, tmp_path):
+    out = tmp_path / "lora"
+    assert main(["finetune", *_common(tiny_clip_dir, folder), "--lora", "r=2,alpha=4,targets=q_proj,v_proj",
+                 "--freeze", "text", "--grad-cache", "2", "--max-steps", "2", "--batch-size", "4",
+                 "--out", str(out)]) == 0
+    meta = json.loads((out / "best" / "finetune.json").read_text())
+    assert meta["freeze"] == "text" and all("vision_model" in n for n in meta["lora_layers"])
+    assert json.loads((out / "result.json").read_text())["task"] == "zeroshot_classification"
+    zs = tmp_path / "zs"
+    assert main(["zeroshot", "--model", f"ft:{out / 'best'}", "--data", str(folder), "--split", "test",
+                 "--prompts", "pneumonia", "--out", str(zs), "--quiet", "--workers", "0", "--bootstrap", "0"]) == 0
+    assert json.loads((zs / "result.json").read_text())["model"].startswith("ft:")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lora", "rank=4"], "unknown key 'rank'"),
+    (["--lora", "targets=nothing_like_this"], "match no Linear/Conv2d"),
+    (["--mode", "generative"], "--mode generative"),
+    (["--freeze", "both"], "--freeze both"),
+    (["--resume"], "no checkpoint.pt"),
+])
+def test_finetune_bad_options_are_one_line_errors(tiny_clip_dir, folder, tmp_path, capsys, args, message):
+    rc = main(["finetune", *_common(tiny_clip_dir, folder), "--out", str(tmp_path / "x"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_benchmark_table_and_resume(tiny_clip_dir, folder, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["benchmark", *_common(tiny_clip_dir, folder), "--epochs", "1", "--batch-size", "4", "--out", str(out)]
+    assert main(args) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert list(table["rows"]) == ["zeroshot", "probe_frozen", "lora_contrastive", "probe_lora"]
+    assert all(r["auroc"] is not None and r["ci"]["auroc"] for r in table["rows"].values())
+    md = (out / "table.md").read_text()
+    assert "| probe_lora | 12 |" in md and "AUROC" in md
+    stamp = (out / "probe_lora" / "result.json").stat().st_mtime
+    capsys.readouterr()
+    assert main(args) == 0  # a finished benchmark reruns nothing
+    assert (out / "probe_lora" / "result.json").stat().st_mtime == stamp
+    assert "| zeroshot | 12 |" in capsys.readouterr().out
