@@ -447,6 +447,8 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
           select: str = typer.Option("auroc", "--select", help="validation metric picking C: auroc, accuracy, "
                                                                "balanced_accuracy"),
           load: Path = typer.Option(None, "--load", help="a saved probe.npz: skip training, score --test-split"),
+          features: str = typer.Option("embedding", "--features", help="embedding (the shared space) or backbone "
+                                                                       "(the image tower's wider pooled features)"),
           device: str = DeviceOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt, on_error: str = OnErrorOpt,
           no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt,
           bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs (0: none)"),
@@ -462,6 +464,12 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
     config = _jsonable(dict(locals()))
     test_ds = _dataset(data, test_split, fmt)
     m = _model(model, device, "fp32", None)
+    if features not in ("embedding", "backbone"):
+        raise MedvlkitError(f"--features {features}: valid options: embedding, backbone")
+    if features == "backbone":
+        from medvlkit.models.base import BackboneView
+
+        m = BackboneView(m)
     kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet)
     if load is not None:
         lp, header = LinearProbe.load(load)

@@ -98,3 +98,23 @@ def test_probe_cli_train_select_reuse(tiny_clip_dir, tmp_path, capsys):
     assert main(["probe", "-m", f"hf:{other}", "-d", str(tmp_path / "d"), "-q", "--load", str(out / "probe.npz"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "trained on" in capsys.readouterr().err
+
+
+def test_probe_on_backbone_features(tiny_clip_dir, tmp_path):
+    """--features backbone probes the vision tower's pooled output (64-d here), not the 32-d shared space."""
+    import torch
+
+    from medvlkit import create_model
+    from medvlkit.models.base import BackboneView
+
+    m = create_model(f"hf:{tiny_clip_dir}")
+    view = BackboneView(m)
+    pixels = torch.randn(2, 3, 32, 32)
+    assert view.encode_image(pixels).shape == (2, 64) and view.fingerprint() != m.fingerprint()
+    for split, n in (("train", 6), ("val", 3), ("test", 3)):
+        make_image_folder(tmp_path / "d" / split, {"NORMAL": n, "PNEUMONIA": n}, seed=hash(split) % 1000)
+    out = tmp_path / "bb"
+    assert main(["probe", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "d"), "-q", "--workers", "0",
+                 "--bootstrap", "0", "--features", "backbone", "--out", str(out)]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["model"].endswith("#backbone") and res["metrics"]["n"] == 6

@@ -147,6 +147,10 @@ class ModelBase(torch.nn.Module):
 
     default_lora_targets: tuple[str, ...] = ()
 
+    def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The image tower's pooled features before the projection into the shared space. (B, 3, S, S) -> (B, F)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose backbone features")
+
     def head_modules(self) -> dict[str, list[torch.nn.Module]]:
         """Parts trained in full even under LoRA, by tower (none by default)."""
         return {"vision": [], "text": []}
@@ -166,3 +170,21 @@ class ModelBase(torch.nn.Module):
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit L2 norm. (B, D) -> (B, D)."""
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class BackboneView(ModelBase):
+    """A model whose image "embeddings" are its image tower's pooled features before the projection (for linear
+    probes on the wider representation). Cached under its own fingerprint; it has no text side."""
+
+    def __init__(self, model: ModelBase) -> None:
+        super().__init__(model.preprocess_cfg, model.weight_files)
+        self.base = model
+        self.name = f"{model.name}#backbone"
+        self.embed_dim = 0
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        feats = self.base.image_backbone_features(pixels)
+        return l2_normalize(feats) if normalize else feats
+
+    def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
+        raise NotImplementedError("backbone features are image-only; use the model itself for text")

@@ -52,6 +52,10 @@ class HFDualEncoder(ModelBase):
         return {"vision": [m.vision_model, *extra("visual_projection")],
                 "text": [m.text_model, *extra("text_projection")]}
 
+    def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision transformer's pooled output (CLIP: the normalised class token; SigLIP: the attention pool)."""
+        return self.model.vision_model(pixel_values=pixels.to(self.device, self.dtype)).pooler_output
+
     def log_scale_param(self) -> torch.nn.Parameter:
         return self.model.logit_scale  # CLIPModel and SiglipModel both store the log of the scale
 

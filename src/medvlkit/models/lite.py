@@ -170,6 +170,9 @@ class LiteModel(ModelBase):
         """Parts trained in full even under LoRA (the small projection heads), unless their tower is frozen."""
         return {"vision": [self.heads.image_head], "text": [self.heads.text_head]}
 
+    def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_features(pixels)
+
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Frozen-tower features. (B, 3, 224, 224) -> (B, 1280)."""
         x = self.image_tower.extract_features(pixels.to(self.device, self.dtype))  # (B, 1280, 7, 7)
