@@ -592,7 +592,8 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
              load: Path = typer.Option(None, "--load", help="a run's best/ folder: skip training, score "
                                                             "--test-split"),
              bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs"),
-             quiet: bool = QuietOpt) -> None:
+             path_column: str = PathColOpt, label_columns: str = LabelColsOpt, uncertain: str = UncertainOpt,
+             image_root: str = ImageRootOpt, quiet: bool = QuietOpt) -> None:
     """Fine-tune a model: contrastive (full, LoRA, one tower frozen; GradCache) or supervised (CE/BCE head).
 
     Example: medvlkit finetune --data ../shared/data/medpix --lora default --epochs 3 --out runs/medpix-lora
@@ -607,8 +608,11 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
 
     config = _jsonable(dict(locals()))
     out_dir = _out(out, "finetune")
+    ds_opts = {k: v for k, v in dict(path_column=path_column, label_columns=label_columns, uncertain=uncertain,
+                                     image_root=image_root).items() if v is not None}
     if load is None:
-        cfg = FinetuneConfig(model=model, data=str(data), format=fmt, out_dir=str(out_dir), mode=mode, lora=lora,
+        cfg = FinetuneConfig(model=model, data=str(data), format=fmt, dataset_options=ds_opts, out_dir=str(out_dir),
+                             mode=mode, lora=lora,
                              freeze=freeze, train_split=train_split, val_split=val_split, val_fraction=val_fraction,
                              group_pattern=group_pattern, epochs=epochs, max_steps=max_steps, patience=patience,
                              batch_size=batch_size, grad_cache=grad_cache, lr=lr, head_lr=head_lr,
@@ -626,7 +630,7 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
     if test_split.lower() == "none":
         return
     m = _model(f"ft:{load}", resolve_device(device), "fp32", None)
-    res = evaluate_finetuned(m, _dataset(data, test_split, fmt), out_dir, config, bootstrap, seed,
+    res = evaluate_finetuned(m, _dataset(data, test_split, fmt, **ds_opts), out_dir, config, bootstrap, seed,
                              batch_size=64, num_workers=workers, progress=not quiet)
     _print_metrics(res)
     console.print(f"wrote {out_dir}/result.json")

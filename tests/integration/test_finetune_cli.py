@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from helpers import make_image_folder
@@ -78,3 +79,26 @@ def test_benchmark_table_and_resume(tiny_clip_dir, folder, tmp_path, capsys):
     assert main(args) == 0  # a finished benchmark reruns nothing
     assert (out / "probe_lora" / "result.json").stat().st_mtime == stamp
     assert "| zeroshot | 12 |" in capsys.readouterr().out
+
+
+def test_supervised_multilabel_bce_on_a_csv(tiny_clip_dir, tmp_path):
+    """Multi-label data (a CheXpert-style CSV with -1 = uncertain) trains a BCE head; metrics are per class."""
+    from helpers import make_image
+
+    rng = np.random.default_rng(0)
+    lines = ["path,split,Effusion,Edema,Atelectasis"]
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        for i in range(n):
+            make_image(tmp_path / "img" / f"{split}{i}.png", seed=i + 100 * len(split))
+            labels = rng.choice(["0", "1", "-1"], size=3, p=[0.5, 0.4, 0.1])
+            labels[i % 3] = "1"  # every class has positives in every split
+            labels[(i + 1) % 3] = "0"  # and negatives
+            lines.append(f"img/{split}{i}.png,{split}," + ",".join(labels))
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "bce"
+    assert main(["finetune", "--model", f"hf:{tiny_clip_dir}", "--data", str(tmp_path / "labels.csv"),
+                 "--mode", "supervised", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--workers", "0",
+                 "--quiet", "--bootstrap", "0", "--uncertain", "ignore", "--out", str(out)]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert {"auroc/Effusion", "auroc/Edema", "auroc/Atelectasis"} <= res["metrics"].keys()
+    assert json.loads((out / "best" / "finetune.json").read_text())["multilabel"] is True

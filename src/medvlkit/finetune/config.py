@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from medvlkit.errors import MedvlkitError
 
@@ -17,7 +17,8 @@ class FinetuneConfig:
 
     Attributes:
         model: base model spec (``lite``, ``hf:DIR``...).
-        data: dataset path; ``format``: adapter name or auto.
+        data: dataset path; ``format``: adapter name or auto; ``dataset_options``: adapter options
+            (``path_column``, ``label_columns``, ``uncertain``, ``image_root``).
         out_dir: checkpoints, the best model (``best/``), history and results.
         mode: ``contrastive`` (image-caption InfoNCE; template captions from labels when the data has none) or
             ``supervised`` (a linear classification head on the image embedding; CE or BCE).
@@ -42,6 +43,7 @@ class FinetuneConfig:
     model: str = "lite"
     data: str = ""
     format: str = "auto"
+    dataset_options: dict = field(default_factory=dict)
     out_dir: str = ""
     mode: str = "contrastive"
     lora: str | None = None

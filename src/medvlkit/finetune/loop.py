@@ -143,12 +143,13 @@ def split_train_val(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset]:
     from medvlkit.data import load_dataset
     from medvlkit.probe import holdout_indices
 
-    train = load_dataset(cfg.data, split=cfg.train_split, format=cfg.format)
+    opts = cfg.dataset_options
+    train = load_dataset(cfg.data, split=cfg.train_split, format=cfg.format, **opts)
     if cfg.val_split not in (None, "holdout"):
-        return train, load_dataset(cfg.data, split=cfg.val_split, format=cfg.format)
+        return train, load_dataset(cfg.data, split=cfg.val_split, format=cfg.format, **opts)
     if cfg.val_split is None:
         try:
-            return train, load_dataset(cfg.data, split="val", format=cfg.format)
+            return train, load_dataset(cfg.data, split="val", format=cfg.format, **opts)
         except MedvlkitError:
             pass
     labels = train.labels if train.has_labels else np.zeros((len(train), 1), np.float32)
