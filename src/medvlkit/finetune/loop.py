@@ -32,6 +32,7 @@ from medvlkit.finetune.saved import save_finetuned
 from medvlkit.finetune.steps import ClassifierHead, class_weights, contrastive_step, supervised_count, supervised_step
 from medvlkit.models.base import ModelBase
 from medvlkit.pretrain.corpus import pair_targets
+from medvlkit.results import save_torch_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +133,6 @@ def _lr_lambda(warmup: int, total: int):
     return fn
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def split_train_val(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset]:
     """The training data and the validation data (a val split, or a seeded held-out part of train)."""
     from medvlkit.data import load_dataset
@@ -234,7 +229,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
 
     def checkpoint() -> None:
         if world.is_main:
-            _save_checkpoint(ckpt_path, {
+            save_torch_atomic(ckpt_path, {
                 "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
                 "head": head.state_dict() if head else None, "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,

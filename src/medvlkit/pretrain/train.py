@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from medvlkit.models.lite import LiteConfig, LiteHeads, LiteModel, save_heads
 from medvlkit.pretrain.corpus import Pair, build_corpus, pair_targets, sample_epoch
 from medvlkit.pretrain.towers import LiteTowers, image_tower_features, text_tower_features
 from medvlkit.pretrain.validate import choose_gate_threshold, prompt_texts, val_prompt_sets, validate
+from medvlkit.results import save_torch_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +89,6 @@ def extract(cfg: PretrainConfig, towers: LiteTowers, part: str, extra_texts: lis
     return Features(pairs, images, texts)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def _train_epoch(heads: LiteHeads, opt: torch.optim.Optimizer, feats: Features, cfg: PretrainConfig,
                  rng: random.Random) -> float:
     heads.train()
@@ -155,7 +149,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             heads.cfg.gate_threshold = choose_gate_threshold(heads, val.pairs, val.images, val.texts)
             save_heads(heads, out / "best", metadata={"epoch": epoch, "val_score": metrics["score"]}, half=True)
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{metrics['score']:.3f}", best=best["epoch"])
-        _save_checkpoint(ckpt_path, {"heads": heads.state_dict(), "optimizer": opt.state_dict(),
+        save_torch_atomic(ckpt_path, {"heads": heads.state_dict(), "optimizer": opt.state_dict(),
                                      "scheduler": sched.state_dict(), "rng": rng.getstate(),
                                      "torch_rng": torch.get_rng_state(), "history": history, "best": best,
                                      "epoch": epoch})
