@@ -214,8 +214,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
     best = {"score": -math.inf, "epoch": -1, "step": 0}
     if resume:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
-        if state["config"] != cfg.to_dict():
-            diff = {k: (v, cfg.to_dict().get(k)) for k, v in state["config"].items() if cfg.to_dict().get(k) != v}
+        now = cfg.to_dict()  # options added to medvlkit after the checkpoint was written are not compared
+        diff = {k: (v, now[k]) for k, v in state["config"].items() if k in now and now[k] != v}
+        if diff:
             raise MedvlkitError(f"--resume with other options than the checkpoint's: {diff} (checkpoint, now)")
         _load_trainable(model, head, state)
         opt.load_state_dict(state["optimizer"])
