@@ -163,6 +163,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_clip_dir, folder, tmp_p
     monkeypatch.setattr(loop, "contrastive_step", real)
     with pytest.raises(MedvlkitError, match="exists"):
         finetune(_cfg(tiny_clip_dir, folder, broken), progress=False)
+    with pytest.raises(MedvlkitError, match="other options"):
+        finetune(_cfg(tiny_clip_dir, folder, broken, lr=0.5), resume=True, progress=False)
     finetune(_cfg(tiny_clip_dir, folder, broken), resume=True, progress=False)
     a, b = _final_trainable(straight), _final_trainable(broken)
     assert a.keys() == b.keys()
