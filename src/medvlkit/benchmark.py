@@ -6,7 +6,9 @@ Rows (each a full medvlkit run with its own ``result.json`` under ``out/<row>/``
 2. ``probe_frozen``: a linear probe on the frozen image embeddings (C chosen on validation);
 3. ``lora_contrastive``: LoRA contrastive fine-tuning (captions from labels where the data has none), scored
    zero-shot with the tuned model;
-4. ``probe_lora``: a linear probe on the image embeddings of the LoRA-tuned model (CLIP_COVID's best).
+4. ``probe_lora``: a linear probe on the image embeddings of the LoRA-tuned model (CLIP_COVID's best);
+5. ``supervised_lora`` (only when asked with ``--rows``): LoRA on the image tower with a classification head
+   (CE, or BCE for multi-label data), trained end to end.
 
 Data with captions adds retrieval rows. Train splits train, the validation data chooses (C, best epoch), the
 test split is only scored. A row whose ``result.json`` exists is not run again, so an interrupted benchmark
@@ -27,6 +29,7 @@ RETRIEVAL_COLUMNS = [("i2t R@1", "image_to_text_recall@1"), ("i2t R@5", "image_t
                      ("i2t R@10", "image_to_text_recall@10"), ("t2i R@1", "text_to_image_recall@1"),
                      ("t2i R@5", "text_to_image_recall@5"), ("t2i R@10", "text_to_image_recall@10")]
 ROWS = ("zeroshot", "probe_frozen", "lora_contrastive", "probe_lora")
+OPTIONAL_ROWS = ("supervised_lora",)  # a LoRA-tuned image tower with a CE/BCE head, trained end to end
 
 
 @dataclass
@@ -63,9 +66,9 @@ class BenchmarkConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bad = [r for r in self.rows if r not in ROWS]
+        bad = [r for r in self.rows if r not in ROWS + OPTIONAL_ROWS]
         if bad:
-            raise MedvlkitError(f"--rows {','.join(bad)}: valid rows: {', '.join(ROWS)}")
+            raise MedvlkitError(f"--rows {','.join(bad)}: valid rows: {', '.join(ROWS + OPTIONAL_ROWS)}")
 
 
 def _done(folder: Path) -> dict | None:
@@ -108,6 +111,12 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
         if "probe_lora" in cfg.rows and test.has_labels:
             results["probe_lora"] = _done(out / "probe_lora") or _probe(tuned, test, cfg, out / "probe_lora",
                                                                         record, embed)
+    sup_dir = out / "supervised_lora"
+    if "supervised_lora" in cfg.rows and test.has_labels:
+        if not (sup_dir / "summary.json").is_file():
+            _finetune(cfg, sup_dir, progress, mode="supervised")
+        results["supervised_lora"] = _done(sup_dir) or _tuned_eval(
+            create_model(f"ft:{sup_dir / 'best'}", device=_device(cfg.device)), test, cfg, sup_dir, record, embed)
     table = make_table(results, test.name)
     (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     (out / "table.md").write_text(table["markdown"] + "\n")
@@ -154,11 +163,11 @@ def _probe(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed: di
                           cfg.seed)
 
 
-def _finetune(cfg: BenchmarkConfig, out: Path, progress: bool) -> None:
+def _finetune(cfg: BenchmarkConfig, out: Path, progress: bool, mode: str = "contrastive") -> None:
     from medvlkit.finetune.config import FinetuneConfig
     from medvlkit.finetune.loop import finetune
 
-    ft = FinetuneConfig(model=cfg.model, data=cfg.data, format=cfg.format, out_dir=str(out), mode="contrastive",
+    ft = FinetuneConfig(model=cfg.model, data=cfg.data, format=cfg.format, out_dir=str(out), mode=mode,
                         lora=cfg.lora, val_split=cfg.val_split, val_fraction=cfg.val_fraction,
                         group_pattern=cfg.group_pattern, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         batch_size=cfg.batch_size, lr=cfg.lr, grad_cache=cfg.grad_cache, device=cfg.device,

@@ -79,6 +79,10 @@ def test_benchmark_table_and_resume(tiny_clip_dir, folder, tmp_path, capsys):
     assert main(args) == 0  # a finished benchmark reruns nothing
     assert (out / "probe_lora" / "result.json").stat().st_mtime == stamp
     assert "| zeroshot | 12 |" in capsys.readouterr().out
+    assert main([*args, "--rows", "probe_frozen,supervised_lora"]) == 0  # an extra row on the same folder
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert list(rows) == ["probe_frozen", "supervised_lora"] and rows["supervised_lora"]["auroc"] is not None
+    assert json.loads((out / "supervised_lora" / "result.json").read_text())["task"] == "finetune_classification"
 
 
 def test_supervised_multilabel_bce_on_a_csv(tiny_clip_dir, tmp_path):
