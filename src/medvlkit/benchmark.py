@@ -143,10 +143,7 @@ def _zeroshot(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed:
     metrics, ci, emb, _ = evaluate_retrieval(model, test, cfg.bootstrap, cfg.seed, **embed)
     name = test.name + (f"/{test.split}" if test.split else "")
     if test.has_labels:  # keep both: classification metrics from above, retrieval ones added
-        result["metrics"] |= metrics
-        result["ci"] |= ci
-        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-        return result
+        return _add_metrics(result, out, metrics, ci)
     write_result(out, dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics, ci=ci,
                  config=record, seed=cfg.seed, n_skipped=len(emb.skipped))
     return json.loads((out / "result.json").read_text())
@@ -191,9 +188,17 @@ def _tuned_eval(tuned, test, cfg: BenchmarkConfig, out: Path, record: dict, embe
     if test.has_labels and test.texts:  # captioned data scored by retrieval above; add zero-shot classification
         zs = zeroshot_classify(tuned, test, _prompts(cfg, test), **embed)
         ev = evaluate_probs(zs.labels, zs.probs, zs.classnames, zs.mode == "pos_neg", cfg.bootstrap, cfg.seed)
-        result["metrics"] |= ev.metrics
-        result["ci"] |= ev.ci
-        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        return _add_metrics(result, out, ev.metrics, ev.ci)
+    return result
+
+
+def _add_metrics(result: dict, out: Path, metrics: dict, ci: dict) -> dict:
+    """A row scored two ways (classification and retrieval): both sets of metrics in its result.json."""
+    from medvlkit.results import write_json_atomic
+
+    result["metrics"] |= metrics
+    result["ci"] |= ci
+    write_json_atomic(out / "result.json", result)
     return result
 
 

@@ -46,7 +46,8 @@ def _select(batch, sl: slice):
 
 def gradcache_backward(encode_image: Callable, encode_text: Callable, pixels: torch.Tensor, tokens: dict,
                        log_scale: torch.Tensor, chunk_size: int, targets: torch.Tensor | None = None,
-                       max_scale: float = 100.0) -> torch.Tensor:
+                       max_scale: float = 100.0, gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                       scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
     """One contrastive step's backward pass in chunks. Gradients accumulate into the parameters' ``.grad``.
 
     Args:
@@ -54,7 +55,10 @@ def gradcache_backward(encode_image: Callable, encode_text: Callable, pixels: to
         pixels: (B, 3, S, S); tokens: tokenizer output for B texts.
         log_scale: the learned log temperature (a parameter).
         chunk_size: images/texts per forward pass with a graph (bounds activation memory).
-        targets: optional (B, B) soft targets.
+        targets: optional soft targets over the (gathered) batch.
+        gather: makes the global batch from this process's embeddings, keeping their graph (data parallel:
+            ``distributed.gather_cat``); identity on one process.
+        scale_loss: the AMP loss scaler's ``scale`` (identity without one).
 
     Returns:
         the full-batch loss (detached).
@@ -64,19 +68,22 @@ def gradcache_backward(encode_image: Callable, encode_text: Callable, pixels: to
     states, img_reps, txt_reps = [], [], []
     with torch.no_grad():
         for sl in slices:
-            states.append((RandContext(), None))
+            img_state = RandContext()
             img_reps.append(encode_image(pixels[sl]))
-            states[-1] = (states[-1][0], RandContext())
+            txt_state = RandContext()
             txt_reps.append(encode_text(_select(tokens, sl)))
+            states.append((img_state, txt_state))
     img = torch.cat(img_reps).detach().requires_grad_()
     txt = torch.cat(txt_reps).detach().requires_grad_()
-    loss = contrastive_loss(img, txt, log_scale.exp().clamp(max=max_scale), targets)
-    loss.backward()  # grads w.r.t. the cached embeddings, and the temperature's own gradient
+    loss = contrastive_loss(gather(img), gather(txt), log_scale.exp().clamp(max=max_scale), targets)
+    scale_loss(loss).backward()  # grads w.r.t. the cached embeddings, and the temperature's own gradient
     for sl, (img_state, txt_state) in zip(slices, states):
         with img_state:
             out = encode_image(pixels[sl])
-        out.backward(img.grad[sl])
+        if out.requires_grad:  # not when the tower is frozen
+            out.backward(img.grad[sl])
         with txt_state:
             out = encode_text(_select(tokens, sl))
-        out.backward(txt.grad[sl])
+        if out.requires_grad:
+            out.backward(txt.grad[sl])
     return loss.detach()

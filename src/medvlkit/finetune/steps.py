@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvlkit.finetune.distributed import World, gather_cat
-from medvlkit.finetune.gradcache import RandContext, _chunks, _select
+from medvlkit.finetune.gradcache import gradcache_backward
 from medvlkit.losses import contrastive_loss
 
 MAX_SCALE = 100.0
@@ -52,31 +52,8 @@ def contrastive_step(model, pixels: torch.Tensor, tokens: dict, targets: torch.T
         loss = contrastive_loss(img, txt, log_scale.exp().clamp(max=MAX_SCALE), targets)
         scale_loss(loss).backward()
         return float(loss.detach())
-    # GradCache: embeddings without graphs, the global loss and its gradient w.r.t. them, then chunk-wise backward
-    slices = _chunks(len(pixels), grad_cache)
-    states, img_reps, txt_reps = [], [], []
-    with torch.no_grad():
-        for sl in slices:
-            img_state = RandContext()
-            img_reps.append(enc_img(pixels[sl]))
-            txt_state = RandContext()
-            txt_reps.append(enc_txt(_select(tokens, sl)))
-            states.append((img_state, txt_state))
-    img_local = torch.cat(img_reps).requires_grad_()
-    txt_local = torch.cat(txt_reps).requires_grad_()
-    loss = contrastive_loss(gather_cat(img_local, world), gather_cat(txt_local, world),
-                            log_scale.exp().clamp(max=MAX_SCALE), targets)
-    scale_loss(loss).backward()
-    for sl, (img_state, txt_state) in zip(slices, states):
-        with img_state:
-            out = enc_img(pixels[sl])
-        if out.requires_grad:  # not when the tower is frozen
-            out.backward(img_local.grad[sl])
-        with txt_state:
-            out = enc_txt(_select(tokens, sl))
-        if out.requires_grad:
-            out.backward(txt_local.grad[sl])
-    return float(loss.detach())
+    return float(gradcache_backward(enc_img, enc_txt, pixels, tokens, log_scale, grad_cache, targets, MAX_SCALE,
+                                    gather=lambda t: gather_cat(t, world), scale_loss=scale_loss))
 
 
 class ClassifierHead(nn.Module):
