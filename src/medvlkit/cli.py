@@ -596,12 +596,12 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
              image_root: str = ImageRootOpt, quiet: bool = QuietOpt) -> None:
     """Fine-tune a model: contrastive (full, LoRA, one tower frozen; GradCache) or supervised (CE/BCE head).
 
-    Example: medvlkit finetune --data ../shared/data/medpix --lora default --epochs 3 --out runs/medpix-lora
+    Example: medvlkit finetune --data ../shared/data/medpix2 --lora default --epochs 3 --out runs/medpix-lora
     Scale:   torchrun --nproc-per-node 2 -m medvlkit finetune --data ... (DDP; gloo on CPU, NCCL on GPU)
     Use the model: --model ft:runs/medpix-lora/best with any other command.
     """
     from medvlkit.finetune.config import FinetuneConfig
-    from medvlkit.finetune.distributed import init_world
+    from medvlkit.finetune.distributed import init_world, shutdown
     from medvlkit.finetune.evaluation import evaluate_finetuned
     from medvlkit.finetune.loop import finetune as run_finetune
     from medvlkit.models.registry import resolve_device
@@ -621,7 +621,9 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
                              workers=workers, seed=seed)
         summary = run_finetune(cfg, resume=resume, progress=not quiet)
         best = summary["best"]
-        if not init_world(device).is_main:
+        is_main = init_world(device).is_main
+        shutdown()  # the test split is scored on rank 0 alone
+        if not is_main:
             return
         console.print(f"best epoch {best['epoch']} (step {best['step']}): val score {best['score']:.4f}; "
                       f"{summary['steps']} steps in {summary['train_seconds']:.0f} s; model in {out_dir}/best "

@@ -96,3 +96,9 @@ def reduce_mean(value: float, world: World) -> float:
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (torchrun jobs), if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
