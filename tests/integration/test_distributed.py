@@ -63,3 +63,20 @@ def test_two_processes_equal_one(tiny_clip_dir, tmp_path, mode, grad_cache):
     for k, v in a["trainable"].items():
         moved += int("lora_B" in k and v.abs().sum() > 0)
     assert moved > 0
+
+
+def test_cli_under_torchrun(tiny_clip_dir, tmp_path):
+    """`torchrun -m medvlkit finetune ...`: both ranks train, rank 0 writes the run and scores the test split."""
+    data = tmp_path / "data"
+    for i, split in enumerate(("train", "val", "test")):
+        make_image_folder(data / split, {"NORMAL": 4, "PNEUMONIA": 4}, seed=7 * i)
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(_free_port()), "-m", "medvlkit", "finetune", "--model",
+                           f"hf:{tiny_clip_dir}", "--data", str(data), "--lora", "r=2", "--epochs", "1",
+                           "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet", "--bootstrap", "0",
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert json.loads((out / "result.json").read_text())["metrics"]["n"] == 8
