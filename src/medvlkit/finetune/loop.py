@@ -152,15 +152,13 @@ def split_train_val(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset]:
     return train.subset(tr), train.subset(va)
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
-             model: ModelBase | None = None) -> dict:
+def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.data``; returns the summary also written to ``out_dir/summary.json``.
 
     Args:
         cfg: the run's options.
         resume: continue the run in ``cfg.out_dir`` from its checkpoint (same options required).
         progress: show progress bars (rank 0 only).
-        model: an already built base model (tests); default ``create_model(cfg.model)``.
     """
     from medvlkit.models.registry import create_model, resolve_device
 
@@ -181,7 +179,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True,
         val_ds = val_ds.subset(np.random.default_rng(cfg.seed).permutation(len(val_ds))[:cfg.max_val])
     if cfg.mode == "supervised" and not train_ds.has_labels:
         raise MedvlkitError(f"--mode supervised needs labels; '{train_ds.name}' has none")
-    model = model if model is not None else create_model(cfg.model, device=device)
+    model = create_model(cfg.model, device=device)
     prep = prepare_model(model, cfg, train_ds.classnames if cfg.mode == "supervised" else None, train_ds.multilabel)
     head = prep.head
     if world.is_main:
