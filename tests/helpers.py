@@ -106,6 +106,14 @@ def make_image_folder(root: Path, classes: dict[str, int], seed: int = 0, suffix
     return root
 
 
+def make_split_folders(root: Path, sizes: dict[str, int], seed_step: int = 100) -> Path:
+    """root/<split>/{NORMAL,PNEUMONIA}/ with ``sizes[split]`` random pictures per class; split i is seeded
+    ``seed_step * i`` (deterministic: never Python's per-process ``hash``)."""
+    for i, (split, n) in enumerate(sizes.items()):
+        make_image_folder(root / split, {"NORMAL": n, "PNEUMONIA": n}, seed=seed_step * i)
+    return root
+
+
 def save_tiny_blip(folder: Path, seed: int = 0) -> Path:
     """A random BLIP captioner (BlipForConditionalGeneration + BlipProcessor with a small WordPiece vocab)."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor

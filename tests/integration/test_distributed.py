@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_image_folder
+from helpers import make_split_folders
 from medvlkit.finetune import FinetuneConfig, finetune
 
 SCRIPT = """
@@ -28,9 +28,7 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("mode,grad_cache", [("contrastive", 2), ("supervised", 0)])
 def test_two_processes_equal_one(tiny_clip_dir, tmp_path, mode, grad_cache):
-    data = tmp_path / "data"
-    for i, split in enumerate(("train", "val")):
-        make_image_folder(data / split, {"NORMAL": 6, "PNEUMONIA": 6}, seed=10 * i)
+    data = make_split_folders(tmp_path / "data", {"train": 6, "val": 6}, seed_step=10)
     base = dict(model=f"hf:{tiny_clip_dir}", data=str(data), mode=mode, lora="r=2,dropout=0", epochs=1,
                 batch_size=6, device="cpu", workers=0, warmup=0, lr=0.1, head_lr=0.1,
                 optimizer="sgd")  # SGD, not Adam: a wrongly scaled gradient must change the weights
@@ -67,9 +65,7 @@ def test_two_processes_equal_one(tiny_clip_dir, tmp_path, mode, grad_cache):
 
 def test_cli_under_torchrun(tiny_clip_dir, tmp_path):
     """`torchrun -m medvlkit finetune ...`: both ranks train, rank 0 writes the run and scores the test split."""
-    data = tmp_path / "data"
-    for i, split in enumerate(("train", "val", "test")):
-        make_image_folder(data / split, {"NORMAL": 4, "PNEUMONIA": 4}, seed=7 * i)
+    data = make_split_folders(tmp_path / "data", {"train": 4, "val": 4, "test": 4}, seed_step=7)
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

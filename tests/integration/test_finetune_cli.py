@@ -5,16 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from helpers import make_image_folder
+from helpers import make_split_folders
 from medvlkit.cli import main
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_ft")
-    for i, split in enumerate(("train", "val", "test")):
-        make_image_folder(root / split, {"NORMAL": 6, "PNEUMONIA": 6}, seed=50 * i)
-    return root
+    return make_split_folders(tmp_path_factory.mktemp("cli_ft"), {"train": 6, "val": 6, "test": 6}, seed_step=50)
 
 
 def _common(tiny_clip_dir, folder):

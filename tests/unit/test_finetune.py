@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_image_folder
+from helpers import make_split_folders
 from medvlkit.errors import MedvlkitError
 from medvlkit.finetune import FinetuneConfig, LoraSpec, finetune, merge_lora
 from medvlkit.finetune.data import epoch_batches, pick_captions
@@ -21,10 +21,7 @@ from medvlkit.pretrain.corpus import pair_targets
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ftdata")
-    for i, split in enumerate(("train", "val", "test")):
-        make_image_folder(root / split, {"NORMAL": 8, "PNEUMONIA": 8}, seed=100 * i)
-    return root
+    return make_split_folders(tmp_path_factory.mktemp("ftdata"), {"train": 8, "val": 8, "test": 8})
 
 
 def _inputs(model, n=6):

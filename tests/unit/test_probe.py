@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from helpers import make_image_folder
+from helpers import make_split_folders
 from medvlkit import MedvlkitError
 from medvlkit.cli import main
 from medvlkit.probe import LinearProbe, few_shot_indices, holdout_indices
@@ -78,8 +78,7 @@ def test_few_shot_and_holdout():
 
 
 def test_probe_cli_train_select_reuse(tiny_clip_dir, tmp_path, capsys):
-    for split, n in (("train", 6), ("val", 3), ("test", 3)):
-        make_image_folder(tmp_path / "d" / split, {"NORMAL": n, "PNEUMONIA": n}, seed=hash(split) % 1000)
+    make_split_folders(tmp_path / "d", {"train": 6, "val": 3, "test": 3})
     out = tmp_path / "p"
     base = ["-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "d"), "-q", "--workers", "0", "--bootstrap", "20"]
     assert main(["probe", *base, "--out", str(out)]) == 0
@@ -111,8 +110,7 @@ def test_probe_on_backbone_features(tiny_clip_dir, tmp_path):
     view = BackboneView(m)
     pixels = torch.randn(2, 3, 32, 32)
     assert view.encode_image(pixels).shape == (2, 64) and view.fingerprint() != m.fingerprint()
-    for split, n in (("train", 6), ("val", 3), ("test", 3)):
-        make_image_folder(tmp_path / "d" / split, {"NORMAL": n, "PNEUMONIA": n}, seed=hash(split) % 1000)
+    make_split_folders(tmp_path / "d", {"train": 6, "val": 3, "test": 3})
     out = tmp_path / "bb"
     assert main(["probe", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "d"), "-q", "--workers", "0",
                  "--bootstrap", "0", "--features", "backbone", "--out", str(out)]) == 0
