@@ -134,3 +134,45 @@ def save_tiny_blip(folder: Path, seed: int = 0) -> Path:
     BlipForConditionalGeneration(cfg).eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def save_torchscript_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """A TorchScript archive (as OpenAI's released CLIP files are) whose module tree holds ``state`` as buffers."""
+
+    class Node(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Node()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        node = root
+        for name in parents:
+            if not hasattr(node, name):
+                node.add_module(name, Node())
+            node = getattr(node, name)
+        node.register_buffer(leaf, value.clone())
+    torch.jit.script(root).save(str(path))
+    return path
+
+
+class PlantedPayload:
+    """Unpickling this touches ``marker``: stands for any code a hostile file would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def write_planted_torchscript(path: Path, marker: Path) -> Path:
+    """A zip laid out like a TorchScript archive whose data.pkl runs code when unpickled."""
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"visual.proj": PlantedPayload(marker)}, protocol=2))
+        z.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr("archive/version", "3\n")
+    return path

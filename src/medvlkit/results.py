@@ -54,15 +54,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_torch_atomic(path: Path, state: dict) -> None:
-    """``torch.save`` through a temporary file and a rename: a crash mid-write leaves the previous checkpoint."""
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def write_result(out_dir: Path, *, dataset: str, model: str, task: str, metrics: dict, ci: dict | None = None,
                  config: dict | None = None, seed: int = 0, n_skipped: int = 0, pretrained: str = "",
                  extra: dict | None = None) -> Path:

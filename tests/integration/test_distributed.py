@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from helpers import make_split_folders
+from medvlkit.checkpoint import load_checkpoint
 from medvlkit.finetune import FinetuneConfig, finetune
 
 SCRIPT = """
 import json, sys
+from medvlkit.checkpoint import load_checkpoint
 from medvlkit.finetune import FinetuneConfig, finetune
 finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)
 """
@@ -43,8 +45,8 @@ def test_two_processes_equal_one(tiny_clip_dir, tmp_path, mode, grad_cache):
                            "--master-port", str(_free_port()), str(script), cfg],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a = torch.load(single / "checkpoint.pt", weights_only=False)
-    b = torch.load(multi / "checkpoint.pt", weights_only=False)
+    a = load_checkpoint(single / "checkpoint.pt")
+    b = load_checkpoint(multi / "checkpoint.pt")
     assert a["step"] == b["step"] == 2
     assert a["trainable"].keys() == b["trainable"].keys()
     moved = 0

@@ -1,6 +1,8 @@
 """Fine-tuning on tiny random CLIPs and generated images: LoRA, freezing, losses, checkpoints and resume."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import make_split_folders
+from medvlkit.checkpoint import load_checkpoint
 from medvlkit.errors import MedvlkitError
 from medvlkit.finetune import FinetuneConfig, LoraSpec, finetune, merge_lora
 from medvlkit.finetune.data import epoch_batches, pick_captions
@@ -136,12 +139,15 @@ def _cfg(tiny_clip_dir, folder, out, **kw):
 
 
 def _final_trainable(out):
-    return torch.load(out / "checkpoint.pt", weights_only=False)["trainable"]
+    return load_checkpoint(out / "checkpoint.pt")["trainable"]
 
 
-def test_interrupted_run_resumes_to_the_same_result(tiny_clip_dir, folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lora", ["r=2,dropout=0", "r=2,dropout=0.3"])
+def test_interrupted_run_resumes_to_the_same_result(tiny_clip_dir, folder, tmp_path, monkeypatch, lora):
+    """SIGINT part-way: the step in flight finishes, a checkpoint is written, and --resume continues batch for
+    batch. With dropout the masks after resuming must be the uninterrupted run's (the loader draws no RNG)."""
     straight = tmp_path / "straight"
-    finetune(_cfg(tiny_clip_dir, folder, straight), progress=False)
+    finetune(_cfg(tiny_clip_dir, folder, straight, lora=lora), progress=False)
     import medvlkit.finetune.loop as loop
 
     real, calls = loop.contrastive_step, {"n": 0}
@@ -149,20 +155,20 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_clip_dir, folder, tmp_p
     def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 6:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives in the middle of step 6
         return real(*args, **kwargs)
 
     broken = tmp_path / "broken"
     monkeypatch.setattr(loop, "contrastive_step", flaky)
     with pytest.raises(MedvlkitError, match="--resume"):
-        finetune(_cfg(tiny_clip_dir, folder, broken), progress=False)
-    assert torch.load(broken / "checkpoint.pt", weights_only=False)["step"] == 5
+        finetune(_cfg(tiny_clip_dir, folder, broken, lora=lora), progress=False)
+    assert load_checkpoint(broken / "checkpoint.pt")["step"] == 6  # step 6 was finished, then saved
     monkeypatch.setattr(loop, "contrastive_step", real)
     with pytest.raises(MedvlkitError, match="exists"):
-        finetune(_cfg(tiny_clip_dir, folder, broken), progress=False)
+        finetune(_cfg(tiny_clip_dir, folder, broken, lora=lora), progress=False)
     with pytest.raises(MedvlkitError, match="other options"):
-        finetune(_cfg(tiny_clip_dir, folder, broken, lr=0.5), resume=True, progress=False)
-    finetune(_cfg(tiny_clip_dir, folder, broken), resume=True, progress=False)
+        finetune(_cfg(tiny_clip_dir, folder, broken, lora=lora, lr=0.5), resume=True, progress=False)
+    finetune(_cfg(tiny_clip_dir, folder, broken, lora=lora), resume=True, progress=False)
     a, b = _final_trainable(straight), _final_trainable(broken)
     assert a.keys() == b.keys()
     for k in a:

@@ -79,7 +79,12 @@ def _collate(batch):
 
 
 def batch_loader(dataset: ImageDataset, preprocessor: ImagePreprocessor, batches: list[list[int]],
-                 workers: int) -> torch.utils.data.DataLoader:
-    """A loader yielding (indices, pixels) for each given batch of item indices, in order."""
+                 workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A loader yielding (indices, pixels) for each given batch of item indices, in order.
+
+    Its worker seeds come from a generator of its own (``seed``), so creating it draws nothing from torch's
+    global RNG (which dropout uses): a resumed run sees the same dropout masks as an uninterrupted one.
+    """
     return torch.utils.data.DataLoader(PixelData(dataset, preprocessor), batch_sampler=batches, num_workers=workers,
-                                       collate_fn=_collate, persistent_workers=False)
+                                       collate_fn=_collate, persistent_workers=False,
+                                       generator=torch.Generator().manual_seed(seed))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medvlkit.checkpoint import load_checkpoint, save_checkpoint
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError
 from medvlkit.finetune.config import FinetuneConfig
@@ -30,9 +31,9 @@ from medvlkit.finetune.evaluation import validation_score
 from medvlkit.finetune.lora import LoraSpec, add_lora, is_lora_param, target_names
 from medvlkit.finetune.saved import save_finetuned
 from medvlkit.finetune.steps import ClassifierHead, class_weights, contrastive_step, supervised_count, supervised_step
+from medvlkit.interrupt import StopRequest
 from medvlkit.models.base import ModelBase
 from medvlkit.pretrain.corpus import pair_targets
-from medvlkit.results import save_torch_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         raise MedvlkitError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
     if resume and not ckpt_path.exists():
         raise MedvlkitError(f"--resume: no checkpoint.pt in {out}")
+    state = load_checkpoint(ckpt_path) if resume else None  # refused before any work if it is not plain data
     device = resolve_device(cfg.device)
     world = init_world(device)
     if device == "cuda" and world.size > 1:
@@ -210,8 +212,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
     step, epoch, batch_pos, history = 0, 0, 0, []
     best = {"score": -math.inf, "epoch": -1, "step": 0}
-    if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
+    if state is not None:
         now = cfg.to_dict()  # options added to medvlkit after the checkpoint was written are not compared
         diff = {k: (v, now[k]) for k, v in state["config"].items() if k in now and now[k] != v}
         if diff:
@@ -222,80 +223,88 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and model.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], model.device)
         step, epoch, batch_pos, history, best = (state[k] for k in ("step", "epoch", "batch_pos", "history", "best"))
         if world.is_main:
             logger.info("resuming %s at step %d (epoch %d, batch %d)", ckpt_path, step, epoch, batch_pos)
 
+    saved = {"step": step}
+
     def checkpoint() -> None:
+        saved["step"] = step
         if world.is_main:
-            save_torch_atomic(ckpt_path, {
+            save_checkpoint(ckpt_path, {
                 "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
                 "head": head.state_dict() if head else None, "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "torch_rng": torch.get_rng_state(), "step": step, "epoch": epoch, "batch_pos": batch_pos,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None,
+                "step": step, "epoch": epoch, "batch_pos": batch_pos,
                 "history": history, "best": best, "config": cfg.to_dict()})
 
     bar = tqdm(total=total, initial=step, desc=f"finetune {cfg.mode}", unit="step",
                disable=not (progress and world.is_main))
     stop, t_start, seen = step >= total, time.perf_counter(), 0
+    in_step = False  # True while a step has changed some state (RNG, weights) but not yet its counters
     try:
-        while not stop and epoch < cfg.epochs:
-            batches = epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch)[batch_pos:]
-            loader = batch_loader(train_ds, model.image_preprocessor, [world.shard(b) for b in batches], cfg.workers)
-            losses = []
-            set_train_mode(model, head)
-            for global_batch, (idx, pixels) in zip(batches, loader):
-                pixels = pixels.to(model.device)
-                if cfg.mode == "contrastive":
-                    captions = pick_captions(pools, global_batch, cfg.seed, epoch)
-                    targets = torch.from_numpy(pair_targets([groups[i] for i in global_batch], captions))
-                    mine = world.shard(list(range(len(global_batch))))
-                    tokens = model.tokenize([captions[j] for j in mine])
-                    loss = contrastive_step(model, pixels, tokens, targets.to(model.device), world, cfg.grad_cache,
-                                            autocast, scaler.scale if scaler else (lambda x: x))
-                else:
-                    y = labels_all[idx]
-                    count = sum(gather_objects(supervised_count(y, train_ds.multilabel, weights), world))
-                    loss = supervised_step(model, head, pixels, y, train_ds.multilabel, weights, max(count, 1e-12),
-                                           autocast, scaler.scale if scaler else (lambda x: x))
-                    loss = reduce_mean(loss, world) * world.size
-                reduce_gradients(all_params, world, replicated)
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                step, batch_pos, seen = step + 1, batch_pos + 1, seen + len(global_batch)
-                losses.append(loss)
-                rate = seen / max(time.perf_counter() - t_start, 1e-9)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", samples_s=f"{rate:.1f}")
-                if step % cfg.save_every == 0:
-                    checkpoint()
-                if step >= total:
-                    stop = True
+        with StopRequest() as stop_request:
+            while not stop and epoch < cfg.epochs:
+                batches = epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch)[batch_pos:]
+                # the loader draws its seed from its own generator, never from the global RNG that dropout uses,
+                # so a resumed run's dropout masks equal the uninterrupted run's
+                loader = batch_loader(train_ds, model.image_preprocessor, [world.shard(b) for b in batches],
+                                      cfg.workers, seed=cfg.seed + epoch)
+                losses = []
+                set_train_mode(model, head)
+                for global_batch, (idx, pixels) in zip(batches, loader):
+                    in_step = True
+                    loss = _train_step(model, head, cfg, world, global_batch, idx, pixels.to(model.device), pools,
+                                       groups, labels_all, train_ds.multilabel, weights, epoch, autocast, scaler)
+                    reduce_gradients(all_params, world, replicated)
+                    if scaler is not None:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    sched.step()
+                    step, batch_pos, seen = step + 1, batch_pos + 1, seen + len(global_batch)
+                    in_step = False
+                    losses.append(loss)
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}",
+                                    samples_s=f"{seen / max(time.perf_counter() - t_start, 1e-9):.1f}")
+                    if step % cfg.save_every == 0:
+                        checkpoint()
+                    if any(gather_objects(stop_request.requested, world)):
+                        checkpoint()
+                        raise KeyboardInterrupt
+                    if step >= total:
+                        stop = True
+                        break
+                # end of an epoch (or of the step budget): validate, keep the best, maybe stop early
+                score = _validate(model, head, val_ds, cfg, world, progress)
+                history.append({"epoch": epoch, "step": step,
+                                "train_loss": float(np.mean(losses)) if losses else None,
+                                **score, "samples_per_s": seen / max(time.perf_counter() - t_start, 1e-9)})
+                if score["score"] > best["score"]:
+                    best = {"score": score["score"], "epoch": epoch, "step": step, **score}
+                    if world.is_main:
+                        save_finetuned(model, out / "best",
+                                       prep.meta | {"val": score, "epoch": epoch, "step": step}, head)
+                epoch, batch_pos = epoch + 1, 0
+                checkpoint()
+                if epoch - 1 - best["epoch"] >= cfg.patience:
+                    logger.info("early stop after epoch %d (best %d)", epoch - 1, best["epoch"])
                     break
-            # end of an epoch (or of the step budget): validate, keep the best, maybe stop early
-            score = _validate(model, head, val_ds, cfg, world, progress)
-            history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
-                            **score, "samples_per_s": seen / max(time.perf_counter() - t_start, 1e-9)})
-            if score["score"] > best["score"]:
-                best = {"score": score["score"], "epoch": epoch, "step": step, **score}
-                if world.is_main:
-                    save_finetuned(model, out / "best", prep.meta | {"val": score, "epoch": epoch, "step": step},
-                                   head)
-            epoch, batch_pos = epoch + 1, 0
-            checkpoint()
-            if epoch - 1 - best["epoch"] >= cfg.patience:
-                logger.info("early stop after epoch %d (best %d)", epoch - 1, best["epoch"])
-                break
     except KeyboardInterrupt:
-        checkpoint()
+        if not in_step:  # between steps the state is consistent: save it (a forced stop mid-step keeps the last)
+            checkpoint()
         bar.close()
-        raise MedvlkitError(f"interrupted at step {step}; the checkpoint is saved: continue with the same command "
-                            "and --resume") from None
+        raise MedvlkitError(f"interrupted at step {step}; the checkpoint at step "
+                            f"{saved['step']} is saved: continue with the same command and "
+                            "--resume") from None
     bar.close()
     barrier(world)
     summary = {"best": best, "history": history, "steps": step, "n_train": len(train_ds), "n_val": len(val_ds),
@@ -306,6 +315,24 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _train_step(model, head, cfg: FinetuneConfig, world: World, global_batch: list[int], idx: list[int],
+                pixels: torch.Tensor, pools, groups, labels_all, multilabel: bool, weights, epoch: int, autocast,
+                scaler) -> float:
+    """Forward and backward of one global batch (gradients accumulated, not yet applied). Returns the loss."""
+    scale = scaler.scale if scaler else (lambda x: x)
+    if cfg.mode == "contrastive":
+        captions = pick_captions(pools, global_batch, cfg.seed, epoch)
+        targets = torch.from_numpy(pair_targets([groups[i] for i in global_batch], captions))
+        mine = world.shard(list(range(len(global_batch))))
+        tokens = model.tokenize([captions[j] for j in mine])
+        return contrastive_step(model, pixels, tokens, targets.to(model.device), world, cfg.grad_cache, autocast,
+                                scale)
+    y = labels_all[idx]
+    count = sum(gather_objects(supervised_count(y, multilabel, weights), world))
+    loss = supervised_step(model, head, pixels, y, multilabel, weights, max(count, 1e-12), autocast, scale)
+    return reduce_mean(loss, world) * world.size
 
 
 def _load_trainable(model: ModelBase, head: ClassifierHead | None, state: dict) -> None:

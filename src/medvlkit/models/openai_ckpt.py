@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ import torch
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import PreprocessCfg
 from medvlkit.models.hf import HFDualEncoder
+from medvlkit.models.torchscript import is_torchscript_archive, read_torchscript_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -122,17 +122,22 @@ def hf_to_openai_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a .pt/.pth state dict safely (``weights_only=True``); TorchScript archives via ``jit.load``."""
+    """Read a .pt/.pth state dict without running code from the file.
+
+    Plain pickled state dicts load with ``weights_only=True``; TorchScript archives (OpenAI's released files) are
+    read by :func:`~medvlkit.models.torchscript.read_torchscript_tensors`, which never executes the archive.
+    """
     if not path.is_file():
         raise MedvlkitError(f"checkpoint '{path}' does not exist; pass openai-ckpt:<path to .pt/.pth file>")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        if _is_torchscript(path):
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            raise MedvlkitError(f"cannot load '{path}' with weights_only=True ({str(err).splitlines()[0]}); "
-                                "re-save it as a plain state dict: torch.save(model.state_dict(), FILE)") from None
+    if is_torchscript_archive(path):
+        obj = read_torchscript_tensors(path)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many types for foreign or damaged files
+            raise MedvlkitError(f"cannot load '{path}' with weights_only=True ({str(err).splitlines()[0][:200]}); "
+                                "it holds more than tensors (loading it could run code). Re-save it as a plain "
+                                "state dict: torch.save(model.state_dict(), FILE)") from None
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -140,14 +145,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise MedvlkitError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
     return {k.removeprefix("module.").removeprefix("model."): v for k, v in obj.items()
             if isinstance(v, torch.Tensor)}
-
-
-def _is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("constants.pkl") for n in z.namelist())
-    except zipfile.BadZipFile:
-        return False
 
 
 def find_tokenizer(ckpt: Path, tokenizer: str | None):

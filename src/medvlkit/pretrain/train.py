@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from medvlkit.checkpoint import load_checkpoint, save_checkpoint
 from medvlkit.errors import MedvlkitError
 from medvlkit.losses import contrastive_loss
 from medvlkit.models.lite import LiteConfig, LiteHeads, LiteModel, save_heads
 from medvlkit.pretrain.corpus import Pair, build_corpus, pair_targets, sample_epoch
 from medvlkit.pretrain.towers import LiteTowers, image_tower_features, text_tower_features
 from medvlkit.pretrain.validate import choose_gate_threshold, prompt_texts, val_prompt_sets, validate
-from medvlkit.results import save_torch_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise MedvlkitError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None  # checked before any work
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     torch.manual_seed(cfg.seed)
     lite_cfg = LiteConfig(embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
@@ -129,8 +130,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     rng, history, best, start_epoch = random.Random(cfg.seed), [], {"score": -1.0, "epoch": -1}, 0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
+    if state is not None:
         heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -149,7 +149,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             heads.cfg.gate_threshold = choose_gate_threshold(heads, val.pairs, val.images, val.texts)
             save_heads(heads, out / "best", metadata={"epoch": epoch, "val_score": metrics["score"]}, half=True)
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{metrics['score']:.3f}", best=best["epoch"])
-        save_torch_atomic(ckpt_path, {"heads": heads.state_dict(), "optimizer": opt.state_dict(),
+        save_checkpoint(ckpt_path, {"heads": heads.state_dict(), "optimizer": opt.state_dict(),
                                      "scheduler": sched.state_dict(), "rng": rng.getstate(),
                                      "torch_rng": torch.get_rng_state(), "history": history, "best": best,
                                      "epoch": epoch})

@@ -1,0 +1,141 @@
+"""Read the tensors of a TorchScript archive without executing it.
+
+OpenAI's released CLIP ``.pt`` files (and so CheXzero's and PubMedCLIP's derivatives of them) are TorchScript
+archives. ``torch.jit.load`` compiles and runs the archive's code (``code/``, ``__setstate__`` methods...), so a
+crafted file runs whatever its author wrote. This module reads only ``data.pkl`` with an unpickler that allows
+nothing but tensor rebuilds, ordered dicts and placeholder objects for the archive's own ``__torch__`` classes,
+and the raw tensor bytes under ``data/``. Any other global in the pickle is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from medvlkit.errors import MedvlkitError
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+# Pure functions of TorchScript's pickle format that only wrap a list/value: replaced by the identity.
+_JIT_PICKLE_IDENTITY = {"build_intlist", "build_floatlist", "build_boollist", "build_doublelist",
+                        "build_tensorlist", "build_complexlist"}
+
+
+class _ScriptObject:
+    """Stand-in for an instance of one of the archive's TorchScript classes: it only keeps its state."""
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+        self.state: object = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+
+def _script_class(qualname: str) -> type:
+    """A class whose construction (pickle's NEWOBJ) yields a :class:`_ScriptObject` named ``qualname``."""
+    return type("ScriptClass", (), {"__new__": lambda cls, *args: _ScriptObject(qualname)})
+
+
+def _restore_type_tag(value: object, _tag: object = None) -> object:
+    return value
+
+
+def _identity(value: object) -> object:
+    return value
+
+
+class _TensorOnlyUnpickler(pickle.Unpickler):
+    """Allows tensor rebuilds, OrderedDict and ``__torch__`` placeholders; refuses every other global."""
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, source: Path) -> None:
+        import io
+
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix, self.source = archive, prefix, source
+
+    def find_class(self, module: str, name: str):
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _script_class(f"{module}.{name}")
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+            return getattr(torch._utils, name)
+        if module == "collections" and name == "OrderedDict":
+            import collections
+
+            return collections.OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if module == "torch.jit._pickle" and name in _JIT_PICKLE_IDENTITY:
+            return _identity
+        if module == "torch.jit._pickle" and name == "restore_type_tag":
+            return _restore_type_tag
+        raise MedvlkitError(f"'{self.source}' refused: its data.pkl asks for '{module}.{name}', which is not a "
+                            "tensor; loading it could run code. Only weights archives are read")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise MedvlkitError(f"'{self.source}' refused: unexpected persistent id {str(pid)[:80]} in data.pkl")
+        _, dtype, key, _location, numel = pid
+        name = f"{self.prefix}data/{key}"
+        try:
+            raw = self.archive.read(name)
+        except KeyError:
+            raise MedvlkitError(f"'{self.source}' is damaged: tensor record {name} is missing") from None
+        expected = int(numel) * torch.empty((), dtype=dtype).element_size()
+        if len(raw) != expected:
+            raise MedvlkitError(f"'{self.source}' is damaged: {name} holds {len(raw)} bytes, expected {expected}")
+        untyped = torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage() if raw else \
+            torch.UntypedStorage(0)
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """True for a zip holding TorchScript's ``constants.pkl`` and ``data.pkl`` records."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("constants.pkl") for n in names) and any(n.endswith("data.pkl") for n in names)
+
+
+def read_torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor attribute of a TorchScript archive's module tree, by dotted name (like ``state_dict()``).
+
+    Nothing in the archive is executed: its code is never compiled and its pickle may only rebuild tensors.
+
+    Raises:
+        MedvlkitError: the archive asks for anything else, or is damaged.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            data_pkl = next(n for n in z.namelist() if n.endswith("data.pkl") and n.count("/") <= 1)
+            prefix = data_pkl[: -len("data.pkl")]
+            root = _TensorOnlyUnpickler(z.read(data_pkl), z, prefix, path).load()
+    except MedvlkitError:
+        raise
+    except StopIteration:
+        raise MedvlkitError(f"'{path}' is not a TorchScript archive (no data.pkl)") from None
+    except Exception as err:  # noqa: BLE001 - a damaged pickle or zip raises many types
+        raise MedvlkitError(f"'{path}' could not be read as a TorchScript archive ({type(err).__name__}: "
+                            f"{str(err)[:120]})") from None
+    out: dict[str, torch.Tensor] = {}
+    _collect(root, "", out)
+    return out
+
+
+def _collect(obj: object, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    if isinstance(obj, torch.Tensor):
+        out[prefix.rstrip(".")] = obj.detach()
+    elif isinstance(obj, _ScriptObject):
+        _collect(obj.state, prefix, out)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(key, str):
+                _collect(value, f"{prefix}{key}.", out)
