@@ -176,3 +176,30 @@ def write_planted_torchscript(path: Path, marker: Path) -> Path:
         z.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
         z.writestr("archive/version", "3\n")
     return path
+
+
+def write_dicom(path: Path, rows: int, cols: int, frames: int = 1, deflated: bool = False,
+                pixels: np.ndarray | None = None) -> Path:
+    """A 16-bit MONOCHROME2 secondary-capture DICOM (zeros unless ``pixels``), optionally deflated."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    shape = (frames, rows, cols) if frames > 1 else (rows, cols)
+    ds.PixelData = (np.zeros(shape, np.uint16) if pixels is None else pixels.astype(np.uint16)).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

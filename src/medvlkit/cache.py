@@ -6,15 +6,18 @@ run keeps every shard it finished and a re-run only encodes what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+_SHARD_NAME = re.compile(r"shard-[0-9a-f]{32}\.npz")
 
 
 def default_cache_dir() -> Path:
@@ -53,11 +56,20 @@ class EmbeddingCache:
         if self._store is None:
             self._store = {}
             for shard in sorted(self.dir.glob("shard-*.npz")):
+                if not _SHARD_NAME.fullmatch(shard.name):
+                    continue  # not ours (temporary files are named .shard-*.npz.tmp and never match)
                 try:
-                    with np.load(shard) as z:
-                        self._store.update(zip(z["keys"].tolist(), z["vectors"]))
-                except (OSError, ValueError, KeyError) as err:
-                    logger.warning("ignoring unreadable cache shard %s (%s)", shard, err)
+                    with np.load(shard, allow_pickle=False) as z:
+                        keys, vectors = z["keys"].tolist(), z["vectors"]
+                    if len(keys) != len(vectors):
+                        raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+                    self._store.update(zip(keys, vectors))
+                except Exception as err:  # noqa: BLE001 - a damaged zip raises many types
+                    bad = shard.with_name(shard.name + ".corrupt")
+                    logger.warning("cache shard %s is unreadable (%s: %s); moved aside to %s, its vectors will be "
+                                   "computed again", shard, type(err).__name__, err, bad.name)
+                    with contextlib.suppress(OSError):
+                        os.replace(shard, bad)
         return self._store
 
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
@@ -70,8 +82,9 @@ class EmbeddingCache:
         if not keys:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"shard-{uuid.uuid4().hex}"
-        tmp = self.dir / f"{name}.tmp.npz"
-        np.savez(tmp, keys=np.asarray(keys), vectors=np.asarray(vectors, dtype=np.float32))
-        os.replace(tmp, self.dir / f"{name}.npz")
+        name = f"shard-{uuid.uuid4().hex}.npz"
+        tmp = self.dir / f".{name}.tmp"  # a half-written file never matches the readers' shard-*.npz
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=np.asarray(keys), vectors=np.asarray(vectors, dtype=np.float32))
+        os.replace(tmp, self.dir / name)
         self._load().update(zip(keys, np.asarray(vectors, dtype=np.float32)))

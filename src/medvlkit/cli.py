@@ -27,7 +27,27 @@ ModelOpt = typer.Option("lite", "--model", "-m", help="lite, a preset (medvlkit 
 DataOpt = typer.Option(..., "--data", "-d", help="image folder, CSV, JSONL, .npz, or MedPix-2.0 folder")
 SplitOpt = typer.Option(None, "--split", help="train, val or test, where the data has splits")
 FormatOpt = typer.Option("auto", "--format", help="dataset adapter (medvlkit datasets); auto detects it")
-OutOpt = typer.Option(None, "--out", "-o", help="output folder (default runs/<timestamp>-<verb>)")
+
+
+def _out_folder(value: Path | None) -> Path | None:
+    """--out must be usable as a folder: checked when the options are parsed, before any work is done."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is an existing file, not a folder; choose another --out")
+    if value is not None and any(p.exists() and not p.is_dir() for p in value.parents):
+        raise typer.BadParameter(f"{value}: a parent of it is a file; choose another --out")
+    return value
+
+
+def _out_file(value: Path | None) -> Path | None:
+    """--out naming a file to write: not a folder, and its folder can be made."""
+    if value is not None and value.is_dir():
+        raise typer.BadParameter(f"{value} is a folder; --out names the file to write (e.g. {value}/pairs.jsonl)")
+    if value is not None and any(p.exists() and not p.is_dir() for p in value.parents):
+        raise typer.BadParameter(f"{value}: a parent of it is a file; choose another --out")
+    return value
+
+
+OutOpt = typer.Option(None, "--out", "-o", callback=_out_folder, help="output folder (default runs/<timestamp>-<verb>)")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, mps or auto")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16")
 BatchOpt = typer.Option(64, "--batch-size", help="images per forward pass")
@@ -332,7 +352,8 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
 @app.command("index")
 def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
-              out: Path = typer.Option(..., "--out", "-o", help="index folder to write"), device: str = DeviceOpt,
+              out: Path = typer.Option(..., "--out", "-o", callback=_out_folder, help="index folder to write"),
+              device: str = DeviceOpt,
               batch_size: int = BatchOpt, workers: int = WorkersOpt, on_error: str = OnErrorOpt,
               no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt, gate: bool = GateOpt,
               gate_threshold: float = GateThrOpt,
@@ -389,7 +410,8 @@ def search(index: Path = typer.Option(..., "--index", help="folder written by me
 
 @app.command()
 def caption(data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
-            out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write ({image, text, label} rows)"),
+            out: Path = typer.Option(..., "--out", "-o", callback=_out_file,
+                                     help="JSONL file to write ({image, text, label} rows)"),
             captioner: str = typer.Option(None, "--captioner", help="hf:DIR of a BLIP captioning model (default: "
                                                                      "template captions from labels)"),
             per_image: int = typer.Option(1, "--per-image", help="template captions per image (distinct phrasings)"),
@@ -631,8 +653,16 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
         load = out_dir / "best"
     if test_split.lower() == "none":
         return
+    from medvlkit.errors import NoSplitsError
+
+    try:
+        test_ds = _dataset(data, test_split, fmt, **ds_opts)
+    except NoSplitsError:
+        err_console.print(f"{data} has no '{test_split}' split: nothing scored (score the model on test data with "
+                          f"`medvlkit finetune --load {load} --data TEST --test-split ''`)")
+        return
     m = _model(f"ft:{load}", resolve_device(device), "fp32", None)
-    res = evaluate_finetuned(m, _dataset(data, test_split, fmt, **ds_opts), out_dir, config, bootstrap, seed,
+    res = evaluate_finetuned(m, test_ds, out_dir, config, bootstrap, seed,
                              batch_size=64, num_workers=workers, progress=not quiet)
     _print_metrics(res)
     console.print(f"wrote {out_dir}/result.json")

@@ -18,3 +18,7 @@ class ImageReadError(MedvlkitError):
         super().__init__(f"cannot read image '{path}': {reason}")
         self.path = path
         self.reason = reason
+
+
+class NoSplitsError(MedvlkitError):
+    """A split was asked for, but the data has no splits (a CSV without a ``split`` column...)."""

@@ -42,6 +42,17 @@ def evaluate_probs(labels: np.ndarray, probs: np.ndarray, classnames: list[str],
         raise MedvlkitError(f"labels {labels.shape} and predictions {probs.shape} do not align")
     if len(labels) == 0:
         raise MedvlkitError("nothing to evaluate: no labelled predictions")
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise MedvlkitError(f"{int(bad.sum())} of {len(probs)} predictions hold NaN or infinite scores (first: row "
+                            f"{int(np.flatnonzero(bad)[0])}); metrics of such scores mean nothing: fix the model or "
+                            "the predictions file")
+    if not multilabel:
+        one = np.nan_to_num(labels, nan=0.0)
+        bad = ~((one == 1).sum(axis=1) == 1) | ~np.isin(one, (0, 1)).all(axis=1)
+        if bad.any():
+            raise MedvlkitError(f"{int(bad.sum())} single-label rows do not hold exactly one true class (first: row "
+                                f"{int(np.flatnonzero(bad)[0])}); score multi-label data as multi-label")
     if multilabel:
         def fn(y, p):
             return multilabel_metrics(y, p, classnames, thresholds)

@@ -57,6 +57,8 @@ class _Images(torch.utils.data.Dataset):
             return pos, self.preprocessor(self.dataset.load_image(pos)), ""
         except ImageReadError as err:
             return pos, None, err.reason
+        except Exception as err:  # noqa: BLE001 - a decoder's MemoryError, NotImplementedError...: name it, skip it
+            return pos, None, f"{type(err).__name__}: {err}"
 
 
 def _collate(batch):

@@ -8,6 +8,7 @@ class, trained on the rows whose label for that class is known (NaN rows are lef
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, NoSplitsError
 from medvlkit.metrics import auroc_binary, single_label_metrics
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 5, 17))  # 1e-3 .. 1e5, half-decade steps
 SELECT = ("auroc", "accuracy", "balanced_accuracy")
@@ -232,7 +235,11 @@ def probe_splits(model, data: Path, fmt: str = "auto", train_split: str = "train
     """
     from medvlkit.data import load_dataset
 
-    train_ds = load_dataset(data, split=train_split, format=fmt)
+    try:
+        train_ds = load_dataset(data, split=train_split, format=fmt)
+    except NoSplitsError:
+        train_ds = load_dataset(data, split=None, format=fmt)
+        logger.warning("%s has no splits: all of it trains, and C is chosen on a held-out part of it", data)
     train = embed_split(model, train_ds, **embed_options)
     if not need_val:
         return train_ds, train, None

@@ -129,7 +129,15 @@ def load_dataset(path: str | Path, split: str | None = None, format: str = "auto
 
 
 def one_hot(indices: np.ndarray, n_classes: int) -> np.ndarray:
-    """(N,) int -> (N, C) float32 one-hot label matrix."""
+    """(N,) int -> (N, C) float32 one-hot label matrix.
+
+    Raises:
+        MedvlkitError: an index outside ``0..C-1`` (a negative index would silently become the last class).
+    """
+    indices = np.asarray(indices)
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_classes):
+        bad = int(indices[(indices < 0) | (indices >= n_classes)][0])
+        raise MedvlkitError(f"label index {bad} is outside the {n_classes} classes (valid: 0..{n_classes - 1})")
     out = np.zeros((len(indices), n_classes), dtype=np.float32)
     out[np.arange(len(indices)), indices] = 1.0
     return out

@@ -66,12 +66,11 @@ class PixelData(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         try:
-            image = self.dataset.load_image(index)
-        except ImageReadError:
-            raise
+            return index, self.preprocessor(self.dataset.load_image(index))
+        except ImageReadError as err:
+            raise ImageReadError(self.dataset.items[index], err.reason) from None
         except Exception as err:  # noqa: BLE001 - name the file, whatever the reader raised
-            raise ImageReadError(self.dataset.items[index], str(err)) from err
-        return index, self.preprocessor(image)
+            raise ImageReadError(self.dataset.items[index], f"{type(err).__name__}: {err}") from err
 
 
 def _collate(batch):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from medvlkit.checkpoint import load_checkpoint, save_checkpoint
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, NoSplitsError
 from medvlkit.finetune.config import FinetuneConfig
 from medvlkit.finetune.data import batch_loader, caption_pools, epoch_batches, pick_captions
 from medvlkit.finetune.distributed import World, barrier, gather_objects, init_world, reduce_gradients, reduce_mean
@@ -140,7 +140,11 @@ def split_train_val(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset]:
     from medvlkit.probe import holdout_indices
 
     opts = cfg.dataset_options
-    train = load_dataset(cfg.data, split=cfg.train_split, format=cfg.format, **opts)
+    try:
+        train = load_dataset(cfg.data, split=cfg.train_split, format=cfg.format, **opts)
+    except NoSplitsError:
+        train = load_dataset(cfg.data, split=None, format=cfg.format, **opts)
+        logger.warning("%s has no splits: all of it trains, and validation is a held-out part of it", cfg.data)
     if cfg.val_split not in (None, "holdout"):
         return train, load_dataset(cfg.data, split=cfg.val_split, format=cfg.format, **opts)
     if cfg.val_split is None:

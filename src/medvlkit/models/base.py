@@ -10,6 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medvlkit.data.io import max_pixels
+from medvlkit.errors import ImageReadError
+
 TextBatch = dict[str, torch.Tensor]
 """Tokenizer output: at least ``input_ids`` (B, L); often ``attention_mask`` (B, L)."""
 
@@ -77,6 +80,9 @@ class ImagePreprocessor:
             scale = size / min(w, h)
             # floor, as torchvision's Resize and transformers' CLIP processor compute the long side
             new_w, new_h = max(size, int(w * scale)), max(size, int(h * scale))
+            if new_w * new_h > max_pixels():  # a thin strip (1 x 400,000 px) would be blown up to billions of pixels
+                raise ImageReadError("<image>", f"a {w}x{h} image resized to {new_w}x{new_h} is over the limit of "
+                                                f"{max_pixels()} pixels (aspect ratio {max(w, h) / min(w, h):.0f}:1)")
             image = image.resize((new_w, new_h), resample=resample)
             left, top = (new_w - size) // 2, (new_h - size) // 2
             image = image.crop((left, top, left + size, top + size))
@@ -160,10 +166,12 @@ class ModelBase(torch.nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not support fine-tuning")
 
     def fingerprint(self) -> str:
-        """A short id of (model name, weight files' paths, sizes, mtimes) for the embedding cache."""
+        """A short id of (model name, preprocessing, weight dtype, weight files' paths, sizes, mtimes) for the
+        embedding cache: bf16 and fp32 weights give different vectors and must not share cached ones."""
         from medvlkit.cache import file_fingerprint
 
-        parts = [self.name, repr(self.preprocess_cfg)] + [file_fingerprint(f) for f in self.weight_files]
+        parts = [self.name, repr(self.preprocess_cfg), str(self.dtype)] + [file_fingerprint(f)
+                                                                         for f in self.weight_files]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -15,7 +15,7 @@ from medvlkit.data.adapters.csv_labels import (
     resolve_image_path,
 )
 from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, NoSplitsError
 
 _MEDPIX_SPLITS = {"train": "train", "val": "dev", "valid": "dev", "validation": "dev", "dev": "dev", "test": "test"}
 
@@ -57,8 +57,13 @@ def load_captions(path: Path, split: str | None = None, path_column: str | None 
         raise MedvlkitError(f"{path} holds no image-caption rows")
     pcol = pick_column(header, path_column, PATH_COLUMNS + ("name",), "image path", path)
     tcol = pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path)
-    if split and "split" in header:
+    if split and "split" not in header:
+        raise NoSplitsError(f"split '{split}': {path} has no 'split' column, so it cannot select rows; add a "
+                            "'split' column (train/val/test), or drop the split option")
+    if split:
         rows = [r for r in rows if r.get("split", "").lower() == split.lower()]
+        if not rows:
+            raise MedvlkitError(f"{path}: no rows with split == '{split}'")
     roots = [Path(image_root)] if image_root else [path.parent]
     items = [resolve_image_path(r[pcol], roots) for r in rows]
     return ImageDataset(items=items, name=path.stem, texts=[r[tcol] for r in rows], split=split)

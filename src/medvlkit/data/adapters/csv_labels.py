@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from medvlkit.data.dataset import ImageDataset, register_adapter
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, NoSplitsError
+
+logger = logging.getLogger(__name__)
 
 PATH_COLUMNS = ("path", "Path", "file", "filename", "image", "Image Index", "image_path", "img_path")
 FINDINGS_COLUMNS = ("Finding Labels", "findings", "labels")
@@ -59,9 +62,28 @@ def _detect(path: Path) -> bool:
     return not any(c in header for c in CAPTION_COLUMNS)
 
 
-def _label_columns(header: list[str], rows: list[dict[str, str]], skip: set[str]) -> list[str]:
-    return [c for c in header if c not in skip and rows and all(r[c].strip() in _LABEL_VALUES for r in rows)
-            and any(r[c].strip() for r in rows)]
+def _label_columns(header: list[str], rows: list[dict[str, str]], skip: set[str], path: Path) -> list[str]:
+    """Columns holding only 1 / 0 / -1 / blank. A column that is almost such a column (90% of its values) stops
+    the load with the offending row: silently dropping it would change the label space."""
+    out = []
+    for c in header:
+        if c in skip:
+            continue
+        values = [r[c].strip() for r in rows if r[c].strip()]
+        good = [v in _LABEL_VALUES for v in values]
+        if values and all(good):
+            out.append(c)
+        elif values and sum(good) >= 0.9 * len(values):
+            _check_label_values(rows, c, path)
+    return out
+
+
+def _check_label_values(rows: list[dict[str, str]], column: str, path: Path) -> None:
+    for i, r in enumerate(rows):
+        if r[column].strip() not in _LABEL_VALUES:
+            raise MedvlkitError(f"{path}: label column '{column}' holds '{r[column].strip()}' in data row {i + 1}; "
+                                "labels must be 1, 0, -1 (uncertain) or blank (unknown). Fix the value, or name the "
+                                "label columns with --label-columns")
 
 
 @register_adapter("csv", "CSV: a path column + 0/1/-1 label columns (CheXpert) or a '|'-separated findings "
@@ -84,7 +106,11 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
     if not rows:
         raise MedvlkitError(f"{path} has a header but no rows")
     pcol = pick_column(header, path_column, PATH_COLUMNS, "image path", path)
-    if split and "split" in header:
+    if split and "split" not in header:
+        raise NoSplitsError(f"split '{split}': {path} has no 'split' column, so it cannot select rows (using every "
+                            "row would score training images as test images); add a 'split' column "
+                            "(train/val/test), or drop the split option")
+    if split:
         rows = [r for r in rows if r["split"].strip().lower() == split.lower()]
         if not rows:
             raise MedvlkitError(f"{path}: no rows with split == '{split}'")
@@ -92,10 +118,12 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
         label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
     for c in label_columns or []:
         pick_column(header, c, (), "labels", path)
+        _check_label_values(rows, c, path)
     if not findings_column and not label_columns:
         findings_column = next((c for c in FINDINGS_COLUMNS if c in header), None)
-    cols = label_columns or ([] if findings_column else _label_columns(header, rows, {pcol, "split"}))
+    cols = label_columns or ([] if findings_column else _label_columns(header, rows, {pcol, "split"}, path))
     if cols:
+        logger.info("%s: label columns %s", path, ", ".join(cols))
         labels = np.array([[_label_value(r[c], uncertain) for c in cols] for r in rows], dtype=np.float32)
         names = cols
     else:

@@ -3,6 +3,7 @@ or a flat folder of unlabelled images."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import numpy as np
 from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
 from medvlkit.data.io import is_image_file
 from medvlkit.errors import MedvlkitError
+
+logger = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {"val": ("val", "valid", "validation", "dev"), "test": ("test", "testing"),
                  "train": ("train", "training")}
@@ -59,7 +62,11 @@ def load_image_folder(path: Path, split: str | None = None, recursive: bool = Fa
                                 f"{', '.join(p.name for p in _subdirs(root)) or '(none)'}")
         root = split_dir
     flat = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
-    classes = [d for d in _subdirs(root) if _images_in(d)]
+    classes = _subdirs(root) if any(_images_in(d) for d in _subdirs(root)) else []
+    empty = [d.name for d in classes if not _images_in(d)]
+    if empty:  # kept as classes: dropping one would score the rest as if it did not exist (accuracy 1.0 on one)
+        logger.warning("%s: class folder(s) %s hold no images; they stay classes with no examples", root,
+                       ", ".join(empty))
     if not classes and not flat:
         splits = [d.name for d in _subdirs(root) if any(d.name.lower() in a for a in SPLIT_ALIASES.values())]
         hint = f"; it has split folders {', '.join(splits)}: pass --split" if splits else ""
