@@ -187,7 +187,8 @@ def _tuned_eval(tuned, test, cfg: BenchmarkConfig, out: Path, record: dict, embe
     result = evaluate_finetuned(tuned, test, out, record, cfg.bootstrap, cfg.seed, **embed)
     if test.has_labels and test.texts:  # captioned data scored by retrieval above; add zero-shot classification
         zs = zeroshot_classify(tuned, test, _prompts(cfg, test), **embed)
-        ev = evaluate_probs(zs.labels, zs.probs, zs.classnames, zs.mode == "pos_neg", cfg.bootstrap, cfg.seed)
+        ev = evaluate_probs(zs.labels, None, zs.classnames, zs.mode == "pos_neg", cfg.bootstrap, cfg.seed,
+                            log_probs=zs.log_probs)
         return _add_metrics(result, out, ev.metrics, ev.ci)
     return result
 

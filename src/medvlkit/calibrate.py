@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,11 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from medvlkit.errors import MedvlkitError
+from medvlkit.labels import canonical_class
+from medvlkit.results import Predictions, read_predictions
+from medvlkit.scores import log1mexp, log_sigmoid, log_softmax, logit_from_log_prob
+
+logger = logging.getLogger(__name__)
 
 EPS = 1e-7
 THRESHOLD_METHODS = ("youden", "sensitivity", "none")
@@ -52,22 +58,14 @@ class Calibration:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
+def scale_softmax(log_probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax log-probabilities re-tempered: log softmax(log p / T). (N, C) -> (N, C), float64."""
+    return log_softmax(np.asarray(log_probs, dtype=np.float64) / temperature)
 
 
-def scale_softmax(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax probabilities re-tempered: softmax(log p / T). (N, C) -> (N, C)."""
-    z = np.log(np.clip(probs, EPS, 1.0)) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def scale_binary(p: np.ndarray, temperature: float) -> np.ndarray:
-    """Binary probabilities re-tempered: sigmoid(logit p / T)."""
-    return 1.0 / (1.0 + np.exp(-_logit(p) / temperature))
+def scale_binary(log_p: np.ndarray, temperature: float) -> np.ndarray:
+    """Binary log-probabilities re-tempered: log sigmoid(logit(p) / T), computed from log p without rounding."""
+    return log_sigmoid(logit_from_log_prob(log_p) / temperature)
 
 
 def fit_temperature(nll) -> float:
@@ -133,89 +131,87 @@ def sensitivity_threshold(y: np.ndarray, score: np.ndarray, target: float) -> fl
     return float(pos[max(k, 0)])
 
 
-def fit_calibration(labels: np.ndarray, probs: np.ndarray, classnames: list[str], multilabel: bool,
+def fit_calibration(labels: np.ndarray, log_probs: np.ndarray, classnames: list[str], multilabel: bool,
                     threshold_method: str = "youden", target_sensitivity: float = 0.9) -> Calibration:
-    """Fit temperatures and per-class thresholds on validation labels (N, C) and probabilities (N, C)."""
+    """Fit temperatures and per-class thresholds on validation labels (N, C) and log-probabilities (N, C)."""
     if threshold_method not in THRESHOLD_METHODS:
         raise MedvlkitError(f"--thresholds {threshold_method}: valid options: {', '.join(THRESHOLD_METHODS)}")
     if not 0 < target_sensitivity <= 1:
         raise MedvlkitError(f"--target-sensitivity {target_sensitivity} must be in (0, 1]")
     if multilabel:
         temps = []
-        for c in range(probs.shape[1]):
+        for c in range(log_probs.shape[1]):
             known = ~np.isnan(labels[:, c])
-            y, p = labels[known, c], probs[known, c]
-            temps.append(fit_temperature(lambda t, y=y, p=p: -np.mean(
-                y * np.log(scale_binary(p, t) + EPS) + (1 - y) * np.log(1 - scale_binary(p, t) + EPS))))
-        scaled = np.stack([scale_binary(probs[:, c], t) for c, t in enumerate(temps)], axis=1)
+            y, lp = labels[known, c], log_probs[known, c]
+            temps.append(fit_temperature(lambda t, y=y, lp=lp: _binary_nll(y, scale_binary(lp, t))))
+        scaled = np.stack([scale_binary(log_probs[:, c], t) for c, t in enumerate(temps)], axis=1)
     else:
         y_idx = np.nanargmax(labels, axis=1)
-        temps = [fit_temperature(lambda t: -np.mean(np.log(scale_softmax(probs, t)[np.arange(len(y_idx)), y_idx]
-                                                            + EPS)))]
-        scaled = scale_softmax(probs, temps[0])
+        rows = np.arange(len(y_idx))
+        temps = [fit_temperature(lambda t: -np.mean(scale_softmax(log_probs, t)[rows, y_idx]))]
+        scaled = scale_softmax(log_probs, temps[0])
     thresholds = []
     if threshold_method != "none":
-        for c in range(probs.shape[1]):
+        for c in range(log_probs.shape[1]):
             known = ~np.isnan(labels[:, c])
             y, s = labels[known, c] == 1, scaled[known, c]
-            thresholds.append(youden_threshold(y, s) if threshold_method == "youden"
-                              else sensitivity_threshold(y, s, target_sensitivity))
+            t = youden_threshold(y, s) if threshold_method == "youden" else sensitivity_threshold(y, s,
+                                                                                                  target_sensitivity)
+            thresholds.append(float(np.exp(t)))  # stored as a probability; compared in log space
     return Calibration(list(classnames), multilabel, temps, thresholds, threshold_method,
                        target_sensitivity if threshold_method == "sensitivity" else None)
 
 
-def apply_calibration(cal: Calibration, probs: np.ndarray, classnames: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated probabilities and decisions for new predictions.
+def _binary_nll(y: np.ndarray, log_p: np.ndarray) -> float:
+    return float(-np.mean(y * log_p + (1 - y) * log1mexp(log_p)))
+
+
+def apply_calibration(cal: Calibration, log_probs: np.ndarray, classnames: list[str]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated log-probabilities and decisions for new predictions (columns in ``cal.classnames`` order).
 
     Returns:
-        (probs (N, C), decisions): for single-label, decisions (N,) is the class index (argmax of probability
+        (log_probs (N, C), decisions): for single-label, decisions (N,) is the class index (argmax of probability
         over threshold when thresholds were fitted); for multi-label, (N, C) booleans.
     """
-    if list(classnames) != cal.classnames:
+    if [canonical_class(c) for c in classnames] != [canonical_class(c) for c in cal.classnames]:
         raise MedvlkitError(f"the calibration was fitted for classes {cal.classnames}, these predictions have "
                             f"{list(classnames)}")
+    with np.errstate(divide="ignore"):
+        log_thr = np.log(np.asarray(cal.thresholds, dtype=np.float64)) if cal.thresholds else None
     if cal.multilabel:
-        scaled = np.stack([scale_binary(probs[:, c], t) for c, t in enumerate(cal.temperatures)], axis=1)
-        thr = np.asarray(cal.thresholds) if cal.thresholds else np.full(len(classnames), 0.5)
-        return scaled, scaled >= thr
-    scaled = scale_softmax(probs, cal.temperatures[0])
-    if cal.thresholds and len(classnames) == 2:  # binary: the positive (second) class's threshold decides
-        return scaled, (scaled[:, 1] >= cal.thresholds[1]).astype(int)
-    if cal.thresholds:
+        scaled = np.stack([scale_binary(log_probs[:, c], t) for c, t in enumerate(cal.temperatures)], axis=1)
+        return scaled, scaled >= (log_thr if log_thr is not None else np.log(0.5))
+    scaled = scale_softmax(log_probs, cal.temperatures[0])
+    if log_thr is not None and len(classnames) == 2:  # binary: the positive (second) class's threshold decides
+        return scaled, (scaled[:, 1] >= log_thr[1]).astype(int)
+    if log_thr is not None:
         # one threshold per class: pick the class whose probability clears its threshold by the widest ratio
-        return scaled, (scaled / np.maximum(np.asarray(cal.thresholds), EPS)).argmax(1)
+        return scaled, (scaled - log_thr).argmax(1)
     return scaled, scaled.argmax(1)
 
 
-def read_labelled_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray | None, bool]:
-    """A medvlkit predictions.csv with its ``true`` column turned back into labels.
+def read_labelled_predictions(path: Path, classnames: list[str] | None = None) -> Predictions:
+    """A predictions CSV with its mode, optionally with columns aligned to ``classnames`` (by name, any case).
 
-    The mode comes from the ``result.json`` beside it (``pos_neg`` means multi-label); for multi-label rows the
-    ``true`` column lists the present classes, so unknown (NaN) labels read as absent.
-
-    Returns:
-        files, classnames, probs (N, C), labels (N, C) or None when ``true`` is empty, multilabel.
+    Raises:
+        MedvlkitError: the file carries no mode, or its classes do not match ``classnames``.
     """
-    from medvlkit.data.adapters.csv_labels import read_csv_rows
-    from medvlkit.evaluate import read_prediction_csv
-
-    files, classnames, probs = read_prediction_csv(Path(path))
-    result = Path(path).parent / "result.json"
-    multilabel = result.is_file() and json.loads(result.read_text()).get("mode") == "pos_neg"
-    _, rows = read_csv_rows(Path(path))
-    truth = [r.get("true", "") for r in rows]
-    if not any(truth):
-        return files, classnames, probs, None, multilabel
-    index = {c: i for i, c in enumerate(classnames)}
-    labels = np.zeros(probs.shape, dtype=np.float64)
-    for i, t in enumerate(truth):
-        for name in filter(None, t.split("|")):
-            if name not in index:
-                raise MedvlkitError(f"{path}: true label '{name}' is not among the classes {classnames}")
-            labels[i, index[name]] = 1.0
-    if not multilabel and not np.all(labels.sum(1) == 1):
-        raise MedvlkitError(f"{path}: every row needs exactly one true class for single-label calibration")
-    return files, classnames, probs, labels, multilabel
+    pred = read_predictions(Path(path))
+    if pred.multilabel is None:
+        raise MedvlkitError(f"{path} has no 'mode' column (single_label or multilabel); calibration needs it. "
+                            "Rerun the task with this medvlkit, or add the column")
+    if classnames is None:
+        return pred
+    keys = [canonical_class(c) for c in pred.classnames]
+    missing = [c for c in classnames if canonical_class(c) not in keys]
+    if missing:
+        raise MedvlkitError(f"{path} has no scores for class(es) {missing} (it has {pred.classnames})")
+    order = [keys.index(canonical_class(c)) for c in classnames]
+    if order != list(range(len(pred.classnames))):
+        logger.warning("%s: columns %s used as %s", path, [pred.classnames[i] for i in order], list(classnames))
+    labels = None if pred.labels is None else pred.labels[:, order]
+    return Predictions(pred.files, list(classnames), pred.log_probs[:, order], labels, pred.multilabel)
 
 
 def confidence_and_correct(labels: np.ndarray, probs: np.ndarray, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -232,23 +228,25 @@ def calibrate_predictions(predictions: Path, out_dir: Path, threshold_method: st
     from medvlkit.plots import reliability_png
     from medvlkit.results import write_result
 
-    files, classnames, probs, labels, multilabel = read_labelled_predictions(predictions)
-    if labels is None:
+    pred = read_labelled_predictions(predictions)
+    if pred.labels is None:
         raise MedvlkitError(f"{predictions} has no true labels: calibration needs labelled validation predictions")
-    cal = fit_calibration(labels, probs, classnames, multilabel, threshold_method, target_sensitivity)
-    cal.fitted_on = {"predictions": str(predictions), "n": len(files)}
+    labels, multilabel = pred.labels, pred.multilabel
+    cal = fit_calibration(labels, pred.log_probs, pred.classnames, multilabel, threshold_method, target_sensitivity)
+    cal.fitted_on = {"predictions": str(predictions), "n": len(pred.files)}
     out_dir.mkdir(parents=True, exist_ok=True)
     cal.save(out_dir / "calibration.json")
-    scaled, _ = apply_calibration(cal, probs, classnames)
-    metrics = {"ece_before": calibration_error(labels, probs, multilabel),
-               "ece_after": calibration_error(labels, scaled, multilabel), "n": len(files)}
-    curves = {"before": reliability(*confidence_and_correct(labels, probs, multilabel)),
+    scaled = np.exp(apply_calibration(cal, pred.log_probs, pred.classnames)[0])
+    metrics = {"ece_before": calibration_error(labels, pred.probs, multilabel),
+               "ece_after": calibration_error(labels, scaled, multilabel), "n": len(pred.files)}
+    curves = {"before": reliability(*confidence_and_correct(labels, pred.probs, multilabel)),
               "after": reliability(*confidence_and_correct(labels, scaled, multilabel))}
     (out_dir / "reliability.png").write_bytes(reliability_png(curves, "validation reliability"))
     write_result(out_dir, dataset=str(predictions), model="", task="calibrate", metrics=metrics,
                  config={"predictions": str(predictions), "thresholds": threshold_method,
                          "target_sensitivity": target_sensitivity},
-                 extra={"calibration": asdict(cal), "reliability": curves})
+                 extra={"calibration": asdict(cal), "reliability": curves,
+                        "mode": "pos_neg" if multilabel else "softmax", "data_split": "validation"})
     return metrics
 
 
@@ -261,23 +259,34 @@ def apply_to_predictions(predictions: Path, calibration: Path, out_dir: Path, n_
     from medvlkit.results import write_predictions, write_result
 
     cal = Calibration.load(calibration)
-    files, classnames, probs, labels, multilabel = read_labelled_predictions(predictions)
-    scaled, decisions = apply_calibration(cal, probs, classnames)
+    pred = read_labelled_predictions(predictions, cal.classnames)
+    if pred.multilabel != cal.multilabel:
+        raise MedvlkitError(f"{predictions} is {'multi' if pred.multilabel else 'single'}-label; the calibration "
+                            f"was fitted on {'multi' if cal.multilabel else 'single'}-label predictions")
+    classnames, labels = cal.classnames, pred.labels
+    scaled, decisions = apply_calibration(cal, pred.log_probs, classnames)
     out_dir.mkdir(parents=True, exist_ok=True)
     thr = np.asarray(cal.thresholds) if cal.multilabel and cal.thresholds else 0.5
-    write_predictions(out_dir, files, classnames, scaled, labels, cal.multilabel, decisions)
+    write_predictions(out_dir, pred.files, classnames, scaled, labels, cal.multilabel, decisions)
     metrics, ci, extra = {}, {}, {"calibration": asdict(cal), "mode": "pos_neg" if cal.multilabel else "softmax",
-                                  "classnames": classnames}
+                                  "classnames": classnames,
+                                  "threshold_source": f"validation ({cal.threshold_method}), {calibration}"
+                                  if cal.thresholds else "none (argmax / 0.5)"}
     if labels is not None:
-        before = evaluate_probs(labels, probs, classnames, cal.multilabel, n_bootstrap, seed)
-        after = evaluate_probs(labels, scaled, classnames, cal.multilabel, n_bootstrap, seed,
-                               decisions=None if cal.multilabel else decisions, thresholds=thr)
-        metrics = after.metrics | {"ece": calibration_error(labels, scaled, cal.multilabel),
+        known = ~np.all(np.isnan(labels), axis=1)
+        before = evaluate_probs(labels[known], None, classnames, cal.multilabel, n_bootstrap, seed,
+                                log_probs=pred.log_probs[known])
+        after = evaluate_probs(labels[known], None, classnames, cal.multilabel, n_bootstrap, seed,
+                               decisions=None if cal.multilabel else decisions[known], thresholds=thr,
+                               log_probs=scaled[known])
+        probs, scaled_p = pred.probs, np.exp(scaled)
+        metrics = after.metrics | {"ece": calibration_error(labels, scaled_p, cal.multilabel),
                                    "ece_uncalibrated": calibration_error(labels, probs, cal.multilabel)}
         ci = after.ci
-        extra |= {"metrics_uncalibrated": before.metrics, "confusion_matrix": after.confusion_matrix,
+        extra |= {"metrics_uncalibrated": before.metrics, "confusion_matrix": after.confusion_matrix, **after.extra,
                   "reliability": {"uncalibrated": reliability(*confidence_and_correct(labels, probs, cal.multilabel)),
-                                  "calibrated": reliability(*confidence_and_correct(labels, scaled, cal.multilabel))}}
+                                  "calibrated": reliability(*confidence_and_correct(labels, scaled_p,
+                                                                                    cal.multilabel))}}
         (out_dir / "reliability.png").write_bytes(reliability_png(extra["reliability"], "reliability"))
     write_result(out_dir, dataset=str(predictions), model="", task="apply_calibration", metrics=metrics, ci=ci,
                  config={"predictions": str(predictions), "calibration": str(calibration)}, seed=seed, extra=extra)

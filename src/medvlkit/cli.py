@@ -481,10 +481,16 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
     Example: medvlkit probe --data ../shared/data/medmnist/breastmnist.npz --out runs/breast-probe
     Reuse:   medvlkit probe --load runs/breast-probe/probe.npz --data other.npz --test-split test
     """
+    from medvlkit.errors import NoSplitsError
     from medvlkit.probe import LinearProbe, check_probe_model, embed_split, fit_probe, probe_splits, save_probe_run
 
     config = _jsonable(dict(locals()))
-    test_ds = _dataset(data, test_split, fmt)
+    try:
+        test_ds = _dataset(data, test_split or None, fmt)
+    except NoSplitsError:
+        if load is None:
+            raise
+        test_ds = _dataset(data, None, fmt)  # scoring a saved probe: a folder without splits is the data to score
     m = _model(model, device, "fp32", None)
     if features not in ("embedding", "backbone"):
         raise MedvlkitError(f"--features {features}: valid options: embedding, backbone")
@@ -512,11 +518,13 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
 
 @app.command()
 def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV with file + prob_<class> columns"),
-             labels: Path = typer.Option(..., "--labels", help="CSV with file + label (class name) or one 0/1 column "
-                                                               "per class"),
+             labels: Path = typer.Option(None, "--labels", help="CSV with file + label (class name) or one 0/1 column "
+                                                                "per class; default: the predictions' own "
+                                                                "true_<class> columns"),
              out: Path = OutOpt, bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples"),
              seed: int = typer.Option(0, "--seed", help="bootstrap seed")) -> None:
-    """Score predictions made elsewhere against labels (joined on the 'file' column).
+    """Score predictions against labels (joined on the 'file' column), or a medvlkit predictions.csv against its own
+    truth (reproducing its run's metrics exactly).
 
     Example: medvlkit evaluate --predictions runs/x/predictions.csv --labels labels.csv --out runs/eval
     """
@@ -525,10 +533,12 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
 
     ev, classnames, unmatched = evaluate_csv(predictions, labels, bootstrap, seed)
     out_dir = _out(out, "evaluate")
-    write_result(out_dir, dataset=str(labels), model=str(predictions), task="evaluate", metrics=ev.metrics, ci=ev.ci,
-                 config={"predictions": str(predictions), "labels": str(labels), "bootstrap": bootstrap}, seed=seed,
+    write_result(out_dir, dataset=str(labels or predictions), model=str(predictions), task="evaluate",
+                 metrics=ev.metrics, ci=ev.ci,
+                 config={"predictions": str(predictions), "labels": str(labels) if labels else None,
+                         "bootstrap": bootstrap}, seed=seed,
                  extra={"classnames": classnames, "confusion_matrix": ev.confusion_matrix,
-                        "n_unlabelled_predictions": unmatched})
+                        "n_unlabelled_predictions": unmatched} | ev.extra)
     _print_metrics({"metrics": ev.metrics, "ci": ev.ci})
     if unmatched:
         err_console.print(f"warning: {unmatched} predictions had no label and were left out")
@@ -748,7 +758,8 @@ def _print_metrics(result: dict) -> None:
         if "/" in k or v is None or k == "n":
             continue
         lo_hi = ci.get(k)
-        table.add_row(k, f"{v:.4f}", f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi and None not in lo_hi else "")
+        value = str(v) if isinstance(v, int) else f"{v:.4f}"
+        table.add_row(k, value, f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi and None not in lo_hi else "")
     console.print(table)
 
 

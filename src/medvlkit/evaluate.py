@@ -27,24 +27,30 @@ class Evaluation:
     extra: dict = field(default_factory=dict)
 
 
-def evaluate_probs(labels: np.ndarray, probs: np.ndarray, classnames: list[str], multilabel: bool,
+def evaluate_probs(labels: np.ndarray, probs: np.ndarray | None, classnames: list[str], multilabel: bool,
                    n_bootstrap: int = 1000, seed: int = 0, decisions: np.ndarray | None = None,
-                   thresholds: np.ndarray | float = 0.5) -> Evaluation:
-    """Score (N, C) probabilities against (N, C) labels (one-hot for single-label; 1/0/NaN multi-label).
+                   thresholds: np.ndarray | float = 0.5, log_probs: np.ndarray | None = None) -> Evaluation:
+    """Score (N, C) predictions against (N, C) labels (one-hot for single-label; 1/0/NaN multi-label).
+
+    Rankings (AUROC, AP) and decisions use ``log_probs`` (float64 natural-log probabilities) when given, so
+    probabilities that round to 1.0 keep their order; else ``probs``.
 
     Args:
         n_bootstrap: bootstrap resamples for the 95% CIs (0 disables them).
         seed: the bootstrap's seed.
         decisions: single-label predicted class indices (N,) when not the argmax (validation thresholds).
-        thresholds: multi-label per-class decision thresholds.
+        thresholds: multi-label per-class decision thresholds, on probabilities.
+        log_probs: the lossless form of ``probs`` (``probs`` may then be None).
     """
-    if labels.shape != probs.shape:
-        raise MedvlkitError(f"labels {labels.shape} and predictions {probs.shape} do not align")
+    scores = np.asarray(log_probs if log_probs is not None else probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise MedvlkitError(f"labels {labels.shape} and predictions {scores.shape} do not align")
     if len(labels) == 0:
         raise MedvlkitError("nothing to evaluate: no labelled predictions")
-    bad = ~np.isfinite(probs).all(axis=1)
+    bad = ~np.isfinite(scores).all(axis=1)
     if bad.any():
-        raise MedvlkitError(f"{int(bad.sum())} of {len(probs)} predictions hold NaN or infinite scores (first: row "
+        raise MedvlkitError(f"{int(bad.sum())} of {len(scores)} predictions hold NaN or infinite scores (first: row "
                             f"{int(np.flatnonzero(bad)[0])}); metrics of such scores mean nothing: fix the model or "
                             "the predictions file")
     if not multilabel:
@@ -54,36 +60,40 @@ def evaluate_probs(labels: np.ndarray, probs: np.ndarray, classnames: list[str],
             raise MedvlkitError(f"{int(bad.sum())} single-label rows do not hold exactly one true class (first: row "
                                 f"{int(np.flatnonzero(bad)[0])}); score multi-label data as multi-label")
     if multilabel:
+        thr = np.asarray(thresholds, dtype=np.float64)
+        if log_probs is not None:
+            with np.errstate(divide="ignore"):
+                thr = np.log(thr)
+
         def fn(y, p):
-            return multilabel_metrics(y, p, classnames, thresholds)
-        arrays, keys, cm = (labels, probs), CI_KEYS_MULTI, None
+            return multilabel_metrics(y, p, classnames, thr)
+        arrays, keys, cm = (labels, scores), CI_KEYS_MULTI, None
     else:
         y = np.nanargmax(labels, axis=1)
-        d = probs.argmax(1) if decisions is None else np.asarray(decisions, dtype=int)
+        d = scores.argmax(1) if decisions is None else np.asarray(decisions, dtype=int)
 
         def fn(y, p, d):
             return single_label_metrics(y, p, classnames, d)
-        arrays, keys = (y, probs, d), CI_KEYS_SINGLE
+        arrays, keys = (y, scores, d), CI_KEYS_SINGLE
         cm = confusion_matrix(y, d, len(classnames)).tolist()
     metrics = fn(*arrays)
     ci = bootstrap_ci(fn, arrays, n_bootstrap, seed, keys=keys) if n_bootstrap > 0 else {}
-    return Evaluation(metrics, ci, cm)
+    extra = {"macro_left_out": [c for c in classnames if np.isnan(metrics.get(f"recall/{c}", 0.0))]}
+    if multilabel:
+        extra["confusion_matrices"] = multilabel_confusion(labels, scores, classnames, thr)
+    return Evaluation(metrics, ci, cm, extra)
 
 
-def read_prediction_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """A predictions CSV: a ``file`` column and ``prob_<class>`` columns. Returns files, classes, (N, C)."""
-    if not path.is_file():
-        raise MedvlkitError(f"--predictions {path}: no such file")
-    header, rows = read_csv_rows(path)
-    pcols = [c for c in header if c.startswith("prob_")]
-    if "file" not in header or not pcols:
-        raise MedvlkitError(f"--predictions {path}: needs a 'file' column and 'prob_<class>' columns "
-                            f"(as medvlkit's predictions.csv has); its columns: {', '.join(header)}")
-    try:
-        probs = np.array([[float(r[c]) for c in pcols] for r in rows], dtype=np.float64)
-    except ValueError as err:
-        raise MedvlkitError(f"--predictions {path}: non-numeric probability ({err})") from None
-    return [r["file"] for r in rows], [c[5:] for c in pcols], probs
+def multilabel_confusion(labels: np.ndarray, scores: np.ndarray, classnames: list[str],
+                         thresholds: np.ndarray | float) -> dict[str, list[list[int]]]:
+    """Per class, the 2x2 confusion matrix [[TN, FP], [FN, TP]] at its threshold (known labels only)."""
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (scores.shape[1],))
+    out = {}
+    for c, name in enumerate(classnames):
+        known = ~np.isnan(labels[:, c])
+        y, pred = labels[known, c] == 1, scores[known, c] >= thr[c]
+        out[name] = [[int(np.sum(~y & ~pred)), int(np.sum(~y & pred))], [int(np.sum(y & ~pred)), int(np.sum(y & pred))]]
+    return out
 
 
 def read_label_csv(path: Path, classnames: list[str]) -> tuple[dict[str, np.ndarray], bool]:
@@ -106,18 +116,31 @@ def read_label_csv(path: Path, classnames: list[str]) -> tuple[dict[str, np.ndar
     return {r["file"]: np.array([float(r[c]) if r[c].strip() else np.nan for c in classnames]) for r in rows}, True
 
 
-def evaluate_csv(predictions: Path, labels: Path, n_bootstrap: int = 1000, seed: int = 0,
+def evaluate_csv(predictions: Path, labels: Path | None = None, n_bootstrap: int = 1000, seed: int = 0,
                  multilabel: bool | None = None) -> tuple[Evaluation, list[str], int]:
-    """Score a predictions CSV against a labels CSV, joined on ``file``.
+    """Score a predictions CSV against a labels CSV joined on ``file``, or against its own truth columns.
+
+    A medvlkit ``predictions.csv`` scored on its own truth reproduces its run's ``result.json`` metrics exactly.
 
     Returns:
         the evaluation, the class names, and the number of predictions without a label (left out).
     """
-    files, classnames, probs = read_prediction_csv(Path(predictions))
-    table, is_multi = read_label_csv(Path(labels), classnames)
-    keep = [i for i, f in enumerate(files) if f in table]
+    from medvlkit.results import read_predictions
+
+    pred = read_predictions(Path(predictions))
+    if labels is None:
+        if pred.labels is None:
+            raise MedvlkitError(f"{predictions} has no true_<class> columns: pass --labels FILE")
+        mode = pred.multilabel if multilabel is None else multilabel
+        if mode is None:
+            raise MedvlkitError(f"{predictions} has no 'mode' column: say whether it is multi-label")
+        return (evaluate_probs(pred.labels, None, pred.classnames, mode, n_bootstrap, seed,
+                               log_probs=pred.log_probs), pred.classnames, 0)
+    table, is_multi = read_label_csv(Path(labels), pred.classnames)
+    keep = [i for i, f in enumerate(pred.files) if f in table]
     if not keep:
         raise MedvlkitError(f"no file of {predictions} appears in {labels}; both need the same 'file' values")
-    y = np.stack([table[files[i]] for i in keep])
+    y = np.stack([table[pred.files[i]] for i in keep])
     multilabel = is_multi if multilabel is None else multilabel
-    return evaluate_probs(y, probs[keep], classnames, multilabel, n_bootstrap, seed), classnames, len(files) - len(keep)
+    ev = evaluate_probs(y, None, pred.classnames, multilabel, n_bootstrap, seed, log_probs=pred.log_probs[keep])
+    return ev, pred.classnames, len(pred.files) - len(keep)

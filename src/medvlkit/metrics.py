@@ -1,7 +1,14 @@
 """Classification metrics as pure functions on arrays, returning flat dicts with stable keys.
 
 Single-label: ``y_true`` (N,) int class indices, ``probs`` (N, C). Multi-label: ``labels`` (N, C) of 1/0/NaN,
-``probs`` (N, C); NaN labels are masked per class. Checked against scikit-learn in the tests.
+``probs`` (N, C); NaN labels are masked per class. ``probs`` may be any per-class monotone transform of the
+probabilities (medvlkit passes float64 log-probabilities, with thresholds in the same space). Checked against
+scikit-learn in the tests.
+
+One rule for classes that cannot be scored: a class enters the macro means only when its known labels hold at
+least one positive (single-label: support > 0). Its per-class precision/recall/F1/accuracy are NaN otherwise, and
+``n_classes_scored`` counts the classes that entered. A metric that is undefined for an entering class (AUROC of
+a class with no known negative) is left out of that metric's mean alone.
 """
 
 from __future__ import annotations
@@ -69,17 +76,19 @@ def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classnames: list
     tp = np.diag(cm).astype(float)
     precision, recall, f1 = _prf(tp, cm.sum(0) - tp, cm.sum(1) - tp)
     present = cm.sum(1) > 0
+    precision, recall, f1 = (np.where(present, v, np.nan) for v in (precision, recall, f1))
     aurocs = np.array([auroc_binary(y_true == c, probs[:, c]) for c in range(n_classes)])
     aps = np.array([average_precision_binary(y_true == c, probs[:, c]) for c in range(n_classes)])
     out = {
         "accuracy": float(tp.sum() / max(len(y_true), 1)),
-        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
+        "balanced_accuracy": _nanmean(recall),
+        "macro_precision": _nanmean(precision),
+        "macro_recall": _nanmean(recall),
+        "macro_f1": _nanmean(f1),
         "auroc": float(aurocs[1]) if n_classes == 2 else _nanmean(aurocs),
         "average_precision": float(aps[1]) if n_classes == 2 else _nanmean(aps),
         "n": int(len(y_true)),
+        "n_classes_scored": int(present.sum()),
     }
     for c, name in enumerate(classnames):
         out |= {f"precision/{name}": float(precision[c]), f"recall/{name}": float(recall[c]),
@@ -101,9 +110,11 @@ def multilabel_metrics(labels: np.ndarray, probs: np.ndarray, classnames: list[s
         pred = p >= thr[c]
         tp, fp, fn = np.sum(pred & y), np.sum(pred & ~y), np.sum(~pred & y)
         pr, rc, f1 = (float(v[0]) for v in _prf(np.array([tp], float), np.array([fp], float), np.array([fn], float)))
+        scored = bool(y.any())
         vals = {"auroc": auroc_binary(y, p), "average_precision": average_precision_binary(y, p),
-                "precision": pr, "recall": rc, "f1": f1,
-                "accuracy": float(np.mean(pred == y)) if known.any() else float("nan")}
+                "precision": pr if scored else float("nan"), "recall": rc if scored else float("nan"),
+                "f1": f1 if scored else float("nan"),
+                "accuracy": float(np.mean(pred == y)) if scored else float("nan")}
         for k, v in vals.items():
             out[f"{k}/{name}"] = v
             cols[k].append(v)
@@ -111,6 +122,7 @@ def multilabel_metrics(labels: np.ndarray, probs: np.ndarray, classnames: list[s
     for k, v in cols.items():
         out[f"macro_{k}" if k not in ("auroc", "average_precision") else k] = _nanmean(np.array(v))
     out["n"] = int(len(labels))
+    out["n_classes_scored"] = int(np.sum(~np.isnan(np.array(cols["recall"]))))
     return out
 
 

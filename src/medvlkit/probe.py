@@ -120,6 +120,13 @@ class LinearProbe:
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         return X @ self.coef_.T + self.intercept_
 
+    def predict_log_proba(self, X: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) float64 log-probabilities (no rounding of near-certain probabilities to 1)."""
+        from medvlkit.scores import log_sigmoid, log_softmax
+
+        z = self.decision_function(np.asarray(X, dtype=np.float64))
+        return log_sigmoid(z) if self.multilabel_ else log_softmax(z)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, C): softmax over classes, or per-class sigmoid for multi-label probes."""
         z = self.decision_function(X)
@@ -213,6 +220,17 @@ def embed_split(model, dataset, **embed_options) -> ProbeData:
     return ProbeData(emb.vectors, dataset.labels[emb.indices], emb.items)
 
 
+def align_probe_data(data: ProbeData, data_classes: list[str], target_classes: list[str],
+                     multilabel: bool) -> tuple[ProbeData, dict]:
+    """``data`` with its label columns in ``target_classes`` order (see :func:`medvlkit.labels.align_labels`).
+    Returns the aligned data and the alignment's record for result.json."""
+    from medvlkit.labels import align_labels
+
+    a = align_labels(data.Y, data_classes, target_classes, multilabel)
+    keep = np.flatnonzero(a.keep)
+    return ProbeData(data.X[keep], a.labels, [data.items[i] for i in keep]), a.record()
+
+
 def fit_probe(probe: LinearProbe, train: ProbeData, val: ProbeData | None, classnames: list[str], multilabel: bool,
               shots: int | None = None, seed: int = 0) -> dict:
     """Fit ``probe`` (optionally on a seeded K-shot sample of ``train``). Returns what was used, for the record."""
@@ -254,7 +272,9 @@ def probe_splits(model, data: Path, fmt: str = "auto", train_split: str = "train
         tr, va = holdout_indices(train.items, train.Y, val_fraction, seed, group_pattern)
         pick = lambda idx: ProbeData(train.X[idx], train.Y[idx], [train.items[j] for j in idx])  # noqa: E731
         return train_ds, pick(tr), pick(va)
-    return train_ds, train, embed_split(model, val_ds, **embed_options)
+    val, _ = align_probe_data(embed_split(model, val_ds, **embed_options), val_ds.classnames, train_ds.classnames,
+                              train_ds.multilabel)
+    return train_ds, train, val
 
 
 def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir: Path, config: dict, info: dict,
@@ -264,15 +284,17 @@ def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir:
     from medvlkit.results import write_predictions, write_result
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    probs = probe.predict_proba(test.X)
-    ev = evaluate_probs(test.Y, probs, probe.classnames_, probe.multilabel_, n_bootstrap, seed)
+    test, alignment = align_probe_data(test, dataset.classnames, probe.classnames_, probe.multilabel_)
+    log_probs = probe.predict_log_proba(test.X)
+    ev = evaluate_probs(test.Y, None, probe.classnames_, probe.multilabel_, n_bootstrap, seed, log_probs=log_probs)
     probe.save(out_dir / "probe.npz", {"model": model.name, "model_fingerprint": model.fingerprint()})
-    write_predictions(out_dir, test.items, probe.classnames_, probs, test.Y, probe.multilabel_)
+    write_predictions(out_dir, test.items, probe.classnames_, log_probs, test.Y, probe.multilabel_)
     name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
     path = write_result(out_dir, dataset=name, model=model.name, task="linear_probe", metrics=ev.metrics, ci=ev.ci,
                         config=config, seed=seed,
                         extra={"classnames": probe.classnames_, "mode": "pos_neg" if probe.multilabel_ else "softmax",
-                               "confusion_matrix": ev.confusion_matrix, "probe": info})
+                               "confusion_matrix": ev.confusion_matrix, "probe": info,
+                               "label_alignment": alignment} | ev.extra)
     return json.loads(path.read_text())
 
 

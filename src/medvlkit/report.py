@@ -16,13 +16,15 @@ import numpy as np
 from medvlkit.errors import MedvlkitError
 from medvlkit.plots import confusion_matrix_png, reliability_png, roc_png
 
+SINGLE_LABEL = ["accuracy", "balanced_accuracy", "macro_f1", "auroc"]
+MULTI_LABEL = ["auroc", "average_precision", "macro_f1", "macro_accuracy"]
+CLASSIFICATION_TASKS = {"zeroshot_classification", "linear_probe", "finetune_classification", "evaluate",
+                        "apply_calibration"}
 HEADLINE = {
-    "zeroshot_classification": ["accuracy", "balanced_accuracy", "macro_f1", "auroc"],
-    "apply_calibration": ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "ece_uncalibrated"],
+    "apply_calibration": ["ece", "ece_uncalibrated"],
     "zeroshot_retrieval": ["image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",
                            "text_to_image_recall@1", "text_to_image_recall@5", "text_to_image_recall@10"],
     "calibrate": ["ece_before", "ece_after"],
-    "evaluate": ["accuracy", "balanced_accuracy", "macro_f1", "auroc"],
     "gate": ["n_medical", "n_non_medical"],
     "demo": ["gate_accuracy", "modality_accuracy"],
     "embed": ["n_images", "images_per_second"],
@@ -67,12 +69,21 @@ def _fmt(v, ci=None) -> str:
     return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
 
 
+def headline_keys(result: dict) -> list[str]:
+    """The metrics a table shows first for one result: AUROC is among them for every classification task."""
+    task, metrics = result.get("task"), result.get("metrics", {})
+    if task in CLASSIFICATION_TASKS:
+        multi = result.get("mode") == "pos_neg" or ("macro_accuracy" in metrics and "accuracy" not in metrics)
+        return (MULTI_LABEL if multi else SINGLE_LABEL) + HEADLINE.get(task, [])
+    return HEADLINE.get(task, [k for k in metrics if "/" not in k][:4])
+
+
 def headline_rows(runs: list[Run]) -> list[list[str]]:
     """One row per run: name, task, dataset, model, then 'metric value [CI]' for its task's headline metrics."""
     rows = []
     for r in runs:
         res = r.result
-        keys = HEADLINE.get(res.get("task"), [k for k, v in res.get("metrics", {}).items() if "/" not in k][:4])
+        keys = headline_keys(res)
         cells = [f"{k} {_fmt(res['metrics'].get(k), res.get('ci', {}).get(k))}" for k in keys
                  if k in res.get("metrics", {})]
         rows.append([r.name, res.get("task", ""), str(res.get("dataset", "")), str(res.get("model", "")),
@@ -112,13 +123,13 @@ def _thumb(path: str, size: int = 110) -> str:
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _prediction_arrays(run: Run) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    from medvlkit.calibrate import read_labelled_predictions
+def _predictions(run: Run):
+    from medvlkit.results import read_predictions
 
     if run.predictions is None:
         return None
-    _, classnames, probs, labels, _ = read_labelled_predictions(run.predictions)
-    return (labels, probs, classnames) if labels is not None else None
+    pred = read_predictions(run.predictions)
+    return pred if pred.labels is not None and pred.multilabel is not None else None
 
 
 def run_section(run: Run) -> str:
@@ -135,20 +146,27 @@ def run_section(run: Run) -> str:
     plots = []
     if res.get("confusion_matrix") and res.get("classnames"):
         plots.append(_img(confusion_matrix_png(res["confusion_matrix"], res["classnames"]), "confusion matrix"))
-    arrays = _prediction_arrays(run)
-    if arrays is not None:
-        labels, probs, classnames = arrays
-        plots.append(_img(roc_png(labels, probs, classnames), "ROC curves"))
+    pred = _predictions(run)
+    if pred is not None:
+        known = ~np.all(np.isnan(pred.labels), axis=1)
+        plots.append(_img(roc_png(pred.labels[known], pred.log_probs[known], pred.classnames), "ROC curves"))
     if res.get("reliability"):
         plots.append(_img(reliability_png(res["reliability"]), "reliability diagram"))
-    elif arrays is not None:
+    elif pred is not None and pred.multilabel:
         from medvlkit.calibrate import confidence_and_correct, reliability
 
-        labels, probs, _ = arrays
-        curve = reliability(*confidence_and_correct(labels, probs, res.get("mode") == "pos_neg"))
+        curve = reliability(*confidence_and_correct(pred.labels, pred.probs, True))
+        plots.append(_img(reliability_png({"model": curve}), "reliability diagram"))
+    elif pred is not None:
+        from medvlkit.calibrate import confidence_and_correct, reliability
+
+        known = ~np.all(np.isnan(pred.labels), axis=1)
+        curve = reliability(*confidence_and_correct(pred.labels[known], pred.probs[known], False))
         plots.append(_img(reliability_png({"model": curve}), "reliability diagram"))
     if plots:
         parts.append('<div class="plots">' + "".join(plots) + "</div>")
+    if res.get("confusion_matrices"):
+        parts.append(_per_class_confusion(res["confusion_matrices"], res.get("threshold_source", "0.5")))
     for ex in res.get("examples", []):
         cells = "".join(f'<figure class="{"hit" if t["correct"] else ""}">{_thumb(t["file"])}'
                         f'<figcaption>{t["score"]:.3f}</figcaption></figure>' for t in ex["top"])
@@ -160,13 +178,23 @@ def run_section(run: Run) -> str:
     return "".join(parts) + "</section>"
 
 
+def _per_class_confusion(matrices: dict, threshold_source: str) -> str:
+    """Per-pathology 2x2 tables [[TN, FP], [FN, TP]] of a multi-label run."""
+    cells = "".join(
+        f"<table class='cm2'><tr><th colspan=3>{html.escape(name)}</th></tr><tr><td></td><th>pred -</th>"
+        f"<th>pred +</th></tr><tr><th>true -</th><td>{m[0][0]}</td><td>{m[0][1]}</td></tr><tr><th>true +</th>"
+        f"<td>{m[1][0]}</td><td>{m[1][1]}</td></tr></table>" for name, m in matrices.items())
+    return (f"<p class='meta'>per-class confusion at threshold: {html.escape(str(threshold_source))}</p>"
+            f"<div class='cms'>{cells}</div>")
+
+
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:8px 0;font-size:13px} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .meta{color:#666;font-size:12px} .plots img{margin:4px;border:1px solid #eee;max-width:380px}
 .grid{display:flex;gap:6px} figure{margin:0;text-align:center;font-size:11px;border:2px solid transparent}
 figure.hit{border-color:#2a9d4a} figure.answer{border-color:#d08a00;margin-left:18px}
-.query p{font-size:13px;margin:10px 0 4px}"""
+.query p{font-size:13px;margin:10px 0 4px} .cms{display:flex;flex-wrap:wrap;gap:8px}"""
 
 
 def write_report(folders: list[Path], out: Path) -> Path:

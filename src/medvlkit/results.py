@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -73,26 +74,131 @@ def write_result(out_dir: Path, *, dataset: str, model: str, task: str, metrics:
     return path
 
 
-def write_predictions(out_dir: Path, items: list[str], classnames: list[str], probs: np.ndarray,
-                      labels: np.ndarray | None, multilabel: bool, decisions: np.ndarray | None = None) -> Path:
-    """Write ``out_dir/predictions.csv``: ``file``, ``true``, ``predicted``, ``prob_<class>`` per class.
+MODE_COLUMN = {False: "single_label", True: "multilabel"}
 
-    ``true``/``predicted`` hold one class name (single-label) or ``|``-joined names (multi-label); ``true`` is
-    empty when the data has no labels. ``predicted`` follows ``decisions`` when given (class indices (N,) or
-    booleans (N, C), e.g. from validation-chosen thresholds), else the argmax / probability >= 0.5.
+
+def _num(x: float) -> str:
+    """A float written so that reading it back gives the same float64."""
+    return repr(float(x))
+
+
+def write_predictions(out_dir: Path, items: list[str], classnames: list[str], log_probs: np.ndarray,
+                      labels: np.ndarray | None, multilabel: bool, decisions: np.ndarray | None = None) -> Path:
+    """Write ``out_dir/predictions.csv``, losslessly: reading it back gives the run's own metrics exactly.
+
+    Columns: ``file``; ``mode`` (``single_label`` or ``multilabel``); ``true`` and ``predicted`` (class names,
+    ``|``-joined for multi-label: for people); ``true_<class>`` (1, 0, or empty for unknown); ``prob_<class>`` and
+    ``logp_<class>`` (natural-log probability, float64, all digits: the ranking scores use it).
+    ``predicted`` follows ``decisions`` when given (class indices (N,) or booleans (N, C), e.g. from
+    validation-chosen thresholds), else the argmax / probability >= 0.5.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PREDICTIONS_FILE
     tmp = path.with_suffix(".csv.tmp")
+    log_probs = np.asarray(log_probs, dtype=np.float64)
+    probs = np.exp(log_probs)
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "true", "predicted"] + [f"prob_{c}" for c in classnames])
+        w.writerow(["file", "mode", "true", "predicted"] + [f"true_{c}" for c in classnames]
+                   + [f"prob_{c}" for c in classnames] + [f"logp_{c}" for c in classnames])
         for i, item in enumerate(items):
-            w.writerow([item, _names(labels[i], classnames, multilabel, 0.5) if labels is not None else "",
+            truth = [] if labels is None else labels[i]
+            w.writerow([item, MODE_COLUMN[bool(multilabel)],
+                        _names(labels[i], classnames, multilabel, 0.5) if labels is not None else "",
                         _predicted(i, probs, decisions, classnames, multilabel)]
-                       + [f"{p:.6f}" for p in probs[i]])
+                       + ([("" if np.isnan(v) else str(int(v))) for v in truth] if labels is not None
+                          else [""] * len(classnames))
+                       + [_num(p) for p in probs[i]] + [_num(v) for v in log_probs[i]])
     os.replace(tmp, path)
     return path
+
+
+@dataclass
+class Predictions:
+    """A predictions CSV read back: the scores, and the truth when it carries one.
+
+    Attributes:
+        files: (N,) item ids.
+        classnames: class order of the columns.
+        log_probs: (N, C) float64 natural-log probabilities (from ``logp_*``, else the log of ``prob_*``).
+        labels: (N, C) 1 / 0 / NaN, or None when the file has no truth.
+        multilabel: from the ``mode`` column; None when the file has none (another tool's file).
+    """
+
+    files: list[str]
+    classnames: list[str]
+    log_probs: np.ndarray
+    labels: np.ndarray | None
+    multilabel: bool | None
+
+    @property
+    def probs(self) -> np.ndarray:
+        return np.exp(self.log_probs)
+
+
+def read_predictions(path: Path) -> Predictions:
+    """Read a predictions CSV: medvlkit's own (lossless) or any file with ``file`` and ``prob_<class>`` columns.
+
+    Raises:
+        MedvlkitError: missing file or columns, non-numeric scores, an unknown mode, or truth that cannot be read
+            without guessing (a multi-label ``true`` column without ``true_<class>`` columns).
+    """
+    from medvlkit.data.adapters.csv_labels import read_csv_rows
+    from medvlkit.errors import MedvlkitError
+    from medvlkit.scores import log_probs_from_probs
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedvlkitError(f"--predictions {path}: no such file")
+    header, rows = read_csv_rows(path)
+    classnames = [c[5:] for c in header if c.startswith("prob_")]
+    if "file" not in header or not classnames:
+        raise MedvlkitError(f"--predictions {path}: needs a 'file' column and 'prob_<class>' columns "
+                            f"(as medvlkit's predictions.csv has); its columns: {', '.join(header)}")
+    if not rows:
+        raise MedvlkitError(f"--predictions {path}: no rows")
+    use_log = all(f"logp_{c}" in header for c in classnames)
+    cols = [f"logp_{c}" if use_log else f"prob_{c}" for c in classnames]
+    try:
+        values = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float64)
+    except (ValueError, TypeError) as err:
+        raise MedvlkitError(f"--predictions {path}: non-numeric score ({err})") from None
+    log_probs = values if use_log else log_probs_from_probs(values)
+    modes = {r.get("mode", "") for r in rows}
+    if modes - set(MODE_COLUMN.values()) - {""} or len(modes) > 1:
+        raise MedvlkitError(f"--predictions {path}: column 'mode' holds {sorted(modes)}; valid: "
+                            f"{', '.join(MODE_COLUMN.values())} (one value for the whole file)")
+    mode = modes.pop() if modes else ""
+    multilabel = None if not mode else mode == "multilabel"
+    labels = _read_truth(path, header, rows, classnames, multilabel)
+    return Predictions([r["file"] for r in rows], classnames, log_probs, labels, multilabel)
+
+
+def _read_truth(path: Path, header: list[str], rows: list[dict], classnames: list[str],
+                multilabel: bool | None) -> np.ndarray | None:
+    from medvlkit.errors import MedvlkitError
+
+    if all(f"true_{c}" in header for c in classnames):
+        cells = [[r[f"true_{c}"].strip() for c in classnames] for r in rows]
+        if all(v == "" for row in cells for v in row):
+            return None
+        bad = sorted({v for row in cells for v in row} - {"", "0", "1", "0.0", "1.0"})
+        if bad:
+            raise MedvlkitError(f"{path}: true_<class> columns must hold 1, 0 or nothing; found {bad}")
+        return np.array([[float(v) if v else np.nan for v in row] for row in cells], dtype=np.float64)
+    truth = [r.get("true", "") for r in rows]
+    if not any(truth):
+        return None
+    if multilabel is not False:
+        raise MedvlkitError(f"{path}: a 'true' column of class names cannot tell unknown from absent labels for "
+                            "multi-label data; write true_<class> columns (1, 0 or empty), as medvlkit does")
+    index = {c: i for i, c in enumerate(classnames)}
+    labels = np.zeros((len(rows), len(classnames)), dtype=np.float64)
+    for i, name in enumerate(truth):
+        if name not in index:
+            raise MedvlkitError(f"{path}: true label '{name}' in row {i + 1} is not among the classes {classnames}")
+        labels[i, index[name]] = 1.0
+    return labels
 
 
 def _predicted(i: int, probs: np.ndarray, decisions: np.ndarray | None, classnames: list[str],

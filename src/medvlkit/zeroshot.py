@@ -20,6 +20,7 @@ from medvlkit.features import ImageEmbeddings, embed_images, embed_texts
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import MODES, PromptSet
 from medvlkit.results import write_predictions, write_result
+from medvlkit.scores import check_finite, log_sigmoid, log_softmax
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -39,43 +40,65 @@ def ensemble_embeddings(model: ModelBase, prompts: PromptSet, side: str = "posit
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    return np.exp(log_softmax(logits))
+
+
+def softmax_log_probs(image_emb: np.ndarray, class_emb: np.ndarray, logit_scale: float) -> np.ndarray:
+    """(N, D) x (C, D) -> (N, C) class log-probabilities, in float64 (see :mod:`medvlkit.scores`)."""
+    logits = logit_scale * (image_emb.astype(np.float64) @ class_emb.astype(np.float64).T)
+    return log_softmax(logits)
+
+
+def pos_neg_log_probs(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray,
+                      logit_scale: float) -> np.ndarray:
+    """(N, D), (C, D), (C, D) -> (N, C): per class log P("X") from a 2-way softmax against "no X", in float64."""
+    img = image_emb.astype(np.float64)
+    margin = logit_scale * (img @ pos_emb.astype(np.float64).T - img @ neg_emb.astype(np.float64).T)
+    return log_sigmoid(margin)
 
 
 def softmax_probs(image_emb: np.ndarray, class_emb: np.ndarray, logit_scale: float) -> np.ndarray:
     """(N, D) x (C, D) -> (N, C) class probabilities."""
-    return softmax(logit_scale * image_emb @ class_emb.T)
+    return np.exp(softmax_log_probs(image_emb, class_emb, logit_scale))
 
 
 def pos_neg_probs(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray, logit_scale: float) -> np.ndarray:
     """(N, D), (C, D), (C, D) -> (N, C): per class P("X") from a 2-way softmax against "no X"."""
-    pos, neg = logit_scale * image_emb @ pos_emb.T, logit_scale * image_emb @ neg_emb.T
-    return 1.0 / (1.0 + np.exp(neg - pos))
+    return np.exp(pos_neg_log_probs(image_emb, pos_emb, neg_emb, logit_scale))
 
 
 @dataclass
 class ZeroShotResult:
-    """Per-image class probabilities and what they refer to."""
+    """Per-image class scores and what they refer to."""
 
-    probs: np.ndarray                # (N_ok, C)
+    log_probs: np.ndarray            # (N_ok, C) float64 natural-log probabilities
     classnames: list[str]
     mode: str
     embeddings: ImageEmbeddings
     labels: np.ndarray | None = None  # (N_ok, C) true labels when the data has them
     prompt_texts: dict[str, list[str]] = field(default_factory=dict)
 
+    @property
+    def probs(self) -> np.ndarray:
+        """(N_ok, C) probabilities (derived from ``log_probs``)."""
+        return np.exp(self.log_probs)
+
 
 def classify(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: str | None = None) -> np.ndarray:
     """Probabilities for precomputed image embeddings (N, D). Returns (N, C)."""
+    return np.exp(classify_log(model, image_emb, prompts, mode))
+
+
+def classify_log(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: str | None = None) -> np.ndarray:
+    """Float64 log-probabilities for precomputed image embeddings (N, D). Returns (N, C)."""
     mode = mode or prompts.mode
     if mode not in MODES:
         raise MedvlkitError(f"--mode {mode}: valid options: {', '.join(MODES)}")
+    check_finite(image_emb, "image embeddings")
     pos = ensemble_embeddings(model, prompts, "positive")
     if mode == "softmax":
-        return softmax_probs(image_emb, pos, model.logit_scale)
-    return pos_neg_probs(image_emb, pos, ensemble_embeddings(model, prompts, "negative"), model.logit_scale)
+        return softmax_log_probs(image_emb, pos, model.logit_scale)
+    return pos_neg_log_probs(image_emb, pos, ensemble_embeddings(model, prompts, "negative"), model.logit_scale)
 
 
 def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
@@ -97,11 +120,11 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
         if mode == "softmax" and dataset.multilabel:
             raise MedvlkitError(f"dataset '{dataset.name}' is multi-label: use --mode pos_neg")
     emb = embeddings if embeddings is not None else embed_images(model, dataset, **embed_options)
-    probs = classify(model, emb.vectors, prompts, mode)
+    log_probs = classify_log(model, emb.vectors, prompts, mode)
     texts = {c.name: prompts.texts(c.positive) + (prompts.texts(c.negative) if mode == "pos_neg" else [])
              for c in prompts.classes}
     labels = dataset.labels[emb.indices] if dataset.has_labels else None
-    return ZeroShotResult(probs, prompts.classnames, mode, emb, labels, texts)
+    return ZeroShotResult(log_probs, prompts.classnames, mode, emb, labels, texts)
 
 
 def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBase, out_dir: str | Path,
@@ -117,9 +140,12 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
     extra = {"classnames": result.classnames, "mode": result.mode, "n_images": len(result.embeddings.items),
              "skipped": [{"file": f, "reason": r} for f, r in result.embeddings.skipped]} | (extra or {})
     if result.labels is not None:
-        ev = evaluate_probs(result.labels, result.probs, result.classnames, multilabel, n_bootstrap, seed)
+        ev = evaluate_probs(result.labels, None, result.classnames, multilabel, n_bootstrap, seed,
+                            log_probs=result.log_probs)
         metrics, ci, extra["confusion_matrix"] = ev.metrics, ev.ci, ev.confusion_matrix
-    write_predictions(out_dir, result.embeddings.items, result.classnames, result.probs, result.labels, multilabel)
+        extra |= ev.extra
+    write_predictions(out_dir, result.embeddings.items, result.classnames, result.log_probs, result.labels,
+                      multilabel)
     (out_dir / "prompts.json").write_text(json.dumps(result.prompt_texts, indent=1) + "\n")
     name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
     path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_classification", metrics=metrics,

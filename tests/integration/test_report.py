@@ -6,6 +6,7 @@ import numpy as np
 from helpers import make_image
 from medvlkit.cli import main
 from medvlkit.results import write_predictions, write_result
+from medvlkit.scores import log_probs_from_probs
 
 
 def _zeroshot_run(folder, seed):
@@ -13,7 +14,8 @@ def _zeroshot_run(folder, seed):
     y = rng.integers(0, 2, 50)
     p1 = np.clip(0.5 * y + 0.5 * rng.random(50), 0, 1)
     probs = np.c_[1 - p1, p1]
-    write_predictions(folder, [f"{i}.png" for i in range(50)], ["NORMAL", "PNEUMONIA"], probs, np.eye(2)[y], False)
+    write_predictions(folder, [f"{i}.png" for i in range(50)], ["NORMAL", "PNEUMONIA"], log_probs_from_probs(probs),
+                      np.eye(2)[y], False)
     cm = np.bincount(y * 2 + probs.argmax(1), minlength=4).reshape(2, 2).tolist()
     write_result(folder, dataset="cxr/test", model="lite", task="zeroshot_classification",
                  metrics={"accuracy": 0.8, "auroc": 0.9}, ci={"auroc": [0.85, 0.95]},

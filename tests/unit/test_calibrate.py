@@ -36,12 +36,12 @@ def test_ece_known_values():
 def test_temperature_scaling_fixes_overconfidence():
     y, p = _overconfident()
     labels = np.eye(2)[y]
-    cal = fit_calibration(labels, p, ["a", "b"], multilabel=False, threshold_method="none")
+    cal = fit_calibration(labels, np.log(p), ["a", "b"], multilabel=False, threshold_method="none")
     assert cal.temperatures[0] == pytest.approx(3.0, rel=0.15)
-    scaled, dec = apply_calibration(cal, p, ["a", "b"])
-    assert calibration_error(labels, scaled, False) < 0.5 * calibration_error(labels, p, False)
+    scaled, dec = apply_calibration(cal, np.log(p), ["a", "b"])
+    assert calibration_error(labels, np.exp(scaled), False) < 0.5 * calibration_error(labels, p, False)
     np.testing.assert_array_equal(dec, p.argmax(1))  # temperature never changes the argmax
-    np.testing.assert_allclose(scale_softmax(p, 1.0), p, atol=1e-6)
+    np.testing.assert_allclose(np.exp(scale_softmax(np.log(p), 1.0)), p, atol=1e-12)
 
 
 def test_thresholds():
@@ -58,19 +58,21 @@ def test_multilabel_per_class_temperatures():
     y = rng.integers(0, 2, (400, 2)).astype(float)
     p = 1 / (1 + np.exp(-4 * ((y * 2 - 1) * 0.7 + rng.normal(size=(400, 2)))))
     y[:20, 0] = np.nan
-    cal = fit_calibration(y, p, ["x", "z"], multilabel=True, threshold_method="sensitivity", target_sensitivity=0.8)
+    cal = fit_calibration(y, np.log(p), ["x", "z"], multilabel=True, threshold_method="sensitivity",
+                          target_sensitivity=0.8)
     assert len(cal.temperatures) == 2 and all(t > 1.5 for t in cal.temperatures)
-    scaled, dec = apply_calibration(cal, p, ["x", "z"])
-    assert dec.shape == (400, 2) and calibration_error(y, scaled, True) < calibration_error(y, p, True)
+    scaled, dec = apply_calibration(cal, np.log(p), ["x", "z"])
+    assert dec.shape == (400, 2) and calibration_error(y, np.exp(scaled), True) < calibration_error(y, p, True)
     with pytest.raises(MedvlkitError, match="fitted for classes"):
-        apply_calibration(cal, p, ["z", "x"])
+        apply_calibration(cal, np.log(p), ["z", "x"])
 
 
 def test_cli_calibrate_then_apply(tmp_path):
     names = ["NORMAL", "PNEUMONIA"]
     for split, seed in (("val", 0), ("test", 1)):
         y, p = _overconfident(seed=seed)
-        write_predictions(tmp_path / split, [f"{split}{i}.png" for i in range(len(y))], names, p, np.eye(2)[y], False)
+        write_predictions(tmp_path / split, [f"{split}{i}.png" for i in range(len(y))], names, np.log(p), np.eye(2)[y],
+                          False)
     assert main(["calibrate", "--predictions", str(tmp_path / "val" / "predictions.csv"), "--out",
                  str(tmp_path / "cal")]) == 0
     cal = json.loads((tmp_path / "cal" / "calibration.json").read_text())
@@ -84,5 +86,5 @@ def test_cli_calibrate_then_apply(tmp_path):
     assert res["metrics"]["ece"] < res["metrics"]["ece_uncalibrated"]
     assert res["metrics"]["auroc"] == pytest.approx(res["metrics_uncalibrated"]["auroc"], abs=1e-6)
     unlabelled = tmp_path / "nolab"
-    write_predictions(unlabelled, ["a.png"], names, np.array([[0.2, 0.8]]), None, False)
+    write_predictions(unlabelled, ["a.png"], names, np.log(np.array([[0.2, 0.8]])), None, False)
     assert main(["calibrate", "--predictions", str(unlabelled / "predictions.csv"), "--out", str(tmp_path / "x")]) == 2

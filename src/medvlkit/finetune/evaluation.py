@@ -12,6 +12,7 @@ import torch
 from medvlkit.caption import class_phrasings
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError
+from medvlkit.labels import align_labels
 from medvlkit.prompts import ClassPrompts, PromptSet
 
 
@@ -26,16 +27,19 @@ def caption_prompts(dataset: ImageDataset) -> PromptSet:
 
 
 @torch.inference_mode()
-def head_probs(head, emb: np.ndarray, multilabel: bool, device) -> np.ndarray:
-    """Classifier probabilities from unnormalised image embeddings. (N, D) -> (N, C)."""
-    logits = head(torch.from_numpy(emb).to(device)).float()
-    return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).cpu().numpy()
+def head_log_probs(head, emb: np.ndarray, multilabel: bool, device) -> np.ndarray:
+    """Classifier log-probabilities (float64) from unnormalised image embeddings. (N, D) -> (N, C)."""
+    from medvlkit.scores import check_finite, log_sigmoid, log_softmax
+
+    logits = head(torch.from_numpy(emb).to(device)).double().cpu().numpy()
+    check_finite(logits, "classifier outputs")
+    return log_sigmoid(logits) if multilabel else log_softmax(logits)
 
 
-def _macro_auroc(labels: np.ndarray, probs: np.ndarray, classnames: list[str], multilabel: bool) -> dict:
+def _macro_auroc(labels: np.ndarray, log_probs: np.ndarray, classnames: list[str], multilabel: bool) -> dict:
     from medvlkit.evaluate import evaluate_probs
 
-    m = evaluate_probs(labels, probs, classnames, multilabel, n_bootstrap=0).metrics
+    m = evaluate_probs(labels, None, classnames, multilabel, n_bootstrap=0, log_probs=log_probs).metrics
     return {"auroc": m.get("auroc", m.get("macro_auroc")), "accuracy": m.get("accuracy", m.get("macro_accuracy")),
             "macro_f1": m.get("macro_f1")}
 
@@ -49,12 +53,12 @@ def validation_score(model, dataset: ImageDataset, mode: str, head=None, progres
     - contrastive on captions: mean of image->text and text->image recall@5.
     """
     from medvlkit.retrieval import retrieval_metrics
-    from medvlkit.zeroshot import classify
+    from medvlkit.zeroshot import classify_log
 
     normalize = mode == "contrastive"
     emb = _embed(model, dataset, normalize, batch_size, progress)
     if mode == "supervised":
-        out = _macro_auroc(dataset.labels, head_probs(head, emb, dataset.multilabel, model.device),
+        out = _macro_auroc(dataset.labels, head_log_probs(head, emb, dataset.multilabel, model.device),
                            dataset.classnames, dataset.multilabel)
         return out | {"score": out["auroc"]}
     if dataset.texts:
@@ -64,7 +68,7 @@ def validation_score(model, dataset: ImageDataset, mode: str, head=None, progres
         r5 = 0.5 * (m["image_to_text_recall@5"] + m["text_to_image_recall@5"])
         return {k: m[k] for k in ("image_to_text_recall@5", "text_to_image_recall@5")} | {"score": r5}
     prompts = caption_prompts(dataset)
-    out = _macro_auroc(dataset.labels, classify(model, emb, prompts), dataset.classnames, dataset.multilabel)
+    out = _macro_auroc(dataset.labels, classify_log(model, emb, prompts), dataset.classnames, dataset.multilabel)
     return out | {"score": out["auroc"]}
 
 
@@ -96,16 +100,18 @@ def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict
     if getattr(model, "classifier", None) is not None:
         if not dataset.has_labels:
             raise MedvlkitError(f"dataset '{dataset.name}' has no labels to score the classifier head on")
-        if list(dataset.classnames) != list(model.classnames):
-            raise MedvlkitError(f"the head was trained on classes {model.classnames}; this data has "
-                                f"{dataset.classnames}")
+        multilabel = bool(getattr(model, "multilabel", dataset.multilabel))
+        aligned = align_labels(dataset.labels, dataset.classnames, list(model.classnames), multilabel)
+        dataset = dataset.subset(np.flatnonzero(aligned.keep))
         emb = _embed(model, dataset, False, embed_options.get("batch_size", 64), embed_options.get("progress", True))
-        probs = head_probs(model.classifier, emb, dataset.multilabel, model.device)
-        ev = evaluate_probs(dataset.labels, probs, dataset.classnames, dataset.multilabel, n_bootstrap, seed)
-        write_predictions(out_dir, dataset.items, dataset.classnames, probs, dataset.labels, dataset.multilabel)
+        log_probs = head_log_probs(model.classifier, emb, multilabel, model.device)
+        ev = evaluate_probs(aligned.labels, None, model.classnames, multilabel, n_bootstrap, seed, log_probs=log_probs)
+        write_predictions(out_dir, dataset.items, model.classnames, log_probs, aligned.labels, multilabel)
         path = write_result(out_dir, dataset=name, model=model.name, task="finetune_classification",
                             metrics=ev.metrics, ci=ev.ci, config=config, seed=seed,
-                            extra={"classnames": dataset.classnames, "confusion_matrix": ev.confusion_matrix})
+                            extra={"classnames": model.classnames, "confusion_matrix": ev.confusion_matrix,
+                                   "mode": "pos_neg" if multilabel else "softmax",
+                                   "label_alignment": aligned.record()} | ev.extra)
         return json.loads(path.read_text())
     if dataset.has_labels and not dataset.texts:
         from medvlkit.zeroshot import save_zeroshot, zeroshot_classify

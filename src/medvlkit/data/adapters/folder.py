@@ -10,7 +10,7 @@ import numpy as np
 
 from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
 from medvlkit.data.io import is_image_file
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, NoSplitsError
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ def load_image_folder(path: Path, split: str | None = None, recursive: bool = Fa
         return ImageDataset(items=[str(p.resolve()) for p in files], name=root.name, split=split)
     if split:
         split_dir = find_split_dir(root, split)
+        has_splits = any(find_split_dir(root, s) for s in SPLIT_ALIASES)
+        if split_dir is None and not has_splits:
+            raise NoSplitsError(f"--data {root} has no split folders (train/val/test), so split '{split}' cannot be "
+                                "chosen; pass the folder without a split where the whole folder is meant")
         if split_dir is None:
             raise MedvlkitError(f"--data {root} has no '{split}' split folder; its sub-folders are: "
                                 f"{', '.join(p.name for p in _subdirs(root)) or '(none)'}")
