@@ -17,6 +17,7 @@ from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.models.base import ImagePreprocessor, ModelBase
 from medvlkit.results import write_result
+from medvlkit.scores import check_finite
 
 logger = logging.getLogger(__name__)
 ON_ERROR = ("fail", "skip")
@@ -107,6 +108,7 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
             skipped.append((dataset.items[pos], reason))
         if pixels is not None:
             out = model.encode_image(pixels).float().cpu().numpy()
+            check_finite(out, f"image embeddings of {dataset.items[positions[0]]}...")
             vectors.update(zip(positions, out))
             pending += positions
         if store and len(pending) >= _FLUSH_EVERY:
@@ -131,7 +133,9 @@ def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256) -> np
         raise MedvlkitError("no texts to embed")
     chunks = [model.encode_text(model.tokenize(texts[i:i + batch_size])).float().cpu().numpy()
               for i in range(0, len(texts), batch_size)]
-    return np.concatenate(chunks).astype(np.float32)
+    out = np.concatenate(chunks).astype(np.float32)
+    check_finite(out, "text embeddings")
+    return out
 
 
 def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase, dataset: ImageDataset, config: dict,

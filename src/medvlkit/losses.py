@@ -22,3 +22,24 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
     loss_i = -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
     loss_t = -(targets.T * F.log_softmax(logits.T, dim=1)).sum(1).mean()
     return 0.5 * (loss_i + loss_t)
+
+
+def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                 targets: torch.Tensor | None = None) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), as transformers' ``SiglipModel`` computes it.
+
+    Every image-text pair is a binary problem: label +1 for matching pairs (``targets > 0``: images sharing a label
+    or caption are matches too), -1 otherwise; loss = -sum(log sigmoid(label * (scale * img @ txt.T + bias))) / B.
+    """
+    logits = scale * img @ txt.T + bias  # (B, B)
+    labels = (2 * torch.eye(len(img), device=img.device) - 1) if targets is None else (2 * (targets > 0).float() - 1)
+    return -F.logsigmoid(labels * logits).sum() / len(img)
+
+
+def pair_loss(img: torch.Tensor, txt: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor | None,
+              targets: torch.Tensor | None, max_scale: float = 100.0) -> torch.Tensor:
+    """The model's own contrastive objective: SigLIP's sigmoid loss when it has a learned bias, else InfoNCE."""
+    scale = log_scale.exp().clamp(max=max_scale)
+    if bias is not None:
+        return sigmoid_loss(img, txt, scale, bias, targets)
+    return contrastive_loss(img, txt, scale, targets)

@@ -1,7 +1,9 @@
 """Image-text retrieval metrics: recall@K, mean and median rank, with bootstrap CIs over queries.
 
 A query's relevant items are every gallery item whose caption text equals its own caption (MedPix, for one,
-gives several images of a case the same caption), so duplicates are never counted as misses.
+gives several images of a case the same caption), so duplicates are never counted as misses. Ties count against
+the query: an irrelevant item scored equal to the best relevant one ranks above it, so a collapsed tower (every
+embedding equal) scores recall@1 = 0, never 1.
 """
 
 from __future__ import annotations
@@ -9,19 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 from medvlkit.metrics import bootstrap_ci
+from medvlkit.scores import check_finite
 
 KS = (1, 5, 10)
 
 
 def first_relevant_ranks(sims: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """1-based rank of the best-scored relevant gallery item per query.
+    """1-based rank of the best-scored relevant gallery item per query (ties ranked against the query).
 
     Args:
         sims: (Q, G) similarities.
         relevant: (Q, G) bool, True where the gallery item is a correct answer.
     """
     best = np.where(relevant, sims, -np.inf).max(axis=1, keepdims=True)  # (Q, 1)
-    return 1 + ((sims > best) & ~relevant).sum(axis=1)
+    return 1 + ((sims >= best) & ~relevant).sum(axis=1)
 
 
 def rank_metrics(ranks: np.ndarray, prefix: str) -> dict[str, float]:
@@ -43,6 +46,8 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, captions: lis
     Returns:
         (metrics, 95% CIs): ``image_to_text_recall@5``, ``text_to_image_median_rank``, ...
     """
+    check_finite(image_emb, "image embeddings")
+    check_finite(text_emb, "text embeddings")
     sims = image_emb @ text_emb.T  # (N, N): image i vs caption j
     caps = np.asarray(captions)
     relevant = caps[:, None] == caps[None, :]

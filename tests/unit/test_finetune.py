@@ -200,3 +200,25 @@ def test_bf16_autocast_runs_on_cpu(tiny_clip_dir, folder, tmp_path):
     summary = finetune(_cfg(tiny_clip_dir, folder, tmp_path / "bf16", precision="bf16", max_steps=2, epochs=1),
                        progress=False)
     assert summary["steps"] == 2 and np.isfinite(summary["history"][0]["train_loss"])
+
+
+def test_siglip_fine_tunes_with_its_own_sigmoid_loss(tiny_siglip_dir, folder, tmp_path):
+    """The sigmoid loss equals transformers' SiglipModel loss, and fine-tuning trains the logit bias too."""
+    from transformers import SiglipModel
+
+    from medvlkit.losses import pair_loss
+
+    m = create_model(f"hf:{tiny_siglip_dir}")
+    ref = SiglipModel.from_pretrained(tiny_siglip_dir).eval()
+    pixels, tokens = _inputs(m, n=4)
+    with torch.no_grad():
+        want = ref(pixel_values=pixels, input_ids=tokens["input_ids"], return_loss=True).loss
+        got = pair_loss(m.encode_image(pixels), m.encode_text(tokens), m.log_scale_param(), m.log_bias_param(), None)
+    assert m.log_bias_param() is not None
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    bias0 = float(m.log_bias_param().detach())
+    finetune(FinetuneConfig(model=f"hf:{tiny_siglip_dir}", data=str(folder), out_dir=str(tmp_path / "sig"),
+                            lora="r=2,dropout=0", epochs=1, batch_size=4, device="cpu", workers=0, max_steps=2),
+             progress=False)
+    trained = load_checkpoint(tmp_path / "sig" / "checkpoint.pt")["trainable"]
+    assert "model.logit_bias" in trained and float(trained["model.logit_bias"]) != bias0

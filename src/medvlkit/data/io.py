@@ -53,6 +53,8 @@ def read_image(item: str, limit: int | None = None) -> Image.Image:
     if not path.is_file():
         raise ImageReadError(item, "no such file")
     if path.suffix.lower() in (".dcm", ".dicom") or _has_dicom_preamble(path):
+        from medvlkit.data.dicom import read_dicom
+
         return read_dicom(path, limit)
     try:
         with _pillow_limit(limit), Image.open(path) as im:
@@ -96,13 +98,28 @@ def _to_l_or_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # P (palette), RGBA, CMYK, YCbCr...
 
 
+ROBUST_PERCENTILES = (0.5, 99.5)
+
+
 def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Min-max scale any numeric image to 0..255 (16-bit radiographs use a fraction of their range)."""
-    arr = arr.astype(np.float64)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    """Scale a numeric image without a display window to 0..255: its 0.5th and 99.5th percentiles become 0 and 255
+    (values beyond are clipped). Radiographs use a fraction of 16 bits, and a few extreme pixels (a burned-in
+    marker at 65535) must not decide the contrast of the whole image, as a min-max scaling would let them."""
+    arr = np.asarray(arr, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    lo, hi = np.percentile(finite, ROBUST_PERCENTILES)
+    if hi <= lo:  # (almost) constant: fall back to the full range
+        lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
-    return np.round((arr - lo) / (hi - lo) * 255.0).astype(np.uint8)
+    return unit_to_uint8((arr - lo) / (hi - lo))
+
+
+def unit_to_uint8(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] (clipped, NaN -> 0) -> uint8 0..255."""
+    return np.round(np.clip(np.nan_to_num(unit, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _has_dicom_preamble(path: Path) -> bool:
@@ -111,75 +128,6 @@ def _has_dicom_preamble(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def read_dicom(path: Path, limit: int | None = None) -> Image.Image:
-    """Read a DICOM image: modality LUT (rescale slope/intercept), VOI LUT or window, MONOCHROME1 inverted.
-
-    Multi-frame files give their middle frame.
-    """
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
-
-    limit = limit or max_pixels()
-    try:
-        _check_deflated_dicom(path, limit)
-        ds = pydicom.dcmread(path)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-        if rows * cols * frames > limit or samples > 4:
-            raise ImageReadError(str(path), _over_limit(cols, rows, limit, f"pixels x {frames} frame(s) x {samples} "
-                                                                           "sample(s)"))
-        # decode the middle frame only (multi-frame files: CT/MR series, cine)
-        arr = pixel_array(ds, index=frames // 2) if frames > 1 else ds.pixel_array
-    except ImageReadError:
-        raise
-    except Exception as err:  # noqa: BLE001
-        raise ImageReadError(str(path), f"DICOM: {type(err).__name__}: {err}") from None
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if photometric.startswith("MONOCHROME"):
-        arr = apply_modality_lut(arr, ds)
-        if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            arr = apply_voi_lut(arr, ds)
-        arr = _scale_to_uint8(arr)
-        if photometric == "MONOCHROME1":  # high values are dark: invert so bone is bright as usual
-            arr = 255 - arr
-        return Image.fromarray(arr, mode="L")
-    if arr.dtype != np.uint8:
-        arr = _scale_to_uint8(arr)
-    return Image.fromarray(arr).convert("RGB")
-
-
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-
-
-def _check_deflated_dicom(path: Path, limit: int) -> None:
-    """A deflated DICOM is inflated whole by pydicom before any tag can be read: inflate it here first, in chunks
-    that are counted and dropped, and refuse one that grows past what ``limit`` pixels can need."""
-    import zlib
-
-    from pydicom.filereader import read_file_meta_info
-
-    meta = read_file_meta_info(path)
-    if str(getattr(meta, "TransferSyntaxUID", "")) != _DEFLATED:
-        return
-    bound = limit * 8 + (16 << 20)  # 4 samples x 16 bits per pixel, plus room for the other tags
-    with open(path, "rb") as f:
-        group_length = getattr(meta, "FileMetaInformationGroupLength", None)
-        if group_length is None:
-            raise ImageReadError(str(path), "deflated DICOM without a File Meta Information Group Length")
-        f.seek(132 + 12 + int(group_length))  # preamble, DICM, the group length element itself
-        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
-        while chunk := f.read(1 << 16):
-            data = inflater.decompress(chunk, 1 << 20)
-            while data:
-                total += len(data)
-                if total > bound:
-                    raise ImageReadError(str(path), f"deflated DICOM inflates to more than {bound >> 20} MiB, more "
-                                                    f"than {limit} pixels can need (raise MEDVLKIT_MAX_PIXELS if "
-                                                    "the file is trusted)")
-                data = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
 
 
 DEFAULT_MAX_ARRAY_BYTES = 8 << 30

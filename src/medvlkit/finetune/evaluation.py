@@ -82,7 +82,11 @@ def _embed(model, dataset: ImageDataset, normalize: bool, batch_size: int, progr
         idx = range(start, min(start + batch_size, len(dataset)))
         pixels = model.preprocess([dataset.load_image(i) for i in idx])
         out.append(model.encode_image(pixels, normalize=normalize).float().cpu().numpy())
-    return np.concatenate(out)
+    emb = np.concatenate(out)
+    if not np.isfinite(emb).all():
+        raise MedvlkitError("the image embeddings hold NaN or infinite values: the weights have diverged (lower "
+                            "--lr, or use --precision fp32); the best model saved so far is kept")
+    return emb
 
 
 def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict, n_bootstrap: int = 1000,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from medvlkit.losses import contrastive_loss
+from medvlkit.losses import pair_loss
 
 
 class RandContext:
@@ -47,7 +47,8 @@ def _select(batch, sl: slice):
 def gradcache_backward(encode_image: Callable, encode_text: Callable, pixels: torch.Tensor, tokens: dict,
                        log_scale: torch.Tensor, chunk_size: int, targets: torch.Tensor | None = None,
                        max_scale: float = 100.0, gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-                       scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
+                       scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
     """One contrastive step's backward pass in chunks. Gradients accumulate into the parameters' ``.grad``.
 
     Args:
@@ -59,6 +60,7 @@ def gradcache_backward(encode_image: Callable, encode_text: Callable, pixels: to
         gather: makes the global batch from this process's embeddings, keeping their graph (data parallel:
             ``distributed.gather_cat``); identity on one process.
         scale_loss: the AMP loss scaler's ``scale`` (identity without one).
+        bias: SigLIP's learned logit bias (then the sigmoid loss is used), None for CLIP's InfoNCE.
 
     Returns:
         the full-batch loss (detached).
@@ -75,7 +77,7 @@ def gradcache_backward(encode_image: Callable, encode_text: Callable, pixels: to
             states.append((img_state, txt_state))
     img = torch.cat(img_reps).detach().requires_grad_()
     txt = torch.cat(txt_reps).detach().requires_grad_()
-    loss = contrastive_loss(gather(img), gather(txt), log_scale.exp().clamp(max=max_scale), targets)
+    loss = pair_loss(gather(img), gather(txt), log_scale, bias, targets, max_scale)
     scale_loss(loss).backward()  # grads w.r.t. the cached embeddings, and the temperature's own gradient
     for sl, (img_state, txt_state) in zip(slices, states):
         with img_state:

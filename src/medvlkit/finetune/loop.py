@@ -83,6 +83,8 @@ def prepare_model(model: ModelBase, cfg: FinetuneConfig, classnames: list[str] |
         if not trainable:
             raise MedvlkitError("--freeze leaves nothing to train in contrastive mode")
         model.log_scale_param().requires_grad_(True)
+        if model.log_bias_param() is not None:
+            model.log_bias_param().requires_grad_(True)
     head = None
     if cfg.mode == "supervised":
         head = ClassifierHead(model.embed_dim, len(classnames or [])).to(model.device)
@@ -197,9 +199,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     if cfg.mode == "supervised" and cfg.class_weight == "balanced":
         weights = class_weights(labels_all, train_ds.multilabel).to(model.device)
 
-    params_tower = [p for n, p in model.named_parameters() if p.requires_grad and p is not model.log_scale_param()]
-    params_head = ([model.log_scale_param()] if cfg.mode == "contrastive" else []) + (
-        list(head.parameters()) if head else [])
+    loss_params = [p for p in (model.log_scale_param(), model.log_bias_param()) if p is not None] \
+        if cfg.mode == "contrastive" else []
+    params_tower = [p for n, p in model.named_parameters() if p.requires_grad and all(p is not q for q in loss_params)]
+    params_head = loss_params + (list(head.parameters()) if head else [])
     groups_opt = [{"params": params_tower, "lr": cfg.tower_lr}, {"params": params_head, "lr": cfg.head_lr,
                                                                   "weight_decay": 0.0}]
     groups_opt = [g for g in groups_opt if g["params"]]
@@ -212,7 +215,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(cfg.warmup, total // 10), total))
     autocast, scaler = _autocast(cfg.precision, device)
     all_params = params_tower + params_head
-    replicated = {id(model.log_scale_param())} if cfg.mode == "contrastive" else set()
+    replicated = {id(p) for p in loss_params}  # computed in full on every rank: averaged, not summed
 
     step, epoch, batch_pos, history = 0, 0, 0, []
     best = {"score": -math.inf, "epoch": -1, "step": 0}
@@ -265,6 +268,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
                     in_step = True
                     loss = _train_step(model, head, cfg, world, global_batch, idx, pixels.to(model.device), pools,
                                        groups, labels_all, train_ds.multilabel, weights, epoch, autocast, scaler)
+                    if not math.isfinite(loss):
+                        raise MedvlkitError(f"the training loss is {loss} at step {step + 1}: the run has diverged "
+                                            "(lower --lr or --head-lr, or use --precision fp32); the best model saved "
+                                            "so far is kept in best/")
                     reduce_gradients(all_params, world, replicated)
                     if scaler is not None:
                         scaler.step(opt)

@@ -15,7 +15,7 @@ from torch import nn
 
 from medvlkit.finetune.distributed import World, gather_cat
 from medvlkit.finetune.gradcache import gradcache_backward
-from medvlkit.losses import contrastive_loss
+from medvlkit.losses import pair_loss
 
 MAX_SCALE = 100.0
 
@@ -30,7 +30,8 @@ def _cast(fn: Callable, autocast: Callable[[], contextlib.AbstractContextManager
 def contrastive_step(model, pixels: torch.Tensor, tokens: dict, targets: torch.Tensor, world: World,
                      grad_cache: int = 0, autocast: Callable = contextlib.nullcontext,
                      scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> float:
-    """Symmetric InfoNCE over the global batch; backward into this rank's slice.
+    """The model's contrastive loss over the global batch (symmetric InfoNCE, or SigLIP's sigmoid loss for models
+    with a learned logit bias); backward into this rank's slice.
 
     Args:
         model: a medvlkit model (``encode_image``/``encode_text``/``log_scale_param``).
@@ -45,15 +46,15 @@ def contrastive_step(model, pixels: torch.Tensor, tokens: dict, targets: torch.T
     """
     enc_img = _cast(model.encode_image, autocast)
     enc_txt = _cast(model.encode_text, autocast)
-    log_scale = model.log_scale_param()
+    log_scale, bias = model.log_scale_param(), model.log_bias_param()
     if not grad_cache:
         img = gather_cat(enc_img(pixels), world)
         txt = gather_cat(enc_txt(tokens), world)
-        loss = contrastive_loss(img, txt, log_scale.exp().clamp(max=MAX_SCALE), targets)
+        loss = pair_loss(img, txt, log_scale, bias, targets, MAX_SCALE)
         scale_loss(loss).backward()
         return float(loss.detach())
     return float(gradcache_backward(enc_img, enc_txt, pixels, tokens, log_scale, grad_cache, targets, MAX_SCALE,
-                                    gather=lambda t: gather_cat(t, world), scale_loss=scale_loss))
+                                    gather=lambda t: gather_cat(t, world), scale_loss=scale_loss, bias=bias))
 
 
 class ClassifierHead(nn.Module):

@@ -165,6 +165,10 @@ class ModelBase(torch.nn.Module):
         """The learned log temperature that the contrastive loss trains."""
         raise NotImplementedError(f"{type(self).__name__} does not support fine-tuning")
 
+    def log_bias_param(self) -> torch.nn.Parameter | None:
+        """SigLIP-family models' learned logit bias (their sigmoid loss trains it); None for softmax (CLIP) models."""
+        return None
+
     def fingerprint(self) -> str:
         """A short id of (model name, preprocessing, weight dtype, weight files' paths, sizes, mtimes) for the
         embedding cache: bf16 and fp32 weights give different vectors and must not share cached ones."""

@@ -59,6 +59,9 @@ class HFDualEncoder(ModelBase):
     def log_scale_param(self) -> torch.nn.Parameter:
         return self.model.logit_scale  # CLIPModel and SiglipModel both store the log of the scale
 
+    def log_bias_param(self) -> torch.nn.Parameter | None:
+        return getattr(self.model, "logit_bias", None) if self.model_type == "siglip" else None
+
     def tokenize(self, texts: list[str]) -> TextBatch:
         # SigLIP was trained on texts padded to the full length and pools the last token.
         padding = "max_length" if self.model_type == "siglip" else True
