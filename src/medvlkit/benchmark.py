@@ -130,8 +130,7 @@ def _device(device: str) -> str:
 
 
 def _zeroshot(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed: dict) -> dict:
-    from medvlkit.results import write_result
-    from medvlkit.retrieval import evaluate_retrieval
+    from medvlkit.retrieval import evaluate_retrieval, save_retrieval
     from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
 
     out.mkdir(parents=True, exist_ok=True)
@@ -140,13 +139,10 @@ def _zeroshot(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed:
         result = save_zeroshot(res, test, model, out, record, cfg.bootstrap, cfg.seed)
         if not test.texts:
             return result
-    metrics, ci, emb, _ = evaluate_retrieval(model, test, cfg.bootstrap, cfg.seed, **embed)
-    name = test.name + (f"/{test.split}" if test.split else "")
     if test.has_labels:  # keep both: classification metrics from above, retrieval ones added
+        metrics, ci, _, _ = evaluate_retrieval(model, test, cfg.bootstrap, cfg.seed, **embed)
         return _add_metrics(result, out, metrics, ci)
-    write_result(out, dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics, ci=ci,
-                 config=record, seed=cfg.seed, n_skipped=len(emb.skipped))
-    return json.loads((out / "result.json").read_text())
+    return save_retrieval(model, test, out, record, cfg.bootstrap, cfg.seed, **embed)
 
 
 def _probe(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed: dict) -> dict:

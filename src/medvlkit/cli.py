@@ -245,19 +245,15 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
     Example: medvlkit retrieve --data ../shared/data/medpix2 --split test
     """
-    from medvlkit.results import write_result
-    from medvlkit.retrieval import evaluate_retrieval
+    from medvlkit.retrieval import save_retrieval
 
     config = _jsonable(dict(locals()))
     ds = _dataset(data, split, fmt, image_root=image_root)
     m = _model(model, device, precision, tokenizer)
-    metrics, ci, emb, examples = evaluate_retrieval(
-        m, ds, bootstrap, seed, **_embed_opts(batch_size, workers, no_cache, on_error, quiet, cache_dir))
     out_dir = _out(out, "retrieve")
-    write_result(out_dir, dataset=ds.name + (f"/{ds.split}" if ds.split else ""), model=m.name,
-                 task="zeroshot_retrieval", metrics=metrics, ci=ci, config=config, seed=seed,
-                 n_skipped=len(emb.skipped), extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped],
-                                                    "examples": examples})
+    res = save_retrieval(m, ds, out_dir, config, bootstrap, seed,
+                         **_embed_opts(batch_size, workers, no_cache, on_error, quiet, cache_dir))
+    metrics, ci = res["metrics"], res["ci"]
     _print_metrics({"metrics": metrics, "ci": ci})
     console.print(f"wrote {out_dir}/result.json")
 

@@ -16,7 +16,7 @@ from medvlkit.cache import EmbeddingCache, item_key
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.models.base import ImagePreprocessor, ModelBase
-from medvlkit.results import write_result
+from medvlkit.results import provenance, write_result
 from medvlkit.scores import check_finite
 
 logger = logging.getLogger(__name__)
@@ -161,5 +161,6 @@ def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase,
     path = write_result(out_dir, dataset=name, model=model.name, task="embed", metrics=metrics, config=config,
                         n_skipped=len(emb.skipped),
                         extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped],
-                               "preprocess": model.preprocess_cfg.to_dict()} | (extra or {}))
+                               "preprocess": model.preprocess_cfg.to_dict()} | provenance(model, dataset, emb)
+                        | (extra or {}))
     return json.loads(path.read_text())

@@ -114,7 +114,7 @@ def filter_dataset(model: ModelBase, dataset: ImageDataset, threshold: float | N
 
 def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDataset, config: dict) -> dict:
     """Write gate.csv (file, p_medical, verdict) and result.json (counts, threshold, rejected files)."""
-    from medvlkit.results import write_result
+    from medvlkit.results import provenance, write_result
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "gate.csv", "w", newline="") as f:
@@ -128,5 +128,6 @@ def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDa
              "rejected": [it for it, ok in zip(res.items, res.accepted) if not ok],
              "skipped": [{"file": f, "reason": r} for f, r in res.skipped]}
     write_result(out_dir, dataset=dataset.name + (f"/{dataset.split}" if dataset.split else ""), model=model.name,
-                 task="gate", metrics=metrics, config=config, n_skipped=len(res.skipped), extra=extra)
+                 task="gate", metrics=metrics, config=config, n_skipped=len(res.skipped),
+                 extra=extra | provenance(model, dataset))
     return metrics | extra

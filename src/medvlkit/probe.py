@@ -208,6 +208,7 @@ class ProbeData:
     X: np.ndarray
     Y: np.ndarray
     items: list[str]
+    n_cached: int = 0
 
 
 def embed_split(model, dataset, **embed_options) -> ProbeData:
@@ -217,7 +218,7 @@ def embed_split(model, dataset, **embed_options) -> ProbeData:
     if not dataset.has_labels:
         raise MedvlkitError(f"dataset '{dataset.name}' ({dataset.split}) has no labels; a probe needs labelled data")
     emb = embed_images(model, dataset, **embed_options)
-    return ProbeData(emb.vectors, dataset.labels[emb.indices], emb.items)
+    return ProbeData(emb.vectors, dataset.labels[emb.indices], emb.items, emb.n_cached)
 
 
 def align_probe_data(data: ProbeData, data_classes: list[str], target_classes: list[str],
@@ -228,7 +229,7 @@ def align_probe_data(data: ProbeData, data_classes: list[str], target_classes: l
 
     a = align_labels(data.Y, data_classes, target_classes, multilabel)
     keep = np.flatnonzero(a.keep)
-    return ProbeData(data.X[keep], a.labels, [data.items[i] for i in keep]), a.record()
+    return ProbeData(data.X[keep], a.labels, [data.items[i] for i in keep], data.n_cached), a.record()
 
 
 def fit_probe(probe: LinearProbe, train: ProbeData, val: ProbeData | None, classnames: list[str], multilabel: bool,
@@ -281,7 +282,7 @@ def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir:
                    n_bootstrap: int = 1000, seed: int = 0) -> dict:
     """Score the probe on the test split; write probe.npz, predictions.csv and result.json."""
     from medvlkit.evaluate import evaluate_probs
-    from medvlkit.results import write_predictions, write_result
+    from medvlkit.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_predictions, write_result
 
     out_dir.mkdir(parents=True, exist_ok=True)
     test, alignment = align_probe_data(test, dataset.classnames, probe.classnames_, probe.multilabel_)
@@ -294,7 +295,9 @@ def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir:
                         config=config, seed=seed,
                         extra={"classnames": probe.classnames_, "mode": "pos_neg" if probe.multilabel_ else "softmax",
                                "confusion_matrix": ev.confusion_matrix, "probe": info,
-                               "label_alignment": alignment} | ev.extra)
+                               "label_alignment": alignment} | ev.extra
+                        | provenance(model, dataset, threshold_source=DEFAULT_THRESHOLD_SOURCE)
+                        | {"n_cached": test.n_cached})
     return json.loads(path.read_text())
 
 

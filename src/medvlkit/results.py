@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 RESULT_FILE = "result.json"
+DEFAULT_THRESHOLD_SOURCE = "none: argmax (single-label) / probability 0.5 (multi-label); no calibration applied"
 PREDICTIONS_FILE = "predictions.csv"
 
 
@@ -53,6 +54,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+def provenance(model=None, dataset=None, embeddings=None, threshold_source: str | None = None) -> dict:
+    """The fields every run records about what it ran on: ``pretrained`` (weight files' names and sha256
+    prefixes), ``data_split``, ``n_cached`` (vectors reused from the embedding cache) and ``threshold_source``."""
+    out: dict = {}
+    if model is not None:
+        out["pretrained"] = model.weights_identity()
+    if dataset is not None:
+        out["data_split"] = dataset.split or "all (no split)"
+    if embeddings is not None:
+        out["n_cached"] = int(embeddings.n_cached)
+    if threshold_source is not None:
+        out["threshold_source"] = threshold_source
+    return out
 
 
 def write_result(out_dir: Path, *, dataset: str, model: str, task: str, metrics: dict, ci: dict | None = None,

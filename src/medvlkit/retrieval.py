@@ -83,6 +83,24 @@ def evaluate_retrieval(model, dataset, n_bootstrap: int = 1000, seed: int = 0, *
     return metrics, ci, emb, text_to_image_examples(emb.vectors, text_emb, captions, emb.items)
 
 
+def save_retrieval(model, dataset, out_dir, config: dict, n_bootstrap: int = 1000, seed: int = 0,
+                   **embed_options) -> dict:
+    """Score retrieval both ways on an image-caption dataset and write ``out_dir/result.json`` (the one writer of
+    retrieval results: ``retrieve``, ``finetune`` and ``benchmark`` all use it). Returns what was written."""
+    import json
+    from pathlib import Path
+
+    from medvlkit.results import provenance, write_result
+
+    metrics, ci, emb, examples = evaluate_retrieval(model, dataset, n_bootstrap, seed, **embed_options)
+    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    path = write_result(Path(out_dir), dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics,
+                        ci=ci, config=config, seed=seed, n_skipped=len(emb.skipped),
+                        extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped], "examples": examples}
+                        | provenance(model, dataset, emb))
+    return json.loads(path.read_text())
+
+
 def text_to_image_examples(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[str], items: list[str],
                            n_queries: int = 6, k: int = 5) -> list[dict]:
     """The first ``n_queries`` distinct captions with their top-k images and the rank of the right image (for

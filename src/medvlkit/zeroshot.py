@@ -19,7 +19,7 @@ from medvlkit.evaluate import evaluate_probs
 from medvlkit.features import ImageEmbeddings, embed_images, embed_texts
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import MODES, PromptSet
-from medvlkit.results import write_predictions, write_result
+from medvlkit.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_predictions, write_result
 from medvlkit.scores import check_finite, log_sigmoid, log_softmax
 
 
@@ -148,6 +148,7 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
                       multilabel)
     (out_dir / "prompts.json").write_text(json.dumps(result.prompt_texts, indent=1) + "\n")
     name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    extra |= provenance(model, dataset, result.embeddings, DEFAULT_THRESHOLD_SOURCE)
     path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_classification", metrics=metrics,
                         ci=ci, config=config, seed=seed, n_skipped=len(result.embeddings.skipped), extra=extra)
     return json.loads(path.read_text())

@@ -107,3 +107,17 @@ def test_multilabel_confusion_matrices_and_headline():
     assert ev.extra["confusion_matrices"] == {"a": [[1, 1], [1, 1]], "b": [[2, 0], [0, 1]]}
     for task in ("linear_probe", "finetune_classification", "zeroshot_classification", "evaluate"):
         assert "auroc" in headline_keys({"task": task, "metrics": {"accuracy": 1.0, "auroc": 0.9}})
+
+
+def test_retrieval_ties_count_against_the_query_and_nan_is_refused():
+    from medvlkit.retrieval import retrieval_metrics
+
+    collapsed = np.tile(np.eye(4)[:1], (6, 1))  # every image embedding equal
+    text = np.eye(6, 4)
+    m, _ = retrieval_metrics(collapsed.astype(np.float32), text.astype(np.float32), [f"c{i}" for i in range(6)],
+                             n_bootstrap=0)
+    assert m["text_to_image_recall@1"] == 0.0 and m["image_to_text_recall@1"] <= 1 / 6
+    bad = collapsed.astype(np.float32).copy()
+    bad[2, 0] = np.nan
+    with pytest.raises(MedvlkitError, match="NaN or infinite"):
+        retrieval_metrics(bad, text.astype(np.float32), [f"c{i}" for i in range(6)], n_bootstrap=0)

@@ -97,7 +97,7 @@ def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict
     training phrasings (labelled data) or by retrieval (captioned data).
     """
     from medvlkit.evaluate import evaluate_probs
-    from medvlkit.results import write_predictions, write_result
+    from medvlkit.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_predictions, write_result
 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
@@ -115,16 +115,14 @@ def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict
                             metrics=ev.metrics, ci=ev.ci, config=config, seed=seed,
                             extra={"classnames": model.classnames, "confusion_matrix": ev.confusion_matrix,
                                    "mode": "pos_neg" if multilabel else "softmax",
-                                   "label_alignment": aligned.record()} | ev.extra)
+                                   "label_alignment": aligned.record()} | ev.extra
+                            | provenance(model, dataset, threshold_source=DEFAULT_THRESHOLD_SOURCE))
         return json.loads(path.read_text())
     if dataset.has_labels and not dataset.texts:
         from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
 
         result = zeroshot_classify(model, dataset, caption_prompts(dataset), **embed_options)
         return save_zeroshot(result, dataset, model, out_dir, config, n_bootstrap, seed)
-    from medvlkit.retrieval import evaluate_retrieval
+    from medvlkit.retrieval import save_retrieval
 
-    metrics, ci, emb, examples = evaluate_retrieval(model, dataset, n_bootstrap, seed, **embed_options)
-    path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics, ci=ci,
-                        config=config, seed=seed, n_skipped=len(emb.skipped), extra={"examples": examples})
-    return json.loads(path.read_text())
+    return save_retrieval(model, dataset, out_dir, config, n_bootstrap, seed, **embed_options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -177,6 +178,29 @@ class ModelBase(torch.nn.Module):
         parts = [self.name, repr(self.preprocess_cfg), str(self.dtype)] + [file_fingerprint(f)
                                                                          for f in self.weight_files]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+    def weights_identity(self) -> str:
+        """What ``result.json`` records as ``pretrained``: each weight file's name and sha256 prefix."""
+        return "; ".join(f"{os.path.basename(f)}:sha256:{file_sha256(f)[:12]}" for f in self.weight_files
+                         if os.path.isfile(f)) or self.name
+
+
+_SHA_CACHE: dict[str, str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for the life of the process."""
+    from medvlkit.cache import file_fingerprint
+
+    key = file_fingerprint(path)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,9 @@ from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normali
 class OpenCLIPDualEncoder(ModelBase):
     """An ``open_clip`` model, its tokenizer, and the preprocessing its config declares."""
 
-    def __init__(self, model, tokenizer, preprocess_cfg: PreprocessCfg, name: str) -> None:
-        super().__init__(preprocess_cfg)
+    def __init__(self, model, tokenizer, preprocess_cfg: PreprocessCfg, name: str,
+                 weight_files: list[str] | None = None) -> None:
+        super().__init__(preprocess_cfg, weight_files)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -55,4 +56,8 @@ def load_open_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.flo
                         mean=tuple(pc.get("mean", PreprocessCfg.mean)), std=tuple(pc.get("std", PreprocessCfg.std)),
                         interpolation=pc.get("interpolation", "bicubic"),
                         resize_mode="squash" if pc.get("resize_mode") == "squash" else "shortest")
-    return OpenCLIPDualEncoder(model.to(dtype=dtype), tokenizer, cfg, name=f"open_clip:{ref}")
+    from pathlib import Path
+
+    files = [str(Path(pretrained).expanduser().resolve())] if pretrained and Path(pretrained).expanduser().is_file() \
+        else []  # a local checkpoint's size and mtime enter the cache fingerprint: a changed file is re-embedded
+    return OpenCLIPDualEncoder(model.to(dtype=dtype), tokenizer, cfg, name=f"open_clip:{ref}", weight_files=files)
