@@ -221,6 +221,10 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     config = dict(locals())
     if (prompts is None) == (classes is None):
         raise MedvlkitError("pass exactly one of --prompts NAME|FILE or --classes 'a,b,c'")
+    from medvlkit.models.presets import lite_caveat
+
+    if lite_caveat(model, prompts):
+        err_console.print(lite_caveat(model, prompts))
     ps = load_prompt_set(prompts) if prompts else prompt_set_from_classes(
         [c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")
     ds = _dataset(data, split, fmt, path_column, label_columns, uncertain, image_root)  # cheap checks first
@@ -726,6 +730,10 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
     out_dir = _out(out, "demo")
     expected = write_bundled_images(out_dir / "bundled_images")
     m = _model(model, device, "fp32", None)
+    from medvlkit.models.presets import lite_caveat
+
+    if lite_caveat(model, "pneumonia"):
+        err_console.print(lite_caveat(model, "pneumonia"))
     rows = run_demo(m, out_dir / "bundled_images", expected, progress=not quiet)
     if images is not None:
         rows += run_demo(m, images, None, progress=not quiet)

@@ -121,3 +121,47 @@ def test_retrieval_ties_count_against_the_query_and_nan_is_refused():
     bad[2, 0] = np.nan
     with pytest.raises(MedvlkitError, match="NaN or infinite"):
         retrieval_metrics(bad, text.astype(np.float32), [f"c{i}" for i in range(6)], n_bootstrap=0)
+
+
+def test_chestxray14_official_lists_are_honoured(tmp_path):
+    from helpers import make_image
+    from medvlkit import load_dataset
+
+    rows = ["Image Index,Finding Labels,Patient ID"]
+    for pid, n, finding in ((1, 2, "Effusion"), (2, 2, "No Finding"), (3, 1, "Effusion|Edema"), (4, 2, "Edema")):
+        for k in range(n):
+            name = f"{pid:08d}_{k:03d}.png"
+            make_image(tmp_path / "images" / name, seed=pid * 10 + k)
+            rows.append(f"{name},{finding},{pid}")
+    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000002_000.png\n"
+                                                 "00000002_001.png\n")
+    (tmp_path / "test_list.txt").write_text("00000003_000.png\n00000004_000.png\n00000004_001.png\n")
+    train = load_dataset(tmp_path / "Data_Entry_2017.csv", split="train")
+    test = load_dataset(tmp_path / "Data_Entry_2017.csv", split="test")
+    assert len(train) == 4 and len(test) == 3
+    assert all("00000003" in i or "00000004" in i for i in test.items)
+    with pytest.raises(MedvlkitError, match="train and test only"):
+        load_dataset(tmp_path / "Data_Entry_2017.csv", split="val")
+    (tmp_path / "test_list.txt").write_text("00000001_001.png\n")
+    with pytest.raises(MedvlkitError, match="leak patients"):
+        load_dataset(tmp_path / "Data_Entry_2017.csv", split="test")
+
+
+def test_lite_caveat_and_bf16_cache(tiny_clip_dir, tmp_path, capsys):
+    from helpers import make_image
+    from medvlkit.models.presets import lite_caveat
+
+    assert lite_caveat("lite", "pneumonia") and lite_caveat("lite:runs/x", "chest_xray_findings")
+    assert lite_caveat("hf:/m", "pneumonia") is None and lite_caveat("lite", "modality") is None
+    for i in range(3):
+        make_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+    base = ["embed", "--model", f"hf:{tiny_clip_dir}", "--data", str(tmp_path / "imgs"), "--workers", "0", "-q"]
+    assert main(base + ["--out", str(tmp_path / "fp32")]) == 0
+    assert main(base + ["--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    res = json.loads((tmp_path / "bf16" / "result.json").read_text())
+    assert res["n_cached"] == 0  # the fp32 vectors are not served for bf16 weights
+    a, b = np.load(tmp_path / "fp32" / "embeddings.npy"), np.load(tmp_path / "bf16" / "embeddings.npy")
+    assert not np.array_equal(a, b)
+    assert main(base + ["--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "result.json").read_text())["n_cached"] == 3

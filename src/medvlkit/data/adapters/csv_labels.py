@@ -106,14 +106,7 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
     if not rows:
         raise MedvlkitError(f"{path} has a header but no rows")
     pcol = pick_column(header, path_column, PATH_COLUMNS, "image path", path)
-    if split and "split" not in header:
-        raise NoSplitsError(f"split '{split}': {path} has no 'split' column, so it cannot select rows (using every "
-                            "row would score training images as test images); add a 'split' column "
-                            "(train/val/test), or drop the split option")
-    if split:
-        rows = [r for r in rows if r["split"].strip().lower() == split.lower()]
-        if not rows:
-            raise MedvlkitError(f"{path}: no rows with split == '{split}'")
+    rows = _select_split(path, header, rows, pcol, split)
     if isinstance(label_columns, str):
         label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
     for c in label_columns or []:
@@ -136,6 +129,55 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
     single = bool(np.all(np.nansum(labels, axis=1) == 1) and not np.isnan(labels).any())
     return ImageDataset(items=items, name=path.stem, classnames=names, labels=labels, multilabel=not single,
                         split=split, meta={"uncertain": uncertain})
+
+
+def _select_split(path: Path, header: list[str], rows: list[dict[str, str]], pcol: str,
+                  split: str | None) -> list[dict[str, str]]:
+    """The rows of ``split``: by the ``split`` column, else by ChestX-ray14's official lists beside the CSV.
+
+    Raises:
+        NoSplitsError: a split is asked of a CSV that has neither (every row would be used, test included).
+    """
+    if not split:
+        return rows
+    if "split" not in header and _official_lists(path):
+        return _official_split(path, rows, pcol, split)
+    if "split" not in header:
+        raise NoSplitsError(f"split '{split}': {path} has no 'split' column, so it cannot select rows (using every "
+                            "row would score training images as test images); add a 'split' column "
+                            "(train/val/test), or drop the split option")
+    rows = [r for r in rows if r["split"].strip().lower() == split.lower()]
+    if not rows:
+        raise MedvlkitError(f"{path}: no rows with split == '{split}'")
+    return rows
+
+
+OFFICIAL_LISTS = {"train": "train_val_list.txt", "test": "test_list.txt"}  # ChestX-ray14's patient-wise split
+
+
+def _official_lists(path: Path) -> bool:
+    return all((path.parent / f).is_file() for f in OFFICIAL_LISTS.values())
+
+
+def _official_split(path: Path, rows: list[dict[str, str]], pcol: str, split: str) -> list[dict[str, str]]:
+    """ChestX-ray14: rows of the official ``train_val_list.txt`` / ``test_list.txt`` beside the CSV (patient-level:
+    a patient in both lists is an error). There is no official val list: validation is held out of train."""
+    name = {"training": "train", "train": "train", "test": "test", "testing": "test"}.get(split.lower())
+    if name is None:
+        raise MedvlkitError(f"split '{split}': ChestX-ray14's official lists give train and test only; validation "
+                            r"is a patient-level part of train (--val-split holdout --group-pattern '(\d{8})_')")
+    lists = {k: {ln.strip() for ln in (path.parent / f).read_text().splitlines() if ln.strip()}
+             for k, f in OFFICIAL_LISTS.items()}
+    patient = {k: {Path(n).name.split("_")[0] for n in v} for k, v in lists.items()}
+    both = patient["train"] & patient["test"]
+    if both:
+        raise MedvlkitError(f"{path.parent}: patient(s) {sorted(both)[:5]} are in both {OFFICIAL_LISTS['train']} and "
+                            f"{OFFICIAL_LISTS['test']}; the split would leak patients")
+    keep = [r for r in rows if Path(r[pcol].strip()).name in lists[name]]
+    if not keep:
+        raise MedvlkitError(f"{path}: no row's image is listed in {OFFICIAL_LISTS[name]}")
+    logger.info("%s: official ChestX-ray14 %s list: %d rows", path, name, len(keep))
+    return keep
 
 
 def _label_value(raw: str, uncertain: str) -> float:
