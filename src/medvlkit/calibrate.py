@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.labels import canonical_class
 from medvlkit.results import Predictions, read_predictions
 from medvlkit.scores import log1mexp, log_sigmoid, log_softmax, logit_from_log_prob
@@ -55,7 +55,15 @@ class Calibration:
     def load(cls, path: Path) -> Calibration:
         if not Path(path).is_file():
             raise MedvlkitError(f"--calibration {path}: no such file (write one with `medvlkit calibrate`)")
-        return cls(**json.loads(Path(path).read_text()))
+        try:
+            cal = cls(**json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            raise MedvlkitError(f"--calibration {path}: not a calibration.json written by `medvlkit calibrate` "
+                                f"({first_line(err)})") from None
+        if len(cal.temperatures) not in (1, len(cal.classnames)) or (cal.thresholds and
+                                                                      len(cal.thresholds) != len(cal.classnames)):
+            raise MedvlkitError(f"--calibration {path}: its temperatures/thresholds do not match its classes")
+        return cal
 
 
 def scale_softmax(log_probs: np.ndarray, temperature: float) -> np.ndarray:

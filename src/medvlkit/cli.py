@@ -50,8 +50,8 @@ def _out_file(value: Path | None) -> Path | None:
 OutOpt = typer.Option(None, "--out", "-o", callback=_out_folder, help="output folder (default runs/<timestamp>-<verb>)")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, mps or auto")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16")
-BatchOpt = typer.Option(64, "--batch-size", help="images per forward pass")
-WorkersOpt = typer.Option(2, "--workers", help="image loading processes (0 = main process)")
+BatchOpt = typer.Option(64, "--batch-size", min=1, help="images per forward pass")
+WorkersOpt = typer.Option(2, "--workers", min=0, help="image loading processes (0 = main process)")
 OnErrorOpt = typer.Option("fail", "--on-error", help="fail on the first unreadable image, or skip and count it")
 NoCacheOpt = typer.Option(False, "--no-cache", help="do not read or write the embedding cache")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="embedding cache folder (default $MEDVLKIT_CACHE or "
@@ -62,6 +62,7 @@ PathColOpt = typer.Option(None, "--path-column", help="CSV column with image pat
 LabelColsOpt = typer.Option(None, "--label-columns", help="comma-separated CSV label columns")
 UncertainOpt = typer.Option("ignore", "--uncertain", help="CheXpert -1 labels: ignore (NaN), zeros or ones")
 ImageRootOpt = typer.Option(None, "--image-root", help="folder that CSV/JSONL image paths are relative to")
+BootstrapOpt = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs (0: none)")
 GateOpt = typer.Option(False, "--gate", help="first drop images the medical-image gate rejects (listed in result.json)")
 GateThrOpt = typer.Option(None, "--gate-threshold", help="P(medical) threshold for --gate (default: the model's)")
 
@@ -207,7 +208,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
              workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
              cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
-             bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs (0: none)"),
+             bootstrap: int = BootstrapOpt,
              seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
              path_column: str = PathColOpt, label_columns: str = LabelColsOpt, uncertain: str = UncertainOpt,
              image_root: str = ImageRootOpt, gate: bool = GateOpt, gate_threshold: float = GateThrOpt) -> None:
@@ -243,7 +244,7 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
              workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
              cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
-             bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs (0: none)"),
+             bootstrap: int = BootstrapOpt,
              seed: int = typer.Option(0, "--seed", help="bootstrap seed"), image_root: str = ImageRootOpt) -> None:
     """Image-to-text and text-to-image retrieval on image-caption data: recall@1/5/10, mean/median rank.
 
@@ -288,7 +289,7 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
                           calibration: Path = typer.Option(..., "--calibration", help="calibration.json from "
                                                                                       "medvlkit calibrate"),
                           out: Path = OutOpt,
-                          bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples"),
+                          bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples"),
                           seed: int = typer.Option(0, "--seed", help="bootstrap seed")) -> None:
     """Apply a calibration fitted on validation data to other (e.g. test) predictions.
 
@@ -473,7 +474,7 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
                                                                        "(the image tower's wider pooled features)"),
           device: str = DeviceOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt, on_error: str = OnErrorOpt,
           no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt,
-          bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs (0: none)"),
+          bootstrap: int = BootstrapOpt,
           seed: int = typer.Option(0, "--seed", help="seed of few-shot sampling, held-out split and bootstrap"),
           ) -> None:
     """Linear probe (logistic regression) on frozen image embeddings; C chosen on validation data only.
@@ -521,7 +522,7 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
              labels: Path = typer.Option(None, "--labels", help="CSV with file + label (class name) or one 0/1 column "
                                                                 "per class; default: the predictions' own "
                                                                 "true_<class> columns"),
-             out: Path = OutOpt, bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples"),
+             out: Path = OutOpt, bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples"),
              seed: int = typer.Option(0, "--seed", help="bootstrap seed")) -> None:
     """Score predictions against labels (joined on the 'file' column), or a medvlkit predictions.csv against its own
     truth (reproducing its run's metrics exactly).
@@ -551,7 +552,7 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
              out: Path = OutOpt, epochs: int = typer.Option(60, "--epochs"),
              patience: int = typer.Option(12, "--patience", help="stop after this many epochs without a better val "
                                                                  "score"),
-             batch_size: int = typer.Option(256, "--batch-size"), lr: float = typer.Option(1e-3, "--lr"),
+             batch_size: int = typer.Option(256, "--batch-size", min=1), lr: float = typer.Option(1e-3, "--lr"),
              weight_decay: float = typer.Option(0.05, "--weight-decay"),
              cap_per_source: int = typer.Option(1500, "--cap-per-source", help="images per source per epoch"),
              embed_dim: int = typer.Option(256, "--embed-dim"), hidden_dim: int = typer.Option(1024, "--hidden-dim"),
@@ -604,7 +605,7 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
              epochs: int = typer.Option(5, "--epochs"),
              max_steps: int = typer.Option(0, "--max-steps", help="stop after this many steps (0: --epochs decide)"),
              patience: int = typer.Option(3, "--patience", help="epochs without a better val score before stopping"),
-             batch_size: int = typer.Option(32, "--batch-size", help="global batch (over all torchrun ranks)"),
+             batch_size: int = typer.Option(32, "--batch-size", min=1, help="global batch (over all torchrun ranks)"),
              grad_cache: int = typer.Option(0, "--grad-cache", help="GradCache chunk size: a large contrastive "
                                                                    "batch in small memory (0: off)"),
              lr: float = typer.Option(None, "--lr", help="tower/adapter learning rate (default 2e-4 LoRA, 1e-5 "
@@ -623,7 +624,7 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
              resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
              load: Path = typer.Option(None, "--load", help="a run's best/ folder: skip training, score "
                                                             "--test-split"),
-             bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs"),
+             bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs"),
              path_column: str = PathColOpt, label_columns: str = LabelColsOpt, uncertain: str = UncertainOpt,
              image_root: str = ImageRootOpt, quiet: bool = QuietOpt) -> None:
     """Fine-tune a model: contrastive (full, LoRA, one tower frozen; GradCache) or supervised (CE/BCE head).
@@ -685,7 +686,7 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
               lora: str = typer.Option("default", "--lora", help="LoRA settings of the fine-tuning row"),
               epochs: int = typer.Option(3, "--epochs", help="fine-tuning epochs"),
               max_steps: int = typer.Option(0, "--max-steps", help="fine-tuning steps (0: --epochs decide)"),
-              batch_size: int = typer.Option(32, "--batch-size", help="fine-tuning batch"),
+              batch_size: int = typer.Option(32, "--batch-size", min=1, help="fine-tuning batch"),
               lr: float = typer.Option(None, "--lr", help="fine-tuning learning rate (default 2e-4)"),
               grad_cache: int = typer.Option(0, "--grad-cache", help="GradCache chunk size (0: off)"),
               val_split: str = typer.Option(None, "--val-split", help="validation split; 'holdout' holds out "
@@ -697,7 +698,7 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
                                                       "classification head trained end to end"),
               device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto"),
               workers: int = WorkersOpt, seed: int = typer.Option(0, "--seed"),
-              bootstrap: int = typer.Option(1000, "--bootstrap", help="bootstrap resamples for 95% CIs"),
+              bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs"),
               quiet: bool = QuietOpt) -> None:
     """The seed's comparison table: zero-shot, linear probe (frozen), LoRA contrastive, probe on the LoRA tower.
 

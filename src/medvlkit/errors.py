@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's first non-empty message line, without terminal colour codes: for one-line errors that quote
+    what a library said."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(err).__name__}: {line[:limit]}" if line else type(err).__name__
+
+
 class MedvlkitError(Exception):
     """Bad input: a missing file, a malformed option, an unknown name.
 
@@ -15,6 +25,7 @@ class ImageReadError(MedvlkitError):
     """An image file could not be read or decoded (the path is in the message)."""
 
     def __init__(self, path: str, reason: str) -> None:
+        reason = " ".join(str(reason).split())  # one line, whatever the decoder printed
         super().__init__(f"cannot read image '{path}': {reason}")
         self.path = path
         self.reason = reason

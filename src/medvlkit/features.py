@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,13 +17,45 @@ from tqdm.auto import tqdm
 from medvlkit.cache import EmbeddingCache, item_key
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import ImageReadError, MedvlkitError
+from medvlkit.interrupt import StopRequest
 from medvlkit.models.base import ImagePreprocessor, ModelBase
 from medvlkit.results import provenance, write_result
 from medvlkit.scores import check_finite
 
 logger = logging.getLogger(__name__)
 ON_ERROR = ("fail", "skip")
-_FLUSH_EVERY = 2048  # write a cache shard at least every this many new embeddings
+_FLUSH_EVERY = 2048  # write a cache shard at least every this many new embeddings...
+_FLUSH_SECONDS = 60.0  # ...or this often ($MEDVLKIT_CACHE_FLUSH_SECONDS), and always when a run stops
+
+
+class _PendingShard:
+    """New vectors not yet in the cache: written as one shard every ``_FLUSH_EVERY`` vectors or
+    ``$MEDVLKIT_CACHE_FLUSH_SECONDS`` seconds, whichever comes first, and by :meth:`flush` when a run ends, fails or
+    is interrupted. Only a SIGKILL loses anything: at most the last interval's work."""
+
+    def __init__(self, store: EmbeddingCache | None, keys: list[str], vectors: dict[int, np.ndarray]) -> None:
+        self.store, self.keys, self.vectors, self.positions = store, keys, vectors, []
+        self.seconds = float(os.environ.get("MEDVLKIT_CACHE_FLUSH_SECONDS", _FLUSH_SECONDS))
+        self.last = time.monotonic()
+
+    def add(self, positions: list[int]) -> None:
+        self.positions += positions
+        if len(self.positions) >= _FLUSH_EVERY or time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.store is not None and self.positions:
+            self.store.put([self.keys[i] for i in self.positions], np.stack([self.vectors[i] for i in self.positions]))
+        self.positions, self.last = [], time.monotonic()
+
+
+def _failures(dataset: ImageDataset, failed: list[tuple[int, str]], on_error: str) -> list[tuple[str, str]]:
+    """Unreadable items of a batch: raised (``fail``) or logged and returned to be listed (``skip``)."""
+    for pos, reason in failed:
+        if on_error == "fail":
+            raise ImageReadError(dataset.items[pos], reason + " (pass --on-error skip to skip such files)")
+        logger.warning("skipping unreadable image %s: %s", dataset.items[pos], reason)
+    return [(dataset.items[pos], reason) for pos, reason in failed]
 
 
 @dataclass
@@ -90,34 +124,43 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     """
     if on_error not in ON_ERROR:
         raise MedvlkitError(f"--on-error {on_error}: valid options: {', '.join(ON_ERROR)}")
+    if batch_size < 1 or num_workers < 0:
+        raise MedvlkitError(f"--batch-size {batch_size} / --workers {num_workers}: need a batch size >= 1 and "
+                            "workers >= 0")
     store = EmbeddingCache(model.fingerprint(), cache_dir) if cache else None
     keys = [item_key(it) for it in dataset.items]
     found = store.get(keys) if store else {}
     vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
     todo = [i for i in range(len(dataset)) if i not in vectors]
     skipped: list[tuple[str, str]] = []
-    pending: list[int] = []
     loader = torch.utils.data.DataLoader(_Images(dataset, todo, model.image_preprocessor), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
     bar = tqdm(total=len(dataset), initial=len(vectors), desc="embed images", unit="img", disable=not progress)
-    for positions, pixels, failed in loader:
-        for pos, reason in failed:
-            if on_error == "fail":
-                raise ImageReadError(dataset.items[pos], reason + " (pass --on-error skip to skip such files)")
-            logger.warning("skipping unreadable image %s: %s", dataset.items[pos], reason)
-            skipped.append((dataset.items[pos], reason))
-        if pixels is not None:
-            out = model.encode_image(pixels).float().cpu().numpy()
-            check_finite(out, f"image embeddings of {dataset.items[positions[0]]}...")
-            vectors.update(zip(positions, out))
-            pending += positions
-        if store and len(pending) >= _FLUSH_EVERY:
-            store.put([keys[i] for i in pending], np.stack([vectors[i] for i in pending]))
-            pending = []
-        bar.update(len(positions) + len(failed))
-    bar.close()
-    if store and pending:
-        store.put([keys[i] for i in pending], np.stack([vectors[i] for i in pending]))
+    pending = _PendingShard(store, keys, vectors)
+    try:
+        with StopRequest() as stop:
+            try:
+                for positions, pixels, failed in loader:
+                    skipped += _failures(dataset, failed, on_error)
+                    if pixels is not None:
+                        out = model.encode_image(pixels).float().cpu().numpy()
+                        check_finite(out, f"image embeddings of {dataset.items[positions[0]]}...")
+                        vectors.update(zip(positions, out))
+                        pending.add(positions)
+                    bar.update(len(positions) + len(failed))
+                    if stop.requested:
+                        raise KeyboardInterrupt
+            except Exception:
+                if stop.requested:  # loader workers stopped by the same Ctrl-C
+                    raise KeyboardInterrupt from None
+                raise
+    except KeyboardInterrupt:
+        pending.flush()
+        raise MedvlkitError(f"interrupted after {len(vectors) - len(found)} new embeddings, all written to the cache: "
+                            "run the same command again to continue where it stopped") from None
+    finally:
+        pending.flush()  # an error or an interrupt keeps everything computed so far
+        bar.close()
     order = np.array(sorted(vectors), dtype=int)
     if len(order) == 0:
         raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped); "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.errors import MedvlkitError, NoSplitsError
+from medvlkit.errors import MedvlkitError, NoSplitsError, first_line
 from medvlkit.metrics import auroc_binary, single_label_metrics
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ class LinearProbe:
                 bias.append(clf.intercept_[0])
             return np.stack(coefs), np.asarray(bias)
         y = np.nanargmax(Y, axis=1)
+        if len(np.unique(y)) < 2:
+            raise MedvlkitError(f"the training data holds only class '{self.classnames_[int(y[0])]}'; a probe needs "
+                                "examples of at least two classes")
         clf = self._fit_one(X, y, C)
         if len(clf.classes_) != Y.shape[1]:
             missing = sorted(set(range(Y.shape[1])) - set(clf.classes_.tolist()))
@@ -148,12 +151,15 @@ class LinearProbe:
         """A probe saved with :meth:`save`, and its header."""
         if not Path(path).is_file():
             raise MedvlkitError(f"--load {path}: no such probe file (written by medvlkit probe as probe.npz)")
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            probe = cls(Cs=(header["C"],), class_weight=header.get("class_weight"),
-                        select=header.get("select", "auroc"))
-            probe.coef_, probe.intercept_ = z["coef"], z["intercept"]
-        probe.classnames_, probe.multilabel_, probe.C_ = header["classnames"], header["multilabel"], header["C"]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(str(z["header"]))
+                probe = cls(Cs=(header["C"],), class_weight=header.get("class_weight"),
+                            select=header.get("select", "auroc"))
+                probe.coef_, probe.intercept_ = z["coef"], z["intercept"]
+            probe.classnames_, probe.multilabel_, probe.C_ = header["classnames"], header["multilabel"], header["C"]
+        except Exception as err:  # noqa: BLE001 - numpy, zip and JSON errors come in many types
+            raise MedvlkitError(f"--load {path}: not a probe written by `medvlkit probe` ({first_line(err)})") from None
         probe.val_scores_ = {float(k): v for k, v in header.get("val_scores", {}).items()}
         return probe, header
 
@@ -180,7 +186,11 @@ def holdout_indices(items: list[str], labels: np.ndarray, fraction: float, seed:
     if not 0 < fraction < 1:
         raise MedvlkitError(f"--val-fraction {fraction}: must be between 0 and 1")
     if group_pattern:
-        rx = re.compile(group_pattern)
+        try:
+            rx = re.compile(group_pattern)
+        except re.error as err:
+            raise MedvlkitError(f"--group-pattern {group_pattern!r} is not a valid regular expression: {err}") \
+                from None
         groups = [(m.group(1) if m and m.groups() else m.group(0)) if (m := rx.search(Path(it).name)) else it
                   for it in items]
     else:

@@ -48,9 +48,13 @@ class PromptSet:
             raise MedvlkitError(f"prompt set '{self.name}': mode '{self.mode}' is not one of {', '.join(MODES)}")
         if not self.classes:
             raise MedvlkitError(f"prompt set '{self.name}' has no classes")
-        bad = [t for t in self.templates if "{}" not in t]
+        bad = [t for t in self.templates if not _one_slot(t)]
         if bad:
-            raise MedvlkitError(f"prompt set '{self.name}': templates must contain '{{}}': {bad}")
+            raise MedvlkitError(f"prompt set '{self.name}': every template must be a string with exactly one '{{}}' "
+                                f"where the phrase goes (write a literal brace as '{{{{' or '}}}}'): {bad}")
+        empty = [c.name for c in self.classes if not c.positive or not all(isinstance(p, str) for p in c.positive)]
+        if empty:
+            raise MedvlkitError(f"prompt set '{self.name}': class(es) {empty} need a non-empty list of phrases")
 
     @property
     def classnames(self) -> list[str]:
@@ -78,6 +82,20 @@ class PromptSet:
             raise MedvlkitError(f"prompt set '{self.name}' has no prompts for dataset class(es) {missing}; it has "
                                 f"{self.classnames}. Pass --classes, or a prompt file with those classes")
         return PromptSet(self.name, chosen, self.templates, self.mode, self.description)
+
+
+def _one_slot(template: object) -> bool:
+    """A template holds exactly one unnamed ``{}`` field and formats cleanly."""
+    import string
+
+    if not isinstance(template, str):
+        return False
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        template.format("x")
+    except (ValueError, IndexError, KeyError):
+        return False
+    return fields == [""]
 
 
 def _norm(name: str) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from medvlkit.data.io import _over_limit, _scale_to_uint8, max_pixels, unit_to_uint8
-from medvlkit.errors import ImageReadError
+from medvlkit.errors import ImageReadError, first_line
 
 logger = logging.getLogger(__name__)
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -38,6 +38,11 @@ def read_dicom(path: Path, limit: int | None = None) -> Image.Image:
     try:
         _check_deflated_dicom(path, limit)
         ds = pydicom.dcmread(path)
+        if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
+            kind = str(getattr(ds, "SOPClassUID", "unknown SOP class"))
+            kind = getattr(getattr(ds, "SOPClassUID", None), "name", kind)
+            raise ImageReadError(str(path), f"this DICOM file holds no image (no Pixel Data; {kind}: a structured "
+                                            "report, waveform or presentation state?)")
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
@@ -55,7 +60,11 @@ def read_dicom(path: Path, limit: int | None = None) -> Image.Image:
     except ImageReadError:
         raise
     except Exception as err:  # noqa: BLE001 - pydicom and its decoders raise many types
-        raise ImageReadError(str(path), f"DICOM: {type(err).__name__}: {err}") from None
+        if "missing dependencies" in str(err) or "No available image handler" in str(err):
+            syntax = getattr(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None), "name", "compressed")
+            raise ImageReadError(str(path), f"pixel data is compressed ({syntax}) and no decoder for it is "
+                                            "installed: pip install 'medvlkit[dicom]' (pylibjpeg, pyjpegls)") from None
+        raise ImageReadError(str(path), f"DICOM: {first_line(err)}") from None
     if arr.dtype != np.uint8:  # RGB / YBR stored with more than 8 bits: scale by the declared depth
         bits = int(getattr(ds, "BitsStored", 8) or 8)
         arr = unit_to_uint8(arr.astype(np.float64) / float(2 ** bits - 1))

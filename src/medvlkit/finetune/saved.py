@@ -52,7 +52,14 @@ def read_meta(folder: Path) -> dict:
     meta_file = folder / META
     if not meta_file.is_file():
         raise MedvlkitError(f"ft:{folder}: no {META} there; pass the best/ folder of a `medvlkit finetune` run")
-    return json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MedvlkitError(f"ft:{folder}: {META} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("base"), str):
+        raise MedvlkitError(f"ft:{folder}: {META} must be an object naming its base model ('base'); was the folder "
+                            "written by `medvlkit finetune`?")
+    return meta
 
 
 def apply_finetuned(model: ModelBase, folder: Path, meta: dict, merge: bool = True) -> ClassifierHead | None:

@@ -7,12 +7,13 @@ Only ViT image towers map onto CLIPModel; ResNet (RN50...) checkpoints are refus
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from pathlib import Path
 
 import torch
 
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import PreprocessCfg
 from medvlkit.models.hf import HFDualEncoder
 from medvlkit.models.torchscript import is_torchscript_archive, read_torchscript_tensors
@@ -134,10 +135,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise MedvlkitError(f"'{path}' refused: it holds Python objects besides tensors, and unpickling them "
+                                "could run code. Re-save it on a trusted machine as a plain state dict "
+                                "(torch.save(model.state_dict(), FILE)) or as safetensors") from None
         except Exception as err:  # noqa: BLE001 - torch raises many types for foreign or damaged files
-            raise MedvlkitError(f"cannot load '{path}' with weights_only=True ({str(err).splitlines()[0][:200]}); "
-                                "it holds more than tensors (loading it could run code). Re-save it as a plain "
-                                "state dict: torch.save(model.state_dict(), FILE)") from None
+            raise MedvlkitError(f"cannot read '{path}' as a PyTorch checkpoint ({first_line(err)}); is it a "
+                                "complete .pt/.pth file?") from None
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -171,9 +175,13 @@ def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.f
 
     path = Path(ref).expanduser()
     sd = read_state_dict(path)
-    config = infer_clip_config(sd)
-    model = CLIPModel(config)
-    missing, unexpected = model.load_state_dict(openai_to_hf_state_dict(sd), strict=False)
+    try:
+        config = infer_clip_config(sd)
+        model = CLIPModel(config)
+        missing, unexpected = model.load_state_dict(openai_to_hf_state_dict(sd), strict=False)
+    except (KeyError, IndexError, ValueError, RuntimeError) as err:
+        raise MedvlkitError(f"'{path}' is not a complete OpenAI-format CLIP checkpoint ({first_line(err)}); it may be "
+                            "truncated, or hold another model") from None
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise MedvlkitError(f"'{path}' does not match the inferred CLIP architecture: "

@@ -10,8 +10,10 @@ import numpy as np
 from medvlkit.data.adapters.csv_labels import (
     CAPTION_COLUMNS,
     PATH_COLUMNS,
+    csv_header_line,
     pick_column,
     read_csv_rows,
+    read_text,
     resolve_image_path,
 )
 from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
@@ -21,15 +23,19 @@ _MEDPIX_SPLITS = {"train": "train", "val": "dev", "valid": "dev", "validation": 
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a malformed line is an error naming the line."""
+    """Rows of a JSON-lines file: one JSON object per line; a malformed line is an error naming the line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise MedvlkitError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MedvlkitError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise MedvlkitError(f"{path}:{n}: each line must be a JSON object like {{\"image\": ..., \"text\": ...}}, "
+                                f"got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -37,8 +43,7 @@ def _detect_captions(path: Path) -> bool:
     if path.is_file() and path.suffix.lower() == ".jsonl":
         return True
     if path.is_file() and path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8-sig") as f:
-            return any(c in f.readline() for c in CAPTION_COLUMNS)
+        return any(c in csv_header_line(path) for c in CAPTION_COLUMNS)
     return False
 
 
@@ -50,7 +55,7 @@ def load_captions(path: Path, split: str | None = None, path_column: str | None 
     if path.suffix.lower() == ".jsonl":
         rows = read_jsonl(path)
         header = sorted({k for r in rows for k in r})
-        rows = [{k: str(v) for k, v in r.items()} for r in rows]
+        rows = [{k: v if isinstance(v, str) else json.dumps(v) for k, v in r.items()} for r in rows]
     else:
         header, rows = read_csv_rows(path)
     if not rows:
@@ -64,6 +69,9 @@ def load_captions(path: Path, split: str | None = None, path_column: str | None 
         rows = [r for r in rows if r.get("split", "").lower() == split.lower()]
         if not rows:
             raise MedvlkitError(f"{path}: no rows with split == '{split}'")
+    for n, r in enumerate(rows, 1):
+        if not r.get(pcol, "").strip() or r.get(tcol) is None:
+            raise MedvlkitError(f"{path}: row {n} has no '{pcol}' or no '{tcol}' value; every row needs both")
     roots = [Path(image_root)] if image_root else [path.parent]
     items = [resolve_image_path(r[pcol], roots) for r in rows]
     return ImageDataset(items=items, name=path.stem, texts=[r[tcol] for r in rows], split=split)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
@@ -21,12 +22,45 @@ UNCERTAIN_POLICIES = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
 _LABEL_VALUES = {"", "0", "1", "-1", "0.0", "1.0", "-1.0"}
 
 
+def read_text(path: Path) -> str:
+    """A text file's content as UTF-8 (a BOM tolerated).
+
+    Raises:
+        MedvlkitError: the file is not UTF-8 (latin-1, binary...), naming the line and the byte.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise MedvlkitError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as "
+                            "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a CSV file (UTF-8, BOM tolerated)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+    """Header and rows of a CSV file (UTF-8, BOM tolerated).
+
+    Raises:
+        MedvlkitError: not UTF-8, not parseable, or a row whose field count differs from the header's.
+    """
+    try:
+        table = list(csv.reader(io.StringIO(read_text(path), newline="")))
+    except csv.Error as err:
+        raise MedvlkitError(f"{path}: not a readable CSV file ({err})") from None
+    if not table:
+        return [], []
+    header = [h.strip() for h in table[0]]
+    if len(set(header)) != len(header):
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        raise MedvlkitError(f"{path}: column name(s) {dupes} appear more than once in the header")
+    rows = []
+    for n, fields in enumerate(table[1:], 2):
+        if not fields:
+            continue  # a blank line
+        if len(fields) != len(header):
+            raise MedvlkitError(f"{path}: line {n} has {len(fields)} fields, the header has {len(header)}")
+        rows.append(dict(zip(header, fields)))
+    return header, rows
 
 
 def pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:
@@ -54,12 +88,16 @@ def resolve_image_path(value: str, roots: list[Path]) -> str:
     return str(cands[0].resolve())
 
 
+def csv_header_line(path: Path) -> str:
+    """The first line of a CSV file, for format detection (undecodable bytes replaced: reading reports them)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return f.readline()
+
+
 def _detect(path: Path) -> bool:
     if not (path.is_file() and path.suffix.lower() == ".csv"):
         return False
-    with open(path, encoding="utf-8-sig") as f:
-        header = f.readline()
-    return not any(c in header for c in CAPTION_COLUMNS)
+    return not any(c in csv_header_line(path) for c in CAPTION_COLUMNS)
 
 
 def _label_columns(header: list[str], rows: list[dict[str, str]], skip: set[str], path: Path) -> list[str]:

@@ -24,6 +24,7 @@ MEDMNIST_CLASSES: dict[str, list[str]] = {
     "bloodmnist": ["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte",
                    "monocyte", "neutrophil", "platelet"],
 }
+MAX_UNNAMED_CLASSES = 10_000
 _SPLITS = {"val": "val", "valid": "val", "validation": "val", "dev": "val", "train": "train", "test": "test"}
 
 
@@ -100,7 +101,10 @@ def _labelled(path: Path, items: list[str], labels: np.ndarray, label_key: str, 
         row = int(np.flatnonzero(~np.isfinite(flat) | (flat != np.round(flat)) | (flat < 0))[0])
         raise MedvlkitError(f"--data {path}: '{label_key}' holds {flat[row]} at row {row}; single labels must be "
                             "class indices 0, 1, ... (an unknown label cannot be scored: drop the row)")
-    flat = flat.astype(int)
+    flat = flat.astype(np.int64)
+    if not names and not MEDMNIST_CLASSES.get(path.stem) and flat.max() >= MAX_UNNAMED_CLASSES:
+        raise MedvlkitError(f"--data {path}: '{label_key}' holds class index {flat.max()}; without a 'label_names' "
+                            f"array labels must be 0..C-1 with C <= {MAX_UNNAMED_CLASSES}. Add label_names")
     names = names or MEDMNIST_CLASSES.get(path.stem) or [str(c) for c in range(int(flat.max()) + 1)]
     if flat.max() >= len(names):
         raise MedvlkitError(f"--data {path}: '{label_key}' holds class {flat.max()} but there are only "
