@@ -1,26 +1,26 @@
-"""Backbones behind one surface. Importing this package registers the built-in sources."""
+"""Backbones behind one surface. The built-in sources (lite, hf, openai-ckpt, open_clip, ft) are registered in
+:mod:`medvlkit.models.registry` by module path and imported on first use."""
 
-from medvlkit.models.base import ImagePreprocessor, ModelBase, PreprocessCfg, VisionLanguageModel
-from medvlkit.models.hf import load_hf
-from medvlkit.models.lite import load_lite
-from medvlkit.models.open_clip import load_open_clip
-from medvlkit.models.openai_ckpt import load_openai_ckpt
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from medvlkit.models.presets import PRESETS, ModelPreset
 from medvlkit.models.registry import create_model, list_models, register_source
 
-register_source("lite")(load_lite)
-register_source("hf")(load_hf)
-register_source("openai-ckpt")(load_openai_ckpt)
-register_source("open_clip")(load_open_clip)
+_LAZY = {"ImagePreprocessor": "medvlkit.models.base", "ModelBase": "medvlkit.models.base",
+         "PreprocessCfg": "medvlkit.models.base", "VisionLanguageModel": "medvlkit.models.base"}
+
+if TYPE_CHECKING:
+    from medvlkit.models.base import ImagePreprocessor, ModelBase, PreprocessCfg, VisionLanguageModel
 
 
-def _load_ft(ref: str, **kwargs):
-    from medvlkit.finetune.saved import load_finetuned  # the finetune package imports models: load it lazily
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medvlkit.models' has no attribute {name!r}")
 
-    return load_finetuned(ref, **kwargs)
-
-
-register_source("ft")(_load_ft)
 
 __all__ = ["ImagePreprocessor", "ModelBase", "ModelPreset", "PRESETS", "PreprocessCfg", "VisionLanguageModel",
            "create_model", "list_models", "register_source"]

@@ -7,18 +7,27 @@ A spec is ``lite``, a preset name (``medvlkit models``), or ``<source>:<ref>`` w
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from medvlkit.errors import MedvlkitError
-from medvlkit.models.base import ModelBase
 from medvlkit.models.presets import PRESETS, ModelPreset
 
-_SOURCES: dict[str, Callable[..., ModelBase]] = {}
-_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    from medvlkit.models.base import ModelBase
+
+# Built-in sources by module path, imported when a spec needs them (listing models or printing --help stays fast).
+_SOURCES: dict[str, Callable[..., ModelBase] | str] = {
+    "lite": "medvlkit.models.lite:load_lite",
+    "hf": "medvlkit.models.hf:load_hf",
+    "openai-ckpt": "medvlkit.models.openai_ckpt:load_openai_ckpt",
+    "open_clip": "medvlkit.models.open_clip:load_open_clip",
+    "ft": "medvlkit.finetune.saved:load_finetuned",
+}
+_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def register_source(prefix: str) -> Callable[[Callable[..., ModelBase]], Callable[..., ModelBase]]:
@@ -31,6 +40,23 @@ def register_source(prefix: str) -> Callable[[Callable[..., ModelBase]], Callabl
     return wrap
 
 
+def _loader(source: str) -> Callable[..., ModelBase]:
+    fn = _SOURCES[source]
+    if isinstance(fn, str):
+        module, name = fn.split(":")
+        fn = _SOURCES[source] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def torch_dtype(precision: str):
+    """``fp32`` / ``fp16`` / ``bf16`` -> the torch dtype."""
+    import torch
+
+    if precision not in _PRECISIONS:
+        raise MedvlkitError(f"--precision {precision}: valid options are {', '.join(_PRECISIONS)}")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
 def models_dir() -> Path:
     """Where presets are looked for locally: ``$MEDVLKIT_MODELS`` or ``~/.cache/medvlkit/models``."""
     return Path(os.environ.get("MEDVLKIT_MODELS", Path.home() / ".cache" / "medvlkit" / "models")).expanduser()
@@ -38,6 +64,8 @@ def models_dir() -> Path:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda, mps or cpu, whichever exists; other names are checked."""
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -75,10 +103,7 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
     Returns:
         A model in eval mode on ``device`` with ``encode_image``/``encode_text``/``tokenize``/``preprocess``.
     """
-    import medvlkit.models  # noqa: F401  (registers the built-in sources)
-
-    if precision not in _PRECISIONS:
-        raise MedvlkitError(f"--precision {precision}: valid options are {', '.join(_PRECISIONS)}")
+    dtype = torch_dtype(precision)
     device = resolve_device(device)
     if spec in PRESETS:
         spec = _resolve_preset(PRESETS[spec])
@@ -86,7 +111,7 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
     if source in _SOURCES and (sep or source == "lite"):
         if sep and not ref:
             raise MedvlkitError(f"model spec '{spec}' has nothing after '{source}:'; e.g. {source}:/path/to/model")
-        return _SOURCES[source](ref, device=device, dtype=_PRECISIONS[precision], **kwargs)
+        return _loader(source)(ref, device=device, dtype=dtype, **kwargs)
     raise MedvlkitError(f"unknown model spec '{spec}'. Valid: a preset ({', '.join(PRESETS)}) or "
                         f"<source>:<ref> with source one of {', '.join(sorted(s for s in _SOURCES if s != 'lite'))}; "
                         "e.g. hf:/models/clip-vit-base-patch32")
