@@ -18,10 +18,13 @@ continues where it stopped. ``table.md`` and ``table.json`` collect the rows wit
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medvlkit.errors import MedvlkitError
+
+logger = logging.getLogger(__name__)
 
 CLASS_COLUMNS = [("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("precision", "macro_precision"),
                  ("recall", "macro_recall"), ("AUROC", "auroc")]
@@ -71,9 +74,44 @@ class BenchmarkConfig:
             raise MedvlkitError(f"--rows {','.join(bad)}: valid rows: {', '.join(ROWS + OPTIONAL_ROWS)}")
 
 
-def _done(folder: Path) -> dict | None:
+_NOT_SETTINGS = ("rows", "workers")  # options that change neither what a row computes nor its numbers
+
+
+def _settings(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in _NOT_SETTINGS}
+
+
+def _done(folder: Path, record: dict) -> dict | None:
+    """A row's earlier result when it was computed with the same settings; an error naming the settings that
+    differ otherwise (rerunning silently would mix rows computed two ways in one table)."""
     f = folder / "result.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+    if not f.is_file():
+        return None
+    result = json.loads(f.read_text())
+    before = _settings(result.get("config") or {})
+    changed = {k: (before.get(k), v) for k, v in _settings(record).items() if before.get(k) != v}
+    if changed:
+        raise MedvlkitError(f"{folder} was computed with other settings: "
+                            + ", ".join(f"{k}={a!r} then, {b!r} now" for k, (a, b) in changed.items())
+                            + f". Use another --out, or delete {folder} to compute it again")
+    return result
+
+
+def _existing_rows(out: Path, record: dict, results: dict[str, dict]) -> dict[str, dict]:
+    """Every row of the folder with the current settings, in table order: the requested ones plus earlier ones."""
+    merged = {}
+    for row in ROWS + OPTIONAL_ROWS:
+        if row in results:
+            merged[row] = results[row]
+            continue
+        try:
+            found = _done(out / row, record)
+        except MedvlkitError as err:
+            logger.warning("row %s left out of the table: %s", row, err)
+            continue
+        if found is not None:
+            merged[row] = found
+    return merged
 
 
 def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
@@ -95,11 +133,11 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
         return base
 
     if "zeroshot" in cfg.rows:
-        results["zeroshot"] = _done(out / "zeroshot") or _zeroshot(base_model(), test, cfg, out / "zeroshot",
+        results["zeroshot"] = _done(out / "zeroshot", record) or _zeroshot(base_model(), test, cfg, out / "zeroshot",
                                                                    record, embed)
     if "probe_frozen" in cfg.rows and test.has_labels:
-        results["probe_frozen"] = _done(out / "probe_frozen") or _probe(base_model(), test, cfg, out / "probe_frozen",
-                                                                        record, embed)
+        results["probe_frozen"] = _done(out / "probe_frozen", record) or _probe(
+            base_model(), test, cfg, out / "probe_frozen", record, embed)
     tuned_dir = out / "lora_contrastive"
     if {"lora_contrastive", "probe_lora"} & set(cfg.rows):
         if not (tuned_dir / "best" / "finetune.json").is_file() or (tuned_dir / "checkpoint.pt").is_file() and \
@@ -107,17 +145,18 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
             _finetune(cfg, tuned_dir, progress)
         tuned = create_model(f"ft:{tuned_dir / 'best'}", device=_device(cfg.device))
         if "lora_contrastive" in cfg.rows:
-            results["lora_contrastive"] = _done(tuned_dir) or _tuned_eval(tuned, test, cfg, tuned_dir, record, embed)
+            results["lora_contrastive"] = _done(tuned_dir, record) or _tuned_eval(tuned, test, cfg, tuned_dir, record,
+                                                                                  embed)
         if "probe_lora" in cfg.rows and test.has_labels:
-            results["probe_lora"] = _done(out / "probe_lora") or _probe(tuned, test, cfg, out / "probe_lora",
+            results["probe_lora"] = _done(out / "probe_lora", record) or _probe(tuned, test, cfg, out / "probe_lora",
                                                                         record, embed)
     sup_dir = out / "supervised_lora"
     if "supervised_lora" in cfg.rows and test.has_labels:
         if not (sup_dir / "summary.json").is_file():
             _finetune(cfg, sup_dir, progress, mode="supervised")
-        results["supervised_lora"] = _done(sup_dir) or _tuned_eval(
+        results["supervised_lora"] = _done(sup_dir, record) or _tuned_eval(
             create_model(f"ft:{sup_dir / 'best'}", device=_device(cfg.device)), test, cfg, sup_dir, record, embed)
-    table = make_table(results, test.name)
+    table = make_table(_existing_rows(out, record, results), test.name)
     (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     (out / "table.md").write_text(table["markdown"] + "\n")
     return table

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from medvlkit.data import load_dataset
-from medvlkit.gate import default_gate_threshold, run_gate
+from medvlkit.gate import run_gate
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import load_prompt_set
 from medvlkit.results import write_json_atomic, write_result
@@ -110,6 +110,6 @@ def save_demo(rows: list[DemoRow], model: ModelBase, out_dir: Path, config: dict
     metrics = summarize(rows)
     write_result(out_dir, dataset=config.get("images") or "bundled (scikit-image, pydicom)", model=model.name,
                  task="demo", metrics=metrics, config=config,
-                 extra={"gate_threshold": default_gate_threshold(model)})
+                 extra={"gate_threshold": model.validated_gate_threshold})
     write_json_atomic(out_dir / "rows.json", {"rows": [r.__dict__ for r in rows]})
     return metrics

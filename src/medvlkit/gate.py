@@ -1,7 +1,8 @@
 """Medical vs non-medical image gate (zero-shot prompts), usable in front of other commands.
 
 The decision threshold is, in order: the one the caller gives, one chosen on validation images the caller
-gives (balanced accuracy), or the model's own validated threshold (``lite`` ships one), else 0.5.
+gives (balanced accuracy), or the model's own validated threshold (``lite`` ships one). A model without one gets
+no made-up default: the caller is asked for a threshold or validation folders.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ GATE_PROMPTS = "medical_gate"
 
 
 def default_gate_threshold(model: ModelBase) -> float:
-    """The model's own validated threshold where it ships one (``lite``), else 0.5."""
-    heads = getattr(model, "heads", None)
-    return float(getattr(getattr(heads, "cfg", None), "gate_threshold", 0.5))
+    """The model's own validated threshold (``lite`` ships one).
+
+    Raises:
+        MedvlkitError: the model has none; a threshold validated for another model would be meaningless.
+    """
+    if model.validated_gate_threshold is None:
+        raise MedvlkitError(f"model '{model.name}' has no validated medical-image gate threshold: pass "
+                            "--gate-threshold P, or choose one on your validation images with `medvlkit gate "
+                            "--val-medical DIR --val-non-medical DIR` (or a probe with --probe)")
+    return float(model.validated_gate_threshold)
 
 
 def medical_probability(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet | None = None) -> np.ndarray:
@@ -92,7 +100,7 @@ def run_gate(model: ModelBase, dataset: ImageDataset, threshold: float | None = 
     emb = embed_images(model, dataset, **embed_options)
     if threshold is None:
         threshold, threshold_source = ((0.5, "0.5 (probe)") if probe is not None else
-                                       (default_gate_threshold(model), "model default (validated for lite)"))
+                                       (default_gate_threshold(model), f"validated for {model.name}"))
     p_med = probe_medical_probability(probe, emb.vectors) if probe is not None else medical_probability(
         model, emb.vectors)
     return GateResult(emb, p_med, float(threshold), threshold_source)

@@ -78,8 +78,12 @@ def test_benchmark_table_and_resume(tiny_clip_dir, folder, tmp_path, capsys):
     assert "| zeroshot | 12 |" in capsys.readouterr().out
     assert main([*args, "--rows", "probe_frozen,supervised_lora"]) == 0  # an extra row on the same folder
     rows = json.loads((out / "table.json").read_text())["rows"]
-    assert list(rows) == ["probe_frozen", "supervised_lora"] and rows["supervised_lora"]["auroc"] is not None
+    assert list(rows) == ["zeroshot", "probe_frozen", "lora_contrastive", "probe_lora", "supervised_lora"]
+    assert rows["supervised_lora"]["auroc"] is not None  # table.md keeps every row of the folder
     assert json.loads((out / "supervised_lora" / "result.json").read_text())["task"] == "finetune_classification"
+    capsys.readouterr()
+    assert main([*args, "--max-steps", "2"]) == 2  # rows computed with other settings are never reused silently
+    assert "max_steps=0 then, 2 now" in capsys.readouterr().err
 
 
 def test_supervised_multilabel_bce_on_a_csv(tiny_clip_dir, tmp_path):

@@ -103,3 +103,15 @@ def test_gate_backed_by_a_probe(tiny_clip_dir, tmp_path, capsys):
     assert main(["gate", *base, "-d", str(tmp_path / "inbox"), "--probe", str(tmp_path / "q" / "probe.npz"),
                  "--out", str(tmp_path / "o2")]) == 2
     assert "class named 'medical'" in capsys.readouterr().err
+
+
+def test_gate_without_a_validated_threshold_asks_for_one(tiny_clip_dir, tmp_path, capsys):
+    """lite's validated threshold is never used for another model: the user gives one (or validation folders)."""
+    for i in range(3):
+        make_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+    base = ["zeroshot", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "imgs"), "--classes", "a,b", "-q",
+            "--workers", "0", "--gate"]
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "a")]) == 2
+    assert "no validated medical-image gate threshold" in capsys.readouterr().err
+    assert main(base + ["--gate-threshold", "0.0", "--out", str(tmp_path / "b")]) == 0

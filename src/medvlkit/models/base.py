@@ -129,6 +129,9 @@ class ModelBase(torch.nn.Module):
     name: str = "model"
     embed_dim: int = 0
     context_length: int = 77
+    validated_gate_threshold: float | None = None
+    """P(medical) threshold for the medical-image gate, chosen on validation data for these very weights (``lite``
+    ships one); None means none was validated and a gate needs one from the user."""
 
     def __init__(self, preprocess_cfg: PreprocessCfg, weight_files: list[str] | None = None) -> None:
         super().__init__()

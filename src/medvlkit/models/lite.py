@@ -152,6 +152,7 @@ class LiteModel(ModelBase):
         self.heads = heads.eval()
         self.embed_dim = heads.cfg.embed_dim
         self.context_length = heads.cfg.context_length
+        self.validated_gate_threshold = float(heads.cfg.gate_threshold)
 
     @property
     def logit_scale(self) -> float:
