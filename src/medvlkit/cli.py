@@ -366,18 +366,27 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
     """
     from medvlkit.data import load_dataset
     from medvlkit.features import embed_images
+    from medvlkit.results import provenance, write_result
     from medvlkit.search import build_index
 
+    config = _jsonable(dict(locals()))
     ds = load_dataset(data, split=split, format="folder", recursive=True) if recursive else _dataset(data, split, fmt)
     m = _model(model, device, "fp32", None)
     kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet)
     start = time.perf_counter()
     ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
-    idx = build_index(emb or embed_images(m, ds, **kwargs), m, ds, out)
+    emb = emb or embed_images(m, ds, **kwargs)
+    idx = build_index(emb, m, ds, out)
     if gated:
         idx.meta |= gated
         (out / "index.json").write_text(json.dumps(idx.meta, indent=1) + "\n")
-    console.print(f"indexed {len(idx.files)} images in {time.perf_counter() - start:.1f} s -> {out}")
+    seconds = time.perf_counter() - start
+    write_result(out, dataset=ds.name, model=m.name, task="index", config=config, n_skipped=len(emb.skipped),
+                 metrics={"n_images": len(idx.files), "seconds": seconds},
+                 extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped]} | gated
+                 | provenance(m, ds, emb))
+    console.print(f"indexed {len(idx.files)} images in {seconds:.1f} s -> {out} (result.json lists skipped"
+                  f"{' and gated-out' if gated else ''} files)")
 
 
 @app.command()

@@ -32,8 +32,8 @@ def _detect(path: Path) -> bool:
     return path.is_file() and path.suffix == ".npz"
 
 
-@register_adapter("medmnist", "MedMNIST .npz (<split>_images/<split>_labels) or an npz with images, labels, "
-                  "label_names", _detect)
+@register_adapter("medmnist", "MedMNIST .npz (<split>_images/<split>_labels, optional label_names) or an npz "
+                  "with images, labels, label_names", _detect)
 def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
     """Load one split of a MedMNIST file (or a whole plain images/labels npz).
 
@@ -54,8 +54,9 @@ def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
         key = f"{_SPLITS.get(split.lower(), split)}_images"
         if key not in keys:
             raise MedvlkitError(f"--data {path} has no '{split}' split (arrays: {', '.join(sorted(keys))})")
-        label_key, names = key.replace("_images", "_labels"), None
+        label_key = key.replace("_images", "_labels")
         label_key = label_key if label_key in keys else None
+        names = [str(n) for n in read_npz_array(path, "label_names")] if "label_names" in keys else None
     shape, dtype = npz_array_shape(path, key)
     if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))) or shape[0] == 0 or \
             not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
