@@ -245,8 +245,8 @@ def calibrate_predictions(predictions: Path, out_dir: Path, threshold_method: st
     out_dir.mkdir(parents=True, exist_ok=True)
     cal.save(out_dir / "calibration.json")
     scaled = np.exp(apply_calibration(cal, pred.log_probs, pred.classnames)[0])
-    metrics = {"ece_before": calibration_error(labels, pred.probs, multilabel),
-               "ece_after": calibration_error(labels, scaled, multilabel), "n": len(pred.files)}
+    metrics = {"ece_uncalibrated": calibration_error(labels, pred.probs, multilabel),
+               "ece": calibration_error(labels, scaled, multilabel), "n": len(pred.files)}
     curves = {"before": reliability(*confidence_and_correct(labels, pred.probs, multilabel)),
               "after": reliability(*confidence_and_correct(labels, scaled, multilabel))}
     (out_dir / "reliability.png").write_bytes(reliability_png(curves, "validation reliability"))

@@ -77,7 +77,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                                       help="print the version and exit")) -> None:
+                                       help="print the version and exit"),
+          debug: bool = typer.Option(False, "--debug", help="show a traceback for errors, and debug logging "
+                                                            "(also accepted after the verb)")) -> None:
     """Medical vision-language models: embed, classify zero-shot, evaluate."""
 
 
@@ -137,7 +139,8 @@ def models(pattern: str = typer.Argument("*", help="shell pattern over preset na
     if as_json:
         print(json.dumps([p.to_dict() for p in presets], indent=1))
         return
-    table = Table("name", "spec", "licence", "preprocessing", "how to get it", show_lines=True)
+    table = Table(*(Column(h, overflow="fold") for h in ("name", "spec", "licence", "preprocessing",
+                                                          "how to get it")), show_lines=True)
     for p in presets:
         table.add_row(*(escape(v) for v in (p.name, p.spec, p.licence, p.preprocessing, p.fetch)))
     console.print(table)
@@ -280,7 +283,7 @@ def calibrate(predictions: Path = typer.Option(..., "--predictions", help="VALID
 
     out_dir = _out(out, "calibrate")
     metrics = calibrate_predictions(predictions, out_dir, thresholds, target_sensitivity)
-    console.print(f"validation ECE {metrics['ece_before']:.4f} -> {metrics['ece_after']:.4f} after temperature "
+    console.print(f"validation ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f} after temperature "
                   f"scaling; wrote {out_dir}/calibration.json")
 
 
@@ -302,7 +305,7 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
     metrics = apply_to_predictions(predictions, calibration, out_dir, bootstrap, seed)
     if metrics:
         console.print(f"ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f}")
-        _print_metrics({"metrics": metrics, "ci": json.loads((out_dir / "result.json").read_text())["ci"]})
+        _print_metrics(json.loads((out_dir / "result.json").read_text()))
     console.print(f"wrote {out_dir}/predictions.csv and result.json")
 
 
@@ -393,7 +396,9 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
 def search(index: Path = typer.Option(..., "--index", help="folder written by medvlkit index"),
            text: str = typer.Option(None, "--text", help="text query"),
            image: Path = typer.Option(None, "--image", help="query image file"),
-           k: int = typer.Option(5, "-k", help="results per query"), model: str = ModelOpt,
+           k: int = typer.Option(5, "-k", help="results per query"),
+           model: str = typer.Option(None, "--model", "-m", help="query model (default: the one the index was "
+                                                                 "built with)"),
            device: str = DeviceOpt, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """The k nearest indexed images to a text query or a query image, with cosine scores.
 
@@ -406,15 +411,17 @@ def search(index: Path = typer.Option(..., "--index", help="folder written by me
     if k < 1:
         raise MedvlkitError(f"-k {k}: must be at least 1")
     idx = load_index(index)
-    m = _model(model, device, "fp32", None)
+    m = _model(model or idx.meta["model"], device, "fp32", None)
     idx.check_model(m)
     hits = idx.search(query_vectors(m, [text] if text else None, [str(image)] if image else None), k)[0]
+    rows = [{"file": f, "score": s} | idx.details.get(f, {}) for f, s in hits]
     if as_json:
-        print(json.dumps([{"file": f, "score": s} for f, s in hits], indent=1))
+        print(json.dumps(rows, indent=1))
         return
-    table = Table("rank", "score", Column("file", overflow="fold"))
-    for r, (f, s) in enumerate(hits, 1):
-        table.add_row(str(r), f"{s:.4f}", escape(f))
+    table = Table("rank", "score", Column("file", overflow="fold"), "label", Column("caption", overflow="fold"))
+    for r, row in enumerate(rows, 1):
+        table.add_row(str(r), f"{row['score']:.4f}", escape(row["file"]), escape(row.get("label", "")),
+                      escape(row.get("caption", "")[:200]))
     console.print(table)
 
 
@@ -549,7 +556,7 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
                          "bootstrap": bootstrap}, seed=seed,
                  extra={"classnames": classnames, "confusion_matrix": ev.confusion_matrix,
                         "n_unlabelled_predictions": unmatched} | ev.extra)
-    _print_metrics({"metrics": ev.metrics, "ci": ev.ci})
+    _print_metrics(json.loads((out_dir / "result.json").read_text()))
     if unmatched:
         err_console.print(f"warning: {unmatched} predictions had no label and were left out")
     console.print(f"wrote {out_dir}/result.json")
@@ -759,6 +766,9 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
     if metrics:
         console.print(f"bundled images: gate {metrics['gate_correct']}/{metrics['n_known']} right, modality "
                       f"{metrics['modality_correct']}/{metrics['n_medical']} right")
+    if not any(r.p_pneumonia is not None for r in rows):
+        console.print("P(pneu) is filled in for images the model reads as chest X-rays; none of the bundled images "
+                      "is one. Try: medvlkit demo --images ../shared/data/chest_xray_pneumonia/test/PNEUMONIA")
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
 
 
@@ -774,6 +784,27 @@ def _print_metrics(result: dict) -> None:
         lo_hi = ci.get(k)
         value = str(v) if isinstance(v, int) else f"{v:.4f}"
         table.add_row(k, value, f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi and None not in lo_hi else "")
+    console.print(table)
+    _print_binary(result)
+
+
+def _print_binary(result: dict) -> None:
+    """For two classes: sensitivity and specificity of the second (positive) class, the decision rule, and the
+    confusion matrix."""
+    names, cm, metrics = result.get("classnames") or [], result.get("confusion_matrix"), result.get("metrics") or {}
+    if len(names) != 2 or not cm:
+        return
+    neg, pos = names
+
+    def fmt(v) -> str:
+        return "n/a (no such image)" if v is None else f"{v:.4f}"
+
+    console.print(f"positive class {escape(pos)}: sensitivity {fmt(metrics.get(f'recall/{pos}'))}, specificity "
+                  f"{fmt(metrics.get(f'recall/{neg}'))}; decision: "
+                  f"{escape(str(result.get('threshold_source', 'argmax')))}")
+    table = Table("true \\ predicted", escape(neg), escape(pos))
+    for name, row in zip(names, cm):
+        table.add_row(escape(name), str(row[0]), str(row[1]))
     console.print(table)
 
 

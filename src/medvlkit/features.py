@@ -188,14 +188,16 @@ def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase,
     Returns:
         the dict written to ``result.json`` (``metrics`` holds throughput and counts).
     """
+    from medvlkit.search import item_label
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "embeddings.npy", emb.vectors)
     with open(out_dir / "files.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "file"] + (["text"] if dataset.texts else []))
+        w.writerow(["index", "file", "label"] + (["text"] if dataset.texts else []))
         for row, (pos, item) in enumerate(zip(emb.indices, emb.items)):
-            w.writerow([row, item] + ([dataset.texts[pos]] if dataset.texts else []))
+            w.writerow([row, item, item_label(dataset, int(pos))] + ([dataset.texts[pos]] if dataset.texts else []))
     computed = len(emb.items) - emb.n_cached
     metrics = {"n_images": len(emb.items), "n_cached": emb.n_cached, "n_computed": computed,
                "seconds": seconds, "images_per_second": computed / seconds if computed and seconds > 0 else None,

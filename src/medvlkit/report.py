@@ -24,7 +24,7 @@ HEADLINE = {
     "apply_calibration": ["ece", "ece_uncalibrated"],
     "zeroshot_retrieval": ["image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",
                            "text_to_image_recall@1", "text_to_image_recall@5", "text_to_image_recall@10"],
-    "calibrate": ["ece_before", "ece_after"],
+    "calibrate": ["ece_uncalibrated", "ece"],
     "gate": ["n_medical", "n_non_medical"],
     "demo": ["gate_accuracy", "modality_accuracy"],
     "embed": ["n_images", "images_per_second"],

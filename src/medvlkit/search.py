@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ class SearchIndex:
     index: object
     files: list[str]
     meta: dict
+    details: dict[str, dict[str, str]] = field(default_factory=dict)  # file -> label, caption (when the data had them)
 
     def check_model(self, model: ModelBase) -> None:
         """Refuse a model other than the one that built the index (vectors of two models do not compare)."""
@@ -52,6 +53,13 @@ class SearchIndex:
                 for row_ids, row_scores in zip(ids, scores)]
 
 
+def item_label(dataset: ImageDataset, position: int) -> str:
+    """The class name(s) of one item (``|``-joined for multi-label data), or empty without labels."""
+    if not dataset.has_labels:
+        return ""
+    return "|".join(c for c, v in zip(dataset.classnames, dataset.labels[position]) if v == 1)
+
+
 def build_index(emb: ImageEmbeddings, model: ModelBase, dataset: ImageDataset, out_dir: Path) -> SearchIndex:
     """Write an index folder from embeddings computed by :func:`medvlkit.embed_images`."""
     faiss = _faiss()
@@ -61,8 +69,9 @@ def build_index(emb: ImageEmbeddings, model: ModelBase, dataset: ImageDataset, o
     faiss.write_index(index, str(out_dir / "index.faiss"))
     with open(out_dir / "files.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "file"])
-        w.writerows(enumerate(emb.items))
+        w.writerow(["index", "file", "label", "caption"])
+        for row, (pos, item) in enumerate(zip(emb.indices, emb.items)):
+            w.writerow([row, item, item_label(dataset, int(pos)), dataset.texts[pos] if dataset.texts else ""])
     meta = {"model": model.name, "model_fingerprint": model.fingerprint(), "embed_dim": int(emb.vectors.shape[1]),
             "n": len(emb.items), "dataset": dataset.name, "preprocess": model.preprocess_cfg.to_dict(),
             "skipped": [{"file": f, "reason": r} for f, r in emb.skipped]}
@@ -79,9 +88,11 @@ def load_index(folder: Path) -> SearchIndex:
         raise MedvlkitError(f"--index {folder}: not an index folder (needs index.faiss, files.csv, index.json); "
                             "build one with `medvlkit index`")
     with open(folder / "files.csv", newline="") as f:
-        files = [r["file"] for r in csv.DictReader(f)]
-    return SearchIndex(faiss.read_index(str(folder / "index.faiss")), files, json.loads((folder / "index.json")
-                                                                                        .read_text()))
+        rows = list(csv.DictReader(f))
+    index = SearchIndex(faiss.read_index(str(folder / "index.faiss")), [r["file"] for r in rows],
+                        json.loads((folder / "index.json").read_text()))
+    index.details = {r["file"]: {"label": r.get("label", ""), "caption": r.get("caption", "")} for r in rows}
+    return index
 
 
 def query_vectors(model: ModelBase, texts: list[str] | None = None, images: list[str] | None = None) -> np.ndarray:

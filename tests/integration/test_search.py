@@ -68,3 +68,26 @@ def test_retrieve_cli_on_captions(tiny_clip_dir, tmp_path):
     assert res["task"] == "zeroshot_retrieval" and 0 <= res["metrics"]["image_to_text_recall@5"] <= 1
     assert res["metrics"]["image_to_text_recall@5"] == 1.0  # 5 candidates: recall@5 is always 1
     assert main(["retrieve", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "im"), "-q", "--out", str(out)]) == 2
+
+
+def test_search_uses_the_index_model_and_shows_labels(tiny_clip_dir, tmp_path, capsys):
+    make_image_folder(tmp_path / "imgs", {"effusion": 2, "normal": 2})
+    idx = tmp_path / "idx"
+    assert main(["index", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "imgs"), "--out", str(idx), "-q",
+                 "--workers", "0"]) == 0
+    assert json.loads((idx / "result.json").read_text())["metrics"]["n_images"] == 4
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--text", "effusion", "-k", "4", "--json"]) == 0  # no --model
+    hits = json.loads(capsys.readouterr().out)
+    assert {h["label"] for h in hits} == {"effusion", "normal"}
+
+
+def test_cli_small_things(tiny_clip_dir, tmp_path, capsys):
+    """--debug is in --help; a binary run prints sensitivity, specificity, its decision rule and the matrix."""
+    assert main(["--help"]) == 0
+    assert "--debug" in capsys.readouterr().out
+    make_image_folder(tmp_path / "d" / "test", {"NORMAL": 2, "PNEUMONIA": 2})
+    assert main(["zeroshot", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "d"), "--split", "test", "-p",
+                 "pneumonia", "-q", "--workers", "0", "--bootstrap", "0", "--out", str(tmp_path / "z")]) == 0
+    out = capsys.readouterr().out
+    assert "sensitivity" in out and "specificity" in out and "true \\ predicted" in out and "argmax" in out

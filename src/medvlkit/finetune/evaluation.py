@@ -73,12 +73,13 @@ def validation_score(model, dataset: ImageDataset, mode: str, head=None, progres
 
 
 @torch.inference_mode()
-def _embed(model, dataset: ImageDataset, normalize: bool, batch_size: int, progress: bool) -> np.ndarray:
+def _embed(model, dataset: ImageDataset, normalize: bool, batch_size: int, progress: bool,
+           desc: str = "validate") -> np.ndarray:
     """Embeddings of every image (no cache: the weights change between calls)."""
     from tqdm.auto import tqdm
 
     out = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="validate", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress, leave=False):
         idx = range(start, min(start + batch_size, len(dataset)))
         pixels = model.preprocess([dataset.load_image(i) for i in idx])
         out.append(model.encode_image(pixels, normalize=normalize).float().cpu().numpy())
@@ -107,7 +108,8 @@ def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict
         multilabel = bool(getattr(model, "multilabel", dataset.multilabel))
         aligned = align_labels(dataset.labels, dataset.classnames, list(model.classnames), multilabel)
         dataset = dataset.subset(np.flatnonzero(aligned.keep))
-        emb = _embed(model, dataset, False, embed_options.get("batch_size", 64), embed_options.get("progress", True))
+        emb = _embed(model, dataset, False, embed_options.get("batch_size", 64), embed_options.get("progress", True),
+                     desc="score test split")
         log_probs = head_log_probs(model.classifier, emb, multilabel, model.device)
         ev = evaluate_probs(aligned.labels, None, model.classnames, multilabel, n_bootstrap, seed, log_probs=log_probs)
         write_predictions(out_dir, dataset.items, model.classnames, log_probs, aligned.labels, multilabel)
