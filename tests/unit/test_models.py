@@ -164,7 +164,7 @@ def test_preprocess_shortest_and_squash():
     grey = Image.fromarray(np.zeros((30, 30), np.uint8), mode="L")
     assert ImagePreprocessor(PreprocessCfg(image_size=16))(grey).shape == (3, 16, 16)
     with pytest.raises(ValueError, match="resize_mode"):
-        PreprocessCfg(resize_mode="pad")
+        PreprocessCfg(resize_mode="letterbox")
 
 
 def test_tokenizer_cuts_tokens_not_characters(tiny_clip_dir):

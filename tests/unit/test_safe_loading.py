@@ -141,3 +141,24 @@ def test_pretrain_resume_refuses_a_planted_checkpoint(tmp_path, monkeypatch):
         pretrain(PretrainConfig(data_root=str(tmp_path), out_dir=str(out)), resume=True, progress=False)
     assert not marker.exists()
     assert info.type is MedvlkitError, "the checkpoint must be checked before any work"
+
+
+def test_planted_probe_file_is_refused(tmp_path):
+    """A probe.npz whose arrays hide a pickle: numpy is never allowed to unpickle it."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from medvlkit.probe import LinearProbe
+
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(tmp_path / "probe.npz", "w") as z:
+        for name, arr in (("header", np.array('{"C": 1, "classnames": ["a", "b"], "multilabel": false}')),
+                          ("coef", np.array([PlantedPayload(marker)], dtype=object)), ("intercept", np.zeros(2))):
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=True)
+            z.writestr(f"{name}.npy", buf.getvalue())
+    with pytest.raises(MedvlkitError, match="not a probe written by"):
+        LinearProbe.load(tmp_path / "probe.npz")
+    assert not marker.exists()

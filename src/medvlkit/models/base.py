@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -13,9 +13,7 @@ from PIL import Image
 
 from medvlkit.data.io import max_pixels
 from medvlkit.errors import ImageReadError
-
-TextBatch = dict[str, torch.Tensor]
-"""Tokenizer output: at least ``input_ids`` (B, L); often ``attention_mask`` (B, L)."""
+from medvlkit.models.preprocess import PreprocessCfg
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -23,42 +21,9 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+TextBatch = dict[str, torch.Tensor]
+"""Tokenizer output: at least ``input_ids`` (B, L); often ``attention_mask`` (B, L)."""
 
-
-@dataclass(frozen=True)
-class PreprocessCfg:
-    """How pixels must be prepared for one set of weights.
-
-    Attributes:
-        image_size: side of the square input the model sees.
-        mean: per-channel mean subtracted after scaling pixels to [0, 1].
-        std: per-channel std divided after subtracting the mean.
-        interpolation: PIL resampling filter name (bicubic, bilinear, nearest, lanczos).
-        resize_mode: ``shortest`` resizes the short side to ``image_size`` then centre-crops (CLIP);
-            ``squash`` resizes both sides to ``image_size`` without keeping the aspect ratio (SigLIP).
-    """
-
-    image_size: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-
-    def __post_init__(self) -> None:
-        # configs read from JSON carry lists; keep tuples so equal configs compare and fingerprint equal
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean and std need 3 values each (std > 0), got mean={self.mean} std={self.std}")
-        if self.interpolation not in _RESAMPLE:
-            raise ValueError(f"interpolation={self.interpolation!r}; valid options: {sorted(_RESAMPLE)}")
-        if self.resize_mode not in ("shortest", "squash"):
-            raise ValueError(f"resize_mode={self.resize_mode!r}; valid options: shortest, squash")
-        if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -76,6 +41,10 @@ class ImagePreprocessor:
         size = cfg.image_size
         if cfg.resize_mode == "squash":
             image = image.resize((size, size), resample=resample)
+        elif cfg.resize_mode == "pad":
+            image = _letterbox(image, cfg.pad_size or size, Image.Resampling.LANCZOS if cfg.pad_size else resample)
+            if cfg.pad_size and cfg.pad_size != size:
+                image = image.resize((size, size), resample=resample)
         else:
             w, h = image.size
             scale = size / min(w, h)
@@ -94,6 +63,17 @@ class ImagePreprocessor:
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess a list of images. Returns (B, 3, S, S)."""
         return torch.stack([self(im) for im in images])
+
+
+def _letterbox(image: Image.Image, side: int, resample) -> Image.Image:
+    """Long side to ``side`` (aspect kept, sizes truncated as CheXzero's ``data_process.preprocess`` does), pasted
+    centred on a black square: nothing of a portrait radiograph is cut off."""
+    w, h = image.size
+    ratio = side / max(w, h)
+    new = (max(1, int(w * ratio)), max(1, int(h * ratio)))
+    canvas = Image.new(image.mode, (side, side))
+    canvas.paste(image.resize(new, resample=resample), ((side - new[0]) // 2, (side - new[1]) // 2))
+    return canvas
 
 
 @runtime_checkable
@@ -150,6 +130,11 @@ class ModelBase(torch.nn.Module):
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images -> (B, 3, S, S) float32 tensor on the CPU."""
         return self.image_preprocessor.batch(images)
+
+    def set_preprocess(self, cfg: PreprocessCfg) -> None:
+        """Use ``cfg`` (e.g. a preset's, for weights that do not carry their own); it enters the fingerprint."""
+        self.preprocess_cfg = cfg
+        self.image_preprocessor = ImagePreprocessor(cfg)
 
     def tower_modules(self) -> dict[str, list[torch.nn.Module]]:
         """The trainable parts by tower: ``{"vision": [...], "text": [...]}`` (for ``--freeze`` and LoRA targets)."""

@@ -6,6 +6,7 @@ Only ViT image towers map onto CLIPModel; ResNet (RN50...) checkpoints are refus
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
@@ -168,6 +169,28 @@ def find_tokenizer(ckpt: Path, tokenizer: str | None):
         "vocab.json and merges.txt (from openai/clip-vit-base-patch32) next to the checkpoint or pass --tokenizer DIR")
 
 
+# CheXzero's released checkpoints are named best_<batch>_<lr>_original_<step>_<score>.pt
+_CHEXZERO_NAME = re.compile(r"best_\d+_[\d.e-]+_original_\d+_[\d.]+\.pt")
+
+
+def preprocess_for(path: Path, image_size: int) -> PreprocessCfg:
+    """The preprocessing of an OpenAI-format checkpoint: a ``preprocess.json`` beside it (PreprocessCfg fields),
+    CheXzero's for its released files, else OpenAI CLIP's (bicubic, short side + centre crop, CLIP mean/std)."""
+    from medvlkit.models.presets import CHEXZERO_PREPROCESS
+
+    side = path.parent / "preprocess.json"
+    if side.is_file():
+        try:
+            return PreprocessCfg(**json.loads(side.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise MedvlkitError(f"{side}: not a valid preprocessing config ({first_line(err)})") from None
+    if _CHEXZERO_NAME.fullmatch(path.name):
+        logger.info("%s is a CheXzero checkpoint: using CheXzero's preprocessing (%s)", path.name,
+                    CHEXZERO_PREPROCESS.describe())
+        return CHEXZERO_PREPROCESS
+    return PreprocessCfg(image_size=image_size)
+
+
 def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                      tokenizer: str | None = None) -> HFDualEncoder:
     """Load an OpenAI-format CLIP checkpoint as a transformers CLIPModel behind the medvlkit surface."""
@@ -186,7 +209,7 @@ def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.f
     if missing or unexpected:
         raise MedvlkitError(f"'{path}' does not match the inferred CLIP architecture: "
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    cfg = PreprocessCfg(image_size=config.vision_config.image_size)  # OpenAI CLIP: bicubic, CLIP mean/std
+    cfg = preprocess_for(path, config.vision_config.image_size)
     tok = find_tokenizer(path, tokenizer)
     logger.info("converted %s: ViT width %d, %d layers, image %d px", path, config.vision_config.hidden_size,
                 config.vision_config.num_hidden_layers, cfg.image_size)

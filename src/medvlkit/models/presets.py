@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from medvlkit.models.preprocess import PreprocessCfg
+
+# CheXzero (rajpurkarlab/CheXzero): data_process.py `preprocess` (lines 31-41) letterboxes each X-ray into 320 x 320
+# (long side to 320 with Image.ANTIALIAS = Lanczos, pasted centred on black); zero_shot.py (lines 377-385) normalises
+# the 0-255 pixels with mean 101.48761 / std 83.43944 and resizes to 224 bicubic. Here on 0-1 pixels: /255.
+CHEXZERO_PREPROCESS = PreprocessCfg(image_size=224, mean=(101.48761 / 255,) * 3, std=(83.43944 / 255,) * 3,
+                                    interpolation="bicubic", resize_mode="pad", pad_size=320)
+
 
 @dataclass(frozen=True)
 class ModelPreset:
@@ -17,6 +25,7 @@ class ModelPreset:
         preprocessing: image size, resize, mean/std as the weights expect.
         fetch: the command that fetches the weights where a network exists.
         local_name: file or folder to look for in ``$MEDVLKIT_MODELS/<name>/``.
+        preprocess: the weights' preprocessing where their files do not carry it (applied by ``create_model``).
     """
 
     name: str
@@ -26,6 +35,7 @@ class ModelPreset:
     preprocessing: str
     fetch: str
     local_name: str = ""
+    preprocess: PreprocessCfg | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,10 +66,11 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "MIT", _CLIP_PRE, _hf_fetch("flaviagiammarino/pubmed-clip-vit-base-patch32", "pubmedclip-vit-b32")),
     ModelPreset("chexzero", "openai-ckpt:$MEDVLKIT_MODELS/chexzero/best_64_5e-05_original_22000_0.864.pt",
                 "CheXzero (Tiu et al. 2022): CLIP ViT-B/32 fine-tuned on MIMIC-CXR reports, OpenAI-format .pt",
-                "MIT (code); weights under the CheXzero repository's terms (PhysioNet-derived)", _CLIP_PRE,
+                "MIT (code); weights under the CheXzero repository's terms (PhysioNet-derived)",
+                CHEXZERO_PREPROCESS.describe(),
                 "download the checkpoints linked from github.com/rajpurkarlab/CheXzero into $MEDVLKIT_MODELS/chexzero "
                 "with vocab.json + merges.txt of openai/clip-vit-base-patch32 beside them",
-                "best_64_5e-05_original_22000_0.864.pt"),
+                "best_64_5e-05_original_22000_0.864.pt", CHEXZERO_PREPROCESS),
     ModelPreset("biomedclip", "open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
                 "BiomedCLIP (Zhang et al. 2023): ViT-B/16 + PubMedBERT on PMC-15M figure-caption pairs", "MIT",
                 "224 px, bicubic, CLIP mean/std; context 256 tokens",

@@ -105,13 +105,17 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
     """
     dtype = torch_dtype(precision)
     device = resolve_device(device)
-    if spec in PRESETS:
-        spec = _resolve_preset(PRESETS[spec])
+    preset = PRESETS.get(spec)
+    if preset is not None:
+        spec = _resolve_preset(preset)
     source, sep, ref = spec.partition(":")
     if source in _SOURCES and (sep or source == "lite"):
         if sep and not ref:
             raise MedvlkitError(f"model spec '{spec}' has nothing after '{source}:'; e.g. {source}:/path/to/model")
-        return _loader(source)(ref, device=device, dtype=dtype, **kwargs)
+        model = _loader(source)(ref, device=device, dtype=dtype, **kwargs)
+        if preset is not None and preset.preprocess is not None:
+            model.set_preprocess(preset.preprocess)
+        return model
     raise MedvlkitError(f"unknown model spec '{spec}'. Valid: a preset ({', '.join(PRESETS)}) or "
                         f"<source>:<ref> with source one of {', '.join(sorted(s for s in _SOURCES if s != 'lite'))}; "
                         "e.g. hf:/models/clip-vit-base-patch32")

@@ -1,0 +1,60 @@
+"""How pixels must be prepared for one set of weights: a typed config that travels with the weights (no torch here,
+so presets can carry it without slowing the CLI down)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")  # PIL resampling filters, by name
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """How pixels must be prepared for one set of weights.
+
+    Attributes:
+        image_size: side of the square input the model sees.
+        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        std: per-channel std divided after subtracting the mean.
+        interpolation: PIL resampling filter name (bicubic, bilinear, nearest, lanczos).
+        resize_mode: ``shortest`` resizes the short side to ``image_size`` then centre-crops (CLIP);
+            ``squash`` resizes both sides to ``image_size`` without keeping the aspect ratio (SigLIP);
+            ``pad`` resizes the long side and pads to a black square (letterbox; CheXzero), cutting nothing off.
+        pad_size: for ``pad``, the side of the square the image is first letterboxed into (with Lanczos, as
+            CheXzero's 320 px files are made) before the square is resized to ``image_size``; 0 pads directly at
+            ``image_size``.
+    """
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    pad_size: int = 0
+
+    def __post_init__(self) -> None:
+        # configs read from JSON carry lists; keep tuples so equal configs compare and fingerprint equal
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each (std > 0), got mean={self.mean} std={self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation={self.interpolation!r}; valid options: {sorted(INTERPOLATIONS)}")
+        if self.resize_mode not in ("shortest", "squash", "pad"):
+            raise ValueError(f"resize_mode={self.resize_mode!r}; valid options: shortest, squash, pad")
+        if self.pad_size < 0:
+            raise ValueError(f"pad_size must be >= 0, got {self.pad_size}")
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+    def describe(self) -> str:
+        """One line for people: size, resize, interpolation, mean/std."""
+        resize = {"shortest": "short side + centre crop", "squash": "squash",
+                  "pad": f"letterbox{f' at {self.pad_size} px (Lanczos), then' if self.pad_size else ''}"}
+        mean = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.mean))
+        std = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.std))
+        return f"{self.image_size} px, {resize[self.resize_mode]}, {self.interpolation}, mean {mean}, std {std}"
