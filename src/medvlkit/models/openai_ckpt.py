@@ -1,7 +1,9 @@
-"""OpenAI-format CLIP state dicts (CheXzero, original PubMedCLIP) <-> transformers CLIPModel.
+"""OpenAI-format CLIP state dicts (CheXzero, original PubMedCLIP, OpenAI's own .pt files).
 
-The architecture is inferred from tensor shapes, as OpenAI's ``clip.model.build_model`` does.
-Only ViT image towers map onto CLIPModel; ResNet (RN50...) checkpoints are refused with a clear error.
+The architecture is inferred from tensor shapes, as OpenAI's ``clip.model.build_model`` does. ViT image towers map
+onto a transformers ``CLIPModel``; ResNet towers (RN50, RN101, RN50x4...) become
+:class:`~medvlkit.models.clip_resnet.ResNetCLIP` (OpenAI's ModifiedResNet in plain torch + transformers' CLIP text
+model). Files are ``.pt``/``.pth`` (pickled state dicts, TorchScript archives) or ``.safetensors``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from medvlkit.errors import MedvlkitError, first_line
-from medvlkit.models.base import PreprocessCfg
+from medvlkit.models.base import ModelBase, PreprocessCfg
 from medvlkit.models.hf import HFDualEncoder
 from medvlkit.models.torchscript import is_torchscript_archive, read_torchscript_tensors
 
@@ -47,31 +49,34 @@ _JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
 
 def infer_clip_config(sd: dict[str, torch.Tensor]):
-    """A transformers ``CLIPConfig`` matching an OpenAI-format state dict's shapes."""
+    """A transformers ``CLIPConfig`` matching an OpenAI-format ViT CLIP state dict's shapes."""
     from transformers import CLIPConfig
 
     if "visual.proj" not in sd or "visual.conv1.weight" not in sd:
-        kind = "a ResNet image tower (RN50/RN101...)" if "visual.layer1.0.conv1.weight" in sd else "not a CLIP ViT"
-        raise MedvlkitError(f"this checkpoint is {kind}; openai-ckpt: converts ViT CLIP checkpoints only "
-                            "(for ResNet CLIPs use open_clip:RN50@<file>)")
-
-    def n_layers(prefix: str) -> int:
-        return len({k.split(".")[len(prefix.split("."))] for k in sd if k.startswith(prefix + ".")})
-
+        raise MedvlkitError("this checkpoint is not a CLIP ViT (no visual.proj / visual.conv1.weight)")
     v_width, _, patch, _ = sd["visual.conv1.weight"].shape
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    vision = dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, hidden_size=v_width, intermediate_size=4 * v_width,
+                  patch_size=patch, image_size=patch * grid,
+                  num_hidden_layers=_n_layers(sd, "visual.transformer.resblocks"),
+                  num_attention_heads=max(1, v_width // 64))
+    return CLIPConfig(text_config=text_config_dict(sd), vision_config=vision,
+                      projection_dim=sd["text_projection"].shape[1])
+
+
+def _n_layers(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    return len({k.split(".")[len(prefix.split("."))] for k in sd if k.startswith(prefix + ".")})
+
+
+def text_config_dict(sd: dict[str, torch.Tensor]) -> dict:
+    """The text transformer's ``CLIPTextConfig`` fields, from an OpenAI-format state dict (ViT or ResNet CLIP)."""
     t_width = sd["ln_final.weight"].shape[0]
     vocab = sd["token_embedding.weight"].shape[0]
-    common = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
-    text = dict(common, vocab_size=vocab, hidden_size=t_width, intermediate_size=4 * t_width,
-                num_hidden_layers=n_layers("transformer.resblocks"), num_attention_heads=max(1, t_width // 64),
-                max_position_embeddings=sd["positional_embedding"].shape[0],
+    return dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, vocab_size=vocab, hidden_size=t_width,
+                intermediate_size=4 * t_width, num_hidden_layers=_n_layers(sd, "transformer.resblocks"),
+                num_attention_heads=max(1, t_width // 64), max_position_embeddings=sd["positional_embedding"].shape[0],
                 # OpenAI pools the end-of-text token, which is the highest id of its vocabulary.
                 eos_token_id=vocab - 1, bos_token_id=vocab - 2, pad_token_id=vocab - 1)
-    vision = dict(common, hidden_size=v_width, intermediate_size=4 * v_width, patch_size=patch,
-                  image_size=patch * grid, num_hidden_layers=n_layers("visual.transformer.resblocks"),
-                  num_attention_heads=max(1, v_width // 64))
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=sd["text_projection"].shape[1])
 
 
 def openai_to_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,7 +136,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     if not path.is_file():
         raise MedvlkitError(f"checkpoint '{path}' does not exist; pass openai-ckpt:<path to .pt/.pth file>")
-    if is_torchscript_archive(path):
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise MedvlkitError(f"cannot read '{path}' as safetensors ({first_line(err)})") from None
+    elif is_torchscript_archive(path):
         obj = read_torchscript_tensors(path)
     else:
         try:
@@ -198,6 +210,8 @@ def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.f
 
     path = Path(ref).expanduser()
     sd = read_state_dict(path)
+    if "visual.layer1.0.conv1.weight" in sd:
+        return load_resnet_clip(path, sd, device, dtype, tokenizer)
     try:
         config = infer_clip_config(sd)
         model = CLIPModel(config)
@@ -215,3 +229,36 @@ def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.f
                 config.vision_config.num_hidden_layers, cfg.image_size)
     return HFDualEncoder(model.to(device=device, dtype=dtype), tok, cfg, name=f"openai-ckpt:{ref}",
                          weight_files=[str(path)])
+
+
+def load_resnet_clip(path: Path, sd: dict[str, torch.Tensor], device: str, dtype: torch.dtype,
+                     tokenizer: str | None) -> ModelBase:
+    """An OpenAI ResNet CLIP (RN50...) state dict as :class:`~medvlkit.models.clip_resnet.ResNetCLIP`."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from medvlkit.models.clip_resnet import ModifiedResNet, ResNetCLIP, infer_resnet_config
+
+    try:
+        visual = ModifiedResNet(**infer_resnet_config(sd))
+        visual_sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+        v_missing, v_unexpected = visual.load_state_dict(visual_sd, strict=False)
+        text = CLIPTextModelWithProjection(CLIPTextConfig(**text_config_dict(sd),
+                                                          projection_dim=sd["text_projection"].shape[1]))
+        text_sd = openai_to_hf_state_dict({k: v for k, v in sd.items()
+                                           if not k.startswith("visual.") and k != "logit_scale"})
+        t_missing, t_unexpected = text.load_state_dict(text_sd, strict=False)
+        logit_scale = sd["logit_scale"]
+    except (KeyError, IndexError, ValueError, RuntimeError) as err:
+        raise MedvlkitError(f"'{path}' is not a complete OpenAI-format ResNet CLIP checkpoint ({first_line(err)})") \
+            from None
+    missing = [k for k in v_missing + t_missing if not k.endswith("position_ids")]
+    if missing or v_unexpected or t_unexpected:
+        raise MedvlkitError(f"'{path}' does not match the inferred ResNet CLIP: missing {missing[:5]}, unexpected "
+                            f"{(v_unexpected + t_unexpected)[:5]}")
+    arch = infer_resnet_config(sd)
+    cfg = preprocess_for(path, arch["input_resolution"])
+    model = ResNetCLIP(visual, text, find_tokenizer(path, tokenizer), logit_scale, cfg, name=f"openai-ckpt:{path}",
+                       weight_files=[str(path)])
+    logger.info("converted %s: ResNet CLIP, layers %s, width %d, image %d px", path, arch["layers"], arch["width"],
+                cfg.image_size)
+    return model.to(device=device, dtype=dtype)

@@ -44,6 +44,12 @@ class ModelPreset:
 _CLIP_PRE = "224 px, short side resized (bicubic) + centre crop, CLIP mean/std"
 
 
+def _openai_fetch(arch: str, name: str) -> str:
+    return (f"on a machine with a network: pip install openai-clip; python -c \"import clip; clip.load('{arch}', "
+            f"download_root='$MEDVLKIT_MODELS/{name}')\"; put vocab.json + merges.txt of openai/clip-vit-base-patch32 "
+            "beside it")
+
+
 def _hf_fetch(hub_id: str, name: str) -> str:
     return f"huggingface-cli download {hub_id} --local-dir $MEDVLKIT_MODELS/{name}"
 
@@ -71,6 +77,19 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "download the checkpoints linked from github.com/rajpurkarlab/CheXzero into $MEDVLKIT_MODELS/chexzero "
                 "with vocab.json + merges.txt of openai/clip-vit-base-patch32 beside them",
                 "best_64_5e-05_original_22000_0.864.pt", CHEXZERO_PREPROCESS),
+    ModelPreset("clip-rn50", "openai-ckpt:$MEDVLKIT_MODELS/clip-rn50/RN50.pt",
+                "OpenAI CLIP ResNet-50 (ModifiedResNet + attention pooling), OpenAI's TorchScript release", "MIT",
+                _CLIP_PRE, _openai_fetch("RN50", "clip-rn50"), "RN50.pt"),
+    ModelPreset("clip-rn101", "openai-ckpt:$MEDVLKIT_MODELS/clip-rn101/RN101.pt", "OpenAI CLIP ResNet-101", "MIT",
+                _CLIP_PRE, _openai_fetch("RN101", "clip-rn101"), "RN101.pt"),
+    ModelPreset("clip-rn50x4", "openai-ckpt:$MEDVLKIT_MODELS/clip-rn50x4/RN50x4.pt", "OpenAI CLIP ResNet-50x4 (288 px)",
+                "MIT", "288 px, short side resized (bicubic) + centre crop, CLIP mean/std",
+                _openai_fetch("RN50x4", "clip-rn50x4"), "RN50x4.pt"),
+    ModelPreset("pubmedclip-rn50", "openai-ckpt:$MEDVLKIT_MODELS/pubmedclip-rn50/PubMedCLIP_RN50.pth",
+                "PubMedCLIP (Eslami et al. 2023): CLIP RN50 fine-tuned on ROCO, the authors' .pth release", "MIT",
+                _CLIP_PRE, "download PubMedCLIP_RN50.pth from github.com/sarahESL/PubMedCLIP into "
+                "$MEDVLKIT_MODELS/pubmedclip-rn50 with vocab.json + merges.txt of openai/clip-vit-base-patch32",
+                "PubMedCLIP_RN50.pth"),
     ModelPreset("biomedclip", "open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
                 "BiomedCLIP (Zhang et al. 2023): ViT-B/16 + PubMedBERT on PMC-15M figure-caption pairs", "MIT",
                 "224 px, bicubic, CLIP mean/std; context 256 tokens",
