@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 def first_line(err: BaseException, limit: int = 200) -> str:
     """An exception's first non-empty message line, without terminal colour codes: for one-line errors that quote
@@ -11,6 +13,24 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return f"{type(err).__name__}: {line[:limit]}" if line else type(err).__name__
+
+
+@contextlib.contextmanager
+def loading_weights(what: str, expected: str):
+    """Turn what a weights loader raises into one-line errors: a pickle that ``weights_only`` refuses is named as
+    such (unpickling it could run code), anything else says what was ``expected`` of ``what``."""
+    import pickle
+
+    try:
+        yield
+    except pickle.UnpicklingError:
+        raise MedvlkitError(f"{what} refused: it holds Python objects besides tensors, and unpickling them could run "
+                            "code. Re-save the weights on a trusted machine as safetensors (or a plain state dict)") \
+            from None
+    except MedvlkitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - loaders raise many types for missing or damaged files
+        raise MedvlkitError(f"{what} could not be loaded ({first_line(err)}); {expected}") from None
 
 
 class MedvlkitError(Exception):

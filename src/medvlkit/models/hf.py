@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import torch
 
-from medvlkit.errors import MedvlkitError, first_line
+from medvlkit.errors import MedvlkitError, loading_weights
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -164,15 +163,9 @@ def load_hf(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -
         raise MedvlkitError(f"hf:{ref} is a '{config.model_type}' model; hf: loads {', '.join(_SUPPORTED_TYPES)}. "
                             "For OpenCLIP models (BiomedCLIP) use open_clip:hf-hub:<id>")
     cls = SiglipModel if config.model_type == "siglip" else CLIPModel
-    try:
+    with loading_weights(f"hf:{ref}: the weights in {path}",
+                         "the folder needs model.safetensors (or pytorch_model.bin) written by save_pretrained"):
         model = cls.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
-    except pickle.UnpicklingError:
-        raise MedvlkitError(f"hf:{ref}: the .bin weights in {path} hold Python objects besides tensors; refused, "
-                            "unpickling them could run code. Convert them to model.safetensors on a trusted "
-                            "machine (model.save_pretrained(DIR, safe_serialization=True))") from None
-    except Exception as err:  # noqa: BLE001 - transformers raises many types for missing or damaged weights
-        raise MedvlkitError(f"hf:{ref}: the weights in {path} could not be loaded ({first_line(err)}); the folder "
-                            "needs model.safetensors (or pytorch_model.bin) written by save_pretrained") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as err:  # noqa: BLE001

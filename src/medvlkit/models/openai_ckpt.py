@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
 from pathlib import Path
 
 import torch
 
-from medvlkit.errors import MedvlkitError, first_line
+from medvlkit.errors import MedvlkitError, first_line, loading_weights
 from medvlkit.models.base import ModelBase, PreprocessCfg
 from medvlkit.models.hf import HFDualEncoder
 from medvlkit.models.torchscript import is_torchscript_archive, read_torchscript_tensors
@@ -146,15 +145,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     elif is_torchscript_archive(path):
         obj = read_torchscript_tensors(path)
     else:
-        try:
+        with loading_weights(f"'{path}'", "is it a complete .pt/.pth PyTorch checkpoint?"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise MedvlkitError(f"'{path}' refused: it holds Python objects besides tensors, and unpickling them "
-                                "could run code. Re-save it on a trusted machine as a plain state dict "
-                                "(torch.save(model.state_dict(), FILE)) or as safetensors") from None
-        except Exception as err:  # noqa: BLE001 - torch raises many types for foreign or damaged files
-            raise MedvlkitError(f"cannot read '{path}' as a PyTorch checkpoint ({first_line(err)}); is it a "
-                                "complete .pt/.pth file?") from None
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
