@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medvlkit.errors import MedvlkitError
+
 logger = logging.getLogger(__name__)
 _SHARD_NAME = re.compile(r"shard-[0-9a-f]{32}\.npz")
 
@@ -81,7 +83,11 @@ class EmbeddingCache:
         """Store (N, D) vectors for N keys in a new shard (atomic rename)."""
         if not keys:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MedvlkitError(f"cannot write the embedding cache in {self.dir.parent.parent} ({err.strerror}); pass "
+                                "--cache-dir to a writable folder, or --no-cache") from None
         name = f"shard-{uuid.uuid4().hex}.npz"
         tmp = self.dir / f".{name}.tmp"  # a half-written file never matches the readers' shard-*.npz
         with open(tmp, "wb") as f:

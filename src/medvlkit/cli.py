@@ -837,6 +837,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)  # one unwrapped line, whatever the terminal width
         return 2
+    except OSError as err:  # a folder that cannot be written, a full disk...: the file and the reason, no traceback
+        if debug:
+            raise
+        print(f"error: {err.filename or ''}: {err.strerror or err} (check the path and its permissions; --debug "
+              "shows where)", file=sys.stderr)
+        return 2
     except SystemExit as ex:
         return ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
     return 0

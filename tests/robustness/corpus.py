@@ -405,6 +405,9 @@ def option_cases(root: Path) -> list[Case]:
         "finetune_val_fraction": ["finetune", "--data", d, "--val-split", "holdout", "--val-fraction", "1.5",
                                   "--device", "cpu"],
         "search_missing_index": ["search", "--index", str(root / "no-index"), "--text", "x"],
+        "cache_dir_not_a_folder": ["embed", "--data", d, "--split", "test", "--cache-dir", str(root / "notes.txt")],
+        "out_unwritable": ["embed", "--data", d, "--split", "test", "--out", str(root / "notes.txt" / "sub" / "x")],
+        "save_every_0": ["finetune", "--data", d, "--save-every", "0", "--device", "cpu"],
         "caption_per_image_0": ["caption", "--data", d, "--split", "test", "--per-image", "0", "--out",
                                 str(root / "caps.jsonl")],
     }
