@@ -134,7 +134,9 @@ def test_create_model_errors(tmp_path):
     with pytest.raises(MedvlkitError, match="precision"):
         create_model("hf:x", precision="fp8")
     with pytest.raises(MedvlkitError, match="open_clip"):
-        create_model("biomedclip")  # open_clip is an optional extra that cannot be imported here
+        create_model("open_clip:ViT-B-32")  # open_clip is an optional extra that cannot be imported here
+    with pytest.raises(MedvlkitError, match="huggingface-cli download microsoft/BiomedCLIP"):
+        create_model("biomedclip")  # loaded natively, from its folder in $MEDVLKIT_MODELS
 
 
 def test_preset_found_in_models_dir(tiny_clip_dir, tmp_path, monkeypatch):

@@ -90,11 +90,11 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 _CLIP_PRE, "download PubMedCLIP_RN50.pth from github.com/sarahESL/PubMedCLIP into "
                 "$MEDVLKIT_MODELS/pubmedclip-rn50 with vocab.json + merges.txt of openai/clip-vit-base-patch32",
                 "PubMedCLIP_RN50.pth"),
-    ModelPreset("biomedclip", "open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-                "BiomedCLIP (Zhang et al. 2023): ViT-B/16 + PubMedBERT on PMC-15M figure-caption pairs", "MIT",
-                "224 px, bicubic, CLIP mean/std; context 256 tokens",
-                "pip install 'medvlkit[open_clip]' (needs torchvision), then let open_clip fetch "
-                "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"),
+    ModelPreset("biomedclip", "biomedclip:$MEDVLKIT_MODELS/biomedclip",
+                "BiomedCLIP (Zhang et al. 2023): ViT-B/16 + PubMedBERT on PMC-15M figure-caption pairs; loaded by "
+                "medvlkit's own modules (no open_clip, timm or torchvision needed), fine-tunable", "MIT",
+                "224 px, short side resized (bicubic) + centre crop, CLIP mean/std; context 256 tokens",
+                _hf_fetch("microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "biomedclip"), ""),
     ModelPreset("siglip-b16", "hf:google/siglip-base-patch16-224", "SigLIP ViT-B/16 (WebLI)", "Apache-2.0",
                 "224 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
                 _hf_fetch("google/siglip-base-patch16-224", "siglip-b16")),

@@ -25,6 +25,7 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "hf": "medvlkit.models.hf:load_hf",
     "openai-ckpt": "medvlkit.models.openai_ckpt:load_openai_ckpt",
     "open_clip": "medvlkit.models.open_clip:load_open_clip",
+    "biomedclip": "medvlkit.models.biomedclip:load_biomedclip",
     "ft": "medvlkit.finetune.saved:load_finetuned",
 }
 _PRECISIONS = ("fp32", "fp16", "bf16")
@@ -81,8 +82,10 @@ def _resolve_preset(preset: ModelPreset) -> str:
     """A preset's spec pointing at a local copy when there is one."""
     local = models_dir() / preset.name
     source = preset.spec.split(":", 1)[0]
-    if source == "hf" and local.is_dir():
-        return f"hf:{local}"
+    if source in ("hf", "biomedclip") and local.is_dir():
+        return f"{source}:{local}"
+    if source == "biomedclip":
+        raise MedvlkitError(f"preset '{preset.name}' needs its folder {local}; {preset.fetch}")
     if source == "openai-ckpt":
         ckpt = local / preset.local_name
         if ckpt.is_file():
