@@ -203,3 +203,19 @@ def write_dicom(path: Path, rows: int, cols: int, frames: int = 1, deflated: boo
     ds.PixelData = (np.zeros(shape, np.uint16) if pixels is None else pixels.astype(np.uint16)).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def reference_fixture(*parts: str) -> Path:
+    """A folder of ../shared/fixtures/reference_models (or $MEDVLKIT_FIXTURES): upstream outputs to match. CI sets
+    MEDVLKIT_REQUIRE_DATA=1 so a missing folder fails instead of skipping."""
+    import os
+
+    import pytest
+
+    root = Path(os.environ.get("MEDVLKIT_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+    folder = root.joinpath("reference_models", *parts)
+    if not folder.is_dir():
+        if os.environ.get("MEDVLKIT_REQUIRE_DATA") == "1":
+            pytest.fail(f"reference fixtures not found at {folder}")
+        pytest.skip(f"reference fixtures not found at {folder}")
+    return folder

@@ -2,36 +2,33 @@
 ViT + HF BERT) is reproduced from its folder, laid out as the hub repository is."""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import reference_fixture
 from medvlkit import create_model
-
-FIXTURE = Path(os.environ.get("MEDVLKIT_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures")) \
-    / "reference_models" / "open_clip" / "biomedclip_tiny"
 
 
 @pytest.fixture(scope="module")
-def fixture():
-    if not FIXTURE.is_dir():
-        if os.environ.get("MEDVLKIT_REQUIRE_DATA") == "1":
-            pytest.fail(f"reference fixtures not found at {FIXTURE}")
-        pytest.skip(f"reference fixtures not found at {FIXTURE}")
-    return np.load(FIXTURE / "inputs.npz"), np.load(FIXTURE / "expected.npz")
+def folder():
+    return reference_fixture("open_clip", "biomedclip_tiny")
+
+
+@pytest.fixture(scope="module")
+def fixture(folder):
+    return np.load(folder / "inputs.npz"), np.load(folder / "expected.npz")
 
 
 @pytest.mark.parametrize("weights", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
-def test_biomedclip_matches_open_clip(fixture, tmp_path, weights):
+def test_biomedclip_matches_open_clip(fixture, folder, tmp_path, weights):
     inputs, expected = fixture
-    folder = tmp_path / "biomedclip"
-    shutil.copytree(FIXTURE, folder, ignore=shutil.ignore_patterns("open_clip_*model*"))
-    shutil.copy(FIXTURE / weights, folder / weights)
-    m = create_model(f"biomedclip:{folder}")
+    copy = tmp_path / "biomedclip"  # the hub layout with one weights file
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("open_clip_*model*"))
+    shutil.copy(folder / weights, copy / weights)
+    m = create_model(f"biomedclip:{copy}")
     assert m.preprocess_cfg.image_size == 64 and m.context_length == 256 and m.embed_dim == 48
     with torch.no_grad():
         img = m.encode_image(torch.from_numpy(inputs["pixel_values"]), normalize=False).numpy()
@@ -43,12 +40,12 @@ def test_biomedclip_matches_open_clip(fixture, tmp_path, weights):
     assert torch.equal(ours, torch.from_numpy(inputs["input_ids"][:, :ours.shape[1]]))  # same tokenizer, shorter pad
 
 
-def test_biomedclip_runs_the_tasks(fixture, tmp_path):
+def test_biomedclip_runs_the_tasks(fixture, folder, tmp_path):
     from helpers import make_split_folders
     from medvlkit.cli import main
 
     data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", f"biomedclip:{FIXTURE}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
+    base = ["--model", f"biomedclip:{folder}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
     assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
     assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
     assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",

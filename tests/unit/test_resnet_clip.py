@@ -2,41 +2,37 @@
 reproduced to 1e-5, from a safetensors file, a pickled state dict and a TorchScript archive alike."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import save_torchscript_state_dict, write_clip_tokenizer
+from helpers import reference_fixture, save_torchscript_state_dict, write_clip_tokenizer
 from medvlkit import create_model
 from medvlkit.models.clip_resnet import infer_resnet_config
 
-FIXTURE = Path(os.environ.get("MEDVLKIT_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures")) \
-    / "reference_models" / "openai_clip_rn"
+
+@pytest.fixture(scope="module")
+def folder():
+    return reference_fixture("openai_clip_rn")
 
 
 @pytest.fixture(scope="module")
-def fixture():
-    if not FIXTURE.is_dir():
-        if os.environ.get("MEDVLKIT_REQUIRE_DATA") == "1":
-            pytest.fail(f"reference fixtures not found at {FIXTURE}")
-        pytest.skip(f"reference fixtures not found at {FIXTURE}")
-    return load_file(str(FIXTURE / "model.safetensors")), np.load(FIXTURE / "inputs.npz"), \
-        np.load(FIXTURE / "expected.npz"), json.loads((FIXTURE / "config.json").read_text())
+def fixture(folder):
+    return load_file(str(folder / "model.safetensors")), np.load(folder / "inputs.npz"), \
+        np.load(folder / "expected.npz"), json.loads((folder / "config.json").read_text())
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt", "torchscript"])
-def test_resnet_clip_matches_openai_clip(fixture, tmp_path, fmt):
+def test_resnet_clip_matches_openai_clip(fixture, folder, tmp_path, fmt):
     sd, inputs, expected, config = fixture
     arch = infer_resnet_config(sd)
     assert arch["layers"] == tuple(config["vision_layers"]) and arch["width"] == config["vision_width"]
     assert arch["input_resolution"] == config["image_resolution"] and arch["heads"] == config["vision_heads"]
     path = tmp_path / {"safetensors": "rn.safetensors", "pt": "rn.pt", "torchscript": "rn_jit.pt"}[fmt]
     if fmt == "safetensors":
-        path.write_bytes((FIXTURE / "model.safetensors").read_bytes())
+        path.write_bytes((folder / "model.safetensors").read_bytes())
     elif fmt == "pt":
         torch.save(sd, path)
     else:
@@ -54,13 +50,13 @@ def test_resnet_clip_matches_openai_clip(fixture, tmp_path, fmt):
     np.testing.assert_allclose(logits.detach().numpy(), expected["logits_per_image"], atol=1e-4)
 
 
-def test_resnet_clip_runs_the_tasks(fixture, tmp_path):
+def test_resnet_clip_runs_the_tasks(fixture, folder, tmp_path):
     """zeroshot, embed, probe (backbone features too) and LoRA fine-tuning on the tiny ResNet CLIP."""
     from helpers import make_split_folders
     from medvlkit.cli import main
 
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "rn.safetensors").write_bytes((FIXTURE / "model.safetensors").read_bytes())
+    (tmp_path / "m" / "rn.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     write_clip_tokenizer(tmp_path / "m")
     spec = f"openai-ckpt:{tmp_path / 'm' / 'rn.safetensors'}"
     data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})

@@ -191,6 +191,20 @@ def file_sha256(path: str) -> str:
     return _SHA_CACHE[key]
 
 
+class LearnedTemperature:
+    """For models that keep their learned log temperature as ``self.log_logit_scale`` (a parameter)."""
+
+    log_logit_scale: torch.nn.Parameter
+
+    @property
+    def logit_scale(self) -> float:
+        """The learned temperature (exp of the stored log scale)."""
+        return float(self.log_logit_scale.detach().exp())
+
+    def log_scale_param(self) -> torch.nn.Parameter:
+        return self.log_logit_scale
+
+
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit L2 norm. (B, D) -> (B, D)."""
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line, loading_weights
-from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, l2_normalize
 
 # timm's heads per ViT name (the weights do not say: qkv is fused); head width 64 in every released ViT.
 # "vit_fixture_patch16_64" is the name the reference fixture's make.py registers (2 heads of width 16).
@@ -66,7 +66,7 @@ class TimmViT(nn.Module):
         return self.norm(self.blocks(x))[:, 0]
 
 
-class BiomedCLIP(ModelBase):
+class BiomedCLIP(LearnedTemperature, ModelBase):
     """A BiomedCLIP-layout model (timm ViT + BERT) behind the medvlkit surface."""
 
     default_lora_targets = ("qkv", "fc1", "fc2", "query", "value")  # ViT attention/MLP, BERT attention
@@ -80,13 +80,6 @@ class BiomedCLIP(ModelBase):
         self.log_logit_scale = nn.Parameter(logit_scale.detach().clone().float().reshape(()))
         self.embed_dim = image_proj.out_features
         self.eval()
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.log_logit_scale.detach().exp())
-
-    def log_scale_param(self) -> nn.Parameter:
-        return self.log_logit_scale
 
     def tower_modules(self) -> dict[str, list[nn.Module]]:
         return {"vision": [self.trunk, self.image_proj], "text": [self.bert, self.text_proj]}

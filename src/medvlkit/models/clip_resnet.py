@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, l2_normalize
 
 
 class Bottleneck(nn.Module):
@@ -113,7 +113,7 @@ def infer_resnet_config(sd: dict[str, torch.Tensor]) -> dict:
             "output_dim": sd["text_projection"].shape[1]}
 
 
-class ResNetCLIP(ModelBase):
+class ResNetCLIP(LearnedTemperature, ModelBase):
     """An OpenAI ResNet CLIP behind the medvlkit surface.
 
     Args:
@@ -130,13 +130,6 @@ class ResNetCLIP(ModelBase):
         self.log_logit_scale = nn.Parameter(logit_scale.detach().clone().float().reshape(()))
         self.embed_dim = int(text.config.projection_dim)
         self.context_length = int(text.config.max_position_embeddings)
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.log_logit_scale.detach().exp())
-
-    def log_scale_param(self) -> nn.Parameter:
-        return self.log_logit_scale
 
     def tower_modules(self) -> dict[str, list[nn.Module]]:
         return {"vision": [self.visual], "text": [self.text]}
