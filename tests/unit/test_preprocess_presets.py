@@ -1,5 +1,7 @@
 """Preprocessing travels with the weights: CheXzero's letterbox and statistics, checked against its code."""
 
+import dataclasses
+
 import numpy as np
 import torch
 from PIL import Image
@@ -53,9 +55,11 @@ def test_chexzero_checkpoint_gets_chexzero_preprocessing(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     torch.save(sd, folder / "best_64_5e-05_original_22000_0.864.pt")
     write_clip_tokenizer(folder)
+    tiny = dataclasses.replace(CHEXZERO_PREPROCESS, image_size=32)  # the tiny weights take 32 px; CheXzero's 224
     by_file = create_model(f"openai-ckpt:{folder / 'best_64_5e-05_original_22000_0.864.pt'}")
-    assert by_file.preprocess_cfg == CHEXZERO_PREPROCESS
+    assert by_file.preprocess_cfg == tiny
+    assert by_file.encode_image(by_file.preprocess([Image.new("L", (50, 80))])).shape == (1, 32)
     monkeypatch.setenv("MEDVLKIT_MODELS", str(tmp_path / "models"))
-    assert create_model("chexzero").preprocess_cfg == CHEXZERO_PREPROCESS
+    assert create_model("chexzero").preprocess_cfg == tiny
     torch.save(sd, folder / "plain_clip.pt")
     assert create_model(f"openai-ckpt:{folder / 'plain_clip.pt'}").preprocess_cfg == PreprocessCfg(image_size=32)

@@ -8,6 +8,7 @@ model). Files are ``.pt``/``.pth`` (pickled state dicts, TorchScript archives) o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -189,9 +190,9 @@ def preprocess_for(path: Path, image_size: int) -> PreprocessCfg:
         except (json.JSONDecodeError, TypeError, ValueError) as err:
             raise MedvlkitError(f"{side}: not a valid preprocessing config ({first_line(err)})") from None
     if _CHEXZERO_NAME.fullmatch(path.name):
-        logger.info("%s is a CheXzero checkpoint: using CheXzero's preprocessing (%s)", path.name,
-                    CHEXZERO_PREPROCESS.describe())
-        return CHEXZERO_PREPROCESS
+        cfg = dataclasses.replace(CHEXZERO_PREPROCESS, image_size=image_size)  # 224 for the released weights
+        logger.info("%s is a CheXzero checkpoint: using CheXzero's preprocessing (%s)", path.name, cfg.describe())
+        return cfg
     return PreprocessCfg(image_size=image_size)
 
 

@@ -6,6 +6,7 @@ A spec is ``lite``, a preset name (``medvlkit models``), or ``<source>:<ref>`` w
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import os
@@ -116,8 +117,8 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
         if sep and not ref:
             raise MedvlkitError(f"model spec '{spec}' has nothing after '{source}:'; e.g. {source}:/path/to/model")
         model = _loader(source)(ref, device=device, dtype=dtype, **kwargs)
-        if preset is not None and preset.preprocess is not None:
-            model.set_preprocess(preset.preprocess)
+        if preset is not None and preset.preprocess is not None:  # the weights' own input size is kept
+            model.set_preprocess(dataclasses.replace(preset.preprocess, image_size=model.preprocess_cfg.image_size))
         return model
     raise MedvlkitError(f"unknown model spec '{spec}'. Valid: a preset ({', '.join(PRESETS)}) or "
                         f"<source>:<ref> with source one of {', '.join(sorted(s for s in _SOURCES if s != 'lite'))}; "
