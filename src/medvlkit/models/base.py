@@ -47,9 +47,10 @@ class ImagePreprocessor:
                 image = image.resize((size, size), resample=resample)
         else:
             w, h = image.size
-            scale = size / min(w, h)
+            short = cfg.resize_size or size
+            scale = short / min(w, h)
             # floor, as torchvision's Resize and transformers' CLIP processor compute the long side
-            new_w, new_h = max(size, int(w * scale)), max(size, int(h * scale))
+            new_w, new_h = max(short, int(w * scale)), max(short, int(h * scale))
             if new_w * new_h > max_pixels():  # a thin strip (1 x 400,000 px) would be blown up to billions of pixels
                 raise ImageReadError("<image>", f"a {w}x{h} image resized to {new_w}x{new_h} is over the limit of "
                                                 f"{max_pixels()} pixels (aspect ratio {max(w, h) / min(w, h):.0f}:1)")

@@ -20,6 +20,8 @@ class PreprocessCfg:
         resize_mode: ``shortest`` resizes the short side to ``image_size`` then centre-crops (CLIP);
             ``squash`` resizes both sides to ``image_size`` without keeping the aspect ratio (SigLIP);
             ``pad`` resizes the long side and pads to a black square (letterbox; CheXzero), cutting nothing off.
+        resize_size: for ``shortest``, the short side before the centre crop to ``image_size`` (0: ``image_size``;
+            BioViL resizes to 512 and crops 480).
         pad_size: for ``pad``, the side of the square the image is first letterboxed into (with Lanczos, as
             CheXzero's 320 px files are made) before the square is resized to ``image_size``; 0 pads directly at
             ``image_size``.
@@ -31,6 +33,7 @@ class PreprocessCfg:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     pad_size: int = 0
+    resize_size: int = 0
 
     def __post_init__(self) -> None:
         # configs read from JSON carry lists; keep tuples so equal configs compare and fingerprint equal
@@ -42,6 +45,8 @@ class PreprocessCfg:
             raise ValueError(f"interpolation={self.interpolation!r}; valid options: {sorted(INTERPOLATIONS)}")
         if self.resize_mode not in ("shortest", "squash", "pad"):
             raise ValueError(f"resize_mode={self.resize_mode!r}; valid options: shortest, squash, pad")
+        if self.resize_size and self.resize_size < self.image_size:
+            raise ValueError(f"resize_size {self.resize_size} must be >= image_size {self.image_size}")
         if self.pad_size < 0:
             raise ValueError(f"pad_size must be >= 0, got {self.pad_size}")
         if self.image_size <= 0:

@@ -95,6 +95,12 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "medvlkit's own modules (no open_clip, timm or torchvision needed), fine-tunable", "MIT",
                 "224 px, short side resized (bicubic) + centre crop, CLIP mean/std; context 256 tokens",
                 _hf_fetch("microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "biomedclip"), ""),
+    ModelPreset("biovil", "biovil:$MEDVLKIT_MODELS/biovil",
+                "BioViL (Boecking et al. 2022): ResNet-50 + CXR-BERT-specialized on MIMIC-CXR; no learned temperature "
+                "(cosine similarity)", "MIT (hi-ml-multimodal); weights under Microsoft's research licence",
+                "480 px: short side 512 + centre crop, bilinear, no mean/std",
+                _hf_fetch("microsoft/BiomedVLP-CXR-BERT-specialized", "biovil") + " (holds "
+                "biovil_image_resnet50_proj_size_128.pt and the text model)", ""),
     ModelPreset("siglip-b16", "hf:google/siglip-base-patch16-224", "SigLIP ViT-B/16 (WebLI)", "Apache-2.0",
                 "224 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
                 _hf_fetch("google/siglip-base-patch16-224", "siglip-b16")),

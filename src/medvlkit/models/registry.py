@@ -27,6 +27,7 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "openai-ckpt": "medvlkit.models.openai_ckpt:load_openai_ckpt",
     "open_clip": "medvlkit.models.open_clip:load_open_clip",
     "biomedclip": "medvlkit.models.biomedclip:load_biomedclip",
+    "biovil": "medvlkit.models.biovil:load_biovil",
     "ft": "medvlkit.finetune.saved:load_finetuned",
 }
 _PRECISIONS = ("fp32", "fp16", "bf16")
@@ -83,9 +84,9 @@ def _resolve_preset(preset: ModelPreset) -> str:
     """A preset's spec pointing at a local copy when there is one."""
     local = models_dir() / preset.name
     source = preset.spec.split(":", 1)[0]
-    if source in ("hf", "biomedclip") and local.is_dir():
+    if source in ("hf", "biomedclip", "biovil") and local.is_dir():
         return f"{source}:{local}"
-    if source == "biomedclip":
+    if source in ("biomedclip", "biovil"):
         raise MedvlkitError(f"preset '{preset.name}' needs its folder {local}; {preset.fetch}")
     if source == "openai-ckpt":
         ckpt = local / preset.local_name

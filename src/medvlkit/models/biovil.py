@@ -1,0 +1,190 @@
+"""BioViL (Boecking et al. 2022, hi-ml-multimodal) from its released files, without torchvision.
+
+- image (``biovil_image_resnet50_proj_size_128.pt``, keys ``encoder.encoder.*`` and ``projector.model.*``):
+  torchvision's ResNet-50 up to layer4, written here in plain torch with torchvision's parameter names; the projector
+  (1x1 conv 2048->128, BatchNorm, ReLU, 1x1 conv 128->128) runs on every spatial position and its output is averaged
+  over H and W (projecting first, then averaging: BN + ReLU make the order matter).
+- text (CXR-BERT, ``model_type`` "cxr-bert"): transformers' ``BertModel`` on ``[CLS] ... [SEP]`` with prompts' trailing
+  ``!?.`` stripped, ``last_hidden_state[:, 0]`` -> ``cls_projection_head`` (Linear, exact GELU, LayerNorm eps 1e-12,
+  Linear).
+- no learned temperature: BioViL scores by cosine similarity, so ``logit_scale`` is 1.0 (softmax over cosines).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvlkit.errors import MedvlkitError, first_line, loading_weights
+from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+
+# hi-ml-multimodal's inference transform: Resize(512), CenterCrop(480), ToTensor, 3 equal channels; no mean/std.
+BIOVIL_PREPROCESS = PreprocessCfg(image_size=480, resize_size=512, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                                  interpolation="bilinear", resize_mode="shortest")
+
+
+class TorchvisionBottleneck(nn.Module):
+    """torchvision's ResNet-50 block (stride on the 3x3 convolution), with its parameter names."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchvisionResNet50(nn.Module):
+    """torchvision.models.resnet50 (``fc`` kept so its state dict loads strictly; unused). (B,3,S,S) -> (B,2048,h,w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        inplanes, stages = 64, []
+        for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            layers = [TorchvisionBottleneck(inplanes, planes, stride)]
+            inplanes = planes * 4
+            layers += [TorchvisionBottleneck(inplanes, planes) for _ in range(1, blocks)]
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(2048, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class BioViL(ModelBase):
+    """BioViL behind the medvlkit surface."""
+
+    default_lora_targets = ("conv1", "conv3", "query", "value")  # ResNet 1x1 convs (and stem), CXR-BERT attention
+    logit_scale = 1.0
+
+    def __init__(self, resnet: TorchvisionResNet50, projector: nn.Sequential, bert, text_head: nn.Sequential,
+                 tokenizer, preprocess_cfg: PreprocessCfg, name: str, weight_files: list[str]) -> None:
+        super().__init__(preprocess_cfg, weight_files)
+        self.resnet, self.projector, self.bert, self.text_head = resnet, projector, bert, text_head
+        self.tokenizer, self.name = tokenizer, name
+        self.embed_dim = int(text_head[-1].out_features)
+        self.context_length = int(bert.config.max_position_embeddings)
+        self.eval()
+
+    def tower_modules(self) -> dict[str, list[nn.Module]]:
+        return {"vision": [self.resnet, self.projector], "text": [self.bert, self.text_head]}
+
+    def tokenize(self, texts: list[str]) -> TextBatch:
+        texts = [re.sub(r"[!?.]+$", "", t.strip()) for t in texts]  # TextInput.tokenize_input_prompts
+        out = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        feats = self.projector(self.resnet(pixels.to(self.device, self.dtype))).mean(dim=(2, 3))
+        return l2_normalize(feats) if normalize else feats
+
+    def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
+        tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        feats = self.text_head(self.bert(**tokens).last_hidden_state[:, 0])
+        return l2_normalize(feats) if normalize else feats
+
+    def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.resnet(pixels.to(self.device, self.dtype)).mean(dim=(2, 3))
+
+    def log_scale_param(self) -> nn.Parameter:
+        raise MedvlkitError("BioViL has no learned temperature: contrastive fine-tuning is not wired for it; use "
+                            "--mode supervised or a probe")
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    with loading_weights(f"'{path}'", "expected BioViL's released weights"):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
+def _image_tower(folder: Path) -> tuple[TorchvisionResNet50, nn.Sequential, Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".safetensors") and "resnet" in p.name)
+    if not files:
+        raise MedvlkitError(f"biovil:{folder}: no image checkpoint (biovil_image_resnet50_proj_size_128.pt) there")
+    sd = _state_dict(files[0])
+    resnet = TorchvisionResNet50()
+    dim = sd.get("projector.model.0.weight", torch.zeros(128, 2048, 1, 1)).shape[0]
+    projector = nn.Sequential(nn.Conv2d(2048, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(),
+                              nn.Conv2d(dim, dim, 1))
+    try:
+        resnet.load_state_dict({k[len("encoder.encoder."):]: v for k, v in sd.items()
+                                if k.startswith("encoder.encoder.")})
+        projector.load_state_dict({k[len("projector.model."):]: v for k, v in sd.items()
+                                   if k.startswith("projector.model.")})
+    except RuntimeError as err:
+        raise MedvlkitError(f"biovil:{folder}: {files[0].name} is not BioViL's ResNet-50 image model "
+                            f"({first_line(err)})") from None
+    return resnet, projector, files[0]
+
+
+def _text_tower(folder: Path) -> tuple[object, nn.Sequential, object, Path]:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MedvlkitError(f"biovil:{folder}: no readable CXR-BERT config.json ({first_line(err)})") from None
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+    if weights is None:
+        raise MedvlkitError(f"biovil:{folder}: no CXR-BERT weights (model.safetensors or pytorch_model.bin)")
+    sd = _state_dict(weights)
+    fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version",
+                                                        "auto_map", "projection_size")}
+    bert = BertModel(BertConfig(**fields), add_pooling_layer=False)
+    proj, hidden = int(raw.get("projection_size", 128)), bert.config.hidden_size
+    head = nn.Sequential(nn.Linear(hidden, proj), nn.GELU(), nn.LayerNorm(proj, eps=1e-12), nn.Linear(proj, proj))
+    bert_sd = {k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.") and "pooler" not in k}
+    bert_sd.pop("embeddings.position_ids", None)  # transformers < 4.31 wrote it
+    if raw.get("tie_word_embeddings", True) and "cls.predictions.decoder.weight" in sd:
+        # CXRBertModel is a BertForMaskedLM whose decoder shares the word embeddings: the tied tensor is the decoder's
+        bert_sd["embeddings.word_embeddings.weight"] = sd["cls.predictions.decoder.weight"]
+    names = {"dense_to_hidden": "0", "LayerNorm": "2", "dense_to_output": "3"}
+    head_sd = {f"{names[k.split('.')[1]]}.{k.split('.')[2]}": v for k, v in sd.items()
+               if k.startswith("cls_projection_head.")}
+    try:
+        bert.load_state_dict(bert_sd)
+        head.load_state_dict(head_sd)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - torch and transformers raise many types
+        raise MedvlkitError(f"biovil:{folder}: {weights.name} is not a CXR-BERT with its projection head, or the "
+                            f"tokenizer files are missing ({first_line(err)})") from None
+    return bert, head, tokenizer, weights
+
+
+def load_biovil(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> BioViL:
+    """``biovil:DIR``: the image checkpoint and the CXR-BERT files (config, weights, tokenizer) in one folder, or the
+    text files in ``DIR/cxr_bert``."""
+    folder = Path(ref).expanduser()
+    if not folder.is_dir():
+        raise MedvlkitError(f"biovil:{folder}: no such folder")
+    resnet, projector, image_file = _image_tower(folder)
+    text_dir = folder / "cxr_bert" if (folder / "cxr_bert" / "config.json").is_file() else folder
+    bert, head, tokenizer, text_file = _text_tower(text_dir)
+    side = folder / "preprocess.json"
+    cfg = PreprocessCfg(**json.loads(side.read_text())) if side.is_file() else BIOVIL_PREPROCESS
+    model = BioViL(resnet, projector, bert, head, tokenizer, cfg, f"biovil:{ref}", [str(image_file), str(text_file)])
+    return model.to(device=device, dtype=dtype)

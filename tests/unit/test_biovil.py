@@ -1,0 +1,72 @@
+"""BioViL from its released file layout, equal to hi-ml-multimodal 0.2.2's own ImageModel and CXRBertModel on the
+reference fixture (the ResNet-50 weights regenerated from the fixture's seeded recipe with plain torch)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import reference_fixture
+from medvlkit import create_model
+
+
+def _recipe_state_dict(recipe: dict) -> dict:
+    """The fixture's rule (reference_models/recipe_check.py): seeded float64 draws rounded to float32."""
+    out = {}
+    for e in recipe["tensors"]:
+        dtype = getattr(torch, e["dtype"])
+        if e["dist"] == "zeros":
+            out[e["key"]] = torch.zeros(e["shape"], dtype=dtype)
+        elif e["dist"] == "const":
+            out[e["key"]] = torch.full(e["shape"], float(e["value"]), dtype=torch.float64).to(dtype)
+        else:
+            g = torch.Generator().manual_seed(e["index"])
+            draw = torch.randn if e["dist"] == "normal" else torch.rand
+            out[e["key"]] = (e["offset"] + e["scale"] * draw(e["shape"], generator=g, dtype=torch.float64)).to(dtype)
+    return out
+
+
+@pytest.fixture(scope="module")
+def biovil_dir(tmp_path_factory):
+    src = reference_fixture("biovil")
+    folder = tmp_path_factory.mktemp("biovil")
+    torch.save(_recipe_state_dict(json.loads((src / "image_recipe.json").read_text())),
+               folder / "biovil_image_resnet50_proj_size_128.pt")
+    for f in (src / "tiny_cxr_bert").iterdir():
+        shutil.copy(f, folder / f.name)
+    shutil.copy(src / "text_model.safetensors", folder / "model.safetensors")
+    return folder, np.load(src / "inputs.npz"), np.load(src / "expected.npz")
+
+
+def test_biovil_matches_hi_ml_multimodal(biovil_dir):
+    folder, inputs, expected = biovil_dir
+    m = create_model(f"biovil:{folder}")
+    assert m.embed_dim == 128 and m.logit_scale == 1.0 and m.preprocess_cfg.image_size == 480
+    tokens = m.tokenize([str(t) for t in inputs["texts"]])
+    assert torch.equal(tokens["input_ids"], torch.from_numpy(inputs["input_ids"]))  # trailing "." stripped
+    with torch.no_grad():
+        img = m.encode_image(torch.from_numpy(inputs["pixel_values"]), normalize=False).numpy()
+        txt = m.encode_text(tokens, normalize=False).numpy()
+        pooled = m.image_backbone_features(torch.from_numpy(inputs["pixel_values"])).numpy()
+    np.testing.assert_allclose(img, expected["image_features"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(txt, expected["text_features"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(pooled, expected["image_pooled"], atol=1e-5, rtol=1e-5)
+    cos = (m.encode_image(torch.from_numpy(inputs["pixel_values"])) @ m.encode_text(tokens).T).detach().numpy()
+    np.testing.assert_allclose(cos, expected["cosine_similarity"], atol=1e-5)
+
+
+def test_biovil_runs_the_tasks(biovil_dir, tmp_path):
+    from helpers import make_split_folders
+    from medvlkit.cli import main
+
+    folder, _, _ = biovil_dir
+    (folder / "preprocess.json").write_text(json.dumps({"image_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1]}))
+    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
+    base = ["--model", f"biovil:{folder}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
+    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
+    assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
+    assert main(["finetune", *base, "--mode", "supervised", "--lora", "default", "--max-steps", "2", "--batch-size",
+                 "4", "--device", "cpu", "--out", str(tmp_path / "f")]) == 0
+    (folder / "preprocess.json").unlink()
