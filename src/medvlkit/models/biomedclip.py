@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvlkit.errors import MedvlkitError, first_line, loading_weights
+from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.weight_files import read_weights
 
 # timm's heads per ViT name (the weights do not say: qkv is fused); head width 64 in every released ViT.
 # "vit_fixture_patch16_64" is the name the reference fixture's make.py registers (2 heads of width 16).
@@ -107,13 +108,7 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
         path = folder / name
         if path.is_file():
-            with loading_weights(f"'{path}'", "is it BiomedCLIP's open_clip checkpoint?"):
-                if path.suffix == ".safetensors":
-                    from safetensors.torch import load_file
-
-                    return load_file(str(path)), path
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-                return sd.get("state_dict", sd), path
+            return read_weights(path, "is it BiomedCLIP's open_clip checkpoint?"), path
     raise MedvlkitError(f"biomedclip:{folder}: no open_clip_model.safetensors or open_clip_pytorch_model.bin there")
 
 

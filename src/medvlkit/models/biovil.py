@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvlkit.errors import MedvlkitError, first_line, loading_weights
+from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.weight_files import read_weights
 
 # hi-ml-multimodal's inference transform: Resize(512), CenterCrop(480), ToTensor, 3 equal channels; no mean/std.
 BIOVIL_PREPROCESS = PreprocessCfg(image_size=480, resize_size=512, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
@@ -111,21 +112,11 @@ class BioViL(ModelBase):
                             "--mode supervised or a probe")
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    with loading_weights(f"'{path}'", "expected BioViL's released weights"):
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-
-
 def _image_tower(folder: Path) -> tuple[TorchvisionResNet50, nn.Sequential, Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".safetensors") and "resnet" in p.name)
     if not files:
         raise MedvlkitError(f"biovil:{folder}: no image checkpoint (biovil_image_resnet50_proj_size_128.pt) there")
-    sd = _state_dict(files[0])
+    sd = read_weights(files[0], "expected BioViL's released image weights")
     resnet = TorchvisionResNet50()
     dim = sd.get("projector.model.0.weight", torch.zeros(128, 2048, 1, 1)).shape[0]
     projector = nn.Sequential(nn.Conv2d(2048, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(),
@@ -151,7 +142,7 @@ def _text_tower(folder: Path) -> tuple[object, nn.Sequential, object, Path]:
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
         raise MedvlkitError(f"biovil:{folder}: no CXR-BERT weights (model.safetensors or pytorch_model.bin)")
-    sd = _state_dict(weights)
+    sd = read_weights(weights, "expected CXR-BERT's released weights")
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version",
                                                         "auto_map", "projection_size")}
     bert = BertModel(BertConfig(**fields), add_pooling_layer=False)

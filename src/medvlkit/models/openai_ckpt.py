@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from medvlkit.errors import MedvlkitError, first_line, loading_weights
+from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg
 from medvlkit.models.hf import HFDualEncoder
-from medvlkit.models.torchscript import is_torchscript_archive, read_torchscript_tensors
+from medvlkit.models.weight_files import read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -131,30 +131,13 @@ def hf_to_openai_state_dict(model) -> dict[str, torch.Tensor]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a .pt/.pth state dict without running code from the file.
 
-    Plain pickled state dicts load with ``weights_only=True``; TorchScript archives (OpenAI's released files) are
-    read by :func:`~medvlkit.models.torchscript.read_torchscript_tensors`, which never executes the archive.
+    See :func:`~medvlkit.models.weight_files.read_weights` (TorchScript archives, OpenAI's released files, are never
+    executed); ``module.`` / ``model.`` key prefixes of wrapped models are removed.
     """
     if not path.is_file():
         raise MedvlkitError(f"checkpoint '{path}' does not exist; pass openai-ckpt:<path to .pt/.pth file>")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(str(path))
-        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-            raise MedvlkitError(f"cannot read '{path}' as safetensors ({first_line(err)})") from None
-    elif is_torchscript_archive(path):
-        obj = read_torchscript_tensors(path)
-    else:
-        with loading_weights(f"'{path}'", "is it a complete .pt/.pth PyTorch checkpoint?"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict):
-        raise MedvlkitError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
-    return {k.removeprefix("module.").removeprefix("model."): v for k, v in obj.items()
-            if isinstance(v, torch.Tensor)}
+    sd = read_weights(path, "is it a complete .pt/.pth PyTorch checkpoint?")
+    return {k.removeprefix("module.").removeprefix("model."): v for k, v in sd.items()}
 
 
 def find_tokenizer(ckpt: Path, tokenizer: str | None):

@@ -1,0 +1,38 @@
+"""Reading a weights file without running code from it: the one reader behind openai-ckpt:, biomedclip: and biovil:."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from medvlkit.errors import MedvlkitError, loading_weights
+from medvlkit.models.torchscript import is_torchscript_archive, read_torchscript_tensors
+
+
+def read_weights(path: Path, expected: str) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file, a TorchScript archive (read record by record, never executed) or a
+    pickled state dict (``weights_only=True``; a ``state_dict`` / ``model_state_dict`` / ``model`` wrapper is
+    unwrapped). Entries that are not tensors are dropped.
+
+    Args:
+        expected: what the file should have been, for the error message.
+
+    Raises:
+        MedvlkitError: a damaged file, a refused pickle, or something that is not a state dict.
+    """
+    with loading_weights(f"'{path}'", expected):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        elif is_torchscript_archive(path):
+            obj = read_torchscript_tensors(path)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise MedvlkitError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
