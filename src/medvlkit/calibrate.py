@@ -23,7 +23,6 @@ from medvlkit.scores import log1mexp, log_sigmoid, log_softmax, logit_from_log_p
 
 logger = logging.getLogger(__name__)
 
-EPS = 1e-7
 THRESHOLD_METHODS = ("youden", "sensitivity", "none")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, first_line
 
 
 def _plain(obj):
@@ -50,10 +50,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle and zip errors come in many types
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise MedvlkitError(f"{path} refused: it is damaged or holds objects other than tensors and plain data "
-                            f"(loading it could run code; {first}). Delete it and start the run again without "
-                            "--resume") from None
+                            f"(loading it could run code; {first_line(err)}). Delete it and start the run again "
+                            "without --resume") from None
     if not isinstance(state, dict):
         raise MedvlkitError(f"{path} is not a medvlkit checkpoint (it holds a {type(state).__name__})")
     return state

@@ -33,15 +33,17 @@ def _out_folder(value: Path | None) -> Path | None:
     """--out must be usable as a folder: checked when the options are parsed, before any work is done."""
     if value is not None and value.exists() and not value.is_dir():
         raise typer.BadParameter(f"{value} is an existing file, not a folder; choose another --out")
-    if value is not None and any(p.exists() and not p.is_dir() for p in value.parents):
-        raise typer.BadParameter(f"{value}: a parent of it is a file; choose another --out")
-    return value
+    return _parents_are_folders(value)
 
 
 def _out_file(value: Path | None) -> Path | None:
     """--out naming a file to write: not a folder, and its folder can be made."""
     if value is not None and value.is_dir():
         raise typer.BadParameter(f"{value} is a folder; --out names the file to write (e.g. {value}/pairs.jsonl)")
+    return _parents_are_folders(value)
+
+
+def _parents_are_folders(value: Path | None) -> Path | None:
     if value is not None and any(p.exists() and not p.is_dir() for p in value.parents):
         raise typer.BadParameter(f"{value}: a parent of it is a file; choose another --out")
     return value
@@ -227,8 +229,8 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         raise MedvlkitError("pass exactly one of --prompts NAME|FILE or --classes 'a,b,c'")
     from medvlkit.models.presets import lite_caveat
 
-    if lite_caveat(model, prompts):
-        err_console.print(lite_caveat(model, prompts))
+    if caveat := lite_caveat(model, prompts):
+        err_console.print(caveat)
     ps = load_prompt_set(prompts) if prompts else prompt_set_from_classes(
         [c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")
     ds = _dataset(data, split, fmt, path_column, label_columns, uncertain, image_root)  # cheap checks first
@@ -292,7 +294,7 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
                           calibration: Path = typer.Option(..., "--calibration", help="calibration.json from "
                                                                                       "medvlkit calibrate"),
                           out: Path = OutOpt,
-                          bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples"),
+                          bootstrap: int = BootstrapOpt,
                           seed: int = typer.Option(0, "--seed", help="bootstrap seed")) -> None:
     """Apply a calibration fitted on validation data to other (e.g. test) predictions.
 
@@ -538,7 +540,7 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
              labels: Path = typer.Option(None, "--labels", help="CSV with file + label (class name) or one 0/1 column "
                                                                 "per class; default: the predictions' own "
                                                                 "true_<class> columns"),
-             out: Path = OutOpt, bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples"),
+             out: Path = OutOpt, bootstrap: int = BootstrapOpt,
              seed: int = typer.Option(0, "--seed", help="bootstrap seed")) -> None:
     """Score predictions against labels (joined on the 'file' column), or a medvlkit predictions.csv against its own
     truth (reproducing its run's metrics exactly).
@@ -640,7 +642,7 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
              resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
              load: Path = typer.Option(None, "--load", help="a run's best/ folder: skip training, score "
                                                             "--test-split"),
-             bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs"),
+             bootstrap: int = BootstrapOpt,
              path_column: str = PathColOpt, label_columns: str = LabelColsOpt, uncertain: str = UncertainOpt,
              image_root: str = ImageRootOpt, quiet: bool = QuietOpt) -> None:
     """Fine-tune a model: contrastive (full, LoRA, one tower frozen; GradCache) or supervised (CE/BCE head).
@@ -714,7 +716,7 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
                                                       "classification head trained end to end"),
               device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto"),
               workers: int = WorkersOpt, seed: int = typer.Option(0, "--seed"),
-              bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs"),
+              bootstrap: int = BootstrapOpt,
               quiet: bool = QuietOpt) -> None:
     """The seed's comparison table: zero-shot, linear probe (frozen), LoRA contrastive, probe on the LoRA tower.
 
@@ -749,8 +751,8 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
     m = _model(model, device, "fp32", None)
     from medvlkit.models.presets import lite_caveat
 
-    if lite_caveat(model, "pneumonia"):
-        err_console.print(lite_caveat(model, "pneumonia"))
+    if caveat := lite_caveat(model, "pneumonia"):
+        err_console.print(caveat)
     rows = run_demo(m, out_dir / "bundled_images", expected, progress=not quiet)
     if images is not None:
         rows += run_demo(m, images, None, progress=not quiet)

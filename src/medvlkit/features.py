@@ -155,11 +155,10 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
                     raise KeyboardInterrupt from None
                 raise
     except KeyboardInterrupt:
-        pending.flush()
         raise MedvlkitError(f"interrupted after {len(vectors) - len(found)} new embeddings, all written to the cache: "
                             "run the same command again to continue where it stopped") from None
     finally:
-        pending.flush()  # an error or an interrupt keeps everything computed so far
+        pending.flush()  # an error or an interrupt keeps everything computed so far (before the error propagates)
         bar.close()
     order = np.array(sorted(vectors), dtype=int)
     if len(order) == 0:

@@ -148,20 +148,15 @@ def run_section(run: Run) -> str:
         plots.append(_img(confusion_matrix_png(res["confusion_matrix"], res["classnames"]), "confusion matrix"))
     pred = _predictions(run)
     if pred is not None:
-        known = ~np.all(np.isnan(pred.labels), axis=1)
-        plots.append(_img(roc_png(pred.labels[known], pred.log_probs[known], pred.classnames), "ROC curves"))
+        known = ~np.all(np.isnan(pred.labels), axis=1)  # rows without any truth say nothing
+        labels, log_probs = pred.labels[known], pred.log_probs[known]
+        plots.append(_img(roc_png(labels, log_probs, pred.classnames), "ROC curves"))
     if res.get("reliability"):
         plots.append(_img(reliability_png(res["reliability"]), "reliability diagram"))
-    elif pred is not None and pred.multilabel:
-        from medvlkit.calibrate import confidence_and_correct, reliability
-
-        curve = reliability(*confidence_and_correct(pred.labels, pred.probs, True))
-        plots.append(_img(reliability_png({"model": curve}), "reliability diagram"))
     elif pred is not None:
         from medvlkit.calibrate import confidence_and_correct, reliability
 
-        known = ~np.all(np.isnan(pred.labels), axis=1)
-        curve = reliability(*confidence_and_correct(pred.labels[known], pred.probs[known], False))
+        curve = reliability(*confidence_and_correct(labels, np.exp(log_probs), pred.multilabel))
         plots.append(_img(reliability_png({"model": curve}), "reliability diagram"))
     if plots:
         parts.append('<div class="plots">' + "".join(plots) + "</div>")

@@ -289,8 +289,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
                     if step % cfg.save_every == 0:
                         checkpoint()
                     if any(gather_objects(stop_request.requested, world)):
-                        checkpoint()
-                        raise KeyboardInterrupt
+                        raise KeyboardInterrupt  # between steps: the handler below writes the checkpoint
                     if step >= total:
                         stop = True
                         break

@@ -15,9 +15,10 @@ from medvlkit.data.adapters.csv_labels import (
     read_csv_rows,
     read_text,
     resolve_image_path,
+    select_split,
 )
 from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
-from medvlkit.errors import MedvlkitError, NoSplitsError
+from medvlkit.errors import MedvlkitError
 
 _MEDPIX_SPLITS = {"train": "train", "val": "dev", "valid": "dev", "validation": "dev", "dev": "dev", "test": "test"}
 
@@ -62,13 +63,7 @@ def load_captions(path: Path, split: str | None = None, path_column: str | None 
         raise MedvlkitError(f"{path} holds no image-caption rows")
     pcol = pick_column(header, path_column, PATH_COLUMNS + ("name",), "image path", path)
     tcol = pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path)
-    if split and "split" not in header:
-        raise NoSplitsError(f"split '{split}': {path} has no 'split' column, so it cannot select rows; add a "
-                            "'split' column (train/val/test), or drop the split option")
-    if split:
-        rows = [r for r in rows if r.get("split", "").lower() == split.lower()]
-        if not rows:
-            raise MedvlkitError(f"{path}: no rows with split == '{split}'")
+    rows = select_split(path, header, rows, pcol, split)
     for n, r in enumerate(rows, 1):
         if not r.get(pcol, "").strip() or r.get(tcol) is None:
             raise MedvlkitError(f"{path}: row {n} has no '{pcol}' or no '{tcol}' value; every row needs both")

@@ -144,7 +144,7 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
     if not rows:
         raise MedvlkitError(f"{path} has a header but no rows")
     pcol = pick_column(header, path_column, PATH_COLUMNS, "image path", path)
-    rows = _select_split(path, header, rows, pcol, split)
+    rows = select_split(path, header, rows, pcol, split)
     if isinstance(label_columns, str):
         label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
     for c in label_columns or []:
@@ -169,7 +169,7 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
                         split=split, meta={"uncertain": uncertain})
 
 
-def _select_split(path: Path, header: list[str], rows: list[dict[str, str]], pcol: str,
+def select_split(path: Path, header: list[str], rows: list[dict[str, str]], pcol: str,
                   split: str | None) -> list[dict[str, str]]:
     """The rows of ``split``: by the ``split`` column, else by ChestX-ray14's official lists beside the CSV.
 
@@ -184,7 +184,7 @@ def _select_split(path: Path, header: list[str], rows: list[dict[str, str]], pco
         raise NoSplitsError(f"split '{split}': {path} has no 'split' column, so it cannot select rows (using every "
                             "row would score training images as test images); add a 'split' column "
                             "(train/val/test), or drop the split option")
-    rows = [r for r in rows if r["split"].strip().lower() == split.lower()]
+    rows = [r for r in rows if str(r.get("split", "")).strip().lower() == split.lower()]
     if not rows:
         raise MedvlkitError(f"{path}: no rows with split == '{split}'")
     return rows

@@ -43,7 +43,6 @@ def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
     keys = _npz_keys(path)
     if "images" in keys:
         key, label_key = "images", "labels" if "labels" in keys else None
-        names = [str(n) for n in read_npz_array(path, "label_names")] if "label_names" in keys else None
     else:
         if not split:
             splits = sorted(k[:-7] for k in keys if k.endswith("_images"))
@@ -56,7 +55,7 @@ def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
             raise MedvlkitError(f"--data {path} has no '{split}' split (arrays: {', '.join(sorted(keys))})")
         label_key = key.replace("_images", "_labels")
         label_key = label_key if label_key in keys else None
-        names = [str(n) for n in read_npz_array(path, "label_names")] if "label_names" in keys else None
+    names = [str(n) for n in read_npz_array(path, "label_names")] if "label_names" in keys else None
     shape, dtype = npz_array_shape(path, key)
     if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))) or shape[0] == 0 or \
             not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
