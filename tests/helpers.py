@@ -219,3 +219,20 @@ def reference_fixture(*parts: str) -> Path:
             pytest.fail(f"reference fixtures not found at {folder}")
         pytest.skip(f"reference fixtures not found at {folder}")
     return folder
+
+
+def recipe_state_dict(recipe: dict) -> dict[str, torch.Tensor]:
+    """A reference fixture's seeded tensors (reference_models/recipe_check.py's rule): float64 draws from a generator
+    seeded with each entry's index, rounded to the entry's dtype."""
+    out = {}
+    for e in recipe["tensors"]:
+        dtype = getattr(torch, e["dtype"])
+        if e["dist"] == "zeros":
+            out[e["key"]] = torch.zeros(e["shape"], dtype=dtype)
+        elif e["dist"] == "const":
+            out[e["key"]] = torch.full(e["shape"], float(e["value"]), dtype=torch.float64).to(dtype)
+        else:
+            g = torch.Generator().manual_seed(e["index"])
+            draw = torch.randn if e["dist"] == "normal" else torch.rand
+            out[e["key"]] = (e["offset"] + e["scale"] * draw(e["shape"], generator=g, dtype=torch.float64)).to(dtype)
+    return out

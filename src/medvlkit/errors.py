@@ -11,7 +11,10 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     import re
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else ""
+    if line.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for X:" says nothing on its own
+        line = f"{line} {lines[1]}"
     return f"{type(err).__name__}: {line[:limit]}" if line else type(err).__name__
 
 

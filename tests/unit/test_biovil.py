@@ -8,31 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import reference_fixture
+from helpers import recipe_state_dict, reference_fixture
 from medvlkit import create_model
-
-
-def _recipe_state_dict(recipe: dict) -> dict:
-    """The fixture's rule (reference_models/recipe_check.py): seeded float64 draws rounded to float32."""
-    out = {}
-    for e in recipe["tensors"]:
-        dtype = getattr(torch, e["dtype"])
-        if e["dist"] == "zeros":
-            out[e["key"]] = torch.zeros(e["shape"], dtype=dtype)
-        elif e["dist"] == "const":
-            out[e["key"]] = torch.full(e["shape"], float(e["value"]), dtype=torch.float64).to(dtype)
-        else:
-            g = torch.Generator().manual_seed(e["index"])
-            draw = torch.randn if e["dist"] == "normal" else torch.rand
-            out[e["key"]] = (e["offset"] + e["scale"] * draw(e["shape"], generator=g, dtype=torch.float64)).to(dtype)
-    return out
 
 
 @pytest.fixture(scope="module")
 def biovil_dir(tmp_path_factory):
     src = reference_fixture("biovil")
     folder = tmp_path_factory.mktemp("biovil")
-    torch.save(_recipe_state_dict(json.loads((src / "image_recipe.json").read_text())),
+    torch.save(recipe_state_dict(json.loads((src / "image_recipe.json").read_text())),
                folder / "biovil_image_resnet50_proj_size_128.pt")
     for f in (src / "tiny_cxr_bert").iterdir():
         shutil.copy(f, folder / f.name)

@@ -36,11 +36,20 @@ class ImagePreprocessor:
         """Resize, crop, scale to [0, 1] and normalise one image. Returns (3, S, S) float32."""
         cfg = self.cfg
         # Grey images become RGB only here, at the model boundary (all backbones take 3 channels).
-        image = image.convert("RGB")
+        image = image.convert("L").convert("RGB") if cfg.grayscale else image.convert("RGB")
         resample = _RESAMPLE[cfg.interpolation]
         size = cfg.image_size
         if cfg.resize_mode == "squash":
             image = image.resize((size, size), resample=resample)
+        elif cfg.resize_mode == "square":
+            w, h = image.size
+            side = max(size, w, h)
+            if side * side > max_pixels():  # a 1 x 400,000 strip would need a 400,000 px square canvas
+                raise ImageReadError("<image>", f"a {w}x{h} image padded to a {side}x{side} square is over the limit "
+                                                f"of {max_pixels()} pixels")
+            canvas = Image.new("RGB", (side, side))
+            canvas.paste(image, (int((side - w) / 2), int((side - h) / 2)))  # MedCLIPFeatureExtractor.pad_img
+            image = canvas.resize((size, size), resample=resample)
         elif cfg.resize_mode == "pad":
             image = _letterbox(image, cfg.pad_size or size, Image.Resampling.LANCZOS if cfg.pad_size else resample)
             if cfg.pad_size and cfg.pad_size != size:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")  # PIL resampling filters, by name
+RESIZE_MODES = ("shortest", "squash", "pad", "square")
 
 
 @dataclass(frozen=True)
@@ -19,12 +20,16 @@ class PreprocessCfg:
         interpolation: PIL resampling filter name (bicubic, bilinear, nearest, lanczos).
         resize_mode: ``shortest`` resizes the short side to ``image_size`` then centre-crops (CLIP);
             ``squash`` resizes both sides to ``image_size`` without keeping the aspect ratio (SigLIP);
-            ``pad`` resizes the long side and pads to a black square (letterbox; CheXzero), cutting nothing off.
+            ``pad`` resizes the long side and pads to a black square (letterbox; CheXzero), cutting nothing off;
+            ``square`` pastes the image unscaled on a black square of side max(image_size, w, h), then resizes the
+            square to ``image_size`` (MedCLIP's ``pad_img`` + resize).
         resize_size: for ``shortest``, the short side before the centre crop to ``image_size`` (0: ``image_size``;
             BioViL resizes to 512 and crops 480).
         pad_size: for ``pad``, the side of the square the image is first letterboxed into (with Lanczos, as
             CheXzero's 320 px files are made) before the square is resized to ``image_size``; 0 pads directly at
             ``image_size``.
+        grayscale: convert to one grey channel (ITU-R 601 luma) before anything else, as models trained on grey
+            radiographs do (MedCLIP pastes every image on an 8-bit grey canvas); the model still gets 3 channels.
     """
 
     image_size: int = 224
@@ -34,6 +39,7 @@ class PreprocessCfg:
     resize_mode: str = "shortest"
     pad_size: int = 0
     resize_size: int = 0
+    grayscale: bool = False
 
     def __post_init__(self) -> None:
         # configs read from JSON carry lists; keep tuples so equal configs compare and fingerprint equal
@@ -43,8 +49,8 @@ class PreprocessCfg:
             raise ValueError(f"mean and std need 3 values each (std > 0), got mean={self.mean} std={self.std}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation={self.interpolation!r}; valid options: {sorted(INTERPOLATIONS)}")
-        if self.resize_mode not in ("shortest", "squash", "pad"):
-            raise ValueError(f"resize_mode={self.resize_mode!r}; valid options: shortest, squash, pad")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode={self.resize_mode!r}; valid options: {', '.join(RESIZE_MODES)}")
         if self.resize_size and self.resize_size < self.image_size:
             raise ValueError(f"resize_size {self.resize_size} must be >= image_size {self.image_size}")
         if self.pad_size < 0:
@@ -58,8 +64,9 @@ class PreprocessCfg:
 
     def describe(self) -> str:
         """One line for people: size, resize, interpolation, mean/std."""
-        resize = {"shortest": "short side + centre crop", "squash": "squash",
+        resize = {"shortest": "short side + centre crop", "squash": "squash", "square": "pasted on a black square",
                   "pad": f"letterbox{f' at {self.pad_size} px (Lanczos), then' if self.pad_size else ''}"}
         mean = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.mean))
         std = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.std))
-        return f"{self.image_size} px, {resize[self.resize_mode]}, {self.interpolation}, mean {mean}, std {std}"
+        grey = "grey, " if self.grayscale else ""
+        return f"{self.image_size} px, {grey}{resize[self.resize_mode]}, {self.interpolation}, mean {mean}, std {std}"

@@ -101,6 +101,16 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "480 px: short side 512 + centre crop, bilinear, no mean/std",
                 _hf_fetch("microsoft/BiomedVLP-CXR-BERT-specialized", "biovil") + " (holds "
                 "biovil_image_resnet50_proj_size_128.pt and the text model)", ""),
+    *[ModelPreset(f"medclip-{v}", f"medclip:$MEDVLKIT_MODELS/medclip-{v}",
+                  f"MedCLIP (Wang et al. 2022): {arch} + Bio_ClinicalBERT, decoupled contrastive training on "
+                  "MIMIC-CXR and CheXpert", "BSD (medclip 0.0.3 package metadata)",
+                  "224 px grey, pasted on a black square of side max(224, w, h) then resized (bicubic), "
+                  "mean 0.5863 / std 0.2795; texts padded to the batch's longest (padding enters the pooling)",
+                  f"on a machine with a network: python -c \"from medclip import MedCLIPModel, {cls}; "
+                  f"MedCLIPModel(vision_cls={cls}).from_pretrained('$MEDVLKIT_MODELS/medclip-{v}')\"; then "
+                  "huggingface-cli download emilyalsentzer/Bio_ClinicalBERT config.json vocab.txt --local-dir "
+                  f"$MEDVLKIT_MODELS/medclip-{v}/text", "")
+      for v, arch, cls in (("vit", "Swin-T", "MedCLIPVisionModelViT"), ("resnet", "ResNet-50", "MedCLIPVisionModel"))],
     ModelPreset("siglip-b16", "hf:google/siglip-base-patch16-224", "SigLIP ViT-B/16 (WebLI)", "Apache-2.0",
                 "224 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
                 _hf_fetch("google/siglip-base-patch16-224", "siglip-b16")),

@@ -1,7 +1,8 @@
 """``create_model(spec)`` and ``list_models()``: every backbone through one factory.
 
 A spec is ``lite``, a preset name (``medvlkit models``), or ``<source>:<ref>`` where source is one of
-``hf``, ``openai-ckpt``, ``open_clip``. Sources register themselves with :func:`register_source`.
+``hf``, ``openai-ckpt``, ``open_clip``, ``biomedclip``, ``biovil``, ``medclip``, ``gloria``, ``ft``. Sources
+register themselves with :func:`register_source`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "open_clip": "medvlkit.models.open_clip:load_open_clip",
     "biomedclip": "medvlkit.models.biomedclip:load_biomedclip",
     "biovil": "medvlkit.models.biovil:load_biovil",
+    "medclip": "medvlkit.models.medclip:load_medclip",
     "ft": "medvlkit.finetune.saved:load_finetuned",
 }
 _PRECISIONS = ("fp32", "fp16", "bf16")
@@ -84,9 +86,9 @@ def _resolve_preset(preset: ModelPreset) -> str:
     """A preset's spec pointing at a local copy when there is one."""
     local = models_dir() / preset.name
     source = preset.spec.split(":", 1)[0]
-    if source in ("hf", "biomedclip", "biovil") and local.is_dir():
+    if source in ("hf", "biomedclip", "biovil", "medclip") and local.is_dir():
         return f"{source}:{local}"
-    if source in ("biomedclip", "biovil"):
+    if source in ("biomedclip", "biovil", "medclip"):
         raise MedvlkitError(f"preset '{preset.name}' needs its folder {local}; {preset.fetch}")
     if source == "openai-ckpt":
         ckpt = local / preset.local_name
