@@ -23,14 +23,15 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def write_clip_tokenizer(folder: Path) -> Path:
-    """A complete byte-level CLIP BPE tokenizer: 256 byte symbols, their </w> forms, start/end tokens, no merges.
-
-    Vocabulary size 514; <|endoftext|> is id 513, the highest, as in OpenAI's tokenizer.
+def write_clip_tokenizer(folder: Path, vocab_size: int = 514) -> Path:
+    """A complete byte-level CLIP BPE tokenizer: 256 byte symbols, their </w> forms, unused filler tokens up to
+    ``vocab_size``, start/end tokens, no merges. <|endoftext|> is the highest id, as in OpenAI's tokenizer.
     """
     folder.mkdir(parents=True, exist_ok=True)
     symbols = list(bytes_to_unicode().values())
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
+    filler = [f"<unused{i}>" for i in range(vocab_size - 514)]
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + filler
+                                        + ["<|startoftext|>", "<|endoftext|>"])}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     return folder

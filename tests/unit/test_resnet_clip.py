@@ -37,7 +37,7 @@ def test_resnet_clip_matches_openai_clip(fixture, folder, tmp_path, fmt):
         torch.save(sd, path)
     else:
         save_torchscript_state_dict(sd, path)
-    write_clip_tokenizer(tmp_path)
+    write_clip_tokenizer(tmp_path, vocab_size=1024)  # the fixture's vocabulary: end-of-text 1023
     m = create_model(f"openai-ckpt:{path}")
     assert m.preprocess_cfg.image_size == 96 and m.embed_dim == 64
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_resnet_clip_runs_the_tasks(fixture, folder, tmp_path):
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "rn.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
-    write_clip_tokenizer(tmp_path / "m")
+    write_clip_tokenizer(tmp_path / "m", vocab_size=1024)
     spec = f"openai-ckpt:{tmp_path / 'm' / 'rn.safetensors'}"
     data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
     base = ["--model", spec, "--data", str(data), "-q", "--workers", "0"]

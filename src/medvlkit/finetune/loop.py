@@ -96,7 +96,7 @@ def prepare_model(model: ModelBase, cfg: FinetuneConfig, classnames: list[str] |
 def _absolute_spec(spec: str) -> str:
     """A spec whose path part is absolute, so ``ft:DIR`` loads from any working directory."""
     source, sep, ref = spec.partition(":")
-    if sep and source in ("hf", "openai-ckpt", "lite", "ft") and Path(ref).expanduser().exists():
+    if sep and Path(ref).expanduser().exists():  # every source whose reference is a local file or folder
         return f"{source}:{Path(ref).expanduser().resolve()}"
     return spec
 

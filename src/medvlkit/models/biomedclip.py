@@ -12,7 +12,6 @@ where torchvision and timm are absent.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -104,14 +103,6 @@ class BiomedCLIP(LearnedTemperature, ModelBase):
         return self.trunk(pixels.to(self.device, self.dtype))
 
 
-def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-        path = folder / name
-        if path.is_file():
-            return read_weights(path, "is it BiomedCLIP's open_clip checkpoint?"), path
-    raise MedvlkitError(f"biomedclip:{folder}: no open_clip_model.safetensors or open_clip_pytorch_model.bin there")
-
-
 def _bert(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict):
     """transformers' BertModel from the checkpoint: config from ``hf_model_name`` when it is a local folder, else
     inferred from the tensor shapes (heads of width 64, as every released BERT)."""
@@ -143,15 +134,14 @@ def load_biomedclip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     """``biomedclip:DIR``: a folder laid out as the hub repo of BiomedCLIP-PubMedBERT_256-vit_base_patch16_224."""
     from transformers import AutoTokenizer
 
+    from medvlkit.models.open_clip import preprocess_from_config, read_open_clip_config, weights_file
+
     folder = Path(ref).expanduser()
-    try:
-        cfg = json.loads((folder / "open_clip_config.json").read_text())
-        model_cfg = cfg["model_cfg"]
-        vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise MedvlkitError(f"biomedclip:{folder}: no readable open_clip_config.json ({first_line(err)}); pass the "
-                            "folder of BiomedCLIP's hub repository") from None
-    sd, weights = _read_weights(folder)
+    cfg = read_open_clip_config(folder, "biomedclip")
+    model_cfg = cfg["model_cfg"]
+    vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    weights = weights_file(folder, "biomedclip")
+    sd = read_weights(weights, "is it BiomedCLIP's open_clip checkpoint?")
     try:
         width = sd["visual.trunk.cls_token"].shape[-1]
         patch = sd["visual.trunk.patch_embed.proj.weight"].shape[-1]
@@ -176,13 +166,8 @@ def load_biomedclip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.fl
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - transformers raises many types for missing tokenizer files
         raise MedvlkitError(f"biomedclip:{folder}: no tokenizer files there ({first_line(err)})") from None
-    pre = cfg.get("preprocess_cfg", {})
     size = vision_cfg.get("image_size", 224)
-    preprocess = PreprocessCfg(image_size=size[0] if isinstance(size, list) else int(size),
-                               mean=tuple(pre.get("mean", PreprocessCfg.mean)),
-                               std=tuple(pre.get("std", PreprocessCfg.std)),
-                               interpolation=pre.get("interpolation", "bicubic"),
-                               resize_mode="squash" if pre.get("resize_mode") == "squash" else "shortest")
+    preprocess = preprocess_from_config(cfg, size[0] if isinstance(size, list) else size)
     model = BiomedCLIP(trunk, image_proj, bert, text_proj, tokenizer, logit_scale,
                        int(text_cfg.get("context_length", 256)), preprocess, f"biomedclip:{ref}", [str(weights)])
     return model.to(device=device, dtype=dtype)

@@ -1,15 +1,41 @@
-"""OpenCLIP models (BiomedCLIP...) behind the medvlkit surface. Optional: needs ``open_clip_torch``."""
+"""OpenCLIP models behind the medvlkit surface.
+
+``open_clip:DIR`` (a folder laid out as an open_clip hub repo: ``open_clip_config.json`` +
+``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``) is read by medvlkit's own modules where the
+architecture is one it knows:
+
+- open_clip's own towers (ViT image tower + causal text transformer, OpenAI's key layout): converted onto a
+  transformers ``CLIPModel``, with exact GELU unless the config says ``quick_gelu`` (open_clip's default differs
+  from OpenAI's weights), heads from ``head_width`` / ``heads``;
+- a timm ViT + HF BERT (BiomedCLIP's shape): :mod:`medvlkit.models.biomedclip`.
+
+Both work, and fine-tune, without open_clip, timm or torchvision. Other configs (ConvNeXt, CoCa, attentional
+pooling...) and ``open_clip:<arch>@<tag>`` need the optional ``open_clip_torch`` package.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import torch
 
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+
+logger = logging.getLogger(__name__)
+WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# vision_cfg / text_cfg keys whose default values are what OpenAI's layout computes; anything else is refused
+_KNOWN_VISION = {"image_size", "layers", "width", "head_width", "patch_size", "mlp_ratio"}
+_KNOWN_TEXT = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
+_DEFAULTS_OK = {"pool_type": ("tok", "argmax"), "no_ln_pre": (False,), "final_ln_after_pool": (False,),
+                "attentional_pool": (False,), "ls_init_value": (None,), "proj_bias": (False,), "embed_cls": (False,),
+                "output_tokens": (False,), "patch_dropout": (0, 0.0), "pad_id": (0,), "no_causal_mask": (False,)}
 
 
 class OpenCLIPDualEncoder(ModelBase):
-    """An ``open_clip`` model, its tokenizer, and the preprocessing its config declares."""
+    """An ``open_clip`` model (built by the open_clip package), its tokenizer, and its config's preprocessing."""
 
     def __init__(self, model, tokenizer, preprocess_cfg: PreprocessCfg, name: str,
                  weight_files: list[str] | None = None) -> None:
@@ -21,9 +47,23 @@ class OpenCLIPDualEncoder(ModelBase):
         with torch.no_grad():
             self.embed_dim = int(self.model.encode_text(self.tokenizer(["x"])).shape[-1])
 
+    default_lora_targets = ("out_proj", "c_fc", "c_proj", "qkv", "query", "value")
+
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
+
+    def log_scale_param(self) -> torch.nn.Parameter:
+        return self.model.logit_scale
+
+    def tower_modules(self) -> dict[str, list[torch.nn.Module]]:
+        m = self.model
+        if hasattr(m, "text"):  # CustomTextCLIP (HF text tower)
+            return {"vision": [m.visual], "text": [m.text]}
+        # CLIP keeps the text tower's positional embedding and projection as loose parameters
+        loose = torch.nn.ParameterList([p for p in (m.positional_embedding, m.text_projection)
+                                        if isinstance(p, torch.nn.Parameter)])
+        return {"vision": [m.visual], "text": [m.transformer, m.token_embedding, m.ln_final, loose]}
 
     def tokenize(self, texts: list[str]) -> TextBatch:
         return {"input_ids": self.tokenizer(list(texts))}
@@ -37,27 +77,118 @@ class OpenCLIPDualEncoder(ModelBase):
         return l2_normalize(feats) if normalize else feats
 
 
-def load_open_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> OpenCLIPDualEncoder:
-    """``open_clip:<arch>[@<pretrained tag or file>]`` or ``open_clip:hf-hub:<id>``."""
+def preprocess_from_config(cfg: dict, image_size) -> PreprocessCfg:
+    """An open_clip config's ``preprocess_cfg`` (mean, std, interpolation, resize_mode) as a PreprocessCfg."""
+    pre = cfg.get("preprocess_cfg", {}) or {}
+    size = pre.get("size", image_size)
+    return PreprocessCfg(image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+                         mean=tuple(pre.get("mean", PreprocessCfg.mean)), std=tuple(pre.get("std", PreprocessCfg.std)),
+                         interpolation=pre.get("interpolation", "bicubic"),
+                         resize_mode="squash" if pre.get("resize_mode") == "squash" else "shortest")
+
+
+def read_open_clip_config(folder: Path, spec: str) -> dict:
+    """``open_clip_config.json`` of a hub-layout folder, with a one-line error when it is missing or malformed."""
+    try:
+        cfg = json.loads((folder / "open_clip_config.json").read_text())
+        cfg["model_cfg"]["vision_cfg"], cfg["model_cfg"]["text_cfg"]  # noqa: B018 - both must exist
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise MedvlkitError(f"{spec}:{folder}: no readable open_clip_config.json with model_cfg.vision_cfg and "
+                            f"text_cfg ({first_line(err)})") from None
+    return cfg
+
+
+def weights_file(folder: Path, spec: str) -> Path:
+    """The hub folder's checkpoint (safetensors preferred)."""
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    raise MedvlkitError(f"{spec}:{folder}: no {' or '.join(WEIGHT_NAMES)} there")
+
+
+def _unsupported(model_cfg: dict) -> list[str]:
+    """Config entries the OpenAI-layout conversion cannot honour (names with their values)."""
+    bad = [f"{k}={v}" for k, v in model_cfg.items()
+           if k not in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "custom_text")
+           and not (k in _DEFAULTS_OK and v in _DEFAULTS_OK[k])]
+    for part, known in (("vision_cfg", _KNOWN_VISION), ("text_cfg", _KNOWN_TEXT)):
+        bad += [f"{part}.{k}={v}" for k, v in model_cfg[part].items()
+                if k not in known and not (k in _DEFAULTS_OK and v in _DEFAULTS_OK[k])]
+    return bad
+
+
+def load_open_clip_folder(folder: Path, device: str, dtype: torch.dtype, tokenizer: str | None = None) -> ModelBase:
+    """An open_clip hub-layout folder through medvlkit's own modules (see the module docstring)."""
+    from transformers import CLIPModel
+
+    from medvlkit.models.openai_ckpt import find_tokenizer, infer_clip_config, openai_to_hf_state_dict
+    from medvlkit.models.weight_files import read_weights
+
+    cfg = read_open_clip_config(folder, "open_clip")
+    model_cfg = cfg["model_cfg"]
+    vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    if vision_cfg.get("timm_model_name") or text_cfg.get("hf_model_name"):
+        if str(vision_cfg.get("timm_model_name", "")).startswith("vit_") and text_cfg.get("hf_model_name"):
+            from medvlkit.models.biomedclip import load_biomedclip
+
+            return load_biomedclip(str(folder), device=device, dtype=dtype)
+        raise MedvlkitError(f"open_clip:{folder}: a {vision_cfg.get('timm_model_name') or 'custom'} image tower with "
+                            f"{text_cfg.get('hf_model_name') or 'open_clip'} text needs the open_clip package: pip "
+                            "install 'medvlkit[open_clip]'")
+    bad = _unsupported(model_cfg)
+    if bad:
+        raise MedvlkitError(f"open_clip:{folder}: medvlkit reads open_clip's standard ViT CLIP; this config sets "
+                            f"{', '.join(bad[:4])}. Install the open_clip package (pip install 'medvlkit[open_clip]') "
+                            "for it")
+    path = weights_file(folder, "open_clip")
+    sd = read_weights(path, "is it an open_clip checkpoint?")
+    act = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
+    try:
+        config = infer_clip_config(sd)
+        v_width, t_width = config.vision_config.hidden_size, config.text_config.hidden_size
+        config.vision_config.hidden_act = config.text_config.hidden_act = act
+        config.vision_config.num_attention_heads = v_width // int(vision_cfg.get("head_width", 64))
+        config.text_config.num_attention_heads = int(text_cfg.get("heads", 8))
+        config.vision_config.intermediate_size = int(v_width * float(vision_cfg.get("mlp_ratio", 4.0)))
+        config.text_config.intermediate_size = int(t_width * float(text_cfg.get("mlp_ratio", 4.0)))
+        model = CLIPModel(config)
+        missing, unexpected = model.load_state_dict(openai_to_hf_state_dict(sd), strict=False)
+    except (KeyError, IndexError, ValueError, RuntimeError, MedvlkitError) as err:
+        raise MedvlkitError(f"open_clip:{folder}: {path.name} is not an open_clip ViT CLIP checkpoint "
+                            f"({first_line(err)})") from None
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise MedvlkitError(f"open_clip:{folder}: {path.name} does not match its config: missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}")
+    from medvlkit.models.hf import HFDualEncoder
+
+    pre = preprocess_from_config(cfg, vision_cfg.get("image_size", 224))
+    logger.info("open_clip:%s read natively: ViT width %d, %s", folder, v_width, act)
+    tok = find_tokenizer(path, tokenizer, config.text_config.vocab_size)
+    return HFDualEncoder(model.to(device=device, dtype=dtype), tok, pre, name=f"open_clip:{folder}",
+                         weight_files=[str(path)])
+
+
+def load_open_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                   tokenizer: str | None = None) -> ModelBase:
+    """``open_clip:DIR`` (hub-layout folder, read natively where possible), ``open_clip:<arch>[@<tag or file>]`` or
+    ``open_clip:hf-hub:<id>`` (the open_clip package)."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir() and (folder / "open_clip_config.json").is_file():
+        return load_open_clip_folder(folder, device, dtype, tokenizer)
     try:
         import open_clip  # lazy: optional extra, needs torchvision
     except ImportError as err:
         raise MedvlkitError(f"open_clip:{ref} needs the optional extra: pip install 'medvlkit[open_clip]' "
-                            f"(open_clip_torch and torchvision; import failed: {err})") from None
+                            f"(open_clip_torch and torchvision; import failed: {err}). A local folder with "
+                            "open_clip_config.json is read without it") from None
     arch, _, pretrained = ref.partition("@")
     try:
         model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device)
-        tokenizer = open_clip.get_tokenizer(arch)
+        tok = open_clip.get_tokenizer(arch)
     except Exception as err:  # noqa: BLE001
-        raise MedvlkitError(f"open_clip could not create '{ref}': {err}") from None
-    pc = getattr(model.visual, "preprocess_cfg", {}) or {}
-    size = pc.get("size", 224)
-    cfg = PreprocessCfg(image_size=size[0] if isinstance(size, (tuple, list)) else int(size),
-                        mean=tuple(pc.get("mean", PreprocessCfg.mean)), std=tuple(pc.get("std", PreprocessCfg.std)),
-                        interpolation=pc.get("interpolation", "bicubic"),
-                        resize_mode="squash" if pc.get("resize_mode") == "squash" else "shortest")
-    from pathlib import Path
-
+        raise MedvlkitError(f"open_clip could not create '{ref}': {first_line(err)}") from None
+    cfg = preprocess_from_config({"preprocess_cfg": getattr(model.visual, "preprocess_cfg", {}) or {}}, 224)
     files = [str(Path(pretrained).expanduser().resolve())] if pretrained and Path(pretrained).expanduser().is_file() \
         else []  # a local checkpoint's size and mtime enter the cache fingerprint: a changed file is re-embedded
-    return OpenCLIPDualEncoder(model.to(dtype=dtype), tokenizer, cfg, name=f"open_clip:{ref}", weight_files=files)
+    return OpenCLIPDualEncoder(model.to(dtype=dtype), tok, cfg, name=f"open_clip:{ref}", weight_files=files)

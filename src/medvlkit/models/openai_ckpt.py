@@ -140,16 +140,27 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module.").removeprefix("model."): v for k, v in sd.items()}
 
 
-def find_tokenizer(ckpt: Path, tokenizer: str | None):
-    """The CLIP BPE tokenizer: ``tokenizer`` dir, else files beside the checkpoint, else an error."""
+def find_tokenizer(ckpt: Path, tokenizer: str | None, vocab_size: int | None = None):
+    """The CLIP BPE tokenizer: ``tokenizer`` dir, else files beside the checkpoint, else an error.
+
+    With ``vocab_size`` (the checkpoint's), the tokenizer must end its texts with id ``vocab_size - 1``: OpenAI's
+    text towers pool the highest id, and a tokenizer of another vocabulary would make them pool the wrong token
+    silently."""
     from transformers import AutoTokenizer, CLIPTokenizer
 
     candidates = [Path(tokenizer).expanduser()] if tokenizer else [ckpt.parent]
     for d in candidates:
+        tok = None
         if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
-            return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
-        if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(d, local_files_only=True)
+            tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+        elif (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
+            tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
+        if tok is not None:
+            if vocab_size is not None and tok.eos_token_id != vocab_size - 1:
+                raise MedvlkitError(f"the tokenizer in {d} ends texts with id {tok.eos_token_id}, but {ckpt.name} has "
+                                    f"a vocabulary of {vocab_size} whose end-of-text id is {vocab_size - 1}: it is "
+                                    "not this model's tokenizer (pass the right one with --tokenizer DIR)")
+            return tok
     if tokenizer:
         raise MedvlkitError(f"--tokenizer {tokenizer}: no vocab.json + merges.txt or tokenizer.json there")
     raise MedvlkitError(
@@ -200,7 +211,7 @@ def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.f
         raise MedvlkitError(f"'{path}' does not match the inferred CLIP architecture: "
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     cfg = preprocess_for(path, config.vision_config.image_size)
-    tok = find_tokenizer(path, tokenizer)
+    tok = find_tokenizer(path, tokenizer, config.text_config.vocab_size)
     logger.info("converted %s: ViT width %d, %d layers, image %d px", path, config.vision_config.hidden_size,
                 config.vision_config.num_hidden_layers, cfg.image_size)
     return HFDualEncoder(model.to(device=device, dtype=dtype), tok, cfg, name=f"openai-ckpt:{ref}",
@@ -233,7 +244,8 @@ def load_resnet_clip(path: Path, sd: dict[str, torch.Tensor], device: str, dtype
                             f"{(v_unexpected + t_unexpected)[:5]}")
     arch = infer_resnet_config(sd)
     cfg = preprocess_for(path, arch["input_resolution"])
-    model = ResNetCLIP(visual, text, find_tokenizer(path, tokenizer), logit_scale, cfg, name=f"openai-ckpt:{path}",
+    tok = find_tokenizer(path, tokenizer, text.config.vocab_size)
+    model = ResNetCLIP(visual, text, tok, logit_scale, cfg, name=f"openai-ckpt:{path}",
                        weight_files=[str(path)])
     logger.info("converted %s: ResNet CLIP, layers %s, width %d, image %d px", path, arch["layers"], arch["width"],
                 cfg.image_size)
