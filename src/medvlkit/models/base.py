@@ -20,6 +20,7 @@ _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
 }
 TextBatch = dict[str, torch.Tensor]
 """Tokenizer output: at least ``input_ids`` (B, L); often ``attention_mask`` (B, L)."""
@@ -50,6 +51,10 @@ class ImagePreprocessor:
             canvas = Image.new("RGB", (side, side))
             canvas.paste(image, (int((side - w) / 2), int((side - h) / 2)))  # MedCLIPFeatureExtractor.pad_img
             image = canvas.resize((size, size), resample=resample)
+        elif cfg.resize_mode == "pad" and cfg.resize_size:
+            image = _letterbox(image, cfg.resize_size, resample)
+            offset = (cfg.resize_size - size) // 2
+            image = image.crop((offset, offset, offset + size, offset + size))
         elif cfg.resize_mode == "pad":
             image = _letterbox(image, cfg.pad_size or size, Image.Resampling.LANCZOS if cfg.pad_size else resample)
             if cfg.pad_size and cfg.pad_size != size:

@@ -17,11 +17,11 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.torchvision_resnet import TorchvisionResNet
 from medvlkit.models.weight_files import read_weights
 
 # hi-ml-multimodal's inference transform: Resize(512), CenterCrop(480), ToTensor, 3 equal channels; no mean/std.
@@ -29,46 +29,9 @@ BIOVIL_PREPROCESS = PreprocessCfg(image_size=480, resize_size=512, mean=(0.0, 0.
                                   interpolation="bilinear", resize_mode="shortest")
 
 
-class TorchvisionBottleneck(nn.Module):
-    """torchvision's ResNet-50 block (stride on the 3x3 convolution), with its parameter names."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3, self.bn3 = nn.Conv2d(planes, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4)
-        self.downsample = None
-        if stride != 1 or inplanes != planes * 4:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes * 4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchvisionResNet50(nn.Module):
-    """torchvision.models.resnet50 (``fc`` kept so its state dict loads strictly; unused). (B,3,S,S) -> (B,2048,h,w)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inplanes, stages = 64, []
-        for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-            layers = [TorchvisionBottleneck(inplanes, planes, stride)]
-            inplanes = planes * 4
-            layers += [TorchvisionBottleneck(inplanes, planes) for _ in range(1, blocks)]
-            stages.append(nn.Sequential(*layers))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nn.Linear(2048, 1000)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+def TorchvisionResNet50() -> TorchvisionResNet:  # noqa: N802 - reads like the class it builds
+    """torchvision.models.resnet50 (``fc`` kept so its state dict loads strictly). (B,3,S,S) -> (B,2048,h,w)."""
+    return TorchvisionResNet(50)
 
 
 class BioViL(ModelBase):
@@ -77,7 +40,7 @@ class BioViL(ModelBase):
     default_lora_targets = ("conv1", "conv3", "query", "value")  # ResNet 1x1 convs (and stem), CXR-BERT attention
     logit_scale = 1.0
 
-    def __init__(self, resnet: TorchvisionResNet50, projector: nn.Sequential, bert, text_head: nn.Sequential,
+    def __init__(self, resnet: TorchvisionResNet, projector: nn.Sequential, bert, text_head: nn.Sequential,
                  tokenizer, preprocess_cfg: PreprocessCfg, name: str, weight_files: list[str]) -> None:
         super().__init__(preprocess_cfg, weight_files)
         self.resnet, self.projector, self.bert, self.text_head = resnet, projector, bert, text_head
@@ -112,7 +75,7 @@ class BioViL(ModelBase):
                             "--mode supervised or a probe")
 
 
-def _image_tower(folder: Path) -> tuple[TorchvisionResNet50, nn.Sequential, Path]:
+def _image_tower(folder: Path) -> tuple[TorchvisionResNet, nn.Sequential, Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".safetensors") and "resnet" in p.name)
     if not files:
         raise MedvlkitError(f"biovil:{folder}: no image checkpoint (biovil_image_resnet50_proj_size_128.pt) there")

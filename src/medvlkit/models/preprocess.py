@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")  # PIL resampling filters, by name
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box")  # PIL resampling filters, by name
 RESIZE_MODES = ("shortest", "squash", "pad", "square")
 
 
@@ -17,14 +17,16 @@ class PreprocessCfg:
         image_size: side of the square input the model sees.
         mean: per-channel mean subtracted after scaling pixels to [0, 1].
         std: per-channel std divided after subtracting the mean.
-        interpolation: PIL resampling filter name (bicubic, bilinear, nearest, lanczos).
+        interpolation: PIL resampling filter name (bicubic, bilinear, nearest, lanczos, box; box is area
+            averaging, PIL's counterpart of OpenCV's INTER_AREA).
         resize_mode: ``shortest`` resizes the short side to ``image_size`` then centre-crops (CLIP);
             ``squash`` resizes both sides to ``image_size`` without keeping the aspect ratio (SigLIP);
             ``pad`` resizes the long side and pads to a black square (letterbox; CheXzero), cutting nothing off;
             ``square`` pastes the image unscaled on a black square of side max(image_size, w, h), then resizes the
             square to ``image_size`` (MedCLIP's ``pad_img`` + resize).
         resize_size: for ``shortest``, the short side before the centre crop to ``image_size`` (0: ``image_size``;
-            BioViL resizes to 512 and crops 480).
+            BioViL resizes to 512 and crops 480); for ``pad``, the square the image is letterboxed into before the
+            centre crop to ``image_size`` (GLoRIA: 256, then 224).
         pad_size: for ``pad``, the side of the square the image is first letterboxed into (with Lanczos, as
             CheXzero's 320 px files are made) before the square is resized to ``image_size``; 0 pads directly at
             ``image_size``.
@@ -65,7 +67,8 @@ class PreprocessCfg:
     def describe(self) -> str:
         """One line for people: size, resize, interpolation, mean/std."""
         resize = {"shortest": "short side + centre crop", "squash": "squash", "square": "pasted on a black square",
-                  "pad": f"letterbox{f' at {self.pad_size} px (Lanczos), then' if self.pad_size else ''}"}
+                  "pad": f"letterbox{f' at {self.pad_size} px (Lanczos), then' if self.pad_size else ''}"
+                  f"{f' at {self.resize_size} px + centre crop' if self.resize_size else ''}"}
         mean = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.mean))
         std = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.std))
         grey = "grey, " if self.grayscale else ""

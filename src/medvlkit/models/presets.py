@@ -111,6 +111,15 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                   "huggingface-cli download emilyalsentzer/Bio_ClinicalBERT config.json vocab.txt --local-dir "
                   f"$MEDVLKIT_MODELS/medclip-{v}/text", "")
       for v, arch, cls in (("vit", "Swin-T", "MedCLIPVisionModelViT"), ("resnet", "ResNet-50", "MedCLIPVisionModel"))],
+    ModelPreset("gloria", "gloria:$MEDVLKIT_MODELS/gloria/chexpert_resnet50.ckpt",
+                 "GLoRIA (Huang et al. 2021): ResNet-50 + Bio_ClinicalBERT on CheXpert reports; medvlkit uses its "
+                 "global embeddings (its own zero-shot adds word-region similarity)",
+                 "as stated by github.com/marshuang80/gloria (not checked here)",
+                 "224 px grey: long side to 256 (area), zero-padded square, centre crop 224, mean/std 0.5; "
+                 "upsampled to 299 inside the model; texts cleaned and padded to 97 tokens",
+                 "download chexpert_resnet50.ckpt (linked from github.com/marshuang80/gloria) into "
+                 "$MEDVLKIT_MODELS/gloria; huggingface-cli download emilyalsentzer/Bio_ClinicalBERT config.json "
+                 "vocab.txt --local-dir $MEDVLKIT_MODELS/gloria/text", "chexpert_resnet50.ckpt"),
     ModelPreset("siglip-b16", "hf:google/siglip-base-patch16-224", "SigLIP ViT-B/16 (WebLI)", "Apache-2.0",
                 "224 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
                 _hf_fetch("google/siglip-base-patch16-224", "siglip-b16")),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +31,11 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "biomedclip": "medvlkit.models.biomedclip:load_biomedclip",
     "biovil": "medvlkit.models.biovil:load_biovil",
     "medclip": "medvlkit.models.medclip:load_medclip",
+    "gloria": "medvlkit.models.gloria:load_gloria",
     "ft": "medvlkit.finetune.saved:load_finetuned",
 }
 _PRECISIONS = ("fp32", "fp16", "bf16")
+_TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria")  # loaders that take tokenizer=DIR
 
 
 def register_source(prefix: str) -> Callable[[Callable[..., ModelBase]], Callable[..., ModelBase]]:
@@ -90,10 +93,10 @@ def _resolve_preset(preset: ModelPreset) -> str:
         return f"{source}:{local}"
     if source in ("biomedclip", "biovil", "medclip"):
         raise MedvlkitError(f"preset '{preset.name}' needs its folder {local}; {preset.fetch}")
-    if source == "openai-ckpt":
+    if source in ("openai-ckpt", "gloria"):
         ckpt = local / preset.local_name
         if ckpt.is_file():
-            return f"openai-ckpt:{ckpt}"
+            return f"{source}:{ckpt}"
         raise MedvlkitError(f"preset '{preset.name}' needs {ckpt}; {preset.fetch}")
     return preset.spec
 
@@ -119,7 +122,11 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
     if source in _SOURCES and (sep or source == "lite"):
         if sep and not ref:
             raise MedvlkitError(f"model spec '{spec}' has nothing after '{source}:'; e.g. {source}:/path/to/model")
-        model = _loader(source)(ref, device=device, dtype=dtype, **kwargs)
+        loader = _loader(source)
+        if "tokenizer" in kwargs and "tokenizer" not in inspect.signature(loader).parameters:
+            raise MedvlkitError(f"--tokenizer applies to {', '.join(_TOKENIZER_SOURCES)} models; '{spec}' carries "
+                                "its own tokenizer")
+        model = loader(ref, device=device, dtype=dtype, **kwargs)
         if preset is not None and preset.preprocess is not None:  # the weights' own input size is kept
             model.set_preprocess(dataclasses.replace(preset.preprocess, image_size=model.preprocess_cfg.image_size))
         return model

@@ -37,10 +37,24 @@ class _ScriptObject:
     def __setstate__(self, state: object) -> None:
         self.state = state
 
+    def __call__(self, *args: object, **kwargs: object) -> _ScriptObject:
+        # a pickled ``getattr(cls, name)(...)`` calls what the first placeholder returned: it yields another one
+        return _ScriptObject(f"{self.qualname}()")
+
+    # pickles of dict and list subclasses (Lightning's AttributeDict...) fill the object with SETITEMS / APPENDS
+    def __setitem__(self, key: object, value: object) -> None:
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value: object) -> None:
+        self.__dict__.setdefault("values", []).append(value)
+
+    def extend(self, values: list) -> None:
+        self.__dict__.setdefault("values", []).extend(values)
+
 
 def _script_class(qualname: str) -> type:
     """A class whose construction (pickle's NEWOBJ) yields a :class:`_ScriptObject` named ``qualname``."""
-    return type("ScriptClass", (), {"__new__": lambda cls, *args: _ScriptObject(qualname)})
+    return type("ScriptClass", (), {"__new__": lambda cls, *args, **kwargs: _ScriptObject(qualname)})
 
 
 def _restore_type_tag(value: object, _tag: object = None) -> object:
@@ -52,13 +66,17 @@ def _identity(value: object) -> object:
 
 
 class _TensorOnlyUnpickler(pickle.Unpickler):
-    """Allows tensor rebuilds, OrderedDict and ``__torch__`` placeholders; refuses every other global."""
+    """Allows tensor rebuilds, OrderedDict and ``__torch__`` placeholders; refuses every other global, or, with
+    ``inert_objects``, replaces it by an inert placeholder that only keeps its state (its code never runs)."""
 
-    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, source: Path) -> None:
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, source: Path,
+                 inert_objects: bool = False) -> None:
         import io
 
         super().__init__(io.BytesIO(data))
         self.archive, self.prefix, self.source = archive, prefix, source
+        self.inert_objects = inert_objects
+        self.replaced: set[str] = set()
 
     def find_class(self, module: str, name: str):
         if module == "__torch__" or module.startswith("__torch__."):
@@ -75,6 +93,9 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
             return _identity
         if module == "torch.jit._pickle" and name == "restore_type_tag":
             return _restore_type_tag
+        if self.inert_objects:
+            self.replaced.add(f"{module}.{name}")
+            return _script_class(f"{module}.{name}")
         raise MedvlkitError(f"'{self.source}' refused: its data.pkl asks for '{module}.{name}', which is not a "
                             "tensor; loading it could run code. Only weights archives are read")
 
@@ -128,6 +149,37 @@ def read_torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     _collect(root, "", out)
     return out
+
+
+def read_checkpoint_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The ``state_dict`` of a training checkpoint saved with ``torch.save`` (PyTorch Lightning's ``.ckpt``), whose
+    other entries (hyper-parameters as OmegaConf or argparse objects...) ``weights_only`` loading refuses.
+
+    Nothing in the file runs: every global other than tensor rebuilds becomes an inert placeholder (returned by name,
+    for the log), and only the tensors under ``state_dict`` are kept.
+
+    Raises:
+        MedvlkitError: not a zip-format ``torch.save`` file, damaged, or without a ``state_dict`` of tensors.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            data_pkl = next(n for n in z.namelist() if n.endswith("data.pkl") and n.count("/") <= 1)
+            unpickler = _TensorOnlyUnpickler(z.read(data_pkl), z, data_pkl[: -len("data.pkl")], path,
+                                             inert_objects=True)
+            root = unpickler.load()
+    except MedvlkitError:
+        raise
+    except (zipfile.BadZipFile, StopIteration):
+        raise MedvlkitError(f"'{path}' is not a zip-format torch.save checkpoint (files written by torch < 1.6 are "
+                            "not read: re-save the state_dict with a current torch)") from None
+    except Exception as err:  # noqa: BLE001 - a damaged pickle or zip raises many types
+        raise MedvlkitError(f"'{path}' could not be read as a checkpoint ({type(err).__name__}: "
+                            f"{str(err)[:120]})") from None
+    sd = root.get("state_dict") if isinstance(root, dict) else None
+    if not isinstance(sd, dict):
+        raise MedvlkitError(f"'{path}' has no state_dict entry (top-level keys: "
+                            f"{list(root)[:6] if isinstance(root, dict) else type(root).__name__})")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, unpickler.replaced
 
 
 def _collect(obj: object, prefix: str, out: dict[str, torch.Tensor]) -> None:
