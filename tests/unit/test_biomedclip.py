@@ -47,6 +47,8 @@ def test_biomedclip_runs_the_tasks(fixture, folder, tmp_path):
     data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
     base = ["--model", f"biomedclip:{folder}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
     assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
+    assert main(["embed", *base[:-2], "--split", "test", "--out", str(tmp_path / "e")]) == 0  # no --bootstrap
+    assert np.isfinite(np.load(tmp_path / "e" / "embeddings.npy")).all()
     assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
     assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
                  "--out", str(tmp_path / "f")]) == 0

@@ -131,6 +131,10 @@ def test_gloria_preprocessing_letterboxes_then_crops():
     """_resize_img: long side to 256 (INTER_AREA), zero padding split floor/ceil, then CenterCrop(224)."""
     from medvlkit.models.base import ImagePreprocessor
 
+    # gloria_pretrain_v1.yaml: data.image.imsize 256, transforms.random_crop.crop_size 224; builder
+    # build_transformation: Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)); process_img reads with cv2.imread(p, 0)
+    assert (GLORIA_PREPROCESS.resize_size, GLORIA_PREPROCESS.image_size) == (256, 224)
+    assert GLORIA_PREPROCESS.mean == (0.5,) * 3 and GLORIA_PREPROCESS.std == (0.5,) * 3 and GLORIA_PREPROCESS.grayscale
     im = Image.new("L", (512, 256), 255)  # landscape: 256 x 128 after the resize, 64 rows of zeros above and below
     x = ImagePreprocessor(GLORIA_PREPROCESS)(im).numpy()
     assert x.shape == (3, 224, 224)
@@ -164,6 +168,8 @@ def test_gloria_runs_the_tasks(tmp_path):
     data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
     base = ["--model", f"gloria:{ckpt}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
     assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
+    assert main(["embed", *base[:-2], "--split", "test", "--out", str(tmp_path / "e")]) == 0  # no --bootstrap
+    assert np.isfinite(np.load(tmp_path / "e" / "embeddings.npy")).all()
     assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
     assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
                  "--out", str(tmp_path / "f")]) == 0

@@ -63,6 +63,7 @@ def test_resnet_clip_runs_the_tasks(fixture, folder, tmp_path):
     base = ["--model", spec, "--data", str(data), "-q", "--workers", "0"]
     assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
                  str(tmp_path / "z")]) == 0
+    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
     assert main(["probe", *base, "--features", "backbone", "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
     assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
                  "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0

@@ -169,6 +169,31 @@ def load_open_clip_folder(folder: Path, device: str, dtype: torch.dtype, tokeniz
                          weight_files=[str(path)])
 
 
+def _weight_files(open_clip, arch: str, pretrained: str) -> list[str]:
+    """The local files behind an open_clip model, so their size and mtime enter the embedding-cache fingerprint
+    (a changed or re-downloaded checkpoint is re-embedded): a checkpoint path, the cached file of a pretrained tag,
+    or the cached weights of an ``hf-hub:`` repository."""
+    if pretrained and Path(pretrained).expanduser().is_file():
+        return [str(Path(pretrained).expanduser().resolve())]
+    found: list[str] = []
+    try:
+        if arch.startswith("hf-hub:"):
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in WEIGHT_NAMES:
+                hit = try_to_load_from_cache(arch[len("hf-hub:"):], name)
+                if isinstance(hit, str):
+                    found.append(hit)
+        elif pretrained:
+            pcfg = open_clip.get_pretrained_cfg(arch, pretrained)
+            hit = open_clip.download_pretrained(pcfg) if pcfg else ""  # already downloaded: returns the cached path
+            found += [hit] if hit and Path(hit).is_file() else []
+    except Exception as err:  # noqa: BLE001 - open_clip's and the hub's APIs vary between versions
+        logger.warning("open_clip:%s: could not locate its weight files for the cache fingerprint (%s); cached "
+                       "embeddings are keyed by the name only", arch, first_line(err))
+    return found
+
+
 def load_open_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                    tokenizer: str | None = None) -> ModelBase:
     """``open_clip:DIR`` (hub-layout folder, read natively where possible), ``open_clip:<arch>[@<tag or file>]`` or
@@ -189,6 +214,5 @@ def load_open_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.flo
     except Exception as err:  # noqa: BLE001
         raise MedvlkitError(f"open_clip could not create '{ref}': {first_line(err)}") from None
     cfg = preprocess_from_config({"preprocess_cfg": getattr(model.visual, "preprocess_cfg", {}) or {}}, 224)
-    files = [str(Path(pretrained).expanduser().resolve())] if pretrained and Path(pretrained).expanduser().is_file() \
-        else []  # a local checkpoint's size and mtime enter the cache fingerprint: a changed file is re-embedded
+    files = _weight_files(open_clip, arch, pretrained)
     return OpenCLIPDualEncoder(model.to(dtype=dtype), tok, cfg, name=f"open_clip:{ref}", weight_files=files)

@@ -203,7 +203,7 @@ def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.f
         config = infer_clip_config(sd)
         model = CLIPModel(config)
         missing, unexpected = model.load_state_dict(openai_to_hf_state_dict(sd), strict=False)
-    except (KeyError, IndexError, ValueError, RuntimeError) as err:
+    except (KeyError, IndexError, ValueError, RuntimeError, MedvlkitError) as err:
         raise MedvlkitError(f"'{path}' is not a complete OpenAI-format CLIP checkpoint ({first_line(err)}); it may be "
                             "truncated, or hold another model") from None
     missing = [k for k in missing if not k.endswith("position_ids")]
