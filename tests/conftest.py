@@ -11,6 +11,15 @@ from helpers import save_tiny_clip, save_tiny_siglip  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """``MEDVLKIT_TEST_THREADS=N`` pins torch to N threads for the session (default: torch's own choice)."""
+    threads = os.environ.get("MEDVLKIT_TEST_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own embedding cache and model folder; nothing touches ~/.cache."""

@@ -13,6 +13,14 @@ from medvlkit.cli import main
 pytestmark = pytest.mark.data
 
 
+def _auroc_from_predictions(rows: list[dict], positive: str) -> float:
+    """AUROC recomputed by scikit-learn from a run's predictions.csv (true class and the positive class's
+    probability), independent of medvlkit's metrics."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([r["true"] == positive for r in rows], [float(r[f"prob_{positive}"]) for r in rows]))
+
+
 def test_zeroshot_reads_every_real_chest_xray(tiny_clip_dir, data_root, tmp_path):
     folder = data_root / "chest_xray_pneumonia"
     out = tmp_path / "run"
@@ -24,11 +32,12 @@ def test_zeroshot_reads_every_real_chest_xray(tiny_clip_dir, data_root, tmp_path
     assert n_files == 624 and res["n_images"] == 624 and res["n_skipped"] == 0
     assert res["metrics"]["n"] == 624 and res["metrics"]["support/NORMAL"] == 234
     assert res["metrics"]["support/PNEUMONIA"] == 390
-    assert 0 <= res["metrics"]["auroc"] <= 1 and res["ci"]["auroc"][0] <= res["ci"]["auroc"][1]
+    assert res["ci"]["auroc"][0] <= res["metrics"]["auroc"] <= res["ci"]["auroc"][1]
     assert np.asarray(res["confusion_matrix"]).sum() == 624
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 624 and {r["true"] for r in rows} == {"NORMAL", "PNEUMONIA"}
+    assert res["metrics"]["auroc"] == pytest.approx(_auroc_from_predictions(rows, "PNEUMONIA"), abs=1e-9)
     assert {r["file"] for r in rows} == {str(p.resolve()) for p in (folder / "test").rglob("*.jpeg")}
 
 
@@ -116,7 +125,10 @@ def test_lite_lora_finetune_on_real_chest_xrays(data_root, tmp_path):
     assert meta["base"] == "lite" and any("_project_conv" in n for n in meta["lora_layers"])
     assert any(n.startswith("text_tower.") for n in meta["lora_layers"])
     result = json.loads((out / "result.json").read_text())
-    assert result["metrics"]["n"] == 8 and 0 <= result["metrics"]["auroc"] <= 1
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert result["metrics"]["n"] == 8 == len(rows)
+    assert result["metrics"]["auroc"] == pytest.approx(_auroc_from_predictions(rows, "PNEUMONIA"), abs=1e-9)
     merged, unmerged = create_model(f"ft:{out / 'best'}"), load_finetuned(str(out / "best"), merge=False)
     ds = load_dataset(data, split="test")
     pixels = merged.preprocess([ds.load_image(i) for i in range(3)])

@@ -55,8 +55,6 @@ def test_two_processes_equal_one(tiny_clip_dir, tmp_path, mode, grad_cache):
     if a["head"]:
         for k, v in a["head"].items():
             assert torch.allclose(v, b["head"][k], atol=1e-5), k
-    start = FinetuneConfig(**base, out_dir=str(tmp_path / "unused"))
-    assert start.mode == mode
     summary = json.loads((multi / "summary.json").read_text())
     assert summary["world_size"] == 2
     # the weights did move: the comparison is not between two untouched models
