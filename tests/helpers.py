@@ -237,3 +237,24 @@ def recipe_state_dict(recipe: dict) -> dict[str, torch.Tensor]:
             draw = torch.randn if e["dist"] == "normal" else torch.rand
             out[e["key"]] = (e["offset"] + e["scale"] * draw(e["shape"], generator=g, dtype=torch.float64)).to(dtype)
     return out
+
+
+def run_backbone_tasks(spec: str, tmp: Path, embed_dim: int, finetune_args: tuple[str, ...] = ()) -> Path:
+    """zeroshot, embed, probe and a 2-step ``finetune --lora default`` through the CLI on 8 generated images, then a
+    zero-shot run of the fine-tuned ``ft:`` folder; each must exit 0 and embed must give finite ``embed_dim``
+    vectors. Returns the fine-tune output folder."""
+    from medvlkit.cli import main
+
+    data = make_split_folders(tmp / "d", {"train": 4, "val": 2, "test": 2})
+    common = ["--data", str(data), "-q", "--workers", "0"]
+    base = ["--model", spec, *common, "--bootstrap", "0"]
+    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp / "z")]) == 0
+    assert main(["embed", "--model", spec, *common, "--split", "test", "--out", str(tmp / "e")]) == 0
+    emb = np.load(tmp / "e" / "embeddings.npy")
+    assert emb.shape == (4, embed_dim) and np.isfinite(emb).all()
+    assert main(["probe", *base, "--out", str(tmp / "p")]) == 0
+    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
+                 *finetune_args, "--out", str(tmp / "f")]) == 0
+    assert main(["zeroshot", "--model", f"ft:{tmp / 'f' / 'best'}", *common, "--bootstrap", "0", "--split", "test",
+                 "--prompts", "pneumonia", "--out", str(tmp / "z2")]) == 0
+    return tmp / "f"

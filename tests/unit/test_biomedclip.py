@@ -41,16 +41,8 @@ def test_biomedclip_matches_open_clip(fixture, folder, tmp_path, weights):
 
 
 def test_biomedclip_runs_the_tasks(fixture, folder, tmp_path):
-    from helpers import make_split_folders
-    from medvlkit.cli import main
+    from helpers import run_backbone_tasks
 
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", f"biomedclip:{folder}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
-    assert main(["embed", *base[:-2], "--split", "test", "--out", str(tmp_path / "e")]) == 0  # no --bootstrap
-    assert np.isfinite(np.load(tmp_path / "e" / "embeddings.npy")).all()
-    assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                 "--out", str(tmp_path / "f")]) == 0
-    layers = json.loads((tmp_path / "f" / "best" / "finetune.json").read_text())["lora_layers"]
+    out = run_backbone_tasks(f"biomedclip:{folder}", tmp_path, embed_dim=48)
+    layers = json.loads((out / "best" / "finetune.json").read_text())["lora_layers"]
     assert any("qkv" in n for n in layers) and any("query" in n for n in layers)

@@ -42,17 +42,9 @@ def test_biovil_matches_hi_ml_multimodal(biovil_dir):
 
 
 def test_biovil_runs_the_tasks(biovil_dir, tmp_path):
-    from helpers import make_split_folders
-    from medvlkit.cli import main
+    from helpers import run_backbone_tasks
 
     folder, _, _ = biovil_dir
     (folder / "preprocess.json").write_text(json.dumps({"image_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1]}))
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", f"biovil:{folder}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
-    assert main(["embed", *base[:-2], "--split", "test", "--out", str(tmp_path / "e")]) == 0  # no --bootstrap
-    assert np.isfinite(np.load(tmp_path / "e" / "embeddings.npy")).all()
-    assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
-    assert main(["finetune", *base, "--mode", "supervised", "--lora", "default", "--max-steps", "2", "--batch-size",
-                 "4", "--device", "cpu", "--out", str(tmp_path / "f")]) == 0
+    run_backbone_tasks(f"biovil:{folder}", tmp_path, embed_dim=128, finetune_args=("--mode", "supervised"))
     (folder / "preprocess.json").unlink()

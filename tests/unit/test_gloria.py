@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from helpers import PlantedPayload, make_split_folders, reference_fixture
+from helpers import PlantedPayload, reference_fixture, run_backbone_tasks
 from medvlkit import create_model
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.gloria import GLORIA_PREPROCESS, clean_text
@@ -162,14 +162,4 @@ def test_gloria_refuses_other_files(tmp_path):
 
 
 def test_gloria_runs_the_tasks(tmp_path):
-    from medvlkit.cli import main
-
-    ckpt = write_gloria(tmp_path / "g", 18)
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", f"gloria:{ckpt}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
-    assert main(["embed", *base[:-2], "--split", "test", "--out", str(tmp_path / "e")]) == 0  # no --bootstrap
-    assert np.isfinite(np.load(tmp_path / "e" / "embeddings.npy")).all()
-    assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                 "--out", str(tmp_path / "f")]) == 0
+    run_backbone_tasks(f"gloria:{write_gloria(tmp_path / 'g', 18)}", tmp_path, embed_dim=HIDDEN)

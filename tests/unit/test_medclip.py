@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import make_split_folders, recipe_state_dict, reference_fixture
+from helpers import recipe_state_dict, reference_fixture, run_backbone_tasks
 from medvlkit import create_model
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.medclip import SWIN_V4_TO_V5
@@ -138,15 +138,6 @@ def test_medclip_preprocessing_is_the_feature_extractors():
 
 
 def test_medclip_runs_the_tasks(resnet_dir, tmp_path):
-    from medvlkit.cli import main
-
     (resnet_dir / "preprocess.json").write_text('{"image_size": 64}')  # small images keep the test fast
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", f"medclip:{resnet_dir}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
-    assert main(["embed", *base[:-2], "--split", "test", "--out", str(tmp_path / "e")]) == 0
-    assert np.load(tmp_path / "e" / "embeddings.npy").shape == (4, 512)
-    assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4",
-                 "--device", "cpu", "--out", str(tmp_path / "f")]) == 0
+    run_backbone_tasks(f"medclip:{resnet_dir}", tmp_path, embed_dim=512)
     (resnet_dir / "preprocess.json").unlink()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_split_folders, reference_fixture, write_clip_tokenizer
+from helpers import reference_fixture, run_backbone_tasks, write_clip_tokenizer
 from medvlkit import create_model
 from medvlkit.errors import MedvlkitError
 
@@ -73,15 +73,4 @@ def test_unsupported_configs_and_wrong_tokenizers_are_refused(vit_dir, tmp_path)
 
 
 def test_open_clip_folder_runs_the_tasks(vit_dir, tmp_path):
-    from medvlkit.cli import main
-
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", f"open_clip:{vit_dir}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--out", str(tmp_path / "z")]) == 0
-    assert main(["embed", *base[:-2], "--split", "test", "--out", str(tmp_path / "e")]) == 0  # no --bootstrap
-    assert np.isfinite(np.load(tmp_path / "e" / "embeddings.npy")).all()
-    assert main(["probe", *base, "--out", str(tmp_path / "p")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                 "--out", str(tmp_path / "f")]) == 0
-    assert main(["zeroshot", *base, "--model", f"ft:{tmp_path / 'f' / 'best'}", "--split", "test", "--prompts",
-                 "pneumonia", "--out", str(tmp_path / "z2")]) == 0
+    run_backbone_tasks(f"open_clip:{vit_dir}", tmp_path, embed_dim=32)
