@@ -50,7 +50,7 @@ def _parents_are_folders(value: Path | None) -> Path | None:
 
 
 OutOpt = typer.Option(None, "--out", "-o", callback=_out_folder, help="output folder (default runs/<timestamp>-<verb>)")
-DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, mps or auto")
+DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto (default: a GPU when visible)")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16")
 BatchOpt = typer.Option(64, "--batch-size", min=1, help="images per forward pass")
 WorkersOpt = typer.Option(2, "--workers", min=0, help="image loading processes (0 = main process)")
@@ -93,13 +93,27 @@ def _model(spec: str, device: str, precision: str, tokenizer: str | None):
     return create_model(spec, device=device, precision=precision, **kwargs)
 
 
+def _dataset_options(path_column: str | None, label_columns: str | None, uncertain: str | None,
+                     image_root: str | None) -> dict:
+    """The dataset-reading options a user set (the adapters' own defaults for the rest)."""
+    return {k: v for k, v in dict(path_column=path_column, label_columns=label_columns, uncertain=uncertain,
+                                  image_root=image_root).items() if v is not None}
+
+
+def _config_from(cls, values: dict, **overrides):
+    """A config dataclass from the CLI options of the same names, plus ``overrides``."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names} | overrides)
+
+
 def _dataset(data: Path, split: str | None, fmt: str, path_column: str | None = None,
              label_columns: str | None = None, uncertain: str = "ignore", image_root: str | None = None):
     from medvlkit.data import load_dataset
 
-    opts = {k: v for k, v in dict(path_column=path_column, label_columns=label_columns, uncertain=uncertain,
-                                  image_root=image_root).items() if v is not None}
-    return load_dataset(data, split=split, format=fmt, **opts)
+    return load_dataset(data, split=split, format=fmt,
+                        **_dataset_options(path_column, label_columns, uncertain, image_root))
 
 
 def _gated(m, ds, gate: bool, threshold: float | None, embed_kwargs: dict):
@@ -455,8 +469,15 @@ def caption(data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
     else:
         rows = template_captions(ds, per_image, seed)
     write_jsonl(rows, out)
-    console.print(f"wrote {len(rows)} captions for {len(ds) - len(skipped)} images to {out}"
-                  + (f" ({len(skipped)} unreadable images skipped)" if skipped else ""))
+    from medvlkit.results import write_result
+
+    write_result(out.parent, dataset=ds.name + (f"/{ds.split}" if ds.split else ""), model=captioner or "templates",
+                 task="caption", metrics={"n_captions": len(rows), "n_images": len(ds) - len(skipped)},
+                 config=_jsonable(dict(locals())), seed=seed, n_skipped=len(skipped),
+                 extra={"captions": str(out), "skipped": [list(s) for s in skipped]},
+                 file_name=f"{out.name}.result.json")
+    console.print(f"wrote {len(rows)} captions for {len(ds) - len(skipped)} images to {out} (and "
+                  f"{out.name}.result.json)" + (f" ({len(skipped)} unreadable images skipped)" if skipped else ""))
 
 
 @app.command()
@@ -653,49 +674,25 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
     Use the model: --model ft:runs/medpix-lora/best with any other command.
     """
     from medvlkit.finetune.config import FinetuneConfig
-    from medvlkit.finetune.distributed import init_world, shutdown
-    from medvlkit.finetune.evaluation import evaluate_finetuned
-    from medvlkit.finetune.loop import finetune as run_finetune
-    from medvlkit.models.registry import resolve_device
+    from medvlkit.finetune.task import run_finetune_task
 
     config = _jsonable(dict(locals()))
     out_dir = _out(out, "finetune")
-    ds_opts = {k: v for k, v in dict(path_column=path_column, label_columns=label_columns, uncertain=uncertain,
-                                     image_root=image_root).items() if v is not None}
-    if load is None:
-        cfg = FinetuneConfig(model=model, data=str(data), format=fmt, dataset_options=ds_opts, out_dir=str(out_dir),
-                             mode=mode, lora=lora,
-                             freeze=freeze, train_split=train_split, val_split=val_split, val_fraction=val_fraction,
-                             group_pattern=group_pattern, epochs=epochs, max_steps=max_steps, patience=patience,
-                             batch_size=batch_size, grad_cache=grad_cache, lr=lr, head_lr=head_lr,
-                             weight_decay=weight_decay, optimizer=optimizer, warmup=warmup, class_weight=class_weight,
-                             precision=precision, save_every=save_every, max_val=max_val, device=device,
-                             workers=workers, seed=seed)
-        summary = run_finetune(cfg, resume=resume, progress=not quiet)
-        best = summary["best"]
-        is_main = init_world(device).is_main
-        shutdown()  # the test split is scored on rank 0 alone
-        if not is_main:
-            return
+    cfg = _config_from(FinetuneConfig, config, data=str(data), format=fmt, out_dir=str(out_dir),
+                       dataset_options=_dataset_options(path_column, label_columns, uncertain, image_root))
+    outcome = run_finetune_task(cfg, config, test_split, load, bootstrap, resume, progress=not quiet)
+    if not outcome.is_main:
+        return
+    if outcome.summary is not None:
+        best, s = outcome.summary["best"], outcome.summary
         console.print(f"best epoch {best['epoch']} (step {best['step']}): val score {best['score']:.4f}; "
-                      f"{summary['steps']} steps in {summary['train_seconds']:.0f} s; model in {out_dir}/best "
-                      f"(use --model ft:{out_dir}/best)")
-        load = out_dir / "best"
-    if test_split.lower() == "none":
-        return
-    from medvlkit.errors import NoSplitsError
-
-    try:
-        test_ds = _dataset(data, test_split, fmt, **ds_opts)
-    except NoSplitsError:
-        err_console.print(f"{data} has no '{test_split}' split: nothing scored (score the model on test data with "
-                          f"`medvlkit finetune --load {load} --data TEST --test-split ''`)")
-        return
-    m = _model(f"ft:{load}", resolve_device(device), "fp32", None)
-    res = evaluate_finetuned(m, test_ds, out_dir, config, bootstrap, seed,
-                             batch_size=64, num_workers=workers, progress=not quiet)
-    _print_metrics(res)
-    console.print(f"wrote {out_dir}/result.json")
+                      f"{s['steps']} steps in {s['train_seconds']:.0f} s; model in {outcome.best_dir} "
+                      f"(use --model ft:{outcome.best_dir})")
+    if outcome.note:
+        err_console.print(outcome.note)
+    if outcome.result is not None:
+        _print_metrics(outcome.result)
+        console.print(f"wrote {out_dir}/result.json")
 
 
 @app.command()

@@ -15,20 +15,7 @@ import numpy as np
 
 from medvlkit.errors import MedvlkitError
 from medvlkit.plots import confusion_matrix_png, reliability_png, roc_png
-
-SINGLE_LABEL = ["accuracy", "balanced_accuracy", "macro_f1", "auroc"]
-MULTI_LABEL = ["auroc", "average_precision", "macro_f1", "macro_accuracy"]
-CLASSIFICATION_TASKS = {"zeroshot_classification", "linear_probe", "finetune_classification", "evaluate",
-                        "apply_calibration"}
-HEADLINE = {
-    "apply_calibration": ["ece", "ece_uncalibrated"],
-    "zeroshot_retrieval": ["image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",
-                           "text_to_image_recall@1", "text_to_image_recall@5", "text_to_image_recall@10"],
-    "calibrate": ["ece_uncalibrated", "ece"],
-    "gate": ["n_medical", "n_non_medical"],
-    "demo": ["gate_accuracy", "modality_accuracy"],
-    "embed": ["n_images", "images_per_second"],
-}
+from medvlkit.results import headline_keys
 
 
 @dataclass
@@ -69,21 +56,12 @@ def _fmt(v, ci=None) -> str:
     return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
 
 
-def headline_keys(result: dict) -> list[str]:
-    """The metrics a table shows first for one result: AUROC is among them for every classification task."""
-    task, metrics = result.get("task"), result.get("metrics", {})
-    if task in CLASSIFICATION_TASKS:
-        multi = result.get("mode") == "pos_neg" or ("macro_accuracy" in metrics and "accuracy" not in metrics)
-        return (MULTI_LABEL if multi else SINGLE_LABEL) + HEADLINE.get(task, [])
-    return HEADLINE.get(task, [k for k in metrics if "/" not in k][:4])
-
-
 def headline_rows(runs: list[Run]) -> list[list[str]]:
     """One row per run: name, task, dataset, model, then 'metric value [CI]' for its task's headline metrics."""
     rows = []
     for r in runs:
         res = r.result
-        keys = headline_keys(res)
+        keys = res.get("headline") or headline_keys(res)  # results written before the field: derived
         cells = [f"{k} {_fmt(res['metrics'].get(k), res.get('ci', {}).get(k))}" for k in keys
                  if k in res.get("metrics", {})]
         rows.append([r.name, res.get("task", ""), str(res.get("dataset", "")), str(res.get("model", "")),

@@ -71,21 +71,48 @@ def provenance(model=None, dataset=None, embeddings=None, threshold_source: str 
     return out
 
 
+SINGLE_LABEL = ["accuracy", "balanced_accuracy", "macro_f1", "auroc"]
+MULTI_LABEL = ["auroc", "average_precision", "macro_f1", "macro_accuracy"]
+CLASSIFICATION_TASKS = {"zeroshot_classification", "linear_probe", "finetune_classification", "evaluate",
+                        "apply_calibration"}
+HEADLINE = {
+    "apply_calibration": ["ece", "ece_uncalibrated"],
+    "zeroshot_retrieval": ["image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",
+                           "text_to_image_recall@1", "text_to_image_recall@5", "text_to_image_recall@10"],
+    "calibrate": ["ece_uncalibrated", "ece"],
+    "gate": ["n_medical", "n_non_medical"],
+    "demo": ["gate_accuracy", "modality_accuracy"],
+    "embed": ["n_images", "images_per_second"],
+}
+
+
+def headline_keys(result: dict) -> list[str]:
+    """The metrics a table shows first for one result: AUROC is among them for every classification task."""
+    task, metrics = result.get("task"), result.get("metrics", {})
+    if task in CLASSIFICATION_TASKS:
+        multi = result.get("mode") == "pos_neg" or ("macro_accuracy" in metrics and "accuracy" not in metrics)
+        return (MULTI_LABEL if multi else SINGLE_LABEL) + HEADLINE.get(task, [])
+    return HEADLINE.get(task, [k for k in metrics if "/" not in k][:4])
+
+
 def write_result(out_dir: Path, *, dataset: str, model: str, task: str, metrics: dict, ci: dict | None = None,
                  config: dict | None = None, seed: int = 0, n_skipped: int = 0, pretrained: str = "",
-                 extra: dict | None = None) -> Path:
-    """Write ``out_dir/result.json``.
+                 extra: dict | None = None, headline: list[str] | None = None,
+                 file_name: str = RESULT_FILE) -> Path:
+    """Write ``out_dir/result.json`` (or ``file_name``, for tasks whose output is a single file).
 
     Fields: ``dataset``, ``model``, ``pretrained``, ``task``, ``metrics``, ``language`` (CLIP_benchmark) plus
     ``ci`` (95% bootstrap intervals per metric), ``config`` (the call's options), ``seed``, ``versions``,
-    ``created_at`` (UTC ISO 8601), ``n_skipped`` (unreadable images left out), and any ``extra`` fields.
+    ``created_at`` (UTC ISO 8601), ``n_skipped`` (unreadable images left out), ``headline`` (the metrics a table
+    shows first: given, or :func:`headline_keys` of the task), and any ``extra`` fields.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics,
             "language": "en", "ci": ci or {}, "config": config or {}, "seed": seed, "versions": versions(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n_skipped": n_skipped}
     data.update(extra or {})
-    path = out_dir / RESULT_FILE
+    data["headline"] = list(headline or headline_keys(data))
+    path = out_dir / file_name
     write_json_atomic(path, data)
     return path
 

@@ -30,6 +30,8 @@ def test_caption_cli_templates_feed_the_captions_adapter(tmp_path):
     assert main(["caption", "-d", str(tmp_path / "d"), "--out", str(out), "--per-image", "2"]) == 0
     rows = _rows(out)
     assert len(rows) == 8 and all(r["text"] for r in rows)
+    result = json.loads((out.parent / f"{out.name}.result.json").read_text())
+    assert result["task"] == "caption" and result["metrics"] == {"n_captions": 8, "n_images": 4}
     pairs = load_dataset(out)
     assert len(pairs) == 8 and pairs.texts == [r["text"] for r in rows]
     for i in range(2):

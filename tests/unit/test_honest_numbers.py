@@ -12,8 +12,7 @@ from medvlkit.cli import main
 from medvlkit.evaluate import evaluate_csv, evaluate_probs
 from medvlkit.labels import align_labels
 from medvlkit.metrics import multilabel_metrics, single_label_metrics
-from medvlkit.report import headline_keys
-from medvlkit.results import read_predictions, write_predictions
+from medvlkit.results import headline_keys, read_predictions, write_predictions
 from medvlkit.scores import log_sigmoid
 from medvlkit.zeroshot import pos_neg_log_probs, pos_neg_probs
 

@@ -66,6 +66,9 @@ def test_pretrain_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkey
                feature_batch_size=8, patience=100)
     full = pretrain(PretrainConfig(out_dir=str(tmp_path / "full"), **cfg), progress=False)
     assert len(full["history"]) == 3 and (tmp_path / "full" / "best" / "lite_heads.safetensors").is_file()
+    result = json.loads((tmp_path / "full" / "result.json").read_text())
+    assert result["task"] == "pretrain" and result["metrics"]["score"] == full["best"]["score"]
+    assert result["headline"] and set(result["headline"]) <= set(result["metrics"])
 
     real_epoch, calls = train_mod._train_epoch, []
 

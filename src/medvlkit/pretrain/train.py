@@ -159,4 +159,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     summary = {"best": best, "history": history, "n_train_pairs": len(train.pairs), "n_val_pairs": len(val.pairs),
                "feature_seconds": feature_seconds, "config": asdict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    from medvlkit.results import write_result
+
+    write_result(out, dataset=cfg.data_root, model="lite (heads pretrained here)", task="pretrain",
+                 metrics={k: v for k, v in best.items() if isinstance(v, (int, float))}, config=asdict(cfg),
+                 seed=cfg.seed, extra={"best_dir": str(out / "best"), "n_train_pairs": len(train.pairs),
+                                       "n_val_pairs": len(val.pairs), "split": "val (best epoch)"})
     return summary
