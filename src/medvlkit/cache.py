@@ -94,3 +94,42 @@ class EmbeddingCache:
             np.savez(f, keys=np.asarray(keys), vectors=np.asarray(vectors, dtype=np.float32))
         os.replace(tmp, self.dir / name)
         self._load().update(zip(keys, np.asarray(vectors, dtype=np.float32)))
+
+
+class TextEmbeddingCache:
+    """Text embeddings of one model, one ``.npy`` per list of texts: ``<root>/texts/<fingerprint>/<key>.npy``.
+
+    The key hashes the texts in order and the batch size (MedCLIP-style pooling makes a text's vector depend on
+    its batch). Only for weights that do not change while the cache is used (never during fine-tuning)."""
+
+    def __init__(self, fingerprint: str, root: Path | None = None) -> None:
+        self.dir = Path(root or default_cache_dir()) / "texts" / fingerprint
+
+    @staticmethod
+    def key(texts: list[str], batch_size: int) -> str:
+        h = hashlib.sha256(f"batch={batch_size}".encode())
+        for t in texts:
+            h.update(b"\x00" + t.encode("utf-8"))
+        return h.hexdigest()[:32]
+
+    def get(self, texts: list[str], batch_size: int) -> np.ndarray | None:
+        """The cached (len(texts), D) vectors, or None (also for an unreadable or mis-shaped file)."""
+        path = self.dir / f"{self.key(texts, batch_size)}.npy"
+        if not path.is_file():
+            return None
+        try:
+            out = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            logger.warning("text cache file %s is unreadable (%s); computing again", path, err)
+            return None
+        return out if out.ndim == 2 and len(out) == len(texts) else None
+
+    def put(self, texts: list[str], batch_size: int, vectors: np.ndarray) -> None:
+        """Store vectors atomically (a crash leaves no half-written file under the final name)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.dir / f"{self.key(texts, batch_size)}.npy"
+        tmp = self.dir / f".{final.stem}-{uuid.uuid4().hex}.npy.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, vectors, allow_pickle=False)
+        os.replace(tmp, final)
+

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medvlkit.bootstrap import bootstrap_classification
 from medvlkit.data.adapters.csv_labels import read_csv_rows
 from medvlkit.errors import MedvlkitError
-from medvlkit.metrics import bootstrap_ci, confusion_matrix, multilabel_metrics, single_label_metrics
+from medvlkit.metrics import confusion_matrix, multilabel_metrics, single_label_metrics
 
 # Metrics whose CIs are reported by default (per-class CIs would multiply the bootstrap cost for no reader).
 CI_KEYS_SINGLE = ["accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc",
@@ -77,7 +78,10 @@ def evaluate_probs(labels: np.ndarray, probs: np.ndarray | None, classnames: lis
         arrays, keys = (y, scores, d), CI_KEYS_SINGLE
         cm = confusion_matrix(y, d, len(classnames)).tolist()
     metrics = fn(*arrays)
-    ci = bootstrap_ci(fn, arrays, n_bootstrap, seed, keys=keys) if n_bootstrap > 0 else {}
+    ci = {}
+    if n_bootstrap > 0:  # vectorised over resamples; equal to bootstrap_ci(fn, arrays, ...) with the same seed
+        vec = (labels, scores, np.broadcast_to(thr, (scores.shape[1],))) if multilabel else arrays
+        ci = bootstrap_classification("multi" if multilabel else "single", vec, keys, n_bootstrap, seed)
     extra = {"macro_left_out": [c for c in classnames if np.isnan(metrics.get(f"recall/{c}", 0.0))]}
     if multilabel:
         extra["confusion_matrices"] = multilabel_confusion(labels, scores, classnames, thr)

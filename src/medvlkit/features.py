@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medvlkit.cache import EmbeddingCache, item_key
+from medvlkit.cache import EmbeddingCache, TextEmbeddingCache, item_key
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.interrupt import StopRequest
@@ -169,14 +169,28 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
 
 
 @torch.inference_mode()
-def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    """Encode texts (tokenised to the model's context length). Returns (N, D) float32, L2-normalised."""
+def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256, cache: bool = False,
+                cache_dir: str | None = None) -> np.ndarray:
+    """Encode texts (tokenised to the model's context length). Returns (N, D) float32, L2-normalised.
+
+    Args:
+        cache: read and write the on-disk text cache (keyed by the model's fingerprint, the texts and the batch
+            size): prompt sets are encoded once per model. Off by default: weights that change in memory
+            (fine-tuning) keep their fingerprint.
+        cache_dir: cache root (default ``$MEDVLKIT_CACHE`` or ``~/.cache/medvlkit``).
+    """
     if not texts:
         raise MedvlkitError("no texts to embed")
+    store = TextEmbeddingCache(model.fingerprint(), cache_dir) if cache else None
+    hit = store.get(texts, batch_size) if store else None
+    if hit is not None:
+        return hit
     chunks = [model.encode_text(model.tokenize(texts[i:i + batch_size])).float().cpu().numpy()
               for i in range(0, len(texts), batch_size)]
     out = np.concatenate(chunks).astype(np.float32)
     check_finite(out, "text embeddings")
+    if store:
+        store.put(texts, batch_size, out)
     return out
 
 

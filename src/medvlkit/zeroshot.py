@@ -27,15 +27,19 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def ensemble_embeddings(model: ModelBase, prompts: PromptSet, side: str = "positive") -> np.ndarray:
-    """One embedding per class: the re-normalised mean of its phrases x templates. Returns (C, D)."""
+def ensemble_embeddings(model: ModelBase, prompts: PromptSet, side: str = "positive", cache: bool = False,
+                        cache_dir: str | None = None) -> np.ndarray:
+    """One embedding per class: the re-normalised mean of its phrases x templates. Returns (C, D).
+
+    ``cache``: keep the texts' vectors in the on-disk text cache (see :func:`~medvlkit.features.embed_texts`)."""
     out = []
     for c in prompts.classes:
         phrases = c.positive if side == "positive" else c.negative
         if not phrases:
             raise MedvlkitError(f"class '{c.name}' of prompt set '{prompts.name}' has no {side} phrases; "
                                 "pos_neg needs both positive and negative phrases per class")
-        out.append(_normalize(embed_texts(model, prompts.texts(phrases)).mean(axis=0)))
+        vectors = embed_texts(model, prompts.texts(phrases), cache=cache, cache_dir=cache_dir)
+        out.append(_normalize(vectors.mean(axis=0)))
     return np.stack(out)
 
 
@@ -89,16 +93,20 @@ def classify(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: 
     return np.exp(classify_log(model, image_emb, prompts, mode))
 
 
-def classify_log(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: str | None = None) -> np.ndarray:
-    """Float64 log-probabilities for precomputed image embeddings (N, D). Returns (N, C)."""
+def classify_log(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: str | None = None,
+                 cache: bool = False, cache_dir: str | None = None) -> np.ndarray:
+    """Float64 log-probabilities for precomputed image embeddings (N, D). Returns (N, C).
+
+    ``cache``: read/write the prompts' vectors in the on-disk text cache (never for weights being trained)."""
     mode = mode or prompts.mode
     if mode not in MODES:
         raise MedvlkitError(f"--mode {mode}: valid options: {', '.join(MODES)}")
     check_finite(image_emb, "image embeddings")
-    pos = ensemble_embeddings(model, prompts, "positive")
+    pos = ensemble_embeddings(model, prompts, "positive", cache, cache_dir)
     if mode == "softmax":
         return softmax_log_probs(image_emb, pos, model.logit_scale)
-    return pos_neg_log_probs(image_emb, pos, ensemble_embeddings(model, prompts, "negative"), model.logit_scale)
+    neg = ensemble_embeddings(model, prompts, "negative", cache, cache_dir)
+    return pos_neg_log_probs(image_emb, pos, neg, model.logit_scale)
 
 
 def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
@@ -120,7 +128,8 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
         if mode == "softmax" and dataset.multilabel:
             raise MedvlkitError(f"dataset '{dataset.name}' is multi-label: use --mode pos_neg")
     emb = embeddings if embeddings is not None else embed_images(model, dataset, **embed_options)
-    log_probs = classify_log(model, emb.vectors, prompts, mode)
+    log_probs = classify_log(model, emb.vectors, prompts, mode, cache=embed_options.get("cache", True),
+                             cache_dir=embed_options.get("cache_dir"))
     texts = {c.name: prompts.texts(c.positive) + (prompts.texts(c.negative) if mode == "pos_neg" else [])
              for c in prompts.classes}
     labels = dataset.labels[emb.indices] if dataset.has_labels else None

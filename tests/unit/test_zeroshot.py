@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,32 @@ def test_unreadable_images_fail_or_skip(model, tmp_path):
     assert emb.indices.tolist() == [1, 2]  # sorted: broken.png comes first
     with pytest.raises(MedvlkitError, match="on-error"):
         embed_images(model, ds, on_error="ignore")
+
+
+def test_prompt_vectors_are_cached_per_weights(tmp_path, monkeypatch):
+    """A zero-shot rerun reads the prompts' vectors from the text cache; other weights (another file) recompute;
+    classify_log without cache (fine-tuning's validation) never reads it."""
+    import shutil
+
+    from helpers import save_tiny_clip
+    from medvlkit.zeroshot import classify_log
+
+    ds = load_dataset(make_image_folder(tmp_path / "imgs", {"NORMAL": 2, "PNEUMONIA": 2}))
+    folder = save_tiny_clip(tmp_path / "m")
+    first = zeroshot_classify(create_model(f"hf:{folder}"), ds, load_prompt_set("pneumonia"), progress=False)
+    cached = list(Path(os.environ["MEDVLKIT_CACHE"]).glob("texts/*/*.npy"))  # conftest: a cache per test
+    assert len(cached) == 2  # one file per class ensemble (NORMAL, PNEUMONIA)
+    warm = create_model(f"hf:{folder}")
+    monkeypatch.setattr(warm, "encode_text", lambda *a, **k: pytest.fail("prompts re-encoded despite the cache"))
+    second = zeroshot_classify(warm, ds, load_prompt_set("pneumonia"), progress=False)
+    np.testing.assert_array_equal(first.log_probs, second.log_probs)
+    with pytest.raises(pytest.fail.Exception):
+        classify_log(warm, second.embeddings.vectors, load_prompt_set("pneumonia").select(ds.classnames))
+    other = tmp_path / "other"
+    shutil.copytree(save_tiny_clip(tmp_path / "m2", seed=1), other)
+    calls = []
+    changed = create_model(f"hf:{other}")
+    real = changed.encode_text
+    monkeypatch.setattr(changed, "encode_text", lambda *a, **k: calls.append(1) or real(*a, **k))
+    zeroshot_classify(changed, ds, load_prompt_set("pneumonia"), progress=False)
+    assert calls  # other weights: encoded, not served another model's vectors
