@@ -20,35 +20,74 @@ CHUNK_VALUES = 1 << 22  # resamples x rows held in memory at once (4M float64 = 
 
 
 def resample_weights(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
-    """Chunks of (b, n) float64 multiplicities, resample after resample as ``rng.integers(0, n, n)`` draws them."""
+    """Chunks of (n, b) float64 multiplicities (column j: resample j of the chunk), resample after resample as
+    ``rng.integers(0, n, n)`` draws them. Rows, not columns, are gathered below: a row is contiguous."""
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_resamples, CHUNK_VALUES // max(n, 1)))
     done = 0
     while done < n_resamples:
         b = min(chunk, n_resamples - done)
         idx = rng.integers(0, n, (b, n))  # the same stream as b successive rng.integers(0, n, n) calls
-        flat = (idx + (np.arange(b) * n)[:, None]).ravel()
-        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        flat = (idx * b + np.arange(b)[:, None]).ravel()
+        yield np.bincount(flat, minlength=b * n).reshape(n, b).astype(np.float64)
         done += b
 
 
-def _rank_stats(w: np.ndarray, y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted AUROC (Mann-Whitney with ties counted half) and average precision (scikit-learn's step sum) of
-    one class for every row of ``w`` (b, n). NaN where a resample lacks positives (or negatives, for AUROC)."""
-    order = np.argsort(score, kind="mergesort")
-    s, yy = score[order], y[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]  # first position of each distinct score (ascending)
-    ws = w[:, order]
-    pos = np.add.reduceat(ws * yy, starts, axis=1)  # (b, G) weighted positives per tie group
-    neg = np.add.reduceat(ws * ~yy, starts, axis=1)
-    n_pos, n_neg = pos.sum(1), neg.sum(1)
-    below = np.cumsum(neg, axis=1) - neg
+class RankPlan:
+    """Per class, where each positive's score falls among the negatives' sorted scores, prepared once for all
+    resamples. The negatives' weights are only ever needed summed between those positions, so one sparse
+    (segments x rows) matrix, for all classes together, turns a chunk of resample weights into every segment sum
+    in a single product: no per-class sort or gather of the (rows x resamples) weights."""
+
+    def __init__(self, classes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> None:
+        from scipy.sparse import csr_matrix
+
+        rows, cols, self.parts = [], [], []
+        offset = 0
+        for pos_idx, neg_idx, score in classes:
+            s_pos = score[pos_idx]
+            down = np.argsort(-s_pos, kind="mergesort")  # positives from the highest score
+            s_pos, pos_idx = s_pos[down], pos_idx[down]
+            order = np.argsort(score[neg_idx], kind="mergesort")
+            s_neg = score[neg_idx][order]
+            lo, hi = np.searchsorted(s_neg, s_pos, "left"), np.searchsorted(s_neg, s_pos, "right")
+            edges = np.unique(np.r_[lo, hi, len(neg_idx)])  # cumulative sums are read at these ranks
+            segment = np.searchsorted(edges, np.arange(len(neg_idx)), "right")  # rank r lies in [e[k-1], e[k])
+            rows.append(offset + segment)
+            cols.append(neg_idx[order])
+            tie_end = np.searchsorted(-s_pos, -s_pos, "right") - 1  # last positive tied with each positive
+            self.parts.append((offset, len(edges), pos_idx, np.searchsorted(edges, lo), np.searchsorted(edges, hi),
+                               tie_end))
+            offset += len(edges)
+        rows_, cols_ = np.concatenate(rows), np.concatenate(cols)
+        self.segments = csr_matrix((np.ones(len(rows_)), (rows_, cols_)), shape=(offset, n))
+
+    def stats(self, w: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(AUROC, average precision) per class, each (b,), for the resample columns of ``w`` (n, b)."""
+        sums = self.segments @ w  # (segments of all classes, b)
+        out = []
+        for offset, n_edges, pos_idx, at_lo, at_hi, tie_end in self.parts:
+            out.append(_rank_stats(w[pos_idx], np.cumsum(sums[offset:offset + n_edges], axis=0), at_lo, at_hi,
+                                   tie_end))
+        return out
+
+
+def _rank_stats(w_pos: np.ndarray, cum_neg: np.ndarray, at_lo: np.ndarray, at_hi: np.ndarray, tie_end: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted AUROC (Mann-Whitney, ties counted half) and average precision (scikit-learn's step sum) of one class
+    for every resample column. ``w_pos`` (P, b): the positives' weights, highest score first; ``cum_neg`` (E, b):
+    the negatives' weight up to each edge; ``at_lo`` / ``at_hi``: per positive, the edge of the negatives scoring
+    below / not above it; ``tie_end``: the last positive tied with it. NaN where a resample lacks positives (or
+    negatives, for AUROC)."""
+    b = cum_neg.shape[1]
+    if len(w_pos) == 0:
+        return np.full(b, np.nan), np.full(b, np.nan)
+    n_pos, n_neg = w_pos.sum(0), cum_neg[-1]
+    below = cum_neg[at_lo]
     with np.errstate(divide="ignore", invalid="ignore"):
-        auroc = (pos * (below + 0.5 * neg)).sum(1) / (n_pos * n_neg)
-        tps, fps = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)  # from the highest score down
-        step = np.diff(np.concatenate([np.zeros((len(w), 1)), tps], axis=1), axis=1) / n_pos[:, None]
-        precision = tps / (tps + fps)
-        ap = np.where(step > 0, step * precision, 0.0).sum(1)
+        auroc = (w_pos * (below + 0.5 * (cum_neg[at_hi] - below))).sum(0) / (n_pos * n_neg)
+        tp_ge = np.cumsum(w_pos, axis=0)[tie_end]
+        ap = np.where(w_pos > 0, w_pos * tp_ge / (tp_ge + (n_neg - below)), 0.0).sum(0) / n_pos
     auroc[(n_pos == 0) | (n_neg == 0)] = np.nan
     ap[n_pos == 0] = np.nan
     return auroc, ap
@@ -61,16 +100,30 @@ def _nanmean_rows(x: np.ndarray) -> np.ndarray:
         return np.where(ok.any(1), np.where(ok, x, 0.0).sum(1) / ok.sum(1), np.nan)
 
 
-def single_label_samples(w: np.ndarray, y: np.ndarray, scores: np.ndarray, decisions: np.ndarray) -> dict:
-    """:func:`~medvlkit.metrics.single_label_metrics`' macro metrics for each resample row of ``w``."""
+def single_label_plan(y: np.ndarray, scores: np.ndarray) -> RankPlan:
+    """The one-vs-rest ranking plan of a single-label problem."""
+    return RankPlan([(np.flatnonzero(y == c), np.flatnonzero(y != c), scores[:, c]) for c in range(scores.shape[1])],
+                    len(y))
+
+
+def multilabel_plan(labels: np.ndarray, scores: np.ndarray) -> RankPlan:
+    """The per-class ranking plan of a multi-label problem (unknown labels are neither positive nor negative)."""
+    return RankPlan([(np.flatnonzero(labels[:, c] == 1), np.flatnonzero(labels[:, c] == 0), scores[:, c])
+                     for c in range(scores.shape[1])], len(labels))
+
+
+def single_label_samples(w: np.ndarray, y: np.ndarray, scores: np.ndarray, decisions: np.ndarray,
+                         plan: RankPlan | None = None) -> dict:
+    """:func:`~medvlkit.metrics.single_label_metrics`' macro metrics for each resample column of ``w`` (n, b)."""
     n_classes = scores.shape[1]
-    truth = np.eye(n_classes, dtype=bool)[y]
-    pred = np.eye(n_classes, dtype=bool)[decisions]
-    tp, support, predicted = w @ (truth & pred), w @ truth, w @ pred
+    truth = np.eye(n_classes)[y]
+    pred = np.eye(n_classes)[decisions]
+    counts = w.T @ np.concatenate([truth * pred, truth, pred], axis=1)  # one product for every count
+    tp, support, predicted = np.split(counts, 3, axis=1)
     precision, recall, f1 = _prf(tp, predicted - tp, support - tp)
     present = support > 0
     precision, recall, f1 = (np.where(present, v, np.nan) for v in (precision, recall, f1))
-    ranked = [_rank_stats(w, truth[:, c], scores[:, c]) for c in range(n_classes)]
+    ranked = (plan or single_label_plan(y, scores)).stats(w)
     aurocs, aps = np.stack([r[0] for r in ranked], 1), np.stack([r[1] for r in ranked], 1)
     return {
         "accuracy": tp.sum(1) / max(len(y), 1),
@@ -83,26 +136,26 @@ def single_label_samples(w: np.ndarray, y: np.ndarray, scores: np.ndarray, decis
     }
 
 
-def multilabel_samples(w: np.ndarray, labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> dict:
-    """:func:`~medvlkit.metrics.multilabel_metrics`' macro metrics for each resample row of ``w``; NaN labels
+def multilabel_samples(w: np.ndarray, labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
+                       plan: RankPlan | None = None) -> dict:
+    """:func:`~medvlkit.metrics.multilabel_metrics`' macro metrics for each resample column of ``w`` (n, b); NaN labels
     masked per class."""
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("auroc", "average_precision", "precision", "recall", "f1",
-                                                        "accuracy")}
-    for c in range(scores.shape[1]):
-        known = ~np.isnan(labels[:, c])
-        wk, y, p = w[:, known], labels[known, c] == 1, scores[known, c]
-        pred = p >= thresholds[c]
-        tp, fp, fn = wk @ (pred & y), wk @ (pred & ~y), wk @ (~pred & y)
-        precision, recall, f1 = _prf(tp, fp, fn)
-        scored = (wk @ y) > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            accuracy = (wk @ (pred == y)) / wk.sum(1)
-        auroc, ap = _rank_stats(wk, y, p)
-        for k, v in (("auroc", auroc), ("average_precision", ap), ("precision", precision), ("recall", recall),
-                     ("f1", f1), ("accuracy", accuracy)):
-            cols[k].append(v if k in ("auroc", "average_precision") else np.where(scored, v, np.nan))
-    return {(f"macro_{k}" if k not in ("auroc", "average_precision") else k): _nanmean_rows(np.stack(v, 1))
-            for k, v in cols.items()}
+    known = ~np.isnan(labels)
+    y = known & (np.nan_to_num(labels) == 1)
+    pred = scores >= np.asarray(thresholds)[None, :]
+    ind = [pred & y, pred & known & ~y, ~pred & y, y, known, known & (pred == y)]
+    counts = w.T @ np.concatenate(ind, axis=1).astype(np.float64)  # (b, 6C) in one product
+    tp, fp, fn, n_pos, n_known, correct = np.split(counts, 6, axis=1)
+    precision, recall, f1 = _prf(tp, fp, fn)
+    scored = n_pos > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = correct / n_known
+    ranked = (plan or multilabel_plan(labels, scores)).stats(w)
+    out = {"auroc": _nanmean_rows(np.stack([r[0] for r in ranked], 1)),
+           "average_precision": _nanmean_rows(np.stack([r[1] for r in ranked], 1))}
+    for k, v in (("precision", precision), ("recall", recall), ("f1", f1), ("accuracy", accuracy)):
+        out[f"macro_{k}"] = _nanmean_rows(np.where(scored, v, np.nan))
+    return out
 
 
 def percentile_ci(samples: dict[str, list[np.ndarray]], keys: list[str], alpha: float = 0.05) -> dict:
@@ -130,8 +183,9 @@ def bootstrap_classification(kind: str, arrays: tuple[np.ndarray, ...], keys: li
     """
     n = len(arrays[0])
     samples: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    plan = single_label_plan(*arrays[:2]) if kind == "single" else multilabel_plan(*arrays[:2])
     for w in resample_weights(n, n_resamples, seed):
-        got = single_label_samples(w, *arrays) if kind == "single" else multilabel_samples(w, *arrays)
+        got = single_label_samples(w, *arrays, plan) if kind == "single" else multilabel_samples(w, *arrays, plan)
         for k in keys:
             samples[k].append(got[k])
     return percentile_ci(samples, keys, alpha)

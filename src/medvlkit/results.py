@@ -120,11 +120,6 @@ def write_result(out_dir: Path, *, dataset: str, model: str, task: str, metrics:
 MODE_COLUMN = {False: "single_label", True: "multilabel"}
 
 
-def _num(x: float) -> str:
-    """A float written so that reading it back gives the same float64."""
-    return repr(float(x))
-
-
 def write_predictions(out_dir: Path, items: list[str], classnames: list[str], log_probs: np.ndarray,
                       labels: np.ndarray | None, multilabel: bool, decisions: np.ndarray | None = None) -> Path:
     """Write ``out_dir/predictions.csv``, losslessly: reading it back gives the run's own metrics exactly.
@@ -139,19 +134,24 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], lo
     path = out_dir / PREDICTIONS_FILE
     tmp = path.with_suffix(".csv.tmp")
     log_probs = np.asarray(log_probs, dtype=np.float64)
-    probs = np.exp(log_probs)
+    mode = MODE_COLUMN[bool(multilabel)]
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "mode", "true", "predicted"] + [f"true_{c}" for c in classnames]
                    + [f"prob_{c}" for c in classnames] + [f"logp_{c}" for c in classnames])
-        for i, item in enumerate(items):
-            truth = [] if labels is None else labels[i]
-            w.writerow([item, MODE_COLUMN[bool(multilabel)],
-                        _names(labels[i], classnames, multilabel, 0.5) if labels is not None else "",
-                        _predicted(i, probs, decisions, classnames, multilabel)]
-                       + ([("" if np.isnan(v) else str(int(v))) for v in truth] if labels is not None
-                          else [""] * len(classnames))
-                       + [_num(p) for p in probs[i]] + [_num(v) for v in log_probs[i]])
+        for start in range(0, len(items), _ROWS_PER_BLOCK):  # memory stays flat in N: one block of strings
+            stop = min(start + _ROWS_PER_BLOCK, len(items))
+            lp = log_probs[start:stop]
+            probs = np.exp(lp)
+            true = _name_column(labels[start:stop], classnames, multilabel) if labels is not None else [""] * len(lp)
+            pred = _decision_column(probs, None if decisions is None else decisions[start:stop], classnames,
+                                    multilabel)
+            cells = [[("" if np.isnan(v) else str(int(v))) for v in row] for row in labels[start:stop].tolist()] \
+                if labels is not None else [[""] * len(classnames)] * len(lp)
+            p_str = [list(map(repr, row)) for row in probs.tolist()]  # repr: shortest exact form of a float64
+            l_str = [list(map(repr, row)) for row in lp.tolist()]
+            w.writerows([item, mode, t, d, *c, *ps, *ls] for item, t, d, c, ps, ls
+                        in zip(items[start:stop], true, pred, cells, p_str, l_str))
     os.replace(tmp, path)
     return path
 
@@ -244,16 +244,25 @@ def _read_truth(path: Path, header: list[str], rows: list[dict], classnames: lis
     return labels
 
 
-def _predicted(i: int, probs: np.ndarray, decisions: np.ndarray | None, classnames: list[str],
-               multilabel: bool) -> str:
-    if decisions is None:
-        return _names(probs[i], classnames, multilabel, 0.5)
-    if multilabel:
-        return "|".join(c for c, d in zip(classnames, decisions[i]) if d)
-    return classnames[int(decisions[i])]
+_ROWS_PER_BLOCK = 8192
 
 
-def _names(row: np.ndarray, classnames: list[str], multilabel: bool, threshold: float) -> str:
+def _name_column(rows: np.ndarray, classnames: list[str], multilabel: bool, threshold: float = 0.5) -> list[str]:
+    """Class names per row: the argmax (NaN ignored) for single-label, every class at or above ``threshold``
+    ``|``-joined for multi-label."""
+    rows = np.asarray(rows, dtype=np.float64)
     if not multilabel:
-        return classnames[int(np.nanargmax(row))]
-    return "|".join(c for c, v in zip(classnames, row) if not np.isnan(v) and v >= threshold)
+        return [classnames[i] for i in np.nanargmax(rows, axis=1).tolist()]
+    with np.errstate(invalid="ignore"):
+        on = (rows >= threshold) & ~np.isnan(rows)
+    return ["|".join(c for c, v in zip(classnames, r) if v) for r in on.tolist()]
+
+
+def _decision_column(probs: np.ndarray, decisions: np.ndarray | None, classnames: list[str],
+                     multilabel: bool) -> list[str]:
+    """The ``predicted`` column: ``decisions`` (indices or (N, C) booleans) when given, else argmax / p >= 0.5."""
+    if decisions is None:
+        return _name_column(probs, classnames, multilabel)
+    if multilabel:
+        return ["|".join(c for c, d in zip(classnames, r) if d) for r in np.asarray(decisions).tolist()]
+    return [classnames[int(d)] for d in np.asarray(decisions).tolist()]

@@ -59,8 +59,8 @@ def test_resamples_equal_scikit_learn():
     w = next(resample_weights(120, 4, 11))
     for b in range(4):
         idx = rng.integers(0, 120, 120)  # the draws resample_weights made
-        np.testing.assert_array_equal(np.bincount(idx, minlength=120), w[b])
-        got = single_label_samples(w[b:b + 1], y, scores, d)
+        np.testing.assert_array_equal(np.bincount(idx, minlength=120), w[:, b])
+        got = single_label_samples(w[:, b:b + 1], y, scores, d)
         ovr = [roc_auc_score(y[idx] == k, scores[idx, k]) for k in range(3)]
         assert got["auroc"][0] == pytest.approx(np.mean(ovr), abs=1e-12)
         ap = [average_precision_score(y[idx] == k, scores[idx, k]) for k in range(3)]
