@@ -16,7 +16,13 @@ import numpy as np
 
 from medvlkit.metrics import _prf
 
-CHUNK_VALUES = 1 << 22  # resamples x rows held in memory at once (4M float64 = 32 MB per array)
+CHUNK_VALUES = 1 << 22  # resamples x rows held in memory at once (4M float32 = 16 MB per array)
+
+
+def _count_dtype(n: int) -> type:
+    """Multiplicities and their sums are integers up to n: float32 holds them exactly below 2**24 (half the memory
+    traffic of float64); products and ratios are then taken in float64."""
+    return np.float32 if n < (1 << 24) else np.float64
 
 
 def resample_weights(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -27,9 +33,12 @@ def resample_weights(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray
     done = 0
     while done < n_resamples:
         b = min(chunk, n_resamples - done)
-        idx = rng.integers(0, n, (b, n))  # the same stream as b successive rng.integers(0, n, n) calls
-        flat = (idx * b + np.arange(b)[:, None]).ravel()
-        yield np.bincount(flat, minlength=b * n).reshape(n, b).astype(np.float64)
+        # the same stream as b successive rng.integers(0, n, n) calls (int32 draws equal int64 ones below 2**31)
+        idx = rng.integers(0, n, (b, n), dtype=np.int32 if n < (1 << 31) else np.int64)
+        counts = np.empty((b, n), _count_dtype(n))
+        for j in range(b):  # one bincount per resample beats one over a flattened (b * n) index
+            counts[j] = np.bincount(idx[j], minlength=n)
+        yield np.ascontiguousarray(counts.T)
         done += b
 
 
@@ -60,15 +69,16 @@ class RankPlan:
                                tie_end))
             offset += len(edges)
         rows_, cols_ = np.concatenate(rows), np.concatenate(cols)
-        self.segments = csr_matrix((np.ones(len(rows_)), (rows_, cols_)), shape=(offset, n))
+        self.segments = csr_matrix((np.ones(len(rows_), _count_dtype(n)), (rows_, cols_)), shape=(offset, n))
+        self.basis: np.ndarray | None = None  # (n, k) 0/1 indicators whose weighted sums are the confusion counts
 
     def stats(self, w: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """(AUROC, average precision) per class, each (b,), for the resample columns of ``w`` (n, b)."""
         sums = self.segments @ w  # (segments of all classes, b)
         out = []
         for offset, n_edges, pos_idx, at_lo, at_hi, tie_end in self.parts:
-            out.append(_rank_stats(w[pos_idx], np.cumsum(sums[offset:offset + n_edges], axis=0), at_lo, at_hi,
-                                   tie_end))
+            cum = np.cumsum(sums[offset:offset + n_edges], axis=0).astype(np.float64)
+            out.append(_rank_stats(w[pos_idx].astype(np.float64), cum, at_lo, at_hi, tie_end))
         return out
 
 
@@ -100,30 +110,39 @@ def _nanmean_rows(x: np.ndarray) -> np.ndarray:
         return np.where(ok.any(1), np.where(ok, x, 0.0).sum(1) / ok.sum(1), np.nan)
 
 
-def single_label_plan(y: np.ndarray, scores: np.ndarray) -> RankPlan:
-    """The one-vs-rest ranking plan of a single-label problem."""
-    return RankPlan([(np.flatnonzero(y == c), np.flatnonzero(y != c), scores[:, c]) for c in range(scores.shape[1])],
-                    len(y))
+def single_label_plan(y: np.ndarray, scores: np.ndarray, decisions: np.ndarray) -> RankPlan:
+    """The one-vs-rest ranking plan of a single-label problem, with its confusion-count indicators."""
+    plan = RankPlan([(np.flatnonzero(y == c), np.flatnonzero(y != c), scores[:, c])
+                     for c in range(scores.shape[1])], len(y))
+    truth, pred = np.eye(scores.shape[1], dtype=bool)[y], np.eye(scores.shape[1], dtype=bool)[decisions]
+    plan.basis = np.concatenate([truth & pred, truth, pred], axis=1).astype(_count_dtype(len(y)))
+    return plan
 
 
-def multilabel_plan(labels: np.ndarray, scores: np.ndarray) -> RankPlan:
-    """The per-class ranking plan of a multi-label problem (unknown labels are neither positive nor negative)."""
-    return RankPlan([(np.flatnonzero(labels[:, c] == 1), np.flatnonzero(labels[:, c] == 0), scores[:, c])
+def multilabel_plan(labels: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> RankPlan:
+    """The per-class ranking plan of a multi-label problem (unknown labels are neither positive nor negative),
+    with its count indicators: TP, FP, FN, positives, known, correct per class."""
+    plan = RankPlan([(np.flatnonzero(labels[:, c] == 1), np.flatnonzero(labels[:, c] == 0), scores[:, c])
                      for c in range(scores.shape[1])], len(labels))
+    known = ~np.isnan(labels)
+    y = known & (np.nan_to_num(labels) == 1)
+    pred = scores >= np.asarray(thresholds)[None, :]
+    ind = [pred & y, pred & known & ~y, ~pred & y, y, known, known & (pred == y)]
+    plan.basis = np.concatenate(ind, axis=1).astype(_count_dtype(len(labels)))
+    return plan
 
 
 def single_label_samples(w: np.ndarray, y: np.ndarray, scores: np.ndarray, decisions: np.ndarray,
                          plan: RankPlan | None = None) -> dict:
     """:func:`~medvlkit.metrics.single_label_metrics`' macro metrics for each resample column of ``w`` (n, b)."""
     n_classes = scores.shape[1]
-    truth = np.eye(n_classes)[y]
-    pred = np.eye(n_classes)[decisions]
-    counts = w.T @ np.concatenate([truth * pred, truth, pred], axis=1)  # one product for every count
+    plan = plan or single_label_plan(y, scores, decisions)
+    counts = (w.T @ plan.basis).astype(np.float64)  # every confusion count in one product
     tp, support, predicted = np.split(counts, 3, axis=1)
     precision, recall, f1 = _prf(tp, predicted - tp, support - tp)
     present = support > 0
     precision, recall, f1 = (np.where(present, v, np.nan) for v in (precision, recall, f1))
-    ranked = (plan or single_label_plan(y, scores)).stats(w)
+    ranked = plan.stats(w)
     aurocs, aps = np.stack([r[0] for r in ranked], 1), np.stack([r[1] for r in ranked], 1)
     return {
         "accuracy": tp.sum(1) / max(len(y), 1),
@@ -140,17 +159,14 @@ def multilabel_samples(w: np.ndarray, labels: np.ndarray, scores: np.ndarray, th
                        plan: RankPlan | None = None) -> dict:
     """:func:`~medvlkit.metrics.multilabel_metrics`' macro metrics for each resample column of ``w`` (n, b); NaN labels
     masked per class."""
-    known = ~np.isnan(labels)
-    y = known & (np.nan_to_num(labels) == 1)
-    pred = scores >= np.asarray(thresholds)[None, :]
-    ind = [pred & y, pred & known & ~y, ~pred & y, y, known, known & (pred == y)]
-    counts = w.T @ np.concatenate(ind, axis=1).astype(np.float64)  # (b, 6C) in one product
+    plan = plan or multilabel_plan(labels, scores, thresholds)
+    counts = (w.T @ plan.basis).astype(np.float64)  # (b, 6C) in one product
     tp, fp, fn, n_pos, n_known, correct = np.split(counts, 6, axis=1)
     precision, recall, f1 = _prf(tp, fp, fn)
     scored = n_pos > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         accuracy = correct / n_known
-    ranked = (plan or multilabel_plan(labels, scores)).stats(w)
+    ranked = plan.stats(w)
     out = {"auroc": _nanmean_rows(np.stack([r[0] for r in ranked], 1)),
            "average_precision": _nanmean_rows(np.stack([r[1] for r in ranked], 1))}
     for k, v in (("precision", precision), ("recall", recall), ("f1", f1), ("accuracy", accuracy)):
@@ -183,7 +199,7 @@ def bootstrap_classification(kind: str, arrays: tuple[np.ndarray, ...], keys: li
     """
     n = len(arrays[0])
     samples: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    plan = single_label_plan(*arrays[:2]) if kind == "single" else multilabel_plan(*arrays[:2])
+    plan = single_label_plan(*arrays) if kind == "single" else multilabel_plan(*arrays)
     for w in resample_weights(n, n_resamples, seed):
         got = single_label_samples(w, *arrays, plan) if kind == "single" else multilabel_samples(w, *arrays, plan)
         for k in keys:

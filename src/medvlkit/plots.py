@@ -49,6 +49,15 @@ def roc_curve_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.n
     return np.r_[0.0, fps / max(fps[-1], 1)], np.r_[0.0, tps / max(tps[-1], 1)]
 
 
+def thin_curve(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points of a monotone curve for drawing (a 100k-image ROC has 100k steps; a figure a
+    few hundred pixels wide shows 2,000 evenly spaced ones, with both ends, identically)."""
+    if len(x) <= max_points:
+        return x, y
+    keep = np.unique(np.r_[np.linspace(0, len(x) - 1, max_points).round().astype(int), len(x) - 1])
+    return x[keep], y[keep]
+
+
 def roc_png(labels: np.ndarray, probs: np.ndarray, classnames: list[str], title: str = "ROC") -> bytes:
     """One ROC curve per class (one-vs-rest; NaN labels masked), AUROC in the legend."""
     from medvlkit.metrics import auroc_binary
@@ -58,7 +67,7 @@ def roc_png(labels: np.ndarray, probs: np.ndarray, classnames: list[str], title:
         known = ~np.isnan(labels[:, c])
         y, p = labels[known, c] == 1, probs[known, c]
         if y.any() and (~y).any():
-            fpr, tpr = roc_curve_points(y, p)
+            fpr, tpr = thin_curve(*roc_curve_points(y, p))
             ax.plot(fpr, tpr, label=f"{name} ({auroc_binary(y, p):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set_xlabel("false positive rate")

@@ -136,9 +136,8 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], lo
     log_probs = np.asarray(log_probs, dtype=np.float64)
     mode = MODE_COLUMN[bool(multilabel)]
     with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "mode", "true", "predicted"] + [f"true_{c}" for c in classnames]
-                   + [f"prob_{c}" for c in classnames] + [f"logp_{c}" for c in classnames])
+        csv.writer(f).writerow(["file", "mode", "true", "predicted"] + [f"true_{c}" for c in classnames]
+                               + [f"prob_{c}" for c in classnames] + [f"logp_{c}" for c in classnames])
         for start in range(0, len(items), _ROWS_PER_BLOCK):  # memory stays flat in N: one block of strings
             stop = min(start + _ROWS_PER_BLOCK, len(items))
             lp = log_probs[start:stop]
@@ -146,12 +145,17 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], lo
             true = _name_column(labels[start:stop], classnames, multilabel) if labels is not None else [""] * len(lp)
             pred = _decision_column(probs, None if decisions is None else decisions[start:stop], classnames,
                                     multilabel)
-            cells = [[("" if np.isnan(v) else str(int(v))) for v in row] for row in labels[start:stop].tolist()] \
-                if labels is not None else [[""] * len(classnames)] * len(lp)
-            p_str = [list(map(repr, row)) for row in probs.tolist()]  # repr: shortest exact form of a float64
-            l_str = [list(map(repr, row)) for row in lp.tolist()]
-            w.writerows([item, mode, t, d, *c, *ps, *ls] for item, t, d, c, ps, ls
-                        in zip(items[start:stop], true, pred, cells, p_str, l_str))
+            if labels is not None:
+                lab = labels[start:stop]
+                cells = [",".join(r) for r in np.where(np.isnan(lab), "", np.nan_to_num(lab).astype(int).astype(str))
+                         .tolist()]
+            else:
+                cells = ["," * (len(classnames) - 1)] * len(lp)
+            # numbers never need quoting: repr of a list is each float's shortest exact form, joined by ", "
+            nums = [repr(p)[1:-1].replace(", ", ",") + "," + repr(q)[1:-1].replace(", ", ",")
+                    for p, q in zip(probs.tolist(), lp.tolist())]
+            f.write("".join(f"{_csv_field(item)},{mode},{_csv_field(t)},{_csv_field(d)},{c},{n}\r\n"
+                            for item, t, d, c, n in zip(items[start:stop], true, pred, cells, nums)))
     os.replace(tmp, path)
     return path
 
@@ -186,58 +190,85 @@ def read_predictions(path: Path) -> Predictions:
         MedvlkitError: missing file or columns, non-numeric scores, an unknown mode, or truth that cannot be read
             without guessing (a multi-label ``true`` column without ``true_<class>`` columns).
     """
-    from medvlkit.data.adapters.csv_labels import read_csv_rows
+    from medvlkit.data.adapters.csv_labels import iter_csv_rows
     from medvlkit.errors import MedvlkitError
     from medvlkit.scores import log_probs_from_probs
 
     path = Path(path)
     if not path.is_file():
         raise MedvlkitError(f"--predictions {path}: no such file")
-    header, rows = read_csv_rows(path)
+    header, rows = iter_csv_rows(path)
     classnames = [c[5:] for c in header if c.startswith("prob_")]
     if "file" not in header or not classnames:
         raise MedvlkitError(f"--predictions {path}: needs a 'file' column and 'prob_<class>' columns "
                             f"(as medvlkit's predictions.csv has); its columns: {', '.join(header)}")
-    if not rows:
-        raise MedvlkitError(f"--predictions {path}: no rows")
     use_log = all(f"logp_{c}" in header for c in classnames)
-    cols = [f"logp_{c}" if use_log else f"prob_{c}" for c in classnames]
-    try:
-        values = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float64)
-    except (ValueError, TypeError) as err:
-        raise MedvlkitError(f"--predictions {path}: non-numeric score ({err})") from None
+    col = {h: i for i, h in enumerate(header)}
+    score_at = [col[f"logp_{c}" if use_log else f"prob_{c}"] for c in classnames]
+    true_at = [col[f"true_{c}"] for c in classnames] if all(f"true_{c}" in col for c in classnames) else None
+    files, modes, names, score_blocks, truth_cells = [], set(), [], [], []
+    block: list[list[str]] = []
+    for fields in rows:  # streamed: numbers go into numpy blocks, never a dict per row
+        files.append(fields[col["file"]])
+        modes.add(fields[col["mode"]] if "mode" in col else "")
+        if true_at is not None:
+            truth_cells.append("\t".join(fields[i].strip() for i in true_at))
+        elif "true" in col:
+            names.append(fields[col["true"]])
+        block.append([fields[i] for i in score_at])
+        if len(block) == _ROWS_PER_BLOCK:
+            score_blocks.append(_floats(block, path))
+            block = []
+    if block:
+        score_blocks.append(_floats(block, path))
+    if not files:
+        raise MedvlkitError(f"--predictions {path}: no rows")
+    values = np.concatenate(score_blocks)
     log_probs = values if use_log else log_probs_from_probs(values)
-    modes = {r.get("mode", "") for r in rows}
     if modes - set(MODE_COLUMN.values()) - {""} or len(modes) > 1:
         raise MedvlkitError(f"--predictions {path}: column 'mode' holds {sorted(modes)}; valid: "
                             f"{', '.join(MODE_COLUMN.values())} (one value for the whole file)")
     mode = modes.pop() if modes else ""
     multilabel = None if not mode else mode == "multilabel"
-    labels = _read_truth(path, header, rows, classnames, multilabel)
-    return Predictions([r["file"] for r in rows], classnames, log_probs, labels, multilabel)
+    labels = _read_truth(path, true_at is not None, truth_cells, names, classnames, multilabel)
+    return Predictions(files, classnames, log_probs, labels, multilabel)
 
 
-def _read_truth(path: Path, header: list[str], rows: list[dict], classnames: list[str],
-                multilabel: bool | None) -> np.ndarray | None:
+def _floats(block: list[list[str]], path: Path) -> np.ndarray:
     from medvlkit.errors import MedvlkitError
 
-    if all(f"true_{c}" in header for c in classnames):
-        cells = [[r[f"true_{c}"].strip() for c in classnames] for r in rows]
-        if all(v == "" for row in cells for v in row):
+    try:
+        return np.array(block, dtype=np.float64)
+    except (ValueError, TypeError) as err:
+        raise MedvlkitError(f"--predictions {path}: non-numeric score ({err})") from None
+
+
+def _read_truth(path: Path, has_columns: bool, cells: list[str], names: list[str], classnames: list[str],
+                multilabel: bool | None) -> np.ndarray | None:
+    """The truth of a predictions file: ``true_<class>`` cells (tab-joined per row) or a ``true`` column of class
+    names (single-label only); None when the file carries none."""
+    from medvlkit.errors import MedvlkitError
+
+    if has_columns:
+        distinct = set("\t".join(cells).split("\t")) if cells else {""}
+        if distinct == {""}:
             return None
-        bad = sorted({v for row in cells for v in row} - {"", "0", "1", "0.0", "1.0"})
+        bad = sorted(distinct - {"", "0", "1", "0.0", "1.0"})
         if bad:
             raise MedvlkitError(f"{path}: true_<class> columns must hold 1, 0 or nothing; found {bad}")
-        return np.array([[float(v) if v else np.nan for v in row] for row in cells], dtype=np.float64)
-    truth = [r.get("true", "") for r in rows]
-    if not any(truth):
+        lookup = {"": np.nan, "0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
+        out = np.empty((len(cells), len(classnames)), dtype=np.float64)
+        for i, row in enumerate(cells):
+            out[i] = [lookup[v] for v in row.split("\t")]
+        return out
+    if not any(names):
         return None
     if multilabel is not False:
         raise MedvlkitError(f"{path}: a 'true' column of class names cannot tell unknown from absent labels for "
                             "multi-label data; write true_<class> columns (1, 0 or empty), as medvlkit does")
     index = {c: i for i, c in enumerate(classnames)}
-    labels = np.zeros((len(rows), len(classnames)), dtype=np.float64)
-    for i, name in enumerate(truth):
+    labels = np.zeros((len(names), len(classnames)), dtype=np.float64)
+    for i, name in enumerate(names):
         if name not in index:
             raise MedvlkitError(f"{path}: true label '{name}' in row {i + 1} is not among the classes {classnames}")
         labels[i, index[name]] = 1.0
@@ -245,6 +276,13 @@ def _read_truth(path: Path, header: list[str], rows: list[dict], classnames: lis
 
 
 _ROWS_PER_BLOCK = 8192
+
+
+def _csv_field(text: str) -> str:
+    """One field as ``csv.writer`` (QUOTE_MINIMAL) writes it."""
+    if any(ch in text for ch in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _name_column(rows: np.ndarray, classnames: list[str], multilabel: bool, threshold: float = 0.5) -> list[str]:

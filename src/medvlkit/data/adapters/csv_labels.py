@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import csv
-import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,30 +37,57 @@ def read_text(path: Path) -> str:
                             "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
+def iter_csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
+    """Header and a stream of rows (field lists) of a CSV file (UTF-8, BOM tolerated), read as it goes: memory
+    does not grow with the file. Blank lines are skipped.
+
+    Raises:
+        MedvlkitError: not UTF-8, not parseable, a duplicated column name, or (while iterating) a row whose field
+            count differs from the header's.
+    """
+    f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed by the generator below
+    reader = csv.reader(f)
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except UnicodeDecodeError:
+        f.close()
+        read_text(path)  # raises the error naming the line and byte
+        raise
+    except csv.Error as err:
+        f.close()
+        raise MedvlkitError(f"{path}: not a readable CSV file ({err})") from None
+    if len(set(header)) != len(header):
+        f.close()
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        raise MedvlkitError(f"{path}: column name(s) {dupes} appear more than once in the header")
+
+    def rows() -> Iterator[list[str]]:
+        with f:
+            try:
+                for fields in reader:
+                    if not fields:
+                        continue  # a blank line
+                    if len(fields) != len(header):
+                        raise MedvlkitError(f"{path}: line {reader.line_num} has {len(fields)} fields, the header "
+                                            f"has {len(header)}")
+                    yield fields
+            except UnicodeDecodeError:
+                read_text(path)
+                raise
+            except csv.Error as err:
+                raise MedvlkitError(f"{path}: not a readable CSV file ({err})") from None
+
+    return header, rows()
+
+
 def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a CSV file (UTF-8, BOM tolerated).
+    """Header and rows of a CSV file (UTF-8, BOM tolerated), as dicts.
 
     Raises:
         MedvlkitError: not UTF-8, not parseable, or a row whose field count differs from the header's.
     """
-    try:
-        table = list(csv.reader(io.StringIO(read_text(path), newline="")))
-    except csv.Error as err:
-        raise MedvlkitError(f"{path}: not a readable CSV file ({err})") from None
-    if not table:
-        return [], []
-    header = [h.strip() for h in table[0]]
-    if len(set(header)) != len(header):
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        raise MedvlkitError(f"{path}: column name(s) {dupes} appear more than once in the header")
-    rows = []
-    for n, fields in enumerate(table[1:], 2):
-        if not fields:
-            continue  # a blank line
-        if len(fields) != len(header):
-            raise MedvlkitError(f"{path}: line {n} has {len(fields)} fields, the header has {len(header)}")
-        rows.append(dict(zip(header, fields)))
-    return header, rows
+    header, rows = iter_csv_rows(path)
+    return header, [dict(zip(header, fields)) for fields in rows]
 
 
 def pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:
