@@ -341,32 +341,14 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
     Example: medvlkit gate --data inbox/ --val-medical val/medical --val-non-medical val/photos --out runs/gate
     """
-    from medvlkit.gate import run_gate, save_gate, threshold_from_validation
-    from medvlkit.probe import LinearProbe, check_probe_model
+    from medvlkit.gate import gate_task
 
     config = _jsonable(dict(locals()))
-    if probe is not None and val_medical is not None:
-        raise MedvlkitError("--probe picks its threshold at 0.5 (or --threshold); do not pass --val-* folders with it")
-    if (val_medical is None) != (val_non_medical is None):
-        raise MedvlkitError("pass both --val-medical and --val-non-medical (or neither)")
-    if threshold is not None and val_medical is not None:
-        raise MedvlkitError("pass either --threshold or the --val-* folders, not both")
-    ds = _dataset(data, split, fmt)
-    m = _model(model, device, "fp32", None)
-    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet)
-    source = "given"
-    if val_medical is not None:
-        threshold = threshold_from_validation(m, _dataset(val_medical, None, "folder"),
-                                              _dataset(val_non_medical, None, "folder"), **kwargs)
-        source = f"balanced accuracy on {val_medical} vs {val_non_medical}"
-    gate_probe = None
-    if probe is not None:
-        gate_probe, header = LinearProbe.load(probe)
-        check_probe_model(header, m)
-        source = "given" if threshold is not None else source
-    res = run_gate(m, ds, threshold, source, probe=gate_probe, **kwargs)
+    val = [_dataset(v, None, "folder") if v is not None else None for v in (val_medical, val_non_medical)]
     out_dir = _out(out, "gate")
-    summary = save_gate(res, out_dir, m, ds, config)
+    res, summary = gate_task(_model(model, device, "fp32", None), _dataset(data, split, fmt), out_dir, config,
+                             threshold, *val, probe_file=probe,
+                             **_embed_opts(batch_size, workers, no_cache, on_error, quiet))
     console.print(f"{summary['n_medical']} medical, {summary['n_non_medical']} non-medical "
                   f"(threshold {res.threshold:.3f}: {res.threshold_source}); wrote {out_dir}/gate.csv")
 
@@ -522,36 +504,13 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
     Example: medvlkit probe --data ../shared/data/medmnist/breastmnist.npz --out runs/breast-probe
     Reuse:   medvlkit probe --load runs/breast-probe/probe.npz --data other.npz --test-split test
     """
-    from medvlkit.errors import NoSplitsError
-    from medvlkit.probe import LinearProbe, check_probe_model, embed_split, fit_probe, probe_splits, save_probe_run
+    from medvlkit.probe import ProbeTaskConfig, run_probe_task
 
     config = _jsonable(dict(locals()))
-    try:
-        test_ds = _dataset(data, test_split or None, fmt)
-    except NoSplitsError:
-        if load is None:
-            raise
-        test_ds = _dataset(data, None, fmt)  # scoring a saved probe: a folder without splits is the data to score
-    m = _model(model, device, "fp32", None)
-    if features not in ("embedding", "backbone"):
-        raise MedvlkitError(f"--features {features}: valid options: embedding, backbone")
-    if features == "backbone":
-        from medvlkit.models.base import BackboneView
-
-        m = BackboneView(m)
-    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet)
-    if load is not None:
-        lp, header = LinearProbe.load(load)
-        check_probe_model(header, m)
-        info = {"loaded": str(load), "C": lp.C_}
-    else:
-        lp = LinearProbe(Cs=(c,) if c else LinearProbe().Cs, select=select, random_state=seed,
-                         class_weight=None if class_weight == "none" else class_weight)
-        train_ds, train, val = probe_splits(m, data, fmt, train_split, val_split, val_fraction, group_pattern, seed,
-                                            need_val=c is None, **kwargs)
-        info = fit_probe(lp, train, val, train_ds.classnames, train_ds.multilabel, shots, seed)
+    cfg = _config_from(ProbeTaskConfig, config, data=str(data), format=fmt, load=str(load) if load else None)
     out_dir = _out(out, "probe")
-    res = save_probe_run(lp, embed_split(m, test_ds, **kwargs), m, test_ds, out_dir, config, info, bootstrap, seed)
+    res, lp, info = run_probe_task(cfg, out_dir, config, bootstrap,
+                                   **_embed_opts(batch_size, workers, no_cache, on_error, quiet))
     _print_metrics(res)
     console.print(f"C = {lp.C_:g} (chosen on {info.get('n_val', 0)} validation images); wrote {out_dir}/result.json, "
                   "predictions.csv and probe.npz")

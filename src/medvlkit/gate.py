@@ -8,6 +8,7 @@ no made-up default: the caller is asked for a threshold or validation folders.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,3 +140,34 @@ def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDa
                  task="gate", metrics=metrics, config=config, n_skipped=len(res.skipped),
                  extra=extra | provenance(model, dataset))
     return metrics | extra
+
+
+def gate_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: dict, threshold: float | None = None,
+              val_medical: ImageDataset | None = None, val_non_medical: ImageDataset | None = None,
+              probe_file: Path | None = None, **embed_options) -> tuple[GateResult, dict]:
+    """The ``gate`` task: resolve the threshold (given, chosen on validation folders, a probe's 0.5, or the model's
+    validated one), score ``dataset``, write ``gate.csv`` and ``result.json``.
+
+    Raises:
+        MedvlkitError: contradictory threshold sources (a probe with validation folders, a threshold with them, one
+            validation folder without the other).
+    """
+    from medvlkit.probe import LinearProbe, check_probe_model
+
+    if probe_file is not None and val_medical is not None:
+        raise MedvlkitError("--probe picks its threshold at 0.5 (or --threshold); do not pass --val-* folders with it")
+    if (val_medical is None) != (val_non_medical is None):
+        raise MedvlkitError("pass both --val-medical and --val-non-medical (or neither)")
+    if threshold is not None and val_medical is not None:
+        raise MedvlkitError("pass either --threshold or the --val-* folders, not both")
+    source = "given"
+    if val_medical is not None:
+        threshold = threshold_from_validation(model, val_medical, val_non_medical, **embed_options)
+        where = [os.path.commonpath(d.items) if d.items else d.name for d in (val_medical, val_non_medical)]
+        source = f"balanced accuracy on {where[0]} vs {where[1]}"
+    gate_probe = None
+    if probe_file is not None:
+        gate_probe, header = LinearProbe.load(probe_file)
+        check_probe_model(header, model)
+    res = run_gate(model, dataset, threshold, source, probe=gate_probe, **embed_options)
+    return res, save_gate(res, out_dir, model, dataset, config)

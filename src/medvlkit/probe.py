@@ -316,3 +316,77 @@ def check_probe_model(header: dict, model) -> None:
     if header.get("model_fingerprint") != model.fingerprint():
         raise MedvlkitError(f"this probe was trained on '{header.get('model')}' embeddings; pass --model "
                             f"{header.get('model')} (the current model '{model.name}' differs)")
+
+
+@dataclass
+class ProbeTaskConfig:
+    """Options of one ``probe`` run (see ``medvlkit probe --help``).
+
+    Attributes:
+        model, data, format: what to embed and with which adapter.
+        train_split, val_split, test_split, val_fraction, group_pattern: the splits (validation picks C; without a
+            val split a seeded, optionally patient-level, fraction of train is held out).
+        shots: few-shot training examples per class (None: all).
+        class_weight: ``none`` or ``balanced``; ``c``: one C instead of the validation sweep; ``select``: the
+            validation metric picking C.
+        load: a saved ``probe.npz`` to score instead of training one.
+        features: ``embedding`` (the shared space) or ``backbone`` (the image tower's pooled features).
+        seed: few-shot sampling, the held-out split and the bootstrap.
+    """
+
+    model: str = "lite"
+    data: str = ""
+    format: str = "auto"
+    train_split: str = "train"
+    val_split: str | None = None
+    test_split: str = "test"
+    val_fraction: float = 0.1
+    group_pattern: str | None = None
+    shots: int | None = None
+    class_weight: str = "none"
+    c: float | None = None
+    select: str = "auroc"
+    load: str | None = None
+    features: str = "embedding"
+    device: str = "auto"
+    seed: int = 0
+
+
+def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstrap: int = 1000,
+                   **embed_options) -> tuple[dict, LinearProbe, dict]:
+    """Train (or load) a linear probe, score it on the test split, write result.json, predictions.csv and
+    probe.npz into ``out_dir``.
+
+    Returns:
+        the result dict, the probe, and the fit information (chosen C, validation size...).
+    """
+    from medvlkit.data import load_dataset
+    from medvlkit.models import create_model
+
+    if cfg.features not in ("embedding", "backbone"):
+        raise MedvlkitError(f"--features {cfg.features}: valid options: embedding, backbone")
+    try:
+        test_ds = load_dataset(cfg.data, split=cfg.test_split or None, format=cfg.format)
+    except NoSplitsError:
+        if cfg.load is None:
+            raise
+        test_ds = load_dataset(cfg.data, format=cfg.format)  # scoring a saved probe: a folder without splits
+    model = create_model(cfg.model, device=cfg.device)
+    if cfg.features == "backbone":
+        from medvlkit.models.base import BackboneView
+
+        model = BackboneView(model)
+    if cfg.load is not None:
+        probe, header = LinearProbe.load(Path(cfg.load))
+        check_probe_model(header, model)
+        info = {"loaded": str(cfg.load), "C": probe.C_}
+    else:
+        probe = LinearProbe(Cs=(cfg.c,) if cfg.c else LinearProbe().Cs, select=cfg.select, random_state=cfg.seed,
+                            class_weight=None if cfg.class_weight == "none" else cfg.class_weight)
+        train_ds, train, val = probe_splits(model, Path(cfg.data), cfg.format, cfg.train_split, cfg.val_split,
+                                            cfg.val_fraction, cfg.group_pattern, cfg.seed, need_val=cfg.c is None,
+                                            **embed_options)
+        info = fit_probe(probe, train, val, train_ds.classnames, train_ds.multilabel, cfg.shots, cfg.seed)
+    result = save_probe_run(probe, embed_split(model, test_ds, **embed_options), model, test_ds, out_dir, config,
+                            info, n_bootstrap, cfg.seed)
+    return result, probe, info

@@ -33,7 +33,8 @@ def test_gate_cli_thresholds_and_lists(tiny_clip_dir, tmp_path):
     assert main(base + ["--val-medical", str(tmp_path / "val_med" / "x"), "--val-non-medical",
                         str(tmp_path / "val_photo" / "y"), "--out", str(tmp_path / "val")]) == 0
     res = json.loads((tmp_path / "val" / "result.json").read_text())
-    assert res["threshold_source"].startswith("balanced accuracy")
+    med, photo = (str((tmp_path / d).resolve()) for d in ("val_med/x", "val_photo/y"))
+    assert res["threshold_source"] == f"balanced accuracy on {med} vs {photo}"  # the folders, in full
     assert main(base + ["--val-medical", str(tmp_path / "val_med"), "--out", str(tmp_path / "bad")]) == 2
 
 

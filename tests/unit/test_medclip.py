@@ -3,6 +3,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,18 @@ def test_medclip_runs_the_tasks(resnet_dir, tmp_path):
     (resnet_dir / "preprocess.json").write_text('{"image_size": 64}')  # small images keep the test fast
     run_backbone_tasks(f"medclip:{resnet_dir}", tmp_path, embed_dim=512)
     (resnet_dir / "preprocess.json").unlink()
+
+
+def test_presets_find_their_local_copies(resnet_dir, tmp_path):
+    """Folder presets (medclip-resnet) and file presets (gloria) resolve to $MEDVLKIT_MODELS/<name>[/<file>]; a
+    missing copy is an error naming the path and how to fetch it."""
+    import os
+
+    models = Path(os.environ["MEDVLKIT_MODELS"])  # conftest: a models folder per test
+    with pytest.raises(MedvlkitError, match="medclip-resnet.*huggingface-cli download"):
+        create_model("medclip-resnet")
+    shutil.copytree(resnet_dir, models / "medclip-resnet")
+    m = create_model("medclip-resnet")
+    assert m.name == f"medclip:{models / 'medclip-resnet'}" and not m.swin
+    with pytest.raises(MedvlkitError, match="chexpert_resnet50.ckpt"):
+        create_model("gloria")

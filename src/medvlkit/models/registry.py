@@ -86,19 +86,19 @@ def resolve_device(device: str) -> str:
 
 
 def _resolve_preset(preset: ModelPreset) -> str:
-    """A preset's spec pointing at a local copy when there is one."""
+    """A preset's spec pointing at its local copy: ``$MEDVLKIT_MODELS/<name>/<local_name>`` for presets whose weights
+    are one file, the folder itself for the others. ``hf:`` presets fall back to their hub id (the local Hugging Face
+    cache); a missing copy is an error naming the path and how to fetch it otherwise."""
+    source, _, ref = preset.spec.partition(":")
+    if source == "lite":
+        return preset.spec
     local = models_dir() / preset.name
-    source = preset.spec.split(":", 1)[0]
-    if source in ("hf", "biomedclip", "biovil", "medclip") and local.is_dir():
-        return f"{source}:{local}"
-    if source in ("biomedclip", "biovil", "medclip"):
-        raise MedvlkitError(f"preset '{preset.name}' needs its folder {local}; {preset.fetch}")
-    if source in ("openai-ckpt", "gloria"):
-        ckpt = local / preset.local_name
-        if ckpt.is_file():
-            return f"{source}:{ckpt}"
-        raise MedvlkitError(f"preset '{preset.name}' needs {ckpt}; {preset.fetch}")
-    return preset.spec
+    target = local / preset.local_name if preset.local_name else local
+    if target.exists() and (target.is_file() if preset.local_name else target.is_dir()):
+        return f"{source}:{target}"
+    if source == "hf" or "$MEDVLKIT_MODELS" not in ref:
+        return preset.spec
+    raise MedvlkitError(f"preset '{preset.name}' needs {target}; {preset.fetch}")
 
 
 def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32", **kwargs) -> ModelBase:
