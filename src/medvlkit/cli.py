@@ -790,6 +790,9 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         _quiet_transformers()
     try:
+        from medvlkit.plugins import load_plugins
+
+        load_plugins()  # extensions the user named ($MEDVLKIT_PLUGINS, entry points), before parsing
         app(args=argv, prog_name="medvlkit", standalone_mode=True)  # usage errors print and exit 2 themselves
     except MedvlkitError as err:
         if debug:
