@@ -25,8 +25,18 @@ DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 5, 17))  # 1e-3 .. 1e5, hal
 SELECT = ("auroc", "accuracy", "balanced_accuracy")
 
 
-class LinearProbe:
-    """Logistic regression on (N, D) embeddings.
+def _sklearn_bases() -> tuple[type, ...]:
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    return ClassifierMixin, BaseEstimator
+
+
+class LinearProbe(*_sklearn_bases()):
+    """Logistic regression on (N, D) embeddings, as a scikit-learn classifier (``get_params``/``clone``,
+    ``classes_``, ``n_features_in_``, ``predict``, ``score``).
+
+    ``fit(X, y)`` takes scikit-learn's 1-D class labels, or medvlkit's (N, C) label matrix (1/0/NaN) with
+    ``classnames`` and ``multilabel``; with several ``Cs`` it needs validation data to choose C.
 
     Args:
         Cs: inverse regularisation strengths to try; the best on validation data is kept (one value: no sweep).
@@ -98,11 +108,25 @@ class LinearProbe:
             return float(-np.mean(np.where(Y[known] == 1, np.log(P[known]), np.log(1 - P[known]))))
         return float(-np.mean(np.log(P[np.arange(len(Y)), np.nanargmax(Y, 1)])))
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, classnames: list[str], multilabel: bool,
+    def fit(self, X: np.ndarray, Y: np.ndarray, classnames: list[str] | None = None, multilabel: bool = False,
             X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None) -> LinearProbe:
-        """Fit on (N, D) embeddings and (N, C) labels; with several Cs, pick C on (X_val, Y_val)."""
+        """Fit on (N, D) embeddings and labels: (N,) class labels (scikit-learn's form) or an (N, C) 1/0/NaN matrix
+        with its ``classnames``; with several Cs, pick C on (X_val, Y_val)."""
         self._check()
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y)
+        classes = None
+        if Y.ndim == 1:  # scikit-learn's form: one class label per row
+            classes = np.unique(Y)
+            Y = (Y[:, None] == classes[None, :]).astype(np.float64)
+            if Y_val is not None:
+                Y_val = (np.asarray(Y_val)[:, None] == classes[None, :]).astype(np.float64)
+            classnames, multilabel = [str(c) for c in classes], False
+        if classnames is None:
+            raise MedvlkitError("a label matrix needs its classnames")
         self.classnames_, self.multilabel_ = list(classnames), bool(multilabel)
+        self.classes_ = classes if classes is not None else np.asarray(self.classnames_)
+        self.n_features_in_ = X.shape[1]
         if len(self.Cs) > 1 and (X_val is None or len(X_val) == 0):
             raise MedvlkitError("sweeping C needs validation data (a val split or --val-fraction), or give one --C")
         self.val_scores_: dict[float, float] = {}
@@ -121,7 +145,15 @@ class LinearProbe:
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return X @ self.coef_.T + self.intercept_
+        return np.asarray(X) @ self.coef_.T + self.intercept_
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Single-label: the most probable class of each row (from ``classes_``); multi-label: an (N, C) 0/1
+        matrix at probability 0.5."""
+        z = self.decision_function(X)
+        if self.multilabel_:
+            return (z >= 0).astype(int)
+        return self.classes_[z.argmax(1)]
 
     def predict_log_proba(self, X: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, C) float64 log-probabilities (no rounding of near-certain probabilities to 1)."""
@@ -158,6 +190,7 @@ class LinearProbe:
                             select=header.get("select", "auroc"))
                 probe.coef_, probe.intercept_ = z["coef"], z["intercept"]
             probe.classnames_, probe.multilabel_, probe.C_ = header["classnames"], header["multilabel"], header["C"]
+            probe.classes_, probe.n_features_in_ = np.asarray(probe.classnames_), int(probe.coef_.shape[1])
         except Exception as err:  # noqa: BLE001 - numpy, zip and JSON errors come in many types
             raise MedvlkitError(f"--load {path}: not a probe written by `medvlkit probe` ({first_line(err)})") from None
         probe.val_scores_ = {float(k): v for k, v in header.get("val_scores", {}).items()}

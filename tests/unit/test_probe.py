@@ -116,3 +116,23 @@ def test_probe_on_backbone_features(tiny_clip_dir, tmp_path):
                  "--bootstrap", "0", "--features", "backbone", "--out", str(out)]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["model"].endswith("#backbone") and res["metrics"]["n"] == 6
+
+
+def test_linear_probe_is_a_scikit_learn_classifier():
+    """clone/get_params, fit on 1-D labels, classes_, n_features_in_, predict and ClassifierMixin.score."""
+    from sklearn.base import clone, is_classifier
+    from sklearn.linear_model import LogisticRegression
+
+    from medvlkit.probe import LinearProbe
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 6))
+    y = np.where(X[:, 0] + 0.3 * rng.normal(size=120) > 0, "PNEUMONIA", "NORMAL")
+    probe = LinearProbe(Cs=(1.0,), random_state=0)
+    assert is_classifier(probe) and clone(probe).get_params() == probe.get_params()
+    probe.fit(X[:80], y[:80])
+    assert probe.classes_.tolist() == ["NORMAL", "PNEUMONIA"] and probe.n_features_in_ == 6
+    ref = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(X[:80], y[:80])
+    np.testing.assert_array_equal(probe.predict(X[80:]), ref.predict(X[80:]))
+    np.testing.assert_allclose(probe.predict_proba(X[80:]), ref.predict_proba(X[80:]), atol=1e-8)
+    assert probe.score(X[80:], y[80:]) == ref.score(X[80:], y[80:])
