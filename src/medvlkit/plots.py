@@ -1,4 +1,5 @@
-"""Plots as PNG bytes (matplotlib, Agg backend): confusion matrix, ROC curves, reliability diagram."""
+"""Plots as PNG bytes (matplotlib Figures rendered with Agg, pyplot untouched): confusion matrix, ROC curves,
+reliability diagram."""
 
 from __future__ import annotations
 
@@ -8,25 +9,24 @@ import numpy as np
 
 
 def _figure(width: float = 4.2, height: float = 3.6):
-    import matplotlib
+    """A standalone matplotlib ``Figure`` and its axes: no pyplot state, no global backend switch (a caller's
+    interactive backend and open figures are left alone)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt, plt.subplots(figsize=(width, height), dpi=110)
+    fig = Figure(figsize=(width, height), dpi=110)
+    return fig, fig.subplots()
 
 
-def _png(plt, fig) -> bytes:
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    fig.savefig(buf, format="png")  # Figure.savefig renders PNG with the Agg canvas itself
     return buf.getvalue()
 
 
 def confusion_matrix_png(cm: list[list[int]], classnames: list[str], title: str = "confusion matrix") -> bytes:
     """Counts with row-normalised colour (rows: true class, columns: predicted)."""
-    plt, (fig, ax) = _figure()
+    fig, ax = _figure()
     cm = np.asarray(cm)
     frac = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
@@ -38,7 +38,7 @@ def confusion_matrix_png(cm: list[list[int]], classnames: list[str], title: str 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _png(plt, fig)
+    return _png(fig)
 
 
 def roc_curve_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +62,7 @@ def roc_png(labels: np.ndarray, probs: np.ndarray, classnames: list[str], title:
     """One ROC curve per class (one-vs-rest; NaN labels masked), AUROC in the legend."""
     from medvlkit.metrics import auroc_binary
 
-    plt, (fig, ax) = _figure()
+    fig, ax = _figure()
     for c, name in enumerate(classnames):
         known = ~np.isnan(labels[:, c])
         y, p = labels[known, c] == 1, probs[known, c]
@@ -74,12 +74,12 @@ def roc_png(labels: np.ndarray, probs: np.ndarray, classnames: list[str], title:
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
-    return _png(plt, fig)
+    return _png(fig)
 
 
 def reliability_png(curves: dict[str, dict[str, list[float]]], title: str = "reliability") -> bytes:
     """Reliability diagram: accuracy per confidence bin, one line per curve (e.g. before / after)."""
-    plt, (fig, ax) = _figure()
+    fig, ax = _figure()
     for name, r in curves.items():
         conf, acc = np.asarray(r["confidence"], dtype=float), np.asarray(r["accuracy"], dtype=float)  # null -> NaN
         ok = ~np.isnan(conf)
@@ -91,4 +91,4 @@ def reliability_png(curves: dict[str, dict[str, list[float]]], title: str = "rel
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
-    return _png(plt, fig)
+    return _png(fig)

@@ -56,3 +56,15 @@ def test_report_after_calibration(tmp_path):
     assert "ece_uncalibrated" in page and page.count("data:image/png") >= 3
     res = json.loads((tmp_path / "applied" / "result.json").read_text())
     assert set(res["reliability"]) == {"uncalibrated", "calibrated"}
+
+
+def test_plots_leave_pyplot_alone():
+    """Plots are standalone Figures: pyplot is never imported and the caller's backend is not switched."""
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib; before = matplotlib.get_backend(); from medvlkit.plots import roc_png; "
+            "import numpy as np; png = roc_png(np.array([[1.0], [0.0]]), np.array([[0.9], [0.2]]), ['x']); "
+            "assert png[:4] == b'\\x89PNG'; assert 'matplotlib.pyplot' not in sys.modules; "
+            "assert matplotlib.get_backend() == before")
+    subprocess.run([sys.executable, "-c", code], check=True)
