@@ -12,19 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError
 from medvlkit.evaluate import evaluate_probs
 from medvlkit.features import ImageEmbeddings, embed_images, embed_texts
-from medvlkit.models.base import ModelBase
+from medvlkit.models.base import ModelBase, l2_normalize
 from medvlkit.prompts import MODES, PromptSet
 from medvlkit.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_predictions, write_result
 from medvlkit.scores import check_finite, log_sigmoid, log_softmax
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def ensemble_embeddings(model: ModelBase, prompts: PromptSet, side: str = "positive", cache: bool = False,
@@ -39,7 +36,7 @@ def ensemble_embeddings(model: ModelBase, prompts: PromptSet, side: str = "posit
             raise MedvlkitError(f"class '{c.name}' of prompt set '{prompts.name}' has no {side} phrases; "
                                 "pos_neg needs both positive and negative phrases per class")
         vectors = embed_texts(model, prompts.texts(phrases), cache=cache, cache_dir=cache_dir)
-        out.append(_normalize(vectors.mean(axis=0)))
+        out.append(l2_normalize(torch.from_numpy(vectors.mean(axis=0))).numpy())
     return np.stack(out)
 
 

@@ -7,13 +7,10 @@ import torch
 
 from medvlkit.gate import balanced_threshold
 from medvlkit.metrics import auroc_binary
+from medvlkit.models.base import l2_normalize
 from medvlkit.models.lite import LiteHeads
 from medvlkit.pretrain.corpus import Pair
 from medvlkit.prompts import PromptSet, load_prompt_set
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def prompt_texts(prompts: PromptSet) -> list[str]:
@@ -37,7 +34,7 @@ def class_embeddings(heads: LiteHeads, prompts: PromptSet, text_feats: dict[str,
     rows = []
     for c in prompts.classes:
         f = torch.from_numpy(np.stack([text_feats[t] for t in prompts.texts(c.positive)]))
-        rows.append(_unit(_unit(heads.project_text(f)).mean(0)))
+        rows.append(l2_normalize(l2_normalize(heads.project_text(f)).mean(0)))
     return torch.stack(rows)
 
 
@@ -47,7 +44,7 @@ def validate(heads: LiteHeads, pairs: list[Pair], image_feats: np.ndarray,
     """Metrics on the val pairs: CXR pneumonia AUROC (prompts), MedPix CT/MR accuracy (prompts), MedPix
     image-to-caption recall@5, gate AUROC (medical vs photo); ``score`` is their mean (the checkpoint criterion)."""
     heads.eval()
-    img = _unit(heads.project_image(torch.from_numpy(image_feats)))
+    img = l2_normalize(heads.project_image(torch.from_numpy(image_feats)))
     scale = float(heads.log_logit_scale.detach().exp())
     sets = val_prompt_sets()
     src = np.array([p.source for p in pairs])
@@ -64,7 +61,7 @@ def validate(heads: LiteHeads, pairs: list[Pair], image_feats: np.ndarray,
     out["medpix_ct_mr_accuracy"] = float((pred == truth).mean())
 
     caps = torch.from_numpy(np.stack([text_feats[pairs[i].captions[0]] for i in mp]))
-    sims = img[mp] @ _unit(heads.project_text(caps)).T  # (M, M), diagonal = own caption
+    sims = img[mp] @ l2_normalize(heads.project_text(caps)).T  # (M, M), diagonal = own caption
     ranks = (sims > sims.diag()[:, None]).sum(1)
     out["medpix_i2t_recall@5"] = float((ranks < 5).float().mean())
 
@@ -77,7 +74,7 @@ def validate(heads: LiteHeads, pairs: list[Pair], image_feats: np.ndarray,
 def choose_gate_threshold(heads: LiteHeads, pairs: list[Pair], image_feats: np.ndarray,
                           text_feats: dict[str, np.ndarray]) -> float:
     """The P(medical) threshold with the best balanced accuracy on the val pairs (medical vs photo)."""
-    img = _unit(heads.project_image(torch.from_numpy(image_feats)))
+    img = l2_normalize(heads.project_image(torch.from_numpy(image_feats)))
     scale = float(heads.log_logit_scale.detach().exp())
     with torch.no_grad():
         p = (scale * img @ class_embeddings(heads, val_prompt_sets()["medical_gate"], text_feats).T).softmax(-1)
