@@ -161,8 +161,8 @@ def models(pattern: str = typer.Argument("*", help="shell pattern over preset na
     for p in presets:
         table.add_row(*(escape(v) for v in (p.name, p.spec, p.licence, p.preprocessing, p.fetch)))
     console.print(table)
-    console.print("Any local transformers CLIP/SigLIP folder works as hf:DIR; "
-                  "an OpenAI-format .pt as openai-ckpt:FILE.")
+    console.print("Any local copy works through its source: hf:DIR (transformers CLIP/SigLIP), openai-ckpt:FILE, "
+                  "open_clip:DIR, biomedclip:DIR, biovil:DIR, medclip:DIR, gloria:FILE, ft:DIR (README, Models).")
 
 
 @app.command()
