@@ -107,3 +107,35 @@ def test_supervised_multilabel_bce_on_a_csv(tiny_clip_dir, tmp_path):
     res = json.loads((out / "result.json").read_text())
     assert {"auroc/Effusion", "auroc/Edema", "auroc/Atelectasis"} <= res["metrics"].keys()
     assert json.loads((out / "best" / "finetune.json").read_text())["multilabel"] is True
+
+
+def test_lora_adapter_is_readable_by_peft_itself(tiny_clip_dir, tmp_path):
+    """The best/ folder also holds peft's adapter_config.json + adapter_model.safetensors: peft's own
+    PeftModel.from_pretrained on the base model gives the fine-tuned model's embeddings."""
+    import numpy as np
+    import torch
+    from peft import PeftModel
+
+    from helpers import make_split_folders
+    from medvlkit import create_model
+    from medvlkit.finetune.saved import load_finetuned
+
+    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
+    assert main(["finetune", "--model", f"hf:{tiny_clip_dir}", "--data", str(data), "--lora", "r=4,alpha=8",
+                 "--max-steps", "3", "--batch-size", "4", "--lr", "0.05", "--device", "cpu", "--workers", "0", "-q",
+                 "--test-split", "none", "--out", str(tmp_path / "f")]) == 0
+    best = tmp_path / "f" / "best"
+    config = json.loads((best / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    ours = load_finetuned(str(best), merge=False).eval()
+    base = create_model(f"hf:{tiny_clip_dir}")
+    moved = PeftModel.from_pretrained(base, str(best)).eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tokens = ours.tokenize(["a chest x-ray", "pneumonia"])
+    with torch.no_grad():
+        a, b = ours.encode_image(pixels), moved.base_model.model.encode_image(pixels)
+        c, d = ours.encode_text(tokens), moved.base_model.model.encode_text(tokens)
+        untouched = create_model(f"hf:{tiny_clip_dir}").encode_image(pixels)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    np.testing.assert_allclose(c.numpy(), d.numpy(), atol=1e-6)
+    assert (a - untouched).abs().max() > 1e-4  # the adapter did change the model: the comparison means something

@@ -1,7 +1,9 @@
 """A fine-tuned model on disk, and ``create_model("ft:DIR")`` to load it.
 
 ``DIR`` holds ``finetune.json`` (base model spec, LoRA settings and target layers, classifier classes),
-``adapter.safetensors`` (the LoRA weights alone, peft naming; only with LoRA) and ``trained.safetensors`` (every
+``adapter.safetensors`` (the LoRA weights alone, peft naming; only with LoRA; also written as peft's own
+``adapter_config.json`` + ``adapter_model.safetensors``, which ``peft.PeftModel.from_pretrained`` reads onto the base
+model) and ``trained.safetensors`` (every
 other trained tensor: full fine-tuned tower weights, ``lite``'s projection heads, the temperature, the
 classifier head as ``classifier.*``). Loading rebuilds the base model, inserts the adapters, loads both files and
 by default merges the adapters into the base weights, so inference runs at the base model's speed.
@@ -20,6 +22,7 @@ from medvlkit.finetune.steps import ClassifierHead
 from medvlkit.models.base import ModelBase
 
 META, ADAPTER, TRAINED = "finetune.json", "adapter.safetensors", "trained.safetensors"
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # peft's own file names
 
 
 def save_finetuned(model: ModelBase, out: Path, meta: dict, head: ClassifierHead | None = None) -> None:
@@ -37,15 +40,36 @@ def save_finetuned(model: ModelBase, out: Path, meta: dict, head: ClassifierHead
     if head is not None:
         trained |= {f"classifier.{k}": v.detach().cpu().float().contiguous() for k, v in head.state_dict().items()}
     files = {TRAINED: trained}
+    texts = {META: json.dumps(meta | {"trained": sorted(trained)}, indent=1) + "\n"}
     if meta.get("lora"):
-        files[ADAPTER] = {k: v.float() for k, v in lora_state_dict(model).items()}
+        adapter = {k: v.float() for k, v in lora_state_dict(model).items()}
+        files[ADAPTER] = adapter
+        # the same adapter as peft's own PeftModel.save_pretrained lays it out, so PeftModel.from_pretrained(base
+        # model, this folder) reads it without medvlkit
+        files[PEFT_WEIGHTS] = {f"base_model.model.{k}": v for k, v in adapter.items()}
+        texts[PEFT_CONFIG] = json.dumps(_peft_config(meta), indent=1) + "\n"
     for name, tensors in files.items():
         save_file(tensors, str(out / (name + ".tmp")))
-    (out / (META + ".tmp")).write_text(json.dumps(meta | {"trained": sorted(trained)}, indent=1) + "\n")
-    for name in [*files, META]:
+    for name, text in texts.items():
+        (out / (name + ".tmp")).write_text(text)
+    for name in [*files, *texts]:
         (out / (name + ".tmp")).replace(out / name)
-    if not meta.get("lora") and (out / ADAPTER).exists():
-        (out / ADAPTER).unlink()
+    if not meta.get("lora"):
+        for name in (ADAPTER, PEFT_WEIGHTS, PEFT_CONFIG):
+            if (out / name).exists():
+                (out / name).unlink()
+
+
+def _peft_config(meta: dict) -> dict:
+    """peft's ``adapter_config.json`` for the LoRA layers of ``meta`` (targets named in full)."""
+    from peft import LoraConfig
+
+    lora = meta["lora"]
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=list(meta["lora_layers"]))
+    out = config.to_dict()
+    out["base_model_name_or_path"] = meta.get("base")
+    return json.loads(json.dumps(out, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
 
 
 def read_meta(folder: Path) -> dict:
