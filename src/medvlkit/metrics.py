@@ -155,9 +155,14 @@ def bootstrap_ci(metric_fn, arrays: tuple[np.ndarray, ...], n_resamples: int = 1
         m = metric_fn(*(a[idx] for a in arrays))
         for k in keys:
             samples[k].append(m[k])
+    return percentile_ci({k: np.asarray(v, dtype=float) for k, v in samples.items()}, alpha)
+
+
+def percentile_ci(samples: dict[str, np.ndarray], alpha: float = 0.05) -> dict[str, list[float]]:
+    """``{metric: [low, high]}`` percentile intervals over each metric's non-NaN resample values (NaN when there
+    are none)."""
     out = {}
-    for k, vals in samples.items():
-        v = np.asarray(vals, dtype=float)
+    for k, v in samples.items():
         v = v[~np.isnan(v)]
         out[k] = [float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))] if len(v) else [
             float("nan"), float("nan")]
