@@ -42,6 +42,20 @@ def item_key(item_id: str) -> str:
     return hashlib.sha1(file_fingerprint(item_id).encode()).hexdigest()
 
 
+def _write_atomic(folder: Path, name: str, write) -> None:
+    """``write(file)`` into ``folder/name`` through a hidden temporary file and a rename: a crash never leaves a
+    half-written file under the final name (and ``.*.tmp`` never matches a reader's pattern)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MedvlkitError(f"cannot write the embedding cache in {folder.parent.parent} ({err.strerror}); pass "
+                            "--cache-dir to a writable folder, or --no-cache") from None
+    tmp = folder / f".{name}-{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, folder / name)
+
+
 class EmbeddingCache:
     """Embeddings of one model, stored as ``<root>/<fingerprint>/shard-*.npz``.
 
@@ -83,16 +97,8 @@ class EmbeddingCache:
         """Store (N, D) vectors for N keys in a new shard (atomic rename)."""
         if not keys:
             return
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise MedvlkitError(f"cannot write the embedding cache in {self.dir.parent.parent} ({err.strerror}); pass "
-                                "--cache-dir to a writable folder, or --no-cache") from None
-        name = f"shard-{uuid.uuid4().hex}.npz"
-        tmp = self.dir / f".{name}.tmp"  # a half-written file never matches the readers' shard-*.npz
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=np.asarray(keys), vectors=np.asarray(vectors, dtype=np.float32))
-        os.replace(tmp, self.dir / name)
+        _write_atomic(self.dir, f"shard-{uuid.uuid4().hex}.npz",
+                      lambda f: np.savez(f, keys=np.asarray(keys), vectors=np.asarray(vectors, dtype=np.float32)))
         self._load().update(zip(keys, np.asarray(vectors, dtype=np.float32)))
 
 
@@ -126,10 +132,5 @@ class TextEmbeddingCache:
 
     def put(self, texts: list[str], batch_size: int, vectors: np.ndarray) -> None:
         """Store vectors atomically (a crash leaves no half-written file under the final name)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        final = self.dir / f"{self.key(texts, batch_size)}.npy"
-        tmp = self.dir / f".{final.stem}-{uuid.uuid4().hex}.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, vectors, allow_pickle=False)
-        os.replace(tmp, final)
+        _write_atomic(self.dir, f"{self.key(texts, batch_size)}.npy", lambda f: np.save(f, vectors, allow_pickle=False))
 

@@ -212,7 +212,7 @@ def read_predictions(path: Path) -> Predictions:
         files.append(fields[col["file"]])
         modes.add(fields[col["mode"]] if "mode" in col else "")
         if true_at is not None:
-            truth_cells.append("\t".join(fields[i].strip() for i in true_at))
+            truth_cells.append(tuple(fields[i].strip() for i in true_at))
         elif "true" in col:
             names.append(fields[col["true"]])
         block.append([fields[i] for i in score_at])
@@ -243,24 +243,21 @@ def _floats(block: list[list[str]], path: Path) -> np.ndarray:
         raise MedvlkitError(f"--predictions {path}: non-numeric score ({err})") from None
 
 
-def _read_truth(path: Path, has_columns: bool, cells: list[str], names: list[str], classnames: list[str],
+def _read_truth(path: Path, has_columns: bool, cells: list[tuple[str, ...]], names: list[str], classnames: list[str],
                 multilabel: bool | None) -> np.ndarray | None:
-    """The truth of a predictions file: ``true_<class>`` cells (tab-joined per row) or a ``true`` column of class
+    """The truth of a predictions file: ``true_<class>`` cells (one tuple per row) or a ``true`` column of class
     names (single-label only); None when the file carries none."""
     from medvlkit.errors import MedvlkitError
 
     if has_columns:
-        distinct = set("\t".join(cells).split("\t")) if cells else {""}
+        distinct = set().union(*cells) if cells else {""}
         if distinct == {""}:
             return None
         bad = sorted(distinct - {"", "0", "1", "0.0", "1.0"})
         if bad:
             raise MedvlkitError(f"{path}: true_<class> columns must hold 1, 0 or nothing; found {bad}")
         lookup = {"": np.nan, "0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
-        out = np.empty((len(cells), len(classnames)), dtype=np.float64)
-        for i, row in enumerate(cells):
-            out[i] = [lookup[v] for v in row.split("\t")]
-        return out
+        return np.array([[lookup[v] for v in row] for row in cells], dtype=np.float64).reshape(-1, len(classnames))
     if not any(names):
         return None
     if multilabel is not False:
