@@ -46,7 +46,6 @@ def run_finetune_task(cfg: FinetuneConfig, config: dict, test_split: str = "test
     from medvlkit.finetune.evaluation import evaluate_finetuned
     from medvlkit.finetune.loop import finetune
     from medvlkit.models import create_model
-    from medvlkit.models.registry import resolve_device
 
     out_dir = Path(cfg.out_dir)
     summary = None
@@ -66,7 +65,7 @@ def run_finetune_task(cfg: FinetuneConfig, config: dict, test_split: str = "test
         outcome.note = (f"{cfg.data} has no '{test_split}' split: nothing scored (score the model on test data with "
                         f"`medvlkit finetune --load {load} --data TEST --test-split ''`)")
         return outcome
-    model = create_model(f"ft:{load}", device=resolve_device(cfg.device))
+    model = create_model(f"ft:{load}", device=cfg.device)
     outcome.result = evaluate_finetuned(model, test_ds, out_dir, config, n_bootstrap, cfg.seed, batch_size=64,
                                         num_workers=cfg.workers, progress=progress)
     return outcome

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 from collections.abc import Iterator
@@ -37,6 +38,18 @@ def read_text(path: Path) -> str:
                             "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
+@contextlib.contextmanager
+def _csv_errors(path: Path) -> Iterator[None]:
+    """Decoding and parsing errors of a CSV file as one-line errors naming the file (and the line, for UTF-8)."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        read_text(path)  # raises the error naming the line and byte
+        raise
+    except csv.Error as err:
+        raise MedvlkitError(f"{path}: not a readable CSV file ({err})") from None
+
+
 def iter_csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
     """Header and a stream of rows (field lists) of a CSV file (UTF-8, BOM tolerated), read as it goes: memory
     does not grow with the file. Blank lines are skipped.
@@ -48,34 +61,24 @@ def iter_csv_rows(path: Path) -> tuple[list[str], Iterator[list[str]]]:
     f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed by the generator below
     reader = csv.reader(f)
     try:
-        header = [h.strip() for h in next(reader, [])]
-    except UnicodeDecodeError:
+        with _csv_errors(path):
+            header = [h.strip() for h in next(reader, [])]
+        if len(set(header)) != len(header):
+            dupes = sorted({h for h in header if header.count(h) > 1})
+            raise MedvlkitError(f"{path}: column name(s) {dupes} appear more than once in the header")
+    except BaseException:
         f.close()
-        read_text(path)  # raises the error naming the line and byte
         raise
-    except csv.Error as err:
-        f.close()
-        raise MedvlkitError(f"{path}: not a readable CSV file ({err})") from None
-    if len(set(header)) != len(header):
-        f.close()
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        raise MedvlkitError(f"{path}: column name(s) {dupes} appear more than once in the header")
 
     def rows() -> Iterator[list[str]]:
-        with f:
-            try:
-                for fields in reader:
-                    if not fields:
-                        continue  # a blank line
-                    if len(fields) != len(header):
-                        raise MedvlkitError(f"{path}: line {reader.line_num} has {len(fields)} fields, the header "
-                                            f"has {len(header)}")
-                    yield fields
-            except UnicodeDecodeError:
-                read_text(path)
-                raise
-            except csv.Error as err:
-                raise MedvlkitError(f"{path}: not a readable CSV file ({err})") from None
+        with f, _csv_errors(path):
+            for fields in reader:
+                if not fields:
+                    continue  # a blank line
+                if len(fields) != len(header):
+                    raise MedvlkitError(f"{path}: line {reader.line_num} has {len(fields)} fields, the header "
+                                        f"has {len(header)}")
+                yield fields
 
     return header, rows()
 
