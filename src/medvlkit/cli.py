@@ -344,10 +344,9 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     from medvlkit.gate import gate_task
 
     config = _jsonable(dict(locals()))
-    val = [_dataset(v, None, "folder") if v is not None else None for v in (val_medical, val_non_medical)]
     out_dir = _out(out, "gate")
-    res, summary = gate_task(_model(model, device, "fp32", None), _dataset(data, split, fmt), out_dir, config,
-                             threshold, *val, probe_file=probe,
+    res, summary = gate_task(model, _dataset(data, split, fmt), out_dir, config, threshold, val_medical,
+                             val_non_medical, probe_file=probe, device=device,
                              **_embed_opts(batch_size, workers, no_cache, on_error, quiet))
     console.print(f"{summary['n_medical']} medical, {summary['n_non_medical']} non-medical "
                   f"(threshold {res.threshold:.3f}: {res.threshold_source}); wrote {out_dir}/gate.csv")
@@ -507,7 +506,7 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
     from medvlkit.probe import ProbeTaskConfig, run_probe_task
 
     config = _jsonable(dict(locals()))
-    cfg = _config_from(ProbeTaskConfig, config, data=str(data), format=fmt, load=str(load) if load else None)
+    cfg = _config_from(ProbeTaskConfig, config, format=fmt)  # config holds paths as strings already
     out_dir = _out(out, "probe")
     res, lp, info = run_probe_task(cfg, out_dir, config, bootstrap,
                                    **_embed_opts(batch_size, workers, no_cache, on_error, quiet))
@@ -637,7 +636,7 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
 
     config = _jsonable(dict(locals()))
     out_dir = _out(out, "finetune")
-    cfg = _config_from(FinetuneConfig, config, data=str(data), format=fmt, out_dir=str(out_dir),
+    cfg = _config_from(FinetuneConfig, config, format=fmt, out_dir=str(out_dir),
                        dataset_options=_dataset_options(path_column, label_columns, uncertain, image_root))
     outcome = run_finetune_task(cfg, config, test_split, load, bootstrap, resume, progress=not quiet)
     if not outcome.is_main:

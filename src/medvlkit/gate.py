@@ -142,11 +142,12 @@ def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDa
     return metrics | extra
 
 
-def gate_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: dict, threshold: float | None = None,
-              val_medical: ImageDataset | None = None, val_non_medical: ImageDataset | None = None,
-              probe_file: Path | None = None, **embed_options) -> tuple[GateResult, dict]:
-    """The ``gate`` task: resolve the threshold (given, chosen on validation folders, a probe's 0.5, or the model's
-    validated one), score ``dataset``, write ``gate.csv`` and ``result.json``.
+def gate_task(model: ModelBase | str, dataset: ImageDataset, out_dir: Path, config: dict,
+              threshold: float | None = None, val_medical: Path | None = None, val_non_medical: Path | None = None,
+              probe_file: Path | None = None, device: str = "auto", **embed_options) -> tuple[GateResult, dict]:
+    """The ``gate`` task: resolve the threshold (given, chosen on validation folders of images, a probe's 0.5, or
+    the model's validated one), score ``dataset``, write ``gate.csv`` and ``result.json``. The options are checked
+    before a model (a spec is loaded on ``device``) or a validation folder is read.
 
     Raises:
         MedvlkitError: contradictory threshold sources (a probe with validation folders, a threshold with them, one
@@ -160,10 +161,17 @@ def gate_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: di
         raise MedvlkitError("pass both --val-medical and --val-non-medical (or neither)")
     if threshold is not None and val_medical is not None:
         raise MedvlkitError("pass either --threshold or the --val-* folders, not both")
+    if isinstance(model, str):
+        from medvlkit.models import create_model
+
+        model = create_model(model, device=device)
     source = "given"
     if val_medical is not None:
-        threshold = threshold_from_validation(model, val_medical, val_non_medical, **embed_options)
-        where = [os.path.commonpath(d.items) if d.items else d.name for d in (val_medical, val_non_medical)]
+        from medvlkit.data import load_dataset
+
+        med, non = (load_dataset(p, format="folder") for p in (val_medical, val_non_medical))
+        threshold = threshold_from_validation(model, med, non, **embed_options)
+        where = [os.path.commonpath(d.items) if d.items else d.name for d in (med, non)]
         source = f"balanced accuracy on {where[0]} vs {where[1]}"
     gate_probe = None
     if probe_file is not None:
