@@ -76,3 +76,13 @@ def test_damaged_weights_get_one_line_errors(family, damage, tmp_path):
     message = str(info.value)
     assert "\n" not in message and len(message) < 600, message
     assert weights.name in message or str(ref) in message, message
+
+
+@pytest.mark.parametrize("family", ["biovil", "medclip", "resnet_clip"])
+def test_a_bad_preprocess_json_is_one_line(family, tmp_path):
+    """The preprocess.json override beside the weights is read by one function for every source that takes it."""
+    source, ref, weights = FAMILIES[family](tmp_path)
+    (weights.parent / "preprocess.json").write_text('{"image_size": "big"}')
+    with pytest.raises(MedvlkitError, match="preprocess.json: not a valid preprocessing config") as info:
+        create_model(f"{source}:{ref}")
+    assert "\n" not in str(info.value)

@@ -21,6 +21,7 @@ from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.torchvision_resnet import TorchvisionResNet
 from medvlkit.models.weight_files import read_weights
 
@@ -138,7 +139,6 @@ def load_biovil(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     resnet, projector, image_file = _image_tower(folder)
     text_dir = folder / "cxr_bert" if (folder / "cxr_bert" / "config.json").is_file() else folder
     bert, head, tokenizer, text_file = _text_tower(text_dir)
-    side = folder / "preprocess.json"
-    cfg = PreprocessCfg(**json.loads(side.read_text())) if side.is_file() else BIOVIL_PREPROCESS
+    cfg = preprocess_beside(folder) or BIOVIL_PREPROCESS
     model = BioViL(resnet, projector, bert, head, tokenizer, cfg, f"biovil:{ref}", [str(image_file), str(text_file)])
     return model.to(device=device, dtype=dtype)

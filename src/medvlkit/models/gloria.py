@@ -35,6 +35,7 @@ from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.torchvision_resnet import TorchvisionResNet, resnet_depth
 
 logger = logging.getLogger(__name__)
@@ -156,19 +157,5 @@ def load_gloria(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     except Exception as err:  # noqa: BLE001 - transformers raises many types for missing tokenizer files
         raise MedvlkitError(f"gloria:{path}: no Bio_ClinicalBERT tokenizer (vocab.txt) in {text_dir}; pass "
                             f"--tokenizer DIR ({first_line(err)})") from None
-    side = path.parent / "preprocess.json"
-    cfg = PreprocessCfg(**{**GLORIA_PREPROCESS.to_dict(), **(json_dict(side) if side.is_file() else {})})
+    cfg = preprocess_beside(path.parent, GLORIA_PREPROCESS) or GLORIA_PREPROCESS
     return GLoRIA(resnet, image_proj, bert, tok, cfg, f"gloria:{ref}", [str(path)]).to(device=device, dtype=dtype)
-
-
-def json_dict(path: Path) -> dict:
-    """A JSON object file, with a one-line error."""
-    import json
-
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise MedvlkitError(f"{path}: not readable JSON ({first_line(err)})") from None
-    if not isinstance(obj, dict):
-        raise MedvlkitError(f"{path}: expected a JSON object of PreprocessCfg fields")
-    return obj

@@ -21,7 +21,6 @@ either layout into the installed version's and checks the structural index buffe
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from torch import nn
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
 from medvlkit.models.biovil import TorchvisionResNet50
+from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.weight_files import read_weights
 
 IMG_MEAN, IMG_STD = 0.5862785803043838, 0.27950088968644304  # medclip/constants.py
@@ -230,9 +230,8 @@ def load_medclip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float
     except Exception as err:  # noqa: BLE001 - transformers raises many types for missing tokenizer files
         raise MedvlkitError(f"medclip:{folder}: no Bio_ClinicalBERT tokenizer (vocab.txt) in {text_dir} "
                             f"({first_line(err)})") from None
-    side = folder / "preprocess.json"  # an override, as for other sources (PreprocessCfg fields)
-    cfg = PreprocessCfg(**{**MEDCLIP_PREPROCESS.to_dict(), "image_size": int(size),
-                           **(json.loads(side.read_text()) if side.is_file() else {})})
+    own = PreprocessCfg(**{**MEDCLIP_PREPROCESS.to_dict(), "image_size": int(size)})
+    cfg = preprocess_beside(folder, own) or own  # preprocess.json beside the weights overrides fields
     model = MedCLIP(vision, vision_proj, bert, text_proj, tokenizer, logit_scale, cfg, f"medclip:{ref}",
                     [str(weights)], swin)
     return model.to(device=device, dtype=dtype)

@@ -9,7 +9,6 @@ model). Files are ``.pt``/``.pth`` (pickled state dicts, TorchScript archives) o
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg
 from medvlkit.models.hf import HFDualEncoder
+from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.weight_files import read_weights
 
 logger = logging.getLogger(__name__)
@@ -177,12 +177,9 @@ def preprocess_for(path: Path, image_size: int) -> PreprocessCfg:
     CheXzero's for its released files, else OpenAI CLIP's (bicubic, short side + centre crop, CLIP mean/std)."""
     from medvlkit.models.presets import CHEXZERO_PREPROCESS
 
-    side = path.parent / "preprocess.json"
-    if side.is_file():
-        try:
-            return PreprocessCfg(**json.loads(side.read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as err:
-            raise MedvlkitError(f"{side}: not a valid preprocessing config ({first_line(err)})") from None
+    own = preprocess_beside(path.parent)
+    if own is not None:
+        return own
     if _CHEXZERO_NAME.fullmatch(path.name):
         cfg = dataclasses.replace(CHEXZERO_PREPROCESS, image_size=image_size)  # 224 for the released weights
         logger.info("%s is a CheXzero checkpoint: using CheXzero's preprocessing (%s)", path.name, cfg.describe())

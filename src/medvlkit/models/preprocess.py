@@ -73,3 +73,28 @@ class PreprocessCfg:
         std = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.std))
         grey = "grey, " if self.grayscale else ""
         return f"{self.image_size} px, {grey}{resize[self.resize_mode]}, {self.interpolation}, mean {mean}, std {std}"
+
+
+def preprocess_beside(folder, base: PreprocessCfg | None = None) -> PreprocessCfg | None:
+    """``folder/preprocess.json`` (PreprocessCfg fields) as a config: its fields over ``base`` when given, over the
+    PreprocessCfg defaults otherwise; None when there is no such file.
+
+    Raises:
+        MedvlkitError: the file is not a JSON object of valid PreprocessCfg fields (one line, naming the file).
+    """
+    import json
+    from pathlib import Path
+
+    from medvlkit.errors import MedvlkitError, first_line
+
+    side = Path(folder) / "preprocess.json"
+    if not side.is_file():
+        return None
+    try:
+        fields = json.loads(side.read_text())
+        if not isinstance(fields, dict):
+            raise TypeError(f"expected a JSON object, got {type(fields).__name__}")
+        return PreprocessCfg(**({**base.to_dict(), **fields} if base is not None else fields))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise MedvlkitError(f"{side}: not a valid preprocessing config ({first_line(err)})") from None
+
