@@ -30,8 +30,8 @@ from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
-from medvlkit.models.biovil import TorchvisionResNet50
 from medvlkit.models.preprocess import preprocess_beside
+from medvlkit.models.torchvision_resnet import TorchvisionResNet
 from medvlkit.models.weight_files import read_weights
 
 IMG_MEAN, IMG_STD = 0.5862785803043838, 0.27950088968644304  # medclip/constants.py
@@ -170,8 +170,8 @@ def _swin(sd: dict[str, torch.Tensor], folder: Path):
     return swin, proj, config.image_size
 
 
-def _resnet(sd: dict[str, torch.Tensor]) -> TorchvisionResNet50:
-    resnet = TorchvisionResNet50()
+def _resnet(sd: dict[str, torch.Tensor]) -> TorchvisionResNet:
+    resnet = TorchvisionResNet(50)
     w = sd["vision_model.model.fc.weight"]
     resnet.fc = nn.Linear(w.shape[1], w.shape[0], bias=False)
     resnet.load_state_dict({k[len("vision_model.model."):]: v for k, v in sd.items()
