@@ -32,9 +32,9 @@ def worker(batch_size: int, chunk: int, steps: int, lora: str | None) -> dict:
     import torch
 
     from medvlkit import create_model, load_dataset
+    from medvlkit.distributed import World
     from medvlkit.finetune import FinetuneConfig
     from medvlkit.finetune.data import caption_pools, pick_captions
-    from medvlkit.finetune.distributed import World
     from medvlkit.finetune.loop import prepare_model, set_train_mode
     from medvlkit.finetune.steps import contrastive_step
     from medvlkit.pretrain.corpus import pair_targets

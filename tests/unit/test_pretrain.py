@@ -1,6 +1,5 @@
 """Pretraining pieces on synthetic data, and a tiny real run of the loop with checkpoints and --resume."""
 
-import json
 import random
 
 import numpy as np
@@ -10,9 +9,7 @@ import torch
 from helpers import make_image
 from medvlkit import MedvlkitError
 from medvlkit.losses import contrastive_loss
-from medvlkit.pretrain import train as train_mod
 from medvlkit.pretrain.corpus import Pair, cxr_patient, pair_targets, sample_epoch
-from medvlkit.pretrain.train import PretrainConfig, pretrain
 
 
 def test_contrastive_loss_equals_clip_loss_with_identity_targets():
@@ -56,42 +53,6 @@ def _synthetic_corpus(root):
                           f"medpix/{i}", "medpix", {"type": kind}))
         pairs.append(Pair(str(make_image(root / f"ph{i}.png", seed=20 + i)), ["a photo."], "photo/x", "photo"))
     return pairs
-
-
-@pytest.mark.slow
-def test_pretrain_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
-    corpus = _synthetic_corpus(tmp_path / "imgs")
-    monkeypatch.setattr(train_mod, "build_corpus", lambda root, part, sources=None: corpus)
-    cfg = dict(data_root=str(tmp_path), epochs=3, batch_size=8, embed_dim=16, hidden_dim=32, workers=0,
-               feature_batch_size=8, patience=100)
-    full = pretrain(PretrainConfig(out_dir=str(tmp_path / "full"), **cfg), progress=False)
-    assert len(full["history"]) == 3 and (tmp_path / "full" / "best" / "lite_heads.safetensors").is_file()
-    result = json.loads((tmp_path / "full" / "result.json").read_text())
-    assert result["task"] == "pretrain" and result["metrics"]["score"] == full["best"]["score"]
-    assert result["headline"] and set(result["headline"]) <= set(result["metrics"])
-
-    real_epoch, calls = train_mod._train_epoch, []
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # the run dies during its third epoch
-        return real_epoch(*args)
-
-    monkeypatch.setattr(train_mod, "_train_epoch", interrupted)
-    run = PretrainConfig(out_dir=str(tmp_path / "run"), **cfg)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(run, progress=False)
-    monkeypatch.setattr(train_mod, "_train_epoch", real_epoch)
-    with pytest.raises(MedvlkitError, match="--resume"):
-        pretrain(run, progress=False)
-    resumed = pretrain(run, resume=True, progress=False)
-    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
-    for a, b in zip(resumed["history"], full["history"]):
-        assert a == pytest.approx(b, rel=1e-6)
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 3
-    with pytest.raises(MedvlkitError, match="batch-size"):
-        PretrainConfig(data_root=".", out_dir=".", batch_size=1)
 
 
 def test_real_corpus_never_reads_test_splits(data_root):

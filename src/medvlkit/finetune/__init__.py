@@ -1,5 +1,6 @@
 """Adapting a model to a user's data: contrastive (full / LoRA / frozen tower, GradCache) and supervised
-fine-tuning in one loop (``loop.finetune``), on one process or under ``torchrun``."""
+fine-tuning (``loop.finetune``, a job of the one training loop in ``medvlkit/training.py``), on one process or
+under ``torchrun``."""
 
 from medvlkit.finetune.config import FinetuneConfig
 from medvlkit.finetune.loop import finetune

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvlkit.finetune.distributed import World, gather_cat
+from medvlkit.distributed import World, gather_cat
 from medvlkit.finetune.gradcache import gradcache_backward
 from medvlkit.losses import pair_loss
 

@@ -41,8 +41,8 @@ def run_finetune_task(cfg: FinetuneConfig, config: dict, test_split: str = "test
         config: the options as given, recorded in ``result.json``.
     """
     from medvlkit.data import load_dataset
+    from medvlkit.distributed import init_world, shutdown
     from medvlkit.errors import NoSplitsError
-    from medvlkit.finetune.distributed import init_world, shutdown
     from medvlkit.finetune.evaluation import evaluate_finetuned
     from medvlkit.finetune.loop import finetune
     from medvlkit.models import create_model

@@ -1,9 +1,10 @@
 """``medvlkit pretrain``: train the projection heads of ``lite`` on image-caption pairs from real data.
 
 The towers stay frozen, so their features are computed once (and cached on disk); training the heads is then
-fast on a CPU. Each epoch is checkpointed atomically (``checkpoint.pt``), the best epoch on validation is
-written as ``best/lite_heads.safetensors`` (float16, the file medvlkit ships) + ``best/lite_config.json``,
-and ``resume=True`` continues an interrupted run.
+fast on a CPU. The training runs on the one loop of ``medvlkit/training.py`` (feature batches are just another
+batch source): each epoch end and each interruption is checkpointed atomically (``checkpoint.pt``), the best
+epoch on validation is written as ``best/lite_heads.safetensors`` (float16, the file medvlkit ships) +
+``best/lite_config.json``, and ``resume=True`` continues an interrupted run batch for batch.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from medvlkit.checkpoint import load_checkpoint, save_checkpoint
 from medvlkit.errors import MedvlkitError
 from medvlkit.losses import contrastive_loss
 from medvlkit.models.lite import LiteConfig, LiteHeads, LiteModel, save_heads
 from medvlkit.pretrain.corpus import Pair, build_corpus, pair_targets, sample_epoch
 from medvlkit.pretrain.towers import LiteTowers, image_tower_features, text_tower_features
 from medvlkit.pretrain.validate import choose_gate_threshold, prompt_texts, val_prompt_sets, validate
+from medvlkit.training import Job, LoopOptions, fit, open_run
 
 logger = logging.getLogger(__name__)
 
@@ -89,35 +89,71 @@ def extract(cfg: PretrainConfig, towers: LiteTowers, part: str, extra_texts: lis
     return Features(pairs, images, texts)
 
 
-def _train_epoch(heads: LiteHeads, opt: torch.optim.Optimizer, feats: Features, cfg: PretrainConfig,
-                 rng: random.Random) -> float:
-    heads.train()
-    plan = sample_epoch(feats.pairs, cfg.cap_per_source, rng)
-    losses = []
-    for start in range(0, len(plan) - 1, cfg.batch_size):
-        batch = plan[start:start + cfg.batch_size]
-        if len(batch) < 2:
-            break
-        idx, caps = [i for i, _ in batch], [c for _, c in batch]
-        img = F.normalize(heads.project_image(torch.from_numpy(feats.images[idx])), dim=-1)
-        txt = F.normalize(heads.project_text(torch.from_numpy(np.stack([feats.texts[c] for c in caps]))), dim=-1)
-        targets = torch.from_numpy(pair_targets([feats.pairs[i].group for i in idx], caps))
-        loss = contrastive_loss(img, txt, heads.log_logit_scale.exp().clamp(max=100.0), targets)
-        opt.zero_grad()
+class PretrainJob(Job):
+    """Training the ``lite`` heads as a :class:`~medvlkit.training.Job`: batches of precomputed tower features.
+
+    The epoch plan (:func:`sample_epoch`) comes from one ``random.Random(seed)`` drawn epoch after epoch; for epoch
+    ``e`` it is re-drawn from the seed, so the plan is a pure function of (seed, epoch) and resuming needs no RNG
+    state, while an uninterrupted run draws exactly what the pre-loop code drew (the shipped heads stay
+    reproducible).
+    """
+
+    def __init__(self, cfg: PretrainConfig, heads: LiteHeads, train: Features, val: Features, out: Path) -> None:
+        self.cfg, self.heads, self.train, self.val, self.out = cfg, heads, train, val, out
+        self.optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        self._rng, self._next_epoch = random.Random(cfg.seed), 0
+
+    def epoch_batches(self, epoch: int) -> list[list[tuple[int, str]]]:
+        if epoch < self._next_epoch:
+            self._rng, self._next_epoch = random.Random(self.cfg.seed), 0
+        while True:
+            plan = sample_epoch(self.train.pairs, self.cfg.cap_per_source, self._rng)
+            self._next_epoch += 1
+            if self._next_epoch > epoch:
+                break
+        size = self.cfg.batch_size
+        return [b for b in (plan[s:s + size] for s in range(0, len(plan) - 1, size)) if len(b) >= 2]
+
+    def load_batches(self, plan: list[list[tuple[int, str]]], epoch: int):
+        for batch in plan:
+            idx, caps = [i for i, _ in batch], [c for _, c in batch]
+            yield (torch.from_numpy(self.train.images[idx]),
+                   torch.from_numpy(np.stack([self.train.texts[c] for c in caps])),
+                   torch.from_numpy(pair_targets([self.train.pairs[i].group for i in idx], caps)))
+
+    def train_mode(self) -> None:
+        self.heads.train()
+
+    def train_step(self, planned, batch, epoch: int) -> float:
+        images, texts, targets = batch
+        img = F.normalize(self.heads.project_image(images), dim=-1)
+        txt = F.normalize(self.heads.project_text(texts), dim=-1)
+        loss = contrastive_loss(img, txt, self.heads.log_logit_scale.exp().clamp(max=100.0), targets)
         loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return float(np.mean(losses))
+        return loss.item()
+
+    def validate(self, epoch: int) -> dict:
+        return validate(self.heads, self.val.pairs, self.val.images, self.val.texts)
+
+    def save_best(self, record: dict) -> None:
+        self.heads.cfg.gate_threshold = choose_gate_threshold(self.heads, self.val.pairs, self.val.images,
+                                                              self.val.texts)
+        save_heads(self.heads, self.out / "best", metadata={"epoch": record["epoch"], "val_score": record["score"]},
+                   half=True)
+
+    def state_dict(self) -> dict:
+        return {"heads": self.heads.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.heads.load_state_dict(state["heads"])
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train the ``lite`` heads; returns the summary written to ``out_dir/summary.json``."""
     out = Path(cfg.out_dir)
+    checkpoint = open_run(out, resume, asdict(cfg))  # checked before any work
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists() and not resume:
-        raise MedvlkitError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
-    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None  # checked before any work
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     torch.manual_seed(cfg.seed)
     lite_cfg = LiteConfig(embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
@@ -127,42 +163,19 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     t0 = time.perf_counter()
     train, val = (extract(cfg, towers, part, extra, progress) for part in ("train", "val"))
     feature_seconds = time.perf_counter() - t0
-    opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    rng, history, best, start_epoch = random.Random(cfg.seed), [], {"score": -1.0, "epoch": -1}, 0
-    if state is not None:
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        logger.info("resuming %s at epoch %d", ckpt_path, start_epoch)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="pretrain", disable=not progress)
-    for epoch in bar:
-        loss = _train_epoch(heads, opt, train, cfg, rng)
-        sched.step()
-        metrics = validate(heads, val.pairs, val.images, val.texts)
-        history.append({"epoch": epoch, "train_loss": loss, **metrics})
-        if metrics["score"] > best["score"]:
-            best = {"score": metrics["score"], "epoch": epoch, **metrics}
-            heads.cfg.gate_threshold = choose_gate_threshold(heads, val.pairs, val.images, val.texts)
-            save_heads(heads, out / "best", metadata={"epoch": epoch, "val_score": metrics["score"]}, half=True)
-        bar.set_postfix(loss=f"{loss:.3f}", val=f"{metrics['score']:.3f}", best=best["epoch"])
-        save_checkpoint(ckpt_path, {"heads": heads.state_dict(), "optimizer": opt.state_dict(),
-                                     "scheduler": sched.state_dict(), "rng": rng.getstate(),
-                                     "torch_rng": torch.get_rng_state(), "history": history, "best": best,
-                                     "epoch": epoch})
-        if epoch - best["epoch"] >= cfg.patience:
-            logger.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
-            break
-    summary = {"best": best, "history": history, "n_train_pairs": len(train.pairs), "n_val_pairs": len(val.pairs),
-               "feature_seconds": feature_seconds, "config": asdict(cfg)}
+    job = PretrainJob(cfg, heads, train, val, out)
+    opts = LoopOptions(epochs=cfg.epochs, patience=cfg.patience, scheduler_interval="epoch", desc="pretrain",
+                       total_steps=cfg.epochs * len(job.epoch_batches(0)), divergence_hint="lower --lr")
+    state = fit(job, opts, out, asdict(cfg), checkpoint, progress)
+    best = state.best
+    summary = {"best": best, "history": state.history, "n_train_pairs": len(train.pairs),
+               "n_val_pairs": len(val.pairs), "feature_seconds": feature_seconds, "config": asdict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     from medvlkit.results import write_result
 
     write_result(out, dataset=cfg.data_root, model="lite (heads pretrained here)", task="pretrain",
-                 metrics={k: v for k, v in best.items() if isinstance(v, (int, float))}, config=asdict(cfg),
-                 seed=cfg.seed, extra={"best_dir": str(out / "best"), "n_train_pairs": len(train.pairs),
-                                       "n_val_pairs": len(val.pairs), "split": "val (best epoch)"})
+                 metrics={k: v for k, v in best.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")},
+                 config=asdict(cfg), seed=cfg.seed,
+                 extra={"best_dir": str(out / "best"), "best_epoch": best["epoch"], "n_train_pairs": len(train.pairs),
+                        "n_val_pairs": len(val.pairs), "split": "val (best epoch)"})
     return summary
