@@ -19,8 +19,10 @@ _LAZY = {
     "embed_texts": "medvlkit.features", "create_model": "medvlkit.models", "list_models": "medvlkit.models",
     "PromptSet": "medvlkit.prompts", "list_prompt_sets": "medvlkit.prompts", "load_prompt_set": "medvlkit.prompts",
     "prompt_set_from_classes": "medvlkit.prompts", "zeroshot_classify": "medvlkit.zeroshot",
+    "RunOptions": "medvlkit.options", "DataOptions": "medvlkit.options",
 }
-__all__ = ["ImageDataset", "ImageReadError", "MedvlkitError", "PromptSet", "create_model", "embed_images",
+__all__ = ["DataOptions", "ImageDataset", "ImageReadError", "MedvlkitError", "PromptSet", "RunOptions",
+           "create_model", "embed_images",
            "embed_texts", "evaluate_probs", "list_adapters", "list_models", "list_prompt_sets", "load_dataset",
            "load_prompt_set", "prompt_set_from_classes", "read_image", "zeroshot_classify"]
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from medvlkit.evaluate import evaluate_probs
     from medvlkit.features import embed_images, embed_texts
     from medvlkit.models import create_model, list_models
+    from medvlkit.options import DataOptions, RunOptions
     from medvlkit.prompts import PromptSet, list_prompt_sets, load_prompt_set, prompt_set_from_classes
     from medvlkit.zeroshot import zeroshot_classify
 

@@ -188,8 +188,10 @@ def _probe(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed: di
     from medvlkit.probe import LinearProbe, embed_split, fit_probe, probe_splits, save_probe_run
 
     lp = LinearProbe(random_state=cfg.seed)
-    train_ds, train, val = probe_splits(model, Path(cfg.data), cfg.format, "train", cfg.val_split, cfg.val_fraction,
-                                        cfg.group_pattern, cfg.seed, **embed)
+    from medvlkit.options import DataOptions
+
+    train_ds, train, val = probe_splits(model, Path(cfg.data), DataOptions(cfg.format), "train", cfg.val_split,
+                                        cfg.val_fraction, cfg.group_pattern, cfg.seed, **embed)
     info = fit_probe(lp, train, val, train_ds.classnames, train_ds.multilabel, None, cfg.seed)
     return save_probe_run(lp, embed_split(model, test, **embed), model, test, out, record, info, cfg.bootstrap,
                           cfg.seed)

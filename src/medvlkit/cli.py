@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import sys
@@ -14,6 +16,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from medvlkit.errors import MedvlkitError
+from medvlkit.options import DataOptions, RunOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical vision-language models: embed, classify zero-shot, evaluate. "
@@ -51,7 +54,7 @@ def _parents_are_folders(value: Path | None) -> Path | None:
 
 OutOpt = typer.Option(None, "--out", "-o", callback=_out_folder, help="output folder (default runs/<timestamp>-<verb>)")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto (default: a GPU when visible)")
-PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16")
+PrecisionOpt = typer.Option("fp32", "--precision", help="the weights' dtype for inference: fp32, fp16 or bf16")
 BatchOpt = typer.Option(64, "--batch-size", min=1, help="images per forward pass")
 WorkersOpt = typer.Option(2, "--workers", min=0, help="image loading processes (0 = main process)")
 OnErrorOpt = typer.Option("fail", "--on-error", help="fail on the first unreadable image, or skip and count it")
@@ -65,6 +68,8 @@ PathColOpt = typer.Option(None, "--path-column", help="CSV column with image pat
 LabelColsOpt = typer.Option(None, "--label-columns", help="comma-separated CSV label columns")
 UncertainOpt = typer.Option("ignore", "--uncertain", help="CheXpert -1 labels: ignore (NaN), zeros or ones")
 ImageRootOpt = typer.Option(None, "--image-root", help="folder that CSV/JSONL image paths are relative to")
+GroupColOpt = typer.Option(None, "--group-column", help="CSV column with patient ids, for patient-level held-out "
+                                                         "validation (default: Patient ID, patient_id, subject_id)")
 BootstrapOpt = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs (0: none)")
 GateOpt = typer.Option(False, "--gate", help="first drop images the medical-image gate rejects (listed in result.json)")
 GateThrOpt = typer.Option(None, "--gate-threshold", help="P(medical) threshold for --gate (default: the model's)")
@@ -86,18 +91,45 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """Medical vision-language models: embed, classify zero-shot, evaluate."""
 
 
-def _model(spec: str, device: str, precision: str, tokenizer: str | None):
-    from medvlkit.models import create_model
+# The shared options: every verb that runs a model or reads data gets the same flags, gathered into one object.
+_MODEL_FLAGS = {"device": (str, DeviceOpt), "precision": (str, PrecisionOpt), "tokenizer": (str, TokenizerOpt)}
+_EMBED_FLAGS = {"batch_size": (int, BatchOpt), "workers": (int, WorkersOpt), "on_error": (str, OnErrorOpt),
+                "no_cache": (bool, NoCacheOpt), "cache_dir": (Path, CacheDirOpt), "quiet": (bool, QuietOpt)}
+_DATA_FLAGS = {"fmt": (str, FormatOpt), "path_column": (str, PathColOpt), "label_columns": (str, LabelColsOpt),
+               "uncertain": (str, UncertainOpt), "image_root": (str, ImageRootOpt),
+               "group_column": (str, GroupColOpt)}
 
-    kwargs = {"tokenizer": tokenizer} if tokenizer else {}
-    return create_model(spec, device=device, precision=precision, **kwargs)
+
+def _shared(model: bool = True, embed: bool = True, data: bool = True):
+    """Decorator: the verb gets the shared model and embedding flags as ``run: RunOptions`` and the dataset-reading
+    flags as ``data_opts: DataOptions``; its own signature lists only its own options."""
+    flags = {**(_MODEL_FLAGS if model else {}), **(_EMBED_FLAGS if embed else {}), **(_DATA_FLAGS if data else {})}
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        own = [p for name, p in sig.parameters.items() if name not in ("run", "data_opts")]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+                 for name, (kind, option) in flags.items()]
+
+        @functools.wraps(fn)
+        def verb(**kwargs):
+            got = {name: kwargs.pop(name) for name in flags}
+            if model or embed:
+                kwargs["run"] = _run_options(got)
+            if data:
+                kwargs["data_opts"] = DataOptions(got["fmt"], **{k: got[k] for k in _DATA_FLAGS if k != "fmt"})
+            return fn(**kwargs)
+
+        verb.__signature__ = sig.replace(parameters=own + added)
+        return verb
+    return decorate
 
 
-def _dataset_options(path_column: str | None, label_columns: str | None, uncertain: str | None,
-                     image_root: str | None) -> dict:
-    """The dataset-reading options a user set (the adapters' own defaults for the rest)."""
-    return {k: v for k, v in dict(path_column=path_column, label_columns=label_columns, uncertain=uncertain,
-                                  image_root=image_root).items() if v is not None}
+def _run_options(got: dict) -> RunOptions:
+    """The RunOptions of the shared flags a verb has (the defaults for those it has not)."""
+    same = {k: got[k] for k in ("device", "precision", "tokenizer", "batch_size", "workers", "on_error") if k in got}
+    return RunOptions(**same, cache=not got.get("no_cache", False), progress=not got.get("quiet", False),
+                      cache_dir=None if got.get("cache_dir") is None else str(got["cache_dir"]))
 
 
 def _config_from(cls, values: dict, **overrides):
@@ -106,14 +138,6 @@ def _config_from(cls, values: dict, **overrides):
 
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names} | overrides)
-
-
-def _dataset(data: Path, split: str | None, fmt: str, path_column: str | None = None,
-             label_columns: str | None = None, uncertain: str = "ignore", image_root: str | None = None):
-    from medvlkit.data import load_dataset
-
-    return load_dataset(data, split=split, format=fmt,
-                        **_dataset_options(path_column, label_columns, uncertain, image_root))
 
 
 def _gated(m, ds, gate: bool, threshold: float | None, embed_kwargs: dict):
@@ -128,13 +152,6 @@ def _gated(m, ds, gate: bool, threshold: float | None, embed_kwargs: dict):
                             f"{rejected[0]['threshold']:.3f}); check the data or lower --gate-threshold")
     err_console.print(f"gate: kept {len(kept)} of {len(ds)} images, rejected {len(rejected)} (listed in result.json)")
     return kept, {"gated_out": rejected}, emb
-
-
-def _embed_opts(batch_size: int, workers: int, no_cache: bool, on_error: str, quiet: bool,
-                cache_dir: Path | None = None) -> dict:
-    """The options of ``embed_images`` as every verb passes them."""
-    return dict(batch_size=batch_size, num_workers=workers, cache=not no_cache, cache_dir=cache_dir,
-                on_error=on_error, progress=not quiet)
 
 
 def _out(out: Path | None, verb: str) -> Path:
@@ -166,8 +183,9 @@ def models(pattern: str = typer.Argument("*", help="shell pattern over preset na
 
 
 @app.command()
+@_shared(model=False, embed=False)
 def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this dataset instead of listing formats"),
-             split: str = SplitOpt, fmt: str = FormatOpt) -> None:
+             split: str = SplitOpt, data_opts: DataOptions = None) -> None:
     """List dataset formats and prompt sets, or describe one dataset (--data).
 
     Example: medvlkit datasets --data ../shared/data/chest_xray_pneumonia --split test
@@ -176,7 +194,7 @@ def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this
     from medvlkit.prompts import list_prompt_sets
 
     if data is not None:
-        ds = _dataset(data, split, fmt)
+        ds = data_opts.load(data, split)
         console.print(f"{ds.name} split={ds.split} images={len(ds)} multilabel={ds.multilabel} "
                       f"captions={'yes' if ds.texts else 'no'}")
         if ds.has_labels:
@@ -193,45 +211,41 @@ def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this
 
 
 @app.command()
-def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
-          out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
-          workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
-          cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
-          path_column: str = PathColOpt, image_root: str = ImageRootOpt, gate: bool = GateOpt,
-          gate_threshold: float = GateThrOpt) -> None:
+@_shared()
+def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
+          gate: bool = GateOpt, gate_threshold: float = GateThrOpt, run: RunOptions = None,
+          data_opts: DataOptions = None) -> None:
     """Embed a dataset's images: writes embeddings.npy, files.csv, result.json (with images/s).
 
     Example: medvlkit embed --model hf:./clip-vit-b32 --data ../shared/data/chest_xray_pneumonia --split test
     """
     from medvlkit.features import embed_images, save_embeddings
 
-    config = dict(locals())
-    ds = _dataset(data, split, fmt, path_column, image_root=image_root)
-    m = _model(model, device, precision, tokenizer)
+    config = _jsonable(dict(locals()))
+    ds = data_opts.load(data, split)
+    m = run.load_model(model)
     start = time.perf_counter()
-    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet, cache_dir)
+    kwargs = run.embed_kwargs()
     ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
     emb = emb or embed_images(m, ds, **kwargs)
     out_dir = _out(out, "embed")
-    res = save_embeddings(emb, out_dir, m, ds, _jsonable(config), time.perf_counter() - start, gated)
+    res = save_embeddings(emb, out_dir, m, ds, config, time.perf_counter() - start, gated)
     rate = res["metrics"]["images_per_second"]
     console.print(f"{res['metrics']['n_images']} embeddings ({res['metrics']['n_cached']} from cache, "
                   f"{len(emb.skipped)} skipped){f', {rate:.1f} images/s' if rate else ''} -> {out_dir}")
 
 
 @app.command()
-def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
+@_shared()
+def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
              classes: str = typer.Option(None, "--classes", help="comma-separated class names (instead of --prompts)"),
              mode: str = typer.Option(None, "--mode", help="softmax (one label) or pos_neg (multi-label); default: "
                                                            "the prompt set's"),
-             out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
-             workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
-             cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
-             bootstrap: int = BootstrapOpt,
+             out: Path = OutOpt, bootstrap: int = BootstrapOpt,
              seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
-             path_column: str = PathColOpt, label_columns: str = LabelColsOpt, uncertain: str = UncertainOpt,
-             image_root: str = ImageRootOpt, gate: bool = GateOpt, gate_threshold: float = GateThrOpt) -> None:
+             gate: bool = GateOpt, gate_threshold: float = GateThrOpt, run: RunOptions = None,
+             data_opts: DataOptions = None) -> None:
     """Zero-shot classification from text prompts; writes result.json and predictions.csv.
 
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
@@ -239,7 +253,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     from medvlkit.prompts import load_prompt_set, prompt_set_from_classes
     from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
 
-    config = dict(locals())
+    config = _jsonable(dict(locals()))
     if (prompts is None) == (classes is None):
         raise MedvlkitError("pass exactly one of --prompts NAME|FILE or --classes 'a,b,c'")
     from medvlkit.models.presets import lite_caveat
@@ -248,24 +262,22 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         err_console.print(caveat)
     ps = load_prompt_set(prompts) if prompts else prompt_set_from_classes(
         [c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")
-    ds = _dataset(data, split, fmt, path_column, label_columns, uncertain, image_root)  # cheap checks first
-    m = _model(model, device, precision, tokenizer)
-    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet, cache_dir)
+    ds = data_opts.load(data, split)  # cheap checks first
+    m = run.load_model(model)
+    kwargs = run.embed_kwargs()
     ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
     res = zeroshot_classify(m, ds, ps, mode, embeddings=emb, **kwargs)
     out_dir = _out(out, "zeroshot")
-    written = save_zeroshot(res, ds, m, out_dir, _jsonable(config), bootstrap, seed, gated)
+    written = save_zeroshot(res, ds, m, out_dir, config, bootstrap, seed, gated)
     _print_metrics(written)
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
 
 
 @app.command()
-def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
-             out: Path = OutOpt, device: str = DeviceOpt, precision: str = PrecisionOpt, batch_size: int = BatchOpt,
-             workers: int = WorkersOpt, on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt,
-             cache_dir: Path = CacheDirOpt, quiet: bool = QuietOpt, tokenizer: str = TokenizerOpt,
-             bootstrap: int = BootstrapOpt,
-             seed: int = typer.Option(0, "--seed", help="bootstrap seed"), image_root: str = ImageRootOpt) -> None:
+@_shared()
+def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
+             bootstrap: int = BootstrapOpt, seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+             run: RunOptions = None, data_opts: DataOptions = None) -> None:
     """Image-to-text and text-to-image retrieval on image-caption data: recall@1/5/10, mean/median rank.
 
     Example: medvlkit retrieve --data ../shared/data/medpix2 --split test
@@ -273,11 +285,10 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     from medvlkit.retrieval import save_retrieval
 
     config = _jsonable(dict(locals()))
-    ds = _dataset(data, split, fmt, image_root=image_root)
-    m = _model(model, device, precision, tokenizer)
+    ds = data_opts.load(data, split)
+    m = run.load_model(model)
     out_dir = _out(out, "retrieve")
-    res = save_retrieval(m, ds, out_dir, config, bootstrap, seed,
-                         **_embed_opts(batch_size, workers, no_cache, on_error, quiet, cache_dir))
+    res = save_retrieval(m, ds, out_dir, config, bootstrap, seed, **run.embed_kwargs())
     metrics, ci = res["metrics"], res["ci"]
     _print_metrics({"metrics": metrics, "ci": ci})
     console.print(f"wrote {out_dir}/result.json")
@@ -327,16 +338,16 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
 
 
 @app.command("gate")
-def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
-             out: Path = OutOpt, device: str = DeviceOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt,
-             on_error: str = OnErrorOpt, no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt,
+@_shared()
+def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
              threshold: float = typer.Option(None, "--threshold", help="P(medical) threshold (default: chosen on "
                                                                         "--val-* images, else the model's)"),
              val_medical: Path = typer.Option(None, "--val-medical", help="validation folder of medical images"),
              val_non_medical: Path = typer.Option(None, "--val-non-medical", help="validation folder of ordinary "
                                                                                   "images"),
              probe: Path = typer.Option(None, "--probe", help="probe.npz from `medvlkit probe` on medical/ and "
-                                                              "non-medical/ folders, instead of prompts")) -> None:
+                                                              "non-medical/ folders, instead of prompts"),
+             run: RunOptions = None, data_opts: DataOptions = None) -> None:
     """Label each image medical / non-medical with a score; the threshold is chosen on validation images.
 
     Example: medvlkit gate --data inbox/ --val-medical val/medical --val-non-medical val/photos --out runs/gate
@@ -345,22 +356,19 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
     config = _jsonable(dict(locals()))
     out_dir = _out(out, "gate")
-    res, summary = gate_task(model, _dataset(data, split, fmt), out_dir, config, threshold, val_medical,
-                             val_non_medical, probe_file=probe, device=device,
-                             **_embed_opts(batch_size, workers, no_cache, on_error, quiet))
+    res, summary = gate_task(model, data_opts.load(data, split), out_dir, config, threshold, val_medical,
+                             val_non_medical, probe_file=probe, run=run)
     console.print(f"{summary['n_medical']} medical, {summary['n_non_medical']} non-medical "
                   f"(threshold {res.threshold:.3f}: {res.threshold_source}); wrote {out_dir}/gate.csv")
 
 
 @app.command("index")
-def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
+@_shared()
+def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
               out: Path = typer.Option(..., "--out", "-o", callback=_out_folder, help="index folder to write"),
-              device: str = DeviceOpt,
-              batch_size: int = BatchOpt, workers: int = WorkersOpt, on_error: str = OnErrorOpt,
-              no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt, gate: bool = GateOpt,
-              gate_threshold: float = GateThrOpt,
+              gate: bool = GateOpt, gate_threshold: float = GateThrOpt,
               recursive: bool = typer.Option(False, "--recursive", help="every image file under --data (a folder)"),
-              ) -> None:
+              run: RunOptions = None, data_opts: DataOptions = None) -> None:
     """Build a FAISS index of a dataset's image embeddings for similar-case search.
 
     Example: medvlkit index --data ../shared/data/chest_xray_pneumonia --split train --out runs/cxr-index
@@ -371,9 +379,9 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
     from medvlkit.search import build_index
 
     config = _jsonable(dict(locals()))
-    ds = load_dataset(data, split=split, format="folder", recursive=True) if recursive else _dataset(data, split, fmt)
-    m = _model(model, device, "fp32", None)
-    kwargs = _embed_opts(batch_size, workers, no_cache, on_error, quiet)
+    ds = load_dataset(data, split=split, format="folder", recursive=True) if recursive else data_opts.load(data, split)
+    m = run.load_model(model)
+    kwargs = run.embed_kwargs()
     start = time.perf_counter()
     ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
     emb = emb or embed_images(m, ds, **kwargs)
@@ -391,13 +399,14 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
 
 
 @app.command()
+@_shared(embed=False, data=False)
 def search(index: Path = typer.Option(..., "--index", help="folder written by medvlkit index"),
            text: str = typer.Option(None, "--text", help="text query"),
            image: Path = typer.Option(None, "--image", help="query image file"),
            k: int = typer.Option(5, "-k", help="results per query"),
            model: str = typer.Option(None, "--model", "-m", help="query model (default: the one the index was "
                                                                  "built with)"),
-           device: str = DeviceOpt, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="print JSON"), run: RunOptions = None) -> None:
     """The k nearest indexed images to a text query or a query image, with cosine scores.
 
     Example: medvlkit search --index runs/cxr-index --text "right lower lobe consolidation" -k 5
@@ -409,7 +418,7 @@ def search(index: Path = typer.Option(..., "--index", help="folder written by me
     if k < 1:
         raise MedvlkitError(f"-k {k}: must be at least 1")
     idx = load_index(index)
-    m = _model(model or idx.meta["model"], device, "fp32", None)
+    m = run.load_model(model or idx.meta["model"])
     idx.check_model(m)
     hits = idx.search(query_vectors(m, [text] if text else None, [str(image)] if image else None), k)[0]
     rows = [{"file": f, "score": s} | idx.details.get(f, {}) for f, s in hits]
@@ -424,14 +433,15 @@ def search(index: Path = typer.Option(..., "--index", help="folder written by me
 
 
 @app.command()
-def caption(data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
+@_shared(model=False, embed=False)
+def caption(data: Path = DataOpt, split: str = SplitOpt,
             out: Path = typer.Option(..., "--out", "-o", callback=_out_file,
                                      help="JSONL file to write ({image, text, label} rows)"),
             captioner: str = typer.Option(None, "--captioner", help="hf:DIR of a BLIP captioning model (default: "
                                                                      "template captions from labels)"),
             per_image: int = typer.Option(1, "--per-image", help="template captions per image (distinct phrasings)"),
             seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, batch_size: int = BatchOpt,
-            on_error: str = OnErrorOpt, quiet: bool = QuietOpt) -> None:
+            on_error: str = OnErrorOpt, quiet: bool = QuietOpt, data_opts: DataOptions = None) -> None:
     """Write image-caption pairs (the JSONL that contrastive fine-tuning reads) for images without captions.
 
     Example: medvlkit caption --data ../shared/data/chest_xray_pneumonia --split train --out runs/cxr_pairs.jsonl
@@ -440,7 +450,7 @@ def caption(data: Path = DataOpt, split: str = SplitOpt, fmt: str = FormatOpt,
 
     if per_image < 1:
         raise MedvlkitError(f"--per-image {per_image}: must be at least 1")
-    ds = _dataset(data, split, fmt)
+    ds = data_opts.load(data, split)
     skipped: list = []
     if captioner:
         from medvlkit.models.registry import resolve_device
@@ -476,7 +486,8 @@ def report(runs: list[Path] = typer.Argument(..., help="run folders (each with a
 
 
 @app.command()
-def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out: Path = OutOpt,
+@_shared()
+def probe(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
           train_split: str = typer.Option("train", "--train-split"),
           val_split: str = typer.Option(None, "--val-split", help="validation split that picks C (default: 'val' "
                                                                    "when the data has one, else --val-fraction)"),
@@ -493,11 +504,9 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
           load: Path = typer.Option(None, "--load", help="a saved probe.npz: skip training, score --test-split"),
           features: str = typer.Option("embedding", "--features", help="embedding (the shared space) or backbone "
                                                                        "(the image tower's wider pooled features)"),
-          device: str = DeviceOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt, on_error: str = OnErrorOpt,
-          no_cache: bool = NoCacheOpt, quiet: bool = QuietOpt,
           bootstrap: int = BootstrapOpt,
           seed: int = typer.Option(0, "--seed", help="seed of few-shot sampling, held-out split and bootstrap"),
-          ) -> None:
+          run: RunOptions = None, data_opts: DataOptions = None) -> None:
     """Linear probe (logistic regression) on frozen image embeddings; C chosen on validation data only.
 
     Example: medvlkit probe --data ../shared/data/medmnist/breastmnist.npz --out runs/breast-probe
@@ -506,10 +515,9 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out
     from medvlkit.probe import ProbeTaskConfig, run_probe_task
 
     config = _jsonable(dict(locals()))
-    cfg = _config_from(ProbeTaskConfig, config, format=fmt)  # config holds paths as strings already
+    cfg = _config_from(ProbeTaskConfig, config)  # config holds paths as strings already
     out_dir = _out(out, "probe")
-    res, lp, info = run_probe_task(cfg, out_dir, config, bootstrap,
-                                   **_embed_opts(batch_size, workers, no_cache, on_error, quiet))
+    res, lp, info = run_probe_task(cfg, out_dir, config, bootstrap, run, data_opts)
     _print_metrics(res)
     console.print(f"C = {lp.C_:g} (chosen on {info.get('n_val', 0)} validation images); wrote {out_dir}/result.json, "
                   "predictions.csv and probe.npz")
@@ -583,7 +591,8 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
 
 
 @app.command()
-def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, out: Path = OutOpt,
+@_shared(model=False, embed=False)
+def finetune(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
              mode: str = typer.Option("contrastive", "--mode", help="contrastive (image-caption InfoNCE; captions "
                                                                      "from labels when the data has none) or "
                                                                      "supervised (CE/BCE head)"),
@@ -614,7 +623,10 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
              warmup: int = typer.Option(50, "--warmup", help="linear warm-up steps"),
              class_weight: str = typer.Option("balanced", "--class-weight", help="balanced (BCE pos_weight, "
                                                                                  "weighted CE) or none"),
-             precision: str = typer.Option("auto", "--precision", help="auto (AMP on CUDA), fp32, bf16, fp16"),
+             amp: str = typer.Option("auto", "--amp", help="mixed-precision training (autocast; weights stay fp32): "
+                                                           "auto (bf16/fp16 on CUDA, off on CPU), fp32 (off), bf16, "
+                                                           "fp16"),
+             precision: str = typer.Option(None, "--precision", hidden=True),  # renamed --amp: answered below
              save_every: int = typer.Option(100, "--save-every", help="steps between checkpoints"),
              max_val: int = typer.Option(0, "--max-val", help="validation images per evaluation (0: all)"),
              device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto"),
@@ -622,9 +634,7 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
              resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
              load: Path = typer.Option(None, "--load", help="a run's best/ folder: skip training, score "
                                                             "--test-split"),
-             bootstrap: int = BootstrapOpt,
-             path_column: str = PathColOpt, label_columns: str = LabelColsOpt, uncertain: str = UncertainOpt,
-             image_root: str = ImageRootOpt, quiet: bool = QuietOpt) -> None:
+             bootstrap: int = BootstrapOpt, quiet: bool = QuietOpt, data_opts: DataOptions = None) -> None:
     """Fine-tune a model: contrastive (full, LoRA, one tower frozen; GradCache) or supervised (CE/BCE head).
 
     Example: medvlkit finetune --data ../shared/data/medpix2 --lora default --epochs 3 --out runs/medpix-lora
@@ -634,10 +644,13 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt, 
     from medvlkit.finetune.config import FinetuneConfig
     from medvlkit.finetune.task import run_finetune_task
 
+    if precision is not None:
+        raise MedvlkitError(f"finetune's --precision is now --amp (autocast while training, weights kept fp32): "
+                            f"pass --amp {precision}; --precision names the weights' dtype of inference verbs")
     config = _jsonable(dict(locals()))
     out_dir = _out(out, "finetune")
-    cfg = _config_from(FinetuneConfig, config, format=fmt, out_dir=str(out_dir),
-                       dataset_options=_dataset_options(path_column, label_columns, uncertain, image_root))
+    cfg = _config_from(FinetuneConfig, config, format=data_opts.format, out_dir=str(out_dir),
+                       dataset_options=data_opts.adapter_options())
     outcome = run_finetune_task(cfg, config, test_split, load, bootstrap, resume, progress=not quiet)
     if not outcome.is_main:
         return
@@ -692,8 +705,9 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
 
 
 @app.command()
+@_shared(data=False)
 def demo(images: Path = typer.Option(None, "--images", help="also run on your own images (a folder)"),
-         model: str = ModelOpt, out: Path = OutOpt, device: str = DeviceOpt, quiet: bool = QuietOpt) -> None:
+         model: str = ModelOpt, out: Path = OutOpt, run: RunOptions = None) -> None:
     """Run the embedded model on real images bundled in scikit-image and pydicom (and --images DIR):
     medical-image gate, imaging modality, and pneumonia for chest X-rays.
 
@@ -704,14 +718,14 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
     config = _jsonable(dict(locals()))
     out_dir = _out(out, "demo")
     expected = write_bundled_images(out_dir / "bundled_images")
-    m = _model(model, device, "fp32", None)
+    m = run.load_model(model)
     from medvlkit.models.presets import lite_caveat
 
     if caveat := lite_caveat(model, "pneumonia"):
         err_console.print(caveat)
-    rows = run_demo(m, out_dir / "bundled_images", expected, progress=not quiet)
+    rows = run_demo(m, out_dir / "bundled_images", expected, progress=run.progress)
     if images is not None:
-        rows += run_demo(m, images, None, progress=not quiet)
+        rows += run_demo(m, images, None, progress=run.progress)
     metrics = save_demo(rows, m, out_dir, config)
     table = Table("expected", "P(med)", "gate", "modality", "P(pneu)")
     table.columns.insert(0, Column("image", no_wrap=True, min_width=26))
@@ -767,9 +781,14 @@ def _print_binary(result: dict) -> None:
 
 
 def _jsonable(config: dict) -> dict:
-    """The command's options (its locals minus imported helpers), JSON-ready."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()
-            if v is None or isinstance(v, (str, int, float, bool, Path))}
+    """The command's options (its locals minus imported helpers; the shared option objects' fields), JSON-ready."""
+    flat: dict = {}
+    for k, v in config.items():
+        if isinstance(v, (RunOptions, DataOptions)):
+            flat |= v.to_dict()
+        elif v is None or isinstance(v, (str, int, float, bool, Path)):
+            flat[k] = str(v) if isinstance(v, Path) else v
+    return flat
 
 
 def _quiet_transformers() -> None:

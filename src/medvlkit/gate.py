@@ -18,6 +18,7 @@ from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError
 from medvlkit.features import ImageEmbeddings, embed_images
 from medvlkit.models.base import ModelBase
+from medvlkit.options import RunOptions
 from medvlkit.prompts import PromptSet, load_prompt_set
 from medvlkit.zeroshot import classify
 
@@ -144,10 +145,10 @@ def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDa
 
 def gate_task(model: ModelBase | str, dataset: ImageDataset, out_dir: Path, config: dict,
               threshold: float | None = None, val_medical: Path | None = None, val_non_medical: Path | None = None,
-              probe_file: Path | None = None, device: str = "auto", **embed_options) -> tuple[GateResult, dict]:
+              probe_file: Path | None = None, run: RunOptions | None = None) -> tuple[GateResult, dict]:
     """The ``gate`` task: resolve the threshold (given, chosen on validation folders of images, a probe's 0.5, or
     the model's validated one), score ``dataset``, write ``gate.csv`` and ``result.json``. The options are checked
-    before a model (a spec is loaded on ``device``) or a validation folder is read.
+    before a model (a spec is loaded as ``run`` says) or a validation folder is read.
 
     Raises:
         MedvlkitError: contradictory threshold sources (a probe with validation folders, a threshold with them, one
@@ -161,10 +162,10 @@ def gate_task(model: ModelBase | str, dataset: ImageDataset, out_dir: Path, conf
         raise MedvlkitError("pass both --val-medical and --val-non-medical (or neither)")
     if threshold is not None and val_medical is not None:
         raise MedvlkitError("pass either --threshold or the --val-* folders, not both")
+    run = run or RunOptions()
+    embed_options = run.embed_kwargs()
     if isinstance(model, str):
-        from medvlkit.models import create_model
-
-        model = create_model(model, device=device)
+        model = run.load_model(model)
     source = "given"
     if val_medical is not None:
         from medvlkit.data import load_dataset

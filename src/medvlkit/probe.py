@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medvlkit.data.splits import dataset_groups, few_shot_indices, holdout_indices, load_train, load_val
 from medvlkit.errors import MedvlkitError, NoSplitsError, first_line
 from medvlkit.metrics import auroc_binary, single_label_metrics
+from medvlkit.options import DataOptions, RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -197,53 +198,6 @@ class LinearProbe(*_sklearn_bases()):
         return probe, header
 
 
-def few_shot_indices(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
-    """K examples per class (seeded): single-label rows of that class, or multi-label rows positive for it."""
-    if shots < 1:
-        raise MedvlkitError(f"--shots {shots}: must be at least 1")
-    rng = np.random.default_rng(seed)
-    chosen: set[int] = set()
-    for c in range(labels.shape[1]):
-        pool = np.flatnonzero(labels[:, c] == 1)
-        if len(pool) < shots:
-            raise MedvlkitError(f"--shots {shots}: class {c} has only {len(pool)} training examples")
-        chosen.update(rng.choice(pool, shots, replace=False).tolist())
-    return np.array(sorted(chosen))
-
-
-def holdout_indices(items: list[str], labels: np.ndarray, fraction: float, seed: int = 0,
-                    group_pattern: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Split training rows into (train, val) with ``fraction`` of groups held out, stratified by label where
-    possible. Groups come from ``group_pattern`` (a regex on the file name whose first match is the patient id,
-    so one patient's images stay on one side), else each image is its own group."""
-    if not 0 < fraction < 1:
-        raise MedvlkitError(f"--val-fraction {fraction}: must be between 0 and 1")
-    if group_pattern:
-        try:
-            rx = re.compile(group_pattern)
-        except re.error as err:
-            raise MedvlkitError(f"--group-pattern {group_pattern!r} is not a valid regular expression: {err}") \
-                from None
-        groups = [(m.group(1) if m and m.groups() else m.group(0)) if (m := rx.search(Path(it).name)) else it
-                  for it in items]
-    else:
-        groups = list(items)
-    rng = np.random.default_rng(seed)
-    val: list[int] = []
-    key = np.nanargmax(np.nan_to_num(labels, nan=0), axis=1)  # stratify by (first) label
-    index = {}
-    for i, g in enumerate(groups):
-        index.setdefault(g, []).append(i)
-    for k in np.unique(key):
-        members = sorted({groups[i] for i in np.flatnonzero(key == k)})
-        take = rng.permutation(len(members))[: max(1, round(fraction * len(members)))]
-        for j in take:
-            val += index[members[j]]
-    val_set = set(val)
-    train = np.array([i for i in range(len(items)) if i not in val_set])
-    return train, np.array(sorted(val_set))
-
-
 @dataclass
 class ProbeData:
     """Embeddings and labels of one split."""
@@ -285,35 +239,24 @@ def fit_probe(probe: LinearProbe, train: ProbeData, val: ProbeData | None, class
             "val_scores": {str(k): v for k, v in probe.val_scores_.items()}, "shots": shots}
 
 
-def probe_splits(model, data: Path, fmt: str = "auto", train_split: str = "train", val_split: str | None = None,
-                 val_fraction: float = 0.1, group_pattern: str | None = None, seed: int = 0, need_val: bool = True,
-                 holdout: bool = False, **embed_options):
-    """Training data and validation data for a probe.
+def probe_splits(model, data: Path, data_opts: DataOptions | None = None, train_split: str = "train",
+                 val_split: str | None = None, val_fraction: float = 0.1, group_pattern: str | None = None,
+                 seed: int = 0, need_val: bool = True, **embed_options):
+    """Training data and validation data for a probe (splits chosen by ``data/splits.py``: ``val_split``, else the
+    data's ``val`` split, else, or with ``val_split="holdout"``, a seeded patient-level ``val_fraction`` of train).
 
-    Validation is ``val_split`` when given, else the data's ``val`` split when it has one, else (or with
-    ``holdout=True`` / ``val_split="holdout"``) a seeded ``val_fraction`` of the training groups (patient-level
-    with ``group_pattern``). Returns (train dataset,
-    train ProbeData, val ProbeData or None when ``need_val`` is False).
+    Returns:
+        (train dataset, train ProbeData, val ProbeData or None when ``need_val`` is False).
     """
-    from medvlkit.data import load_dataset
-
-    try:
-        train_ds = load_dataset(data, split=train_split, format=fmt)
-    except NoSplitsError:
-        train_ds = load_dataset(data, split=None, format=fmt)
-        logger.warning("%s has no splits: all of it trains, and C is chosen on a held-out part of it", data)
+    data_opts = data_opts or DataOptions()
+    train_ds = load_train(data, data_opts, train_split)
     train = embed_split(model, train_ds, **embed_options)
     if not need_val:
         return train_ds, train, None
-    holdout = holdout or val_split == "holdout"
-    try:
-        if holdout:
-            raise MedvlkitError("held-out validation asked for")
-        val_ds = load_dataset(data, split=val_split or "val", format=fmt)
-    except MedvlkitError:
-        if val_split and not holdout:
-            raise
-        tr, va = holdout_indices(train.items, train.Y, val_fraction, seed, group_pattern)
+    val_ds = load_val(data, data_opts, val_split)
+    if val_ds is None:
+        tr, va = holdout_indices(train.items, train.Y, val_fraction, seed, group_pattern,
+                                 dataset_groups(train_ds, train.items))
         pick = lambda idx: ProbeData(train.X[idx], train.Y[idx], [train.items[j] for j in idx])  # noqa: E731
         return train_ds, pick(tr), pick(va)
     val, _ = align_probe_data(embed_split(model, val_ds, **embed_options), val_ds.classnames, train_ds.classnames,
@@ -356,7 +299,7 @@ class ProbeTaskConfig:
     """Options of one ``probe`` run (see ``medvlkit probe --help``).
 
     Attributes:
-        model, data, format: what to embed and with which adapter.
+        model, data: what to embed (how it is read and run: the task's ``DataOptions`` and ``RunOptions``).
         train_split, val_split, test_split, val_fraction, group_pattern: the splits (validation picks C; without a
             val split a seeded, optionally patient-level, fraction of train is held out).
         shots: few-shot training examples per class (None: all).
@@ -369,7 +312,6 @@ class ProbeTaskConfig:
 
     model: str = "lite"
     data: str = ""
-    format: str = "auto"
     train_split: str = "train"
     val_split: str | None = None
     test_split: str = "test"
@@ -381,30 +323,28 @@ class ProbeTaskConfig:
     select: str = "auroc"
     load: str | None = None
     features: str = "embedding"
-    device: str = "auto"
     seed: int = 0
 
 
 def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstrap: int = 1000,
-                   **embed_options) -> tuple[dict, LinearProbe, dict]:
+                   run: RunOptions | None = None, data: DataOptions | None = None) -> tuple[dict, LinearProbe, dict]:
     """Train (or load) a linear probe, score it on the test split, write result.json, predictions.csv and
     probe.npz into ``out_dir``.
 
     Returns:
         the result dict, the probe, and the fit information (chosen C, validation size...).
     """
-    from medvlkit.data import load_dataset
-    from medvlkit.models import create_model
-
+    run, data = run or RunOptions(), data or DataOptions()
+    embed_options = run.embed_kwargs()
     if cfg.features not in ("embedding", "backbone"):
         raise MedvlkitError(f"--features {cfg.features}: valid options: embedding, backbone")
     try:
-        test_ds = load_dataset(cfg.data, split=cfg.test_split or None, format=cfg.format)
+        test_ds = data.load(cfg.data, cfg.test_split or None)
     except NoSplitsError:
         if cfg.load is None:
             raise
-        test_ds = load_dataset(cfg.data, format=cfg.format)  # scoring a saved probe: a folder without splits
-    model = create_model(cfg.model, device=cfg.device)
+        test_ds = data.load(cfg.data)  # scoring a saved probe: a folder without splits
+    model = run.load_model(cfg.model)
     if cfg.features == "backbone":
         from medvlkit.models.base import BackboneView
 
@@ -416,7 +356,7 @@ def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstra
     else:
         probe = LinearProbe(Cs=(cfg.c,) if cfg.c else LinearProbe().Cs, select=cfg.select, random_state=cfg.seed,
                             class_weight=None if cfg.class_weight == "none" else cfg.class_weight)
-        train_ds, train, val = probe_splits(model, Path(cfg.data), cfg.format, cfg.train_split, cfg.val_split,
+        train_ds, train, val = probe_splits(model, Path(cfg.data), data, cfg.train_split, cfg.val_split,
                                             cfg.val_fraction, cfg.group_pattern, cfg.seed, need_val=cfg.c is None,
                                             **embed_options)
         info = fit_probe(probe, train, val, train_ds.classnames, train_ds.multilabel, cfg.shots, cfg.seed)

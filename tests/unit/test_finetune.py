@@ -155,7 +155,7 @@ def test_saved_model_loads_as_ft_spec(tiny_clip_dir, folder, tmp_path):
 
 
 def test_bf16_autocast_runs_on_cpu(tiny_clip_dir, folder, tmp_path):
-    summary = finetune(_cfg(tiny_clip_dir, folder, tmp_path / "bf16", precision="bf16", max_steps=2, epochs=1),
+    summary = finetune(_cfg(tiny_clip_dir, folder, tmp_path / "bf16", amp="bf16", max_steps=2, epochs=1),
                        progress=False)
     assert summary["steps"] == 2 and np.isfinite(summary["history"][0]["train_loss"])
 

@@ -7,7 +7,8 @@ from sklearn.linear_model import LogisticRegression
 from helpers import make_split_folders
 from medvlkit import MedvlkitError
 from medvlkit.cli import main
-from medvlkit.probe import LinearProbe, few_shot_indices, holdout_indices
+from medvlkit.data.splits import few_shot_indices, holdout_indices
+from medvlkit.probe import LinearProbe
 
 
 def _blobs(n=300, classes=3, d=8, seed=0):

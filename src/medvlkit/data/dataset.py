@@ -7,6 +7,8 @@ A dataset is a list of image items with, optionally, labels and captions:
 - ``classnames[c]``: name of column c of ``labels``.
 - ``multilabel``: False when every row has exactly one 1 (one class per image).
 - ``texts[i]``: the caption of item i, for image-caption data.
+- ``groups[i]``: the patient (or study) item i belongs to, where the adapter knows it; held-out validation keeps
+  each group on one side (``data/splits.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class ImageDataset:
     texts: list[str] | None = None
     split: str | None = None
     meta: dict = field(default_factory=dict)
+    groups: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.items)
@@ -43,6 +46,8 @@ class ImageDataset:
                 raise ValueError(f"labels shape {self.labels.shape} != (items {n}, classes {len(self.classnames)})")
         if self.texts is not None and len(self.texts) != n:
             raise ValueError(f"{len(self.texts)} texts for {n} items")
+        if self.groups is not None and len(self.groups) != n:
+            raise ValueError(f"{len(self.groups)} group ids for {n} items")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -68,7 +73,7 @@ class ImageDataset:
             items=[self.items[i] for i in keep], name=self.name, classnames=list(self.classnames),
             labels=None if self.labels is None else self.labels[keep], multilabel=self.multilabel,
             texts=None if self.texts is None else [self.texts[i] for i in keep], split=self.split,
-            meta=dict(self.meta))
+            meta=dict(self.meta), groups=None if self.groups is None else [self.groups[i] for i in keep])
 
 
 @dataclass(frozen=True)

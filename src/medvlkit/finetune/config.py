@@ -8,7 +8,7 @@ from medvlkit.errors import MedvlkitError
 
 MODES = ("contrastive", "supervised")
 FREEZE = ("none", "vision", "text")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AMP = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -35,7 +35,9 @@ class FinetuneConfig:
             and temperature; ``weight_decay``; ``warmup``: linear warm-up steps before the cosine decay.
         class_weight: ``balanced`` gives BCE per-class positive weights (negatives/positives) and CE inverse
             frequency weights; ``none`` leaves the loss unweighted.
-        precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16.
+        amp: mixed-precision training, the autocast dtype (weights stay fp32): ``auto`` (bf16, else fp16 with a
+            loss scaler, on CUDA; off on CPU), ``fp32`` (off), ``bf16``, ``fp16``. Not the weights' dtype, which
+            inference verbs call ``precision``.
         save_every: steps between checkpoints (also written at every epoch end and on Ctrl-C).
         max_val: validation images used per evaluation (0: all).
     """
@@ -63,7 +65,7 @@ class FinetuneConfig:
     optimizer: str = "adamw"
     warmup: int = 50
     class_weight: str = "balanced"
-    precision: str = "auto"
+    amp: str = "auto"
     save_every: int = 100
     max_val: int = 0
     device: str = "auto"
@@ -75,8 +77,8 @@ class FinetuneConfig:
             raise MedvlkitError(f"--mode {self.mode}: valid options: {', '.join(MODES)}")
         if self.freeze not in FREEZE:
             raise MedvlkitError(f"--freeze {self.freeze}: valid options: {', '.join(FREEZE)}")
-        if self.precision not in PRECISIONS:
-            raise MedvlkitError(f"--precision {self.precision}: valid options: {', '.join(PRECISIONS)}")
+        if self.amp not in AMP:
+            raise MedvlkitError(f"--amp {self.amp}: valid options: {', '.join(AMP)}")
         if self.optimizer not in ("adamw", "sgd"):
             raise MedvlkitError(f"--optimizer {self.optimizer}: valid options: adamw, sgd")
         if self.class_weight not in ("balanced", "none"):
@@ -88,6 +90,12 @@ class FinetuneConfig:
             raise MedvlkitError("--batch-size must be at least 2 for a contrastive loss")
         if self.grad_cache < 0 or self.max_steps < 0 or self.warmup < 0 or self.max_val < 0:
             raise MedvlkitError("--grad-cache, --max-steps, --warmup and --max-val must be >= 0")
+        from medvlkit.options import DataOptions
+
+        unknown = set(self.dataset_options) - set(DataOptions.__dataclass_fields__) - {"format"}
+        if unknown:
+            raise MedvlkitError(f"dataset_options {sorted(unknown)}: valid keys: "
+                                f"{', '.join(k for k in DataOptions.__dataclass_fields__ if k != 'format')}")
         if self.lr is not None and self.lr <= 0:
             raise MedvlkitError(f"--lr {self.lr} must be positive")
 

@@ -86,7 +86,7 @@ def _embed(model, dataset: ImageDataset, normalize: bool, batch_size: int, progr
     emb = np.concatenate(out)
     if not np.isfinite(emb).all():
         raise MedvlkitError("the image embeddings hold NaN or infinite values: the weights have diverged (lower "
-                            "--lr, or use --precision fp32); the best model saved so far is kept")
+                            "--lr, or use --amp fp32); the best model saved so far is kept")
     return emb
 
 

@@ -22,7 +22,7 @@ import torch
 
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.distributed import World, barrier, gather_objects, init_world, reduce_gradients, reduce_mean
-from medvlkit.errors import MedvlkitError, NoSplitsError
+from medvlkit.errors import MedvlkitError
 from medvlkit.finetune.config import FinetuneConfig
 from medvlkit.finetune.data import batch_loader, caption_pools, epoch_batches, pick_captions
 from medvlkit.finetune.evaluation import validation_score
@@ -110,18 +110,18 @@ def set_train_mode(model: ModelBase, head: ClassifierHead | None) -> None:
         head.train()
 
 
-def _autocast(precision: str, device: str):
-    """(autocast factory, GradScaler or None) for a precision name and device."""
-    if precision == "auto":
+def _autocast(amp: str, device: str):
+    """(autocast factory, GradScaler or None) for an ``--amp`` value and device."""
+    if amp == "auto":
         if not device.startswith("cuda"):
-            precision = "fp32"
+            amp = "fp32"
         else:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "fp32":
         return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
-    scaler = torch.amp.GradScaler(dev_type) if precision == "fp16" else None
+    scaler = torch.amp.GradScaler(dev_type) if amp == "fp16" else None
     return (lambda: torch.autocast(dev_type, dtype=dtype)), scaler
 
 
@@ -135,25 +135,18 @@ def _lr_lambda(warmup: int, total: int):
 
 
 def split_train_val(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset]:
-    """The training data and the validation data (a val split, or a seeded held-out part of train)."""
-    from medvlkit.data import load_dataset
-    from medvlkit.probe import holdout_indices
+    """The training data and the validation data (see ``data/splits.py``: a val split, or a seeded, patient-level
+    held-out part of train)."""
+    from medvlkit.data.splits import holdout_indices, load_train, load_val
+    from medvlkit.options import DataOptions
 
-    opts = cfg.dataset_options
-    try:
-        train = load_dataset(cfg.data, split=cfg.train_split, format=cfg.format, **opts)
-    except NoSplitsError:
-        train = load_dataset(cfg.data, split=None, format=cfg.format, **opts)
-        logger.warning("%s has no splits: all of it trains, and validation is a held-out part of it", cfg.data)
-    if cfg.val_split not in (None, "holdout"):
-        return train, load_dataset(cfg.data, split=cfg.val_split, format=cfg.format, **opts)
-    if cfg.val_split is None:
-        try:
-            return train, load_dataset(cfg.data, split="val", format=cfg.format, **opts)
-        except MedvlkitError:
-            pass
+    opts = DataOptions(format=cfg.format, **cfg.dataset_options)
+    train = load_train(cfg.data, opts, cfg.train_split)
+    val = load_val(cfg.data, opts, cfg.val_split)
+    if val is not None:
+        return train, val
     labels = train.labels if train.has_labels else np.zeros((len(train), 1), np.float32)
-    tr, va = holdout_indices(train.items, labels, cfg.val_fraction, cfg.seed, cfg.group_pattern)
+    tr, va = holdout_indices(train.items, labels, cfg.val_fraction, cfg.seed, cfg.group_pattern, train.groups)
     return train.subset(tr), train.subset(va)
 
 
@@ -185,7 +178,7 @@ class FinetuneJob(Job):
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(min(cfg.warmup, self.total_steps // 10), self.total_steps))
-        self.autocast, self.scaler = _autocast(cfg.precision, str(model.device))
+        self.autocast, self.scaler = _autocast(cfg.amp, str(model.device))
         self.params = tower + heads
         self.replicated = {id(p) for p in loss_params}  # computed in full on every rank: averaged, not summed
 
@@ -279,7 +272,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     job = FinetuneJob(cfg, prep, train_ds, val_ds, world, out, progress)
     opts = LoopOptions(epochs=cfg.epochs, patience=cfg.patience, max_steps=cfg.max_steps, save_every=cfg.save_every,
                        total_steps=job.total_steps, desc=f"finetune {cfg.mode}",
-                       divergence_hint="lower --lr or --head-lr, or use --precision fp32")
+                       divergence_hint="lower --lr or --head-lr, or use --amp fp32")
     t_start = time.perf_counter()
     state = fit(job, opts, out, cfg.to_dict(), checkpoint, progress)
     barrier(world)

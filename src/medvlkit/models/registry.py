@@ -34,7 +34,7 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "gloria": "medvlkit.models.gloria:load_gloria",
     "ft": "medvlkit.finetune.saved:load_finetuned",
 }
-_PRECISIONS = ("fp32", "fp16", "bf16")
+WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # --precision: the dtype weights are cast to for inference
 _TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria")  # loaders that take tokenizer=DIR
 
 
@@ -60,8 +60,9 @@ def torch_dtype(precision: str):
     """``fp32`` / ``fp16`` / ``bf16`` -> the torch dtype."""
     import torch
 
-    if precision not in _PRECISIONS:
-        raise MedvlkitError(f"--precision {precision}: valid options are {', '.join(_PRECISIONS)}")
+    if precision not in WEIGHT_DTYPES:
+        raise MedvlkitError(f"--precision {precision}: valid options: {', '.join(WEIGHT_DTYPES)} (the weights' dtype; "
+                            "mixed-precision training is finetune's --amp)")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 

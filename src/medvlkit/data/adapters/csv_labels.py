@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 PATH_COLUMNS = ("path", "Path", "file", "filename", "image", "Image Index", "image_path", "img_path")
 FINDINGS_COLUMNS = ("Finding Labels", "findings", "labels")
+GROUP_COLUMNS = ("Patient ID", "patient_id", "PatientID", "subject_id", "patient")  # ChestX-ray14, MIMIC-CXR...
 CAPTION_COLUMNS = ("caption", "text", "Caption", "report")
 UNCERTAIN_POLICIES = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
 _LABEL_VALUES = {"", "0", "1", "-1", "0.0", "1.0", "-1.0"}
@@ -158,7 +159,8 @@ def _check_label_values(rows: list[dict[str, str]], column: str, path: Path) -> 
                   "column (ChestX-ray14)", _detect)
 def load_label_csv(path: Path, split: str | None = None, path_column: str | None = None,
                    label_columns: list[str] | str | None = None, findings_column: str | None = None,
-                   uncertain: str = "ignore", image_root: str | None = None, **_: object) -> ImageDataset:
+                   uncertain: str = "ignore", image_root: str | None = None, group_column: str | None = None,
+                   **_: object) -> ImageDataset:
     """Load a label CSV.
 
     Args:
@@ -167,6 +169,8 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
         findings_column: a ``|``-separated findings column; used when no label columns are given/found.
         uncertain: CheXpert's -1: ``ignore`` (NaN, masked from metrics), ``zeros`` or ``ones``.
         split: keep rows whose ``split`` column equals it (when the CSV has one).
+        group_column: the column naming each image's patient (auto: one of ``GROUP_COLUMNS``), read into
+            ``ImageDataset.groups`` so held-out validation is patient-level.
     """
     if uncertain not in UNCERTAIN_POLICIES:
         raise MedvlkitError(f"--uncertain {uncertain}: valid options: {', '.join(UNCERTAIN_POLICIES)}")
@@ -175,6 +179,8 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
         raise MedvlkitError(f"{path} has a header but no rows")
     pcol = pick_column(header, path_column, PATH_COLUMNS, "image path", path)
     rows = select_split(path, header, rows, pcol, split)
+    gcol = pick_column(header, group_column, (), "patient id", path) if group_column else next(
+        (c for c in GROUP_COLUMNS if c in header), None)
     if isinstance(label_columns, str):
         label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
     for c in label_columns or []:
@@ -182,7 +188,7 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
         _check_label_values(rows, c, path)
     if not findings_column and not label_columns:
         findings_column = next((c for c in FINDINGS_COLUMNS if c in header), None)
-    cols = label_columns or ([] if findings_column else _label_columns(header, rows, {pcol, "split"}, path))
+    cols = label_columns or ([] if findings_column else _label_columns(header, rows, {pcol, "split", gcol}, path))
     if cols:
         logger.info("%s: label columns %s", path, ", ".join(cols))
         labels = np.array([[_label_value(r[c], uncertain) for c in cols] for r in rows], dtype=np.float32)
@@ -196,7 +202,8 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
     items = [resolve_image_path(r[pcol], roots) for r in rows]
     single = bool(np.all(np.nansum(labels, axis=1) == 1) and not np.isnan(labels).any())
     return ImageDataset(items=items, name=path.stem, classnames=names, labels=labels, multilabel=not single,
-                        split=split, meta={"uncertain": uncertain})
+                        split=split, meta={"uncertain": uncertain} | ({"group_column": gcol} if gcol else {}),
+                        groups=[r[gcol].strip() for r in rows] if gcol else None)
 
 
 def select_split(path: Path, header: list[str], rows: list[dict[str, str]], pcol: str,

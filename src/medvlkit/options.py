@@ -1,0 +1,108 @@
+"""The options every task shares, as two objects built once (by the CLI from its shared flags, or by a Python
+caller) and passed to the library:
+
+- :class:`RunOptions`: how a model runs over images: device, the weights' dtype, batch size, loader workers, the
+  embedding cache, what to do with unreadable files, progress bars, a tokenizer folder.
+- :class:`DataOptions`: how a dataset is read: the adapter and its options (CSV path and label columns, CheXpert's
+  uncertain labels, the folder image paths are relative to).
+
+Mixed-precision *training* is a different thing (autocast during the forward pass, weights kept in fp32): it is
+``FinetuneConfig.amp`` / ``--amp``, never ``precision``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medvlkit.errors import MedvlkitError
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a model runs over data.
+
+    Attributes:
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (a GPU when one is visible).
+        precision: the weights' dtype for inference: ``fp32``, ``fp16`` or ``bf16``.
+        batch_size: images per forward pass; ``workers``: image loading processes (0: this process).
+        cache: read and write the embedding cache (in ``cache_dir``, default ``$MEDVLKIT_CACHE`` or
+            ``~/.cache/medvlkit``).
+        on_error: ``fail`` on the first unreadable image, or ``skip`` it and list it in ``result.json``.
+        progress: show progress bars.
+        tokenizer: a tokenizer folder, for the sources whose weights come without one (``openai-ckpt:``...).
+    """
+
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 64
+    workers: int = 2
+    cache: bool = True
+    cache_dir: str | None = None
+    on_error: str = "fail"
+    progress: bool = True
+    tokenizer: str | None = None
+
+    def __post_init__(self) -> None:
+        from medvlkit.features import ON_ERROR
+        from medvlkit.models.registry import torch_dtype
+
+        torch_dtype(self.precision)  # checked now, before any data is read
+        if self.on_error not in ON_ERROR:
+            raise MedvlkitError(f"--on-error {self.on_error}: valid options: {', '.join(ON_ERROR)}")
+        if self.batch_size < 1:
+            raise MedvlkitError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.workers < 0:
+            raise MedvlkitError(f"--workers {self.workers}: must be 0 or more")
+
+    def load_model(self, spec: str):
+        """The model ``spec`` names, on this device, in this dtype (with ``tokenizer`` when set)."""
+        from medvlkit.models import create_model
+
+        kwargs = {"tokenizer": self.tokenizer} if self.tokenizer else {}
+        return create_model(spec, device=self.device, precision=self.precision, **kwargs)
+
+    def embed_kwargs(self) -> dict:
+        """The keyword arguments of :func:`medvlkit.features.embed_images` (and of every task that embeds)."""
+        return dict(batch_size=self.batch_size, num_workers=self.workers, cache=self.cache,
+                    cache_dir=None if self.cache_dir is None else str(self.cache_dir), on_error=self.on_error,
+                    progress=self.progress)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a dataset is read.
+
+    Attributes:
+        format: the adapter (``medvlkit datasets`` lists them) or ``auto`` to detect it.
+        path_column: the CSV/JSONL column holding image paths; ``label_columns``: comma-separated label columns.
+        uncertain: CheXpert-style ``-1`` labels: ``ignore`` (unknown, left out of that class's metrics), ``zeros``
+            or ``ones``.
+        image_root: the folder CSV/JSONL image paths are relative to.
+        group_column: the CSV column naming each image's patient (default: ``Patient ID``, ``patient_id``,
+            ``subject_id`` when present), so held-out validation keeps a patient's images on one side.
+    """
+
+    format: str = "auto"
+    path_column: str | None = None
+    label_columns: str | None = None
+    uncertain: str = "ignore"
+    image_root: str | None = None
+    group_column: str | None = None
+
+    def adapter_options(self) -> dict:
+        """The adapter options a user set (the adapters' own defaults for the rest)."""
+        return {k: (str(v) if isinstance(v, Path) else v)
+                for k, v in asdict(self).items() if k != "format" and v is not None}
+
+    def load(self, path: str | Path, split: str | None = None, format: str | None = None):
+        """The dataset at ``path`` (its ``split``), read with these options (``format`` overrides the adapter)."""
+        from medvlkit.data import load_dataset
+
+        return load_dataset(path, split=split, format=format or self.format, **self.adapter_options())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
