@@ -704,6 +704,46 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
     console.print(f"wrote {cfg.out_dir}/table.md, table.json and one folder per row")
 
 
+@app.command("eval")
+@_shared()
+def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a model spec; repeat for several"),
+             datasets: list[Path] = typer.Option(..., "--data", "-d", help="a dataset; repeat for several"),
+             task: str = typer.Option("auto", "--task", help="auto (labels: zeroshot + probe; captions: retrieval) or "
+                                                             "a comma-separated subset of zeroshot,probe,retrieval"),
+             split: str = typer.Option("test", "--split", help="the split every run is scored on"),
+             prompts: str = typer.Option(None, "--prompts", help="prompt set for every labelled dataset (default: "
+                                                                 "the shipped set matching its classes)"),
+             skip_existing: bool = typer.Option(False, "--skip-existing", help="keep runs already done with the "
+                                                                               "same settings"),
+             out: Path = OutOpt, bootstrap: int = BootstrapOpt,
+             seed: int = typer.Option(0, "--seed", help="bootstrap and probe seed"),
+             run: RunOptions = None, data_opts: DataOptions = None) -> None:
+    """Evaluate every model on every dataset (CLIP_benchmark-style sweep), then write one report over all runs.
+
+    Example: medvlkit eval -m lite -m hf:/models/clip -d ../shared/data/medmnist/breastmnist.npz
+             -d ../shared/data/medpix2 --skip-existing --out runs/sweep
+    """
+    from medvlkit.sweep import SweepConfig, run_sweep
+
+    cfg = SweepConfig([str(m) for m in models], [str(d) for d in datasets], str(_out(out, "eval")),
+                      tuple(t.strip() for t in task.split(",") if t.strip()), split, prompts, bootstrap, seed,
+                      skip_existing)
+    cells = run_sweep(cfg, run, data_opts)
+    _print_cells(cells)
+    console.print(f"wrote {cfg.out_dir}/sweep.json and {cfg.out_dir}/report/report.html")
+    if failed := [c for c in cells if c.status == "failed"]:
+        raise MedvlkitError(f"{len(failed)} of {len(cells)} runs failed (listed above and in sweep.json)")
+
+
+def _print_cells(cells) -> None:
+    table = Table("model", "dataset", "task", "status", Column("headline / why", overflow="fold"))
+    for c in cells:
+        values = [(k, v) for k, v in c.headline.items() if isinstance(v, float)][:2]
+        detail = ", ".join(f"{k} {v:.4f}" for k, v in values) or c.error
+        table.add_row(escape(c.model), escape(Path(c.data).name), c.task, c.status, escape(detail))
+    console.print(table)
+
+
 @app.command()
 @_shared(data=False)
 def demo(images: Path = typer.Option(None, "--images", help="also run on your own images (a folder)"),

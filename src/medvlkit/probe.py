@@ -327,9 +327,10 @@ class ProbeTaskConfig:
 
 
 def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstrap: int = 1000,
-                   run: RunOptions | None = None, data: DataOptions | None = None) -> tuple[dict, LinearProbe, dict]:
+                   run: RunOptions | None = None, data: DataOptions | None = None,
+                   model=None) -> tuple[dict, LinearProbe, dict]:
     """Train (or load) a linear probe, score it on the test split, write result.json, predictions.csv and
-    probe.npz into ``out_dir``.
+    probe.npz into ``out_dir``. ``model``: the loaded ``cfg.model`` when the caller has it already.
 
     Returns:
         the result dict, the probe, and the fit information (chosen C, validation size...).
@@ -344,7 +345,7 @@ def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstra
         if cfg.load is None:
             raise
         test_ds = data.load(cfg.data)  # scoring a saved probe: a folder without splits
-    model = run.load_model(cfg.model)
+    model = model if model is not None else run.load_model(cfg.model)
     if cfg.features == "backbone":
         from medvlkit.models.base import BackboneView
 

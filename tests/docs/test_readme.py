@@ -23,7 +23,7 @@ from medvlkit.cli import main
 README = Path(__file__).resolve().parents[2] / "README.md"
 SKIP = {
     "bash scripts/setup.sh && .venv/bin/python -m pytest": "this is that run",
-    "medvlkit finetune ... --resume": "a placeholder; resuming is tested in tests/unit/test_finetune.py",
+    "medvlkit finetune ... --resume": "a placeholder; resuming is tested in tests/unit/test_training_loop.py",
     "torchrun --nproc-per-node 4": "needs 4 CUDA devices; the gloo path runs in tests/integration/test_distributed.py",
 }
 pytestmark = pytest.mark.data

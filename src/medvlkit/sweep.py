@@ -1,0 +1,233 @@
+"""``medvlkit eval``: a grid of models x datasets x tasks (CLIP_benchmark's sweep), ending in one report.
+
+The tasks of a dataset follow from what it holds (``task="auto"``): labels give zero-shot classification, and a
+linear probe where the data also has a ``train`` split (the probe trains there, picks C on ``val`` or a held-out
+part of train, and is scored on the evaluation split); captions give image-text retrieval. Zero-shot prompts are
+``--prompts`` when given, else the shipped prompt set whose classes match the dataset's (``pneumonia`` for
+NORMAL/PNEUMONIA...), else templates of the class names.
+
+Each cell writes ``<out>/<model>/<dataset>/<task>/result.json``; ``skip_existing`` keeps a cell whose result was
+written with the same settings. A failing cell (a model that does not load, data without the split) is recorded
+and the grid goes on; ``sweep.json`` lists every cell with its status, and ``<out>/report`` merges the results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medvlkit.errors import MedvlkitError, first_line
+from medvlkit.options import DataOptions, RunOptions
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("zeroshot", "probe", "retrieval")
+
+
+@dataclass
+class SweepConfig:
+    """Options of one sweep.
+
+    Attributes:
+        models: model specs; ``datasets``: dataset paths.
+        tasks: ``auto`` (from what each dataset holds) or a subset of ``zeroshot``, ``probe``, ``retrieval``.
+        split: the split every cell is scored on.
+        prompts: a prompt set for every labelled dataset (None: matched per dataset).
+        bootstrap, seed: resamples for the 95% CIs, and the seed of the bootstrap and the probe.
+        skip_existing: keep cells whose ``result.json`` was written with the same settings.
+    """
+
+    models: list[str]
+    datasets: list[str]
+    out_dir: str
+    tasks: tuple[str, ...] = ("auto",)
+    split: str = "test"
+    prompts: str | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+    skip_existing: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.models or not self.datasets:
+            raise MedvlkitError("pass at least one --model and one --data")
+        bad = [t for t in self.tasks if t not in (*TASKS, "auto")]
+        if bad or ("auto" in self.tasks and len(self.tasks) > 1):
+            raise MedvlkitError(f"--task {','.join(self.tasks)}: valid: auto, or a comma-separated subset of "
+                                f"{', '.join(TASKS)}")
+
+
+@dataclass
+class Cell:
+    """One (model, dataset, task) run of the grid and what became of it."""
+
+    model: str
+    data: str
+    task: str
+    out: str
+    status: str = "pending"   # done, skipped (result kept), failed, not applicable
+    error: str = ""
+    headline: dict = field(default_factory=dict)
+
+
+def slug(text: str) -> str:
+    """A readable folder name for a spec or path, unique through a short hash of the whole text."""
+    tail = Path(text.split(":", 1)[-1]).name or text
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{text.split(':', 1)[0]}-{tail}" if ":" in text else tail)
+    return f"{readable.strip('-')[:40]}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
+
+
+def dataset_tasks(data: str, split: str, opts: DataOptions, wanted: tuple[str, ...]) -> dict[str, str]:
+    """The tasks to run on ``data`` -> '' when applicable, else why not (the split is read to tell)."""
+    ds = opts.load(data, split)
+    has_train = _has_split(data, opts, "train")
+    why = {"zeroshot": "" if ds.has_labels else "no labels",
+           "probe": "" if ds.has_labels and has_train else ("no labels" if not ds.has_labels else "no train split"),
+           "retrieval": "" if ds.texts else "no captions"}
+    if wanted == ("auto",):
+        return {t: r for t, r in why.items() if not r}
+    return {t: why[t] for t in wanted}
+
+
+def _has_split(data: str, opts: DataOptions, split: str) -> bool:
+    try:
+        opts.load(data, split)
+    except MedvlkitError:
+        return False
+    return True
+
+
+def matching_prompts(classnames: list[str], multilabel: bool, name: str | None = None):
+    """The prompt set for a labelled dataset: ``name`` (its classes selected), else the shipped set that covers the
+    classes with the fewest extra ones, else templates of the class names."""
+    from medvlkit.prompts import list_prompt_sets, load_prompt_set, prompt_set_from_classes
+
+    if name:
+        return load_prompt_set(name).select(classnames)
+    candidates = []
+    for set_name in list_prompt_sets():
+        ps = load_prompt_set(set_name)
+        try:
+            chosen = ps.select(classnames)
+        except MedvlkitError:
+            continue
+        if (ps.mode == "pos_neg") == multilabel:
+            candidates.append((len(ps.classes) - len(classnames), set_name, chosen))
+    if candidates:
+        return min(candidates, key=lambda c: c[:2])[2]
+    return prompt_set_from_classes(classnames, "pos_neg" if multilabel else "softmax")
+
+
+def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions | None = None) -> list[Cell]:
+    """Run the grid (models outermost: each model is loaded once), write ``sweep.json`` and the report.
+
+    Returns:
+        every cell with its status; failed cells carry their one-line error.
+    """
+    from medvlkit.report import write_report
+
+    run, data = run or RunOptions(), data or DataOptions()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = _plan(cfg, data, out)
+    for model_spec in cfg.models:
+        cells = [c for c in plan if c.model == model_spec and c.status == "pending"]
+        todo = [c for c in cells if not (cfg.skip_existing and _same_result(c, cfg))]
+        for c in cells:
+            if c not in todo:
+                c.status = "skipped"
+        if not todo:
+            continue
+        try:
+            model = run.load_model(model_spec)
+        except MedvlkitError as err:
+            for c in todo:
+                c.status, c.error = "failed", f"model: {first_line(err)}"
+            continue
+        for c in todo:
+            _run_cell(c, model, cfg, run, data)
+    for c in plan:
+        if c.status in ("done", "skipped"):
+            c.headline = _headline(Path(c.out))
+    (out / "sweep.json").write_text(json.dumps({"config": asdict(cfg) | {"run": run.to_dict(),
+                                                                         "data": data.to_dict()},
+                                                "cells": [asdict(c) for c in plan]}, indent=1) + "\n")
+    finished = [Path(c.out) for c in plan if c.status in ("done", "skipped")]
+    if finished:
+        write_report(finished, out / "report")
+    return plan
+
+
+def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> list[Cell]:
+    """Every cell of the grid; a dataset that cannot be read makes its cells failed, not the sweep."""
+    plan = []
+    for path in cfg.datasets:
+        try:
+            tasks = dataset_tasks(path, cfg.split, data, cfg.tasks)
+            error = ""
+        except MedvlkitError as err:
+            tasks, error = {t: "" for t in (TASKS if cfg.tasks == ("auto",) else cfg.tasks)}, first_line(err)
+        for model in cfg.models:
+            for task, why_not in tasks.items():
+                cell = Cell(model, str(path), task, str(out / slug(model) / slug(str(path)) / task))
+                if error:
+                    cell.status, cell.error = "failed", f"data: {error}"
+                elif why_not:
+                    cell.status, cell.error = "not applicable", why_not
+                plan.append(cell)
+    return plan
+
+
+def _record(cell: Cell, cfg: SweepConfig) -> dict:
+    """The settings a cell's result depends on (compared by ``skip_existing``)."""
+    return {"model": cell.model, "data": cell.data, "task": cell.task, "split": cfg.split, "prompts": cfg.prompts,
+            "bootstrap": cfg.bootstrap, "seed": cfg.seed}
+
+
+def _same_result(cell: Cell, cfg: SweepConfig) -> bool:
+    path = Path(cell.out) / "result.json"
+    if not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text()).get("config", {}).get("sweep")
+    except (json.JSONDecodeError, AttributeError):
+        return False
+    return recorded == _record(cell, cfg)
+
+
+def _run_cell(cell: Cell, model, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
+    """Run one cell into its folder; its status and error say how it went."""
+    from medvlkit.probe import ProbeTaskConfig, run_probe_task
+    from medvlkit.retrieval import save_retrieval
+    from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
+
+    out = Path(cell.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"sweep": _record(cell, cfg)} | run.to_dict() | data.to_dict()
+    logger.info("eval: %s on %s, %s", cell.model, cell.data, cell.task)
+    try:
+        if cell.task == "probe":
+            probe_cfg = ProbeTaskConfig(model=cell.model, data=cell.data, test_split=cfg.split, seed=cfg.seed)
+            run_probe_task(probe_cfg, out, config, cfg.bootstrap, run, data, model=model)
+        else:
+            ds = data.load(cell.data, cfg.split)
+            if cell.task == "zeroshot":
+                prompts = matching_prompts(ds.classnames, ds.multilabel, cfg.prompts)
+                config["prompts"] = prompts.name
+                res = zeroshot_classify(model, ds, prompts, **run.embed_kwargs())
+                save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed)
+            else:
+                save_retrieval(model, ds, out, config, cfg.bootstrap, cfg.seed, **run.embed_kwargs())
+    except MedvlkitError as err:
+        cell.status, cell.error = "failed", first_line(err)
+        return
+    cell.status = "done"
+
+
+def _headline(folder: Path) -> dict:
+    result = json.loads((folder / "result.json").read_text())
+    metrics = result.get("metrics") or {}
+    return {k: metrics.get(k) for k in result.get("headline") or []}

@@ -1,0 +1,79 @@
+"""``medvlkit eval``: models x datasets x tasks on tiny models and generated data, one report at the end."""
+
+import json
+
+import pytest
+
+from helpers import make_image, make_split_folders
+from medvlkit.cli import main
+from medvlkit.sweep import SweepConfig, matching_prompts, slug
+
+
+@pytest.fixture(scope="module")
+def grid_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    labelled = make_split_folders(root / "cxr", {"train": 6, "val": 3, "test": 4})
+    with open(root / "pairs.jsonl", "w") as f:
+        for i in range(6):
+            make_image(root / f"cap{i}.png", seed=50 + i)
+            f.write(json.dumps({"image": f"cap{i}.png", "text": f"finding number {i}", "split": "test"}) + "\n")
+    no_test = make_split_folders(root / "trainonly", {"train": 2})
+    return labelled, root / "pairs.jsonl", no_test
+
+
+def _cells(out):
+    return {(c["model"].split(":")[0], c["data"].split("/")[-1], c["task"]): c
+            for c in json.loads((out / "sweep.json").read_text())["cells"]}
+
+
+def test_sweep_runs_the_grid_skips_what_is_done_and_reports_failures(tiny_clip_dir, tiny_siglip_dir, grid_data,
+                                                                      tmp_path, capsys):
+    labelled, pairs, no_test = grid_data
+    out = tmp_path / "sweep"
+    args = ["eval", "-m", f"hf:{tiny_clip_dir}", "-m", f"hf:{tiny_siglip_dir}", "-d", str(labelled), "-d", str(pairs),
+            "--out", str(out), "--bootstrap", "20", "-q", "--workers", "0"]
+    assert main(args) == 0
+    cells = _cells(out)
+    # labels -> zero-shot + probe (a train split exists); captions -> retrieval; nothing else
+    assert {k for k, c in cells.items() if c["status"] == "done"} == {
+        (m, d, t) for m in ("hf",) for d, t in (("cxr", "zeroshot"), ("cxr", "probe"), ("pairs.jsonl", "retrieval"))}
+    assert len(cells) == 3 and sum(c["status"] == "done" for c in json.loads(
+        (out / "sweep.json").read_text())["cells"]) == 6  # two models x three cells
+    for c in json.loads((out / "sweep.json").read_text())["cells"]:
+        result = json.loads((out / slug(c["model"]) / slug(c["data"]) / c["task"] / "result.json").read_text())
+        assert result["config"]["sweep"]["task"] == c["task"] and result["model"] == c["model"]
+        assert c["headline"] and set(c["headline"]) == set(result["headline"])
+    zs = json.loads((out / slug(f"hf:{tiny_clip_dir}") / slug(str(labelled)) / "zeroshot" / "result.json").read_text())
+    assert zs["config"]["prompts"] == "pneumonia" and zs["metrics"]["n"] == 8  # matched to NORMAL/PNEUMONIA
+    report = (out / "report" / "report.md").read_text()
+    assert report.count("zeroshot_retrieval") == 2 and report.count("linear_probe") == 2
+
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    assert main([*args, "--skip-existing"]) == 0
+    assert {c["status"] for c in json.loads((out / "sweep.json").read_text())["cells"]} == {"skipped"}
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == stamp  # nothing recomputed
+    assert main([*args, "--skip-existing", "--seed", "1", "--task", "zeroshot"]) == 0  # other settings: rerun
+    assert {(c["data"].split("/")[-1], c["status"]) for c in json.loads((out / "sweep.json").read_text())["cells"]} \
+        == {("cxr", "done"), ("pairs.jsonl", "not applicable")}  # an asked-for task the data cannot do is listed
+
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["eval", "-m", f"hf:{tiny_clip_dir}", "-m", "hf:/no/such/model", "-d", str(labelled), "-d",
+                 str(no_test), "--out", str(bad), "--bootstrap", "0", "-q", "--workers", "0"]) == 2
+    assert "runs failed" in capsys.readouterr().err
+    cells = json.loads((bad / "sweep.json").read_text())["cells"]
+    failed = [c for c in cells if c["status"] == "failed"]
+    assert {c["error"].split(":")[0] for c in failed} == {"model", "data"}  # each failure names its cause
+    assert [c["task"] for c in cells if c["status"] == "done"] == ["zeroshot", "probe"]  # the rest still ran
+    assert (bad / "report" / "report.html").is_file()
+
+
+def test_prompt_matching_and_options():
+    assert matching_prompts(["NORMAL", "PNEUMONIA"], False).name == "pneumonia"
+    assert matching_prompts(["CT", "MR"], False).name == "modality"
+    unknown = matching_prompts(["cat", "dog"], False)
+    assert unknown.name == "classes" and unknown.classnames == ["cat", "dog"] and unknown.mode == "softmax"
+    assert matching_prompts(["cat", "dog"], True).mode == "pos_neg"
+    with pytest.raises(Exception, match="--task"):
+        SweepConfig(["lite"], ["x"], "out", ("auto", "probe"))
+    assert slug("hf:/a/b/clip") != slug("hf:/c/b/clip") and slug("hf:/a/b/clip").startswith("hf-clip-")
