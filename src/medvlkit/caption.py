@@ -110,3 +110,28 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 
 
 __all__ = ["BlipCaptioner", "class_phrasings", "model_captions", "template_captions", "write_jsonl"]
+
+
+def caption_task(dataset: ImageDataset, out: Path, config: dict, captioner: str | None = None, per_image: int = 1,
+                 seed: int = 0, device: str = "auto", batch_size: int = 16, on_error: str = "fail",
+                 progress: bool = True) -> tuple[list[dict], list]:
+    """The ``caption`` task: captions for ``dataset`` (a BLIP ``captioner`` spec, else templates from the labels)
+    written to the JSONL file ``out`` with ``<out>.result.json`` beside it. Returns (rows, skipped files)."""
+    from medvlkit.models.registry import resolve_device
+    from medvlkit.results import write_result
+
+    if per_image < 1:
+        raise MedvlkitError(f"--per-image {per_image}: must be at least 1")
+    skipped: list = []
+    if captioner:
+        rows, skipped = model_captions(dataset, BlipCaptioner(captioner, resolve_device(device)), batch_size,
+                                       on_error, progress=progress)
+    else:
+        rows = template_captions(dataset, per_image, seed)
+    write_jsonl(rows, out)
+    write_result(out.parent, dataset=dataset.name + (f"/{dataset.split}" if dataset.split else ""),
+                 model=captioner or "templates", task="caption", config=config, seed=seed, n_skipped=len(skipped),
+                 metrics={"n_captions": len(rows), "n_images": len(dataset) - len(skipped)},
+                 extra={"captions": str(out), "skipped": [list(s) for s in skipped]},
+                 file_name=f"{out.name}.result.json")
+    return rows, skipped

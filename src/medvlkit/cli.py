@@ -7,22 +7,17 @@ import inspect
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Column, Table
 
+from medvlkit.display import console, err_console
 from medvlkit.errors import MedvlkitError
 from medvlkit.options import DataOptions, RunOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical vision-language models: embed, classify zero-shot, evaluate. "
                        "Every command has --help with an example.")
-console = Console()
-err_console = Console(stderr=True)
 
 # Options shared by the commands that run a model over a dataset.
 ModelOpt = typer.Option("lite", "--model", "-m", help="lite, a preset (medvlkit models), hf:DIR, openai-ckpt:FILE, "
@@ -140,20 +135,6 @@ def _config_from(cls, values: dict, **overrides):
     return cls(**{k: v for k, v in values.items() if k in names} | overrides)
 
 
-def _gated(m, ds, gate: bool, threshold: float | None, embed_kwargs: dict):
-    """The dataset after the gate (when asked), the rejected files for result.json, and the kept embeddings."""
-    if not gate:
-        return ds, {}, None
-    from medvlkit.gate import filter_dataset
-
-    kept, rejected, emb = filter_dataset(m, ds, threshold, **embed_kwargs)
-    if len(kept) == 0:
-        raise MedvlkitError(f"the gate rejected all {len(ds)} images of {ds.name} (threshold "
-                            f"{rejected[0]['threshold']:.3f}); check the data or lower --gate-threshold")
-    err_console.print(f"gate: kept {len(kept)} of {len(ds)} images, rejected {len(rejected)} (listed in result.json)")
-    return kept, {"gated_out": rejected}, emb
-
-
 def _out(out: Path | None, verb: str) -> Path:
     from medvlkit.results import default_out_dir
 
@@ -167,19 +148,14 @@ def models(pattern: str = typer.Argument("*", help="shell pattern over preset na
 
     Example: medvlkit models '*clip*'
     """
+    from medvlkit.display import print_models
     from medvlkit.models import list_models
 
     presets = list_models(pattern)
     if as_json:
         print(json.dumps([p.to_dict() for p in presets], indent=1))
         return
-    table = Table(*(Column(h, overflow="fold") for h in ("name", "spec", "licence", "preprocessing",
-                                                          "how to get it")), show_lines=True)
-    for p in presets:
-        table.add_row(*(escape(v) for v in (p.name, p.spec, p.licence, p.preprocessing, p.fetch)))
-    console.print(table)
-    console.print("Any local copy works through its source: hf:DIR (transformers CLIP/SigLIP), openai-ckpt:FILE, "
-                  "open_clip:DIR, biomedclip:DIR, biovil:DIR, medclip:DIR, gloria:FILE, ft:DIR (README, Models).")
+    print_models(presets)
 
 
 @app.command()
@@ -191,23 +167,12 @@ def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this
     Example: medvlkit datasets --data ../shared/data/chest_xray_pneumonia --split test
     """
     from medvlkit.data import list_adapters
+    from medvlkit.display import print_dataset, print_formats
     from medvlkit.prompts import list_prompt_sets
 
     if data is not None:
-        ds = data_opts.load(data, split)
-        console.print(f"{ds.name} split={ds.split} images={len(ds)} multilabel={ds.multilabel} "
-                      f"captions={'yes' if ds.texts else 'no'}")
-        if ds.has_labels:
-            import numpy as np
-
-            for name, count in zip(ds.classnames, np.nansum(ds.labels, axis=0)):
-                console.print(f"  {name}: {int(count)}")
-        return
-    table = Table("format", "what it reads")
-    for a in list_adapters():
-        table.add_row(a.name, a.description)
-    console.print(table)
-    console.print("prompt sets: " + ", ".join(list_prompt_sets()))
+        return print_dataset(data_opts.load(data, split))
+    print_formats(list_adapters(), list_prompt_sets())
 
 
 @app.command()
@@ -219,20 +184,14 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, ou
 
     Example: medvlkit embed --model hf:./clip-vit-b32 --data ../shared/data/chest_xray_pneumonia --split test
     """
-    from medvlkit.features import embed_images, save_embeddings
+    from medvlkit.display import print_embedded, print_gated
+    from medvlkit.features import embed_task
 
     config = _jsonable(dict(locals()))
-    ds = data_opts.load(data, split)
-    m = run.load_model(model)
-    start = time.perf_counter()
-    kwargs = run.embed_kwargs()
-    ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
-    emb = emb or embed_images(m, ds, **kwargs)
     out_dir = _out(out, "embed")
-    res = save_embeddings(emb, out_dir, m, ds, config, time.perf_counter() - start, gated)
-    rate = res["metrics"]["images_per_second"]
-    console.print(f"{res['metrics']['n_images']} embeddings ({res['metrics']['n_cached']} from cache, "
-                  f"{len(emb.skipped)} skipped){f', {rate:.1f} images/s' if rate else ''} -> {out_dir}")
+    result = embed_task(run.load_model(model), data_opts.load(data, split), out_dir, config, run, gate, gate_threshold)
+    print_gated(result)
+    print_embedded(result, out_dir)
 
 
 @app.command()
@@ -250,26 +209,20 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
     """
-    from medvlkit.prompts import load_prompt_set, prompt_set_from_classes
-    from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
+    from medvlkit.display import print_gated, print_metrics
+    from medvlkit.models.presets import lite_caveat
+    from medvlkit.prompts import resolve_prompt_set
+    from medvlkit.zeroshot import zeroshot_task
 
     config = _jsonable(dict(locals()))
-    if (prompts is None) == (classes is None):
-        raise MedvlkitError("pass exactly one of --prompts NAME|FILE or --classes 'a,b,c'")
-    from medvlkit.models.presets import lite_caveat
-
+    ps, ds = resolve_prompt_set(prompts, classes, mode), data_opts.load(data, split)  # cheap checks first
     if caveat := lite_caveat(model, prompts):
         err_console.print(caveat)
-    ps = load_prompt_set(prompts) if prompts else prompt_set_from_classes(
-        [c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")
-    ds = data_opts.load(data, split)  # cheap checks first
-    m = run.load_model(model)
-    kwargs = run.embed_kwargs()
-    ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
-    res = zeroshot_classify(m, ds, ps, mode, embeddings=emb, **kwargs)
     out_dir = _out(out, "zeroshot")
-    written = save_zeroshot(res, ds, m, out_dir, config, bootstrap, seed, gated)
-    _print_metrics(written)
+    result = zeroshot_task(run.load_model(model), ds, ps, out_dir, config, mode, run, bootstrap, seed, gate,
+                           gate_threshold)
+    print_gated(result)
+    print_metrics(result)
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
 
 
@@ -282,15 +235,12 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
     Example: medvlkit retrieve --data ../shared/data/medpix2 --split test
     """
+    from medvlkit.display import print_metrics
     from medvlkit.retrieval import save_retrieval
 
     config = _jsonable(dict(locals()))
-    ds = data_opts.load(data, split)
-    m = run.load_model(model)
-    out_dir = _out(out, "retrieve")
-    res = save_retrieval(m, ds, out_dir, config, bootstrap, seed, **run.embed_kwargs())
-    metrics, ci = res["metrics"], res["ci"]
-    _print_metrics({"metrics": metrics, "ci": ci})
+    ds, m, out_dir = data_opts.load(data, split), run.load_model(model), _out(out, "retrieve")
+    print_metrics(save_retrieval(m, ds, out_dir, config, bootstrap, seed, **run.embed_kwargs()))
     console.print(f"wrote {out_dir}/result.json")
 
 
@@ -328,12 +278,13 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
              --calibration runs/calib/calibration.json
     """
     from medvlkit.calibrate import apply_to_predictions
+    from medvlkit.display import print_metrics
 
     out_dir = _out(out, "apply-calibration")
     metrics = apply_to_predictions(predictions, calibration, out_dir, bootstrap, seed)
     if metrics:
         console.print(f"ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f}")
-        _print_metrics(json.loads((out_dir / "result.json").read_text()))
+        print_metrics(json.loads((out_dir / "result.json").read_text()))
     console.print(f"wrote {out_dir}/predictions.csv and result.json")
 
 
@@ -374,28 +325,15 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
     Example: medvlkit index --data ../shared/data/chest_xray_pneumonia --split train --out runs/cxr-index
     """
     from medvlkit.data import load_dataset
-    from medvlkit.features import embed_images
-    from medvlkit.results import provenance, write_result
-    from medvlkit.search import build_index
+    from medvlkit.display import print_gated
+    from medvlkit.search import index_task
 
     config = _jsonable(dict(locals()))
     ds = load_dataset(data, split=split, format="folder", recursive=True) if recursive else data_opts.load(data, split)
-    m = run.load_model(model)
-    kwargs = run.embed_kwargs()
-    start = time.perf_counter()
-    ds, gated, emb = _gated(m, ds, gate, gate_threshold, kwargs)
-    emb = emb or embed_images(m, ds, **kwargs)
-    idx = build_index(emb, m, ds, out)
-    if gated:
-        idx.meta |= gated
-        (out / "index.json").write_text(json.dumps(idx.meta, indent=1) + "\n")
-    seconds = time.perf_counter() - start
-    write_result(out, dataset=ds.name, model=m.name, task="index", config=config, n_skipped=len(emb.skipped),
-                 metrics={"n_images": len(idx.files), "seconds": seconds},
-                 extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped]} | gated
-                 | provenance(m, ds, emb))
-    console.print(f"indexed {len(idx.files)} images in {seconds:.1f} s -> {out} (result.json lists skipped"
-                  f"{' and gated-out' if gated else ''} files)")
+    result = index_task(run.load_model(model), ds, out, config, run, gate, gate_threshold)
+    print_gated(result)
+    console.print(f"indexed {result['metrics']['n_images']} images in {result['metrics']['seconds']:.1f} s -> {out} "
+                  f"(result.json lists skipped{' and gated-out' if gate else ''} files)")
 
 
 @app.command()
@@ -411,25 +349,14 @@ def search(index: Path = typer.Option(..., "--index", help="folder written by me
 
     Example: medvlkit search --index runs/cxr-index --text "right lower lobe consolidation" -k 5
     """
-    from medvlkit.search import load_index, query_vectors
+    from medvlkit.display import print_search
+    from medvlkit.search import search_task
 
-    if (text is None) == (image is None):
-        raise MedvlkitError("pass exactly one of --text or --image")
-    if k < 1:
-        raise MedvlkitError(f"-k {k}: must be at least 1")
-    idx = load_index(index)
-    m = run.load_model(model or idx.meta["model"])
-    idx.check_model(m)
-    hits = idx.search(query_vectors(m, [text] if text else None, [str(image)] if image else None), k)[0]
-    rows = [{"file": f, "score": s} | idx.details.get(f, {}) for f, s in hits]
+    rows = search_task(index, text, image, k, model, run)
     if as_json:
         print(json.dumps(rows, indent=1))
         return
-    table = Table("rank", "score", Column("file", overflow="fold"), "label", Column("caption", overflow="fold"))
-    for r, row in enumerate(rows, 1):
-        table.add_row(str(r), f"{row['score']:.4f}", escape(row["file"]), escape(row.get("label", "")),
-                      escape(row.get("caption", "")[:200]))
-    console.print(table)
+    print_search(rows)
 
 
 @app.command()
@@ -446,29 +373,13 @@ def caption(data: Path = DataOpt, split: str = SplitOpt,
 
     Example: medvlkit caption --data ../shared/data/chest_xray_pneumonia --split train --out runs/cxr_pairs.jsonl
     """
-    from medvlkit.caption import BlipCaptioner, model_captions, template_captions, write_jsonl
+    from medvlkit.caption import caption_task
 
-    if per_image < 1:
-        raise MedvlkitError(f"--per-image {per_image}: must be at least 1")
-    ds = data_opts.load(data, split)
-    skipped: list = []
-    if captioner:
-        from medvlkit.models.registry import resolve_device
-
-        rows, skipped = model_captions(ds, BlipCaptioner(captioner, resolve_device(device)), batch_size, on_error,
-                                       progress=not quiet)
-    else:
-        rows = template_captions(ds, per_image, seed)
-    write_jsonl(rows, out)
-    from medvlkit.results import write_result
-
-    write_result(out.parent, dataset=ds.name + (f"/{ds.split}" if ds.split else ""), model=captioner or "templates",
-                 task="caption", metrics={"n_captions": len(rows), "n_images": len(ds) - len(skipped)},
-                 config=_jsonable(dict(locals())), seed=seed, n_skipped=len(skipped),
-                 extra={"captions": str(out), "skipped": [list(s) for s in skipped]},
-                 file_name=f"{out.name}.result.json")
-    console.print(f"wrote {len(rows)} captions for {len(ds) - len(skipped)} images to {out} (and "
-                  f"{out.name}.result.json)" + (f" ({len(skipped)} unreadable images skipped)" if skipped else ""))
+    config = _jsonable(dict(locals()))
+    rows, skipped = caption_task(data_opts.load(data, split), out, config, captioner, per_image, seed, device,
+                                 batch_size, on_error, progress=not quiet)
+    console.print(f"wrote {len(rows)} captions to {out} (and {out.name}.result.json)"
+                  + (f" ({len(skipped)} unreadable images skipped)" if skipped else ""))
 
 
 @app.command()
@@ -512,13 +423,13 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
     Example: medvlkit probe --data ../shared/data/medmnist/breastmnist.npz --out runs/breast-probe
     Reuse:   medvlkit probe --load runs/breast-probe/probe.npz --data other.npz --test-split test
     """
+    from medvlkit.display import print_metrics
     from medvlkit.probe import ProbeTaskConfig, run_probe_task
 
     config = _jsonable(dict(locals()))
-    cfg = _config_from(ProbeTaskConfig, config)  # config holds paths as strings already
     out_dir = _out(out, "probe")
-    res, lp, info = run_probe_task(cfg, out_dir, config, bootstrap, run, data_opts)
-    _print_metrics(res)
+    res, lp, info = run_probe_task(_config_from(ProbeTaskConfig, config), out_dir, config, bootstrap, run, data_opts)
+    print_metrics(res)
     console.print(f"C = {lp.C_:g} (chosen on {info.get('n_val', 0)} validation images); wrote {out_dir}/result.json, "
                   "predictions.csv and probe.npz")
 
@@ -535,18 +446,12 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
 
     Example: medvlkit evaluate --predictions runs/x/predictions.csv --labels labels.csv --out runs/eval
     """
-    from medvlkit.evaluate import evaluate_csv
-    from medvlkit.results import write_result
+    from medvlkit.display import print_metrics
+    from medvlkit.evaluate import evaluate_task
 
-    ev, classnames, unmatched = evaluate_csv(predictions, labels, bootstrap, seed)
     out_dir = _out(out, "evaluate")
-    write_result(out_dir, dataset=str(labels or predictions), model=str(predictions), task="evaluate",
-                 metrics=ev.metrics, ci=ev.ci,
-                 config={"predictions": str(predictions), "labels": str(labels) if labels else None,
-                         "bootstrap": bootstrap}, seed=seed,
-                 extra={"classnames": classnames, "confusion_matrix": ev.confusion_matrix,
-                        "n_unlabelled_predictions": unmatched} | ev.extra)
-    _print_metrics(json.loads((out_dir / "result.json").read_text()))
+    result, unmatched = evaluate_task(predictions, labels, out_dir, bootstrap, seed)
+    print_metrics(result)
     if unmatched:
         err_console.print(f"warning: {unmatched} predictions had no label and were left out")
     console.print(f"wrote {out_dir}/result.json")
@@ -575,19 +480,14 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
     """
     import os
 
+    from medvlkit.display import print_pretrained
     from medvlkit.pretrain.train import PretrainConfig
     from medvlkit.pretrain.train import pretrain as run_pretrain
 
     root = data_root or Path(os.environ.get("MEDVLKIT_DATA", "../shared/data"))
-    cfg = PretrainConfig(data_root=str(root), out_dir=str(_out(out, "pretrain")), epochs=epochs, patience=patience,
-                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, cap_per_source=cap_per_source,
-                         embed_dim=embed_dim, hidden_dim=hidden_dim, dropout=dropout, seed=seed,
-                         sources=tuple(s.strip() for s in sources.split(",")) if sources else None, workers=workers)
-    summary = run_pretrain(cfg, resume=resume, progress=not quiet)
-    best = summary["best"]
-    console.print(f"best epoch {best['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items()
-                                                              if k not in ("epoch",)))
-    console.print(f"heads written to {cfg.out_dir}/best (use --model lite:{cfg.out_dir}/best)")
+    cfg = _config_from(PretrainConfig, locals(), data_root=str(root), out_dir=str(_out(out, "pretrain")),
+                       sources=tuple(s.strip() for s in sources.split(",")) if sources else None)
+    print_pretrained(run_pretrain(cfg, resume=resume, progress=not quiet), cfg.out_dir)
 
 
 @app.command()
@@ -641,29 +541,19 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
     Scale:   torchrun --nproc-per-node 2 -m medvlkit finetune --data ... (DDP; gloo on CPU, NCCL on GPU)
     Use the model: --model ft:runs/medpix-lora/best with any other command.
     """
+    from medvlkit.display import print_finetuned
     from medvlkit.finetune.config import FinetuneConfig
     from medvlkit.finetune.task import run_finetune_task
 
     if precision is not None:
         raise MedvlkitError(f"finetune's --precision is now --amp (autocast while training, weights kept fp32): "
                             f"pass --amp {precision}; --precision names the weights' dtype of inference verbs")
-    config = _jsonable(dict(locals()))
-    out_dir = _out(out, "finetune")
+    config, out_dir = _jsonable(dict(locals())), _out(out, "finetune")
     cfg = _config_from(FinetuneConfig, config, format=data_opts.format, out_dir=str(out_dir),
                        dataset_options=data_opts.adapter_options())
     outcome = run_finetune_task(cfg, config, test_split, load, bootstrap, resume, progress=not quiet)
-    if not outcome.is_main:
-        return
-    if outcome.summary is not None:
-        best, s = outcome.summary["best"], outcome.summary
-        console.print(f"best epoch {best['epoch']} (step {best['step']}): val score {best['score']:.4f}; "
-                      f"{s['steps']} steps in {s['train_seconds']:.0f} s; model in {outcome.best_dir} "
-                      f"(use --model ft:{outcome.best_dir})")
-    if outcome.note:
-        err_console.print(outcome.note)
-    if outcome.result is not None:
-        _print_metrics(outcome.result)
-        console.print(f"wrote {out_dir}/result.json")
+    if outcome.is_main:
+        print_finetuned(outcome, out_dir)
 
 
 @app.command()
@@ -694,11 +584,8 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
     """
     from medvlkit.benchmark import BenchmarkConfig, run_benchmark
 
-    cfg = BenchmarkConfig(data=str(data), out_dir=str(_out(out, "benchmark")), model=model, format=fmt,
-                          prompts=prompts, lora=lora, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                          lr=lr, grad_cache=grad_cache, val_split=val_split, val_fraction=val_fraction,
-                          group_pattern=group_pattern, device=device, workers=workers, seed=seed, bootstrap=bootstrap,
-                          rows=tuple(r.strip() for r in rows.split(",") if r.strip()))
+    cfg = _config_from(BenchmarkConfig, locals(), data=str(data), out_dir=str(_out(out, "benchmark")), format=fmt,
+                       rows=tuple(r.strip() for r in rows.split(",") if r.strip()))
     table = run_benchmark(cfg, progress=not quiet)
     print(table["markdown"])  # plain: a Markdown table must not be wrapped
     console.print(f"wrote {cfg.out_dir}/table.md, table.json and one folder per row")
@@ -723,25 +610,17 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
     Example: medvlkit eval -m lite -m hf:/models/clip -d ../shared/data/medmnist/breastmnist.npz
              -d ../shared/data/medpix2 --skip-existing --out runs/sweep
     """
+    from medvlkit.display import print_cells
     from medvlkit.sweep import SweepConfig, run_sweep
 
     cfg = SweepConfig([str(m) for m in models], [str(d) for d in datasets], str(_out(out, "eval")),
                       tuple(t.strip() for t in task.split(",") if t.strip()), split, prompts, bootstrap, seed,
                       skip_existing)
     cells = run_sweep(cfg, run, data_opts)
-    _print_cells(cells)
+    print_cells(cells)
     console.print(f"wrote {cfg.out_dir}/sweep.json and {cfg.out_dir}/report/report.html")
     if failed := [c for c in cells if c.status == "failed"]:
         raise MedvlkitError(f"{len(failed)} of {len(cells)} runs failed (listed above and in sweep.json)")
-
-
-def _print_cells(cells) -> None:
-    table = Table("model", "dataset", "task", "status", Column("headline / why", overflow="fold"))
-    for c in cells:
-        values = [(k, v) for k, v in c.headline.items() if isinstance(v, float)][:2]
-        detail = ", ".join(f"{k} {v:.4f}" for k, v in values) or c.error
-        table.add_row(escape(c.model), escape(Path(c.data).name), c.task, c.status, escape(detail))
-    console.print(table)
 
 
 @app.command()
@@ -753,71 +632,15 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
 
     Example: medvlkit demo --images ../shared/data/chest_xray_pneumonia/test/PNEUMONIA
     """
-    from medvlkit.demo import run_demo, save_demo, write_bundled_images
-
-    config = _jsonable(dict(locals()))
-    out_dir = _out(out, "demo")
-    expected = write_bundled_images(out_dir / "bundled_images")
-    m = run.load_model(model)
+    from medvlkit.demo import demo_task
+    from medvlkit.display import print_demo
     from medvlkit.models.presets import lite_caveat
 
+    config, out_dir = _jsonable(dict(locals())), _out(out, "demo")
     if caveat := lite_caveat(model, "pneumonia"):
         err_console.print(caveat)
-    rows = run_demo(m, out_dir / "bundled_images", expected, progress=run.progress)
-    if images is not None:
-        rows += run_demo(m, images, None, progress=run.progress)
-    metrics = save_demo(rows, m, out_dir, config)
-    table = Table("expected", "P(med)", "gate", "modality", "P(pneu)")
-    table.columns.insert(0, Column("image", no_wrap=True, min_width=26))
-    for r in rows:
-        table.add_row(Path(r.file).name, r.expected or "?", f"{r.p_medical:.2f}",
-                      "medical" if r.medical else "non-medical",
-                      f"{r.modality} ({r.p_modality:.2f})" if r.medical else "-",
-                      "" if r.p_pneumonia is None else f"{r.p_pneumonia:.2f}")
-    console.print(table)
-    if metrics:
-        console.print(f"bundled images: gate {metrics['gate_correct']}/{metrics['n_known']} right, modality "
-                      f"{metrics['modality_correct']}/{metrics['n_medical']} right")
-    if not any(r.p_pneumonia is not None for r in rows):
-        console.print("P(pneu) is filled in for images the model reads as chest X-rays; none of the bundled images "
-                      "is one. Try: medvlkit demo --images ../shared/data/chest_xray_pneumonia/test/PNEUMONIA")
+    print_demo(*demo_task(run.load_model(model), out_dir, config, images, progress=run.progress))
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
-
-
-def _print_metrics(result: dict) -> None:
-    metrics, ci = result.get("metrics") or {}, result.get("ci") or {}
-    if not metrics:
-        console.print("no labels in the data: predictions only")
-        return
-    table = Table("metric", "value", "95% CI")
-    for k, v in metrics.items():
-        if "/" in k or v is None or k == "n":
-            continue
-        lo_hi = ci.get(k)
-        value = str(v) if isinstance(v, int) else f"{v:.4f}"
-        table.add_row(k, value, f"[{lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi and None not in lo_hi else "")
-    console.print(table)
-    _print_binary(result)
-
-
-def _print_binary(result: dict) -> None:
-    """For two classes: sensitivity and specificity of the second (positive) class, the decision rule, and the
-    confusion matrix."""
-    names, cm, metrics = result.get("classnames") or [], result.get("confusion_matrix"), result.get("metrics") or {}
-    if len(names) != 2 or not cm:
-        return
-    neg, pos = names
-
-    def fmt(v) -> str:
-        return "n/a (no such image)" if v is None else f"{v:.4f}"
-
-    console.print(f"positive class {escape(pos)}: sensitivity {fmt(metrics.get(f'recall/{pos}'))}, specificity "
-                  f"{fmt(metrics.get(f'recall/{neg}'))}; decision: "
-                  f"{escape(str(result.get('threshold_source', 'argmax')))}")
-    table = Table("true \\ predicted", escape(neg), escape(pos))
-    for name, row in zip(names, cm):
-        table.add_row(escape(name), str(row[0]), str(row[1]))
-    console.print(table)
 
 
 def _jsonable(config: dict) -> dict:
@@ -843,7 +666,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input prints one line and exits 2 (a traceback only with --debug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         _quiet_transformers()
@@ -851,21 +673,23 @@ def main(argv: list[str] | None = None) -> int:
         from medvlkit.plugins import load_plugins
 
         load_plugins()  # extensions the user named ($MEDVLKIT_PLUGINS, entry points), before parsing
-        app(args=argv, prog_name="medvlkit", standalone_mode=True)  # usage errors print and exit 2 themselves
-    except MedvlkitError as err:
+        app(args=[a for a in argv if a != "--debug"], prog_name="medvlkit", standalone_mode=True)  # usage errors: 2
+    except (MedvlkitError, OSError) as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)  # one unwrapped line, whatever the terminal width
-        return 2
-    except OSError as err:  # a folder that cannot be written, a full disk...: the file and the reason, no traceback
-        if debug:
-            raise
-        print(f"error: {err.filename or ''}: {err.strerror or err} (check the path and its permissions; --debug "
-              "shows where)", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)  # one unwrapped line, whatever the terminal width
         return 2
     except SystemExit as ex:
         return ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    """A library error as it is; an OS error (a folder that cannot be written, a full disk...) as the file and the
+    reason, without a traceback."""
+    if isinstance(err, MedvlkitError):
+        return str(err)
+    return f"{err.filename or ''}: {err.strerror or err} (check the path and its permissions; --debug shows where)"
 
 
 if __name__ == "__main__":

@@ -113,3 +113,15 @@ def save_demo(rows: list[DemoRow], model: ModelBase, out_dir: Path, config: dict
                  extra={"gate_threshold": model.validated_gate_threshold})
     write_json_atomic(out_dir / "rows.json", {"rows": [r.__dict__ for r in rows]})
     return metrics
+
+
+def demo_task(model: ModelBase, out_dir: Path, config: dict, images: Path | None = None,
+              progress: bool = True) -> tuple[list[DemoRow], dict]:
+    """The ``demo`` task: the bundled real images (written into ``out_dir/bundled_images``) and ``images`` (a
+    folder of the user's) through the gate, modality and pneumonia prompts; writes predictions.csv and result.json.
+    Returns (one row per image, the summary metrics over the bundled images)."""
+    expected = write_bundled_images(out_dir / "bundled_images")
+    rows = run_demo(model, out_dir / "bundled_images", expected, progress=progress)
+    if images is not None:
+        rows += run_demo(model, images, None, progress=progress)
+    return rows, save_demo(rows, model, out_dir, config)

@@ -148,3 +148,21 @@ def evaluate_csv(predictions: Path, labels: Path | None = None, n_bootstrap: int
     multilabel = is_multi if multilabel is None else multilabel
     ev = evaluate_probs(y, None, pred.classnames, multilabel, n_bootstrap, seed, log_probs=pred.log_probs[keep])
     return ev, pred.classnames, len(pred.files) - len(keep)
+
+
+def evaluate_task(predictions: Path, labels: Path | None, out_dir: Path, n_bootstrap: int = 1000,
+                  seed: int = 0) -> tuple[dict, int]:
+    """The ``evaluate`` task: score ``predictions`` (see :func:`evaluate_csv`) and write ``out_dir/result.json``.
+    Returns (the result, the number of predictions without a label)."""
+    import json
+
+    from medvlkit.results import write_result
+
+    ev, classnames, unmatched = evaluate_csv(predictions, labels, n_bootstrap, seed)
+    path = write_result(out_dir, dataset=str(labels or predictions), model=str(predictions), task="evaluate",
+                        metrics=ev.metrics, ci=ev.ci, seed=seed,
+                        config={"predictions": str(predictions), "labels": str(labels) if labels else None,
+                                "bootstrap": n_bootstrap},
+                        extra={"classnames": classnames, "confusion_matrix": ev.confusion_matrix,
+                               "n_unlabelled_predictions": unmatched} | ev.extra)
+    return json.loads(path.read_text()), unmatched

@@ -222,3 +222,17 @@ def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase,
                                "preprocess": model.preprocess_cfg.to_dict()} | provenance(model, dataset, emb)
                         | (extra or {}))
     return json.loads(path.read_text())
+
+
+def embed_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: dict, run=None, gate: bool = False,
+               gate_threshold: float | None = None) -> dict:
+    """The ``embed`` task: (optionally gate, then) embed ``dataset`` and write embeddings.npy, files.csv and
+    result.json into ``out_dir``. ``run``: :class:`medvlkit.options.RunOptions`. Returns the result."""
+    from medvlkit.gate import gate_before
+    from medvlkit.options import RunOptions
+
+    kwargs = (run or RunOptions()).embed_kwargs()
+    start = time.perf_counter()
+    dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
+    emb = emb or embed_images(model, dataset, **kwargs)
+    return save_embeddings(emb, out_dir, model, dataset, config, time.perf_counter() - start, gated)

@@ -122,6 +122,23 @@ def filter_dataset(model: ModelBase, dataset: ImageDataset, threshold: float | N
     return kept, rejected, kept_emb
 
 
+def gate_before(model: ModelBase, dataset: ImageDataset, gate: bool, threshold: float | None = None,
+                **embed_options) -> tuple[ImageDataset, dict, ImageEmbeddings | None]:
+    """``--gate`` in front of another task: the images the gate accepts, ``{"gated_out": [rejected...]}`` for the
+    task's ``result.json`` and the kept embeddings; the dataset unchanged, {} and None when ``gate`` is off.
+
+    Raises:
+        MedvlkitError: the gate rejected every image.
+    """
+    if not gate:
+        return dataset, {}, None
+    kept, rejected, emb = filter_dataset(model, dataset, threshold, **embed_options)
+    if len(kept) == 0:
+        raise MedvlkitError(f"the gate rejected all {len(dataset)} images of {dataset.name} (threshold "
+                            f"{rejected[0]['threshold']:.3f}); check the data or lower --gate-threshold")
+    return kept, {"gated_out": rejected}, emb
+
+
 def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDataset, config: dict) -> dict:
     """Write gate.csv (file, p_medical, verdict) and result.json (counts, threshold, rejected files)."""
     from medvlkit.results import provenance, write_result

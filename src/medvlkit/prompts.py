@@ -152,3 +152,16 @@ def prompt_set_from_classes(classnames: list[str], mode: str = "softmax",
         negative = ["abnormal findings"] if is_negation else [f"no {phrase.lower()}"]
         classes.append(ClassPrompts(name, [phrase.lower()], negative if mode == "pos_neg" else []))
     return PromptSet("classes", classes, templates or ["{}"], mode)
+
+
+def resolve_prompt_set(prompts: str | None = None, classes: str | None = None, mode: str | None = None) -> PromptSet:
+    """``--prompts NAME|FILE`` or ``--classes 'a,b,c'`` (exactly one) as a prompt set; ``mode`` for ``--classes``.
+
+    Raises:
+        MedvlkitError: both or neither given; an unknown prompt set.
+    """
+    if (prompts is None) == (classes is None):
+        raise MedvlkitError("pass exactly one of --prompts NAME|FILE or --classes 'a,b,c'")
+    if prompts:
+        return load_prompt_set(prompts)
+    return prompt_set_from_classes([c.strip() for c in classes.split(",") if c.strip()], mode or "softmax")

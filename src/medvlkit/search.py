@@ -105,3 +105,51 @@ def query_vectors(model: ModelBase, texts: list[str] | None = None, images: list
         raise MedvlkitError("pass a text query (--text) or a query image (--image)")
     with torch.inference_mode():
         return model.encode_image(model.preprocess([read_image(p) for p in images])).float().cpu().numpy()
+
+
+def index_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: dict, run=None, gate: bool = False,
+               gate_threshold: float | None = None) -> dict:
+    """The ``index`` task: (optionally gate, then) embed ``dataset`` and write an index folder with result.json.
+    ``run``: :class:`medvlkit.options.RunOptions`. Returns the result."""
+    import time
+
+    from medvlkit.features import embed_images
+    from medvlkit.gate import gate_before
+    from medvlkit.options import RunOptions
+    from medvlkit.results import provenance, write_result
+
+    kwargs = (run or RunOptions()).embed_kwargs()
+    start = time.perf_counter()
+    dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
+    emb = emb or embed_images(model, dataset, **kwargs)
+    idx = build_index(emb, model, dataset, out_dir)
+    if gated:
+        idx.meta |= gated
+        (out_dir / "index.json").write_text(json.dumps(idx.meta, indent=1) + "\n")
+    path = write_result(out_dir, dataset=dataset.name, model=model.name, task="index", config=config,
+                        n_skipped=len(emb.skipped), metrics={"n_images": len(idx.files),
+                                                             "seconds": time.perf_counter() - start},
+                        extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped]} | gated
+                        | provenance(model, dataset, emb))
+    return json.loads(path.read_text())
+
+
+def search_task(index_dir: Path, text: str | None = None, image: Path | None = None, k: int = 5,
+                model_spec: str | None = None, run=None) -> list[dict]:
+    """The ``search`` task: the ``k`` nearest indexed images to one text or one image, as rows of file, score,
+    label and caption. The query model defaults to the index's own (any other is refused by fingerprint).
+
+    Raises:
+        MedvlkitError: both or neither query given, ``k`` < 1, not an index folder, another model.
+    """
+    from medvlkit.options import RunOptions
+
+    if (text is None) == (image is None):
+        raise MedvlkitError("pass exactly one of --text or --image")
+    if k < 1:
+        raise MedvlkitError(f"-k {k}: must be at least 1")
+    idx = load_index(index_dir)
+    model = (run or RunOptions()).load_model(model_spec or idx.meta["model"])
+    idx.check_model(model)
+    hits = idx.search(query_vectors(model, [text] if text else None, [str(image)] if image else None), k)[0]
+    return [{"file": f, "score": s} | idx.details.get(f, {}) for f, s in hits]

@@ -158,3 +158,17 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
     path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_classification", metrics=metrics,
                         ci=ci, config=config, seed=seed, n_skipped=len(result.embeddings.skipped), extra=extra)
     return json.loads(path.read_text())
+
+
+def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict,
+                  mode: str | None = None, run=None, n_bootstrap: int = 1000, seed: int = 0, gate: bool = False,
+                  gate_threshold: float | None = None) -> dict:
+    """The ``zeroshot`` task: (optionally gate, then) classify ``dataset`` and write result.json, predictions.csv
+    and prompts.json into ``out_dir``. ``run``: :class:`medvlkit.options.RunOptions`. Returns the result."""
+    from medvlkit.gate import gate_before
+    from medvlkit.options import RunOptions
+
+    kwargs = (run or RunOptions()).embed_kwargs()
+    dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
+    res = zeroshot_classify(model, dataset, prompts, mode, embeddings=emb, **kwargs)
+    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, gated)
