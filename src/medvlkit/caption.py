@@ -129,7 +129,7 @@ def caption_task(dataset: ImageDataset, out: Path, config: dict, captioner: str 
     else:
         rows = template_captions(dataset, per_image, seed)
     write_jsonl(rows, out)
-    write_result(out.parent, dataset=dataset.name + (f"/{dataset.split}" if dataset.split else ""),
+    write_result(out.parent, dataset=dataset.full_name,
                  model=captioner or "templates", task="caption", config=config, seed=seed, n_skipped=len(skipped),
                  metrics={"n_captions": len(rows), "n_images": len(dataset) - len(skipped)},
                  extra={"captions": str(out), "skipped": [list(s) for s in skipped]},

@@ -215,7 +215,7 @@ def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase,
     metrics = {"n_images": len(emb.items), "n_cached": emb.n_cached, "n_computed": computed,
                "seconds": seconds, "images_per_second": computed / seconds if computed and seconds > 0 else None,
                "embed_dim": int(emb.vectors.shape[1])}
-    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    name = dataset.full_name
     path = write_result(out_dir, dataset=name, model=model.name, task="embed", metrics=metrics, config=config,
                         n_skipped=len(emb.skipped),
                         extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped],

@@ -154,7 +154,7 @@ def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDa
     extra = {"threshold": res.threshold, "threshold_source": res.threshold_source,
              "rejected": [it for it, ok in zip(res.items, res.accepted) if not ok],
              "skipped": [{"file": f, "reason": r} for f, r in res.skipped]}
-    write_result(out_dir, dataset=dataset.name + (f"/{dataset.split}" if dataset.split else ""), model=model.name,
+    write_result(out_dir, dataset=dataset.full_name, model=model.name,
                  task="gate", metrics=metrics, config=config, n_skipped=len(res.skipped),
                  extra=extra | provenance(model, dataset))
     return metrics | extra

@@ -276,7 +276,7 @@ def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir:
     ev = evaluate_probs(test.Y, None, probe.classnames_, probe.multilabel_, n_bootstrap, seed, log_probs=log_probs)
     probe.save(out_dir / "probe.npz", {"model": model.name, "model_fingerprint": model.fingerprint()})
     write_predictions(out_dir, test.items, probe.classnames_, log_probs, test.Y, probe.multilabel_)
-    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    name = dataset.full_name
     path = write_result(out_dir, dataset=name, model=model.name, task="linear_probe", metrics=ev.metrics, ci=ev.ci,
                         config=config, seed=seed,
                         extra={"classnames": probe.classnames_, "mode": "pos_neg" if probe.multilabel_ else "softmax",

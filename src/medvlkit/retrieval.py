@@ -93,7 +93,7 @@ def save_retrieval(model, dataset, out_dir, config: dict, n_bootstrap: int = 100
     from medvlkit.results import provenance, write_result
 
     metrics, ci, emb, examples = evaluate_retrieval(model, dataset, n_bootstrap, seed, **embed_options)
-    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    name = dataset.full_name
     path = write_result(Path(out_dir), dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics,
                         ci=ci, config=config, seed=seed, n_skipped=len(emb.skipped),
                         extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped], "examples": examples}

@@ -153,7 +153,7 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
     write_predictions(out_dir, result.embeddings.items, result.classnames, result.log_probs, result.labels,
                       multilabel)
     (out_dir / "prompts.json").write_text(json.dumps(result.prompt_texts, indent=1) + "\n")
-    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    name = dataset.full_name
     extra |= provenance(model, dataset, result.embeddings, DEFAULT_THRESHOLD_SOURCE)
     path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_classification", metrics=metrics,
                         ci=ci, config=config, seed=seed, n_skipped=len(result.embeddings.skipped), extra=extra)

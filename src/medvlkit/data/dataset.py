@@ -53,6 +53,11 @@ class ImageDataset:
         return len(self.items)
 
     @property
+    def full_name(self) -> str:
+        """``name/split`` (``name`` without a split): how results name the data they were computed on."""
+        return self.name + (f"/{self.split}" if self.split else "")
+
+    @property
     def has_labels(self) -> bool:
         return self.labels is not None and len(self.classnames) > 0
 

@@ -101,7 +101,7 @@ def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict
     from medvlkit.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_predictions, write_result
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = dataset.name + (f"/{dataset.split}" if dataset.split else "")
+    name = dataset.full_name
     if getattr(model, "classifier", None) is not None:
         if not dataset.has_labels:
             raise MedvlkitError(f"dataset '{dataset.name}' has no labels to score the classifier head on")
