@@ -34,6 +34,15 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lite():
+    """The real embedded model, loaded once for the session. Tests must not change it (fine-tuning tests load
+    their own copy through the CLI)."""
+    from medvlkit import create_model
+
+    return create_model("lite")
+
+
+@pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory) -> Path:
     return save_tiny_siglip(tmp_path_factory.mktemp("tiny_siglip"))
 

@@ -75,14 +75,14 @@ def test_dicom_folder_end_to_end(tiny_clip_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_lite_matches_its_model_card(data_root):
+def test_lite_matches_its_model_card(data_root, lite):
     """The shipped model's two headline numbers on full test splits, pinned to MODEL_CARD.md (to 1e-3): chest
     X-ray pneumonia AUROC / accuracy (624 images) and MedPix-2.0 CT vs MR accuracy (200 images). A silent change
     anywhere in reading, preprocessing, prompting or scoring moves them."""
-    from medvlkit import create_model, load_prompt_set, zeroshot_classify
+    from medvlkit import load_prompt_set, zeroshot_classify
     from medvlkit.evaluate import evaluate_probs
 
-    model = create_model("lite")
+    model = lite
 
     def score(folder, split, prompts):
         ds = load_dataset(folder, split=split)
@@ -109,7 +109,7 @@ def _real_cxr_subset(data_root, root, per_class: dict[str, int]):
     return root
 
 
-def test_lite_lora_finetune_on_real_chest_xrays(data_root, tmp_path):
+def test_lite_lora_finetune_on_real_chest_xrays(data_root, tmp_path, lite):
     """LoRA on both towers of the real `lite` model, two steps on real X-rays, then the saved adapters load
     merged and unmerged with the same embeddings."""
     import torch
@@ -134,6 +134,6 @@ def test_lite_lora_finetune_on_real_chest_xrays(data_root, tmp_path):
     pixels = merged.preprocess([ds.load_image(i) for i in range(3)])
     with torch.inference_mode():
         a, b = merged.encode_image(pixels), unmerged.encode_image(pixels)
-        base = create_model("lite").encode_image(pixels)
+        base = lite.encode_image(pixels)
     assert torch.allclose(a, b, atol=1e-4)
     assert not torch.allclose(a, base, atol=1e-4)  # two steps did change the model

@@ -11,11 +11,6 @@ from medvlkit.models.lite import LiteConfig, LiteHeads, load_heads, mean_pool, s
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def lite():
-    return create_model("lite")
-
-
 def test_shipped_lite_loads_offline(lite):
     assert lite.name == "lite" and lite.embed_dim == 256
     assert lite.preprocess_cfg.image_size == 224 and lite.preprocess_cfg.mean == (0.5, 0.5, 0.5)
