@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medvlkit.data.items import item_file
 from medvlkit.errors import MedvlkitError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def default_cache_dir() -> Path:
 
 def file_fingerprint(path: str) -> str:
     """``path|size|mtime_ns`` of a file (the file part of an item id, before any ``::member`` or ``@@view``)."""
-    real = path.split("@@", 1)[0].split("::", 1)[0]
+    real = item_file(path)
     try:
         st = os.stat(real)
     except OSError:

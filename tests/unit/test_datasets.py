@@ -115,3 +115,29 @@ def test_explicit_format_and_unknown(tmp_path):
     (tmp_path / "x.weird").write_text("")
     with pytest.raises(MedvlkitError, match="no dataset format"):
         load_dataset(tmp_path / "x.weird")
+
+
+def test_auto_format_asks_adapters_by_priority_not_import_order(tmp_path):
+    """A plugin adapter for one folder layout, registered after the built-ins, is asked before the plain image
+    folder when its priority is above 0, and after it otherwise."""
+    from medvlkit.data import dataset as dataset_mod
+
+    root = make_image_folder(tmp_path / "cases", {"a": 1, "b": 1})
+    (root / "LAYOUT").write_text("")
+    seen = []
+
+    def load(path, split=None, **_):
+        seen.append(path)
+        return dataset_mod.ImageDataset([], "layout")
+
+    try:
+        dataset_mod.register_adapter("layout-low", "test", lambda p: (p / "LAYOUT").exists())(load)
+        assert load_dataset(root).name == "cases" and not seen  # priority 0 ties lose to the earlier folder adapter
+        dataset_mod.register_adapter("layout-high", "test", lambda p: (p / "LAYOUT").exists(), priority=5)(load)
+        assert load_dataset(root).name == "layout" and seen == [root]
+        names = [a.name for a in dataset_mod.list_adapters()]
+        assert names.index("layout-high") < names.index("folder") < names.index("layout-low")
+        assert names.index("medpix") < names.index("folder") and names.index("captions") < names.index("csv")
+    finally:
+        for name in ("layout-low", "layout-high"):
+            dataset_mod._ADAPTERS.pop(name, None)

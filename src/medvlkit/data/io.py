@@ -9,18 +9,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from medvlkit.data.items import is_npz_item, parse_npz_item
 from medvlkit.errors import ImageReadError, MedvlkitError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".gif", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000  # a 10k x 10k image; mammograms are ~ 4k x 6k
-_NPZ_MEMBER = re.compile(r"(?P<key>[^\[]+)\[(?P<index>\d+)\]")
 
 
 def max_pixels() -> int:
@@ -47,7 +46,7 @@ def read_image(item: str, limit: int | None = None) -> Image.Image:
         ImageReadError: missing, undecodable, or too large; the message names the item.
     """
     limit = limit or max_pixels()
-    if "::" in item:
+    if is_npz_item(item):
         return _read_npz_member(item)
     path = Path(item)
     if not path.is_file():
@@ -189,12 +188,12 @@ def _load_npz_array(path: str, key: str) -> np.ndarray:
 
 
 def _read_npz_member(item: str) -> Image.Image:
-    path, member = item.split("::", 1)
-    m = _NPZ_MEMBER.fullmatch(member)
-    if not m:
+    parsed = parse_npz_item(item)
+    if parsed is None:
         raise ImageReadError(item, "npz item must look like file.npz::array[index]")
+    path, key, index = parsed
     try:
-        arr = _load_npz_array(path, m["key"])[int(m["index"])]
+        arr = _load_npz_array(path, key)[index]
     except MedvlkitError as err:
         raise ImageReadError(item, str(err)) from None
     except (OSError, KeyError, IndexError, ValueError) as err:

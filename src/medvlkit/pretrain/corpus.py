@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medvlkit.data import load_dataset
+from medvlkit.data.items import view_item
 from medvlkit.errors import MedvlkitError
 
 CIFAR_TRAIN, CIFAR_VAL = range(0, 500), range(500, 600)  # 600..845 stay held out
@@ -167,7 +168,7 @@ def gray_views(pairs: list[Pair]) -> list[Pair]:
     for p in pairs:
         caps = [c.replace("a photo", "a black and white photo").replace("a picture", "a grayscale picture")
                 for c in p.captions]
-        out.append(Pair(f"{p.item}@@gray", caps, p.group, p.source, dict(p.meta, view="gray")))
+        out.append(Pair(view_item(p.item, "gray"), caps, p.group, p.source, dict(p.meta, view="gray")))
     return out
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from medvlkit.cache import EmbeddingCache
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.data.io import read_image
+from medvlkit.data.items import split_view
 from medvlkit.features import embed_images
 from medvlkit.models.base import ModelBase, TextBatch
 from medvlkit.models.lite import LiteModel
@@ -37,7 +38,7 @@ class CorpusImages(ImageDataset):
     """Corpus items, where ``<item>@@<view>`` is an augmented view of ``<item>`` (see :data:`VIEWS`)."""
 
     def load_image(self, index: int) -> Image.Image:
-        item, _, view = self.items[index].partition("@@")
+        item, view = split_view(self.items[index])
         image = read_image(item)
         return VIEWS[view](image) if view else image
 

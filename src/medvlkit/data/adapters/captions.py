@@ -1,11 +1,9 @@
-"""Image-caption data: JSONL ``{"image", "text"}`` (CLIP_COVID style), ROCO-style CSV, and MedPix-2.0."""
+"""Image-caption data: JSONL ``{"image", "text"}`` (CLIP_COVID style) and ROCO-style CSV."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
 
 from medvlkit.data.adapters.csv_labels import (
     CAPTION_COLUMNS,
@@ -17,10 +15,8 @@ from medvlkit.data.adapters.csv_labels import (
     resolve_image_path,
     select_split,
 )
-from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
+from medvlkit.data.dataset import ImageDataset, register_adapter
 from medvlkit.errors import MedvlkitError
-
-_MEDPIX_SPLITS = {"train": "train", "val": "dev", "valid": "dev", "validation": "dev", "dev": "dev", "test": "test"}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -49,7 +45,7 @@ def _detect_captions(path: Path) -> bool:
 
 
 @register_adapter("captions", "image-caption pairs: JSONL {\"image\", \"text\"} or CSV with a path and a "
-                  "caption column (ROCO)", _detect_captions)
+                  "caption column (ROCO)", _detect_captions, priority=20)  # before csv: a caption column decides
 def load_captions(path: Path, split: str | None = None, path_column: str | None = None,
                   caption_column: str | None = None, image_root: str | None = None, **_: object) -> ImageDataset:
     """Load image-caption pairs; image paths are relative to ``image_root`` or the file's folder."""
@@ -70,26 +66,3 @@ def load_captions(path: Path, split: str | None = None, path_column: str | None 
     roots = [Path(image_root)] if image_root else [path.parent]
     items = [resolve_image_path(r[pcol], roots) for r in rows]
     return ImageDataset(items=items, name=path.stem, texts=[r[tcol] for r in rows], split=split)
-
-
-def _detect_medpix(path: Path) -> bool:
-    return path.is_dir() and (path / "descriptions_test.jsonl").is_file() and (path / "images").is_dir()
-
-
-@register_adapter("medpix", "MedPix-2.0 folder: descriptions_{train,dev,test}.jsonl + images/; captions and "
-                  "CT/MR labels", _detect_medpix)
-def load_medpix(path: Path, split: str | None = None, **_: object) -> ImageDataset:
-    """MedPix-2.0: one caption per image; labels are the modality type (CT or MR)."""
-    if not split:
-        raise MedvlkitError(f"--data {path} is MedPix-2.0 with splits train, dev (val), test: pass --split")
-    name = _MEDPIX_SPLITS.get(split.lower())
-    if name is None:
-        raise MedvlkitError(f"--split {split}: MedPix-2.0 splits are train, val (dev), test")
-    rows = read_jsonl(path / f"descriptions_{name}.jsonl")
-    items = [str((path / "images" / f"{r['image']}.jpg").resolve()) for r in rows]
-    texts = [(r.get("Description") or {}).get("Caption") or "" for r in rows]
-    classes = sorted({r["Type"] for r in rows})
-    labels = one_hot(np.array([classes.index(r["Type"]) for r in rows]), len(classes))
-    meta = {"location_category": [r.get("Location Category") for r in rows]}
-    return ImageDataset(items=items, name="medpix2", classnames=classes, labels=labels, texts=texts,
-                        split=split, meta=meta)

@@ -156,7 +156,7 @@ def _check_label_values(rows: list[dict[str, str]], column: str, path: Path) -> 
 
 
 @register_adapter("csv", "CSV: a path column + 0/1/-1 label columns (CheXpert) or a '|'-separated findings "
-                  "column (ChestX-ray14)", _detect)
+                  "column (ChestX-ray14)", _detect, priority=10)
 def load_label_csv(path: Path, split: str | None = None, path_column: str | None = None,
                    label_columns: list[str] | str | None = None, findings_column: str | None = None,
                    uncertain: str = "ignore", image_root: str | None = None, group_column: str | None = None,

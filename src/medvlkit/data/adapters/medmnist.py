@@ -8,6 +8,7 @@ import numpy as np
 
 from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
 from medvlkit.data.io import npz_array_shape, read_npz_array
+from medvlkit.data.items import npz_item
 from medvlkit.errors import MedvlkitError
 
 # Label names from MedMNIST v2's INFO table (medmnist/info.py), keyed by file stem.
@@ -33,7 +34,7 @@ def _detect(path: Path) -> bool:
 
 
 @register_adapter("medmnist", "MedMNIST .npz (<split>_images/<split>_labels, optional label_names) or an npz "
-                  "with images, labels, label_names", _detect)
+                  "with images, labels, label_names", _detect, priority=10)
 def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
     """Load one split of a MedMNIST file (or a whole plain images/labels npz).
 
@@ -62,7 +63,7 @@ def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
         raise MedvlkitError(f"--data {path}: '{key}' has shape {shape} of {dtype}; images must be a non-empty "
                             "(N, H, W) or (N, H, W, 1|3) numeric array")
     n = shape[0]
-    items = [f"{path.resolve()}::{key}[{i}]" for i in range(n)]
+    items = [npz_item(str(path.resolve()), key, i) for i in range(n)]
     if label_key is None:
         return ImageDataset(items=items, name=path.stem, split=split)
     return _labelled(path, items, read_npz_array(path, label_key), label_key, names, split)
