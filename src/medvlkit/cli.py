@@ -679,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)  # one unwrapped line, whatever the terminal width
         return 2
+    except KeyboardInterrupt:  # work that keeps nothing to resume from (a run with a cache or checkpoint says so)
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except SystemExit as ex:
         return ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
     return 0

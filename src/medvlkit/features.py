@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from medvlkit.scores import check_finite
 
 logger = logging.getLogger(__name__)
 ON_ERROR = ("fail", "skip")
+_NO_STOP = SimpleNamespace(requested=False)  # stands in for a StopRequest where none is installed
 _FLUSH_EVERY = 2048  # write a cache shard at least every this many new embeddings...
 _FLUSH_SECONDS = 60.0  # ...or this often ($MEDVLKIT_CACHE_FLUSH_SECONDS), and always when a run stops
 
@@ -106,8 +109,9 @@ def _collate(batch):
 @torch.inference_mode()
 def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
                  cache: bool = True, cache_dir: str | None = None, on_error: str = "fail",
-                 progress: bool = True) -> ImageEmbeddings:
-    """Encode every image of ``dataset`` with ``model`` (cached vectors are reused, not recomputed).
+                 progress: bool = True, normalize: bool = True) -> ImageEmbeddings:
+    """Encode every image of ``dataset`` with ``model`` (cached vectors are reused, not recomputed). The one
+    embedding loop: every task, the probe and fine-tuning's validation (cache off: its weights change) use it.
 
     Args:
         model: any medvlkit model (``create_model``).
@@ -118,16 +122,21 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
         cache_dir: cache root (default ``$MEDVLKIT_CACHE`` or ``~/.cache/medvlkit``).
         on_error: ``fail`` raises on the first unreadable image; ``skip`` records it in ``skipped``.
         progress: show a progress bar.
+        normalize: unit vectors (the shared space); False gives the raw embeddings a classifier head reads, and
+            never touches the cache (it holds unit vectors).
 
     Returns:
         :class:`ImageEmbeddings` in dataset order, without the skipped items.
+
+    With the cache on, Ctrl-C stops after the batch in flight with everything computed so far in the cache; without
+    it, Ctrl-C is an ordinary ``KeyboardInterrupt`` (a training loop around it handles it).
     """
     if on_error not in ON_ERROR:
         raise MedvlkitError(f"--on-error {on_error}: valid options: {', '.join(ON_ERROR)}")
     if batch_size < 1 or num_workers < 0:
         raise MedvlkitError(f"--batch-size {batch_size} / --workers {num_workers}: need a batch size >= 1 and "
                             "workers >= 0")
-    store = EmbeddingCache(model.fingerprint(), cache_dir) if cache else None
+    store = EmbeddingCache(model.fingerprint(), cache_dir) if cache and normalize else None
     keys = [item_key(it) for it in dataset.items]
     found = store.get(keys) if store else {}
     vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
@@ -138,12 +147,12 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     bar = tqdm(total=len(dataset), initial=len(vectors), desc="embed images", unit="img", disable=not progress)
     pending = _PendingShard(store, keys, vectors)
     try:
-        with StopRequest() as stop:
+        with StopRequest() if store is not None else contextlib.nullcontext(_NO_STOP) as stop:
             try:
                 for positions, pixels, failed in loader:
                     skipped += _failures(dataset, failed, on_error)
                     if pixels is not None:
-                        out = model.encode_image(pixels).float().cpu().numpy()
+                        out = model.encode_image(pixels, normalize=normalize).float().cpu().numpy()
                         check_finite(out, f"image embeddings of {dataset.items[positions[0]]}...")
                         vectors.update(zip(positions, out))
                         pending.add(positions)
@@ -155,6 +164,8 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
                     raise KeyboardInterrupt from None
                 raise
     except KeyboardInterrupt:
+        if store is None:
+            raise
         raise MedvlkitError(f"interrupted after {len(vectors) - len(found)} new embeddings, all written to the cache: "
                             "run the same command again to continue where it stopped") from None
     finally:

@@ -58,4 +58,4 @@ def check_finite(x: np.ndarray, what: str) -> None:
     if bad.any():
         raise MedvlkitError(f"{int(bad.sum())} of {len(x)} {what} hold NaN or infinite values (first: row "
                             f"{int(np.flatnonzero(bad)[0])}); the model produced invalid outputs (diverged weights, "
-                            "or fp16 overflow: try --precision fp32)")
+                            "or fp16 overflow: try --precision fp32, or --amp fp32 when fine-tuning)")

@@ -45,7 +45,7 @@ def _macro_auroc(labels: np.ndarray, log_probs: np.ndarray, classnames: list[str
 
 
 def validation_score(model, dataset: ImageDataset, mode: str, head=None, progress: bool = False,
-                     batch_size: int = 64) -> dict:
+                     batch_size: int = 64, num_workers: int = 0) -> dict:
     """Metrics on validation data and ``score``, the number early stopping maximises.
 
     - supervised: macro AUROC of the classifier head;
@@ -56,7 +56,7 @@ def validation_score(model, dataset: ImageDataset, mode: str, head=None, progres
     from medvlkit.zeroshot import classify_log
 
     normalize = mode == "contrastive"
-    emb = _embed(model, dataset, normalize, batch_size, progress)
+    emb = _embed(model, dataset, normalize, batch_size, progress, num_workers=num_workers)
     if mode == "supervised":
         out = _macro_auroc(dataset.labels, head_log_probs(head, emb, dataset.multilabel, model.device),
                            dataset.classnames, dataset.multilabel)
@@ -72,22 +72,16 @@ def validation_score(model, dataset: ImageDataset, mode: str, head=None, progres
     return out | {"score": out["auroc"]}
 
 
-@torch.inference_mode()
 def _embed(model, dataset: ImageDataset, normalize: bool, batch_size: int, progress: bool,
-           desc: str = "validate") -> np.ndarray:
-    """Embeddings of every image (no cache: the weights change between calls)."""
-    from tqdm.auto import tqdm
+           num_workers: int = 0) -> np.ndarray:
+    """Embeddings of every image in dataset order, by the one embedding loop with the cache off (the weights
+    change between calls); an unreadable image is an error."""
+    from medvlkit.features import embed_images
 
-    out = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress, leave=False):
-        idx = range(start, min(start + batch_size, len(dataset)))
-        pixels = model.preprocess([dataset.load_image(i) for i in idx])
-        out.append(model.encode_image(pixels, normalize=normalize).float().cpu().numpy())
-    emb = np.concatenate(out)
-    if not np.isfinite(emb).all():
-        raise MedvlkitError("the image embeddings hold NaN or infinite values: the weights have diverged (lower "
-                            "--lr, or use --amp fp32); the best model saved so far is kept")
-    return emb
+    # a DataLoader draws its base seed from the global RNG; validating must not move a training run's dropout masks
+    with torch.random.fork_rng(devices=[]):
+        return embed_images(model, dataset, batch_size=batch_size, num_workers=num_workers, cache=False,
+                            progress=progress, normalize=normalize).vectors
 
 
 def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict, n_bootstrap: int = 1000,
@@ -109,7 +103,7 @@ def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict
         aligned = align_labels(dataset.labels, dataset.classnames, list(model.classnames), multilabel)
         dataset = dataset.subset(np.flatnonzero(aligned.keep))
         emb = _embed(model, dataset, False, embed_options.get("batch_size", 64), embed_options.get("progress", True),
-                     desc="score test split")
+                     embed_options.get("num_workers", 0))
         log_probs = head_log_probs(model.classifier, emb, multilabel, model.device)
         ev = evaluate_probs(aligned.labels, None, model.classnames, multilabel, n_bootstrap, seed, log_probs=log_probs)
         write_predictions(out_dir, dataset.items, model.classnames, log_probs, aligned.labels, multilabel)

@@ -219,8 +219,9 @@ class FinetuneJob(Job):
         self.model.eval()
         if self.head is not None:
             self.head.eval()
-        score = validation_score(self.model, self.val_ds, self.cfg.mode, self.head,
-                                 self.progress and self.world.is_main) if self.world.is_main else None
+        main = self.world.is_main
+        score = validation_score(self.model, self.val_ds, self.cfg.mode, self.head, self.progress and main,
+                                 num_workers=self.cfg.workers) if main else None
         return gather_objects(score, self.world)[0]
 
     def save_best(self, record: dict) -> None:
