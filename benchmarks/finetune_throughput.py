@@ -37,7 +37,7 @@ def worker(batch_size: int, chunk: int, steps: int, lora: str | None) -> dict:
     from medvlkit.finetune.data import caption_pools, pick_captions
     from medvlkit.finetune.loop import prepare_model, set_train_mode
     from medvlkit.finetune.steps import contrastive_step
-    from medvlkit.pretrain.corpus import pair_targets
+    from medvlkit.losses import pair_targets
 
     torch.manual_seed(0)
     data = Path(os.environ.get("MEDVLKIT_DATA", "../shared/data")) / "chest_xray_pneumonia"

@@ -1,7 +1,8 @@
-"""Contrastive losses shared by pretraining and fine-tuning."""
+"""Contrastive losses shared by pretraining and fine-tuning, and the soft targets they train towards."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,3 +44,14 @@ def pair_loss(img: torch.Tensor, txt: torch.Tensor, log_scale: torch.Tensor, bia
     if bias is not None:
         return sigmoid_loss(img, txt, scale, bias, targets)
     return contrastive_loss(img, txt, scale, targets)
+
+
+def pair_targets(groups: list[str], captions: list[str]) -> np.ndarray:
+    """(B, B) soft targets: image i matches text j when they share a group or the caption text itself.
+
+    Each row is normalised to sum to 1, so a batch with repeated templated captions ("a CT image.") has no
+    false negatives.
+    """
+    g, c = np.asarray(groups), np.asarray(captions)
+    same = ((g[:, None] == g[None, :]) | (c[:, None] == c[None, :])).astype(np.float32)
+    return same / same.sum(1, keepdims=True)

@@ -16,8 +16,8 @@ from medvlkit.finetune.data import epoch_batches, pick_captions
 from medvlkit.finetune.loop import prepare_model
 from medvlkit.finetune.lora import add_lora, target_names
 from medvlkit.finetune.steps import class_weights, contrastive_step, supervised_count, supervised_loss
+from medvlkit.losses import pair_targets
 from medvlkit.models import create_model
-from medvlkit.pretrain.corpus import pair_targets
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 
 from helpers import make_image
 from medvlkit import MedvlkitError
-from medvlkit.losses import contrastive_loss
-from medvlkit.pretrain.corpus import Pair, cxr_patient, pair_targets, sample_epoch
+from medvlkit.losses import contrastive_loss, pair_targets
+from medvlkit.pretrain.corpus import Pair, cxr_patient, sample_epoch
 
 
 def test_contrastive_loss_equals_clip_loss_with_identity_targets():

@@ -29,8 +29,9 @@ from medvlkit.finetune.evaluation import validation_score
 from medvlkit.finetune.lora import LoraSpec, add_lora, is_lora_param, target_names
 from medvlkit.finetune.saved import save_finetuned
 from medvlkit.finetune.steps import ClassifierHead, class_weights, contrastive_step, supervised_count, supervised_step
+from medvlkit.losses import pair_targets
 from medvlkit.models.base import ModelBase
-from medvlkit.pretrain.corpus import pair_targets
+from medvlkit.models.registry import absolute_spec
 from medvlkit.training import Job, LoopOptions, fit, open_run
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def prepare_model(model: ModelBase, cfg: FinetuneConfig, classnames: list[str] |
         trainable = [t for t in trainable if t == "vision"]  # the text tower plays no part in a classifier
     for p in model.parameters():
         p.requires_grad_(False)
-    meta = {"base": _absolute_spec(cfg.model), "mode": cfg.mode, "lora": None, "lora_layers": [],
+    meta = {"base": absolute_spec(cfg.model), "mode": cfg.mode, "lora": None, "lora_layers": [],
             "freeze": cfg.freeze, "classnames": classnames, "multilabel": multilabel}
     if cfg.lora is not None:
         spec = LoraSpec.parse(cfg.lora)
@@ -89,14 +90,6 @@ def prepare_model(model: ModelBase, cfg: FinetuneConfig, classnames: list[str] |
     n = sum(p.numel() for p in model.parameters() if p.requires_grad) + (
         sum(p.numel() for p in head.parameters()) if head else 0)
     return Prepared(model, head, meta, n)
-
-
-def _absolute_spec(spec: str) -> str:
-    """A spec whose path part is absolute, so ``ft:DIR`` loads from any working directory."""
-    source, sep, ref = spec.partition(":")
-    if sep and Path(ref).expanduser().exists():  # every source whose reference is a local file or folder
-        return f"{source}:{Path(ref).expanduser().resolve()}"
-    return spec
 
 
 def set_train_mode(model: ModelBase, head: ClassifierHead | None) -> None:

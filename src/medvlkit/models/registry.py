@@ -48,6 +48,15 @@ def register_source(prefix: str) -> Callable[[Callable[..., ModelBase]], Callabl
     return wrap
 
 
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its path part made absolute (every source whose reference is a local file or folder), so a
+    spec recorded in a run (``ft:DIR``'s base model) loads from any working directory. Presets and hub ids stay."""
+    source, sep, ref = spec.partition(":")
+    if sep and Path(ref).expanduser().exists():
+        return f"{source}:{Path(ref).expanduser().resolve()}"
+    return spec
+
+
 def _loader(source: str) -> Callable[..., ModelBase]:
     fn = _SOURCES[source]
     if isinstance(fn, str):

@@ -24,8 +24,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from medvlkit.data import load_dataset
 from medvlkit.data.items import view_item
 from medvlkit.errors import MedvlkitError
@@ -210,14 +208,3 @@ def sample_epoch(pairs: list[Pair], cap_per_source: int, rng: random.Random) -> 
         chosen += rng.sample(idx, min(cap_per_source, len(idx))) if cap_per_source else idx
     rng.shuffle(chosen)
     return [(i, rng.choice(pairs[i].captions)) for i in chosen]
-
-
-def pair_targets(groups: list[str], captions: list[str]) -> np.ndarray:
-    """(B, B) soft targets: image i matches text j when they share a group or the caption text itself.
-
-    Each row is normalised to sum to 1, so a batch with repeated templated captions ("a CT image.") has no
-    false negatives.
-    """
-    g, c = np.asarray(groups), np.asarray(captions)
-    same = ((g[:, None] == g[None, :]) | (c[:, None] == c[None, :])).astype(np.float32)
-    return same / same.sum(1, keepdims=True)

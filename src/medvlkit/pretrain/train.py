@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from medvlkit.errors import MedvlkitError
-from medvlkit.losses import contrastive_loss
+from medvlkit.losses import contrastive_loss, pair_targets
 from medvlkit.models.lite import LiteConfig, LiteHeads, LiteModel, save_heads
-from medvlkit.pretrain.corpus import Pair, build_corpus, pair_targets, sample_epoch
+from medvlkit.pretrain.corpus import Pair, build_corpus, sample_epoch
 from medvlkit.pretrain.towers import LiteTowers, image_tower_features, text_tower_features
 from medvlkit.pretrain.validate import choose_gate_threshold, prompt_texts, val_prompt_sets, validate
 from medvlkit.training import Job, LoopOptions, fit, open_run
