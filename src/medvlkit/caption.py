@@ -36,20 +36,32 @@ def class_phrasings(classnames: list[str]) -> dict[str, list[str]]:
     return best or {c: [t.format(c.replace("_", " ").lower()) for t in GENERIC_TEMPLATES] for c in classnames}
 
 
+def findings_caption(present: list[str]) -> str:
+    """The one caption format of multi-label data: ``findings: a, b.`` or ``no findings.`` (fine-tuning trains on
+    it, its validation prompts and ``medvlkit caption`` write it)."""
+    return "findings: " + ", ".join(present) + "." if present else "no findings."
+
+
+def label_caption_pools(dataset: ImageDataset) -> tuple[list[list[str]], list[list[str]]]:
+    """Per item, the captions its label(s) may be written as (single-label: the class's phrasings; multi-label:
+    :func:`findings_caption`) and the classes present."""
+    phrasings = class_phrasings(dataset.classnames)
+    pools, present_all = [], []
+    for row in dataset.labels:
+        present = [c for c, v in zip(dataset.classnames, row) if v == 1]
+        pools.append([findings_caption(present)] if dataset.multilabel else phrasings[present[0]])
+        present_all.append(present)
+    return pools, present_all
+
+
 def template_captions(dataset: ImageDataset, per_image: int = 1, seed: int = 0) -> list[dict]:
     """Rows ``{"image", "text", "label"}``: ``per_image`` distinct phrasings of each image's label(s)."""
     if not dataset.has_labels:
         raise MedvlkitError(f"dataset '{dataset.name}' has no labels to write captions from; give a captioner "
                             "(--captioner hf:DIR with BLIP weights)")
     rng = random.Random(seed)
-    phrasings = class_phrasings(dataset.classnames)
     rows = []
-    for i, item in enumerate(dataset.items):
-        present = [c for c, v in zip(dataset.classnames, dataset.labels[i]) if v == 1]
-        if dataset.multilabel:
-            pool = ["findings: " + ", ".join(present) + "." if present else "no findings."]
-        else:
-            pool = phrasings[present[0]]
+    for item, pool, present in zip(dataset.items, *label_caption_pools(dataset)):
         for text in rng.sample(pool, min(per_image, len(pool))):
             rows.append({"image": item, "text": text, "label": "|".join(present)})
     return rows

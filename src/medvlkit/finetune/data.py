@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medvlkit.caption import class_phrasings
+from medvlkit.caption import label_caption_pools
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.models.base import ImagePreprocessor
@@ -29,16 +29,8 @@ def caption_pools(dataset: ImageDataset) -> tuple[list[list[str]], list[str]]:
     if not dataset.has_labels:
         raise MedvlkitError(f"dataset '{dataset.name}' has neither captions nor labels; contrastive fine-tuning "
                             "needs image-caption pairs (write captions with `medvlkit caption`)")
-    phrasings = class_phrasings(dataset.classnames)
-    pools, groups = [], []
-    for row in dataset.labels:
-        present = [c for c, v in zip(dataset.classnames, row) if v == 1]
-        if dataset.multilabel:
-            pools.append(["findings: " + ", ".join(present) + "." if present else "no findings."])
-        else:
-            pools.append(phrasings[present[0]])
-        groups.append("|".join(present))
-    return pools, groups
+    pools, present = label_caption_pools(dataset)
+    return pools, ["|".join(p) for p in present]
 
 
 def pick_captions(pools: list[list[str]], batch: list[int], seed: int, epoch: int) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medvlkit.caption import class_phrasings
+from medvlkit.caption import class_phrasings, findings_caption
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError
 from medvlkit.labels import align_labels
@@ -20,7 +20,7 @@ def caption_prompts(dataset: ImageDataset) -> PromptSet:
     """The prompt set matching the template captions of :func:`medvlkit.finetune.data.caption_pools`: the phrasings
     a contrastive run trained on are the ones it is scored with (single-label softmax; multi-label pos/neg)."""
     if dataset.multilabel:
-        classes = [ClassPrompts(c, [f"findings: {c}."], ["no findings."]) for c in dataset.classnames]
+        classes = [ClassPrompts(c, [findings_caption([c])], [findings_caption([])]) for c in dataset.classnames]
         return PromptSet("finetune-captions", classes, mode="pos_neg")
     phrasings = class_phrasings(dataset.classnames)
     return PromptSet("finetune-captions", [ClassPrompts(c, phrasings[c]) for c in dataset.classnames])
