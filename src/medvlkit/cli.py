@@ -257,7 +257,7 @@ def calibrate(predictions: Path = typer.Option(..., "--predictions", help="VALID
     Example: medvlkit calibrate --predictions runs/val/predictions.csv --out runs/calib
     Then: medvlkit apply-calibration --predictions runs/test/predictions.csv --calibration runs/calib/calibration.json
     """
-    from medvlkit.calibrate import calibrate_predictions
+    from medvlkit.calibration_task import calibrate_predictions
 
     out_dir = _out(out, "calibrate")
     metrics = calibrate_predictions(predictions, out_dir, thresholds, target_sensitivity)
@@ -277,7 +277,7 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
     Example: medvlkit apply-calibration --predictions runs/test/predictions.csv
              --calibration runs/calib/calibration.json
     """
-    from medvlkit.calibrate import apply_to_predictions
+    from medvlkit.calibration_task import apply_to_predictions
     from medvlkit.display import print_metrics
 
     out_dir = _out(out, "apply-calibration")
