@@ -95,9 +95,10 @@ _DATA_FLAGS = {"fmt": (str, FormatOpt), "path_column": (str, PathColOpt), "label
                "group_column": (str, GroupColOpt)}
 
 
-def _shared(model: bool = True, embed: bool = True, data: bool = True):
-    """Decorator: the verb gets the shared model and embedding flags as ``run: RunOptions`` and the dataset-reading
-    flags as ``data_opts: DataOptions``; its own signature lists only its own options."""
+def shared_options(model: bool = True, embed: bool = True, data: bool = True):
+    """Decorator (under ``@app.command()``): the verb gets the shared model and embedding flags as
+    ``run: RunOptions`` and the dataset-reading flags as ``data_opts: DataOptions``; its own signature lists only its
+    own options. Plugins use it for their verbs too (README, Extending medvlkit)."""
     flags = {**(_MODEL_FLAGS if model else {}), **(_EMBED_FLAGS if embed else {}), **(_DATA_FLAGS if data else {})}
 
     def decorate(fn):
@@ -159,7 +160,7 @@ def models(pattern: str = typer.Argument("*", help="shell pattern over preset na
 
 
 @app.command()
-@_shared(model=False, embed=False)
+@shared_options(model=False, embed=False)
 def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this dataset instead of listing formats"),
              split: str = SplitOpt, data_opts: DataOptions = None) -> None:
     """List dataset formats and prompt sets, or describe one dataset (--data).
@@ -176,7 +177,7 @@ def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this
 
 
 @app.command()
-@_shared()
+@shared_options()
 def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
           gate: bool = GateOpt, gate_threshold: float = GateThrOpt, run: RunOptions = None,
           data_opts: DataOptions = None) -> None:
@@ -195,7 +196,7 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, ou
 
 
 @app.command()
-@_shared()
+@shared_options()
 def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
              classes: str = typer.Option(None, "--classes", help="comma-separated class names (instead of --prompts)"),
@@ -227,7 +228,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
 
 @app.command()
-@_shared()
+@shared_options()
 def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
              bootstrap: int = BootstrapOpt, seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
              run: RunOptions = None, data_opts: DataOptions = None) -> None:
@@ -289,7 +290,7 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
 
 
 @app.command("gate")
-@_shared()
+@shared_options()
 def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
              threshold: float = typer.Option(None, "--threshold", help="P(medical) threshold (default: chosen on "
                                                                         "--val-* images, else the model's)"),
@@ -314,7 +315,7 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
 
 @app.command("index")
-@_shared()
+@shared_options()
 def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
               out: Path = typer.Option(..., "--out", "-o", callback=_out_folder, help="index folder to write"),
               gate: bool = GateOpt, gate_threshold: float = GateThrOpt,
@@ -337,7 +338,7 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
 
 
 @app.command()
-@_shared(embed=False, data=False)
+@shared_options(embed=False, data=False)
 def search(index: Path = typer.Option(..., "--index", help="folder written by medvlkit index"),
            text: str = typer.Option(None, "--text", help="text query"),
            image: Path = typer.Option(None, "--image", help="query image file"),
@@ -360,7 +361,7 @@ def search(index: Path = typer.Option(..., "--index", help="folder written by me
 
 
 @app.command()
-@_shared(model=False, embed=False)
+@shared_options(model=False, embed=False)
 def caption(data: Path = DataOpt, split: str = SplitOpt,
             out: Path = typer.Option(..., "--out", "-o", callback=_out_file,
                                      help="JSONL file to write ({image, text, label} rows)"),
@@ -397,7 +398,7 @@ def report(runs: list[Path] = typer.Argument(..., help="run folders (each with a
 
 
 @app.command()
-@_shared()
+@shared_options()
 def probe(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
           train_split: str = typer.Option("train", "--train-split"),
           val_split: str = typer.Option(None, "--val-split", help="validation split that picks C (default: 'val' "
@@ -491,7 +492,7 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
 
 
 @app.command()
-@_shared(model=False, embed=False)
+@shared_options(model=False, embed=False)
 def finetune(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
              mode: str = typer.Option("contrastive", "--mode", help="contrastive (image-caption InfoNCE; captions "
                                                                      "from labels when the data has none) or "
@@ -592,7 +593,7 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
 
 
 @app.command("eval")
-@_shared()
+@shared_options()
 def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a model spec; repeat for several"),
              datasets: list[Path] = typer.Option(..., "--data", "-d", help="a dataset; repeat for several"),
              task: str = typer.Option("auto", "--task", help="auto (labels: zeroshot + probe; captions: retrieval) or "
@@ -624,7 +625,7 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
 
 
 @app.command()
-@_shared(data=False)
+@shared_options(data=False)
 def demo(images: Path = typer.Option(None, "--images", help="also run on your own images (a folder)"),
          model: str = ModelOpt, out: Path = OutOpt, run: RunOptions = None) -> None:
     """Run the embedded model on real images bundled in scikit-image and pydicom (and --images DIR):

@@ -1,5 +1,6 @@
-"""README "Extending medvlkit": its plugin file, copied verbatim from the README, adds a backbone and a dataset format
-that the CLI then uses like built-ins (zero-shot, probe, LoRA fine-tuning, reloading the fine-tuned model)."""
+"""README "Extending medvlkit": its plugin file, copied verbatim from the README, adds a backbone, a dataset format and
+a task that the CLI then uses like built-ins (zero-shot, LoRA fine-tuning, reloading the fine-tuned model, the new
+verb, and the report over its result)."""
 
 import json
 import re
@@ -23,15 +24,17 @@ def _plugin_source() -> str:
 @pytest.fixture
 def registries():
     """Whatever a plugin registers is gone after the test."""
+    from medvlkit.cli import app
     from medvlkit.data import dataset
     from medvlkit.models import registry
 
-    sources, adapters = dict(registry._SOURCES), dict(dataset._ADAPTERS)
+    sources, adapters, verbs = dict(registry._SOURCES), dict(dataset._ADAPTERS), list(app.registered_commands)
     yield
     registry._SOURCES.clear()
     registry._SOURCES.update(sources)
     dataset._ADAPTERS.clear()
     dataset._ADAPTERS.update(adapters)
+    app.registered_commands[:] = verbs
 
 
 def test_readme_plugin_adds_a_backbone_and_a_format(tmp_path, monkeypatch, registries):
@@ -62,6 +65,15 @@ def test_readme_plugin_adds_a_backbone_and_a_format(tmp_path, monkeypatch, regis
     assert meta["base"] == spec and sorted(meta["lora_layers"]) == ["image_proj", "text_proj"]
     assert main(["zeroshot", *base[:1], f"ft:{tmp_path / 'f' / 'best'}", *base[2:], "--data",
                  str(tmp_path / "test.tsv"), "--prompts", "pneumonia", "--out", str(tmp_path / "z2")]) == 0
+    # the plugin's task: a verb with the shared flags, a result.json whose headline the report shows
+    assert main(["text-similarity", *base[:-2], "--data", str(tmp_path / "test.tsv"), "--text", "pneumonia",
+                 "--batch-size", "2", "--out", str(tmp_path / "sim")]) == 0
+    sim = json.loads((tmp_path / "sim" / "result.json").read_text())
+    assert sim["task"] == "text_similarity" and sim["headline"] == ["mean_similarity"] and sim["metrics"]["n"] == 6
+    assert -1 <= sim["metrics"]["mean_similarity"] <= 1
+    assert main(["report", str(tmp_path / "sim"), str(tmp_path / "z"), "--out", str(tmp_path / "rep")]) == 0
+    table = (tmp_path / "rep" / "report.md").read_text()
+    assert "text_similarity" in table and f"{sim['metrics']['mean_similarity']:.4f}"[:5] in table
 
 
 def test_a_broken_plugin_is_named(tmp_path, monkeypatch, capsys):
