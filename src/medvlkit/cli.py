@@ -17,7 +17,8 @@ from medvlkit.options import DataOptions, RunOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical vision-language models: embed, classify zero-shot, evaluate. "
-                       "Every command has --help with an example.")
+                       "Every command has --help with an example, and takes --config FILE.json (its options as a "
+                       "JSON object, e.g. a run's config.json; flags given as well win).")
 
 # Options shared by the commands that run a model over a dataset.
 ModelOpt = typer.Option("lite", "--model", "-m", help="lite, a preset (medvlkit models), hf:DIR, openai-ckpt:FILE, "
@@ -472,6 +473,8 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
              sources: str = typer.Option(None, "--sources",
                                          help="comma-separated: cxr,pneumoniamnist,medpix,retina,photo"),
              workers: int = WorkersOpt,
+             feature_batch_size: int = typer.Option(64, "--feature-batch-size", min=1, help="images per forward "
+                                                                                           "pass of the frozen towers"),
              resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
              quiet: bool = QuietOpt) -> None:
     """Train the projection heads of the embedded `lite` model on real image-caption pairs (train splits only).
@@ -671,10 +674,12 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         _quiet_transformers()
     try:
+        from medvlkit.config_file import expand_config
         from medvlkit.plugins import load_plugins
 
         load_plugins()  # extensions the user named ($MEDVLKIT_PLUGINS, entry points), before parsing
-        app(args=[a for a in argv if a != "--debug"], prog_name="medvlkit", standalone_mode=True)  # usage errors: 2
+        args = expand_config([a for a in argv if a != "--debug"], typer.main.get_command(app))
+        app(args=args, prog_name="medvlkit", standalone_mode=True)  # usage errors print and exit 2 themselves
     except (MedvlkitError, OSError) as err:
         if debug:
             raise

@@ -92,3 +92,43 @@ def test_probe_holds_out_patients_from_the_csv_through_the_cli(tiny_clip_dir, tm
     assert res["probe"]["n_val"] == 4 and res["probe"]["n_train"] == 8  # two whole patients of 6 held out
     assert res["config"]["label_columns"] == "Pneumonia" and res["config"]["precision"] == "fp32"
     assert res["config"]["device"] == "auto" and res["metrics"]["n"] == 4 and np.isfinite(res["metrics"]["auroc"])
+
+
+def test_config_file_repeats_a_run_and_command_line_flags_win(tiny_clip_dir, tmp_path):
+    """`finetune --config run/config.json --out other --seed 1` reruns with the same options except those given."""
+    from helpers import make_split_folders
+
+    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
+    first = tmp_path / "first"
+    common = ["--lora", "r=2,dropout=0", "--max-steps", "1", "--batch-size", "4", "--device", "cpu", "--workers", "0",
+              "-q", "--bootstrap", "0", "--test-split", "none", "--label-columns", "x"]
+    assert main(["finetune", "--model", f"hf:{tiny_clip_dir}", "--data", str(data), "--out", str(first), *common]) == 0
+    assert main(["finetune", "--config", str(first / "config.json"), "--out", str(tmp_path / "second"), "--seed",
+                 "1", "-q", "--test-split", "none"]) == 0
+    a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("first", "second"))
+    assert {k for k in a if a[k] != b[k]} == {"out_dir", "seed"} and b["seed"] == 1
+    assert b["dataset_options"] == {"label_columns": "x", "uncertain": "ignore"} and b["lora"] == "r=2,dropout=0"
+
+
+def test_config_file_errors_name_the_problem(tmp_path, capsys):
+    from typer.main import get_command
+
+    from medvlkit.config_file import expand_config
+
+    group = get_command(cli.app)
+    (tmp_path / "pre.json").write_text(json.dumps({"data_root": "d", "out_dir": "o", "sources": ["cxr", "photo"],
+                                                   "feature_batch_size": 8, "dropout": 0.1, "epochs": None}))
+    assert expand_config(["pretrain", "--config", str(tmp_path / "pre.json"), "--epochs", "2"], group) == [
+        "pretrain", "--data-root", "d", "--out", "o", "--sources", "cxr,photo", "--feature-batch-size", "8",
+        "--dropout", "0.1", "--epochs", "2"]
+    (tmp_path / "run.json").write_text(json.dumps({"run": {"cache": False, "progress": False, "device": "cpu"}}))
+    assert expand_config(["embed", "--config", str(tmp_path / "run.json")], group) == [
+        "embed", "--no-cache", "--quiet", "--device", "cpu"]
+    (tmp_path / "bad.json").write_text(json.dumps({"epochs": 2, "colour": "red"}))
+    assert main(["finetune", "--config", str(tmp_path / "bad.json")]) == 2
+    assert "has no option for colour" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert main(["finetune", "--config", str(tmp_path / "list.json")]) == 2
+    assert "JSON object" in capsys.readouterr().err
+    assert main(["finetune", "--config", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
