@@ -81,7 +81,8 @@ class ImageEmbeddings:
 
 
 class _Images(torch.utils.data.Dataset):
-    """Reads and preprocesses items in loader workers; a failure comes back as its message, not an exception."""
+    """Reads, resizes and crops items in loader workers into uint8 pixels (normalised on the model's device); a
+    failure comes back as its message, not an exception."""
 
     def __init__(self, dataset: ImageDataset, positions: list[int], preprocessor: ImagePreprocessor) -> None:
         self.dataset, self.positions, self.preprocessor = dataset, positions, preprocessor
@@ -92,7 +93,7 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         pos = self.positions[i]
         try:
-            return pos, self.preprocessor(self.dataset.load_image(pos)), ""
+            return pos, self.preprocessor.to_uint8(self.dataset.load_image(pos)), ""
         except ImageReadError as err:
             return pos, None, err.reason
         except Exception as err:  # noqa: BLE001 - a decoder's MemoryError, NotImplementedError...: name it, skip it
@@ -142,8 +143,9 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
     todo = [i for i in range(len(dataset)) if i not in vectors]
     skipped: list[tuple[str, str]] = []
-    loader = torch.utils.data.DataLoader(_Images(dataset, todo, model.image_preprocessor), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_collate)
+    pre, device = model.image_preprocessor, model.device
+    loader = torch.utils.data.DataLoader(_Images(dataset, todo, pre), batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=_collate, pin_memory=device.type == "cuda")
     bar = tqdm(total=len(dataset), initial=len(vectors), desc="embed images", unit="img", disable=not progress)
     pending = _PendingShard(store, keys, vectors)
     try:
@@ -152,6 +154,7 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
                 for positions, pixels, failed in loader:
                     skipped += _failures(dataset, failed, on_error)
                     if pixels is not None:
+                        pixels = pre.normalize(pixels.to(device, non_blocking=True))
                         out = model.encode_image(pixels, normalize=normalize).float().cpu().numpy()
                         check_finite(out, f"image embeddings of {dataset.items[positions[0]]}...")
                         vectors.update(zip(positions, out))

@@ -63,3 +63,23 @@ def test_chexzero_checkpoint_gets_chexzero_preprocessing(tmp_path, monkeypatch):
     assert create_model("chexzero").preprocess_cfg == tiny
     torch.save(sd, folder / "plain_clip.pt")
     assert create_model(f"openai-ckpt:{folder / 'plain_clip.pt'}").preprocess_cfg == PreprocessCfg(image_size=32)
+
+
+def test_uint8_half_then_normalise_equals_the_float_path_bit_for_bit():
+    """Loader workers hand over uint8 pixels and the model's device normalises them: the result is bit-identical
+    to scaling and normalising in float32 numpy (the path before the split), for every resize mode."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)),
+              Image.fromarray(rng.integers(0, 256, (40, 90), dtype=np.uint8))]
+    for cfg in (PreprocessCfg(image_size=32), PreprocessCfg(image_size=32, resize_mode="squash", mean=(0.5,) * 3,
+                                                           std=(0.5,) * 3),
+                PreprocessCfg(image_size=32, resize_mode="pad"), PreprocessCfg(image_size=32, resize_mode="square",
+                                                                              grayscale=True)):
+        pre = ImagePreprocessor(cfg)
+        for im in images:
+            u8 = pre.to_uint8(im)
+            assert u8.dtype == torch.uint8 and u8.shape == (3, 32, 32)
+            ref = (u8.numpy().transpose(1, 2, 0).astype(np.float32) / 255.0 - np.asarray(cfg.mean, np.float32)) \
+                / np.asarray(cfg.std, np.float32)
+            assert np.array_equal(pre.normalize(u8).numpy(), ref.transpose(2, 0, 1))
+            assert torch.equal(pre(im), pre.normalize(u8[None])[0])  # batched the same as one by one

@@ -58,7 +58,7 @@ class PixelData(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         try:
-            return index, self.preprocessor(self.dataset.load_image(index))
+            return index, self.preprocessor.to_uint8(self.dataset.load_image(index))  # normalised on the device
         except ImageReadError as err:
             raise ImageReadError(self.dataset.items[index], err.reason) from None
         except Exception as err:  # noqa: BLE001 - name the file, whatever the reader raised
@@ -70,12 +70,13 @@ def _collate(batch):
 
 
 def batch_loader(dataset: ImageDataset, preprocessor: ImagePreprocessor, batches: list[list[int]],
-                 workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
-    """A loader yielding (indices, pixels) for each given batch of item indices, in order.
+                 workers: int, seed: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A loader yielding (indices, uint8 pixels) for each given batch of item indices, in order (the training step
+    normalises them on the device: ``ImagePreprocessor.normalize``).
 
     Its worker seeds come from a generator of its own (``seed``), so creating it draws nothing from torch's
     global RNG (which dropout uses): a resumed run sees the same dropout masks as an uninterrupted one.
     """
     return torch.utils.data.DataLoader(PixelData(dataset, preprocessor), batch_sampler=batches, num_workers=workers,
-                                       collate_fn=_collate, persistent_workers=False,
+                                       collate_fn=_collate, persistent_workers=False, pin_memory=pin_memory,
                                        generator=torch.Generator().manual_seed(seed))

@@ -182,14 +182,15 @@ class FinetuneJob(Job):
         # the loader draws its seed from its own generator, never from the global RNG that dropout uses, so a
         # resumed run's dropout masks equal the uninterrupted run's
         return batch_loader(self.train_ds, self.model.image_preprocessor, [self.world.shard(b) for b in plan],
-                            self.cfg.workers, seed=self.cfg.seed + epoch)
+                            self.cfg.workers, seed=self.cfg.seed + epoch, pin_memory=self.device.type == "cuda")
 
     def train_mode(self) -> None:
         set_train_mode(self.model, self.head)
 
     def train_step(self, planned: list[int], batch, epoch: int) -> float:
         idx, pixels = batch
-        pixels, model, cfg, world = pixels.to(self.device), self.model, self.cfg, self.world
+        model, cfg, world = self.model, self.cfg, self.world
+        pixels = model.image_preprocessor.normalize(pixels.to(self.device, non_blocking=True))
         scale = self.scaler.scale if self.scaler else (lambda x: x)
         if cfg.mode == "contrastive":
             captions = pick_captions(self.pools, planned, cfg.seed, epoch)

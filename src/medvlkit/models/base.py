@@ -29,12 +29,28 @@ TextBatch = dict[str, torch.Tensor]
 
 @dataclass
 class ImagePreprocessor:
-    """Turns PIL images into the (3, S, S) float tensor one model expects. Picklable for loader workers."""
+    """Turns PIL images into the (3, S, S) float tensor one model expects. Picklable for loader workers.
+
+    Two halves: :meth:`to_uint8` (decode-side geometry: grey to RGB, resize, crop or pad; run in loader workers, so
+    only uint8 pixels, a quarter of float32's bytes, cross process boundaries and the host-device copy) and
+    :meth:`normalize` (scale and normalise, on whatever device the pixels are). Calling the preprocessor does both.
+    """
 
     cfg: PreprocessCfg = field(default_factory=PreprocessCfg)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Resize, crop, scale to [0, 1] and normalise one image. Returns (3, S, S) float32."""
+        return self.normalize(self.to_uint8(image))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, S, S) -> float32 scaled to [0, 1] and normalised by the config's mean and std, on the
+        pixels' device (the same float32 operations, in the same order, as a numpy path would do)."""
+        mean = torch.tensor(self.cfg.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.cfg.std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        return (pixels.to(torch.float32) / 255.0 - mean) / std
+
+    def to_uint8(self, image: Image.Image) -> torch.Tensor:
+        """The geometric half: one image as (3, S, S) uint8, ready for :meth:`normalize`."""
         cfg = self.cfg
         # Grey images become RGB only here, at the model boundary (all backbones take 3 channels).
         image = image.convert("L").convert("RGB") if cfg.grayscale else image.convert("RGB")
@@ -71,9 +87,7 @@ class ImagePreprocessor:
             image = image.resize((new_w, new_h), resample=resample)
             left, top = (new_w - size) // 2, (new_h - size) // 2
             image = image.crop((left, top, left + size, top + size))
-        arr = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
-        arr = (arr - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())  # (3, S, S)
 
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess a list of images. Returns (B, 3, S, S)."""
