@@ -258,3 +258,12 @@ def run_backbone_tasks(spec: str, tmp: Path, embed_dim: int, finetune_args: tupl
     assert main(["zeroshot", "--model", f"ft:{tmp / 'f' / 'best'}", *common, "--bootstrap", "0", "--split", "test",
                  "--prompts", "pneumonia", "--out", str(tmp / "z2")]) == 0
     return tmp / "f"
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for torchrun's rendezvous in the multi-process tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

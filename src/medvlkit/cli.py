@@ -192,6 +192,8 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, ou
     config = _jsonable(dict(locals()))
     out_dir = _out(out, "embed")
     result = embed_task(run.load_model(model), data_opts.load(data, split), out_dir, config, run, gate, gate_threshold)
+    if result is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return
     print_gated(result)
     print_embedded(result, out_dir)
 

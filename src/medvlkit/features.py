@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from medvlkit.cache import EmbeddingCache, TextEmbeddingCache, item_key
 from medvlkit.data.dataset import ImageDataset
+from medvlkit.distributed import World, barrier, gather_objects
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.interrupt import StopRequest
 from medvlkit.models.base import ImagePreprocessor, ModelBase
@@ -110,7 +111,7 @@ def _collate(batch):
 @torch.inference_mode()
 def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
                  cache: bool = True, cache_dir: str | None = None, on_error: str = "fail",
-                 progress: bool = True, normalize: bool = True) -> ImageEmbeddings:
+                 progress: bool = True, normalize: bool = True, world: World | None = None) -> ImageEmbeddings:
     """Encode every image of ``dataset`` with ``model`` (cached vectors are reused, not recomputed). The one
     embedding loop: every task, the probe and fine-tuning's validation (cache off: its weights change) use it.
 
@@ -125,6 +126,9 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
         progress: show a progress bar.
         normalize: unit vectors (the shared space); False gives the raw embeddings a classifier head reads, and
             never touches the cache (it holds unit vectors).
+        world: under torchrun, this process's rank: each rank embeds its contiguous share of the images not yet
+            cached and writes its own cache shards; then every rank returns the whole result in dataset order
+            (read back from the cache, or gathered when the cache is off). Every rank must call this together.
 
     Returns:
         :class:`ImageEmbeddings` in dataset order, without the skipped items.
@@ -141,12 +145,14 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     keys = [item_key(it) for it in dataset.items]
     found = store.get(keys) if store else {}
     vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
-    todo = [i for i in range(len(dataset)) if i not in vectors]
+    world = world or World()
+    todo = world.shard([i for i in range(len(dataset)) if i not in vectors])
     skipped: list[tuple[str, str]] = []
     pre, device = model.image_preprocessor, model.device
     loader = torch.utils.data.DataLoader(_Images(dataset, todo, pre), batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=_collate, pin_memory=device.type == "cuda")
-    bar = tqdm(total=len(dataset), initial=len(vectors), desc="embed images", unit="img", disable=not progress)
+    bar = tqdm(total=len(todo) + len(vectors), initial=len(vectors), desc="embed images", unit="img",
+               disable=not (progress and world.is_main))
     pending = _PendingShard(store, keys, vectors)
     try:
         with StopRequest() if store is not None else contextlib.nullcontext(_NO_STOP) as stop:
@@ -174,12 +180,29 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     finally:
         pending.flush()  # an error or an interrupt keeps everything computed so far (before the error propagates)
         bar.close()
+    if world.size > 1:
+        vectors, skipped = _merge_ranks(vectors, skipped, world, keys, store, model.fingerprint(), cache_dir)
     order = np.array(sorted(vectors), dtype=int)
     if len(order) == 0:
         raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped); "
                             f"first error: {skipped[0][0]}: {skipped[0][1]}" if skipped else "dataset is empty")
     return ImageEmbeddings(vectors=np.stack([vectors[i] for i in order]).astype(np.float32), indices=order,
                            items=[dataset.items[i] for i in order], skipped=skipped, n_cached=len(found))
+
+
+def _merge_ranks(vectors: dict[int, np.ndarray], skipped: list, world: World, keys: list[str],
+                 store: EmbeddingCache | None, fingerprint: str, cache_dir: str | None) -> tuple[dict, list]:
+    """Every rank's vectors and skipped files, in full on every rank: through the cache shards each rank wrote
+    (read once all have finished), or gathered over the process group when the cache is off."""
+    skipped = [s for part in gather_objects(skipped, world) for s in part]
+    if store is None:
+        merged: dict[int, np.ndarray] = {}
+        for part in gather_objects(vectors, world):
+            merged |= part
+        return merged, skipped
+    barrier(world)
+    found = EmbeddingCache(fingerprint, cache_dir).get(keys)  # a fresh reader sees the other ranks' shards
+    return {i: found[k] for i, k in enumerate(keys) if k in found}, skipped
 
 
 @torch.inference_mode()
@@ -239,14 +262,24 @@ def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase,
 
 
 def embed_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: dict, run=None, gate: bool = False,
-               gate_threshold: float | None = None) -> dict:
+               gate_threshold: float | None = None) -> dict | None:
     """The ``embed`` task: (optionally gate, then) embed ``dataset`` and write embeddings.npy, files.csv and
-    result.json into ``out_dir``. ``run``: :class:`medvlkit.options.RunOptions`. Returns the result."""
+    result.json into ``out_dir``. ``run``: :class:`medvlkit.options.RunOptions`. Returns the result.
+
+    Under ``torchrun`` the images are shared out between the ranks (:func:`embed_images`' ``world``); rank 0 writes
+    the merged result in dataset order and the other ranks return None. (``--gate`` runs whole on every rank.)
+    """
+    from medvlkit.distributed import init_world, shutdown
     from medvlkit.gate import gate_before
     from medvlkit.options import RunOptions
 
     kwargs = (run or RunOptions()).embed_kwargs()
     start = time.perf_counter()
+    world = init_world(str(model.device))
     dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
-    emb = emb or embed_images(model, dataset, **kwargs)
-    return save_embeddings(emb, out_dir, model, dataset, config, time.perf_counter() - start, gated)
+    emb = emb or embed_images(model, dataset, world=world, **kwargs)
+    shutdown()
+    if not world.is_main:
+        return None
+    return save_embeddings(emb, out_dir, model, dataset, config, time.perf_counter() - start,
+                           gated | {"world_size": world.size})

@@ -24,7 +24,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SKIP = {
     "bash scripts/setup.sh && .venv/bin/python -m pytest": "this is that run",
     "medvlkit finetune ... --resume": "a placeholder; resuming is tested in tests/unit/test_training_loop.py",
-    "torchrun --nproc-per-node 4": "needs 4 CUDA devices; the gloo path runs in tests/integration/test_distributed.py",
+    "torchrun --nproc-per-node 4": "needs 4 CUDA devices; the gloo paths run in tests/integration/test_distributed.py "
+                                   "(finetune) and test_distributed_embed.py (embed)",
 }
 pytestmark = pytest.mark.data
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_split_folders
+from helpers import free_port, make_split_folders
 from medvlkit.checkpoint import load_checkpoint
 from medvlkit.finetune import FinetuneConfig, finetune
 
@@ -20,12 +19,6 @@ from medvlkit.checkpoint import load_checkpoint
 from medvlkit.finetune import FinetuneConfig, finetune
 finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("mode,grad_cache", [("contrastive", 2), ("supervised", 0)])
@@ -42,7 +35,7 @@ def test_two_processes_equal_one(tiny_clip_dir, tmp_path, mode, grad_cache):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     cfg = json.dumps(base | {"out_dir": str(multi), "grad_cache": grad_cache})
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", str(_free_port()), str(script), cfg],
+                           "--master-port", str(free_port()), str(script), cfg],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_checkpoint(single / "checkpoint.pt")
@@ -69,7 +62,7 @@ def test_cli_under_torchrun(tiny_clip_dir, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", str(_free_port()), "-m", "medvlkit", "finetune", "--model",
+                           "--master-port", str(free_port()), "-m", "medvlkit", "finetune", "--model",
                            f"hf:{tiny_clip_dir}", "--data", str(data), "--lora", "r=2", "--epochs", "1",
                            "--batch-size", "4", "--device", "cpu", "--workers", "0", "--quiet", "--bootstrap", "0",
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,8 +249,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     checkpoint = open_run(out, resume, cfg.to_dict())  # refused before any work if it is not plain data
     device = resolve_device(cfg.device)
     world = init_world(device)
-    if device == "cuda" and world.size > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if device.startswith("cuda") and world.size > 1:  # resolve_device gave this rank's own GPU
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = split_train_val(cfg)

@@ -81,9 +81,12 @@ def models_dir() -> Path:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> cuda, mps or cpu, whichever exists; other names are checked."""
+    """``auto`` -> cuda, mps or cpu, whichever exists; other names are checked. Under torchrun (``LOCAL_RANK``
+    set, ``WORLD_SIZE`` > 1) ``auto`` and ``cuda`` mean this rank's own GPU, ``cuda:LOCAL_RANK``."""
     import torch
 
+    if device in ("auto", "cuda") and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
