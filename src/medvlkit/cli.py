@@ -323,6 +323,8 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
               out: Path = typer.Option(..., "--out", "-o", callback=_out_folder, help="index folder to write"),
               gate: bool = GateOpt, gate_threshold: float = GateThrOpt,
               recursive: bool = typer.Option(False, "--recursive", help="every image file under --data (a folder)"),
+              kind: str = typer.Option("flat", "--kind", help="flat (exact), hnsw (graph) or ivf (IVF-PQ, millions of "
+                                                               "vectors); approximate kinds report recall@10 vs exact"),
               run: RunOptions = None, data_opts: DataOptions = None) -> None:
     """Build a FAISS index of a dataset's image embeddings for similar-case search.
 
@@ -334,10 +336,11 @@ def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt
 
     config = _jsonable(dict(locals()))
     ds = load_dataset(data, split=split, format="folder", recursive=True) if recursive else data_opts.load(data, split)
-    result = index_task(run.load_model(model), ds, out, config, run, gate, gate_threshold)
+    result = index_task(run.load_model(model), ds, out, config, run, gate, gate_threshold, kind)
     print_gated(result)
-    console.print(f"indexed {result['metrics']['n_images']} images in {result['metrics']['seconds']:.1f} s -> {out} "
-                  f"(result.json lists skipped{' and gated-out' if gate else ''} files)")
+    m, recall = result["metrics"], result["metrics"].get("recall@10_vs_exact")
+    console.print(f"indexed {m['n_images']} images ({kind}{f', recall@10 vs exact {recall:.3f}' if recall else ''}) in "
+                  f"{m['seconds']:.1f} s -> {out} (result.json lists skipped{' and gated-out' if gate else ''} files)")
 
 
 @app.command()

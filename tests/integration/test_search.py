@@ -103,3 +103,43 @@ def test_cli_small_things(tiny_clip_dir, tmp_path, capsys):
                  "pneumonia", "-q", "--workers", "0", "--bootstrap", "0", "--out", str(tmp_path / "z")]) == 0
     out = capsys.readouterr().out
     assert "sensitivity" in out and "specificity" in out and "true \\ predicted" in out and "argmax" in out
+
+
+def test_approximate_index_kinds_report_their_recall_against_exact(tmp_path):
+    """HNSW and IVF-PQ on 2,000 clustered unit vectors: built, saved, reloaded with their search parameters, and
+    their recall@10 against the exact index measured (the graph near-exact, the compressed IVF lower but useful)."""
+    import faiss
+
+    from medvlkit.search import make_index, recall_vs_exact
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 64))
+    x = (centres[rng.integers(0, 40, 2000)] + 0.3 * rng.normal(size=(2000, 64))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat, _ = make_index(x, "flat")
+    assert recall_vs_exact(flat, x) == 1.0
+    hnsw, params = make_index(x, "hnsw")
+    assert params == {"links": 32, "ef_search": 128} and recall_vs_exact(hnsw, x) >= 0.95
+    ivf, params = make_index(x, "ivf")
+    assert params["nlist"] == 51 and params["pq_bytes"] == 8 and params["nprobe"] == 16
+    r_ivf = recall_vs_exact(ivf, x)
+    assert 0.3 <= r_ivf < 1.0  # compressed: approximate, and measured rather than assumed
+    faiss.write_index(ivf, str(tmp_path / "ivf.faiss"))
+    assert faiss.extract_index_ivf(faiss.read_index(str(tmp_path / "ivf.faiss"))).nprobe == 16  # kept in the file
+    with pytest.raises(Exception, match="at least 1024 vectors"):
+        make_index(x[:100], "ivf")
+
+
+def test_index_kind_through_the_cli(tiny_clip_dir, tmp_path, capsys):
+    make_image_folder(tmp_path / "imgs", {"a": 6, "b": 6})
+    idx = tmp_path / "idx"
+    assert main(["index", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "imgs"), "--out", str(idx), "-q",
+                 "--workers", "0", "--kind", "hnsw"]) == 0
+    res = json.loads((idx / "result.json").read_text())
+    assert json.loads((idx / "index.json").read_text())["kind"] == "hnsw" and res["metrics"]["recall@10_vs_exact"] == 1
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--text", "x", "-k", "3", "-m", f"hf:{tiny_clip_dir}", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert main(["index", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "imgs"), "--out", str(tmp_path / "x"),
+                 "--kind", "annoy"]) == 2
+    assert "--kind annoy" in capsys.readouterr().err
