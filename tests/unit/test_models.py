@@ -84,6 +84,15 @@ def test_openai_ckpt_roundtrip_matches_hf(tmp_path):
         got_i, got_t = m.encode_image(pixels, normalize=False), m.encode_text(tokens, normalize=False)
     torch.testing.assert_close(got_i, getattr(want_i, "pooler_output", want_i), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_t, getattr(want_t, "pooler_output", want_t), atol=1e-5, rtol=1e-5)
+    assert m.model.config._attn_implementation == "sdpa"  # fused attention kernels, also when built from a state dict
+
+
+def test_hf_models_use_fused_attention(tiny_clip_dir, tiny_siglip_dir):
+    """transformers' scaled-dot-product attention (flash / memory-efficient kernels on GPU), not the eager path."""
+    for spec in (f"hf:{tiny_clip_dir}", f"hf:{tiny_siglip_dir}"):
+        model = create_model(spec).model
+        assert model.config._attn_implementation == "sdpa", spec
+        assert model.vision_model.config._attn_implementation == "sdpa", spec
 
 
 def test_openai_ckpt_text_pooling_follows_openai_argmax(tmp_path):
