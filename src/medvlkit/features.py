@@ -85,8 +85,9 @@ class _Images(torch.utils.data.Dataset):
     """Reads, resizes and crops items in loader workers into uint8 pixels (normalised on the model's device); a
     failure comes back as its message, not an exception."""
 
-    def __init__(self, dataset: ImageDataset, positions: list[int], preprocessor: ImagePreprocessor) -> None:
-        self.dataset, self.positions, self.preprocessor = dataset, positions, preprocessor
+    def __init__(self, dataset: ImageDataset, positions: list[int], preprocessor: ImagePreprocessor,
+                 draft: int | None = None) -> None:
+        self.dataset, self.positions, self.preprocessor, self.draft = dataset, positions, preprocessor, draft
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -94,7 +95,7 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         pos = self.positions[i]
         try:
-            return pos, self.preprocessor.to_uint8(self.dataset.load_image(pos)), ""
+            return pos, self.preprocessor.to_uint8(self.dataset.load_image(pos, draft=self.draft)), ""
         except ImageReadError as err:
             return pos, None, err.reason
         except Exception as err:  # noqa: BLE001 - a decoder's MemoryError, NotImplementedError...: name it, skip it
@@ -111,7 +112,8 @@ def _collate(batch):
 @torch.inference_mode()
 def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
                  cache: bool = True, cache_dir: str | None = None, on_error: str = "fail",
-                 progress: bool = True, normalize: bool = True, world: World | None = None) -> ImageEmbeddings:
+                 progress: bool = True, normalize: bool = True, world: World | None = None,
+                 fast_decode: bool = False) -> ImageEmbeddings:
     """Encode every image of ``dataset`` with ``model`` (cached vectors are reused, not recomputed). The one
     embedding loop: every task, the probe and fine-tuning's validation (cache off: its weights change) use it.
 
@@ -126,6 +128,8 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
         progress: show a progress bar.
         normalize: unit vectors (the shared space); False gives the raw embeddings a classifier head reads, and
             never touches the cache (it holds unit vectors).
+        fast_decode: decode large JPEGs at a reduced scale (:func:`medvlkit.data.io.read_image`'s ``draft``, at
+            least twice the model's input size); cached apart from full decodes.
         world: under torchrun, this process's rank: each rank embeds its contiguous share of the images not yet
             cached and writes its own cache shards; then every rank returns the whole result in dataset order
             (read back from the cache, or gathered when the cache is off). Every rank must call this together.
@@ -141,7 +145,8 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     if batch_size < 1 or num_workers < 0:
         raise MedvlkitError(f"--batch-size {batch_size} / --workers {num_workers}: need a batch size >= 1 and "
                             "workers >= 0")
-    store = EmbeddingCache(model.fingerprint(), cache_dir) if cache and normalize else None
+    fingerprint = model.fingerprint() + ("|fast-decode" if fast_decode else "")
+    store = EmbeddingCache(fingerprint, cache_dir) if cache and normalize else None
     keys = [item_key(it) for it in dataset.items]
     found = store.get(keys) if store else {}
     vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
@@ -149,8 +154,9 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     todo = world.shard([i for i in range(len(dataset)) if i not in vectors])
     skipped: list[tuple[str, str]] = []
     pre, device = model.image_preprocessor, model.device
-    loader = torch.utils.data.DataLoader(_Images(dataset, todo, pre), batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=_collate, pin_memory=device.type == "cuda")
+    draft = pre.cfg.decode_size() if fast_decode else None
+    loader = torch.utils.data.DataLoader(_Images(dataset, todo, pre, draft), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
     bar = tqdm(total=len(todo) + len(vectors), initial=len(vectors), desc="embed images", unit="img",
                disable=not (progress and world.is_main))
     pending = _PendingShard(store, keys, vectors)
@@ -181,7 +187,7 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
         pending.flush()  # an error or an interrupt keeps everything computed so far (before the error propagates)
         bar.close()
     if world.size > 1:
-        vectors, skipped = _merge_ranks(vectors, skipped, world, keys, store, model.fingerprint(), cache_dir)
+        vectors, skipped = _merge_ranks(vectors, skipped, world, keys, store, fingerprint, cache_dir)
     order = np.array(sorted(vectors), dtype=int)
     if len(order) == 0:
         raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped); "

@@ -31,6 +31,7 @@ class RunOptions:
         on_error: ``fail`` on the first unreadable image, or ``skip`` it and list it in ``result.json``.
         progress: show progress bars.
         tokenizer: a tokenizer folder, for the sources whose weights come without one (``openai-ckpt:``...).
+        fast_decode: decode large JPEGs at a reduced scale (at least twice the model's input size) before resizing.
     """
 
     device: str = "auto"
@@ -42,6 +43,7 @@ class RunOptions:
     on_error: str = "fail"
     progress: bool = True
     tokenizer: str | None = None
+    fast_decode: bool = False
 
     def __post_init__(self) -> None:
         from medvlkit.features import ON_ERROR
@@ -66,7 +68,7 @@ class RunOptions:
         """The keyword arguments of :func:`medvlkit.features.embed_images` (and of every task that embeds)."""
         return dict(batch_size=self.batch_size, num_workers=self.workers, cache=self.cache,
                     cache_dir=None if self.cache_dir is None else str(self.cache_dir), on_error=self.on_error,
-                    progress=self.progress)
+                    progress=self.progress, fast_decode=self.fast_decode)
 
     def to_dict(self) -> dict:
         return asdict(self)

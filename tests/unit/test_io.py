@@ -100,3 +100,32 @@ def test_npz_member(tmp_path):
     assert read_image(f"{tmp_path / 'm.npz'}::test_images[2]").size == (28, 28)
     with pytest.raises(ImageReadError):
         read_image(f"{tmp_path / 'm.npz'}::test_images[9]")
+
+
+def test_draft_decodes_large_jpegs_at_reduced_scale_only(tmp_path):
+    """`draft` (--fast-decode) lets libjpeg decode a large JPEG at 1/2..1/8 scale, never below twice the requested
+    size; small JPEGs and other formats are decoded whole."""
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 256, (1000, 1200), dtype=np.uint8))
+    big.save(tmp_path / "big.jpg", quality=95)
+    big.save(tmp_path / "big.png")
+    assert read_image(str(tmp_path / "big.jpg")).size == (1200, 1000)
+    assert read_image(str(tmp_path / "big.jpg"), draft=224).size == (600, 500)  # 1/2: both sides >= 448
+    assert read_image(str(tmp_path / "big.jpg"), draft=120).size == (300, 250)  # 1/4: both sides >= 240
+    assert read_image(str(tmp_path / "big.jpg"), draft=300).size == (1200, 1000)  # under 4 x 300: whole
+    assert read_image(str(tmp_path / "big.png"), draft=120).size == (1200, 1000)
+
+
+def test_fast_decode_embeddings_are_cached_apart(tiny_clip_dir, tmp_path):
+    from medvlkit import create_model, embed_images, load_dataset
+
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    model, ds = create_model(f"hf:{tiny_clip_dir}"), load_dataset(tmp_path, format="folder")
+    cache = tmp_path / "cache"
+    full = embed_images(model, ds, cache_dir=str(cache), progress=False)
+    fast = embed_images(model, ds, cache_dir=str(cache), progress=False, fast_decode=True)
+    assert full.n_cached == 0 and fast.n_cached == 0  # a full decode's vectors never answer a fast one
+    assert not np.allclose(full.vectors, fast.vectors)  # 300 px >= 4 x 32: decoded at a reduced scale
+    assert embed_images(model, ds, cache_dir=str(cache), progress=False, fast_decode=True).n_cached == 2

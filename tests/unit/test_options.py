@@ -52,7 +52,7 @@ def test_options_refuse_bad_values_naming_the_flag():
     with pytest.raises(MedvlkitError, match="--batch-size"):
         RunOptions(batch_size=0)
     assert RunOptions(workers=0, cache=False).embed_kwargs() == dict(
-        batch_size=64, num_workers=0, cache=False, cache_dir=None, on_error="fail", progress=True)
+        batch_size=64, num_workers=0, cache=False, cache_dir=None, on_error="fail", progress=True, fast_decode=False)
     assert DataOptions(label_columns="a,b").adapter_options() == {"label_columns": "a,b", "uncertain": "ignore"}
 
 

@@ -61,9 +61,9 @@ class ImageDataset:
     def has_labels(self) -> bool:
         return self.labels is not None and len(self.classnames) > 0
 
-    def load_image(self, index: int) -> Image.Image:
-        """Read item ``index`` (raises ``ImageReadError`` naming the file)."""
-        return read_image(self.items[index])
+    def load_image(self, index: int, draft: int | None = None) -> Image.Image:
+        """Read item ``index`` (raises ``ImageReadError`` naming the file); ``draft``: see :func:`read_image`."""
+        return read_image(self.items[index], draft=draft)
 
     def targets(self) -> np.ndarray:
         """Class index per item for single-label data. (N,) int."""

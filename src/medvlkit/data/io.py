@@ -32,12 +32,15 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def read_image(item: str, limit: int | None = None) -> Image.Image:
+def read_image(item: str, limit: int | None = None, draft: int | None = None) -> Image.Image:
     """Read one image item: a file path or ``<file.npz>::<array>[<index>]``.
 
     Args:
         item: path of an image/DICOM file, or an npz member reference.
         limit: maximum pixel count (default :func:`max_pixels`).
+        draft: for a JPEG at least twice this size on both sides, decode at a reduced scale (libjpeg's DCT scaling,
+            PIL's ``draft``: 1/2, 1/4 or 1/8) that keeps both sides at least ``2 * draft``; other files are decoded
+            whole. Several times faster on 2-3k px radiographs; the pixels differ slightly from a full decode.
 
     Returns:
         A PIL image in mode ``L`` or ``RGB``.
@@ -59,6 +62,8 @@ def read_image(item: str, limit: int | None = None) -> Image.Image:
         with _pillow_limit(limit), Image.open(path) as im:
             if im.width * im.height > limit:
                 raise ImageReadError(item, _over_limit(im.width, im.height, limit))
+            if draft and im.format == "JPEG" and min(im.size) >= 4 * draft:  # 1/2 scale at least leaves 2 * draft
+                im.draft(im.mode, (2 * draft, 2 * draft))
             im.load()
             return _to_l_or_rgb(ImageOps.exif_transpose(im))
     except ImageReadError:

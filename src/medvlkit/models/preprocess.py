@@ -60,6 +60,11 @@ class PreprocessCfg:
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
 
+    def decode_size(self) -> int:
+        """The largest side the resize steps work at (``image_size``, ``resize_size``, ``pad_size``): how small a
+        reduced-scale JPEG decode may go before the resize."""
+        return max(self.image_size, self.resize_size, self.pad_size)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
