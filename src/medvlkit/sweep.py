@@ -135,7 +135,7 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
     plan = _plan(cfg, data, out)
     for model_spec in cfg.models:
         cells = [c for c in plan if c.model == model_spec and c.status == "pending"]
-        todo = [c for c in cells if not (cfg.skip_existing and _same_result(c, cfg))]
+        todo = [c for c in cells if not (cfg.skip_existing and _same_result(c, cfg, run, data))]
         for c in cells:
             if c not in todo:
                 c.status = "skipped"
@@ -181,13 +181,15 @@ def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> list[Cell]:
     return plan
 
 
-def _record(cell: Cell, cfg: SweepConfig) -> dict:
-    """The settings a cell's result depends on (compared by ``skip_existing``)."""
+def _record(cell: Cell, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> dict:
+    """The settings a cell's result depends on (compared by ``skip_existing``): not the batch size, workers,
+    cache folder or progress bars, which change how fast, not what."""
     return {"model": cell.model, "data": cell.data, "task": cell.task, "split": cfg.split, "prompts": cfg.prompts,
-            "bootstrap": cfg.bootstrap, "seed": cfg.seed}
+            "bootstrap": cfg.bootstrap, "seed": cfg.seed, "precision": run.precision, "tokenizer": run.tokenizer,
+            "fast_decode": run.fast_decode, "on_error": run.on_error} | data.to_dict()
 
 
-def _same_result(cell: Cell, cfg: SweepConfig) -> bool:
+def _same_result(cell: Cell, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> bool:
     path = Path(cell.out) / "result.json"
     if not path.is_file():
         return False
@@ -195,7 +197,7 @@ def _same_result(cell: Cell, cfg: SweepConfig) -> bool:
         recorded = json.loads(path.read_text()).get("config", {}).get("sweep")
     except (json.JSONDecodeError, AttributeError):
         return False
-    return recorded == _record(cell, cfg)
+    return recorded == _record(cell, cfg, run, data)
 
 
 def _run_cell(cell: Cell, model, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
@@ -206,7 +208,7 @@ def _run_cell(cell: Cell, model, cfg: SweepConfig, run: RunOptions, data: DataOp
 
     out = Path(cell.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"sweep": _record(cell, cfg)} | run.to_dict() | data.to_dict()
+    config = {"sweep": _record(cell, cfg, run, data)} | run.to_dict() | data.to_dict()
     logger.info("eval: %s on %s, %s", cell.model, cell.data, cell.task)
     try:
         if cell.task == "probe":

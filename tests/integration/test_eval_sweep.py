@@ -56,6 +56,13 @@ def test_sweep_runs_the_grid_skips_what_is_done_and_reports_failures(tiny_clip_d
     assert {(c["data"].split("/")[-1], c["status"]) for c in json.loads((out / "sweep.json").read_text())["cells"]} \
         == {("cxr", "done"), ("pairs.jsonl", "not applicable")}  # an asked-for task the data cannot do is listed
 
+    zeroshot_only = [*args, "--skip-existing", "--seed", "1", "--task", "zeroshot"]
+    assert main([*zeroshot_only, "--batch-size", "2"]) == 0  # how fast, not what: kept
+    assert {c["status"] for c in json.loads((out / "sweep.json").read_text())["cells"]} == {"skipped",
+                                                                                             "not applicable"}
+    assert main([*zeroshot_only, "--fast-decode"]) == 0  # other pixels: run again
+    assert "done" in {c["status"] for c in json.loads((out / "sweep.json").read_text())["cells"]}
+
     capsys.readouterr()
     bad = tmp_path / "bad"
     assert main(["eval", "-m", f"hf:{tiny_clip_dir}", "-m", "hf:/no/such/model", "-d", str(labelled), "-d",
