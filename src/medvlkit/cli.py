@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,8 @@ OutOpt = typer.Option(None, "--out", "-o", callback=_out_folder, help="output fo
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto (default: a GPU when visible)")
 PrecisionOpt = typer.Option("fp32", "--precision", help="the weights' dtype for inference: fp32, fp16 or bf16")
 BatchOpt = typer.Option(64, "--batch-size", min=1, help="images per forward pass")
-WorkersOpt = typer.Option(2, "--workers", min=0, help="image loading processes (0 = main process)")
+WorkersOpt = typer.Option(min(8, os.cpu_count() or 2), "--workers", min=0,
+                          help="image loading processes (0 = main process; default: the CPU count, at most 8)")
 OnErrorOpt = typer.Option("fail", "--on-error", help="fail on the first unreadable image, or skip and count it")
 NoCacheOpt = typer.Option(False, "--no-cache", help="do not read or write the embedding cache")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="embedding cache folder (default $MEDVLKIT_CACHE or "
@@ -618,6 +620,9 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
                                                                                "same settings"),
              out: Path = OutOpt, bootstrap: int = BootstrapOpt,
              seed: int = typer.Option(0, "--seed", help="bootstrap and probe seed"),
+             group_pattern: str = typer.Option(None, "--group-pattern", help="regex on file names giving the "
+                                                                             "patient id, for the probe's held-out "
+                                                                             "validation where a dataset has no val"),
              run: RunOptions = None, data_opts: DataOptions = None) -> None:
     """Evaluate every model on every dataset (CLIP_benchmark-style sweep), then write one report over all runs.
 
@@ -629,7 +634,7 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
 
     cfg = SweepConfig([str(m) for m in models], [str(d) for d in datasets], str(_out(out, "eval")),
                       tuple(t.strip() for t in task.split(",") if t.strip()), split, prompts, bootstrap, seed,
-                      skip_existing)
+                      skip_existing, group_pattern)
     cells = run_sweep(cfg, run, data_opts)
     print_cells(cells)
     console.print(f"wrote {cfg.out_dir}/sweep.json and {cfg.out_dir}/report/report.html")

@@ -39,6 +39,8 @@ class SweepConfig:
         prompts: a prompt set for every labelled dataset (None: matched per dataset).
         bootstrap, seed: resamples for the 95% CIs, and the seed of the bootstrap and the probe.
         skip_existing: keep cells whose ``result.json`` was written with the same settings.
+        group_pattern: patient-id regex on file names for the probe's held-out validation (datasets without a val
+            split and without patient ids of their own).
     """
 
     models: list[str]
@@ -50,6 +52,7 @@ class SweepConfig:
     bootstrap: int = 1000
     seed: int = 0
     skip_existing: bool = False
+    group_pattern: str | None = None
 
     def __post_init__(self) -> None:
         if not self.models or not self.datasets:
@@ -185,7 +188,8 @@ def _record(cell: Cell, cfg: SweepConfig, run: RunOptions, data: DataOptions) ->
     """The settings a cell's result depends on (compared by ``skip_existing``): not the batch size, workers,
     cache folder or progress bars, which change how fast, not what."""
     return {"model": cell.model, "data": cell.data, "task": cell.task, "split": cfg.split, "prompts": cfg.prompts,
-            "bootstrap": cfg.bootstrap, "seed": cfg.seed, "precision": run.precision, "tokenizer": run.tokenizer,
+            "bootstrap": cfg.bootstrap, "seed": cfg.seed, "group_pattern": cfg.group_pattern,
+            "precision": run.precision, "tokenizer": run.tokenizer,
             "fast_decode": run.fast_decode, "on_error": run.on_error} | data.to_dict()
 
 
@@ -212,7 +216,8 @@ def _run_cell(cell: Cell, model, cfg: SweepConfig, run: RunOptions, data: DataOp
     logger.info("eval: %s on %s, %s", cell.model, cell.data, cell.task)
     try:
         if cell.task == "probe":
-            probe_cfg = ProbeTaskConfig(model=cell.model, data=cell.data, test_split=cfg.split, seed=cfg.seed)
+            probe_cfg = ProbeTaskConfig(model=cell.model, data=cell.data, test_split=cfg.split, seed=cfg.seed,
+                                        group_pattern=cfg.group_pattern)
             run_probe_task(probe_cfg, out, config, cfg.bootstrap, run, data, model=model)
         else:
             ds = data.load(cell.data, cfg.split)

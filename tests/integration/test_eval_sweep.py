@@ -1,6 +1,7 @@
 """``medvlkit eval``: models x datasets x tasks on tiny models and generated data, one report at the end."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,20 @@ def test_prompt_matching_and_options():
     with pytest.raises(Exception, match="--task"):
         SweepConfig(["lite"], ["x"], "out", ("auto", "probe"))
     assert slug("hf:/a/b/clip") != slug("hf:/c/b/clip") and slug("hf:/a/b/clip").startswith("hf-clip-")
+
+
+def test_sweep_probe_holds_out_whole_patients_with_a_group_pattern(tiny_clip_dir, tmp_path):
+    """No val split and patient ids only in the file names: --group-pattern makes the probe's held-out validation
+    whole patients (2 images each: 4 held out, where image-level holdout would take 2)."""
+    for split, patients in (("train", 6), ("test", 2)):
+        for c, cls in enumerate(("NORMAL", "PNEUMONIA")):
+            for p in range(patients):
+                for j in range(2):
+                    make_image(tmp_path / "cxr" / split / cls / f"p{c}{p}_{j}.png", seed=100 * c + 10 * p + j)
+    out = tmp_path / "sweep"
+    assert main(["eval", "-m", f"hf:{tiny_clip_dir}", "-d", str(tmp_path / "cxr"), "--task", "probe",
+                 "--group-pattern", r"(p\d+)_", "--out", str(out), "--bootstrap", "0", "-q", "--workers", "0"]) == 0
+    cell = json.loads((out / "sweep.json").read_text())["cells"][0]
+    result = json.loads((Path(cell["out"]) / "result.json").read_text())
+    assert result["probe"]["n_val"] == 4 and result["probe"]["n_train"] == 20
+    assert result["config"]["sweep"]["group_pattern"] == r"(p\d+)_"
