@@ -83,9 +83,8 @@ def slug(text: str) -> str:
     return f"{readable.strip('-')[:40]}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
 
 
-def dataset_tasks(data: str, split: str, opts: DataOptions, wanted: tuple[str, ...]) -> dict[str, str]:
-    """The tasks to run on ``data`` -> '' when applicable, else why not (the split is read to tell)."""
-    ds = opts.load(data, split)
+def dataset_tasks(ds, data: str, opts: DataOptions, wanted: tuple[str, ...]) -> dict[str, str]:
+    """The tasks to run on ``ds`` (the evaluation split of ``data``) -> '' when applicable, else why not."""
     has_train = _has_split(data, opts, "train")
     why = {"zeroshot": "" if ds.has_labels else "no labels",
            "probe": "" if ds.has_labels and has_train else ("no labels" if not ds.has_labels else "no train split"),
@@ -135,7 +134,7 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
     run, data = run or RunOptions(), data or DataOptions()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = _plan(cfg, data, out)
+    plan, splits = _plan(cfg, data, out)
     for model_spec in cfg.models:
         cells = [c for c in plan if c.model == model_spec and c.status == "pending"]
         todo = [c for c in cells if not (cfg.skip_existing and _same_result(c, cfg, run, data))]
@@ -151,7 +150,7 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
                 c.status, c.error = "failed", f"model: {first_line(err)}"
             continue
         for c in todo:
-            _run_cell(c, model, cfg, run, data)
+            _run_cell(c, model, splits[c.data], cfg, run, data)
     for c in plan:
         if c.status in ("done", "skipped"):
             c.headline = _headline(Path(c.out))
@@ -164,12 +163,14 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
     return plan
 
 
-def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> list[Cell]:
-    """Every cell of the grid; a dataset that cannot be read makes its cells failed, not the sweep."""
-    plan = []
+def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> tuple[list[Cell], dict]:
+    """Every cell of the grid, and each readable dataset's evaluation split (read once, for every model and task);
+    a dataset that cannot be read makes its cells failed, not the sweep."""
+    plan, splits = [], {}
     for path in cfg.datasets:
         try:
-            tasks = dataset_tasks(path, cfg.split, data, cfg.tasks)
+            splits[str(path)] = data.load(path, cfg.split)
+            tasks = dataset_tasks(splits[str(path)], path, data, cfg.tasks)
             error = ""
         except MedvlkitError as err:
             tasks, error = {t: "" for t in (TASKS if cfg.tasks == ("auto",) else cfg.tasks)}, first_line(err)
@@ -181,7 +182,7 @@ def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> list[Cell]:
                 elif why_not:
                     cell.status, cell.error = "not applicable", why_not
                 plan.append(cell)
-    return plan
+    return plan, splits
 
 
 def _record(cell: Cell, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> dict:
@@ -204,7 +205,7 @@ def _same_result(cell: Cell, cfg: SweepConfig, run: RunOptions, data: DataOption
     return recorded == _record(cell, cfg, run, data)
 
 
-def _run_cell(cell: Cell, model, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
+def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
     """Run one cell into its folder; its status and error say how it went."""
     from medvlkit.probe import ProbeTaskConfig, run_probe_task
     from medvlkit.retrieval import save_retrieval
@@ -219,15 +220,13 @@ def _run_cell(cell: Cell, model, cfg: SweepConfig, run: RunOptions, data: DataOp
             probe_cfg = ProbeTaskConfig(model=cell.model, data=cell.data, test_split=cfg.split, seed=cfg.seed,
                                         group_pattern=cfg.group_pattern)
             run_probe_task(probe_cfg, out, config, cfg.bootstrap, run, data, model=model)
+        elif cell.task == "zeroshot":
+            prompts = matching_prompts(ds.classnames, ds.multilabel, cfg.prompts)
+            config["prompts"] = prompts.name
+            res = zeroshot_classify(model, ds, prompts, **run.embed_kwargs())
+            save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed)
         else:
-            ds = data.load(cell.data, cfg.split)
-            if cell.task == "zeroshot":
-                prompts = matching_prompts(ds.classnames, ds.multilabel, cfg.prompts)
-                config["prompts"] = prompts.name
-                res = zeroshot_classify(model, ds, prompts, **run.embed_kwargs())
-                save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed)
-            else:
-                save_retrieval(model, ds, out, config, cfg.bootstrap, cfg.seed, **run.embed_kwargs())
+            save_retrieval(model, ds, out, config, cfg.bootstrap, cfg.seed, **run.embed_kwargs())
     except MedvlkitError as err:
         cell.status, cell.error = "failed", first_line(err)
         return
