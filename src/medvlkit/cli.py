@@ -681,6 +681,33 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+@app.command()
+@shared_options(embed=False, data=False)
+def serve(model: str = typer.Option(None, "--model", "-m", help="model spec (default: the index's model, or lite)"),
+          index: Path = typer.Option(None, "--index", help="folder written by medvlkit index (same model): search "
+                                                           "and similar cases"),
+          prompts: list[str] = typer.Option(None, "--prompts", help="prompt set name or JSON file (repeat; default: "
+                                                                     "every shipped set but the gate's)"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to bind (beyond loopback needs --token)"),
+          port: int = typer.Option(8000, "--port", min=0, max=65535),
+          token: str = typer.Option(None, "--token", envvar="MEDVLKIT_SERVE_TOKEN",
+                                    help="bearer token every data endpoint requires (or $MEDVLKIT_SERVE_TOKEN)"),
+          max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="largest request body"),
+          max_batch: int = typer.Option(32, "--max-batch", min=1, help="images per forward pass across requests"),
+          max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="how long a lone image waits for company"),
+          gate_threshold: float = GateThrOpt, run: RunOptions = None) -> None:
+    """An HTTP API (OpenAPI docs at /docs) and a web page at / for zero-shot reading, the medical-image gate,
+    embeddings and similar-case search. Needs the serve extra (scripts/setup.sh installs it).
+
+    Example: medvlkit serve --index runs/cxr-index --prompts pneumonia --port 8000   (then open http://127.0.0.1:8000)
+    """
+    from medvlkit.serve import serve_task
+
+    serve_task(host, port, model_spec=model, index=index, prompts=prompts or None, token=token,
+               max_upload_mb=max_upload_mb, max_batch=max_batch, max_wait_ms=max_wait_ms,
+               gate_threshold=gate_threshold, run=run)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input prints one line and exits 2 (a traceback only with --debug)."""
     argv = list(sys.argv[1:] if argv is None else argv)

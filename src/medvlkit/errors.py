@@ -54,5 +54,9 @@ class ImageReadError(MedvlkitError):
         self.reason = reason
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image over the pixel limit (a decompression-bomb guard): refused before it is decoded whole."""
+
+
 class NoSplitsError(MedvlkitError):
     """A split was asked for, but the data has no splits (a CSV without a ``split`` column...)."""

@@ -20,7 +20,7 @@ from medvlkit.features import ImageEmbeddings, embed_images
 from medvlkit.models.base import ModelBase
 from medvlkit.options import RunOptions
 from medvlkit.prompts import PromptSet, load_prompt_set
-from medvlkit.zeroshot import classify
+from medvlkit.zeroshot import ClassVectors, class_vectors
 
 GATE_PROMPTS = "medical_gate"
 
@@ -38,11 +38,18 @@ def default_gate_threshold(model: ModelBase) -> float:
     return float(model.validated_gate_threshold)
 
 
-def medical_probability(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet | None = None) -> np.ndarray:
-    """P(medical image) per row of (N, D) image embeddings, from the ``medical_gate`` prompt set. Returns (N,)."""
-    prompts = prompts or load_prompt_set(GATE_PROMPTS)
-    probs = classify(model, image_emb, prompts, "softmax")
-    return probs[:, prompts.classnames.index("medical")]
+def gate_vectors(model: ModelBase, prompts: PromptSet | None = None, cache: bool = False) -> ClassVectors:
+    """The gate's class embeddings (the ``medical_gate`` prompt set unless ``prompts``), to reuse across calls."""
+    return class_vectors(model, prompts or load_prompt_set(GATE_PROMPTS), "softmax", cache)
+
+
+def medical_probability(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet | None = None,
+                        vectors: ClassVectors | None = None) -> np.ndarray:
+    """P(medical image) per row of (N, D) image embeddings, from the ``medical_gate`` prompt set (or ``vectors``
+    from :func:`gate_vectors`). Returns (N,)."""
+    vectors = vectors or gate_vectors(model, prompts)
+    probs = np.exp(vectors.log_probs(image_emb, model.logit_scale))
+    return probs[:, vectors.prompts.classnames.index("medical")]
 
 
 def balanced_threshold(p_medical: np.ndarray, is_medical: np.ndarray) -> float:

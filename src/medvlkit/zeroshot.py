@@ -90,20 +90,43 @@ def classify(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: 
     return np.exp(classify_log(model, image_emb, prompts, mode))
 
 
+@dataclass(frozen=True)
+class ClassVectors:
+    """A prompt set's class embeddings for one model, computed once and reused for any number of images:
+    ``positive`` (C, D) and, in ``pos_neg`` mode, ``negative`` (C, D)."""
+
+    prompts: PromptSet
+    mode: str
+    positive: np.ndarray
+    negative: np.ndarray | None = None
+
+    def log_probs(self, image_emb: np.ndarray, logit_scale: float) -> np.ndarray:
+        """Float64 log-probabilities for (N, D) image embeddings. Returns (N, C)."""
+        check_finite(image_emb, "image embeddings")
+        if self.mode == "softmax":
+            return softmax_log_probs(image_emb, self.positive, logit_scale)
+        return pos_neg_log_probs(image_emb, self.positive, self.negative, logit_scale)
+
+
+def class_vectors(model: ModelBase, prompts: PromptSet, mode: str | None = None, cache: bool = False,
+                  cache_dir: str | None = None) -> ClassVectors:
+    """Encode a prompt set's classes (ensembled, see :func:`ensemble_embeddings`) for ``mode`` (default: the set's
+    own). ``cache``: read/write the prompts' vectors in the on-disk text cache (never for weights being trained)."""
+    mode = mode or prompts.mode
+    if mode not in MODES:
+        raise MedvlkitError(f"--mode {mode}: valid options: {', '.join(MODES)}")
+    pos = ensemble_embeddings(model, prompts, "positive", cache, cache_dir)
+    neg = ensemble_embeddings(model, prompts, "negative", cache, cache_dir) if mode == "pos_neg" else None
+    return ClassVectors(prompts, mode, pos, neg)
+
+
 def classify_log(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: str | None = None,
                  cache: bool = False, cache_dir: str | None = None) -> np.ndarray:
     """Float64 log-probabilities for precomputed image embeddings (N, D). Returns (N, C).
 
     ``cache``: read/write the prompts' vectors in the on-disk text cache (never for weights being trained)."""
-    mode = mode or prompts.mode
-    if mode not in MODES:
-        raise MedvlkitError(f"--mode {mode}: valid options: {', '.join(MODES)}")
     check_finite(image_emb, "image embeddings")
-    pos = ensemble_embeddings(model, prompts, "positive", cache, cache_dir)
-    if mode == "softmax":
-        return softmax_log_probs(image_emb, pos, model.logit_scale)
-    neg = ensemble_embeddings(model, prompts, "negative", cache, cache_dir)
-    return pos_neg_log_probs(image_emb, pos, neg, model.logit_scale)
+    return class_vectors(model, prompts, mode, cache, cache_dir).log_probs(image_emb, model.logit_scale)
 
 
 def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from medvlkit.data.io import _over_limit, _scale_to_uint8, max_pixels, unit_to_uint8
-from medvlkit.errors import ImageReadError, first_line
+from medvlkit.errors import ImageReadError, ImageTooLargeError, first_line
 
 logger = logging.getLogger(__name__)
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -47,8 +47,8 @@ def read_dicom(path: Path, limit: int | None = None) -> Image.Image:
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
         if rows * cols * frames > limit or samples > 4:
-            raise ImageReadError(str(path), _over_limit(cols, rows, limit, f"pixels x {frames} frame(s) x {samples} "
-                                                                           "sample(s)"))
+            raise ImageTooLargeError(str(path), _over_limit(cols, rows, limit, f"pixels x {frames} frame(s) x "
+                                                                               f"{samples} sample(s)"))
         # decode the middle frame only (multi-frame files: CT/MR series, cine)
         arr = pixel_array(ds, index=frames // 2) if frames > 1 else ds.pixel_array
         photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -180,7 +180,7 @@ def _check_deflated_dicom(path: Path, limit: int) -> None:
             while data:
                 total += len(data)
                 if total > bound:
-                    raise ImageReadError(str(path), f"deflated DICOM inflates to more than {bound >> 20} MiB, more "
+                    raise ImageTooLargeError(str(path), f"deflated DICOM inflates to more than {bound >> 20} MiB, more "
                                                     f"than {limit} pixels can need (raise MEDVLKIT_MAX_PIXELS if "
                                                     "the file is trusted)")
                 data = inflater.decompress(inflater.unconsumed_tail, 1 << 20)

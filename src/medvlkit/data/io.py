@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medvlkit.data.items import is_npz_item, parse_npz_item
-from medvlkit.errors import ImageReadError, MedvlkitError
+from medvlkit.errors import ImageReadError, ImageTooLargeError, MedvlkitError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".gif", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000  # a 10k x 10k image; mammograms are ~ 4k x 6k
@@ -58,10 +58,58 @@ def read_image(item: str, limit: int | None = None, draft: int | None = None) ->
         from medvlkit.data.dicom import read_dicom
 
         return read_dicom(path, limit)
+    return _read_pillow(path, item, limit, draft)
+
+
+# The raster formats medvlkit reads (by content, whatever a file is called), with their leading bytes.
+_SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "TIFF": (b"II*\x00", b"MM\x00*"),
+               "BMP": (b"BM",), "GIF": (b"GIF87a", b"GIF89a")}
+
+
+def image_kind(head: bytes) -> str | None:
+    """The image format that a file's first bytes announce (``PNG``, ``JPEG``, ``TIFF``, ``BMP``, ``GIF``, ``WEBP``
+    or ``DICOM``, the last with its 128-byte preamble and ``DICM``), or None for anything else."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "DICOM"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((kind for kind, sigs in _SIGNATURES.items() if any(head.startswith(s) for s in sigs)), None)
+
+
+def read_image_bytes(data: bytes, name: str = "upload", limit: int | None = None,
+                     draft: int | None = None) -> Image.Image:
+    """:func:`read_image` for a file's bytes (an upload): the same formats, pixel limit and conversions.
+
+    Raises:
+        ImageReadError: not a supported image format (by content), undecodable, or (:class:`ImageTooLargeError`)
+            over the pixel limit; the message names ``name``.
+    """
+    import io
+    import tempfile
+
+    limit = limit or max_pixels()
+    kind = image_kind(data[:132])
+    if kind is None:
+        raise ImageReadError(name, "not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM (Part 10, with its preamble) file")
+    if kind == "DICOM":  # pydicom's size checks (deflated files) read from a path
+        from medvlkit.data.dicom import read_dicom
+
+        with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
+            f.write(data)
+            f.flush()
+            try:
+                return read_dicom(Path(f.name), limit)
+            except ImageReadError as err:
+                raise type(err)(name, err.reason) from None
+    return _read_pillow(io.BytesIO(data), name, limit, draft, formats=[kind])
+
+
+def _read_pillow(source, item: str, limit: int, draft: int | None, formats: list[str] | None = None) -> Image.Image:
+    """Decode ``source`` (a path or a binary file object) with Pillow, within the pixel ``limit``."""
     try:
-        with _pillow_limit(limit), Image.open(path) as im:
+        with _pillow_limit(limit), Image.open(source, formats=formats) as im:
             if im.width * im.height > limit:
-                raise ImageReadError(item, _over_limit(im.width, im.height, limit))
+                raise ImageTooLargeError(item, _over_limit(im.width, im.height, limit))
             if draft and im.format == "JPEG" and min(im.size) >= 4 * draft:  # 1/2 scale at least leaves 2 * draft
                 im.draft(im.mode, (2 * draft, 2 * draft))
             im.load()
@@ -69,8 +117,8 @@ def read_image(item: str, limit: int | None = None, draft: int | None = None) ->
     except ImageReadError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageReadError(item, f"{err}; over the limit of {limit} pixels (raise MEDVLKIT_MAX_PIXELS if the "
-                                   "file is trusted)") from None
+        raise ImageTooLargeError(item, f"{err}; over the limit of {limit} pixels (raise MEDVLKIT_MAX_PIXELS if the "
+                                       "file is trusted)") from None
     except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
         raise ImageReadError(item, f"{type(err).__name__}: {err}") from None
 
