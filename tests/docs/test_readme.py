@@ -153,14 +153,45 @@ def _labels_csv(work: Path) -> None:
     (work / "labels.csv").write_text("\n".join(rows) + "\n")
 
 
+def _start_server(argv: list[str], env: dict) -> subprocess.Popen:
+    """`medvlkit serve ... &`: started in the background, as the README's shell would; the README's next line (curl
+    --retry) waits for it, as a user's would."""
+    proc = subprocess.Popen([sys.executable, "-m", "medvlkit", *argv[1:]], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    assert proc.poll() is None, f"medvlkit serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}"
+    return proc
+
+
 def test_readme_commands_run_as_written(data_root, tmp_path, monkeypatch, capsys):
+    from helpers import free_port
+
     work, replace = build_world(data_root, tmp_path)
+    port = free_port()
+    replace |= {"127.0.0.1:8000": f"127.0.0.1:{port}", "--port 8000": f"--port {port}"}
     monkeypatch.chdir(work)
     monkeypatch.setenv("MEDVLKIT_DATA", replace["../shared/data"])
-    ran, skipped = 0, 0
+    servers: list[subprocess.Popen] = []
+    try:
+        ran = _run_readme(work, replace, servers, capsys)
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"README doc test: {ran} commands run")
+    assert ran >= 42
+    runs = work / "runs"
+    assert json.loads((runs / "re-eval" / "result.json").read_text())["metrics"] == \
+        json.loads((runs / "cxr" / "result.json").read_text())["metrics"]  # "its own truth: same numbers"
+    assert json.loads((runs / "index-all" / "result.json").read_text())["metrics"]["n_images"] > 50
+    assert (runs / "report" / "report.html").is_file() and (runs / "pretrain-lite" / "best").is_dir()
+
+
+def _run_readme(work: Path, replace: dict[str, str], servers: list, capsys) -> int:
+    """Run the README's command lines in order; returns how many ran."""
+    ran = 0
     for line in readme_commands():
         if any(line.startswith(s) for s in SKIP):
-            skipped += 1
             continue
         for old, new in replace.items():
             line = line.replace(old, new)
@@ -172,23 +203,25 @@ def test_readme_commands_run_as_written(data_root, tmp_path, monkeypatch, capsys
         while "=" in argv[0] and not argv[0].startswith("-"):  # VAR=value before the command
             key, _, value = argv.pop(0).partition("=")
             env[key] = value
-        if argv[0] == "medvlkit":
+        if argv[:2] == ["medvlkit", "serve"] and argv[-1] != "&":
+            raise AssertionError(f"a README `medvlkit serve` line must end with & (the doc test runs it so): {line}")
+        if argv[0] == "medvlkit" and argv[-1] != "&":
             rc = main(argv[1:])
+        elif argv[-1] == "&":  # a server in the background
+            assert argv[:2] == ["medvlkit", "serve"], f"only `medvlkit serve` runs in the background: {line}"
+            servers.append(_start_server(argv[:-1], env))
+            rc = 0
         else:
             proc = subprocess.run(argv, env=env, capture_output=True, text=True)
             rc = proc.returncode
             print(proc.stderr[-2000:], file=sys.stderr)
+            if argv[0] == "curl":  # an API answer: JSON, not an error
+                assert "error" not in json.loads(proc.stdout), f"{line}: {proc.stdout[:2000]}"
         err = capsys.readouterr().err
         print(f"{time.perf_counter() - start:6.1f} s  {line[:110]}", file=sys.__stdout__)
         assert rc == 0, f"README command failed (exit {rc}): {line}\n{err[-2000:]}"
         ran += 1
-    print(f"README doc test: {ran} commands run, {skipped} skipped")
-    assert ran >= 38
-    runs = work / "runs"
-    assert json.loads((runs / "re-eval" / "result.json").read_text())["metrics"] == \
-        json.loads((runs / "cxr" / "result.json").read_text())["metrics"]  # "its own truth: same numbers"
-    assert json.loads((runs / "index-all" / "result.json").read_text())["metrics"]["n_images"] > 50
-    assert (runs / "report" / "report.html").is_file() and (runs / "pretrain-lite" / "best").is_dir()
+    return ran
 
 
 def test_readme_names_every_shipped_prompt_set():

@@ -70,6 +70,9 @@ def serve_task(host: str = "127.0.0.1", port: int = 8000, log_level: str = "info
     if host not in _LOOPBACK and not app_options.get("token"):
         raise MedvlkitError(f"--host {host} exposes the server beyond this machine: set a token (--token or "
                             "$MEDVLKIT_SERVE_TOKEN) that every request must send")
+    from medvlkit.serve.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()
     app = build_app(**app_options)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

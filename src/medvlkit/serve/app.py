@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medvlkit.errors import ImageReadError, ImageTooLargeError, MedvlkitError
 from medvlkit.serve.batcher import MicroBatcher
 from medvlkit.serve.engine import ServeEngine, ServeLimits
+from medvlkit.serve.memory import Trimmer
 
 logger = logging.getLogger("medvlkit.serve")
 TOKEN_ENV = "MEDVLKIT_SERVE_TOKEN"
@@ -84,7 +85,15 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
     infer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="medvlkit-infer")
     pool = concurrent.futures.ThreadPoolExecutor(io_threads or min(8, os.cpu_count() or 2),
                                                  thread_name_prefix="medvlkit-io")
-    batcher = MicroBatcher(engine.encode_pixels, infer, max_batch, max_wait_ms)
+    trim = Trimmer(every=4)
+
+    def encode(pixels):
+        try:
+            return engine.encode_pixels(pixels)
+        finally:
+            trim()
+
+    batcher = MicroBatcher(encode, infer, max_batch, max_wait_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -203,10 +212,12 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
         (softmax over classes, or per class positive vs negative prompt), and optionally the k most similar
         indexed cases."""
         check_k(k)
-        pixels, names = await read_uploads(files)
 
         async def answer():
-            vectors = await on_model(engine.prompt_vectors, prompts, classes, mode)
+            # a served prompt set is a lookup: only a new class list waits for the model's thread
+            vectors = await on_model(engine.prompt_vectors, prompts, classes, mode) if engine.needs_model(
+                classes, mode) else engine.prompt_vectors(prompts, classes, mode)
+            pixels, names = await read_uploads(files)
             emb = await batcher.submit(pixels)
             results = engine.read(emb, vectors, names)
             if k:

@@ -104,7 +104,8 @@ class ServeEngine:
     def prompt_vectors(self, prompts: str | None = None, classes: str | None = None,
                        mode: str | None = None) -> ClassVectors:
         """The class vectors a request asks for: a served prompt set by name (default: the first), or ``classes``
-        (comma-separated, ensembled with the generic templates; encoded once per list and kept)."""
+        (comma-separated, ensembled with the generic templates; encoded once per list and kept: the only case that
+        runs the model, see :meth:`needs_model`)."""
         if prompts and classes:
             raise MedvlkitError("pass either prompts (a prompt set's name) or classes, not both")
         if classes:
@@ -128,6 +129,14 @@ class ServeEngine:
         if mode and mode != served.mode:
             raise MedvlkitError(f"prompt set '{name}' is served in {served.mode} mode, not {mode}")
         return served
+
+    def needs_model(self, classes: str | None = None, mode: str | None = None) -> bool:
+        """Whether :meth:`prompt_vectors` would encode texts (a class list not seen yet), i.e. must run on the
+        model's thread; a served prompt set is a dictionary lookup."""
+        if not classes:
+            return False
+        with self._adhoc_lock:
+            return (tuple(c.strip() for c in classes.split(",") if c.strip()), mode or "softmax") not in self._adhoc
 
     # --- answers ------------------------------------------------------------------------------------------------
     def read(self, vectors: np.ndarray, prompts: ClassVectors, names: list[str]) -> list[dict]:
