@@ -682,6 +682,26 @@ def _quiet_transformers() -> None:
 
 
 @app.command()
+def export(model: str = ModelOpt, out: Path = typer.Option(..., "--out", "-o", callback=_out_folder,
+                                                          help="new folder for the graphs, tokenizer and manifest"),
+           fmt: str = typer.Option("onnx", "--format", help="onnx"),
+           opset: int = typer.Option(17, "--opset", min=11, help="ONNX opset"),
+           quantize: str = typer.Option(None, "--quantize", help="int8: ONNX Runtime dynamic quantisation"),
+           verify_data: Path = typer.Option(None, "--verify-data", help="images to verify on (default: the demo's "
+                                                                        "bundled images)"),
+           tokenizer: str = TokenizerOpt) -> None:
+    """The image and text towers as ONNX graphs (dynamic batch) + tokenizer + manifest, verified against PyTorch
+    (max abs difference of unit embeddings <= 1e-4, or the export fails). Load it with --model onnx:DIR.
+
+    Example: medvlkit export --model lite --format onnx --out runs/lite-onnx
+    """
+    from medvlkit.display import print_export
+    from medvlkit.export import export_task
+
+    print_export(export_task(model, out, fmt, opset, quantize, verify_data, RunOptions(tokenizer=tokenizer)), out)
+
+
+@app.command()
 @shared_options(embed=False, data=False)
 def serve(model: str = typer.Option(None, "--model", "-m", help="model spec (default: the index's model, or lite)"),
           index: Path = typer.Option(None, "--index", help="folder written by medvlkit index (same model): search "

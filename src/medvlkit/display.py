@@ -150,3 +150,16 @@ def print_pretrained(summary: dict, out_dir: str) -> None:
     console.print(f"best epoch {best['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items()
                                                               if k not in ("epoch", "step")))
     console.print(f"heads written to {out_dir}/best (use --model lite:{out_dir}/best)")
+
+
+def print_export(manifest: dict, out: Path) -> None:
+    """What ``medvlkit export`` wrote and how close it is to PyTorch."""
+    v = manifest["verification"]
+    kind = f"int8 ({manifest['quantize']})" if manifest.get("quantize") else "fp32"
+    console.print(f"exported [bold]{manifest['model']}[/] to {out} ({kind}, opset {manifest['opset']}, "
+                  f"embed dim {manifest['embed_dim']})")
+    bound = f" (limit {v['tolerance']:g})" if v.get("tolerance") else " (int8: measured, not bounded)"
+    console.print(f"ONNX Runtime vs PyTorch, max abs difference of unit embeddings{bound}: image "
+                  f"{v['image_max_abs_diff']:.2e} on {v['n_images']} {v['images']}, text {v['text_max_abs_diff']:.2e} "
+                  f"on {v['n_texts']} texts")
+    console.print(f"use it as --model onnx:{out}")

@@ -245,6 +245,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     """
     from medvlkit.models.registry import create_model, resolve_device
 
+    if cfg.model.startswith("onnx:"):  # refused before any data is read (the model says so too, below)
+        _refuse_inference_only(cfg.model)
     out = Path(cfg.out_dir)
     checkpoint = open_run(out, resume, cfg.to_dict())  # refused before any work if it is not plain data
     device = resolve_device(cfg.device)
@@ -258,6 +260,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     if cfg.mode == "supervised" and not train_ds.has_labels:
         raise MedvlkitError(f"--mode supervised needs labels; '{train_ds.name}' has none")
     model = create_model(cfg.model, device=device)
+    if not model.trainable:
+        _refuse_inference_only(cfg.model)
     prep = prepare_model(model, cfg, train_ds.classnames if cfg.mode == "supervised" else None, train_ds.multilabel)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -277,3 +281,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         (out / "history.json").write_text(json.dumps(state.history, indent=1) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _refuse_inference_only(spec: str) -> None:
+    raise MedvlkitError(f"--model {spec} runs inference only (an ONNX export): fine-tune the PyTorch model it was "
+                        "exported from, then export the result again")

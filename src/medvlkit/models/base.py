@@ -132,6 +132,50 @@ class VisionLanguageModel(Protocol):
         ...
 
 
+def _biovil_text(text: str) -> str:
+    import re
+
+    return re.sub(r"[!?.]+$", "", text.strip())  # hi-ml's TextInput.tokenize_input_prompts
+
+
+TEXT_RULES = {"biovil": _biovil_text}
+"""Named text clean-ups a :class:`TokenizerRecipe` applies before tokenising (by name, so a manifest can hold it)."""
+
+
+@dataclass(frozen=True)
+class TokenizerRecipe:
+    """How a model turns texts into token tensors with its Hugging Face tokenizer. Defined once per model and used
+    by the PyTorch model's ``tokenize`` and, read back from an export's manifest, by the ONNX backend.
+
+    Attributes:
+        max_length: tokens kept per text (the model's context length; cut in tokens, never characters).
+        padding: ``True`` (to the longest text of the batch) or ``"max_length"`` (SigLIP was trained so).
+        keys: the tokenizer outputs the text tower reads, in this order.
+        text_rule: a name in :data:`TEXT_RULES` applied to each text first, or None.
+    """
+
+    max_length: int
+    padding: bool | str = True
+    keys: tuple[str, ...] = ("input_ids", "attention_mask")
+    text_rule: str | None = None
+
+    def __call__(self, tokenizer, texts: list[str], tensors: str = "pt") -> dict:
+        """Tokenise ``texts``: a dict of the ``keys`` the tokenizer gives, as ``tensors`` (``pt`` or ``np``)."""
+        texts = [TEXT_RULES[self.text_rule](t) for t in texts] if self.text_rule else list(texts)
+        out = tokenizer(texts, padding=self.padding, truncation=True, max_length=self.max_length,
+                        return_tensors=tensors)
+        return {k: out[k] for k in self.keys if k in out}
+
+    def to_dict(self) -> dict:
+        return {"max_length": self.max_length, "padding": self.padding, "keys": list(self.keys),
+                "text_rule": self.text_rule}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TokenizerRecipe:
+        return cls(int(raw["max_length"]), raw.get("padding", True), tuple(raw.get("keys", ("input_ids",))),
+                   raw.get("text_rule"))
+
+
 class ModelBase(torch.nn.Module):
     """Shared plumbing for medvlkit's model wrappers: preprocessing, device, fingerprint."""
 
@@ -164,6 +208,21 @@ class ModelBase(torch.nn.Module):
         """Use ``cfg`` (e.g. a preset's, for weights that do not carry their own); it enters the fingerprint."""
         self.preprocess_cfg = cfg
         self.image_preprocessor = ImagePreprocessor(cfg)
+
+    trainable: bool = True
+    """False for models that only run inference (``onnx:``): fine-tuning refuses them."""
+
+    def token_recipe(self) -> TokenizerRecipe | None:
+        """How this model tokenises (with ``self.tokenizer``), or None when its tokenisation is its own code (then
+        its text tower cannot be exported)."""
+        return None
+
+    def tokenize(self, texts: list[str]) -> TextBatch:
+        """Texts -> token tensors by :meth:`token_recipe` (models without one override this)."""
+        recipe = self.token_recipe()
+        if recipe is None:
+            raise NotImplementedError(f"{type(self).__name__} must define token_recipe() or tokenize()")
+        return recipe(self.tokenizer, texts)
 
     def tower_modules(self) -> dict[str, list[torch.nn.Module]]:
         """The trainable parts by tower: ``{"vision": [...], "text": [...]}`` (for ``--freeze`` and LoRA targets)."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
-from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
 from medvlkit.models.weight_files import read_weights
 
 # timm's heads per ViT name (the weights do not say: qkv is fused); head width 64 in every released ViT.
@@ -84,10 +84,8 @@ class BiomedCLIP(LearnedTemperature, ModelBase):
     def tower_modules(self) -> dict[str, list[nn.Module]]:
         return {"vision": [self.trunk, self.image_proj], "text": [self.bert, self.text_proj]}
 
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        out = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
-                             return_tensors="pt")
-        return {"input_ids": out["input_ids"]}
+    def token_recipe(self) -> TokenizerRecipe:
+        return TokenizerRecipe(self.context_length, keys=("input_ids",))
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         feats = self.image_proj(self.trunk(pixels.to(self.device, self.dtype)))

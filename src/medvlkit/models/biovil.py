@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
-from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
 from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.torchvision_resnet import TorchvisionResNet
 from medvlkit.models.weight_files import read_weights
@@ -53,11 +52,8 @@ class BioViL(ModelBase):
     def tower_modules(self) -> dict[str, list[nn.Module]]:
         return {"vision": [self.resnet, self.projector], "text": [self.bert, self.text_head]}
 
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        texts = [re.sub(r"[!?.]+$", "", t.strip()) for t in texts]  # TextInput.tokenize_input_prompts
-        out = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
-                             return_tensors="pt")
-        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+    def token_recipe(self) -> TokenizerRecipe:
+        return TokenizerRecipe(self.context_length, text_rule="biovil")  # TextInput.tokenize_input_prompts
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         feats = self.projector(self.resnet(pixels.to(self.device, self.dtype))).mean(dim=(2, 3))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
 
 
 class Bottleneck(nn.Module):
@@ -134,10 +134,8 @@ class ResNetCLIP(LearnedTemperature, ModelBase):
     def tower_modules(self) -> dict[str, list[nn.Module]]:
         return {"vision": [self.visual], "text": [self.text]}
 
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        out = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
-                             return_tensors="pt")
-        return {k: out[k] for k in ("input_ids", "attention_mask") if k in out}
+    def token_recipe(self) -> TokenizerRecipe:
+        return TokenizerRecipe(self.context_length)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         feats = self.visual(pixels.to(self.device, self.dtype))

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from medvlkit.errors import MedvlkitError, loading_weights
-from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +62,11 @@ class HFDualEncoder(ModelBase):
     def log_bias_param(self) -> torch.nn.Parameter | None:
         return getattr(self.model, "logit_bias", None) if self.model_type == "siglip" else None
 
-    def tokenize(self, texts: list[str]) -> TextBatch:
+    def token_recipe(self) -> TokenizerRecipe:
         # SigLIP was trained on texts padded to the full length and pools the last token.
-        padding = "max_length" if self.model_type == "siglip" else True
-        out = self.tokenizer(list(texts), padding=padding, truncation=True, max_length=self.context_length,
-                             return_tensors="pt")
-        keep = ("input_ids",) if self.model_type == "siglip" else ("input_ids", "attention_mask")
-        return {k: out[k] for k in keep if k in out}
+        if self.model_type == "siglip":
+            return TokenizerRecipe(self.context_length, "max_length", ("input_ids",))
+        return TokenizerRecipe(self.context_length)
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         feats = _pooled(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from medvlkit.errors import MedvlkitError
-from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -185,10 +185,8 @@ class LiteModel(ModelBase):
         out = self.text_tower(**tokens).last_hidden_state
         return mean_pool(out, tokens["attention_mask"])
 
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        out = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
-                             return_tensors="pt")
-        return {k: out[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in out}
+    def token_recipe(self) -> TokenizerRecipe:
+        return TokenizerRecipe(self.context_length, keys=("input_ids", "attention_mask", "token_type_ids"))
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         z = self.heads.project_image(self.image_features(pixels))

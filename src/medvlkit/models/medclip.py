@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
-from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
 from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.torchvision_resnet import TorchvisionResNet
 from medvlkit.models.weight_files import read_weights
@@ -85,10 +85,8 @@ class MedCLIP(ModelBase):
         vision = [self.vision] + ([self.vision_proj] if self.vision_proj is not None else [])
         return {"vision": vision, "text": [self.bert, self.text_proj]}
 
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        out = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
-                             return_tensors="pt")
-        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+    def token_recipe(self) -> TokenizerRecipe:
+        return TokenizerRecipe(self.context_length)
 
     def _pooled(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, self.dtype)

@@ -1,7 +1,7 @@
 """``create_model(spec)`` and ``list_models()``: every backbone through one factory.
 
 A spec is ``lite``, a preset name (``medvlkit models``), or ``<source>:<ref>`` where source is one of
-``hf``, ``openai-ckpt``, ``open_clip``, ``biomedclip``, ``biovil``, ``medclip``, ``gloria``, ``ft``. Sources
+``hf``, ``openai-ckpt``, ``open_clip``, ``biomedclip``, ``biovil``, ``medclip``, ``gloria``, ``ft``, ``onnx``. Sources
 register themselves with :func:`register_source`.
 """
 
@@ -33,6 +33,7 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "medclip": "medvlkit.models.medclip:load_medclip",
     "gloria": "medvlkit.models.gloria:load_gloria",
     "ft": "medvlkit.finetune.saved:load_finetuned",
+    "onnx": "medvlkit.models.onnx_model:load_onnx",
 }
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # --precision: the dtype weights are cast to for inference
 _TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria")  # loaders that take tokenizer=DIR
