@@ -94,7 +94,7 @@ def main() -> None:
                 prompts = load_prompt_set("pneumonia")
                 res = {k: zeroshot_classify(models[k], ds, prompts, cache=False, num_workers=args.workers,
                                             progress=False) for k in ("pytorch", "onnx int8")}
-                col = res["pytorch"].classnames.index("pneumonia")
+                col = [c.lower() for c in res["pytorch"].classnames].index("pneumonia")
                 y = res["pytorch"].labels[:, col]
                 diff, ci = _auroc_difference(y, res["onnx int8"].probs[:, col], res["pytorch"].probs[:, col])
                 from sklearn.metrics import roc_auc_score
