@@ -682,6 +682,37 @@ def _quiet_transformers() -> None:
 
 
 @app.command()
+@shared_options(embed=False)
+def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
+            prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
+            classes: str = typer.Option(None, "--classes", help="comma-separated class names (instead of --prompts)"),
+            text: list[str] = typer.Option(None, "--text", help="a free text to locate (repeat for several)"),
+            mode: str = typer.Option(None, "--mode", help="softmax or pos_neg (default: the prompt set's)"),
+            method: str = typer.Option(None, "--method", help="gradcam (CNN towers) or rollout (CLIP ViTs); "
+                                                              "default: the tower's"),
+            limit: int = typer.Option(None, "--limit", min=1, help="explain the first N images"),
+            out: Path = OutOpt, quiet: bool = QuietOpt, run: RunOptions = None,
+            data_opts: DataOptions = None) -> None:
+    """Heatmaps of where the model sees each class prompt (or --text): Grad-CAM for CNN towers, gradient-weighted
+    attention rollout for ViTs; overlays (PNG) and raw maps (.npy) per image, listed in result.json.
+
+    Example: medvlkit explain --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia --limit 20
+    """
+    from medvlkit.explain import explain_task
+    from medvlkit.prompts import prompt_set_from_classes, resolve_prompt_set
+
+    config = _jsonable(dict(locals()))
+    if text and (prompts or classes):
+        raise MedvlkitError("pass --text, or --prompts / --classes, not both")
+    ps = prompt_set_from_classes(list(text)) if text else resolve_prompt_set(prompts, classes, mode)
+    ds = data_opts.load(data, split)
+    out_dir = _out(out, "explain")
+    result = explain_task(run.load_model(model), ds, ps, out_dir, config, limit, method, mode, not quiet)
+    console.print(f"{result['metrics']['n_images']} images explained by {result['method']} "
+                  f"({', '.join(result['classes'])}); overlays in {out_dir}/overlays, maps in {out_dir}/maps")
+
+
+@app.command()
 def export(model: str = ModelOpt, out: Path = typer.Option(..., "--out", "-o", callback=_out_folder,
                                                           help="new folder for the graphs, tokenizer and manifest"),
            fmt: str = typer.Option("onnx", "--format", help="onnx"),

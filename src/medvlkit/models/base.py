@@ -212,6 +212,15 @@ class ModelBase(torch.nn.Module):
     trainable: bool = True
     """False for models that only run inference (``onnx:``): fine-tuning refuses them."""
 
+    def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """For CNN image towers, the last convolutional stage's output (B, K, h, w) that :meth:`embed_feature_map`
+        turns into the embedding (Grad-CAM explains it); None for towers without one."""
+        return None
+
+    def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The rest of the image tower after :meth:`image_feature_map`: (B, K, h, w) -> (B, D), not normalised."""
+        raise NotImplementedError(f"{type(self).__name__} has no feature-map split")
+
     def token_recipe(self) -> TokenizerRecipe | None:
         """How this model tokenises (with ``self.tokenizer``), or None when its tokenisation is its own code (then
         its text tower cannot be exported)."""

@@ -145,6 +145,12 @@ class ResNetCLIP(LearnedTemperature, ModelBase):
         feats = self.text(**{k: v.to(self.device) for k, v in tokens.items()}).text_embeds
         return l2_normalize(feats) if normalize else feats
 
+    def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.visual.trunk(pixels.to(self.device, self.dtype))
+
+    def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.visual.attnpool(fmap)
+
     def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The final feature map averaged over space (RN50: 2048-d), before attention pooling."""
         return self.visual.trunk(pixels.to(self.device, self.dtype)).mean(dim=(2, 3))

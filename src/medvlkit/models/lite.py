@@ -188,6 +188,12 @@ class LiteModel(ModelBase):
     def token_recipe(self) -> TokenizerRecipe:
         return TokenizerRecipe(self.context_length, keys=("input_ids", "attention_mask", "token_type_ids"))
 
+    def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_tower.extract_features(pixels.to(self.device, self.dtype))  # (B, 1280, 7, 7)
+
+    def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.heads.project_image(fmap.mean(dim=(2, 3)))
+
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         z = self.heads.project_image(self.image_features(pixels))
         return l2_normalize(z) if normalize else z

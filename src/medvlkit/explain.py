@@ -1,0 +1,198 @@
+"""Text-conditioned heatmaps: where in an image a dual encoder sees a class prompt.
+
+The explained score of class ``c`` is what zero-shot classification ranks: the cosine similarity of the image
+embedding with the class's ensembled prompt embedding (softmax prompt sets), or that similarity minus the negative
+prompt's (``pos_neg`` sets: "X" rather than "no X").
+
+- CNN image towers (``lite``, OpenAI ResNet CLIPs: models with ``image_feature_map``): Grad-CAM (Selvaraju et
+  al., ICCV 2017) on the last convolutional stage: channel weights = the spatial mean of the score's gradient,
+  map = ReLU of the weighted sum of the channels.
+- ViT image towers with a class token (transformers CLIP: ``hf:``, ``openai-ckpt:`` ViTs, ``ft:`` of them):
+  gradient-weighted attention rollout (Chefer et al., ICCV 2021, eq. 13-14): per layer
+  ``Abar = mean_heads(relu(grad * A))``, ``R = R + Abar @ R`` from ``R = I``, the class token's row over the patches.
+
+Maps cover the model's input view (the image after its preprocessing's resize and crop or pad, ``S x S``), are
+upsampled bilinearly from the feature grid and scaled to [0, 1] by their maximum (all-zero stays zero).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medvlkit.data.dataset import ImageDataset
+from medvlkit.errors import ImageReadError, MedvlkitError
+from medvlkit.models.base import ModelBase, l2_normalize
+from medvlkit.prompts import PromptSet
+from medvlkit.zeroshot import class_vectors
+
+METHODS = ("gradcam", "rollout")
+
+
+@dataclass(frozen=True)
+class ClassTargets:
+    """What is explained: one vector per class, whose dot product with the unit image embedding is the score."""
+
+    classnames: list[str]
+    vectors: np.ndarray  # (C, D)
+    mode: str
+
+
+def class_targets(model: ModelBase, prompts: PromptSet, mode: str | None = None) -> ClassTargets:
+    """The score vectors of a prompt set: positive ensembles (softmax) or positive minus negative (pos_neg)."""
+    cv = class_vectors(model, prompts, mode, cache=False)
+    vectors = cv.positive if cv.mode == "softmax" else cv.positive - cv.negative
+    return ClassTargets(prompts.classnames, vectors.astype(np.float32), cv.mode)
+
+
+def method_for(model: ModelBase) -> str:
+    """``gradcam`` for CNN towers, ``rollout`` for CLIP ViTs.
+
+    Raises:
+        MedvlkitError: a tower neither method applies to.
+    """
+    if type(model).image_feature_map is not ModelBase.image_feature_map:
+        return "gradcam"
+    if getattr(model, "model_type", None) == "clip" and hasattr(getattr(model, "model", None), "vision_model"):
+        return "rollout"
+    raise MedvlkitError(f"no heatmap method for '{model.name}' yet: Grad-CAM needs a CNN image tower (lite, ResNet "
+                        "CLIPs), attention rollout a ViT with a class token (CLIP)")
+
+
+def _finish(maps: torch.Tensor, size: int) -> np.ndarray:
+    """(B, h, w) relevance -> (B, size, size) in [0, 1]."""
+    maps = F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    peak = maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return (maps.clamp_min(0) / peak).detach().cpu().numpy().astype(np.float32)
+
+
+def gradcam(model: ModelBase, pixels: torch.Tensor, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM maps (B, C, S, S) and the scores (B, C) for normalised pixels (B, 3, S, S)."""
+    fmap = model.image_feature_map(pixels).detach().requires_grad_(True)
+    z = l2_normalize(model.embed_feature_map(fmap).float())
+    scores = z @ torch.from_numpy(targets).to(z.device).T  # (B, C)
+    maps = []
+    for c in range(scores.shape[1]):
+        (grad,) = torch.autograd.grad(scores[:, c].sum(), fmap, retain_graph=True)
+        weights = grad.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
+        maps.append(_finish(torch.relu((weights * fmap).sum(1)), pixels.shape[-1]))
+    return np.stack(maps, 1), scores.detach().cpu().numpy()
+
+
+def rollout(model: ModelBase, pixels: torch.Tensor, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient-weighted attention rollout maps (B, C, S, S) and the scores (B, C) for a CLIP ViT."""
+    clip = model.model
+    before = clip.config._attn_implementation
+    clip.set_attn_implementation("eager")  # attention weights are only returned by the eager kernel
+    try:
+        out = clip.vision_model(pixel_values=pixels.to(model.device, model.dtype), output_attentions=True)
+        z = l2_normalize(clip.visual_projection(out.pooler_output).float())
+        scores = z @ torch.from_numpy(targets).to(z.device).T
+        attentions = out.attentions  # L x (B, H, T, T)
+        tokens = attentions[0].shape[-1]
+        grid = int(round((tokens - 1) ** 0.5))
+        maps = []
+        for c in range(scores.shape[1]):
+            grads = torch.autograd.grad(scores[:, c].sum(), attentions, retain_graph=True)
+            relevance = rollout_relevance([a.detach().float() for a in attentions], [g.float() for g in grads])
+            maps.append(_finish(relevance[:, 0, 1:].reshape(-1, grid, grid), pixels.shape[-1]))
+    finally:
+        clip.set_attn_implementation(before)
+    return np.stack(maps, 1), scores.detach().cpu().numpy()
+
+
+def rollout_relevance(attentions: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """Chefer et al.'s rollout: ``R = I``; per layer ``R = R + mean_heads(relu(grad * A)) @ R``. Returns (B, T, T)."""
+    b, _, t, _ = attentions[0].shape
+    relevance = torch.eye(t, device=attentions[0].device).expand(b, t, t).clone()
+    for a, g in zip(attentions, grads):
+        relevance = relevance + (g * a).clamp_min(0).mean(1) @ relevance
+    return relevance
+
+
+def heatmaps(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets, method: str | None = None) -> tuple[
+        np.ndarray, np.ndarray]:
+    """Maps (B, C, S, S) in [0, 1] and scores (B, C) for normalised pixels, by ``method`` (default
+    :func:`method_for`)."""
+    method = method or method_for(model)
+    if method not in METHODS:
+        raise MedvlkitError(f"--method {method}: valid options: {', '.join(METHODS)}")
+    model.eval()
+    with torch.enable_grad():
+        return (gradcam if method == "gradcam" else rollout)(model, pixels, targets.vectors)
+
+
+def overlay(view: np.ndarray, heat: np.ndarray, alpha: float = 0.45):
+    """The model's input view (3, S, S) uint8 with a heatmap (S, S) in [0, 1] over it (jet colours). A PIL image."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    colours = colormaps["jet"](heat)[..., :3]
+    base = view.transpose(1, 2, 0).astype(np.float32) / 255.0
+    return Image.fromarray(np.round(255 * ((1 - alpha) * base + alpha * colours)).astype(np.uint8))
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:60] or "x"
+
+
+def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict,
+                 limit: int | None = None, method: str | None = None, mode: str | None = None,
+                 progress: bool = True) -> dict:
+    """The ``explain`` task: for each image (the first ``limit``), a heatmap per class of ``prompts``: overlays as
+    ``overlays/<image>__<class>.png``, raw maps as ``maps/<image>.npy`` (C, S, S), and ``result.json`` listing files,
+    scores, probabilities and the method. Returns the result."""
+    from tqdm import tqdm
+
+    from medvlkit.results import write_result
+
+    method = method or method_for(model)
+    if dataset.has_labels and prompts.name != "classes":  # a named set is put in the data's classes; free texts stay
+        prompts = prompts.select(dataset.classnames)
+    targets = class_targets(model, prompts, mode)
+    cv = class_vectors(model, prompts, mode, cache=False)
+    pre = model.image_preprocessor
+    positions = list(range(len(dataset)))[:limit] if limit else list(range(len(dataset)))
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    (out_dir / "maps").mkdir(parents=True, exist_ok=True)
+    rows, skipped, start = [], [], time.perf_counter()
+    for pos in tqdm(positions, desc="explain", unit="img", disable=not progress):
+        item = dataset.items[pos]
+        try:
+            view = pre.to_uint8(dataset.load_image(pos))
+        except ImageReadError as err:
+            skipped.append({"file": item, "reason": err.reason})
+            continue
+        maps, scores = heatmaps(model, pre.normalize(view[None]).to(model.device), targets, method)
+        stem = f"{len(rows):04d}_{_slug(Path(item).stem)}"
+        np.save(out_dir / "maps" / f"{stem}.npy", maps[0])
+        overlays = {}
+        for c, name in enumerate(targets.classnames):
+            path = out_dir / "overlays" / f"{stem}__{_slug(name)}.png"
+            overlay(view.numpy(), maps[0, c]).save(path)
+            overlays[name] = str(path.relative_to(out_dir))
+        with torch.no_grad():
+            emb = model.encode_image(pre.normalize(view[None]).to(model.device)).float().cpu().numpy()
+        probs = np.exp(cv.log_probs(emb, model.logit_scale))[0]
+        truth = dataset.labels[pos].tolist() if dataset.has_labels else None
+        rows.append({"file": item, "map": f"maps/{stem}.npy", "overlays": overlays,
+                     "scores": dict(zip(targets.classnames, map(float, scores[0]))),
+                     "probabilities": dict(zip(targets.classnames, map(float, probs))), "truth": truth})
+    if not rows:
+        raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped)")
+    path = write_result(out_dir, dataset=dataset.name, model=model.name, task="explain", config=config,
+                        n_skipped=len(skipped),
+                        metrics={"n_images": len(rows), "seconds": time.perf_counter() - start},
+                        extra={"method": method, "mode": targets.mode, "classes": targets.classnames,
+                               "prompt_set": prompts.name, "view": pre.cfg.describe(), "images": rows,
+                               "skipped": skipped})
+    import json
+
+    return json.loads(path.read_text())
