@@ -691,6 +691,8 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
             method: str = typer.Option(None, "--method", help="gradcam (CNN towers) or rollout (CLIP ViTs); "
                                                               "default: the tower's"),
             limit: int = typer.Option(None, "--limit", min=1, help="explain the first N images"),
+            target: str = typer.Option("log_prob", "--target", help="explain each class's log_prob against the other "
+                                                                     "classes (softmax sets), or its similarity"),
             out: Path = OutOpt, quiet: bool = QuietOpt, run: RunOptions = None,
             data_opts: DataOptions = None) -> None:
     """Heatmaps of where the model sees each class prompt (or --text): Grad-CAM for CNN towers, gradient-weighted
@@ -707,7 +709,7 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     ps = prompt_set_from_classes(list(text)) if text else resolve_prompt_set(prompts, classes, mode)
     ds = data_opts.load(data, split)
     out_dir = _out(out, "explain")
-    result = explain_task(run.load_model(model), ds, ps, out_dir, config, limit, method, mode, not quiet)
+    result = explain_task(run.load_model(model), ds, ps, out_dir, config, limit, method, mode, not quiet, target)
     console.print(f"{result['metrics']['n_images']} images explained by {result['method']} "
                   f"({', '.join(result['classes'])}); overlays in {out_dir}/overlays, maps in {out_dir}/maps")
 

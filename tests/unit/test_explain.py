@@ -110,3 +110,15 @@ def test_lite_gradcam_maps_and_the_cli(lite, tmp_path):
     assert again["classes"] == ["consolidation"] and again["metrics"]["n_images"] == 1
     assert np.array_equal(np.load(tmp_path / "t" / again["images"][0]["map"])[0].shape, (224, 224))
     assert main(["explain", "--data", str(folder), "--text", "x", "--prompts", "pneumonia"]) == 2
+
+
+def test_log_prob_target_explains_the_softmax_decision():
+    model = TinyCNN().eval()
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    v = np.array([[0.6, 0.8], [1.0, -0.5]], dtype=np.float32)
+    maps, scores = heatmaps(model, pixels, ClassTargets(["a", "b"], v, "softmax", "log_prob", 10.0))
+    sims, _ = heatmaps(model, pixels, ClassTargets(["a", "b"], v, "softmax"))
+    with torch.no_grad():
+        want = torch.log_softmax(10.0 * model.encode_image(pixels) @ torch.from_numpy(v).T, dim=1).numpy()
+    np.testing.assert_allclose(scores, want, atol=1e-5)
+    assert maps.shape == sims.shape == (2, 2, 16, 16) and not np.allclose(maps, sims)
