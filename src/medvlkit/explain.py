@@ -90,20 +90,23 @@ def _finish(maps: torch.Tensor, size: int) -> np.ndarray:
     return (maps.clamp_min(0) / peak).detach().cpu().numpy().astype(np.float32)
 
 
-def gradcam(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM maps (B, C, S, S) and the scores (B, C) for normalised pixels (B, 3, S, S)."""
+def gradcam(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets,
+            classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM maps (B, C', S, S) for ``classes`` (default all C) and the scores (B, C) for normalised pixels."""
     fmap = model.image_feature_map(pixels).detach().requires_grad_(True)
     scores = targets.scores(l2_normalize(model.embed_feature_map(fmap).float()))  # (B, C)
     maps = []
-    for c in range(scores.shape[1]):
+    for c in range(scores.shape[1]) if classes is None else classes:
         (grad,) = torch.autograd.grad(scores[:, c].sum(), fmap, retain_graph=True)
         weights = grad.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
         maps.append(_finish(torch.relu((weights * fmap).sum(1)), pixels.shape[-1]))
     return np.stack(maps, 1), scores.detach().cpu().numpy()
 
 
-def rollout(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient-weighted attention rollout maps (B, C, S, S) and the scores (B, C) for a CLIP ViT."""
+def rollout(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets,
+            classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient-weighted attention rollout maps (B, C', S, S) for ``classes`` (default all) and the scores (B, C)
+    for a CLIP ViT."""
     clip = model.model
     before = clip.config._attn_implementation
     clip.set_attn_implementation("eager")  # attention weights are only returned by the eager kernel
@@ -114,7 +117,7 @@ def rollout(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets) -> tu
         tokens = attentions[0].shape[-1]
         grid = int(round((tokens - 1) ** 0.5))
         maps = []
-        for c in range(scores.shape[1]):
+        for c in range(scores.shape[1]) if classes is None else classes:
             grads = torch.autograd.grad(scores[:, c].sum(), attentions, retain_graph=True)
             relevance = rollout_relevance([a.detach().float() for a in attentions], [g.float() for g in grads])
             maps.append(_finish(relevance[:, 0, 1:].reshape(-1, grid, grid), pixels.shape[-1]))
@@ -132,16 +135,16 @@ def rollout_relevance(attentions: list[torch.Tensor], grads: list[torch.Tensor])
     return relevance
 
 
-def heatmaps(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets, method: str | None = None) -> tuple[
-        np.ndarray, np.ndarray]:
-    """Maps (B, C, S, S) in [0, 1] and scores (B, C) for normalised pixels, by ``method`` (default
-    :func:`method_for`)."""
+def heatmaps(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets, method: str | None = None,
+             classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Maps (B, C, S, S) in [0, 1] (or only for the class indices ``classes``) and scores (B, C) for normalised
+    pixels, by ``method`` (default :func:`method_for`)."""
     method = method or method_for(model)
     if method not in METHODS:
         raise MedvlkitError(f"--method {method}: valid options: {', '.join(METHODS)}")
     model.eval()
     with torch.enable_grad():
-        return (gradcam if method == "gradcam" else rollout)(model, pixels, targets)
+        return (gradcam if method == "gradcam" else rollout)(model, pixels, targets, classes)
 
 
 def overlay(view: np.ndarray, heat: np.ndarray, alpha: float = 0.45):

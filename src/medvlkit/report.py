@@ -1,5 +1,6 @@
 """``medvlkit report``: result JSONs of several runs -> a Markdown table, a CSV, and one self-contained HTML
-page (confusion matrices, ROC curves per class, reliability diagrams, retrieval grids; images inlined)."""
+page (confusion matrices, ROC curves per class, reliability diagrams, retrieval grids, the heatmap grids of explain
+runs; images inlined)."""
 
 from __future__ import annotations
 
@@ -148,7 +149,29 @@ def run_section(run: Run) -> str:
                       f'{ex["answer_rank"]}</figcaption></figure>')
         parts.append(f'<div class="query"><p>“{html.escape(ex["query"][:300])}”</p>'
                      f'<div class="grid">{cells}</div></div>')
+    if res.get("task") == "explain" and res.get("images"):
+        parts.append(explain_grid(run))
     return "".join(parts) + "</section>"
+
+
+def explain_grid(run: Run, k: int = 4) -> str:
+    """For an ``explain`` run: per class, the ``k`` images the model gives the highest and the lowest probability
+    of that class, each with its heatmap overlay for the class (border green where the truth is that class)."""
+    res, rows = run.result, run.result["images"]
+    classes = res.get("classes", [])
+    parts = [f"<p class='meta'>heatmaps: {html.escape(res.get('method', ''))}, target "
+             f"{html.escape(str(res.get('target', '')))}, prompt set {html.escape(str(res.get('prompt_set', '')))}; "
+             "model view: " + html.escape(str(res.get("view", ""))) + "</p>"]
+    for c, name in enumerate(classes):
+        ranked = sorted(rows, key=lambda r: -r["probabilities"][name])
+        for title, chosen in (("most", ranked[:k]), ("least", ranked[::-1][:k])):
+            cells = "".join(
+                f'<figure class="{"hit" if r.get("truth") and r["truth"][c] == 1 else ""}">'
+                f'{_thumb(str(run.folder / r["overlays"][name]), 150)}<figcaption>{html.escape(Path(r["file"]).name)}'
+                f'<br>P = {r["probabilities"][name]:.3f}</figcaption></figure>' for r in chosen)
+            parts.append(f'<div class="query"><p>{title} confident “{html.escape(name)}”</p>'
+                         f'<div class="grid">{cells}</div></div>')
+    return "".join(parts)
 
 
 def _per_class_confusion(matrices: dict, threshold_source: str) -> str:

@@ -68,6 +68,9 @@ def test_zeroshot_equals_the_library(client):
         assert got["results"][0]["gate"]["medical"] is None and 0 <= got["results"][0]["gate"]["p_medical"] <= 1
     pos_neg = c.post("/zeroshot", files=[upload(files[0])], data={"prompts": "chest_xray_findings"}).json()
     assert pos_neg["results"][0]["prediction"] is None and len(pos_neg["results"][0]["probabilities"]) == 19
+    heat = c.post("/zeroshot", files=[upload(files[0])], data={"explain": "true"}).json()["results"][0]["heatmap"]
+    top = max(got["results"][0]["probabilities"], key=got["results"][0]["probabilities"].get)
+    assert heat["class"] == top and heat["method"] in ("gradcam", "rollout") and len(heat["png_base64"]) > 1000
     adhoc = c.post("/zeroshot", files=[upload(files[0])], data={"classes": "normal, pneumonia"}).json()
     assert list(adhoc["results"][0]["probabilities"]) == ["normal", "pneumonia"]
 

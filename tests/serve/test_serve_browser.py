@@ -88,6 +88,8 @@ def test_the_page_reads_a_real_xray(server, data_root, tmp_path):
             fill, track = bar.query_selector(".fill").bounding_box(), bar.query_selector(".track").bounding_box()
             assert fill["height"] > 5 and fill["width"] == pytest.approx(track["width"] * value / 100, abs=2)
         assert "pneumonia" in page.inner_text("#set-name")
+        page.wait_for_function("document.getElementById('heatmap').naturalWidth == 224", timeout=60_000)
+        assert "gradcam" in page.inner_text("#heatmap-caption")
         page.wait_for_function("[...document.querySelectorAll('#similar img')].filter(i => i.naturalWidth > 0)"
                                ".length == 6", timeout=60_000)
         page.fill("#query", "pneumonia")

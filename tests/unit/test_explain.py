@@ -110,6 +110,9 @@ def test_lite_gradcam_maps_and_the_cli(lite, tmp_path):
     assert again["classes"] == ["consolidation"] and again["metrics"]["n_images"] == 1
     assert np.array_equal(np.load(tmp_path / "t" / again["images"][0]["map"])[0].shape, (224, 224))
     assert main(["explain", "--data", str(folder), "--text", "x", "--prompts", "pneumonia"]) == 2
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("most confident") == 2 and page.count("data:image/jpeg") == 2 * 2 * 2  # 2 classes x 2 x 2
 
 
 def test_log_prob_target_explains_the_softmax_decision():

@@ -207,10 +207,11 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
                        prompts: str | None = Form(None, description="a served prompt set (GET /info)"),
                        classes: str | None = Form(None, description="comma-separated class names instead"),
                        mode: str | None = Form(None, description="softmax or pos_neg (with classes)"),
-                       k: int = Form(0, description="similar indexed cases per image (0: none)")) -> dict:
+                       k: int = Form(0, description="similar indexed cases per image (0: none)"),
+                       explain: bool = Form(False, description="add a heatmap of the top class (PNG overlay)")) -> dict:
         """Zero-shot reading of one or more images: the gate's verdict and P(medical), class probabilities
-        (softmax over classes, or per class positive vs negative prompt), and optionally the k most similar
-        indexed cases."""
+        (softmax over classes, or per class positive vs negative prompt), optionally the k most similar indexed
+        cases and a heatmap of where the model sees its top class (medvlkit explain's method)."""
         check_k(k)
 
         async def answer():
@@ -223,6 +224,13 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
             if k:
                 for res, hits in zip(results, engine.search(emb, k)):
                     res["similar"] = hits
+            if explain:
+                for res, px in zip(results, pixels):
+                    top = max(res["probabilities"], key=res["probabilities"].get)
+                    try:
+                        res["heatmap"] = await on_model(engine.heatmap, px, vectors, top)
+                    except MedvlkitError as err:  # no method for this tower: the reading stands without it
+                        res["heatmap"] = {"error": str(err)}
             return {"model": engine.model.name, "fingerprint": engine.model.fingerprint(),
                     "prompts": engine.describe_prompts(vectors), "results": results}
         return await bad_request(answer)()

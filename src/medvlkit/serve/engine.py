@@ -153,6 +153,31 @@ class ServeEngine:
                         "prediction": classes[int(row.argmax())] if prompts.mode == "softmax" else None})
         return out
 
+    def heatmap(self, pixels: torch.Tensor, prompts: ClassVectors, class_name: str) -> dict:
+        """Where the model sees ``class_name`` in one decoded image (uint8 (3, S, S) from :meth:`decode`): the
+        :mod:`medvlkit.explain` map (log-probability target for softmax sets) as a PNG overlay of the model's view,
+        base64. Runs the model with gradients: call it on the model's thread.
+
+        Raises:
+            MedvlkitError: no heatmap method for this model (an ONNX export, a tower without one).
+        """
+        import base64
+
+        from medvlkit.explain import ClassTargets, heatmaps, method_for, overlay
+
+        method = method_for(self.model)
+        ps = prompts.prompts
+        vectors = prompts.positive if prompts.mode == "softmax" else prompts.positive - prompts.negative
+        targets = ClassTargets(ps.classnames, vectors.astype(np.float32), prompts.mode, "log_prob",
+                               float(self.model.logit_scale))
+        c = ps.classnames.index(class_name)
+        maps, _ = heatmaps(self.model, self.model.image_preprocessor.normalize(pixels[None]).to(self.model.device),
+                           targets, method, classes=[c])
+        buf = io.BytesIO()
+        overlay(pixels.numpy(), maps[0, 0]).save(buf, format="PNG")
+        return {"class": class_name, "method": method, "target": targets.target,
+                "png_base64": base64.b64encode(buf.getvalue()).decode()}
+
     def describe_prompts(self, prompts: ClassVectors) -> dict:
         """The prompt set a response used: its name, mode and each class's prompt texts."""
         ps = prompts.prompts

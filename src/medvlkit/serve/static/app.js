@@ -94,6 +94,14 @@ function showResult(data, fileName) {
   $("mode-note").textContent = data.prompts.mode === "softmax"
     ? "Softmax over the classes: the bars sum to 100%."
     : "Each class on its own: its positive prompt against its negative one (bars do not sum to 100%).";
+  const heat = r.heatmap;
+  $("heatmap-box").hidden = !(heat && heat.png_base64);
+  if (heat && heat.png_base64) {
+    $("heatmap").src = "data:image/png;base64," + heat.png_base64;
+    $("heatmap-caption").textContent = `Where the model sees “${heat.class}” (${heat.method}, the model's ${
+      info ? info.preprocess.image_size : ""} px view); red = most weight. A heatmap shows what the score rests on, `
+      + "not a diagnosis.";
+  }
   $("similar-title").hidden = !r.similar;
   showHits($("similar"), r.similar || []);
   $("result").hidden = false;
@@ -109,6 +117,7 @@ async function readImage(file) {
   form.append("files", file, file.name);
   form.append("prompts", $("prompt-set").value);
   if (info && info.index) form.append("k", "6");
+  form.append("explain", "true");
   try {
     showResult(await (await api("/zeroshot", { method: "POST", body: form })).json(), file.name);
   } catch (err) { showError(err); }
