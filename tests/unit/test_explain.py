@@ -125,3 +125,13 @@ def test_log_prob_target_explains_the_softmax_decision():
         want = torch.log_softmax(10.0 * model.encode_image(pixels) @ torch.from_numpy(v).T, dim=1).numpy()
     np.testing.assert_allclose(scores, want, atol=1e-5)
     assert maps.shape == sims.shape == (2, 2, 16, 16) and not np.allclose(maps, sims)
+
+
+def test_gradcam_is_deterministic_and_prompt_dependent():
+    model = TinyCNN().eval()
+    pixels = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    v = np.array([[0.6, 0.8], [1.0, -0.5]], dtype=np.float32)
+    a, _ = heatmaps(model, pixels, ClassTargets(["a", "b"], v, "softmax"))
+    b, _ = heatmaps(model, pixels, ClassTargets(["a", "b"], v, "softmax"))
+    only, _ = heatmaps(model, pixels, ClassTargets(["a", "b"], v, "softmax"), classes=[1])
+    assert np.array_equal(a, b) and not np.allclose(a[0, 0], a[0, 1]) and np.array_equal(only[:, 0], a[:, 1])
