@@ -54,7 +54,7 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from medvlkit import create_model, load_dataset
-    from medvlkit.explain import class_targets, heatmaps
+    from medvlkit.explain import heatmaps, targets_from_vectors
     from medvlkit.prompts import load_prompt_set
     from medvlkit.zeroshot import class_vectors
 
@@ -69,7 +69,8 @@ def main() -> None:
     picks = [i for c in range(len(ds.classnames)) for i in np.flatnonzero(ds.labels[:, c] == 1)[:per_class]]
     model = create_model("lite")
     prompts = load_prompt_set("pneumonia").select(ds.classnames)
-    targets, cv = class_targets(model, prompts, target=args.target), class_vectors(model, prompts, cache=False)
+    cv = class_vectors(model, prompts, cache=False)
+    targets = targets_from_vectors(cv, model.logit_scale, args.target)
     pre = model.image_preprocessor
     views = torch.stack([pre.normalize(pre.to_uint8(ds.load_image(int(i)))) for i in picks])
     with torch.no_grad():

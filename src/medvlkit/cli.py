@@ -15,6 +15,7 @@ import typer
 from medvlkit.display import console, err_console
 from medvlkit.errors import MedvlkitError
 from medvlkit.options import DataOptions, RunOptions
+from medvlkit.serve import TOKEN_ENV as SERVE_TOKEN_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical vision-language models: embed, classify zero-shot, evaluate. "
@@ -743,8 +744,8 @@ def serve(model: str = typer.Option(None, "--model", "-m", help="model spec (def
                                                                      "every shipped set but the gate's)"),
           host: str = typer.Option("127.0.0.1", "--host", help="address to bind (beyond loopback needs --token)"),
           port: int = typer.Option(8000, "--port", min=0, max=65535),
-          token: str = typer.Option(None, "--token", envvar="MEDVLKIT_SERVE_TOKEN",
-                                    help="bearer token every data endpoint requires (or $MEDVLKIT_SERVE_TOKEN)"),
+          token: str = typer.Option(None, "--token", envvar=SERVE_TOKEN_ENV,
+                                    help=f"bearer token every data endpoint requires (or ${SERVE_TOKEN_ENV})"),
           max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="largest request body"),
           max_batch: int = typer.Option(32, "--max-batch", min=1, help="images per forward pass across requests"),
           max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="how long a lone image waits for company"),

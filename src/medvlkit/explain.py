@@ -32,7 +32,7 @@ from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.models.base import ModelBase, l2_normalize
 from medvlkit.prompts import PromptSet
-from medvlkit.zeroshot import class_vectors
+from medvlkit.zeroshot import ClassVectors, class_vectors
 
 METHODS = ("gradcam", "rollout")
 
@@ -62,11 +62,15 @@ def class_targets(model: ModelBase, prompts: PromptSet, mode: str | None = None,
                   target: str = "log_prob") -> ClassTargets:
     """The score vectors of a prompt set: positive ensembles (softmax) or positive minus negative (pos_neg).
     ``target``: explain each class's ``similarity``, or (softmax) its ``log_prob`` against the other classes."""
+    return targets_from_vectors(class_vectors(model, prompts, mode, cache=False), model.logit_scale, target)
+
+
+def targets_from_vectors(cv: ClassVectors, logit_scale: float, target: str = "log_prob") -> ClassTargets:
+    """:func:`class_targets` from class vectors already encoded (zero-shot's, a server's), without encoding again."""
     if target not in TARGETS:
         raise MedvlkitError(f"--target {target}: valid options: {', '.join(TARGETS)}")
-    cv = class_vectors(model, prompts, mode, cache=False)
     vectors = cv.positive if cv.mode == "softmax" else cv.positive - cv.negative
-    return ClassTargets(prompts.classnames, vectors.astype(np.float32), cv.mode, target, float(model.logit_scale))
+    return ClassTargets(cv.prompts.classnames, vectors.astype(np.float32), cv.mode, target, float(logit_scale))
 
 
 def method_for(model: ModelBase) -> str:
@@ -176,8 +180,8 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
     method = method or method_for(model)
     if dataset.has_labels and prompts.name != "classes":  # a named set is put in the data's classes; free texts stay
         prompts = prompts.select(dataset.classnames)
-    targets = class_targets(model, prompts, mode, target)
     cv = class_vectors(model, prompts, mode, cache=False)
+    targets = targets_from_vectors(cv, model.logit_scale, target)
     pre = model.image_preprocessor
     positions = list(range(len(dataset)))[:limit] if limit else list(range(len(dataset)))
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)

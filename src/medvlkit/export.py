@@ -140,6 +140,11 @@ def _max_diff(reference, exported, inputs, exported_inputs=None) -> float:
     return float(np.abs(got - want).max())
 
 
+def _check_quantize(quantize: str | None) -> None:
+    if quantize not in (None, *QUANTIZE):
+        raise MedvlkitError(f"--quantize {quantize}: valid options: {', '.join(QUANTIZE)}")
+
+
 def _quantize(path: Path) -> None:
     """int8 weights for the matrix products (MatMul, Gemm): ONNX Runtime's dynamic quantisation. Convolutions stay
     fp32: quantised dynamically (ConvInteger) they made lite's embedding 0.41x as fast as PyTorch's on a 2-core CPU,
@@ -164,8 +169,10 @@ def export_onnx(model: ModelBase, out_dir: Path, opset: int = DEFAULT_OPSET, qua
             ``quantize``, or (fp32) a difference over ``1e-4`` against PyTorch (the folder is then removed).
     """
     _onnx_modules()
-    if quantize not in (None, *QUANTIZE):
-        raise MedvlkitError(f"--quantize {quantize}: valid options: {', '.join(QUANTIZE)}")
+    _check_quantize(quantize)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise MedvlkitError(f"--out {out_dir} exists and is not empty; choose a new folder")
     if not model.trainable:
         raise MedvlkitError(f"'{model.name}' is already an ONNX export; export its source model "
                             f"({getattr(model, 'manifest', {}).get('source_spec')}) instead")
@@ -182,9 +189,6 @@ def export_onnx(model: ModelBase, out_dir: Path, opset: int = DEFAULT_OPSET, qua
     with torch.no_grad():
         embed_dim = int(model.encode_text(model.tokenize(texts[:1])).shape[1])
     keys = tuple(tokens)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise MedvlkitError(f"--out {out_dir} exists and is not empty; choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad():
@@ -241,8 +245,7 @@ def export_task(spec: str, out_dir: Path, fmt: str = "onnx", opset: int = DEFAUL
 
     if fmt != "onnx":
         raise MedvlkitError(f"--format {fmt}: valid options: onnx")
-    if quantize not in (None, *QUANTIZE):
-        raise MedvlkitError(f"--quantize {quantize}: valid options: {', '.join(QUANTIZE)}")
+    _check_quantize(quantize)  # before the model is loaded
     kwargs = {"tokenizer": run.tokenizer} if run is not None and run.tokenizer else {}
     model = create_model(spec, device="cpu", precision="fp32", **kwargs)
     return export_onnx(model, out_dir, opset, quantize, verify_data, spec=absolute_spec(spec))

@@ -38,9 +38,10 @@ def default_gate_threshold(model: ModelBase) -> float:
     return float(model.validated_gate_threshold)
 
 
-def gate_vectors(model: ModelBase, prompts: PromptSet | None = None, cache: bool = False) -> ClassVectors:
+def gate_vectors(model: ModelBase, prompts: PromptSet | None = None, cache: bool = False,
+                 cache_dir: str | None = None) -> ClassVectors:
     """The gate's class embeddings (the ``medical_gate`` prompt set unless ``prompts``), to reuse across calls."""
-    return class_vectors(model, prompts or load_prompt_set(GATE_PROMPTS), "softmax", cache)
+    return class_vectors(model, prompts or load_prompt_set(GATE_PROMPTS), "softmax", cache, cache_dir)
 
 
 def medical_probability(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet | None = None,

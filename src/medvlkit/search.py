@@ -55,12 +55,16 @@ class SearchIndex:
                                 f"{self.meta['model_fingerprint']}); the query model '{model.name}' differs "
                                 f"({model.fingerprint()}). Pass --model {self.meta['model']} or rebuild the index")
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        """Top-k (file, cosine similarity) per query row of (Q, D) unit vectors."""
+    def search_ids(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """Top-k (row in ``files``, cosine similarity) per query row of (Q, D) unit vectors; k capped at the size."""
         k = min(k, len(self.files))
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return [[(self.files[j], float(s)) for j, s in zip(row_ids, row_scores) if j >= 0]
+        return [[(int(j), float(s)) for j, s in zip(row_ids, row_scores) if j >= 0]
                 for row_ids, row_scores in zip(ids, scores)]
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Top-k (file, cosine similarity) per query row of (Q, D) unit vectors."""
+        return [[(self.files[j], s) for j, s in row] for row in self.search_ids(queries, k)]
 
 
 def item_label(dataset: ImageDataset, position: int) -> str:

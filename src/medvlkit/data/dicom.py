@@ -180,7 +180,7 @@ def _check_deflated_dicom(path: Path, limit: int) -> None:
             while data:
                 total += len(data)
                 if total > bound:
-                    raise ImageTooLargeError(str(path), f"deflated DICOM inflates to more than {bound >> 20} MiB, more "
-                                                    f"than {limit} pixels can need (raise MEDVLKIT_MAX_PIXELS if "
-                                                    "the file is trusted)")
+                    raise ImageTooLargeError(str(path), f"deflated DICOM inflates to more than {bound >> 20} MiB, "
+                                                        f"more than {limit} pixels can need (raise "
+                                                        "MEDVLKIT_MAX_PIXELS if the file is trusted)")
                 data = inflater.decompress(inflater.unconsumed_tail, 1 << 20)

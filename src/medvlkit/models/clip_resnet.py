@@ -153,4 +153,4 @@ class ResNetCLIP(LearnedTemperature, ModelBase):
 
     def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The final feature map averaged over space (RN50: 2048-d), before attention pooling."""
-        return self.visual.trunk(pixels.to(self.device, self.dtype)).mean(dim=(2, 3))
+        return self.image_feature_map(pixels).mean(dim=(2, 3))

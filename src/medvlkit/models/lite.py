@@ -176,8 +176,7 @@ class LiteModel(ModelBase):
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Frozen-tower features. (B, 3, 224, 224) -> (B, 1280)."""
-        x = self.image_tower.extract_features(pixels.to(self.device, self.dtype))  # (B, 1280, 7, 7)
-        return x.mean(dim=(2, 3))
+        return self.image_feature_map(pixels).mean(dim=(2, 3))
 
     def text_features(self, tokens: TextBatch) -> torch.Tensor:
         """Frozen-tower features. Tokens -> (B, 384)."""

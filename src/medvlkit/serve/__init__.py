@@ -15,6 +15,7 @@ from pathlib import Path
 from medvlkit.errors import MedvlkitError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_ENV = "MEDVLKIT_SERVE_TOKEN"  # the bearer token, when not given as --token
 
 
 def _require_extra() -> None:
@@ -69,7 +70,7 @@ def serve_task(host: str = "127.0.0.1", port: int = 8000, log_level: str = "info
 
     if host not in _LOOPBACK and not app_options.get("token"):
         raise MedvlkitError(f"--host {host} exposes the server beyond this machine: set a token (--token or "
-                            "$MEDVLKIT_SERVE_TOKEN) that every request must send")
+                            f"${TOKEN_ENV}) that every request must send")
     from medvlkit.serve.memory import limit_malloc_arenas
 
     limit_malloc_arenas()

@@ -30,7 +30,6 @@ from medvlkit.serve.engine import ServeEngine, ServeLimits
 from medvlkit.serve.memory import Trimmer
 
 logger = logging.getLogger("medvlkit.serve")
-TOKEN_ENV = "MEDVLKIT_SERVE_TOKEN"
 
 
 class BodyLimit:

@@ -60,7 +60,7 @@ class ServeEngine:
                  index: SearchIndex | None = None, gate_threshold: float | None = None, cache: bool = True,
                  cache_dir: str | None = None) -> None:
         model.eval()
-        self.model, self.index, self.cache, self.cache_dir = model, index, cache, cache_dir
+        self.model, self.index = model, index
         if index is not None:
             index.check_model(model)
         sets = [p if isinstance(p, PromptSet) else load_prompt_set(p) for p in (prompt_sets or default_prompt_sets())]
@@ -68,7 +68,7 @@ class ServeEngine:
             raise MedvlkitError("serve needs at least one prompt set (--prompts NAME|FILE)")
         self.prompt_sets = {p.name: class_vectors(model, p, cache=cache, cache_dir=cache_dir) for p in sets}
         self.default_set = sets[0].name
-        self.gate = gate_vectors(model, cache=cache)
+        self.gate = gate_vectors(model, cache=cache, cache_dir=cache_dir)
         self.gate_threshold = gate_threshold if gate_threshold is not None else model.validated_gate_threshold
         self._adhoc: OrderedDict[tuple, ClassVectors] = OrderedDict()
         self._adhoc_lock = threading.Lock()
@@ -109,13 +109,12 @@ class ServeEngine:
         if prompts and classes:
             raise MedvlkitError("pass either prompts (a prompt set's name) or classes, not both")
         if classes:
-            names = [c.strip() for c in classes.split(",") if c.strip()]
-            key = (tuple(names), mode or "softmax")
+            key = _adhoc_key(classes, mode)
             with self._adhoc_lock:
                 if key in self._adhoc:
                     self._adhoc.move_to_end(key)
                     return self._adhoc[key]
-            vectors = class_vectors(self.model, prompt_set_from_classes(names, mode or "softmax"), cache=False)
+            vectors = class_vectors(self.model, prompt_set_from_classes(list(key[0]), key[1]), cache=False)
             with self._adhoc_lock:
                 self._adhoc[key] = vectors
                 while len(self._adhoc) > _ADHOC_SETS:
@@ -136,7 +135,7 @@ class ServeEngine:
         if not classes:
             return False
         with self._adhoc_lock:
-            return (tuple(c.strip() for c in classes.split(",") if c.strip()), mode or "softmax") not in self._adhoc
+            return _adhoc_key(classes, mode) not in self._adhoc
 
     # --- answers ------------------------------------------------------------------------------------------------
     def read(self, vectors: np.ndarray, prompts: ClassVectors, names: list[str]) -> list[dict]:
@@ -163,14 +162,11 @@ class ServeEngine:
         """
         import base64
 
-        from medvlkit.explain import ClassTargets, heatmaps, method_for, overlay
+        from medvlkit.explain import heatmaps, method_for, overlay, targets_from_vectors
 
         method = method_for(self.model)
-        ps = prompts.prompts
-        vectors = prompts.positive if prompts.mode == "softmax" else prompts.positive - prompts.negative
-        targets = ClassTargets(ps.classnames, vectors.astype(np.float32), prompts.mode, "log_prob",
-                               float(self.model.logit_scale))
-        c = ps.classnames.index(class_name)
+        targets = targets_from_vectors(prompts, self.model.logit_scale, "log_prob")
+        c = targets.classnames.index(class_name)
         maps, _ = heatmaps(self.model, self.model.image_preprocessor.normalize(pixels[None]).to(self.model.device),
                            targets, method, classes=[c])
         buf = io.BytesIO()
@@ -190,10 +186,8 @@ class ServeEngine:
         if self.index is None:
             raise MedvlkitError("no search index is loaded: start the server with --index DIR (built by "
                                 "`medvlkit index`)")
-        k = min(k, len(self.index.files))
-        scores, ids = self.index.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        return [[{"id": int(j), "score": float(s)} | self.index.details.get(self.index.files[j], {})
-                 for j, s in zip(row_ids, row_scores) if j >= 0] for row_ids, row_scores in zip(ids, scores)]
+        return [[{"id": j, "score": s} | self.index.details.get(self.index.files[j], {}) for j, s in row]
+                for row in self.index.search_ids(vectors, k)]
 
     def thumbnail(self, image_id: int) -> bytes:
         """A JPEG thumbnail (at most 256 px a side) of indexed image ``image_id``.
@@ -225,6 +219,11 @@ class ServeEngine:
                 "index": index,
                 "versions": {"medvlkit": medvlkit.__version__, "torch": torch.__version__,
                              "python": platform.python_version()}}
+
+
+def _adhoc_key(classes: str, mode: str | None) -> tuple[tuple[str, ...], str]:
+    """A request's class list and mode as the key of its kept vectors."""
+    return tuple(c.strip() for c in classes.split(",") if c.strip()), mode or "softmax"
 
 
 _THUMBNAILS: OrderedDict[str, bytes] = OrderedDict()

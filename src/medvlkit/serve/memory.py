@@ -34,7 +34,6 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
-
 class Trimmer:
     """Calls glibc's ``malloc_trim(0)`` (freed memory back to the system) every ``every`` calls; thread-safe."""
 
