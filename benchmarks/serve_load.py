@@ -22,26 +22,19 @@ import argparse
 import json
 import os
 import random
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import free_port, png_header  # noqa: E402  (the tests' generators: nothing downloaded)
 
 
 def _rss_mb(pid: int) -> float:
@@ -51,18 +44,11 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _bomb_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
 def bad_uploads(jpeg: bytes, limit_mb: float) -> dict[str, bytes]:
     """Named bad files: each must get a 4xx JSON error."""
     rng = np.random.default_rng(0)
     return {"random bytes": rng.bytes(20_000), "truncated jpeg": jpeg[: len(jpeg) // 3], "text": b"not an image\n" * 50,
-            "empty": b"", "pixel bomb": _bomb_png(), "over the upload limit": b"\xff\xd8\xff" + b"0" * int(
+            "empty": b"", "pixel bomb": png_header(60000, 60000), "over the upload limit": b"\xff\xd8\xff" + b"0" * int(
                 (limit_mb + 1) * 2 ** 20)}
 
 
@@ -106,7 +92,7 @@ def main() -> None:
         del model
     print(f"embed baseline: {embed_rate:.1f} img/s ({len(ds)} images, --workers {args.workers}, cache off)")
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "medvlkit", "serve", "--model", args.model, "--port", str(port),
                                "--prompts", "pneumonia", "--max-upload-mb", str(args.max_upload_mb)],

@@ -3,8 +3,6 @@ answers equal the library's own (zero-shot, embed, search), and bad input gets a
 
 import asyncio
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from helpers import png_header
 from medvlkit.data import load_dataset
 from medvlkit.features import embed_images, embed_texts
 from medvlkit.prompts import load_prompt_set
@@ -104,14 +103,6 @@ def test_search_and_thumbnails(client):
         assert r.status_code in (404, 422) and "error" in r.json(), bad
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG that declares width x height pixels (a decompression bomb needs no pixel data to be refused)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
 def test_bad_input_gets_a_4xx_json_error(client, monkeypatch):
     c, _, folder = client
     jpeg = sorted(folder.iterdir())[0].read_bytes()
@@ -119,7 +110,7 @@ def test_bad_input_gets_a_4xx_json_error(client, monkeypatch):
         "not an image": ([("files", ("notes.txt", b"hello, not an image", "text/plain"))], {}, 415),
         "truncated JPEG": ([("files", ("cut.jpg", jpeg[:300], "image/jpeg"))], {}, 400),
         "empty file": ([("files", ("empty.png", b"", "image/png"))], {}, 400),
-        "pixel bomb": ([("files", ("bomb.png", _png_header(30000, 30000), "image/png"))], {}, 413),
+        "pixel bomb": ([("files", ("bomb.png", png_header(30000, 30000), "image/png"))], {}, 413),
         "too many files": ([("files", (f"{i}.jpg", jpeg, "image/jpeg")) for i in range(5)], {}, 413),
         "unknown prompt set": ([("files", ("a.jpg", jpeg, "image/jpeg"))], {"prompts": "nope"}, 400),
         "prompts and classes": ([("files", ("a.jpg", jpeg, "image/jpeg"))], {"prompts": "pneumonia",

@@ -65,9 +65,6 @@ class OnnxModel(ModelBase):
     def token_recipe(self) -> TokenizerRecipe:
         return self.recipe
 
-    def tokenize(self, texts: list[str]) -> TextBatch:
-        return self.recipe(self.tokenizer, texts)
-
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(B, 3, S, S) float pixels -> (B, D) unit embeddings (the graph normalises; raw features are not kept)."""
         if not normalize:
