@@ -210,7 +210,8 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, ou
 @shared_options()
 def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
-             classes: str = typer.Option(None, "--classes", help="comma-separated class names (instead of --prompts)"),
+             classes: str = typer.Option(None, "--classes", help="comma-separated class names (generic prompts); "
+                                                                 "with --prompts, the set restricted to them"),
              mode: str = typer.Option(None, "--mode", help="softmax (one label) or pos_neg (multi-label); default: "
                                                            "the prompt set's"),
              out: Path = OutOpt, bootstrap: int = BootstrapOpt,
@@ -221,7 +222,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
     """
-    from medvlkit.display import print_gated, print_metrics
+    from medvlkit.display import print_gated, print_metrics, print_prompt_set
     from medvlkit.models.presets import lite_caveat
     from medvlkit.prompts import resolve_prompt_set
     from medvlkit.zeroshot import zeroshot_task
@@ -234,6 +235,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     result = zeroshot_task(run.load_model(model), ds, ps, out_dir, config, mode, run, bootstrap, seed, gate,
                            gate_threshold)
     print_gated(result)
+    print_prompt_set(result)
     print_metrics(result)
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
 
@@ -707,7 +709,7 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     config = _jsonable(dict(locals()))
     if text and (prompts or classes):
         raise MedvlkitError("pass --text, or --prompts / --classes, not both")
-    ps = prompt_set_from_classes(list(text)) if text else resolve_prompt_set(prompts, classes, mode)
+    ps = prompt_set_from_classes(list(text), free_text=True) if text else resolve_prompt_set(prompts, classes, mode)
     ds = data_opts.load(data, split)
     out_dir = _out(out, "explain")
     result = explain_task(run.load_model(model), ds, ps, out_dir, config, limit, method, mode, not quiet, target)

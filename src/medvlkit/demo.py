@@ -20,7 +20,7 @@ from medvlkit.gate import run_gate
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import load_prompt_set
 from medvlkit.results import write_json_atomic, write_result
-from medvlkit.zeroshot import classify
+from medvlkit.zeroshot import answer, class_vectors
 
 # scikit-image data name -> (file name, expected modality or None for an ordinary photo)
 SKIMAGE_IMAGES = {
@@ -73,9 +73,10 @@ def run_demo(model: ModelBase, folder: Path, expected: dict[str, str] | None = N
     gate = run_gate(model, ds, num_workers=num_workers, on_error="skip", progress=progress)
     emb, p_med, threshold = gate.embeddings, gate.p_medical, gate.threshold
     modality_set = load_prompt_set("modality")
-    mod = classify(model, emb.vectors, modality_set, "softmax")
+    mod = answer(emb.vectors, class_vectors(model, modality_set), model.logit_scale).probs
     pneu_set = load_prompt_set("pneumonia")
-    pneu = classify(model, emb.vectors, pneu_set, "softmax")[:, pneu_set.classnames.index("pneumonia")]
+    pneu = answer(emb.vectors, class_vectors(model, pneu_set), model.logit_scale).probs[
+        :, pneu_set.classnames.index("pneumonia")]
     rows = []
     for i, item in enumerate(emb.items):
         kind = modality_set.classnames[int(mod[i].argmax())]

@@ -76,6 +76,14 @@ def print_metrics(result: dict) -> None:
     print_binary(result)
 
 
+def print_prompt_set(result: dict) -> None:
+    """Which prompt set scored the images and which classes its softmax ran over."""
+    over = result.get("softmax_over")
+    over = ", ".join(over) if isinstance(over, list) else str(over or "")
+    console.print(f"prompt set '{escape(str(result.get('prompt_set', '')))}' ({result.get('mode', '')}): softmax over "
+                  f"{escape(over)}")
+
+
 def print_binary(result: dict) -> None:
     """For two classes: sensitivity and specificity of the second (positive) class, the decision rule, and the
     confusion matrix."""
@@ -106,11 +114,13 @@ def print_search(rows: list[dict]) -> None:
 
 def print_cells(cells: list) -> None:
     """A sweep's cells: status and the first two headline metrics (or why the cell did not run)."""
-    table = Table("model", "dataset", "task", "status", Column("headline / why", overflow="fold"))
+    table = Table("model", "dataset", "task", Column("prompts", no_wrap=True, min_width=17), "status",
+                  Column("headline / why", overflow="fold"))
     for c in cells:
         values = [(k, v) for k, v in c.headline.items() if isinstance(v, float)][:2]
         detail = ", ".join(f"{k} {v:.4f}" for k, v in values) or c.error
-        table.add_row(escape(c.model), escape(Path(c.data).name), c.task, c.status, escape(detail))
+        table.add_row(escape(c.model), escape(Path(c.data).name), c.task, escape(c.prompts or "-"), c.status,
+                      escape(detail))
     console.print(table)
 
 

@@ -32,7 +32,7 @@ from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.models.base import ModelBase, l2_normalize
 from medvlkit.prompts import PromptSet
-from medvlkit.zeroshot import ClassVectors, class_vectors
+from medvlkit.zeroshot import ClassVectors, answer, class_vectors, data_classes
 
 METHODS = ("gradcam", "rollout")
 
@@ -167,20 +167,31 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:60] or "x"
 
 
+def truth_by_class(dataset: ImageDataset, position: int) -> dict[str, int | None] | None:
+    """An item's labels keyed by the dataset's own class names (1, 0, None = unknown); None without labels. Truth is
+    never attached to prompt classes by position: a prompt class and a dataset class are one only by name."""
+    if not dataset.has_labels:
+        return None
+    return {c: None if np.isnan(v) else int(v) for c, v in zip(dataset.classnames, dataset.labels[position])}
+
+
 def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict,
                  limit: int | None = None, method: str | None = None, mode: str | None = None,
                  progress: bool = True, target: str = "log_prob") -> dict:
     """The ``explain`` task: for each image (the first ``limit``), a heatmap per class of ``prompts``: overlays as
-    ``overlays/<image>__<class>.png``, raw maps as ``maps/<image>.npy`` (C, S, S), and ``result.json`` listing files,
-    scores, probabilities and the method. Returns the result."""
+    ``overlays/<image>__c<class index>.png``, raw maps as ``maps/<image>.npy`` (C, S, S), and ``result.json``
+    listing files, scores, probabilities (the zero-shot answer: on labelled data over the dataset's classes, as
+    ``zeroshot`` computes it), truth by dataset class name, and the method. Free texts (``--text``) are never
+    matched to the dataset's classes. Returns the result."""
     from tqdm import tqdm
 
     from medvlkit.results import write_result
 
     method = method or method_for(model)
-    if dataset.has_labels and prompts.name != "classes":  # a named set is put in the data's classes; free texts stay
-        prompts = prompts.select(dataset.classnames)
+    mode = mode or prompts.mode
+    restrict = data_classes(dataset, prompts, mode)
     cv = class_vectors(model, prompts, mode, cache=False)
+    cv = cv.restrict(restrict) if restrict is not None else cv
     targets = targets_from_vectors(cv, model.logit_scale, target)
     pre = model.image_preprocessor
     positions = list(range(len(dataset)))[:limit] if limit else list(range(len(dataset)))
@@ -199,16 +210,17 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
         np.save(out_dir / "maps" / f"{stem}.npy", maps[0])
         overlays = {}
         for c, name in enumerate(targets.classnames):
-            path = out_dir / "overlays" / f"{stem}__{_slug(name)}.png"
+            path = out_dir / "overlays" / f"{stem}__c{c:02d}.png"  # by index: two texts may share a slug
             overlay(view.numpy(), maps[0, c]).save(path)
             overlays[name] = str(path.relative_to(out_dir))
         with torch.no_grad():
             emb = model.encode_image(pre.normalize(view[None]).to(model.device)).float().cpu().numpy()
-        probs = np.exp(cv.log_probs(emb, model.logit_scale))[0]
-        truth = dataset.labels[pos].tolist() if dataset.has_labels else None
+        ans = answer(emb, cv, model.logit_scale)
+        probs = ans.probs[0]
         rows.append({"file": item, "map": f"maps/{stem}.npy", "overlays": overlays,
                      "scores": dict(zip(targets.classnames, map(float, scores[0]))),
-                     "probabilities": dict(zip(targets.classnames, map(float, probs))), "truth": truth})
+                     "probabilities": dict(zip(targets.classnames, map(float, probs))),
+                     "truth": truth_by_class(dataset, pos)})
     if not rows:
         raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped)")
     path = write_result(out_dir, dataset=dataset.name, model=model.name, task="explain", config=config,
@@ -216,6 +228,8 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
                         metrics={"n_images": len(rows), "seconds": time.perf_counter() - start},
                         extra={"method": method, "mode": targets.mode, "target": targets.target,
                                "classes": targets.classnames, "prompt_set": prompts.name,
+                               "free_text": prompts.free_text, "softmax_over": ans.softmax_over,
+                               "dataset_classes": list(dataset.classnames),
                                "view": pre.cfg.describe(), "images": rows, "skipped": skipped})
     import json
 

@@ -20,7 +20,7 @@ from medvlkit.features import ImageEmbeddings, embed_images
 from medvlkit.models.base import ModelBase
 from medvlkit.options import RunOptions
 from medvlkit.prompts import PromptSet, load_prompt_set
-from medvlkit.zeroshot import ClassVectors, class_vectors
+from medvlkit.zeroshot import ClassVectors, answer, class_vectors
 
 GATE_PROMPTS = "medical_gate"
 
@@ -49,8 +49,8 @@ def medical_probability(model: ModelBase, image_emb: np.ndarray, prompts: Prompt
     """P(medical image) per row of (N, D) image embeddings, from the ``medical_gate`` prompt set (or ``vectors``
     from :func:`gate_vectors`). Returns (N,)."""
     vectors = vectors or gate_vectors(model, prompts)
-    probs = np.exp(vectors.log_probs(image_emb, model.logit_scale))
-    return probs[:, vectors.prompts.classnames.index("medical")]
+    ans = answer(image_emb, vectors, model.logit_scale)
+    return ans.probs[:, ans.classnames.index("medical")]
 
 
 def balanced_threshold(p_medical: np.ndarray, is_medical: np.ndarray) -> float:

@@ -162,16 +162,23 @@ def explain_grid(run: Run, k: int = 4) -> str:
     parts = [f"<p class='meta'>heatmaps: {html.escape(res.get('method', ''))}, target "
              f"{html.escape(str(res.get('target', '')))}, prompt set {html.escape(str(res.get('prompt_set', '')))}; "
              "model view: " + html.escape(str(res.get("view", ""))) + "</p>"]
-    for c, name in enumerate(classes):
+    for name in classes:
         ranked = sorted(rows, key=lambda r: -r["probabilities"][name])
         for title, chosen in (("most", ranked[:k]), ("least", ranked[::-1][:k])):
             cells = "".join(
-                f'<figure class="{"hit" if r.get("truth") and r["truth"][c] == 1 else ""}">'
+                f'<figure class="{"hit" if _is_true(r, name, res) else ""}">'
                 f'{_thumb(str(run.folder / r["overlays"][name]), 150)}<figcaption>{html.escape(Path(r["file"]).name)}'
                 f'<br>P = {r["probabilities"][name]:.3f}</figcaption></figure>' for r in chosen)
             parts.append(f'<div class="query"><p>{title} confident “{html.escape(name)}”</p>'
                          f'<div class="grid">{cells}</div></div>')
     return "".join(parts)
+
+
+def _is_true(row: dict, name: str, result: dict) -> bool:
+    """Whether an explained image's truth is class ``name``: by the dataset's class name (truth is recorded per
+    dataset class); free texts are no class."""
+    truth = row.get("truth")
+    return isinstance(truth, dict) and not result.get("free_text") and truth.get(name) == 1
 
 
 def _per_class_confusion(matrices: dict, threshold_source: str) -> str:

@@ -120,11 +120,17 @@ def write_result(out_dir: Path, *, dataset: str, model: str, task: str, metrics:
 MODE_COLUMN = {False: "single_label", True: "multilabel"}
 
 
+PER_CLASS = "each class on its own"
+"""``softmax_over`` of multi-label scores: no softmax across classes."""
+
+
 def write_predictions(out_dir: Path, items: list[str], classnames: list[str], log_probs: np.ndarray,
-                      labels: np.ndarray | None, multilabel: bool, decisions: np.ndarray | None = None) -> Path:
+                      labels: np.ndarray | None, multilabel: bool, decisions: np.ndarray | None = None,
+                      softmax_over: list[str] | str | None = None) -> Path:
     """Write ``out_dir/predictions.csv``, losslessly: reading it back gives the run's own metrics exactly.
 
-    Columns: ``file``; ``mode`` (``single_label`` or ``multilabel``); ``true`` and ``predicted`` (class names,
+    Columns: ``file``; ``mode`` (``single_label`` or ``multilabel``); ``softmax_over`` (the classes the scores'
+    softmax ran over, ``|``-joined, or how multi-label scores were made); ``true`` and ``predicted`` (class names,
     ``|``-joined for multi-label: for people); ``true_<class>`` (1, 0, or empty for unknown); ``prob_<class>`` and
     ``logp_<class>`` (natural-log probability, float64, all digits: the ranking scores use it).
     ``predicted`` follows ``decisions`` when given (class indices (N,) or booleans (N, C), e.g. from
@@ -135,8 +141,11 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], lo
     tmp = path.with_suffix(".csv.tmp")
     log_probs = np.asarray(log_probs, dtype=np.float64)
     mode = MODE_COLUMN[bool(multilabel)]
+    if softmax_over is None:
+        softmax_over = PER_CLASS if multilabel else list(classnames)
+    over = _csv_field(softmax_over if isinstance(softmax_over, str) else "|".join(softmax_over))
     with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerow(["file", "mode", "true", "predicted"] + [f"true_{c}" for c in classnames]
+        csv.writer(f).writerow(["file", "mode", "softmax_over", "true", "predicted"] + [f"true_{c}" for c in classnames]
                                + [f"prob_{c}" for c in classnames] + [f"logp_{c}" for c in classnames])
         for start in range(0, len(items), _ROWS_PER_BLOCK):  # memory stays flat in N: one block of strings
             stop = min(start + _ROWS_PER_BLOCK, len(items))
@@ -154,7 +163,7 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], lo
             # numbers never need quoting: repr of a list is each float's shortest exact form, joined by ", "
             nums = [repr(p)[1:-1].replace(", ", ",") + "," + repr(q)[1:-1].replace(", ", ",")
                     for p, q in zip(probs.tolist(), lp.tolist())]
-            f.write("".join(f"{_csv_field(item)},{mode},{_csv_field(t)},{_csv_field(d)},{c},{n}\r\n"
+            f.write("".join(f"{_csv_field(item)},{mode},{over},{_csv_field(t)},{_csv_field(d)},{c},{n}\r\n"
                             for item, t, d, c, n in zip(items[start:stop], true, pred, cells, nums)))
     os.replace(tmp, path)
     return path

@@ -73,6 +73,7 @@ class Cell:
     out: str
     status: str = "pending"   # done, skipped (result kept), failed, not applicable
     error: str = ""
+    prompts: str = ""          # the prompt set a zero-shot cell used
     headline: dict = field(default_factory=dict)
 
 
@@ -83,10 +84,16 @@ def slug(text: str) -> str:
     return f"{readable.strip('-')[:40]}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
 
 
-def dataset_tasks(ds, data: str, opts: DataOptions, wanted: tuple[str, ...]) -> dict[str, str]:
+def dataset_tasks(ds, data: str, opts: DataOptions, wanted: tuple[str, ...], prompts: str | None = None
+                  ) -> dict[str, str]:
     """The tasks to run on ``ds`` (the evaluation split of ``data``) -> '' when applicable, else why not."""
+    from medvlkit.prompts import is_number
+
     has_train = _has_split(data, opts, "train")
-    why = {"zeroshot": "" if ds.has_labels else "no labels",
+    numbered = ds.has_labels and not prompts and any(is_number(c) for c in ds.classnames)
+    why = {"zeroshot": ("no labels" if not ds.has_labels else
+                        f"classes named by numbers ({', '.join(ds.classnames[:5])}): name them or pass --prompts"
+                        if numbered else ""),
            "probe": "" if ds.has_labels and has_train else ("no labels" if not ds.has_labels else "no train split"),
            "retrieval": "" if ds.texts else "no captions"}
     if wanted == ("auto",):
@@ -102,25 +109,37 @@ def _has_split(data: str, opts: DataOptions, split: str) -> bool:
     return True
 
 
-def matching_prompts(classnames: list[str], multilabel: bool, name: str | None = None):
-    """The prompt set for a labelled dataset: ``name`` (its classes selected), else the shipped set that covers the
-    classes with the fewest extra ones, else templates of the class names."""
-    from medvlkit.prompts import list_prompt_sets, load_prompt_set, prompt_set_from_classes
+def matching_prompts(dataset, name: str | None = None):
+    """The prompt set for a labelled dataset: ``name`` when given; else the shipped set of the dataset's domain (or
+    of any domain, when the dataset's is unknown) whose classes include the dataset's by name (never by a bare
+    number), with the fewest extra classes; else generic prompts of the class names.
+
+    Raises:
+        MedvlkitError: the class names are numbers (nothing a prompt could describe); ``name``'s set lacks a class.
+    """
+    from medvlkit.prompts import is_number, list_prompt_sets, load_prompt_set, prompt_set_from_classes, same_domain
 
     if name:
-        return load_prompt_set(name).select(classnames)
+        chosen = load_prompt_set(name)
+        chosen.match(dataset.classnames)
+        return chosen
+    if any(is_number(c) for c in dataset.classnames):
+        raise MedvlkitError(f"'{dataset.name}' names its classes {dataset.classnames}: numbers are not names a prompt "
+                            "can describe, so no prompt set is chosen for them; name the classes (a 'label_names' "
+                            "array in an .npz, named class folders) or pass --prompts")
     candidates = []
     for set_name in list_prompt_sets():
         ps = load_prompt_set(set_name)
+        if not same_domain(ps.domain, dataset.domain) or (ps.mode == "pos_neg") != dataset.multilabel:
+            continue
         try:
-            chosen = ps.select(classnames)
+            ps.match(dataset.classnames)
         except MedvlkitError:
             continue
-        if (ps.mode == "pos_neg") == multilabel:
-            candidates.append((len(ps.classes) - len(classnames), set_name, chosen))
+        candidates.append((len(ps.classes) - len(dataset.classnames), set_name, ps))
     if candidates:
         return min(candidates, key=lambda c: c[:2])[2]
-    return prompt_set_from_classes(classnames, "pos_neg" if multilabel else "softmax")
+    return prompt_set_from_classes(dataset.classnames, "pos_neg" if dataset.multilabel else "softmax")
 
 
 def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions | None = None) -> list[Cell]:
@@ -153,7 +172,7 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
             _run_cell(c, model, splits[c.data], cfg, run, data)
     for c in plan:
         if c.status in ("done", "skipped"):
-            c.headline = _headline(Path(c.out))
+            c.headline, c.prompts = _headline(Path(c.out))
     (out / "sweep.json").write_text(json.dumps({"config": asdict(cfg) | {"run": run.to_dict(),
                                                                          "data": data.to_dict()},
                                                 "cells": [asdict(c) for c in plan]}, indent=1) + "\n")
@@ -170,7 +189,7 @@ def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> tuple[list[Cell], d
     for path in cfg.datasets:
         try:
             splits[str(path)] = data.load(path, cfg.split)
-            tasks = dataset_tasks(splits[str(path)], path, data, cfg.tasks)
+            tasks = dataset_tasks(splits[str(path)], path, data, cfg.tasks, cfg.prompts)
             error = ""
         except MedvlkitError as err:
             tasks, error = {t: "" for t in (TASKS if cfg.tasks == ("auto",) else cfg.tasks)}, first_line(err)
@@ -221,8 +240,8 @@ def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: Da
                                         group_pattern=cfg.group_pattern)
             run_probe_task(probe_cfg, out, config, cfg.bootstrap, run, data, model=model)
         elif cell.task == "zeroshot":
-            prompts = matching_prompts(ds.classnames, ds.multilabel, cfg.prompts)
-            config["prompts"] = prompts.name
+            prompts = matching_prompts(ds, cfg.prompts)
+            cell.prompts = config["prompts"] = prompts.name
             res = zeroshot_classify(model, ds, prompts, **run.embed_kwargs())
             save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed)
         else:
@@ -233,7 +252,8 @@ def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: Da
     cell.status = "done"
 
 
-def _headline(folder: Path) -> dict:
+def _headline(folder: Path) -> tuple[dict, str]:
+    """A finished cell's headline metrics and the prompt set it used ("" for tasks without prompts)."""
     result = json.loads((folder / "result.json").read_text())
     metrics = result.get("metrics") or {}
-    return {k: metrics.get(k) for k in result.get("headline") or []}
+    return {k: metrics.get(k) for k in result.get("headline") or []}, str(result.get("prompt_set") or "")

@@ -68,26 +68,8 @@ def pos_neg_probs(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarra
     return np.exp(pos_neg_log_probs(image_emb, pos_emb, neg_emb, logit_scale))
 
 
-@dataclass
-class ZeroShotResult:
-    """Per-image class scores and what they refer to."""
-
-    log_probs: np.ndarray            # (N_ok, C) float64 natural-log probabilities
-    classnames: list[str]
-    mode: str
-    embeddings: ImageEmbeddings
-    labels: np.ndarray | None = None  # (N_ok, C) true labels when the data has them
-    prompt_texts: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def probs(self) -> np.ndarray:
-        """(N_ok, C) probabilities (derived from ``log_probs``)."""
-        return np.exp(self.log_probs)
-
-
-def classify(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: str | None = None) -> np.ndarray:
-    """Probabilities for precomputed image embeddings (N, D). Returns (N, C)."""
-    return np.exp(classify_log(model, image_emb, prompts, mode))
+POS_NEG_OVER = "each class against its negative prompts"
+"""What ``softmax_over`` says for ``pos_neg``: one 2-way softmax per class, never across classes."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +82,88 @@ class ClassVectors:
     positive: np.ndarray
     negative: np.ndarray | None = None
 
-    def log_probs(self, image_emb: np.ndarray, logit_scale: float) -> np.ndarray:
-        """Float64 log-probabilities for (N, D) image embeddings. Returns (N, C)."""
-        check_finite(image_emb, "image embeddings")
-        if self.mode == "softmax":
-            return softmax_log_probs(image_emb, self.positive, logit_scale)
-        return pos_neg_log_probs(image_emb, self.positive, self.negative, logit_scale)
+    @property
+    def classnames(self) -> list[str]:
+        return self.prompts.classnames
+
+    def restrict(self, names: list[str]) -> ClassVectors:
+        """The vectors of the classes matching ``names`` (by name or alias, see :meth:`PromptSet.match`), renamed
+        to them and in their order: a softmax then runs over these classes only. Free texts are never matched.
+
+        Raises:
+            MedvlkitError: a name has no class in the set; the set is free texts.
+        """
+        if self.prompts.free_text:
+            raise MedvlkitError(f"free texts ({self.classnames}) are not classes; they cannot be restricted to {names}")
+        rows = self.prompts.match(names)
+        return ClassVectors(self.prompts.select(names), self.mode, self.positive[rows],
+                            None if self.negative is None else self.negative[rows])
+
+
+@dataclass
+class Answer:
+    """Zero-shot scores of N images over the classes of one prompt set.
+
+    Attributes:
+        log_probs: (N, C) float64 natural-log probabilities.
+        classnames: the C classes, in column order.
+        mode: ``softmax`` (one softmax over ``softmax_over``) or ``pos_neg`` (per class, "X" against "no X").
+        softmax_over: the classes the softmax ran over (softmax), or :data:`POS_NEG_OVER`.
+    """
+
+    log_probs: np.ndarray
+    classnames: list[str]
+    mode: str
+    softmax_over: list[str] | str
+
+    @property
+    def probs(self) -> np.ndarray:
+        return np.exp(self.log_probs)
+
+
+def answer(image_emb: np.ndarray, vectors: ClassVectors, logit_scale: float,
+           restrict_to: list[str] | None = None) -> Answer:
+    """THE zero-shot answer: class log-probabilities of (N, D) unit image embeddings. Every caller (the
+    ``zeroshot`` task, the Python API, ``serve``, ``explain``, the gate, the demo, fine-tuning's validation) goes
+    through here, so the same image and prompt set give the same numbers everywhere.
+
+    Args:
+        image_emb: (N, D) image embeddings of the model that encoded ``vectors``.
+        vectors: the prompt set's class vectors (:func:`class_vectors`).
+        logit_scale: the model's own temperature.
+        restrict_to: class names (or aliases) to keep, in this order; the softmax runs over them only. None: every
+            class of the set.
+    """
+    check_finite(image_emb, "image embeddings")
+    if restrict_to is not None:
+        vectors = vectors.restrict(list(restrict_to))
+    if vectors.mode == "softmax":
+        log_probs = softmax_log_probs(image_emb, vectors.positive, logit_scale)
+        over: list[str] | str = list(vectors.classnames)
+    else:
+        log_probs = pos_neg_log_probs(image_emb, vectors.positive, vectors.negative, logit_scale)
+        over = POS_NEG_OVER
+    return Answer(log_probs, list(vectors.classnames), vectors.mode, over)
+
+
+@dataclass
+class ZeroShotResult:
+    """Per-image class scores and what they refer to."""
+
+    log_probs: np.ndarray            # (N_ok, C) float64 natural-log probabilities
+    classnames: list[str]
+    mode: str
+    embeddings: ImageEmbeddings
+    labels: np.ndarray | None = None  # (N_ok, C) true labels when the data has them
+    prompt_texts: dict[str, list[str]] = field(default_factory=dict)
+    softmax_over: list[str] | str = ""
+    prompt_set: str = ""
+    prompt_identity: str = ""         # sha256 of the mode and every prompt text (PromptSet.identity)
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(N_ok, C) probabilities (derived from ``log_probs``)."""
+        return np.exp(self.log_probs)
 
 
 def class_vectors(model: ModelBase, prompts: PromptSet, mode: str | None = None, cache: bool = False,
@@ -120,13 +178,20 @@ def class_vectors(model: ModelBase, prompts: PromptSet, mode: str | None = None,
     return ClassVectors(prompts, mode, pos, neg)
 
 
-def classify_log(model: ModelBase, image_emb: np.ndarray, prompts: PromptSet, mode: str | None = None,
-                 cache: bool = False, cache_dir: str | None = None) -> np.ndarray:
-    """Float64 log-probabilities for precomputed image embeddings (N, D). Returns (N, C).
+def data_classes(dataset: ImageDataset, prompts: PromptSet, mode: str | None = None) -> list[str] | None:
+    """The classes zero-shot scores on ``dataset`` cover: the dataset's own (matched to the set by name or alias;
+    a softmax runs over them only) when it is labelled, else every class of the set (None). Free texts are never
+    matched to classes.
 
-    ``cache``: read/write the prompts' vectors in the on-disk text cache (never for weights being trained)."""
-    check_finite(image_emb, "image embeddings")
-    return class_vectors(model, prompts, mode, cache, cache_dir).log_probs(image_emb, model.logit_scale)
+    Raises:
+        MedvlkitError: a dataset class has no prompts; a softmax asked of multi-label data.
+    """
+    if not dataset.has_labels or prompts.free_text:
+        return None
+    prompts.match(dataset.classnames)  # refused before any image is read
+    if (mode or prompts.mode) == "softmax" and dataset.multilabel:
+        raise MedvlkitError(f"dataset '{dataset.name}' is multi-label: use --mode pos_neg")
+    return list(dataset.classnames)
 
 
 def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
@@ -136,24 +201,23 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
     Args:
         model: any medvlkit model.
         dataset: images, labelled or not. With labels, the prompt classes are matched to the dataset's
-            class names (or aliases) and put in the dataset's order.
+            class names (or aliases), put in the dataset's order, and the softmax runs over those classes only
+            (recorded as ``softmax_over``); without labels it runs over every class of the set.
         prompts: a :class:`PromptSet` (``load_prompt_set`` / ``prompt_set_from_classes``).
         mode: ``softmax`` or ``pos_neg``; default: the prompt set's own mode.
         embeddings: the dataset's image embeddings when already computed (e.g. by the gate).
         **embed_options: passed to :func:`embed_images` (batch_size, num_workers, cache, on_error...).
     """
     mode = mode or prompts.mode
-    if dataset.has_labels:
-        prompts = prompts.select(dataset.classnames)
-        if mode == "softmax" and dataset.multilabel:
-            raise MedvlkitError(f"dataset '{dataset.name}' is multi-label: use --mode pos_neg")
+    restrict = data_classes(dataset, prompts, mode)
     emb = embeddings if embeddings is not None else embed_images(model, dataset, **embed_options)
-    log_probs = classify_log(model, emb.vectors, prompts, mode, cache=embed_options.get("cache", True),
-                             cache_dir=embed_options.get("cache_dir"))
-    texts = {c.name: prompts.texts(c.positive) + (prompts.texts(c.negative) if mode == "pos_neg" else [])
-             for c in prompts.classes}
-    labels = dataset.labels[emb.indices] if dataset.has_labels else None
-    return ZeroShotResult(log_probs, prompts.classnames, mode, emb, labels, texts)
+    vectors = class_vectors(model, prompts, mode, cache=embed_options.get("cache", True),
+                            cache_dir=embed_options.get("cache_dir"))
+    ans = answer(emb.vectors, vectors, model.logit_scale, restrict)
+    used = prompts.select(restrict) if restrict is not None else prompts
+    labels = dataset.labels[emb.indices] if dataset.has_labels and restrict is not None else None
+    return ZeroShotResult(ans.log_probs, ans.classnames, mode, emb, labels, used.class_texts(mode), ans.softmax_over,
+                          prompts.name, used.identity(mode))
 
 
 def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBase, out_dir: str | Path,
@@ -166,7 +230,9 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
     out_dir = Path(out_dir)
     multilabel = result.mode == "pos_neg"
     metrics, ci = {}, {}
-    extra = {"classnames": result.classnames, "mode": result.mode, "n_images": len(result.embeddings.items),
+    extra = {"classnames": result.classnames, "mode": result.mode, "softmax_over": result.softmax_over,
+             "prompt_set": result.prompt_set, "prompt_identity": result.prompt_identity,
+             "n_images": len(result.embeddings.items),
              "skipped": [{"file": f, "reason": r} for f, r in result.embeddings.skipped]} | (extra or {})
     if result.labels is not None:
         ev = evaluate_probs(result.labels, None, result.classnames, multilabel, n_bootstrap, seed,
@@ -174,7 +240,7 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
         metrics, ci, extra["confusion_matrix"] = ev.metrics, ev.ci, ev.confusion_matrix
         extra |= ev.extra
     write_predictions(out_dir, result.embeddings.items, result.classnames, result.log_probs, result.labels,
-                      multilabel)
+                      multilabel, softmax_over=result.softmax_over)
     (out_dir / "prompts.json").write_text(json.dumps(result.prompt_texts, indent=1) + "\n")
     name = dataset.full_name
     extra |= provenance(model, dataset, result.embeddings, DEFAULT_THRESHOLD_SOURCE)

@@ -35,7 +35,7 @@ def test_zeroshot_writes_result_and_predictions(tiny_clip_dir, cxr_folder, tmp_p
     assert 0 <= res["metrics"]["accuracy"] <= 1 and len(res["ci"]["auroc"]) == 2
     assert np.asarray(res["confusion_matrix"]).sum() == 10 and res["config"]["prompts"] == "pneumonia"
     rows = _rows(out / "predictions.csv")
-    assert len(rows) == 10 and set(rows[0]) == {"file", "mode", "true", "predicted", "true_NORMAL", "true_PNEUMONIA",
+    assert len(rows) == 10 and set(rows[0]) == {"file", "mode", "softmax_over", "true", "predicted", "true_NORMAL", "true_PNEUMONIA",
                                                  "prob_NORMAL", "prob_PNEUMONIA", "logp_NORMAL", "logp_PNEUMONIA"}
     assert {r["mode"] for r in rows} == {"single_label"}
     assert {r["true"] for r in rows} == {"NORMAL", "PNEUMONIA"}
@@ -123,9 +123,9 @@ def test_evaluate_predictions_made_elsewhere(tmp_path):
     (["zeroshot", "-d", "{cxr}", "--split", "test", "--classes", "a,b", "-m", "weird:thing"], "unknown model spec"),
     (["zeroshot", "-d", "{cxr}", "--split", "test", "--classes", "a,b", "-m", "hf:org/model-not-here"],
      "huggingface-cli download"),
-    (["zeroshot", "-d", "{cxr}", "--split", "test", "-m", "hf:{clip}"], "exactly one of --prompts"),
+    (["zeroshot", "-d", "{cxr}", "--split", "test", "-m", "hf:{clip}"], "pass --prompts NAME|FILE, --classes"),
     (["zeroshot", "-d", "{cxr}", "-m", "hf:{clip}", "--classes", "a"], "pass --split"),
-    (["zeroshot", "-d", "{cxr}", "--split", "test", "-m", "hf:{clip}", "--classes", "a,b"], "no prompts for dataset"),
+    (["zeroshot", "-d", "{cxr}", "--split", "test", "-m", "hf:{clip}", "--classes", "a,b"], "no prompts for class"),
     (["evaluate", "--predictions", "/no/p.csv", "--labels", "/no/l.csv"], "no such file"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, tiny_clip_dir, cxr_folder, capsys, tmp_path):

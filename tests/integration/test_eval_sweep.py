@@ -3,10 +3,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import make_image, make_split_folders
 from medvlkit.cli import main
+from medvlkit.data.dataset import ImageDataset
 from medvlkit.sweep import SweepConfig, matching_prompts, slug
 
 
@@ -77,11 +79,14 @@ def test_sweep_runs_the_grid_skips_what_is_done_and_reports_failures(tiny_clip_d
 
 
 def test_prompt_matching_and_options():
-    assert matching_prompts(["NORMAL", "PNEUMONIA"], False).name == "pneumonia"
-    assert matching_prompts(["CT", "MR"], False).name == "modality"
-    unknown = matching_prompts(["cat", "dog"], False)
+    def ds(classes, multilabel=False):
+        return ImageDataset([f"{c}.png" for c in classes], "d", classes, np.eye(len(classes)), multilabel)
+
+    assert matching_prompts(ds(["NORMAL", "PNEUMONIA"])).name == "pneumonia"
+    assert matching_prompts(ds(["CT", "MR"])).name == "modality"
+    unknown = matching_prompts(ds(["cat", "dog"]))
     assert unknown.name == "classes" and unknown.classnames == ["cat", "dog"] and unknown.mode == "softmax"
-    assert matching_prompts(["cat", "dog"], True).mode == "pos_neg"
+    assert matching_prompts(ds(["cat", "dog"], True)).mode == "pos_neg"
     with pytest.raises(Exception, match="--task"):
         SweepConfig(["lite"], ["x"], "out", ("auto", "probe"))
     assert slug("hf:/a/b/clip") != slug("hf:/c/b/clip") and slug("hf:/a/b/clip").startswith("hf-clip-")

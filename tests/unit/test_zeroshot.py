@@ -8,7 +8,7 @@ import torch
 from helpers import make_image_folder
 from medvlkit import MedvlkitError, create_model, embed_images, embed_texts, load_dataset, load_prompt_set
 from medvlkit.prompts import list_prompt_sets, prompt_set_from_classes
-from medvlkit.zeroshot import classify, pos_neg_probs, softmax_probs, zeroshot_classify
+from medvlkit.zeroshot import answer, class_vectors, pos_neg_probs, softmax_probs, zeroshot_classify
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def test_softmax_uses_prompt_ensemble_and_model_temperature(model):
     ps = load_prompt_set("pneumonia")
     emb = np.random.default_rng(0).normal(size=(4, model.embed_dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    probs = classify(model, emb, ps, "softmax")
+    probs = answer(emb, class_vectors(model, ps, "softmax"), model.logit_scale).probs
     manual = []
     for c in ps.classes:
         t = embed_texts(model, [tpl.format(p) for p in c.positive for tpl in ps.templates]).mean(0)
@@ -58,7 +58,7 @@ def test_prompt_sets_ship_and_select_by_alias():
     assert sel.classnames == ["PNEUMONIA", "NORMAL"] and "pneumonia" in sel.classes[0].positive
     assert load_prompt_set("chest_xray_findings").select(["Effusion", "Infiltration"]).classnames == [
         "Effusion", "Infiltration"]
-    with pytest.raises(MedvlkitError, match="no prompts for dataset class"):
+    with pytest.raises(MedvlkitError, match="no prompts for class"):
         load_prompt_set("pneumonia").select(["NORMAL", "TUBERCULOSIS"])
     with pytest.raises(MedvlkitError, match="unknown prompt set"):
         load_prompt_set("nope")
@@ -113,11 +113,10 @@ def test_unreadable_images_fail_or_skip(model, tmp_path):
 
 def test_prompt_vectors_are_cached_per_weights(tmp_path, monkeypatch):
     """A zero-shot rerun reads the prompts' vectors from the text cache; other weights (another file) recompute;
-    classify_log without cache (fine-tuning's validation) never reads it."""
+    class vectors without cache (fine-tuning's validation) never read it."""
     import shutil
 
     from helpers import save_tiny_clip
-    from medvlkit.zeroshot import classify_log
 
     ds = load_dataset(make_image_folder(tmp_path / "imgs", {"NORMAL": 2, "PNEUMONIA": 2}))
     folder = save_tiny_clip(tmp_path / "m")
@@ -129,7 +128,7 @@ def test_prompt_vectors_are_cached_per_weights(tmp_path, monkeypatch):
     second = zeroshot_classify(warm, ds, load_prompt_set("pneumonia"), progress=False)
     np.testing.assert_array_equal(first.log_probs, second.log_probs)
     with pytest.raises(pytest.fail.Exception):
-        classify_log(warm, second.embeddings.vectors, load_prompt_set("pneumonia").select(ds.classnames))
+        class_vectors(warm, load_prompt_set("pneumonia").select(ds.classnames))
     other = tmp_path / "other"
     shutil.copytree(save_tiny_clip(tmp_path / "m2", seed=1), other)
     calls = []

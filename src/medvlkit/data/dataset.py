@@ -9,6 +9,8 @@ A dataset is a list of image items with, optionally, labels and captions:
 - ``texts[i]``: the caption of item i, for image-caption data.
 - ``groups[i]``: the patient (or study) item i belongs to, where the adapter knows it; held-out validation keeps
   each group on one side (``data/splits.py``).
+- ``meta["domain"]``: the kind of image the data holds (``chest x-ray``, ``ultrasound``...), where the adapter knows
+  it (MedMNIST files); a prompt set of another domain is never chosen for it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class ImageDataset:
     def full_name(self) -> str:
         """``name/split`` (``name`` without a split): how results name the data they were computed on."""
         return self.name + (f"/{self.split}" if self.split else "")
+
+    @property
+    def domain(self) -> str | None:
+        """The kind of image the data holds, where known (``meta["domain"]``)."""
+        return self.meta.get("domain")
 
     @property
     def has_labels(self) -> bool:

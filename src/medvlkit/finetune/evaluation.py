@@ -53,7 +53,7 @@ def validation_score(model, dataset: ImageDataset, mode: str, head=None, progres
     - contrastive on captions: mean of image->text and text->image recall@5.
     """
     from medvlkit.retrieval import retrieval_metrics
-    from medvlkit.zeroshot import classify_log
+    from medvlkit.zeroshot import answer, class_vectors
 
     normalize = mode == "contrastive"
     emb = _embed(model, dataset, normalize, batch_size, progress, num_workers=num_workers)
@@ -68,7 +68,8 @@ def validation_score(model, dataset: ImageDataset, mode: str, head=None, progres
         r5 = 0.5 * (m["image_to_text_recall@5"] + m["text_to_image_recall@5"])
         return {k: m[k] for k in ("image_to_text_recall@5", "text_to_image_recall@5")} | {"score": r5}
     prompts = caption_prompts(dataset)
-    out = _macro_auroc(dataset.labels, classify_log(model, emb, prompts), dataset.classnames, dataset.multilabel)
+    log_probs = answer(emb, class_vectors(model, prompts), model.logit_scale).log_probs
+    out = _macro_auroc(dataset.labels, log_probs, dataset.classnames, dataset.multilabel)
     return out | {"score": out["auroc"]}
 
 

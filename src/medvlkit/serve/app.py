@@ -204,7 +204,9 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
     @api.post("/zeroshot")
     async def zeroshot(files: list[UploadFile] = File(..., description="PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM"),
                        prompts: str | None = Form(None, description="a served prompt set (GET /info)"),
-                       classes: str | None = Form(None, description="comma-separated class names instead"),
+                       classes: str | None = Form(None, description="comma-separated class names: with prompts, "
+                                                  "the set restricted to them (the softmax runs over those only); "
+                                                  "alone, generic prompts of these names"),
                        mode: str | None = Form(None, description="softmax or pos_neg (with classes)"),
                        k: int = Form(0, description="similar indexed cases per image (0: none)"),
                        explain: bool = Form(False, description="add a heatmap of the top class (PNG overlay)")) -> dict:
@@ -216,7 +218,7 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
         async def answer():
             # a served prompt set is a lookup: only a new class list waits for the model's thread
             vectors = await on_model(engine.prompt_vectors, prompts, classes, mode) if engine.needs_model(
-                classes, mode) else engine.prompt_vectors(prompts, classes, mode)
+                classes, mode, prompts) else engine.prompt_vectors(prompts, classes, mode)
             pixels, names = await read_uploads(files)
             emb = await batcher.submit(pixels)
             results = engine.read(emb, vectors, names)

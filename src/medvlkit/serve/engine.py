@@ -22,7 +22,7 @@ from medvlkit.models.base import ModelBase
 from medvlkit.prompts import PromptSet, list_prompt_sets, load_prompt_set, prompt_set_from_classes
 from medvlkit.scores import check_finite
 from medvlkit.search import SearchIndex
-from medvlkit.zeroshot import ClassVectors, class_vectors
+from medvlkit.zeroshot import POS_NEG_OVER, ClassVectors, answer, class_vectors
 
 THUMBNAIL_SIDE = 256
 _ADHOC_SETS = 64  # class lists given in requests whose vectors are kept
@@ -103,12 +103,11 @@ class ServeEngine:
 
     def prompt_vectors(self, prompts: str | None = None, classes: str | None = None,
                        mode: str | None = None) -> ClassVectors:
-        """The class vectors a request asks for: a served prompt set by name (default: the first), or ``classes``
-        (comma-separated, ensembled with the generic templates; encoded once per list and kept: the only case that
-        runs the model, see :meth:`needs_model`)."""
-        if prompts and classes:
-            raise MedvlkitError("pass either prompts (a prompt set's name) or classes, not both")
-        if classes:
+        """The class vectors a request asks for: a served prompt set by name (default: the first), restricted to
+        ``classes`` (comma-separated names or aliases of its classes: the softmax then runs over those only, as the
+        CLI's does over a labelled dataset's classes); or ``classes`` alone, ensembled with the generic templates
+        (encoded once per list and kept: the only case that runs the model, see :meth:`needs_model`)."""
+        if classes and not prompts:
             key = _adhoc_key(classes, mode)
             with self._adhoc_lock:
                 if key in self._adhoc:
@@ -127,12 +126,12 @@ class ServeEngine:
         served = self.prompt_sets[name]
         if mode and mode != served.mode:
             raise MedvlkitError(f"prompt set '{name}' is served in {served.mode} mode, not {mode}")
-        return served
+        return served.restrict(_class_list(classes)) if classes else served
 
-    def needs_model(self, classes: str | None = None, mode: str | None = None) -> bool:
+    def needs_model(self, classes: str | None = None, mode: str | None = None, prompts: str | None = None) -> bool:
         """Whether :meth:`prompt_vectors` would encode texts (a class list not seen yet), i.e. must run on the
         model's thread; a served prompt set is a dictionary lookup."""
-        if not classes:
+        if not classes or prompts:
             return False
         with self._adhoc_lock:
             return _adhoc_key(classes, mode) not in self._adhoc
@@ -141,15 +140,16 @@ class ServeEngine:
     def read(self, vectors: np.ndarray, prompts: ClassVectors, names: list[str]) -> list[dict]:
         """Gate verdict and class probabilities for each row of (N, D) image embeddings."""
         p_medical = medical_probability(self.model, vectors, vectors=self.gate)
-        probs = np.exp(prompts.log_probs(vectors, self.model.logit_scale))
-        classes = prompts.prompts.classnames
+        ans = answer(vectors, prompts, self.model.logit_scale)
+        probs, classes = ans.probs, ans.classnames
         out = []
         for name, p_med, row in zip(names, p_medical, probs):
             verdict = None if self.gate_threshold is None else bool(p_med >= self.gate_threshold)
             out.append({"file": name,
                         "gate": {"p_medical": float(p_med), "threshold": self.gate_threshold, "medical": verdict},
                         "probabilities": {c: float(p) for c, p in zip(classes, row)},
-                        "prediction": classes[int(row.argmax())] if prompts.mode == "softmax" else None})
+                        "prediction": classes[int(row.argmax())] if prompts.mode == "softmax" else None,
+                        "softmax_over": ans.softmax_over})
         return out
 
     def heatmap(self, pixels: torch.Tensor, prompts: ClassVectors, class_name: str) -> dict:
@@ -177,9 +177,9 @@ class ServeEngine:
     def describe_prompts(self, prompts: ClassVectors) -> dict:
         """The prompt set a response used: its name, mode and each class's prompt texts."""
         ps = prompts.prompts
-        texts = {c.name: ps.texts(c.positive) + (ps.texts(c.negative) if prompts.mode == "pos_neg" else [])
-                 for c in ps.classes}
-        return {"name": ps.name, "mode": prompts.mode, "classes": ps.classnames, "texts": texts}
+        over = list(ps.classnames) if prompts.mode == "softmax" else POS_NEG_OVER
+        return {"name": ps.name, "mode": prompts.mode, "classes": ps.classnames, "softmax_over": over,
+                "domain": ps.domain, "texts": ps.class_texts(prompts.mode)}
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
         """The ``k`` nearest indexed images per query row: id (for ``/image/{id}``), score, label, caption."""
@@ -221,9 +221,13 @@ class ServeEngine:
                              "python": platform.python_version()}}
 
 
+def _class_list(classes: str) -> list[str]:
+    return [c.strip() for c in classes.split(",") if c.strip()]
+
+
 def _adhoc_key(classes: str, mode: str | None) -> tuple[tuple[str, ...], str]:
     """A request's class list and mode as the key of its kept vectors."""
-    return tuple(c.strip() for c in classes.split(",") if c.strip()), mode or "softmax"
+    return tuple(_class_list(classes)), mode or "softmax"
 
 
 _THUMBNAILS: OrderedDict[str, bytes] = OrderedDict()

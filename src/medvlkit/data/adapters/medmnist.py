@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from medvlkit.errors import MedvlkitError
 MEDMNIST_CLASSES: dict[str, list[str]] = {
     "pneumoniamnist": ["normal", "pneumonia"],
     "breastmnist": ["malignant", "normal, benign"],
-    "retinamnist": ["0", "1", "2", "3", "4"],
+    # DeepDRiD's grades 0-4 on the international clinical DR scale (MedMNIST's table names them "0".."4")
+    "retinamnist": ["no diabetic retinopathy", "mild diabetic retinopathy", "moderate diabetic retinopathy",
+                    "severe diabetic retinopathy", "proliferative diabetic retinopathy"],
     "chestmnist": ["atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
                    "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"],
     "dermamnist": ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
@@ -25,7 +28,19 @@ MEDMNIST_CLASSES: dict[str, list[str]] = {
     "bloodmnist": ["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte",
                    "monocyte", "neutrophil", "platelet"],
 }
+# What kind of image each MedMNIST file holds (a class of the ``modality`` prompt set where there is one).
+MEDMNIST_DOMAINS: dict[str, str] = {
+    "pneumoniamnist": "chest x-ray", "chestmnist": "chest x-ray", "breastmnist": "ultrasound",
+    "retinamnist": "fundus photograph", "dermamnist": "dermatoscopy", "octmnist": "optical coherence tomography",
+    "bloodmnist": "microscopy",
+}
 MAX_UNNAMED_CLASSES = 10_000
+
+
+def medmnist_stem(path: Path) -> str:
+    """The MedMNIST name of a file: its stem without the size suffix of MedMNIST+ (``breastmnist_224.npz`` ->
+    ``breastmnist``)."""
+    return re.sub(r"_(28|64|128|224)$", "", path.stem.lower())
 _SPLITS = {"val": "val", "valid": "val", "validation": "val", "dev": "val", "train": "train", "test": "test"}
 
 
@@ -64,9 +79,13 @@ def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
                             "(N, H, W) or (N, H, W, 1|3) numeric array")
     n = shape[0]
     items = [npz_item(str(path.resolve()), key, i) for i in range(n)]
+    domain = MEDMNIST_DOMAINS.get(medmnist_stem(path))
+    meta = {"domain": domain} if domain else {}
     if label_key is None:
-        return ImageDataset(items=items, name=path.stem, split=split)
-    return _labelled(path, items, read_npz_array(path, label_key), label_key, names, split)
+        return ImageDataset(items=items, name=path.stem, split=split, meta=meta)
+    ds = _labelled(path, items, read_npz_array(path, label_key), label_key, names, split)
+    ds.meta |= meta
+    return ds
 
 
 def _npz_keys(path: Path) -> set[str]:
@@ -87,7 +106,7 @@ def _labelled(path: Path, items: list[str], labels: np.ndarray, label_key: str, 
         raise MedvlkitError(f"--data {path}: '{label_key}' has shape {labels.shape} of {labels.dtype} for {n} "
                             "images; labels need one numeric row per image")
     if labels.ndim == 2 and labels.shape[1] > 1:  # ChestMNIST: multi-label 0/1 matrix
-        names = names or MEDMNIST_CLASSES.get(path.stem) or [str(c) for c in range(labels.shape[1])]
+        names = names or MEDMNIST_CLASSES.get(medmnist_stem(path)) or [str(c) for c in range(labels.shape[1])]
         bad = ~np.isin(labels, (0, 1))
         if bad.any():
             row, col = np.argwhere(bad)[0]
@@ -103,10 +122,10 @@ def _labelled(path: Path, items: list[str], labels: np.ndarray, label_key: str, 
         raise MedvlkitError(f"--data {path}: '{label_key}' holds {flat[row]} at row {row}; single labels must be "
                             "class indices 0, 1, ... (an unknown label cannot be scored: drop the row)")
     flat = flat.astype(np.int64)
-    if not names and not MEDMNIST_CLASSES.get(path.stem) and flat.max() >= MAX_UNNAMED_CLASSES:
+    if not names and not MEDMNIST_CLASSES.get(medmnist_stem(path)) and flat.max() >= MAX_UNNAMED_CLASSES:
         raise MedvlkitError(f"--data {path}: '{label_key}' holds class index {flat.max()}; without a 'label_names' "
                             f"array labels must be 0..C-1 with C <= {MAX_UNNAMED_CLASSES}. Add label_names")
-    names = names or MEDMNIST_CLASSES.get(path.stem) or [str(c) for c in range(int(flat.max()) + 1)]
+    names = names or MEDMNIST_CLASSES.get(medmnist_stem(path)) or [str(c) for c in range(int(flat.max()) + 1)]
     if flat.max() >= len(names):
         raise MedvlkitError(f"--data {path}: '{label_key}' holds class {flat.max()} but there are only "
                             f"{len(names)} label names ({', '.join(names)})")
