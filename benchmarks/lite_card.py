@@ -21,7 +21,7 @@ import numpy as np
 from medvlkit import create_model, embed_images, load_dataset, load_prompt_set
 from medvlkit.evaluate import evaluate_probs
 from medvlkit.gate import default_gate_threshold, medical_probability
-from medvlkit.zeroshot import classify
+from medvlkit.zeroshot import answer, class_vectors
 
 
 def gate_sets(root: Path) -> dict[str, tuple[object, bool]]:
@@ -64,18 +64,17 @@ def main() -> None:
     report["gate"]["balanced_accuracy"] = float(np.mean([np.concatenate(v).mean() for v in per_side.values()]))
     report["gate"]["n"] = total
 
-    ps = load_prompt_set("breast_ultrasound").select(breast.classnames)
-    probs = classify(model, breast_emb.vectors, ps, "softmax")
+    ps = load_prompt_set("breast_ultrasound")
+    probs = answer(breast_emb.vectors, class_vectors(model, ps), model.logit_scale, breast.classnames).probs
     ev = evaluate_probs(breast.labels[breast_emb.indices], probs, breast.classnames, False, 1000, 0)
     report["breastmnist_zeroshot"] = {k: ev.metrics[k] for k in ("auroc", "accuracy", "balanced_accuracy")}
     report["breastmnist_zeroshot_ci"] = {k: ev.ci[k] for k in ("auroc", "accuracy", "balanced_accuracy")}
     mod = load_prompt_set("modality")
-    pred = classify(model, breast_emb.vectors, mod, "softmax").argmax(1)
+    pred = answer(breast_emb.vectors, class_vectors(model, mod), model.logit_scale).probs.argmax(1)
     report["breastmnist_modality"] = {c: float(np.mean(pred == i)) for i, c in enumerate(mod.classnames)}
 
-    ps = load_prompt_set("pneumonia").select(pm.classnames)
-    ev = evaluate_probs(pm.labels[pm_emb.indices], classify(model, pm_emb.vectors, ps, "softmax"), pm.classnames,
-                        False, 1000, 0)
+    pneu = answer(pm_emb.vectors, class_vectors(model, load_prompt_set("pneumonia")), model.logit_scale, pm.classnames)
+    ev = evaluate_probs(pm.labels[pm_emb.indices], pneu.probs, pm.classnames, False, 1000, 0)
     report["pneumoniamnist_zeroshot"] = {k: ev.metrics[k] for k in ("auroc", "accuracy")}
     report["pneumoniamnist_zeroshot_ci"] = {k: ev.ci[k] for k in ("auroc", "accuracy")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

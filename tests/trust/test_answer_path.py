@@ -59,7 +59,7 @@ def test_item07_server_and_cli_give_the_same_answer(lite, data_root, tmp_path):
 
     engine = ServeEngine(lite, ["modality"], cache=False)
     with TestClient(create_app(engine)) as client:
-        for name, path in picked.items():
+        for path in picked.values():
             files = [("files", (path.name, path.read_bytes(), "application/octet-stream"))]
             restricted = client.post("/zeroshot", files=files, data={"prompts": "modality", "classes": "CT,MR"})
             whole = client.post("/zeroshot", files=files, data={"prompts": "modality"})
