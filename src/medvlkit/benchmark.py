@@ -175,7 +175,7 @@ def _zeroshot(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed:
     out.mkdir(parents=True, exist_ok=True)
     if test.has_labels:
         res = zeroshot_classify(model, test, _prompts(cfg, test), **embed)
-        result = save_zeroshot(res, test, model, out, record, cfg.bootstrap, cfg.seed)
+        result = save_zeroshot(res, test, model, out, record, cfg.bootstrap, cfg.seed, embed_options=embed)
         if not test.texts:
             return result
     if test.has_labels:  # keep both: classification metrics from above, retrieval ones added

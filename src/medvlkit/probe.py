@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.data.splits import dataset_groups, few_shot_indices, holdout_indices, load_train, load_val
+from medvlkit.data.splits import (
+    check_scored_apart,
+    dataset_groups,
+    few_shot_indices,
+    holdout_indices,
+    load_train,
+    load_val,
+)
 from medvlkit.errors import MedvlkitError, NoSplitsError, first_line
 from medvlkit.metrics import auroc_binary, single_label_metrics
 from medvlkit.options import DataOptions, RunOptions
@@ -231,10 +238,14 @@ def align_probe_data(data: ProbeData, data_classes: list[str], target_classes: l
 
 def fit_probe(probe: LinearProbe, train: ProbeData, val: ProbeData | None, classnames: list[str], multilabel: bool,
               shots: int | None = None, seed: int = 0) -> dict:
-    """Fit ``probe`` (optionally on a seeded K-shot sample of ``train``). Returns what was used, for the record."""
-    keep = few_shot_indices(train.Y, shots, seed) if shots else np.arange(len(train.X))
+    """Fit ``probe`` (optionally on a seeded K-shot sample of ``train``). Returns what was used, for the record.
+    The probe remembers the items it was fitted and tuned on (``seen_items_``): :func:`save_probe_run` refuses to
+    score it on any of them."""
+    keep = few_shot_indices(train.Y, shots, seed) if shots is not None else np.arange(len(train.X))
     probe.fit(train.X[keep], train.Y[keep], classnames, multilabel,
               None if val is None else val.X, None if val is None else val.Y)
+    probe.seen_items_ = {"trained the probe": list(train.items),
+                         "chose its C": [] if val is None else list(val.items)}
     return {"n_train": int(len(keep)), "n_val": 0 if val is None else len(val.X), "C": probe.C_,
             "val_scores": {str(k): v for k, v in probe.val_scores_.items()}, "shots": shots}
 
@@ -265,11 +276,17 @@ def probe_splits(model, data: Path, data_opts: DataOptions | None = None, train_
 
 
 def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir: Path, config: dict, info: dict,
-                   n_bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Score the probe on the test split; write probe.npz, predictions.csv and result.json."""
+                   n_bootstrap: int = 1000, seed: int = 0, identity: dict | None = None) -> dict:
+    """Score the probe on the test split; write probe.npz, predictions.csv and result.json (with ``identity``,
+    :func:`probe_identity`).
+
+    Raises:
+        MedvlkitError: a test image also trained the probe or chose its C (see :func:`check_scored_apart`).
+    """
     from medvlkit.evaluate import evaluate_probs
     from medvlkit.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_predictions, write_result
 
+    check_scored_apart(test.items, getattr(probe, "seen_items_", {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     test, alignment = align_probe_data(test, dataset.classnames, probe.classnames_, probe.multilabel_)
     log_probs = probe.predict_log_proba(test.X)
@@ -281,7 +298,7 @@ def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir:
                         config=config, seed=seed,
                         extra={"classnames": probe.classnames_, "mode": "pos_neg" if probe.multilabel_ else "softmax",
                                "confusion_matrix": ev.confusion_matrix, "probe": info,
-                               "label_alignment": alignment} | ev.extra
+                               "label_alignment": alignment, "identity": identity or {}} | ev.extra
                         | provenance(model, dataset, threshold_source=DEFAULT_THRESHOLD_SOURCE)
                         | {"n_cached": test.n_cached})
     return json.loads(path.read_text())
@@ -326,6 +343,39 @@ class ProbeTaskConfig:
     seed: int = 0
 
 
+def probe_datasets(cfg: ProbeTaskConfig, data: DataOptions):
+    """The (train, val, test) datasets a probe run reads, none embedded: train and val are None when a saved probe
+    is scored (``load``), val is None when C is given or validation is held out of train."""
+    try:
+        test_ds = data.load(cfg.data, cfg.test_split or None)
+    except NoSplitsError:
+        if cfg.load is None:
+            raise
+        test_ds = data.load(cfg.data)  # scoring a saved probe: a folder without splits
+    if cfg.load is not None:
+        return None, None, test_ds
+    train_ds = load_train(cfg.data, data, cfg.train_split)
+    return train_ds, None if cfg.c else load_val(cfg.data, data, cfg.val_split), test_ds
+
+
+def probe_identity(cfg: ProbeTaskConfig, model, datasets: tuple, n_bootstrap: int, embed_options: dict) -> dict:
+    """What a probe result is computed from (see :mod:`medvlkit.identity`): the model, every option of ``cfg``, the
+    train / val / test data (:func:`probe_datasets`), a loaded probe file's sha256, the bootstrap, the options that
+    change numbers."""
+    from dataclasses import asdict
+
+    from medvlkit.identity import dataset_identity, identity_record, model_identity, result_options
+    from medvlkit.models.base import file_sha256
+
+    train, val, test = datasets
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("model", "data")}
+    return identity_record("linear_probe", model=model_identity(model), settings=settings,
+                           train=dataset_identity(train) if train is not None else None,
+                           val=dataset_identity(val) if val is not None else None, test=dataset_identity(test),
+                           loaded=file_sha256(str(cfg.load)) if cfg.load and Path(cfg.load).is_file() else None,
+                           bootstrap=n_bootstrap, options=result_options(embed_options))
+
+
 def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstrap: int = 1000,
                    run: RunOptions | None = None, data: DataOptions | None = None,
                    model=None) -> tuple[dict, LinearProbe, dict]:
@@ -334,18 +384,21 @@ def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstra
 
     Returns:
         the result dict, the probe, and the fit information (chosen C, validation size...).
+
+    Raises:
+        MedvlkitError: a test image also trained the probe or chose its C (``--test-split`` equal to the training or
+            validation split, ``eval --split train|val``...).
     """
     run, data = run or RunOptions(), data or DataOptions()
     embed_options = run.embed_kwargs()
     if cfg.features not in ("embedding", "backbone"):
         raise MedvlkitError(f"--features {cfg.features}: valid options: embedding, backbone")
-    try:
-        test_ds = data.load(cfg.data, cfg.test_split or None)
-    except NoSplitsError:
-        if cfg.load is None:
-            raise
-        test_ds = data.load(cfg.data)  # scoring a saved probe: a folder without splits
+    if cfg.shots is not None and cfg.shots < 1:
+        raise MedvlkitError(f"--shots {cfg.shots}: must be at least 1 (leave it out to train on every image)")
+    datasets = probe_datasets(cfg, data)
     model = model if model is not None else run.load_model(cfg.model)
+    identity = probe_identity(cfg, model, datasets, n_bootstrap, embed_options)
+    test_ds = datasets[2]
     if cfg.features == "backbone":
         from medvlkit.models.base import BackboneView
 
@@ -362,5 +415,5 @@ def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstra
                                             **embed_options)
         info = fit_probe(probe, train, val, train_ds.classnames, train_ds.multilabel, cfg.shots, cfg.seed)
     result = save_probe_run(probe, embed_split(model, test_ds, **embed_options), model, test_ds, out_dir, config,
-                            info, n_bootstrap, cfg.seed)
+                            info, n_bootstrap, cfg.seed, identity)
     return result, probe, info

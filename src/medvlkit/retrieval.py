@@ -83,6 +83,14 @@ def evaluate_retrieval(model, dataset, n_bootstrap: int = 1000, seed: int = 0, *
     return metrics, ci, emb, text_to_image_examples(emb.vectors, text_emb, captions, emb.items)
 
 
+def retrieval_identity(model, dataset, n_bootstrap: int, seed: int, embed_options: dict) -> dict:
+    """What a retrieval result is computed from (see :mod:`medvlkit.identity`)."""
+    from medvlkit.identity import dataset_identity, identity_record, model_identity, result_options
+
+    return identity_record("zeroshot_retrieval", model=model_identity(model), data=dataset_identity(dataset),
+                           bootstrap=n_bootstrap, seed=seed, options=result_options(embed_options))
+
+
 def save_retrieval(model, dataset, out_dir, config: dict, n_bootstrap: int = 1000, seed: int = 0,
                    **embed_options) -> dict:
     """Score retrieval both ways on an image-caption dataset and write ``out_dir/result.json`` (the one writer of
@@ -96,7 +104,8 @@ def save_retrieval(model, dataset, out_dir, config: dict, n_bootstrap: int = 100
     name = dataset.full_name
     path = write_result(Path(out_dir), dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics,
                         ci=ci, config=config, seed=seed, n_skipped=len(emb.skipped),
-                        extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped], "examples": examples}
+                        extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped], "examples": examples,
+                               "identity": retrieval_identity(model, dataset, n_bootstrap, seed, embed_options)}
                         | provenance(model, dataset, emb))
     return json.loads(path.read_text())
 

@@ -6,8 +6,9 @@ part of train, and is scored on the evaluation split); captions give image-text 
 ``--prompts`` when given, else the shipped prompt set whose classes match the dataset's (``pneumonia`` for
 NORMAL/PNEUMONIA...), else templates of the class names.
 
-Each cell writes ``<out>/<model>/<dataset>/<task>/result.json``; ``skip_existing`` keeps a cell whose result was
-written with the same settings. A failing cell (a model that does not load, data without the split) is recorded
+Each cell writes ``<out>/<model>/<dataset>/<task>/result.json``; ``skip_existing`` keeps a cell whose result holds
+the identity the cell would have now (what it consumed: weights, data files and labels, prompt texts, version,
+options that change numbers). A failing cell (a model that does not load, data without the split) is recorded
 and the grid goes on; ``sweep.json`` lists every cell with its status, and ``<out>/report`` merges the results.
 """
 
@@ -145,6 +146,10 @@ def matching_prompts(dataset, name: str | None = None):
 def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions | None = None) -> list[Cell]:
     """Run the grid (models outermost: each model is loaded once), write ``sweep.json`` and the report.
 
+    With ``skip_existing`` a cell is kept when its ``result.json`` holds the identity the cell would have now
+    (:func:`cell_identity`: the model's weights, the data's files and labels, the prompt texts, medvlkit's version and
+    the options that change numbers); anything else runs again.
+
     Returns:
         every cell with its status; failed cells carry their one-line error.
     """
@@ -156,20 +161,19 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
     plan, splits = _plan(cfg, data, out)
     for model_spec in cfg.models:
         cells = [c for c in plan if c.model == model_spec and c.status == "pending"]
-        todo = [c for c in cells if not (cfg.skip_existing and _same_result(c, cfg, run, data))]
-        for c in cells:
-            if c not in todo:
-                c.status = "skipped"
-        if not todo:
+        if not cells:
             continue
         try:
             model = run.load_model(model_spec)
         except MedvlkitError as err:
-            for c in todo:
+            for c in cells:
                 c.status, c.error = "failed", f"model: {first_line(err)}"
             continue
-        for c in todo:
-            _run_cell(c, model, splits[c.data], cfg, run, data)
+        for c in cells:
+            if cfg.skip_existing and _same_result(c, model, splits[c.data], cfg, run, data):
+                c.status = "skipped"
+            else:
+                _run_cell(c, model, splits[c.data], cfg, run, data)
     for c in plan:
         if c.status in ("done", "skipped"):
             c.headline, c.prompts = _headline(Path(c.out))
@@ -204,46 +208,68 @@ def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> tuple[list[Cell], d
     return plan, splits
 
 
-def _record(cell: Cell, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> dict:
-    """The settings a cell's result depends on (compared by ``skip_existing``): not the batch size, workers,
-    cache folder or progress bars, which change how fast, not what."""
+def _record(cell: Cell, cfg: SweepConfig) -> dict:
+    """The sweep's settings of a cell, recorded in its config for people (skip_existing compares identities)."""
     return {"model": cell.model, "data": cell.data, "task": cell.task, "split": cfg.split, "prompts": cfg.prompts,
-            "bootstrap": cfg.bootstrap, "seed": cfg.seed, "group_pattern": cfg.group_pattern,
-            "precision": run.precision, "tokenizer": run.tokenizer,
-            "fast_decode": run.fast_decode, "on_error": run.on_error} | data.to_dict()
+            "bootstrap": cfg.bootstrap, "seed": cfg.seed, "group_pattern": cfg.group_pattern}
 
 
-def _same_result(cell: Cell, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> bool:
+def _probe_cfg(cell: Cell, cfg: SweepConfig):
+    from medvlkit.probe import ProbeTaskConfig
+
+    return ProbeTaskConfig(model=cell.model, data=cell.data, test_split=cfg.split, seed=cfg.seed,
+                           group_pattern=cfg.group_pattern)
+
+
+def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> dict:
+    """The identity the cell's result would have if it ran now: the task's own identity function, fed what the
+    task would consume."""
+    from medvlkit.probe import probe_datasets, probe_identity
+    from medvlkit.retrieval import retrieval_identity
+    from medvlkit.zeroshot import prompts_used, zeroshot_identity
+
+    embed = run.embed_kwargs()
+    if cell.task == "probe":
+        probe_cfg = _probe_cfg(cell, cfg)
+        return probe_identity(probe_cfg, model, probe_datasets(probe_cfg, data), cfg.bootstrap, embed)
+    if cell.task == "zeroshot":
+        prompts = matching_prompts(ds, cfg.prompts)
+        return zeroshot_identity(model, ds, prompts_used(ds, prompts).identity(), cfg.bootstrap, cfg.seed, embed)
+    return retrieval_identity(model, ds, cfg.bootstrap, cfg.seed, embed)
+
+
+def _same_result(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> bool:
+    """Whether the cell's result.json was computed from exactly what the cell would consume now."""
     path = Path(cell.out) / "result.json"
     if not path.is_file():
         return False
     try:
-        recorded = json.loads(path.read_text()).get("config", {}).get("sweep")
-    except (json.JSONDecodeError, AttributeError):
+        recorded = (json.loads(path.read_text()).get("identity") or {}).get("sha256")
+        return recorded == cell_identity(cell, model, ds, cfg, run, data)["sha256"]
+    except (json.JSONDecodeError, AttributeError, OSError):
         return False
-    return recorded == _record(cell, cfg, run, data)
+    except MedvlkitError:  # the cell cannot run as configured: running it reports why
+        return False
 
 
 def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
     """Run one cell into its folder; its status and error say how it went."""
-    from medvlkit.probe import ProbeTaskConfig, run_probe_task
+    from medvlkit.probe import run_probe_task
     from medvlkit.retrieval import save_retrieval
     from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
 
     out = Path(cell.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"sweep": _record(cell, cfg, run, data)} | run.to_dict() | data.to_dict()
+    config = {"sweep": _record(cell, cfg)} | run.to_dict() | data.to_dict()
     logger.info("eval: %s on %s, %s", cell.model, cell.data, cell.task)
     try:
         if cell.task == "probe":
-            probe_cfg = ProbeTaskConfig(model=cell.model, data=cell.data, test_split=cfg.split, seed=cfg.seed,
-                                        group_pattern=cfg.group_pattern)
-            run_probe_task(probe_cfg, out, config, cfg.bootstrap, run, data, model=model)
+            run_probe_task(_probe_cfg(cell, cfg), out, config, cfg.bootstrap, run, data, model=model)
         elif cell.task == "zeroshot":
             prompts = matching_prompts(ds, cfg.prompts)
             cell.prompts = config["prompts"] = prompts.name
             res = zeroshot_classify(model, ds, prompts, **run.embed_kwargs())
-            save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed)
+            save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed, embed_options=run.embed_kwargs())
         else:
             save_retrieval(model, ds, out, config, cfg.bootstrap, cfg.seed, **run.embed_kwargs())
     except MedvlkitError as err:

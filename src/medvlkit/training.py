@@ -264,6 +264,11 @@ def _end_epoch(job: Job, opts: LoopOptions, ts: TrainState, samples_per_s: float
     """Validate, record the epoch, keep the best model, and move the position to the next epoch. The state changes
     come last and together, so an interruption during validation leaves the epoch to be validated on resume."""
     score = job.validate(ts.epoch)
+    if not math.isfinite(score["score"]):
+        raise MedvlkitError(f"the validation score of epoch {ts.epoch} is {score['score']}: nothing can be chosen by "
+                            "it (a validation split the score is undefined on?); "
+                            + ("no best model was saved" if ts.best["epoch"] < 0 else
+                               f"the best model so far (epoch {ts.best['epoch']}) is kept"))
     record = {"epoch": ts.epoch, "step": ts.step, "train_loss": ts.loss_sum / ts.loss_n if ts.loss_n else None,
               **score, "samples_per_s": samples_per_s}
     best = ts.best

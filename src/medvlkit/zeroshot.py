@@ -18,6 +18,7 @@ from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError
 from medvlkit.evaluate import evaluate_probs
 from medvlkit.features import ImageEmbeddings, embed_images, embed_texts
+from medvlkit.identity import dataset_identity, identity_record, model_identity, result_options
 from medvlkit.models.base import ModelBase, l2_normalize
 from medvlkit.prompts import MODES, PromptSet
 from medvlkit.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_predictions, write_result
@@ -194,6 +195,22 @@ def data_classes(dataset: ImageDataset, prompts: PromptSet, mode: str | None = N
     return list(dataset.classnames)
 
 
+def prompts_used(dataset: ImageDataset, prompts: PromptSet, mode: str | None = None) -> PromptSet:
+    """The part of ``prompts`` that zero-shot on ``dataset`` uses (:func:`data_classes`), named as the data names
+    its classes: its texts are what a result depends on."""
+    restrict = data_classes(dataset, prompts, mode)
+    return prompts.select(restrict) if restrict is not None else prompts
+
+
+def zeroshot_identity(model: ModelBase, dataset: ImageDataset, prompt_identity: str, n_bootstrap: int, seed: int,
+                      embed_options: dict) -> dict:
+    """What a zero-shot result is computed from (see :mod:`medvlkit.identity`): the model, the data, the prompt
+    texts and mode (``prompts_used(...).identity(mode)``), the bootstrap and the options that change numbers."""
+    return identity_record("zeroshot_classification", model=model_identity(model), data=dataset_identity(dataset),
+                           prompts=prompt_identity, bootstrap=n_bootstrap, seed=seed,
+                           options=result_options(embed_options))
+
+
 def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
                       embeddings: ImageEmbeddings | None = None, **embed_options) -> ZeroShotResult:
     """Embed a dataset's images and classify them zero-shot.
@@ -214,15 +231,18 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
     vectors = class_vectors(model, prompts, mode, cache=embed_options.get("cache", True),
                             cache_dir=embed_options.get("cache_dir"))
     ans = answer(emb.vectors, vectors, model.logit_scale, restrict)
-    used = prompts.select(restrict) if restrict is not None else prompts
+    used = prompts_used(dataset, prompts, mode)
     labels = dataset.labels[emb.indices] if dataset.has_labels and restrict is not None else None
     return ZeroShotResult(ans.log_probs, ans.classnames, mode, emb, labels, used.class_texts(mode), ans.softmax_over,
                           prompts.name, used.identity(mode))
 
 
 def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBase, out_dir: str | Path,
-                  config: dict, n_bootstrap: int = 1000, seed: int = 0, extra: dict | None = None) -> dict:
-    """Score a zero-shot result (when the data has labels); write result.json, predictions.csv, prompts.json.
+                  config: dict, n_bootstrap: int = 1000, seed: int = 0, extra: dict | None = None,
+                  embed_options: dict | None = None) -> dict:
+    """Score a zero-shot result (when the data has labels); write result.json (with its ``identity``: see
+    :func:`zeroshot_identity`; ``embed_options`` are the options it was embedded with), predictions.csv and
+    prompts.json.
 
     Returns:
         the dict written to ``result.json``.
@@ -244,6 +264,8 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
     (out_dir / "prompts.json").write_text(json.dumps(result.prompt_texts, indent=1) + "\n")
     name = dataset.full_name
     extra |= provenance(model, dataset, result.embeddings, DEFAULT_THRESHOLD_SOURCE)
+    extra["identity"] = zeroshot_identity(model, dataset, result.prompt_identity, n_bootstrap, seed,
+                                          embed_options or {})
     path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_classification", metrics=metrics,
                         ci=ci, config=config, seed=seed, n_skipped=len(result.embeddings.skipped), extra=extra)
     return json.loads(path.read_text())
@@ -260,4 +282,4 @@ def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, o
     kwargs = (run or RunOptions()).embed_kwargs()
     dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
     res = zeroshot_classify(model, dataset, prompts, mode, embeddings=emb, **kwargs)
-    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, gated)
+    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, gated, kwargs)

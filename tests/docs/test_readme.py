@@ -117,7 +117,8 @@ def build_world(data_root: Path, tmp: Path) -> tuple[Path, dict[str, str]]:
         _link_files(ants, work / name, sorted(p.name for p in ants.iterdir())[:2])
     shutil.copy(cxr[0], work / "some_xray.png")
     _chexpert_csv(work / "train.csv", cxr, split=False)
-    _chexpert_csv(work / "other.csv", cxr, split=True)
+    # other data: images train.csv never saw (scoring a model on its own training images is refused)
+    _chexpert_csv(work / "other.csv", sorted((data / "chest_xray_pneumonia" / "test").rglob("*.jpeg")), split=True)
     (work / "CheXpert-v1.0-small").mkdir()
     _chexpert_csv(work / "CheXpert-v1.0-small" / "valid.csv", cxr, split=False)
     with np.load(data / "medmnist" / "breastmnist.npz") as z:  # a user's own npz names its classes

@@ -104,9 +104,25 @@ def holdout_indices(items: list[str], labels: np.ndarray, fraction: float, seed:
     return train, np.array(sorted(val_set))
 
 
+def check_scored_apart(scored: list[str], fitted: dict[str, list[str]]) -> None:
+    """Refuse to score a model on images that trained or tuned it: ``fitted`` maps what each set of items did ("trained
+    the probe", "chose its C"...) to those items.
+
+    Raises:
+        MedvlkitError: naming how many scored images did what, and one of them.
+    """
+    scored_set = set(scored)
+    for role, items in fitted.items():
+        shared = scored_set.intersection(items)
+        if shared:
+            raise MedvlkitError(f"{len(shared)} of the {len(scored_set)} images to be scored also {role} (e.g. "
+                                f"{sorted(shared)[0]}): a score there measures memory, not skill. Score on a split "
+                                "that neither trained nor tuned it (e.g. --split test / --test-split test)")
+
+
 def few_shot_indices(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
     """K examples per class (seeded): single-label rows of that class, or multi-label rows positive for it."""
-    if shots < 1:
+    if shots is None or shots < 1:
         raise MedvlkitError(f"--shots {shots}: must be at least 1")
     rng = np.random.default_rng(seed)
     chosen: set[int] = set()

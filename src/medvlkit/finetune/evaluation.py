@@ -119,7 +119,7 @@ def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict
         from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
 
         result = zeroshot_classify(model, dataset, caption_prompts(dataset), **embed_options)
-        return save_zeroshot(result, dataset, model, out_dir, config, n_bootstrap, seed)
+        return save_zeroshot(result, dataset, model, out_dir, config, n_bootstrap, seed, embed_options=embed_options)
     from medvlkit.retrieval import save_retrieval
 
     return save_retrieval(model, dataset, out_dir, config, n_bootstrap, seed, **embed_options)

@@ -142,6 +142,26 @@ def split_train_val(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset]:
     return train.subset(tr), train.subset(va)
 
 
+def check_validation_scorable(val: ImageDataset, mode: str) -> None:
+    """Validation scored by AUROC (supervised, or contrastive on labelled data) needs a class with both positive and
+    negative images; refused at the start, not after an epoch whose score would be NaN.
+
+    Raises:
+        MedvlkitError: no class of the validation data has both.
+    """
+    if (mode == "contrastive" and val.texts) or not val.has_labels:
+        return
+    known = ~np.isnan(val.labels)
+    both = [c for c in range(val.labels.shape[1])
+            if (val.labels[known[:, c], c] == 1).any() and (val.labels[known[:, c], c] == 0).any()]
+    if not both:
+        present = sorted({val.classnames[c] for c in range(val.labels.shape[1]) if (val.labels[:, c] == 1).any()})
+        raise MedvlkitError(f"the validation data ({len(val)} images) holds only {present or 'no'} positives: no class "
+                            "has both positive and negative images, so its AUROC (the score that picks the best "
+                            "epoch) is undefined. Use a validation split with several classes (--val-split holdout "
+                            "holds out a stratified part of train)")
+
+
 class FinetuneJob(Job):
     """Fine-tuning as a :class:`~medvlkit.training.Job`: the seeded batch plan of ``finetune/data.py``, one
     contrastive or supervised step per batch, gradients summed over torchrun ranks, validation on rank 0."""
@@ -259,6 +279,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         val_ds = val_ds.subset(np.random.default_rng(cfg.seed).permutation(len(val_ds))[:cfg.max_val])
     if cfg.mode == "supervised" and not train_ds.has_labels:
         raise MedvlkitError(f"--mode supervised needs labels; '{train_ds.name}' has none")
+    check_validation_scorable(val_ds, cfg.mode)
     model = create_model(cfg.model, device=device)
     if not model.trainable:
         _refuse_inference_only(cfg.model)

@@ -256,12 +256,13 @@ class ModelBase(torch.nn.Module):
         return None
 
     def fingerprint(self) -> str:
-        """A short id of (model name, preprocessing, weight dtype, weight files' paths, sizes, mtimes) for the
-        embedding cache: bf16 and fp32 weights give different vectors and must not share cached ones."""
+        """A short id of (model name, preprocessing, weight dtype, weight files' and tokenizer files' paths, sizes,
+        mtimes) for the embedding caches: bf16 and fp32 weights give different vectors, and so does another
+        tokenizer (``--tokenizer DIR``) for the same weights; neither may share cached vectors."""
         from medvlkit.cache import file_fingerprint
 
-        parts = [self.name, repr(self.preprocess_cfg), str(self.dtype)] + [file_fingerprint(f)
-                                                                         for f in self.weight_files]
+        files = list(self.weight_files) + tokenizer_files(getattr(self, "tokenizer", None))
+        parts = [self.name, repr(self.preprocess_cfg), str(self.dtype)] + [file_fingerprint(f) for f in files]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -269,6 +270,18 @@ class ModelBase(torch.nn.Module):
         """What ``result.json`` records as ``pretrained``: each weight file's name and sha256 prefix."""
         return "; ".join(f"{os.path.basename(f)}:sha256:{file_sha256(f)[:12]}" for f in self.weight_files
                          if os.path.isfile(f)) or self.name
+
+
+_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                    "special_tokens_map.json", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def tokenizer_files(tokenizer) -> list[str]:
+    """The files a Hugging Face tokenizer was read from (its ``name_or_path`` folder), for fingerprints."""
+    folder = getattr(tokenizer, "name_or_path", None)
+    if not folder or not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, n) for n in _TOKENIZER_FILES if os.path.isfile(os.path.join(folder, n))]
 
 
 _SHA_CACHE: dict[str, str] = {}
