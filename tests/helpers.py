@@ -180,8 +180,9 @@ def write_planted_torchscript(path: Path, marker: Path) -> Path:
 
 
 def write_dicom(path: Path, rows: int, cols: int, frames: int = 1, deflated: bool = False,
-                pixels: np.ndarray | None = None) -> Path:
-    """A 16-bit MONOCHROME2 secondary-capture DICOM (zeros unless ``pixels``), optionally deflated."""
+                pixels: np.ndarray | None = None, bits: int = 16, jpeg_frame: bytes | None = None) -> Path:
+    """A MONOCHROME2 secondary-capture DICOM of ``bits`` (8 or 16) bits without a VOI window (zeros unless
+    ``pixels``), optionally deflated, or (``jpeg_frame``) one encapsulated JPEG baseline frame."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         DeflatedExplicitVRLittleEndian,
@@ -193,15 +194,27 @@ def write_dicom(path: Path, rows: int, cols: int, frames: int = 1, deflated: boo
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
+    if jpeg_frame is not None:
+        from pydicom.uid import JPEGBaseline8Bit
+
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     if frames > 1:
         ds.NumberOfFrames = frames
+    if jpeg_frame is not None:
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([jpeg_frame])
+        ds["PixelData"].is_undefined_length = True
+        ds.save_as(path, enforce_file_format=True)
+        return path
     shape = (frames, rows, cols) if frames > 1 else (rows, cols)
-    ds.PixelData = (np.zeros(shape, np.uint16) if pixels is None else pixels.astype(np.uint16)).tobytes()
+    dtype = np.uint8 if bits == 8 else np.uint16
+    ds.PixelData = (np.zeros(shape, dtype) if pixels is None else pixels.astype(dtype)).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 

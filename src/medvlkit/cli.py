@@ -65,7 +65,8 @@ TokenizerOpt = typer.Option(None, "--tokenizer",
                             help="tokenizer folder for openai-ckpt:, open_clip:DIR and gloria: models")
 PathColOpt = typer.Option(None, "--path-column", help="CSV column with image paths")
 LabelColsOpt = typer.Option(None, "--label-columns", help="comma-separated CSV label columns")
-UncertainOpt = typer.Option("ignore", "--uncertain", help="CheXpert -1 labels: ignore (NaN), zeros or ones")
+UncertainOpt = typer.Option(None, "--uncertain", help="CheXpert -1 labels (CSV data): ignore (NaN; default), zeros "
+                                                       "or ones")
 ImageRootOpt = typer.Option(None, "--image-root", help="folder that CSV/JSONL image paths are relative to")
 GroupColOpt = typer.Option(None, "--group-column", help="CSV column with patient ids, for patient-level held-out "
                                                          "validation (default: Patient ID, patient_id, subject_id)")
@@ -129,6 +130,45 @@ def shared_options(model: bool = True, embed: bool = True, data: bool = True):
     return decorate
 
 
+OverwriteOpt = typer.Option(False, "--overwrite", help="write into an --out that already holds files (they are "
+                                                      "replaced; files the run does not write stay)")
+
+
+def guard_out(*continue_flags: str):
+    """Decorator (under ``@app.command()``, above ``@shared_options``): the verb gets ``--overwrite`` and refuses an
+    existing, non-empty ``--out`` without it, before any work, so an earlier run's results are never replaced
+    without a word. ``continue_flags`` name the verb's own flags that mean "continue the run in --out"
+    (``--resume``, ``--skip-existing``), which allow it too."""
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        added = inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=OverwriteOpt, annotation=bool)
+
+        @functools.wraps(fn)
+        def verb(**kwargs):
+            overwrite = kwargs.pop("overwrite")
+            out = kwargs.get("out")
+            if out is not None and not overwrite and not any(kwargs.get(f) for f in continue_flags):
+                check_out_free(Path(out), continue_flags)
+            return fn(**kwargs)
+
+        verb.__signature__ = sig.replace(parameters=[*sig.parameters.values(), added])
+        return verb
+    return decorate
+
+
+def check_out_free(out: Path, continue_flags: tuple[str, ...] = ()) -> None:
+    """Refuse an ``--out`` that exists and is not empty (a folder with entries, or a file).
+
+    Raises:
+        MedvlkitError: naming the folder and the flags that allow it.
+    """
+    if out.is_dir() and any(out.iterdir()) or out.is_file():
+        also = "".join(f" or --{f.replace('_', '-')}" for f in continue_flags)
+        raise MedvlkitError(f"--out {out} already holds {'files' if out.is_dir() else 'a file'} (an earlier run?); "
+                            f"choose another --out, or pass --overwrite{also}")
+
+
 def _run_options(got: dict) -> RunOptions:
     """The RunOptions of the shared flags a verb has (the defaults for those it has not)."""
     same = {k: got[k] for k in ("device", "precision", "tokenizer", "batch_size", "workers", "on_error",
@@ -186,6 +226,7 @@ def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this
 
 
 @app.command()
+@guard_out()
 @shared_options()
 def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
           gate: bool = GateOpt, gate_threshold: float = GateThrOpt, run: RunOptions = None,
@@ -207,6 +248,7 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, ou
 
 
 @app.command()
+@guard_out()
 @shared_options()
 def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
@@ -241,6 +283,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
 
 @app.command()
+@guard_out()
 @shared_options()
 def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
              bootstrap: int = BootstrapOpt, seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
@@ -259,6 +302,7 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
 
 @app.command()
+@guard_out()
 def calibrate(predictions: Path = typer.Option(..., "--predictions", help="VALIDATION predictions.csv (with true "
                                                                           "labels) from zeroshot"),
               out: Path = OutOpt,
@@ -280,6 +324,7 @@ def calibrate(predictions: Path = typer.Option(..., "--predictions", help="VALID
 
 
 @app.command("apply-calibration")
+@guard_out()
 def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions", help="predictions.csv to calibrate"),
                           calibration: Path = typer.Option(..., "--calibration", help="calibration.json from "
                                                                                       "medvlkit calibrate"),
@@ -303,6 +348,7 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
 
 
 @app.command("gate")
+@guard_out()
 @shared_options()
 def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
              threshold: float = typer.Option(None, "--threshold", help="P(medical) threshold (default: chosen on "
@@ -328,6 +374,7 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
 
 @app.command("index")
+@guard_out()
 @shared_options()
 def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
               out: Path = typer.Option(..., "--out", "-o", callback=_out_folder, help="index folder to write"),
@@ -377,6 +424,7 @@ def search(index: Path = typer.Option(..., "--index", help="folder written by me
 
 
 @app.command()
+@guard_out()
 @shared_options(model=False, embed=False)
 def caption(data: Path = DataOpt, split: str = SplitOpt,
             out: Path = typer.Option(..., "--out", "-o", callback=_out_file,
@@ -400,6 +448,7 @@ def caption(data: Path = DataOpt, split: str = SplitOpt,
 
 
 @app.command()
+@guard_out()
 def report(runs: list[Path] = typer.Argument(..., help="run folders (each with a result.json)"),
            out: Path = OutOpt) -> None:
     """Merge runs into report.md, report.csv and a self-contained report.html with plots.
@@ -414,6 +463,7 @@ def report(runs: list[Path] = typer.Argument(..., help="run folders (each with a
 
 
 @app.command()
+@guard_out()
 @shared_options()
 def probe(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
           train_split: str = typer.Option("train", "--train-split"),
@@ -452,6 +502,7 @@ def probe(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
 
 
 @app.command()
+@guard_out()
 def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV with file + prob_<class> columns"),
              labels: Path = typer.Option(None, "--labels", help="CSV with file + label (class name) or one 0/1 column "
                                                                 "per class; default: the predictions' own "
@@ -475,6 +526,7 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
 
 
 @app.command()
+@guard_out("resume")
 def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit data folder (default $MEDVLKIT_DATA "
                                                                       "or ../shared/data)"),
              out: Path = OutOpt, epochs: int = typer.Option(60, "--epochs"),
@@ -510,6 +562,7 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
 
 
 @app.command()
+@guard_out("resume")
 @shared_options(model=False, embed=False)
 def finetune(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
              mode: str = typer.Option("contrastive", "--mode", help="contrastive (image-caption InfoNCE; captions "
@@ -611,6 +664,7 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
 
 
 @app.command("eval")
+@guard_out("skip_existing")
 @shared_options()
 def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a model spec; repeat for several"),
              datasets: list[Path] = typer.Option(..., "--data", "-d", help="a dataset; repeat for several"),
@@ -646,6 +700,7 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
 
 
 @app.command()
+@guard_out()
 @shared_options(data=False)
 def demo(images: Path = typer.Option(None, "--images", help="also run on your own images (a folder)"),
          model: str = ModelOpt, out: Path = OutOpt, run: RunOptions = None) -> None:
@@ -685,6 +740,7 @@ def _quiet_transformers() -> None:
 
 
 @app.command()
+@guard_out()
 @shared_options(embed=False)
 def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
             prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),

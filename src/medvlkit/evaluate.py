@@ -102,7 +102,12 @@ def multilabel_confusion(labels: np.ndarray, scores: np.ndarray, classnames: lis
 
 def read_label_csv(path: Path, classnames: list[str]) -> tuple[dict[str, np.ndarray], bool]:
     """A labels CSV: ``file`` plus either a ``label`` column of class names (single-label) or one 0/1/blank
-    column per class (multi-label). Returns {file: (C,) label row}, multilabel."""
+    column per class (multi-label). Returns {file: (C,) label row}, multilabel.
+
+    Raises:
+        MedvlkitError: a missing column, a class name not predicted, a value that is not 1, 0 or blank, or one file
+            labelled two ways (which would leave one of them to win silently).
+    """
     if not path.is_file():
         raise MedvlkitError(f"--labels {path}: no such file")
     header, rows = read_csv_rows(path)
@@ -113,11 +118,29 @@ def read_label_csv(path: Path, classnames: list[str]) -> tuple[dict[str, np.ndar
         unknown = sorted({r["label"] for r in rows} - set(index))
         if unknown:
             raise MedvlkitError(f"--labels {path}: label(s) {unknown} are not among the predicted classes {classnames}")
-        return {r["file"]: np.eye(len(classnames))[index[r["label"]]] for r in rows}, False
+        table = [(r["file"], np.eye(len(classnames))[index[r["label"]]]) for r in rows]
+        return _one_row_per_file(path, table), False
     missing = [c for c in classnames if c not in header]
     if missing:
         raise MedvlkitError(f"--labels {path}: needs a 'label' column or one column per class; missing {missing}")
-    return {r["file"]: np.array([float(r[c]) if r[c].strip() else np.nan for c in classnames]) for r in rows}, True
+    values = {"": np.nan, "0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
+    table = []
+    for n, r in enumerate(rows, 1):
+        bad = [c for c in classnames if r[c].strip() not in values]
+        if bad:
+            raise MedvlkitError(f"--labels {path}: row {n} holds '{r[bad[0]].strip()}' for class '{bad[0]}'; labels "
+                                "must be 1, 0 or blank (unknown)")
+        table.append((r["file"], np.array([values[r[c].strip()] for c in classnames])))
+    return _one_row_per_file(path, table), True
+
+
+def _one_row_per_file(path: Path, table: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for file, row in table:
+        if file in out and not np.array_equal(out[file], row, equal_nan=True):
+            raise MedvlkitError(f"--labels {path}: '{file}' is labelled two ways; give each file one row")
+        out[file] = row
+    return out
 
 
 def evaluate_csv(predictions: Path, labels: Path | None = None, n_bootstrap: int = 1000, seed: int = 0,

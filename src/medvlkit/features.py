@@ -70,7 +70,8 @@ class ImageEmbeddings:
         vectors: (N_ok, D) float32, L2-normalised.
         indices: (N_ok,) positions of those items in the dataset.
         items: the N_ok item ids.
-        skipped: (item, reason) for every item that could not be read.
+        skipped: (item, reason) for every item that could not be read, and every entry the dataset lists as not
+            read (``ImageDataset.skipped``).
         n_cached: how many vectors came from the cache.
     """
 
@@ -188,6 +189,7 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
         bar.close()
     if world.size > 1:
         vectors, skipped = _merge_ranks(vectors, skipped, world, keys, store, fingerprint, cache_dir)
+    skipped = list(dataset.skipped) + skipped  # entries the adapter found but does not read, listed with the rest
     order = np.array(sorted(vectors), dtype=int)
     if len(order) == 0:
         raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped); "

@@ -81,8 +81,8 @@ class DataOptions:
     Attributes:
         format: the adapter (``medvlkit datasets`` lists them) or ``auto`` to detect it.
         path_column: the CSV/JSONL column holding image paths; ``label_columns``: comma-separated label columns.
-        uncertain: CheXpert-style ``-1`` labels: ``ignore`` (unknown, left out of that class's metrics), ``zeros``
-            or ``ones``.
+        uncertain: CheXpert-style ``-1`` labels: ``ignore`` (unknown, left out of that class's metrics; the default),
+            ``zeros`` or ``ones``; CSV data only.
         image_root: the folder CSV/JSONL image paths are relative to.
         group_column: the CSV column naming each image's patient (default: ``Patient ID``, ``patient_id``,
             ``subject_id`` when present), so held-out validation keeps a patient's images on one side.
@@ -91,7 +91,7 @@ class DataOptions:
     format: str = "auto"
     path_column: str | None = None
     label_columns: str | None = None
-    uncertain: str = "ignore"
+    uncertain: str | None = None
     image_root: str | None = None
     group_column: str | None = None
 

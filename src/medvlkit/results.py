@@ -233,6 +233,7 @@ def read_predictions(path: Path) -> Predictions:
     if not files:
         raise MedvlkitError(f"--predictions {path}: no rows")
     values = np.concatenate(score_blocks)
+    _check_scores(path, values, use_log, files)
     log_probs = values if use_log else log_probs_from_probs(values)
     if modes - set(MODE_COLUMN.values()) - {""} or len(modes) > 1:
         raise MedvlkitError(f"--predictions {path}: column 'mode' holds {sorted(modes)}; valid: "
@@ -241,6 +242,28 @@ def read_predictions(path: Path) -> Predictions:
     multilabel = None if not mode else mode == "multilabel"
     labels = _read_truth(path, true_at is not None, truth_cells, names, classnames, multilabel)
     return Predictions(files, classnames, log_probs, labels, multilabel)
+
+
+def _check_scores(path: Path, values: np.ndarray, use_log: bool, files: list[str]) -> None:
+    """Probabilities within [0, 1] (log-probabilities <= 0), finite, and one row per file.
+
+    Raises:
+        MedvlkitError: naming the first offending row (a probability of 9 would rank as the most certain of all, a
+            file scored twice would be counted twice).
+    """
+    from medvlkit.errors import MedvlkitError
+
+    lo, hi = (-np.inf, 1e-12) if use_log else (0.0, 1.0)
+    bad = ~np.isfinite(values) & ~(use_log & (values == -np.inf)) | (values < lo) | (values > hi)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        what = "log-probabilities must be <= 0" if use_log else "probabilities must lie in [0, 1]"
+        raise MedvlkitError(f"--predictions {path}: row {row + 1} ({files[row]}) holds {values[row, col]}; {what}")
+    seen: set[str] = set()
+    for f in files:
+        if f in seen:
+            raise MedvlkitError(f"--predictions {path}: '{f}' appears in more than one row; each file is scored once")
+        seen.add(f)
 
 
 def _floats(block: list[list[str]], path: Path) -> np.ndarray:

@@ -78,7 +78,7 @@ def test_csv_errors(tmp_path):
         load_dataset(tmp_path / "a.csv")
     with pytest.raises(MedvlkitError, match="no column 'file'"):
         load_dataset(tmp_path / "a.csv", path_column="file")
-    assert load_dataset(tmp_path / "a.csv", path_column="img").classnames == ["y"]
+    assert load_dataset(tmp_path / "a.csv", path_column="img").classnames == ["no y", "y"]  # one binary label
 
 
 def test_caption_jsonl_and_roco_csv(tmp_path):

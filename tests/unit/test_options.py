@@ -53,7 +53,7 @@ def test_options_refuse_bad_values_naming_the_flag():
         RunOptions(batch_size=0)
     assert RunOptions(workers=0, cache=False).embed_kwargs() == dict(
         batch_size=64, num_workers=0, cache=False, cache_dir=None, on_error="fail", progress=True, fast_decode=False)
-    assert DataOptions(label_columns="a,b").adapter_options() == {"label_columns": "a,b", "uncertain": "ignore"}
+    assert DataOptions(label_columns="a,b").adapter_options() == {"label_columns": "a,b"}
 
 
 def _patients_csv(tmp_path, column="Patient ID"):
@@ -72,7 +72,7 @@ def _patients_csv(tmp_path, column="Patient ID"):
 def test_csv_patient_ids_make_held_out_validation_patient_level(tmp_path, column):
     ds = load_dataset(_patients_csv(tmp_path, column), split="train")
     assert ds.groups == [f"p{i // 2}" for i in range(12)] and ds.meta["group_column"] == column
-    assert ds.classnames == ["Pneumonia"]  # the patient column is never read as a label
+    assert ds.classnames == ["no Pneumonia", "Pneumonia"]  # one binary label; the patient column is never a label
     tr, va = holdout_indices(ds.items, ds.labels, 0.34, seed=0, groups=ds.groups)
     held = {ds.groups[i] for i in va}
     assert held and not held & {ds.groups[i] for i in tr}  # every patient on one side only
@@ -98,16 +98,19 @@ def test_config_file_repeats_a_run_and_command_line_flags_win(tiny_clip_dir, tmp
     """`finetune --config run/config.json --out other --seed 1` reruns with the same options except those given."""
     from helpers import make_split_folders
 
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
+    folders = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
+    data = tmp_path / "d.csv"
+    data.write_text("path,label,split\n" + "".join(f"{p},{p.parent.name},{p.parent.parent.name}\n"
+                                                   for p in sorted(folders.rglob("*.png"))))
     first = tmp_path / "first"
     common = ["--lora", "r=2,dropout=0", "--max-steps", "1", "--batch-size", "4", "--device", "cpu", "--workers", "0",
-              "-q", "--bootstrap", "0", "--test-split", "none", "--label-columns", "x"]
+              "-q", "--bootstrap", "0", "--test-split", "none", "--label-columns", "label"]
     assert main(["finetune", "--model", f"hf:{tiny_clip_dir}", "--data", str(data), "--out", str(first), *common]) == 0
     assert main(["finetune", "--config", str(first / "config.json"), "--out", str(tmp_path / "second"), "--seed",
                  "1", "-q", "--test-split", "none"]) == 0
     a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("first", "second"))
     assert {k for k in a if a[k] != b[k]} == {"out_dir", "seed"} and b["seed"] == 1
-    assert b["dataset_options"] == {"label_columns": "x", "uncertain": "ignore"} and b["lora"] == "r=2,dropout=0"
+    assert b["dataset_options"] == {"label_columns": "label"} and b["lora"] == "r=2,dropout=0"
 
 
 def test_config_file_errors_name_the_problem(tmp_path, capsys):

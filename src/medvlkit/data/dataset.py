@@ -9,6 +9,8 @@ A dataset is a list of image items with, optionally, labels and captions:
 - ``texts[i]``: the caption of item i, for image-caption data.
 - ``groups[i]``: the patient (or study) item i belongs to, where the adapter knows it; held-out validation keeps
   each group on one side (``data/splits.py``).
+- ``skipped``: (entry, why) for what the adapter found but does not read (a file that is not an image, a FIFO, a
+  dangling link...): every task lists them with its unreadable images, never drops them silently.
 - ``meta["domain"]``: the kind of image the data holds (``chest x-ray``, ``ultrasound``...), where the adapter knows
   it (MedMNIST files); a prompt set of another domain is never chosen for it.
 """
@@ -39,6 +41,7 @@ class ImageDataset:
     split: str | None = None
     meta: dict = field(default_factory=dict)
     groups: list[str] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.items)
@@ -85,7 +88,8 @@ class ImageDataset:
             items=[self.items[i] for i in keep], name=self.name, classnames=list(self.classnames),
             labels=None if self.labels is None else self.labels[keep], multilabel=self.multilabel,
             texts=None if self.texts is None else [self.texts[i] for i in keep], split=self.split,
-            meta=dict(self.meta), groups=None if self.groups is None else [self.groups[i] for i in keep])
+            meta=dict(self.meta), groups=None if self.groups is None else [self.groups[i] for i in keep],
+            skipped=list(self.skipped))
 
 
 @dataclass(frozen=True)
@@ -145,12 +149,28 @@ def load_dataset(path: str | Path, split: str | None = None, format: str = "auto
     if format != "auto":
         if format not in adapters:
             raise MedvlkitError(f"--format {format}: unknown; valid options: auto, {', '.join(adapters)}")
-        return adapters[format].load(path, split=split, **options)
+        return _load_with(adapters[format], path, split, options)
     for adapter in adapters.values():
         if adapter.detect(path):
-            return adapter.load(path, split=split, **options)
+            return _load_with(adapter, path, split, options)
     raise MedvlkitError(f"--data {path}: no dataset format recognises it; valid formats: {', '.join(adapters)} "
                         "(see `medvlkit datasets`), or pass --format")
+
+
+def _load_with(adapter: Adapter, path: Path, split: str | None, options: dict) -> ImageDataset:
+    """``adapter.load`` with ``options``, refusing options it does not take (set and silently ignored, they would
+    leave a user believing, say, that ``--uncertain zeros`` applied)."""
+    import inspect
+
+    params = inspect.signature(adapter.load).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unused = [k for k, v in options.items() if k not in params and v is not None]
+        if unused:
+            flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+            raise MedvlkitError(f"{flags}: the '{adapter.name}' format ({path.name}) does not use "
+                                f"{'this option' if len(unused) == 1 else 'these options'}; leave "
+                                f"{'it' if len(unused) == 1 else 'them'} out")
+    return adapter.load(path, split=split, **options)
 
 
 def one_hot(indices: np.ndarray, n_classes: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 Order of operations (DICOM PS3.3 C.11): modality LUT (rescale slope/intercept, or a Modality LUT Sequence), then
 the VOI transform: the first window (VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID, C.11.2.1.2-3) or a VOI LUT
 Sequence, whose output range is mapped to 0..255 (so an image lying wholly above its window is white, not black).
-Without a usable window the robust percentile rule of :func:`medvlkit.data.io._scale_to_uint8` applies.
+Without a usable window the no-window rule of :func:`medvlkit.data.io._scale_to_uint8` applies (8-bit data as
+stored, a 16-bit copy of 8-bit data as its original, anything else by its robust range).
 MONOCHROME1 is inverted; PALETTE COLOR goes through its colour LUT; multi-frame files give their middle frame.
 Declared sizes are checked before anything is inflated or decoded (see :func:`read_dicom`).
 """
@@ -49,6 +50,7 @@ def read_dicom(path: Path, limit: int | None = None) -> Image.Image:
         if rows * cols * frames > limit or samples > 4:
             raise ImageTooLargeError(str(path), _over_limit(cols, rows, limit, f"pixels x {frames} frame(s) x "
                                                                                f"{samples} sample(s)"))
+        _check_frame_size(ds, path, rows, cols, frames, limit)
         # decode the middle frame only (multi-frame files: CT/MR series, cine)
         arr = pixel_array(ds, index=frames // 2) if frames > 1 else ds.pixel_array
         photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -69,6 +71,36 @@ def read_dicom(path: Path, limit: int | None = None) -> Image.Image:
         bits = int(getattr(ds, "BitsStored", 8) or 8)
         arr = unit_to_uint8(arr.astype(np.float64) / float(2 ** bits - 1))
     return Image.fromarray(arr).convert("RGB")
+
+
+def _check_frame_size(ds, path: Path, rows: int, cols: int, frames: int, limit: int) -> None:
+    """A compressed frame's own size (JPEG / JPEG-LS start of frame, JPEG 2000 SIZ), read before decoding: over the
+    pixel limit, or other than the header's Rows x Columns, it is refused (the decoder would obey the frame).
+
+    Raises:
+        ImageTooLargeError / ImageReadError: as above.
+    """
+    from pydicom.encaps import get_frame
+
+    from medvlkit.data.frame_size import frame_size
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed or syntax.is_deflated:
+        return
+    try:
+        frame = get_frame(ds.PixelData, frames // 2 if frames > 1 else 0, number_of_frames=frames)
+    except Exception as err:  # noqa: BLE001 - malformed encapsulation raises many types
+        raise ImageReadError(str(path), f"DICOM: encapsulated pixel data is malformed ({first_line(err)})") from None
+    size = frame_size(bytes(frame[:1 << 20]))
+    if size is None:
+        return
+    width, height = size
+    if width * height * frames > limit:
+        raise ImageTooLargeError(str(path), _over_limit(width, height, limit, f"pixels in its compressed frame x "
+                                                                             f"{frames} frame(s)"))
+    if (width, height) != (cols, rows):
+        raise ImageReadError(str(path), f"DICOM: the compressed frame is {width}x{height} pixels but the header says "
+                                        f"{cols}x{rows} (Columns x Rows); refused rather than guessed")
 
 
 def _display_grey(arr: np.ndarray, ds) -> np.ndarray:

@@ -27,6 +27,15 @@ def max_pixels() -> int:
     return int(os.environ.get("MEDVLKIT_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 
+def _set_pillow_limit(limit: int) -> None:
+    """Pillow's own decompression-bomb check (which every Pillow decode obeys, pydicom's JPEG frames included)
+    follows medvlkit's limit: Pillow errors at twice its setting."""
+    Image.MAX_IMAGE_PIXELS = max(1, limit // 2)
+
+
+_set_pillow_limit(max_pixels())  # once at import; every read re-applies it (the environment may change)
+
+
 def is_image_file(path: Path) -> bool:
     """True for file names medvlkit reads as images (by extension)."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
@@ -134,7 +143,7 @@ def _pillow_limit(limit: int):
     the one setting that governs both. Pillow errors at twice its setting (at open, and for some formats at load);
     its warning below that is silenced because the caller compares the size with ``limit`` itself. The setting is
     left at this value (a function of the environment only, so concurrent readers agree)."""
-    Image.MAX_IMAGE_PIXELS = max(1, limit // 2)
+    _set_pillow_limit(limit)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         yield
@@ -151,19 +160,40 @@ def _to_l_or_rgb(im: Image.Image) -> Image.Image:
 
 
 ROBUST_PERCENTILES = (0.5, 99.5)
+_EIGHT_BIT_SHARE = 0.999  # share of pixels that must be multiples of 257 (or 256) for a 16-bit copy of 8-bit data
 
 
 def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale a numeric image without a display window to 0..255: its 0.5th and 99.5th percentiles become 0 and 255
-    (values beyond are clipped). Radiographs use a fraction of 16 bits, and a few extreme pixels (a burned-in
-    marker at 65535) must not decide the contrast of the whole image, as a min-max scaling would let them."""
+    """Grey values without a display window (16-bit PNG/TIFF, DICOM without a VOI window, float or non-8-bit npz
+    arrays) to 0..255, by one rule:
+
+    1. whole numbers within 0..255 (8-bit data, whatever container holds it): as stored;
+    2. whole numbers up to 65535 of which at least 99.9% are multiples of 257 (the 8-to-16-bit copy PNG, TIFF and
+       DICOM converters write, v x 257) or of 256 (a left shift by 8): the 8-bit image they hold, v / 257 or
+       v / 256, rounded and clipped; a full-range 16-bit copy reads as its 8-bit original (within one grey level),
+       and a few stray pixels do not break the rule;
+    3. anything else (10-16-bit radiographs, signed or float data): the 0.5th and 99.5th percentiles become 0 and
+       255, values beyond are clipped, so a few extreme pixels (a burned-in marker at 65535) do not decide the
+       contrast of the whole image, as a min-max scaling would let them.
+
+    Raises:
+        ImageReadError: no pixel is a finite number (an all-NaN float image has nothing to show).
+    """
     arr = np.asarray(arr, dtype=np.float64)
     finite = arr[np.isfinite(arr)]
     if finite.size == 0:
-        return np.zeros(arr.shape, dtype=np.uint8)
+        raise ImageReadError("<image>", "no pixel holds a finite value (all NaN or infinite): nothing to show")
+    whole = bool(np.all(finite == np.round(finite)))
+    lo_v, hi_v = float(finite.min()), float(finite.max())
+    if whole and lo_v >= 0 and hi_v <= 255:
+        return unit_to_uint8(arr / 255.0)
+    if whole and lo_v >= 0 and hi_v <= 65535:
+        for step in (257.0, 256.0):
+            if np.mean(finite % step == 0) >= _EIGHT_BIT_SHARE:
+                return unit_to_uint8(arr / (255.0 * step))
     lo, hi = np.percentile(finite, ROBUST_PERCENTILES)
     if hi <= lo:  # (almost) constant: fall back to the full range
-        lo, hi = float(finite.min()), float(finite.max())
+        lo, hi = lo_v, hi_v
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
     return unit_to_uint8((arr - lo) / (hi - lo))

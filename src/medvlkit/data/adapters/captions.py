@@ -47,11 +47,20 @@ def _detect_captions(path: Path) -> bool:
 @register_adapter("captions", "image-caption pairs: JSONL {\"image\", \"text\"} or CSV with a path and a "
                   "caption column (ROCO)", _detect_captions, priority=20)  # before csv: a caption column decides
 def load_captions(path: Path, split: str | None = None, path_column: str | None = None,
-                  caption_column: str | None = None, image_root: str | None = None, **_: object) -> ImageDataset:
+                  caption_column: str | None = None, image_root: str | None = None) -> ImageDataset:
     """Load image-caption pairs; image paths are relative to ``image_root`` or the file's folder."""
     if path.suffix.lower() == ".jsonl":
         rows = read_jsonl(path)
+        if not rows:
+            raise MedvlkitError(f"{path} holds no image-caption rows")
         header = sorted({k for r in rows for k in r})
+        pcol = pick_column(header, path_column, PATH_COLUMNS + ("name",), "image path", path)
+        tcol = pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path)
+        for n, r in enumerate(rows, 1):
+            for col, what in ((pcol, "an image path"), (tcol, "a caption")):
+                if col in r and not isinstance(r[col], str):
+                    raise MedvlkitError(f"{path}: row {n}: '{col}' is {json.dumps(r[col])[:60]}, not a string; "
+                                        f"every row needs {what} as text")
         rows = [{k: v if isinstance(v, str) else json.dumps(v) for k, v in r.items()} for r in rows]
     else:
         header, rows = read_csv_rows(path)
@@ -61,7 +70,7 @@ def load_captions(path: Path, split: str | None = None, path_column: str | None 
     tcol = pick_column(header, caption_column, CAPTION_COLUMNS, "caption", path)
     rows = select_split(path, header, rows, pcol, split)
     for n, r in enumerate(rows, 1):
-        if not r.get(pcol, "").strip() or r.get(tcol) is None:
+        if not r.get(pcol, "").strip() or r.get(tcol) is None or not r[tcol].strip():
             raise MedvlkitError(f"{path}: row {n} has no '{pcol}' or no '{tcol}' value; every row needs both")
     roots = [Path(image_root)] if image_root else [path.parent]
     items = [resolve_image_path(r[pcol], roots) for r in rows]

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from medvlkit.errors import MedvlkitError, NoSplitsError
 logger = logging.getLogger(__name__)
 
 PATH_COLUMNS = ("path", "Path", "file", "filename", "image", "Image Index", "image_path", "img_path")
-FINDINGS_COLUMNS = ("Finding Labels", "findings", "labels")
+# Columns holding each image's class name(s) (``|``-separated for several): the layouts users write.
+CLASS_COLUMNS = ("label", "labels", "class", "target", "diagnosis", "Finding Labels", "findings")
 GROUP_COLUMNS = ("Patient ID", "patient_id", "PatientID", "subject_id", "patient")  # ChestX-ray14, MIMIC-CXR...
 CAPTION_COLUMNS = ("caption", "text", "Caption", "report")
 UNCERTAIN_POLICIES = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}
@@ -131,47 +133,64 @@ def _detect(path: Path) -> bool:
     return not any(c in csv_header_line(path) for c in CAPTION_COLUMNS)
 
 
-def _label_columns(header: list[str], rows: list[dict[str, str]], skip: set[str], path: Path) -> list[str]:
-    """Columns holding only 1 / 0 / -1 / blank. A column that is almost such a column (90% of its values) stops
-    the load with the offending row: silently dropping it would change the label space."""
-    out = []
+def _is_label_column(values: list[str]) -> bool:
+    """Every non-empty value is 1, 0 or -1."""
+    return bool(values) and all(v in _LABEL_VALUES for v in values)
+
+
+def _label_columns(header: list[str], rows: list[dict[str, str]], skip: set[str], path: Path) -> tuple[list[str],
+                                                                                                      list[str]]:
+    """(label columns, columns not used): label columns hold only 1 / 0 / -1 / blank. A column whose values are
+    mostly such labels but not all stops the load naming the offending row: dropping it (or a stray value in it)
+    silently would change the label space."""
+    labels, unused = [], []
     for c in header:
         if c in skip:
             continue
         values = [r[c].strip() for r in rows if r[c].strip()]
-        good = [v in _LABEL_VALUES for v in values]
-        if values and all(good):
-            out.append(c)
-        elif values and sum(good) >= 0.9 * len(values):
+        good = sum(v in _LABEL_VALUES for v in values)
+        if values and good == len(values):
+            labels.append(c)
+        elif values and good * 2 >= len(values):
             _check_label_values(rows, c, path)
-    return out
+        else:
+            unused.append(c)
+    return labels, unused
 
 
 def _check_label_values(rows: list[dict[str, str]], column: str, path: Path) -> None:
     for i, r in enumerate(rows):
         if r[column].strip() not in _LABEL_VALUES:
-            raise MedvlkitError(f"{path}: label column '{column}' holds '{r[column].strip()}' in data row {i + 1}; "
-                                "labels must be 1, 0, -1 (uncertain) or blank (unknown). Fix the value, or name the "
-                                "label columns with --label-columns")
+            raise MedvlkitError(f"{path}: column '{column}' holds labels (1, 0, -1, blank) but '{r[column].strip()}' "
+                                f"in data row {i + 1}; fix the value, or name the label columns with --label-columns")
 
 
-@register_adapter("csv", "CSV: a path column + 0/1/-1 label columns (CheXpert) or a '|'-separated findings "
-                  "column (ChestX-ray14)", _detect, priority=10)
+@register_adapter("csv", "CSV: a path column plus a class column (label, class, target, diagnosis; '|' for several), "
+                  "0/1/-1 label columns (CheXpert), or one 0/1 column (a binary label)", _detect, priority=10)
 def load_label_csv(path: Path, split: str | None = None, path_column: str | None = None,
                    label_columns: list[str] | str | None = None, findings_column: str | None = None,
-                   uncertain: str = "ignore", image_root: str | None = None, group_column: str | None = None,
-                   **_: object) -> ImageDataset:
-    """Load a label CSV.
+                   uncertain: str | None = None, image_root: str | None = None,
+                   group_column: str | None = None) -> ImageDataset:
+    """Load a label CSV. The layout is read from its columns and said in one line (a warning in the log):
+
+    - a class column (``label``, ``labels``, ``class``, ``target``, ``diagnosis``, ChestX-ray14's ``Finding
+      Labels``): each image's class name, or names joined by ``|`` (multi-label);
+    - 0/1/-1/blank label columns (CheXpert): one class each, multi-label;
+    - a single 0/1 column ``X`` without unknown values: one binary label, the classes ``no X`` and ``X``.
+
+    A class column wins over 0/1 columns beside it (named as not used). Refused as ambiguous: a column of mostly
+    labels with a stray value.
 
     Args:
         path_column: column with image paths (relative to ``image_root``, the CSV's folder or its parent).
-        label_columns: label columns (comma-separated or list); auto: every column of only 0/1/-1/blank.
-        findings_column: a ``|``-separated findings column; used when no label columns are given/found.
-        uncertain: CheXpert's -1: ``ignore`` (NaN, masked from metrics), ``zeros`` or ``ones``.
+        label_columns: label columns (comma-separated or list), or one class column; auto: as above.
+        findings_column: the class column, when its name is not one of the usual ones.
+        uncertain: CheXpert's -1: ``ignore`` (default; NaN, masked from metrics), ``zeros`` or ``ones``.
         split: keep rows whose ``split`` column equals it (when the CSV has one).
         group_column: the column naming each image's patient (auto: one of ``GROUP_COLUMNS``), read into
             ``ImageDataset.groups`` so held-out validation is patient-level.
     """
+    uncertain = uncertain or "ignore"
     if uncertain not in UNCERTAIN_POLICIES:
         raise MedvlkitError(f"--uncertain {uncertain}: valid options: {', '.join(UNCERTAIN_POLICIES)}")
     header, rows = read_csv_rows(path)
@@ -183,27 +202,78 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
         (c for c in GROUP_COLUMNS if c in header), None)
     if isinstance(label_columns, str):
         label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
-    for c in label_columns or []:
-        pick_column(header, c, (), "labels", path)
-        _check_label_values(rows, c, path)
-    if not findings_column and not label_columns:
-        findings_column = next((c for c in FINDINGS_COLUMNS if c in header), None)
-    cols = label_columns or ([] if findings_column else _label_columns(header, rows, {pcol, "split", gcol}, path))
-    if cols:
-        logger.info("%s: label columns %s", path, ", ".join(cols))
-        labels = np.array([[_label_value(r[c], uncertain) for c in cols] for r in rows], dtype=np.float32)
-        names = cols
+    layout = _layout(path, header, rows, {pcol, "split", gcol}, label_columns or [], findings_column)
+    if layout.class_column:
+        names, labels = _class_column_labels(rows, layout.class_column)
     else:
-        fcol = pick_column(header, findings_column, FINDINGS_COLUMNS, "label or findings", path)
-        names = sorted({f.strip() for r in rows for f in r[fcol].split("|") if f.strip()})
-        labels = np.array([[1.0 if n in {f.strip() for f in r[fcol].split("|")} else 0.0 for n in names]
-                           for r in rows], dtype=np.float32)
+        labels = np.array([[_label_value(r[c], uncertain) for c in layout.columns] for r in rows], dtype=np.float32)
+        names = list(layout.columns)
+        if layout.binary:
+            if np.isnan(labels).any():
+                raise MedvlkitError(f"{path}: the binary label '{names[0]}' is unknown (blank, or -1 with --uncertain "
+                                    "ignore) in some rows; give every row 0 or 1, choose --uncertain zeros|ones, or "
+                                    f"keep it a multi-label column with --label-columns {names[0]}")
+            labels = np.concatenate([1 - labels, labels], axis=1)
+            names = [f"no {names[0]}", names[0]]
+    if not (label_columns or findings_column or path_column):
+        logger.warning("%s read as: image paths in '%s'; %s%s", path.name, pcol, layout.describe(names),
+                       f"; not used: {', '.join(layout.unused)}" if layout.unused else "")
     roots = [Path(image_root)] if image_root else [path.parent, path.parent.parent]
     items = [resolve_image_path(r[pcol], roots) for r in rows]
     single = bool(np.all(np.nansum(labels, axis=1) == 1) and not np.isnan(labels).any())
     return ImageDataset(items=items, name=path.stem, classnames=names, labels=labels, multilabel=not single,
-                        split=split, meta={"uncertain": uncertain} | ({"group_column": gcol} if gcol else {}),
+                        split=split, meta={"uncertain": uncertain, "layout": layout.describe(names)}
+                        | ({"group_column": gcol} if gcol else {}),
                         groups=[r[gcol].strip() for r in rows] if gcol else None)
+
+
+@dataclass
+class _Layout:
+    """How a label CSV holds its labels: a class column, or 0/1 label columns (``binary``: exactly one)."""
+
+    class_column: str | None = None
+    columns: list[str] = field(default_factory=list)
+    binary: bool = False
+    unused: list[str] = field(default_factory=list)
+
+    def describe(self, names: list[str]) -> str:
+        if self.class_column:
+            return f"class names in '{self.class_column}' ({len(names)} classes)"
+        if self.binary:
+            return f"one binary label '{self.columns[0]}' (classes '{names[0]}' / '{names[1]}')"
+        return f"{len(self.columns)} label column(s) {', '.join(self.columns)} (multi-label)"
+
+
+def _layout(path: Path, header: list[str], rows: list[dict[str, str]], skip: set[str], label_columns: list[str],
+            findings_column: str | None) -> _Layout:
+    """The label layout of a CSV (see :func:`load_label_csv`), from the options or the columns themselves."""
+    for c in label_columns:
+        pick_column(header, c, (), "labels", path)
+    if len(label_columns) == 1 and not _is_label_column([r[label_columns[0]].strip() for r in rows
+                                                         if r[label_columns[0]].strip()]):
+        return _Layout(class_column=label_columns[0])  # one named column of class names
+    if label_columns:
+        for c in label_columns:
+            _check_label_values(rows, c, path)
+        return _Layout(columns=label_columns)
+    if findings_column:
+        return _Layout(class_column=pick_column(header, findings_column, (), "class names", path))
+    class_column = next((c for c in CLASS_COLUMNS if c in header and c not in skip), None)
+    if class_column:  # it holds the labels; 0/1 columns beside it are named as not used (--label-columns takes them)
+        unused = [c for c in header if c not in skip and c != class_column]
+        return _Layout(class_column=class_column, unused=unused)
+    columns, unused = _label_columns(header, rows, skip, path)
+    if not columns:
+        raise MedvlkitError(f"{path}: no labels found: no class column ({', '.join(CLASS_COLUMNS)}) and no column of "
+                            f"0/1/-1 values; its columns: {', '.join(header)}. Name them with --label-columns")
+    return _Layout(columns=columns, binary=len(columns) == 1, unused=unused)
+
+
+def _class_column_labels(rows: list[dict[str, str]], column: str) -> tuple[list[str], np.ndarray]:
+    """Class names (sorted) and the 0/1 matrix of a class column (``|`` separates several classes of one image)."""
+    present = [{f.strip() for f in r[column].split("|") if f.strip()} for r in rows]
+    names = sorted(set().union(*present))
+    return names, np.array([[1.0 if n in p else 0.0 for n in names] for p in present], dtype=np.float32)
 
 
 def select_split(path: Path, header: list[str], rows: list[dict[str, str]], pcol: str,

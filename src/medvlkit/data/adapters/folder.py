@@ -3,13 +3,16 @@ or a flat folder of unlabelled images."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from medvlkit.data.dataset import ImageDataset, one_hot, register_adapter
-from medvlkit.data.io import is_image_file
+from medvlkit.data.io import image_kind, is_image_file
 from medvlkit.errors import MedvlkitError, NoSplitsError
 
 logger = logging.getLogger(__name__)
@@ -18,11 +21,53 @@ SPLIT_ALIASES = {"val": ("val", "valid", "validation", "dev"), "test": ("test", 
                  "train": ("train", "training")}
 
 
+def scan_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files directly in ``folder`` and the entries that look like data but are not read, each with why.
+
+    An image is a regular file with an image extension, or without one whose content is an image (DICOM files are
+    often named by their UID alone). Listed, never dropped silently: other files, FIFOs and devices (never opened),
+    dangling symbolic links, symbolic link loops, and folders named like images. Sub-folders are the caller's.
+    """
+    images, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        try:
+            st = os.stat(p)  # follows symbolic links
+        except OSError as err:
+            why = {errno.ENOENT: "a dangling symbolic link", errno.ELOOP: "a symbolic link loop"}.get(
+                err.errno, f"unreadable ({err.strerror})")
+            skipped.append((str(p), why))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if is_image_file(p):
+                skipped.append((str(p), "a folder named like an image file"))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            skipped.append((str(p), "not a regular file (a FIFO, socket or device): never opened"))
+        elif is_image_file(p) or _sniffed_image(p):
+            images.append(p)
+        else:
+            skipped.append((str(p), "not an image (by its name and its first bytes)"))
+    return images, skipped
+
+
+def _sniffed_image(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return image_kind(f.read(132)) is not None
+    except OSError:
+        return False
+
+
 def _images_in(folder: Path) -> list[Path]:
     """Image files of a class folder; COVID-QU-Ex keeps them in ``images/`` beside its mask folders."""
+    return _scan_class(folder)[0]
+
+
+def _scan_class(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     inner = folder / "images"
-    src = inner if inner.is_dir() else folder
-    return sorted(p for p in src.iterdir() if p.is_file() and is_image_file(p))
+    return scan_images(inner if inner.is_dir() else folder)
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -44,17 +89,22 @@ def _detect(path: Path) -> bool:
 
 @register_adapter("folder", "image folder: <root>/[<split>/]<class>/[images/]*.png|jpg|dcm..., or flat "
                   "unlabelled images", _detect)
-def load_image_folder(path: Path, split: str | None = None, recursive: bool = False, **_: object) -> ImageDataset:
+def load_image_folder(path: Path, split: str | None = None, recursive: bool = False) -> ImageDataset:
     """Load a class-per-subfolder image tree (or a flat folder of unlabelled images).
 
-    ``recursive=True`` takes every image file anywhere under the folder, unlabelled (for search indexes).
+    ``recursive=True`` takes every image file anywhere under the folder, unlabelled (for search indexes). Entries
+    that are not read (see :func:`scan_images`) are listed in ``skipped``.
     """
     root = Path(path)
     if recursive:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+        files, skipped = [], []
+        for folder, dirs, _ in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found, bad = scan_images(Path(folder))
+            files, skipped = files + found, skipped + bad
         if not files:
             raise MedvlkitError(f"--data {root}: no image files anywhere under it")
-        return ImageDataset(items=[str(p.resolve()) for p in files], name=root.name, split=split)
+        return ImageDataset(items=[str(p.resolve()) for p in files], name=root.name, split=split, skipped=skipped)
     if split:
         split_dir = find_split_dir(root, split)
         has_splits = any(find_split_dir(root, s) for s in SPLIT_ALIASES)
@@ -65,7 +115,7 @@ def load_image_folder(path: Path, split: str | None = None, recursive: bool = Fa
             raise MedvlkitError(f"--data {root} has no '{split}' split folder; its sub-folders are: "
                                 f"{', '.join(p.name for p in _subdirs(root)) or '(none)'}")
         root = split_dir
-    flat = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
+    flat, flat_skipped = scan_images(root)
     classes = _subdirs(root) if any(_images_in(d) for d in _subdirs(root)) else []
     empty = [d.name for d in classes if not _images_in(d)]
     if empty:  # kept as classes: dropping one would score the rest as if it did not exist (accuracy 1.0 on one)
@@ -77,12 +127,14 @@ def load_image_folder(path: Path, split: str | None = None, recursive: bool = Fa
         raise MedvlkitError(f"--data {root}: no images found (looked for {', '.join(('.png', '.jpg', '.dcm'))}... "
                             f"directly and in class sub-folders){hint}")
     if not classes:
-        return ImageDataset(items=[str(p.resolve()) for p in flat], name=Path(path).name, split=split)
-    items, idx = [], []
+        return ImageDataset(items=[str(p.resolve()) for p in flat], name=Path(path).name, split=split,
+                            skipped=flat_skipped)
+    items, idx, skipped = [], [], []
     for c, d in enumerate(classes):
-        files = _images_in(d)
+        files, bad = _scan_class(d)
         items += [str(p.resolve()) for p in files]
         idx += [c] * len(files)
+        skipped += bad
     return ImageDataset(items=items, name=Path(path).name, classnames=[d.name for d in classes],
                         labels=one_hot(np.asarray(idx), len(classes)), split=split,
-                        meta={"root": str(root.resolve())})
+                        meta={"root": str(root.resolve())}, skipped=skipped)

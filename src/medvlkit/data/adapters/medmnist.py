@@ -50,7 +50,7 @@ def _detect(path: Path) -> bool:
 
 @register_adapter("medmnist", "MedMNIST .npz (<split>_images/<split>_labels, optional label_names) or an npz "
                   "with images, labels, label_names", _detect, priority=10)
-def load_npz(path: Path, split: str | None = None, **_: object) -> ImageDataset:
+def load_npz(path: Path, split: str | None = None) -> ImageDataset:
     """Load one split of a MedMNIST file (or a whole plain images/labels npz).
 
     Array headers are checked before anything is decompressed (no pickles, no oversized or bomb arrays); the image

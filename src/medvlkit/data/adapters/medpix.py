@@ -20,7 +20,7 @@ def _detect_medpix(path: Path) -> bool:
 
 @register_adapter("medpix", "MedPix-2.0 folder: descriptions_{train,dev,test}.jsonl + images/; captions and "
                   "CT/MR labels", _detect_medpix, priority=20)  # before folder: a folder with MedPix's files
-def load_medpix(path: Path, split: str | None = None, **_: object) -> ImageDataset:
+def load_medpix(path: Path, split: str | None = None) -> ImageDataset:
     """MedPix-2.0: one caption per image; labels are the modality type (CT or MR)."""
     if not split:
         raise MedvlkitError(f"--data {path} is MedPix-2.0 with splits train, dev (val), test: pass --split")
