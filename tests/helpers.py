@@ -291,3 +291,55 @@ def png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
         chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _as_torchscript_zip(saved: Path, path: Path, deflate: tuple[str, ...] = ()) -> Path:
+    """Re-pack a ``torch.save`` zip as a TorchScript-looking archive (adds ``constants.pkl``); records whose name ends
+    with one of ``deflate`` are stored compressed (torch writes every record uncompressed)."""
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w") as dst:
+        prefix = src.namelist()[0].split("/")[0]
+        for info in src.infolist():
+            kind = zipfile.ZIP_DEFLATED if info.filename.endswith(deflate) else zipfile.ZIP_STORED
+            dst.writestr(info.filename, src.read(info.filename), compress_type=kind)
+        dst.writestr(f"{prefix}/constants.pkl", pickle.dumps((), protocol=2))
+    return path
+
+
+def hostile_archives(folder: Path) -> dict[str, Path]:
+    """Small archives that make a naive tensor unpickler hang or allocate (issue 25, item 11), each also as a
+    Lightning-style checkpoint (``<name>.ckpt``: the same pickle under ``state_dict``):
+
+    - ``shared_dicts``: 40 levels of dicts each holding the level below twice (2^40 paths through 41 objects);
+    - ``rereads``: one deflated 1 MB storage record referenced by 1,300 tensors (read again per reference: 1.3 GB);
+    - ``stride0``: a 1-element storage viewed as 16,384 x 16,384 with strides 0 (1 GiB once materialised);
+    - ``missized``: a storage record shorter than its declared size.
+    """
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    nested: dict = {"w": torch.zeros(2)}
+    for _ in range(40):
+        nested = {"a": nested, "b": nested}
+    big = torch.zeros(250_000)
+    payloads = {"shared_dicts": nested, "rereads": {f"t{i}": big[i:i + 1] for i in range(1300)},
+                "stride0": {"visual.proj": torch.zeros(1).expand(16384, 16384)}, "missized": {"w": torch.zeros(64)}}
+    out = {}
+    for name, payload in payloads.items():
+        for suffix, obj in ((".pt", payload), (".ckpt", {"state_dict": payload, "epoch": 1})):
+            raw = folder / f"{name}{suffix}.raw"
+            torch.save(obj, raw)
+            path = _as_torchscript_zip(raw, folder / f"{name}{suffix}", ("data/0",) if name == "rereads" else ())
+            raw.unlink()
+            if name == "missized":
+                with zipfile.ZipFile(path) as z:
+                    records = {i.filename: z.read(i.filename) for i in z.infolist()}
+                key = next(k for k in records if k.endswith("data/0"))
+                records[key] = records[key][:100]
+                with zipfile.ZipFile(path, "w") as z:
+                    for k, v in records.items():
+                        z.writestr(k, v)
+            out[name + suffix] = path
+    return out

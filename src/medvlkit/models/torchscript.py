@@ -5,6 +5,12 @@ archives. ``torch.jit.load`` compiles and runs the archive's code (``code/``, ``
 crafted file runs whatever its author wrote. This module reads only ``data.pkl`` with an unpickler that allows
 nothing but tensor rebuilds, ordered dicts and placeholder objects for the archive's own ``__torch__`` classes,
 and the raw tensor bytes under ``data/``. Any other global in the pickle is refused.
+
+A file that is small on disk must stay cheap to read: each storage record is read once however often it is
+referenced, records must be stored uncompressed (as torch writes them) with exactly their declared size, all bytes
+read are bounded by the archive's own size, a tensor may not cover more elements than its storage holds (a stride-0
+view would become gigabytes once a converter copies it), and the module tree is walked once per object (a pickle of
+shared dicts has exponentially many paths through few objects).
 """
 
 from __future__ import annotations
@@ -77,12 +83,16 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
         self.archive, self.prefix, self.source = archive, prefix, source
         self.inert_objects = inert_objects
         self.replaced: set[str] = set()
+        self.storages: dict[str, torch.storage.TypedStorage] = {}  # each record read once
+        self.budget = Path(source).stat().st_size  # bytes of records: never more than the archive holds
 
     def find_class(self, module: str, name: str):
         if module == "__torch__" or module.startswith("__torch__."):
             return _script_class(f"{module}.{name}")
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
-            return getattr(torch._utils, name)
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return self._rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return torch._utils._rebuild_parameter
         if module == "collections" and name == "OrderedDict":
             import collections
 
@@ -103,17 +113,61 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
             raise MedvlkitError(f"'{self.source}' refused: unexpected persistent id {str(pid)[:80]} in data.pkl")
         _, dtype, key, _location, numel = pid
+        key = str(key)
+        if key in self.storages:  # referenced again: the same storage, not another read
+            return self.storages[key]
         name = f"{self.prefix}data/{key}"
         try:
-            raw = self.archive.read(name)
+            info = self.archive.getinfo(name)
         except KeyError:
             raise MedvlkitError(f"'{self.source}' is damaged: tensor record {name} is missing") from None
         expected = int(numel) * torch.empty((), dtype=dtype).element_size()
-        if len(raw) != expected:
-            raise MedvlkitError(f"'{self.source}' is damaged: {name} holds {len(raw)} bytes, expected {expected}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise MedvlkitError(f"'{self.source}' refused: tensor record {name} is compressed (torch stores records "
+                                "uncompressed; a compressed one can inflate far beyond the file's size)")
+        if info.file_size != expected:
+            raise MedvlkitError(f"'{self.source}' is damaged: {name} holds {info.file_size} bytes, expected {expected}")
+        self.budget -= expected
+        if self.budget < 0:
+            raise MedvlkitError(f"'{self.source}' refused: its tensor records add up to more bytes than the file has")
+        raw = self.archive.read(name)
         untyped = torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage() if raw else \
             torch.UntypedStorage(0)
-        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+        self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+        return self.storages[key]
+
+    def _rebuild_tensor(self, storage, storage_offset, size, stride, *args):
+        """``torch._utils._rebuild_tensor_v2``, after checking the view stays inside its storage and covers no more
+        elements than it holds (no stride-0 expansion to gigabytes)."""
+        check_view(self.source, storage.size(), int(storage_offset), tuple(size), tuple(stride))
+        return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, *args)
+
+
+def check_view(source: Path | str, storage_numel: int, offset: int, size: tuple, stride: tuple) -> None:
+    """Refuse a tensor view that reaches outside its storage or has more elements than its storage holds.
+
+    Raises:
+        MedvlkitError: naming the file and the view.
+    """
+    if len(size) != len(stride) or any(not isinstance(v, int) or v < 0 for v in (*size, *stride, offset)):
+        raise MedvlkitError(f"'{source}' refused: a tensor with size {size}, stride {stride}, offset {offset}")
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel == 0:
+        return
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride))
+    if last >= storage_numel or numel > storage_numel:
+        raise MedvlkitError(f"'{source}' refused: a tensor of shape {list(size)} (stride {list(stride)}) covers more "
+                            f"than its storage of {storage_numel} elements; weights are never such views")
+
+
+def check_tensors_own_storage(source: Path | str, tensors: dict) -> None:
+    """:func:`check_view` for every tensor of a state dict, whatever reader produced it."""
+    for value in tensors.values():
+        if isinstance(value, torch.Tensor) and value.numel():
+            check_view(source, value.untyped_storage().nbytes() // max(value.element_size(), 1),
+                       value.storage_offset(), tuple(value.shape), tuple(value.stride()))
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -147,7 +201,7 @@ def read_torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise MedvlkitError(f"'{path}' could not be read as a TorchScript archive ({type(err).__name__}: "
                             f"{str(err)[:120]})") from None
     out: dict[str, torch.Tensor] = {}
-    _collect(root, "", out)
+    _collect(root, "", out, set(), path)
     return out
 
 
@@ -182,12 +236,20 @@ def read_checkpoint_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], set
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, unpickler.replaced
 
 
-def _collect(obj: object, prefix: str, out: dict[str, torch.Tensor]) -> None:
+def _collect(obj: object, prefix: str, out: dict[str, torch.Tensor], seen: set[int], source: Path) -> None:
+    """Tensors of a module tree by dotted name; every container is visited once (a tree has no shared nodes)."""
     if isinstance(obj, torch.Tensor):
         out[prefix.rstrip(".")] = obj.detach()
-    elif isinstance(obj, _ScriptObject):
-        _collect(obj.state, prefix, out)
-    elif isinstance(obj, dict):
+        return
+    if not isinstance(obj, (_ScriptObject, dict)):
+        return
+    if id(obj) in seen:
+        raise MedvlkitError(f"'{source}' refused: its module tree reaches one object by two paths ('{prefix[:40]}"
+                            "...'); a module tree is a tree")
+    seen.add(id(obj))
+    if isinstance(obj, _ScriptObject):
+        _collect(obj.state, prefix, out, seen, source)
+    else:
         for key, value in obj.items():
             if isinstance(key, str):
-                _collect(value, f"{prefix}{key}.", out)
+                _collect(value, f"{prefix}{key}.", out, seen, source)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from medvlkit.errors import MedvlkitError, loading_weights
-from medvlkit.models.torchscript import is_torchscript_archive, read_torchscript_tensors
+from medvlkit.models.torchscript import check_tensors_own_storage, is_torchscript_archive, read_torchscript_tensors
 
 
 def read_weights(path: Path, expected: str) -> dict[str, torch.Tensor]:
@@ -35,4 +35,6 @@ def read_weights(path: Path, expected: str) -> dict[str, torch.Tensor]:
             obj = obj[wrapper]
     if not isinstance(obj, dict):
         raise MedvlkitError(f"'{path}' holds a {type(obj).__name__}, not a state dict")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    check_tensors_own_storage(path, tensors)  # a pickled stride-0 view would become gigabytes when copied
+    return tensors
