@@ -741,7 +741,7 @@ def _quiet_transformers() -> None:
 
 @app.command()
 @guard_out()
-@shared_options(embed=False)
+@shared_options()
 def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
             prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
             classes: str = typer.Option(None, "--classes", help="comma-separated class names (instead of --prompts)"),
@@ -752,8 +752,7 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
             limit: int = typer.Option(None, "--limit", min=1, help="explain the first N images"),
             target: str = typer.Option("log_prob", "--target", help="explain each class's log_prob against the other "
                                                                      "classes (softmax sets), or its similarity"),
-            out: Path = OutOpt, quiet: bool = QuietOpt, run: RunOptions = None,
-            data_opts: DataOptions = None) -> None:
+            out: Path = OutOpt, run: RunOptions = None, data_opts: DataOptions = None) -> None:
     """Heatmaps of where the model sees each class prompt (or --text): Grad-CAM for CNN towers, gradient-weighted
     attention rollout for ViTs; overlays (PNG) and raw maps (.npy) per image, listed in result.json.
 
@@ -768,7 +767,7 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     ps = prompt_set_from_classes(list(text), free_text=True) if text else resolve_prompt_set(prompts, classes, mode)
     ds = data_opts.load(data, split)
     out_dir = _out(out, "explain")
-    result = explain_task(run.load_model(model), ds, ps, out_dir, config, limit, method, mode, not quiet, target)
+    result = explain_task(run.load_model(model), ds, ps, out_dir, config, limit, method, mode, target, run)
     console.print(f"{result['metrics']['n_images']} images explained by {result['method']} "
                   f"({', '.join(result['classes'])}); overlays in {out_dir}/overlays, maps in {out_dir}/maps")
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.errors import ImageReadError, MedvlkitError
+from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import ModelBase, l2_normalize
 from medvlkit.prompts import PromptSet
 from medvlkit.zeroshot import ClassVectors, answer, class_vectors, data_classes
@@ -177,35 +177,43 @@ def truth_by_class(dataset: ImageDataset, position: int) -> dict[str, int | None
 
 def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict,
                  limit: int | None = None, method: str | None = None, mode: str | None = None,
-                 progress: bool = True, target: str = "log_prob") -> dict:
+                 target: str = "log_prob", run=None) -> dict:
     """The ``explain`` task: for each image (the first ``limit``), a heatmap per class of ``prompts``: overlays as
     ``overlays/<image>__c<class index>.png``, raw maps as ``maps/<image>.npy`` (C, S, S), and ``result.json``
-    listing files, scores, probabilities (the zero-shot answer: on labelled data over the dataset's classes, as
-    ``zeroshot`` computes it), truth by dataset class name, and the method. Free texts (``--text``) are never
-    matched to the dataset's classes. Returns the result."""
+    listing files, scores, probabilities (the zero-shot answer, from the same embeddings ``zeroshot`` uses: on
+    labelled data over the dataset's classes), truth by dataset class name, and the method. Free texts (``--text``)
+    are never matched to the dataset's classes. Images are read by the one pixel path with ``run``'s loader
+    workers, cache and ``on_error`` (:class:`medvlkit.options.RunOptions`). Returns the result."""
     from tqdm import tqdm
 
+    from medvlkit.features import embed_images
+    from medvlkit.options import RunOptions
+    from medvlkit.pixels import view_loader
     from medvlkit.results import write_result
 
+    run = run or RunOptions()
     method = method or method_for(model)
     mode = mode or prompts.mode
     restrict = data_classes(dataset, prompts, mode)
     cv = class_vectors(model, prompts, mode, cache=False)
     cv = cv.restrict(restrict) if restrict is not None else cv
     targets = targets_from_vectors(cv, model.logit_scale, target)
+    if limit:
+        dataset = dataset.subset(list(range(min(limit, len(dataset)))))
+    start = time.perf_counter()
+    emb = embed_images(model, dataset, **run.embed_kwargs())  # unreadable images: refused or listed, per on_error
+    ans = answer(emb.vectors, cv, model.logit_scale)
+    row_of = {int(pos): i for i, pos in enumerate(emb.indices)}
     pre = model.image_preprocessor
-    positions = list(range(len(dataset)))[:limit] if limit else list(range(len(dataset)))
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     (out_dir / "maps").mkdir(parents=True, exist_ok=True)
-    rows, skipped, start = [], [], time.perf_counter()
-    for pos in tqdm(positions, desc="explain", unit="img", disable=not progress):
-        item = dataset.items[pos]
-        try:
-            view = pre.to_uint8(dataset.load_image(pos))
-        except ImageReadError as err:
-            skipped.append({"file": item, "reason": err.reason})
-            continue
+    rows = []
+    loader = view_loader(dataset, pre, [int(p) for p in emb.indices], batch_size=1, num_workers=run.workers)
+    for positions, views, _ in tqdm(loader, desc="explain", unit="img", total=len(emb.indices),
+                                    disable=not run.progress):
+        pos, view = positions[0], views[0]
         maps, scores = heatmaps(model, pre.normalize(view[None]).to(model.device), targets, method)
+        item = dataset.items[pos]
         stem = f"{len(rows):04d}_{_slug(Path(item).stem)}"
         np.save(out_dir / "maps" / f"{stem}.npy", maps[0])
         overlays = {}
@@ -213,16 +221,11 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
             path = out_dir / "overlays" / f"{stem}__c{c:02d}.png"  # by index: two texts may share a slug
             overlay(view.numpy(), maps[0, c]).save(path)
             overlays[name] = str(path.relative_to(out_dir))
-        with torch.no_grad():
-            emb = model.encode_image(pre.normalize(view[None]).to(model.device)).float().cpu().numpy()
-        ans = answer(emb, cv, model.logit_scale)
-        probs = ans.probs[0]
         rows.append({"file": item, "map": f"maps/{stem}.npy", "overlays": overlays,
                      "scores": dict(zip(targets.classnames, map(float, scores[0]))),
-                     "probabilities": dict(zip(targets.classnames, map(float, probs))),
+                     "probabilities": dict(zip(targets.classnames, map(float, ans.probs[row_of[pos]]))),
                      "truth": truth_by_class(dataset, pos)})
-    if not rows:
-        raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped)")
+    skipped = [{"file": f, "reason": r} for f, r in emb.skipped]
     path = write_result(out_dir, dataset=dataset.name, model=model.name, task="explain", config=config,
                         n_skipped=len(skipped),
                         metrics={"n_images": len(rows), "seconds": time.perf_counter() - start},

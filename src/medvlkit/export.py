@@ -68,7 +68,7 @@ def verification_inputs(model: ModelBase, verify_data: Path | None = None, limit
         torch.Tensor, list[str]]:
     """Real images (preprocessed for ``model``) and texts that an export is checked on."""
     from medvlkit.data import load_dataset
-    from medvlkit.data.io import read_image
+    from medvlkit.pixels import view_of
     from medvlkit.prompts import load_prompt_set
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +79,8 @@ def verification_inputs(model: ModelBase, verify_data: Path | None = None, limit
             items = load_dataset(Path(tmp)).items
         else:
             items = load_dataset(verify_data).items
-        pixels = model.preprocess([read_image(it) for it in items[:limit]])
+        pre = model.image_preprocessor
+        pixels = pre.normalize(torch.stack([view_of(it, pre) for it in items[:limit]]))
     texts = []
     for name in _VERIFY_PROMPT_SETS:
         ps = load_prompt_set(name)

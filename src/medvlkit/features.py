@@ -21,7 +21,8 @@ from medvlkit.data.dataset import ImageDataset
 from medvlkit.distributed import World, barrier, gather_objects
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.interrupt import StopRequest
-from medvlkit.models.base import ImagePreprocessor, ModelBase
+from medvlkit.models.base import ModelBase
+from medvlkit.pixels import view_loader
 from medvlkit.results import provenance, write_result
 from medvlkit.scores import check_finite
 
@@ -82,34 +83,6 @@ class ImageEmbeddings:
     n_cached: int = 0
 
 
-class _Images(torch.utils.data.Dataset):
-    """Reads, resizes and crops items in loader workers into uint8 pixels (normalised on the model's device); a
-    failure comes back as its message, not an exception."""
-
-    def __init__(self, dataset: ImageDataset, positions: list[int], preprocessor: ImagePreprocessor,
-                 draft: int | None = None) -> None:
-        self.dataset, self.positions, self.preprocessor, self.draft = dataset, positions, preprocessor, draft
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int):
-        pos = self.positions[i]
-        try:
-            return pos, self.preprocessor.to_uint8(self.dataset.load_image(pos, draft=self.draft)), ""
-        except ImageReadError as err:
-            return pos, None, err.reason
-        except Exception as err:  # noqa: BLE001 - a decoder's MemoryError, NotImplementedError...: name it, skip it
-            return pos, None, f"{type(err).__name__}: {err}"
-
-
-def _collate(batch):
-    ok = [(p, t) for p, t, _ in batch if t is not None]
-    failed = [(p, e) for p, t, e in batch if t is None]
-    pixels = torch.stack([t for _, t in ok]) if ok else None
-    return [p for p, _ in ok], pixels, failed
-
-
 @torch.inference_mode()
 def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
                  cache: bool = True, cache_dir: str | None = None, on_error: str = "fail",
@@ -156,8 +129,7 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     skipped: list[tuple[str, str]] = []
     pre, device = model.image_preprocessor, model.device
     draft = pre.cfg.decode_size() if fast_decode else None
-    loader = torch.utils.data.DataLoader(_Images(dataset, todo, pre, draft), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+    loader = view_loader(dataset, pre, todo, batch_size, num_workers, draft, pin_memory=device.type == "cuda")
     bar = tqdm(total=len(todo) + len(vectors), initial=len(vectors), desc="embed images", unit="img",
                disable=not (progress and world.is_main))
     pending = _PendingShard(store, keys, vectors)

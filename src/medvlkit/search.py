@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.data.io import read_image
 from medvlkit.errors import MedvlkitError
 from medvlkit.features import ImageEmbeddings, embed_texts
 from medvlkit.models.base import ModelBase
+from medvlkit.pixels import view_of
 
 
 def _faiss():
@@ -171,8 +171,10 @@ def query_vectors(model: ModelBase, texts: list[str] | None = None, images: list
         return embed_texts(model, texts)
     if not images:
         raise MedvlkitError("pass a text query (--text) or a query image (--image)")
+    pre = model.image_preprocessor
+    pixels = pre.normalize(torch.stack([view_of(p, pre) for p in images]).to(model.device))
     with torch.inference_mode():
-        return model.encode_image(model.preprocess([read_image(p) for p in images])).float().cpu().numpy()
+        return model.encode_image(pixels).float().cpu().numpy()
 
 
 def index_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: dict, run=None, gate: bool = False,

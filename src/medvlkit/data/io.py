@@ -113,6 +113,33 @@ def read_image_bytes(data: bytes, name: str = "upload", limit: int | None = None
     return _read_pillow(io.BytesIO(data), name, limit, draft, formats=[kind])
 
 
+def declared_pixels(data: bytes, name: str = "upload") -> int:
+    """The pixels an image file's header says a decode will produce (the first frame of a raster file, one frame of
+    a DICOM), read without decoding anything: a request can be sized before any memory is spent on it.
+
+    Raises:
+        ImageReadError: not a supported image, or a header that cannot be read (``ImageTooLargeError`` past
+            Pillow's own hard limit).
+    """
+    import io
+
+    kind = image_kind(data[:132])
+    if kind is None:
+        raise ImageReadError(name, "not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM (Part 10, with its preamble) file")
+    try:
+        if kind == "DICOM":
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+        with _pillow_limit(max_pixels()), Image.open(io.BytesIO(data), formats=[kind]) as im:
+            return int(im.width) * int(im.height)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(name, str(err)) from None
+    except Exception as err:  # noqa: BLE001 - header parsers raise many types
+        raise ImageReadError(name, f"unreadable image header ({type(err).__name__}: {err})") from None
+
+
 def _read_pillow(source, item: str, limit: int, draft: int | None, formats: list[str] | None = None) -> Image.Image:
     """Decode ``source`` (a path or a binary file object) with Pillow, within the pixel ``limit``."""
     try:

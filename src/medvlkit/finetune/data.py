@@ -10,8 +10,9 @@ import torch
 
 from medvlkit.caption import label_caption_pools
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.errors import ImageReadError, MedvlkitError
+from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import ImagePreprocessor
+from medvlkit.pixels import view_loader
 
 
 def caption_pools(dataset: ImageDataset) -> tuple[list[list[str]], list[str]]:
@@ -47,36 +48,14 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
-class PixelData(torch.utils.data.Dataset):
-    """Item index -> (index, preprocessed pixels). Unreadable images stop training with the file's name."""
-
-    def __init__(self, dataset: ImageDataset, preprocessor: ImagePreprocessor) -> None:
-        self.dataset, self.preprocessor = dataset, preprocessor
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        try:
-            return index, self.preprocessor.to_uint8(self.dataset.load_image(index))  # normalised on the device
-        except ImageReadError as err:
-            raise ImageReadError(self.dataset.items[index], err.reason) from None
-        except Exception as err:  # noqa: BLE001 - name the file, whatever the reader raised
-            raise ImageReadError(self.dataset.items[index], f"{type(err).__name__}: {err}") from err
-
-
-def _collate(batch):
-    return [i for i, _ in batch], torch.stack([t for _, t in batch])
-
-
 def batch_loader(dataset: ImageDataset, preprocessor: ImagePreprocessor, batches: list[list[int]],
                  workers: int, seed: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A loader yielding (indices, uint8 pixels) for each given batch of item indices, in order (the training step
-    normalises them on the device: ``ImagePreprocessor.normalize``).
+    """A loader yielding (indices, uint8 pixels, []) for each given batch of item indices, in order, through the one
+    pixel path (:func:`medvlkit.pixels.view_loader`; the training step normalises them on the device). An unreadable
+    image stops training with the file's name.
 
     Its worker seeds come from a generator of its own (``seed``), so creating it draws nothing from torch's
     global RNG (which dropout uses): a resumed run sees the same dropout masks as an uninterrupted one.
     """
-    return torch.utils.data.DataLoader(PixelData(dataset, preprocessor), batch_sampler=batches, num_workers=workers,
-                                       collate_fn=_collate, persistent_workers=False, pin_memory=pin_memory,
-                                       generator=torch.Generator().manual_seed(seed))
+    return view_loader(dataset, preprocessor, batches=batches, num_workers=workers, pin_memory=pin_memory,
+                       strict=True, generator=torch.Generator().manual_seed(seed))

@@ -207,7 +207,7 @@ class FinetuneJob(Job):
         set_train_mode(self.model, self.head)
 
     def train_step(self, planned: list[int], batch, epoch: int) -> float:
-        idx, pixels = batch
+        idx, pixels, _ = batch
         model, cfg, world = self.model, self.cfg, self.world
         pixels = model.image_preprocessor.normalize(pixels.to(self.device, non_blocking=True))
         scale = self.scaler.scale if self.scaler else (lambda x: x)

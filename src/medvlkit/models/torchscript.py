@@ -139,7 +139,7 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
     def _rebuild_tensor(self, storage, storage_offset, size, stride, *args):
         """``torch._utils._rebuild_tensor_v2``, after checking the view stays inside its storage and covers no more
         elements than it holds (no stride-0 expansion to gigabytes)."""
-        check_view(self.source, storage.size(), int(storage_offset), tuple(size), tuple(stride))
+        check_view(self.source, storage._size(), int(storage_offset), tuple(size), tuple(stride))
         return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, *args)
 
 

@@ -13,59 +13,38 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import secrets
 import time
 from importlib import resources
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from medvlkit.data.io import declared_pixels
 from medvlkit.errors import ImageReadError, ImageTooLargeError, MedvlkitError
 from medvlkit.serve.batcher import MicroBatcher
 from medvlkit.serve.engine import ServeEngine, ServeLimits
+from medvlkit.serve.guards import BodyLimit, PixelBudget, TokenGate, error_response
 from medvlkit.serve.memory import Trimmer
 
 logger = logging.getLogger("medvlkit.serve")
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` is answered 413, by its Content-Length before anything is
-    read, or (chunked uploads) as soon as the streamed bytes pass the limit (an HTTPException raised while FastAPI
-    reads the body, which it passes on as such)."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    def _message(self) -> str:
-        return (f"request body over the upload limit of {self.max_bytes / 2 ** 20:g} MB (start the server with "
-                "--max-upload-mb to raise it)")
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _error(413, self._message())(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise HTTPException(413, self._message())
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 def _error(status: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status} | extra, status_code=status)
+    return error_response(status, message, **extra)
+
+
+def _declared(data: bytes, name: str) -> int:
+    """Pixels an upload declares; 413 / 415 / 400 for a header over the limit, not an image, or unreadable."""
+    try:
+        return declared_pixels(data, name)
+    except ImageTooLargeError as err:
+        raise HTTPException(413, str(err)) from None
+    except ImageReadError as err:
+        raise HTTPException(415 if err.reason.startswith("not a PNG") else 400, str(err)) from None
 
 
 def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimits | None = None,
@@ -101,11 +80,16 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
         infer.shutdown(wait=False, cancel_futures=True)
         pool.shutdown(wait=False, cancel_futures=True)
 
+    # the description is public (OpenAPI): it never names the model, whose spec may be a file path
     app = FastAPI(title="medvlkit", version=engine.info()["versions"]["medvlkit"], lifespan=lifespan,
                   description="Zero-shot reading, the medical-image gate, embeddings and similar-case search with "
-                              f"one medical vision-language model ({engine.model.name}).")
+                              "one medical vision-language model (GET /info names it).")
     app.state.engine, app.state.batcher = engine, batcher
-    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    budget = PixelBudget(limits.max_decode_pixels)
+    # inside the request log (added later, outer), outside FastAPI: the token is checked from the headers before the
+    # body limit and timeout watch the body being read (an HTTPException raised in receive reaches FastAPI as such)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, timeout_s=limits.body_timeout_s)
+    app.add_middleware(TokenGate, token=token)
 
     @app.middleware("http")
     async def log_requests(request: Request, call_next):
@@ -136,15 +120,7 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
         logger.exception("unexpected error")
         return _error(500, f"internal error ({type(err).__name__}); see the server's log")
 
-    def check_token(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token (send Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    api = APIRouter(dependencies=[Depends(check_token)])
+    api = APIRouter()  # the token is checked before any body is read: TokenGate
 
     async def in_pool(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -161,7 +137,16 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
         for name, data in zip(names, datas):
             if not data:
                 raise HTTPException(400, f"'{name}' is empty")
-        results = await asyncio.gather(*(in_pool(engine.decode, d, n) for d, n in zip(datas, names)),
+        pixels = [_declared(d, n) for d, n in zip(datas, names)]  # from the headers: nothing decoded yet
+        if sum(pixels) > limits.max_request_pixels:
+            raise HTTPException(413, f"the images of this request declare {sum(pixels):,} pixels together, over the "
+                                     f"limit of {limits.max_request_pixels:,} per request; send fewer or smaller")
+
+        async def decode(data: bytes, name: str, n: int):
+            async with budget.hold(n):  # decoding memory grows with pixels: bounded over all requests
+                return await in_pool(engine.decode, data, name, limits.fast_decode)
+
+        results = await asyncio.gather(*(decode(d, n, px) for d, n, px in zip(datas, names, pixels)),
                                        return_exceptions=True)
         for name, res in zip(names, results):
             if isinstance(res, ImageTooLargeError):
@@ -199,7 +184,10 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
                                              "batches": s.batches, "images": s.items, "largest": s.largest},
                                 "limits": {"max_upload_mb": limits.max_upload_bytes / 2 ** 20,
                                            "max_files": limits.max_files, "max_texts": limits.max_texts,
-                                           "max_k": limits.max_k}}
+                                           "max_k": limits.max_k, "max_request_pixels": limits.max_request_pixels,
+                                           "max_decode_pixels": limits.max_decode_pixels,
+                                           "body_timeout_s": limits.body_timeout_s,
+                                           "fast_decode": limits.fast_decode}}
 
     @api.post("/zeroshot")
     async def zeroshot(files: list[UploadFile] = File(..., description="PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM"),

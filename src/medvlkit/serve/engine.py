@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medvlkit.data.io import read_image, read_image_bytes
+from medvlkit.data.io import read_image
 from medvlkit.errors import MedvlkitError
 from medvlkit.features import embed_texts
 from medvlkit.gate import gate_vectors, medical_probability
 from medvlkit.models.base import ModelBase
+from medvlkit.pixels import view_of
 from medvlkit.prompts import PromptSet, list_prompt_sets, load_prompt_set, prompt_set_from_classes
 from medvlkit.scores import check_finite
 from medvlkit.search import SearchIndex
@@ -35,12 +36,26 @@ def default_prompt_sets() -> list[str]:
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """What one request may carry."""
+    """What one request may carry, and what the server spends at once.
 
-    max_upload_bytes: int = 32 << 20  # the whole request body
+    Attributes:
+        max_upload_bytes: the whole request body.
+        max_request_pixels: the pixels a request's images may declare in their headers, together (checked before
+            anything is decoded; each image is also held to ``MEDVLKIT_MAX_PIXELS``).
+        max_decode_pixels: the pixels being decoded at any moment, over all requests (decoding waits its turn).
+        body_timeout_s: how long a request body may take to arrive, in all (a slow partial body is dropped).
+        fast_decode: decode large JPEG uploads at a reduced scale (at least twice the model's input size), as
+            ``--fast-decode`` does for files.
+    """
+
+    max_upload_bytes: int = 32 << 20
     max_files: int = 16
     max_texts: int = 256
     max_k: int = 100
+    max_request_pixels: int = 100_000_000
+    max_decode_pixels: int = 100_000_000
+    body_timeout_s: float = 60.0
+    fast_decode: bool = True
 
 
 class ServeEngine:
@@ -74,14 +89,16 @@ class ServeEngine:
         self._adhoc_lock = threading.Lock()
 
     # --- images -------------------------------------------------------------------------------------------------
-    def decode(self, data: bytes, name: str = "upload") -> torch.Tensor:
-        """An upload's bytes -> the model's uint8 input (3, S, S): the same reading and geometry as ``embed``.
+    def decode(self, data: bytes, name: str = "upload", fast_decode: bool = False) -> torch.Tensor:
+        """An upload's bytes -> the model's uint8 input (3, S, S), by the one pixel path (:func:`~medvlkit.pixels.
+        view_of`): the same reading and geometry as ``embed`` (``fast_decode``: as ``embed --fast-decode``).
 
         Raises:
             ImageReadError: not a supported image (by content), corrupt, or over the pixel limit
                 (:class:`~medvlkit.errors.ImageTooLargeError`).
         """
-        return self.model.image_preprocessor.to_uint8(read_image_bytes(data, name))
+        pre = self.model.image_preprocessor
+        return view_of(data, pre, name, draft=pre.cfg.decode_size() if fast_decode else None)
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: list[torch.Tensor]) -> np.ndarray:
