@@ -23,13 +23,10 @@ from throughput import _median_rate
 
 def _decode_all(ds, pre, fast: bool, workers: int) -> None:
     """Read, decode, resize and crop every image in the loader workers, without the model."""
-    import torch
-
-    from medvlkit.features import _collate, _Images
+    from medvlkit.pixels import view_loader
 
     draft = pre.cfg.decode_size() if fast else None
-    for _ in torch.utils.data.DataLoader(_Images(ds, list(range(len(ds))), pre, draft), batch_size=32,
-                                         num_workers=workers, collate_fn=_collate):
+    for _ in view_loader(ds, pre, batch_size=32, num_workers=workers, draft=draft):
         pass
 
 

@@ -44,16 +44,15 @@ def _median_rate(fn, n: int, repeats: int) -> float:
 
 def measure(model, dataset, batch_size: int, workers: int, repeats: int) -> dict[str, float]:
     """images/s of medvlkit's embedding loop, the model alone and the decode alone."""
-    from medvlkit.features import _collate, _Images, embed_images
+    from medvlkit.features import embed_images
+    from medvlkit.pixels import view_loader
 
     n, device = len(dataset), model.device
     rates = {"medvlkit": _median_rate(lambda: embed_images(model, dataset, batch_size=batch_size, num_workers=workers,
                                                            cache=False, progress=False), n, repeats)}
 
     def decode_only():
-        loader = torch.utils.data.DataLoader(_Images(dataset, list(range(n)), model.image_preprocessor),
-                                             batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-        for _ in loader:
+        for _ in view_loader(dataset, model.image_preprocessor, batch_size=batch_size, num_workers=workers):
             pass
 
     rates["decode alone"] = _median_rate(decode_only, n, repeats)

@@ -236,7 +236,7 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, ou
     Example: medvlkit embed --model hf:./clip-vit-b32 --data ../shared/data/chest_xray_pneumonia --split test
     """
     from medvlkit.display import print_embedded, print_gated
-    from medvlkit.features import embed_task
+    from medvlkit.embedding import embed_task
 
     config = _jsonable(dict(locals()))
     out_dir = _out(out, "embed")

@@ -34,10 +34,16 @@ class World:
 
 
 def init_world(device: str) -> World:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo on CPU); else a single world."""
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo on CPU); else a single world.
+
+    On CUDA this process's GPU is made the current device first (``device``'s index, else ``LOCAL_RANK``): NCCL's
+    collectives (``all_gather_object`` included) run on the current device, which would otherwise be cuda:0 for
+    every rank."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device if ":" in device else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return World(dist.get_rank(), dist.get_world_size())
@@ -63,10 +69,15 @@ def gather_cat(x: torch.Tensor, world: World) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def gather_objects(obj, world: World) -> list:
-    """Every rank's picklable object, in rank order."""
+def gather_objects(obj, world: World, to_main: bool = False) -> list:
+    """Every rank's picklable object, in rank order, on every rank (``to_main``: on rank 0 only; the other ranks get
+    an empty list)."""
     if world.size == 1:
         return [obj]
+    if to_main:
+        out = [None] * world.size if world.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out or []
     out = [None] * world.size
     dist.all_gather_object(out, obj)
     return out

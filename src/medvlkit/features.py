@@ -1,15 +1,14 @@
-"""Image and text embeddings: batched, multi-worker loading, inference mode, on-disk cache, progress bar."""
+"""The embedding engine: image and text embeddings, batched, read by the one pixel path in loader workers, in
+inference mode, with the on-disk cache, a progress bar, and ranks sharing the work under torchrun. Tasks call it;
+it calls no task (the ``embed`` task and its writer live in :mod:`medvlkit.embedding`)."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,16 +17,15 @@ from tqdm.auto import tqdm
 
 from medvlkit.cache import EmbeddingCache, TextEmbeddingCache, item_key
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.distributed import World, barrier, gather_objects
+from medvlkit.distributed import World, gather_objects
 from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.interrupt import StopRequest
 from medvlkit.models.base import ModelBase
+from medvlkit.options import ON_ERROR
 from medvlkit.pixels import view_loader
-from medvlkit.results import provenance, write_result
 from medvlkit.scores import check_finite
 
 logger = logging.getLogger(__name__)
-ON_ERROR = ("fail", "skip")
 _NO_STOP = SimpleNamespace(requested=False)  # stands in for a StopRequest where none is installed
 _FLUSH_EVERY = 2048  # write a cache shard at least every this many new embeddings...
 _FLUSH_SECONDS = 60.0  # ...or this often ($MEDVLKIT_CACHE_FLUSH_SECONDS), and always when a run stops
@@ -104,9 +102,10 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
             never touches the cache (it holds unit vectors).
         fast_decode: decode large JPEGs at a reduced scale (:func:`medvlkit.data.io.read_image`'s ``draft``, at
             least twice the model's input size); cached apart from full decodes.
-        world: under torchrun, this process's rank: each rank embeds its contiguous share of the images not yet
-            cached and writes its own cache shards; then every rank returns the whole result in dataset order
-            (read back from the cache, or gathered when the cache is off). Every rank must call this together.
+        world: under torchrun, this process's rank: each rank embeds its contiguous share of the images no rank has
+            in its cache and writes its own cache shards; the vectors are gathered over the process group, and rank 0
+            returns the whole result in dataset order (every item embedded or listed as unreadable, checked), the
+            other ranks their own share. Every rank must call this together.
 
     Returns:
         :class:`ImageEmbeddings` in dataset order, without the skipped items.
@@ -125,7 +124,10 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     found = store.get(keys) if store else {}
     vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
     world = world or World()
-    todo = world.shard([i for i in range(len(dataset)) if i not in vectors])
+    cached = set(vectors)
+    if world.size > 1:  # ranks may hold different caches (node-local): share out what no rank has, the same way
+        cached = set().union(*gather_objects(cached, world))
+    todo = world.shard([i for i in range(len(dataset)) if i not in cached])
     skipped: list[tuple[str, str]] = []
     pre, device = model.image_preprocessor, model.device
     draft = pre.cfg.decode_size() if fast_decode else None
@@ -160,29 +162,44 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
         pending.flush()  # an error or an interrupt keeps everything computed so far (before the error propagates)
         bar.close()
     if world.size > 1:
-        vectors, skipped = _merge_ranks(vectors, skipped, world, keys, store, fingerprint, cache_dir)
-    skipped = list(dataset.skipped) + skipped  # entries the adapter found but does not read, listed with the rest
+        vectors, skipped = _merge_ranks(vectors, skipped, world)
+        if not world.is_main:  # rank 0 holds the whole result; the others return their own share
+            return _result(dataset, vectors, skipped, len(found), check=False)
+    return _result(dataset, vectors, skipped, len(found))
+
+
+def _result(dataset: ImageDataset, vectors: dict[int, np.ndarray], failed: list[tuple[str, str]], n_cached: int,
+            check: bool = True) -> ImageEmbeddings:
+    """The embeddings in dataset order. ``check``: every item was embedded or reported unreadable, exactly once (a
+    merge that lost images would otherwise return fewer vectors with nothing skipped)."""
+    if check and len(vectors) + len(failed) != len(dataset):
+        raise MedvlkitError(f"embedding '{dataset.name}': {len(vectors)} images embedded and {len(failed)} unreadable "
+                            f"make {len(vectors) + len(failed)}, not the dataset's {len(dataset)}; nothing is "
+                            "written from an incomplete merge (a bug: please report it)")
+    skipped = list(dataset.skipped) + failed  # entries the adapter found but does not read, listed with the rest
     order = np.array(sorted(vectors), dtype=int)
     if len(order) == 0:
         raise MedvlkitError(f"no image of '{dataset.name}' could be read ({len(skipped)} skipped); "
                             f"first error: {skipped[0][0]}: {skipped[0][1]}" if skipped else "dataset is empty")
     return ImageEmbeddings(vectors=np.stack([vectors[i] for i in order]).astype(np.float32), indices=order,
-                           items=[dataset.items[i] for i in order], skipped=skipped, n_cached=len(found))
+                           items=[dataset.items[i] for i in order], skipped=skipped, n_cached=n_cached)
 
 
-def _merge_ranks(vectors: dict[int, np.ndarray], skipped: list, world: World, keys: list[str],
-                 store: EmbeddingCache | None, fingerprint: str, cache_dir: str | None) -> tuple[dict, list]:
-    """Every rank's vectors and skipped files, in full on every rank: through the cache shards each rank wrote
-    (read once all have finished), or gathered over the process group when the cache is off."""
-    skipped = [s for part in gather_objects(skipped, world) for s in part]
-    if store is None:
-        merged: dict[int, np.ndarray] = {}
-        for part in gather_objects(vectors, world):
-            merged |= part
-        return merged, skipped
-    barrier(world)
-    found = EmbeddingCache(fingerprint, cache_dir).get(keys)  # a fresh reader sees the other ranks' shards
-    return {i: found[k] for i, k in enumerate(keys) if k in found}, skipped
+def _merge_ranks(vectors: dict[int, np.ndarray], skipped: list, world: World) -> tuple[dict, list]:
+    """Every rank's vectors and unreadable files, gathered on rank 0 over the process group (never through the file
+    system: a node-local cache holds only its own node's shards). Other ranks get their own back."""
+    positions = np.array(sorted(vectors), dtype=np.int64)
+    block = np.stack([vectors[i] for i in positions]).astype(np.float32) if len(positions) else None
+    parts = gather_objects((positions, block, skipped), world, to_main=True)
+    if not world.is_main:
+        return vectors, skipped
+    merged: dict[int, np.ndarray] = {}
+    all_skipped: list[tuple[str, str]] = []
+    for pos, vec, bad in parts:
+        if vec is not None:
+            merged.update(zip(pos.tolist(), vec))
+        all_skipped += bad
+    return merged, all_skipped
 
 
 @torch.inference_mode()
@@ -209,57 +226,3 @@ def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256, cache
     if store:
         store.put(texts, batch_size, out)
     return out
-
-
-def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase, dataset: ImageDataset, config: dict,
-                    seconds: float, extra: dict | None = None) -> dict:
-    """Write ``embeddings.npy`` (N, D), ``files.csv`` (row i = file of embedding i) and ``result.json``.
-
-    Returns:
-        the dict written to ``result.json`` (``metrics`` holds throughput and counts).
-    """
-    from medvlkit.search import item_label
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "embeddings.npy", emb.vectors)
-    with open(out_dir / "files.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "file", "label"] + (["text"] if dataset.texts else []))
-        for row, (pos, item) in enumerate(zip(emb.indices, emb.items)):
-            w.writerow([row, item, item_label(dataset, int(pos))] + ([dataset.texts[pos]] if dataset.texts else []))
-    computed = len(emb.items) - emb.n_cached
-    metrics = {"n_images": len(emb.items), "n_cached": emb.n_cached, "n_computed": computed,
-               "seconds": seconds, "images_per_second": computed / seconds if computed and seconds > 0 else None,
-               "embed_dim": int(emb.vectors.shape[1])}
-    name = dataset.full_name
-    path = write_result(out_dir, dataset=name, model=model.name, task="embed", metrics=metrics, config=config,
-                        n_skipped=len(emb.skipped),
-                        extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped],
-                               "preprocess": model.preprocess_cfg.to_dict()} | provenance(model, dataset, emb)
-                        | (extra or {}))
-    return json.loads(path.read_text())
-
-
-def embed_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: dict, run=None, gate: bool = False,
-               gate_threshold: float | None = None) -> dict | None:
-    """The ``embed`` task: (optionally gate, then) embed ``dataset`` and write embeddings.npy, files.csv and
-    result.json into ``out_dir``. ``run``: :class:`medvlkit.options.RunOptions`. Returns the result.
-
-    Under ``torchrun`` the images are shared out between the ranks (:func:`embed_images`' ``world``); rank 0 writes
-    the merged result in dataset order and the other ranks return None. (``--gate`` runs whole on every rank.)
-    """
-    from medvlkit.distributed import init_world, shutdown
-    from medvlkit.gate import gate_before
-    from medvlkit.options import RunOptions
-
-    kwargs = (run or RunOptions()).embed_kwargs()
-    start = time.perf_counter()
-    world = init_world(str(model.device))
-    dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
-    emb = emb or embed_images(model, dataset, world=world, **kwargs)
-    shutdown()
-    if not world.is_main:
-        return None
-    return save_embeddings(emb, out_dir, model, dataset, config, time.perf_counter() - start,
-                           gated | {"world_size": world.size})

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from medvlkit.errors import MedvlkitError
 
+ON_ERROR = ("fail", "skip")
+"""What to do with an unreadable image: stop naming it, or skip it and list it in result.json."""
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -46,7 +49,6 @@ class RunOptions:
     fast_decode: bool = False
 
     def __post_init__(self) -> None:
-        from medvlkit.features import ON_ERROR
         from medvlkit.models.registry import torch_dtype
 
         torch_dtype(self.precision)  # checked now, before any data is read

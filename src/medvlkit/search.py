@@ -67,13 +67,6 @@ class SearchIndex:
         return [[(self.files[j], s) for j, s in row] for row in self.search_ids(queries, k)]
 
 
-def item_label(dataset: ImageDataset, position: int) -> str:
-    """The class name(s) of one item (``|``-joined for multi-label data), or empty without labels."""
-    if not dataset.has_labels:
-        return ""
-    return "|".join(c for c, v in zip(dataset.classnames, dataset.labels[position]) if v == 1)
-
-
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 _PQ_BITS, _HNSW_LINKS, _EF_SEARCH, _NPROBE, _REFINE = 8, 32, 128, 16, 10
 
@@ -137,7 +130,7 @@ def build_index(emb: ImageEmbeddings, model: ModelBase, dataset: ImageDataset, o
         w = csv.writer(f)
         w.writerow(["index", "file", "label", "caption"])
         for row, (pos, item) in enumerate(zip(emb.indices, emb.items)):
-            w.writerow([row, item, item_label(dataset, int(pos)), dataset.texts[pos] if dataset.texts else ""])
+            w.writerow([row, item, dataset.label_text(int(pos)), dataset.texts[pos] if dataset.texts else ""])
     meta = {"model": model.name, "model_fingerprint": model.fingerprint(), "embed_dim": int(emb.vectors.shape[1]),
             "n": len(emb.items), "dataset": dataset.name, "preprocess": model.preprocess_cfg.to_dict(),
             "kind": kind, "params": params,

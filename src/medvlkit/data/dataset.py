@@ -71,6 +71,12 @@ class ImageDataset:
     def has_labels(self) -> bool:
         return self.labels is not None and len(self.classnames) > 0
 
+    def label_text(self, index: int) -> str:
+        """The class name(s) of item ``index`` (``|``-joined for multi-label data), or empty without labels."""
+        if not self.has_labels:
+            return ""
+        return "|".join(c for c, v in zip(self.classnames, self.labels[index]) if v == 1)
+
     def load_image(self, index: int, draft: int | None = None) -> Image.Image:
         """Read item ``index`` (raises ``ImageReadError`` naming the file); ``draft``: see :func:`read_image`."""
         return read_image(self.items[index], draft=draft)

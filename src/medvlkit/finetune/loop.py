@@ -270,9 +270,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     out = Path(cfg.out_dir)
     checkpoint = open_run(out, resume, cfg.to_dict())  # refused before any work if it is not plain data
     device = resolve_device(cfg.device)
-    world = init_world(device)
-    if device.startswith("cuda") and world.size > 1:  # resolve_device gave this rank's own GPU
-        torch.cuda.set_device(device)
+    world = init_world(device)  # on CUDA it makes this rank's GPU the current device
     torch.manual_seed(cfg.seed)
     train_ds, val_ds = split_train_val(cfg)
     if cfg.max_val and len(val_ds) > cfg.max_val:
