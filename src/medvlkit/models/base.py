@@ -67,6 +67,8 @@ class ImagePreprocessor:
             canvas = Image.new("RGB", (side, side))
             canvas.paste(image, (int((side - w) / 2), int((side - h) / 2)))  # MedCLIPFeatureExtractor.pad_img
             image = canvas.resize((size, size), resample=resample)
+        elif cfg.resize_mode == "longest":
+            image = _longest_side(image, size, resample)
         elif cfg.resize_mode == "pad" and cfg.resize_size:
             image = _letterbox(image, cfg.resize_size, resample)
             offset = (cfg.resize_size - size) // 2
@@ -92,6 +94,17 @@ class ImagePreprocessor:
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess a list of images. Returns (B, 3, S, S)."""
         return torch.stack([self(im) for im in images])
+
+
+def _longest_side(image: Image.Image, side: int, resample) -> Image.Image:
+    """open_clip's ``resize_mode="longest"``: ``ResizeKeepRatio(side, longest=1)`` (each side divided by the larger
+    ratio and rounded) then ``CenterCropOrPad(side, fill=0)`` (black padding, left/top ``(side - n) // 2``)."""
+    w, h = image.size
+    ratio = max(h / side, w / side)
+    new_w, new_h = max(1, round(w / ratio)), max(1, round(h / ratio))
+    canvas = Image.new(image.mode, (side, side))
+    canvas.paste(image.resize((new_w, new_h), resample=resample), ((side - new_w) // 2, (side - new_h) // 2))
+    return canvas  # the long side is exactly ``side``: nothing to crop
 
 
 def _letterbox(image: Image.Image, side: int, resample) -> Image.Image:

@@ -77,14 +77,37 @@ class OpenCLIPDualEncoder(ModelBase):
         return l2_normalize(feats) if normalize else feats
 
 
+OPEN_CLIP_RESIZE_MODES = ("shortest", "longest", "squash")  # open_clip's image_transform, each done exactly here
+
+
 def preprocess_from_config(cfg: dict, image_size) -> PreprocessCfg:
-    """An open_clip config's ``preprocess_cfg`` (mean, std, interpolation, resize_mode) as a PreprocessCfg."""
+    """An open_clip config's ``preprocess_cfg`` (size, mean, std, interpolation, resize_mode, fill_color) as a
+    PreprocessCfg, exactly as open_clip's inference transform applies it.
+
+    Raises:
+        MedvlkitError: a resize mode, fill colour or interpolation that medvlkit does not implement exactly (refused
+            rather than approximated: an approximation would change every embedding a little).
+    """
     pre = cfg.get("preprocess_cfg", {}) or {}
     size = pre.get("size", image_size)
-    return PreprocessCfg(image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
-                         mean=tuple(pre.get("mean", PreprocessCfg.mean)), std=tuple(pre.get("std", PreprocessCfg.std)),
-                         interpolation=pre.get("interpolation", "bicubic"),
-                         resize_mode="squash" if pre.get("resize_mode") == "squash" else "shortest")
+    mode = pre.get("resize_mode") or "shortest"
+    if mode not in OPEN_CLIP_RESIZE_MODES:
+        raise MedvlkitError(f"open_clip preprocess_cfg resize_mode '{mode}' is not implemented (valid: "
+                            f"{', '.join(OPEN_CLIP_RESIZE_MODES)}); refused rather than approximated")
+    if pre.get("fill_color", 0) not in (0, None):
+        raise MedvlkitError(f"open_clip preprocess_cfg fill_color {pre['fill_color']!r}: only 0 (black padding) is "
+                            "implemented; refused rather than approximated")
+    interpolation = pre.get("interpolation") or "bicubic"
+    if interpolation not in ("bicubic", "bilinear", "random"):
+        raise MedvlkitError(f"open_clip preprocess_cfg interpolation '{interpolation}' is not one open_clip knows "
+                            "(bicubic, bilinear, random)")
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    if isinstance(pre.get("size"), (list, tuple)) and len(set(pre["size"])) > 1:
+        raise MedvlkitError(f"open_clip preprocess_cfg size {pre['size']}: non-square inputs are not implemented")
+    return PreprocessCfg(image_size=int(size), mean=tuple(pre.get("mean", PreprocessCfg.mean)),
+                         std=tuple(pre.get("std", PreprocessCfg.std)),
+                         interpolation="bilinear" if interpolation == "bilinear" else "bicubic",  # random: bicubic
+                         resize_mode=mode)
 
 
 def read_open_clip_config(folder: Path, spec: str) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box")  # PIL resampling filters, by name
-RESIZE_MODES = ("shortest", "squash", "pad", "square")
+RESIZE_MODES = ("shortest", "squash", "pad", "square", "longest")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,9 @@ class PreprocessCfg:
             ``squash`` resizes both sides to ``image_size`` without keeping the aspect ratio (SigLIP);
             ``pad`` resizes the long side and pads to a black square (letterbox; CheXzero), cutting nothing off;
             ``square`` pastes the image unscaled on a black square of side max(image_size, w, h), then resizes the
-            square to ``image_size`` (MedCLIP's ``pad_img`` + resize).
+            square to ``image_size`` (MedCLIP's ``pad_img`` + resize); ``longest`` resizes the long side to
+            ``image_size`` (the short side rounded, as open_clip's ``ResizeKeepRatio(longest=1)``) and pads it to a
+            black square, centred with the odd pixel right/bottom (open_clip's ``CenterCropOrPad``).
         resize_size: for ``shortest``, the short side before the centre crop to ``image_size`` (0: ``image_size``;
             BioViL resizes to 512 and crops 480); for ``pad``, the square the image is letterboxed into before the
             centre crop to ``image_size`` (GLoRIA: 256, then 224).
@@ -72,6 +74,7 @@ class PreprocessCfg:
     def describe(self) -> str:
         """One line for people: size, resize, interpolation, mean/std."""
         resize = {"shortest": "short side + centre crop", "squash": "squash", "square": "pasted on a black square",
+                  "longest": "long side + black padding (open_clip longest)",
                   "pad": f"letterbox{f' at {self.pad_size} px (Lanczos), then' if self.pad_size else ''}"
                   f"{f' at {self.resize_size} px + centre crop' if self.resize_size else ''}"}
         mean = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.mean))
