@@ -65,8 +65,9 @@ class EmbeddingCache:
         fingerprint: the model's fingerprint (``model.fingerprint()``).
     """
 
-    def __init__(self, fingerprint: str, root: Path | None = None) -> None:
+    def __init__(self, fingerprint: str, root: Path | None = None, dim: int | None = None) -> None:
         self.dir = Path(root or default_cache_dir()) / "embeddings" / fingerprint
+        self.dim = dim or None  # the model's embedding width, when known: shards of another width are damaged
         self._store: dict[str, np.ndarray] | None = None
 
     def _load(self) -> dict[str, np.ndarray]:
@@ -78,8 +79,12 @@ class EmbeddingCache:
                 try:
                     with np.load(shard, allow_pickle=False) as z:
                         keys, vectors = z["keys"].tolist(), z["vectors"]
-                    if len(keys) != len(vectors):
-                        raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+                    if vectors.ndim != 2 or len(keys) != len(vectors):
+                        raise ValueError(f"{len(keys)} keys for vectors of shape {vectors.shape}")
+                    if self.dim is not None and vectors.shape[1] != self.dim:
+                        raise ValueError(f"vectors of width {vectors.shape[1]}, the model's are {self.dim}")
+                    if not np.isfinite(vectors).all():
+                        raise ValueError("NaN or infinite vectors")
                     self._store.update(zip(keys, vectors))
                 except Exception as err:  # noqa: BLE001 - a damaged zip raises many types
                     bad = shard.with_name(shard.name + ".corrupt")
@@ -119,8 +124,9 @@ class TextEmbeddingCache:
             h.update(b"\x00" + t.encode("utf-8"))
         return h.hexdigest()[:32]
 
-    def get(self, texts: list[str], batch_size: int) -> np.ndarray | None:
-        """The cached (len(texts), D) vectors, or None (also for an unreadable or mis-shaped file)."""
+    def get(self, texts: list[str], batch_size: int, dim: int | None = None) -> np.ndarray | None:
+        """The cached (len(texts), D) vectors, or None (also for an unreadable file, or one of another shape than
+        (len(texts), ``dim``) or with non-finite values: computed again and written over)."""
         path = self.dir / f"{self.key(texts, batch_size)}.npy"
         if not path.is_file():
             return None
@@ -129,7 +135,11 @@ class TextEmbeddingCache:
         except (OSError, ValueError) as err:
             logger.warning("text cache file %s is unreadable (%s); computing again", path, err)
             return None
-        return out if out.ndim == 2 and len(out) == len(texts) else None
+        if out.ndim != 2 or len(out) != len(texts) or (dim and out.shape[1] != dim) or not np.isfinite(out).all():
+            logger.warning("text cache file %s holds vectors of shape %s (or non-finite ones); computing again",
+                           path, out.shape)
+            return None
+        return out
 
     def put(self, texts: list[str], batch_size: int, vectors: np.ndarray) -> None:
         """Store vectors atomically (a crash leaves no half-written file under the final name)."""

@@ -826,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         _quiet_transformers()
+        for handler in logging.getLogger().handlers:  # a library's logged traceback (pydicom's) prints as one line
+            handler.addFilter(_one_line_records)
     try:
         from medvlkit.config_file import expand_config
         from medvlkit.plugins import load_plugins
@@ -844,6 +846,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as ex:
         return ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
     return 0
+
+
+def _one_line_records(record: logging.LogRecord) -> bool:
+    """A logging filter: records keep their message but lose any traceback (``--debug`` shows them)."""
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
 
 
 def _one_line(err: Exception) -> str:

@@ -119,7 +119,7 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
         raise MedvlkitError(f"--batch-size {batch_size} / --workers {num_workers}: need a batch size >= 1 and "
                             "workers >= 0")
     fingerprint = model.fingerprint() + ("|fast-decode" if fast_decode else "")
-    store = EmbeddingCache(fingerprint, cache_dir) if cache and normalize else None
+    store = EmbeddingCache(fingerprint, cache_dir, model.embed_dim) if cache and normalize else None
     keys = [item_key(it) for it in dataset.items]
     found = store.get(keys) if store else {}
     vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
@@ -216,7 +216,7 @@ def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256, cache
     if not texts:
         raise MedvlkitError("no texts to embed")
     store = TextEmbeddingCache(model.fingerprint(), cache_dir) if cache else None
-    hit = store.get(texts, batch_size) if store else None
+    hit = store.get(texts, batch_size, model.embed_dim) if store else None
     if hit is not None:
         return hit
     chunks = [model.encode_text(model.tokenize(texts[i:i + batch_size])).float().cpu().numpy()

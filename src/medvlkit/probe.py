@@ -153,7 +153,16 @@ class LinearProbe(*_sklearn_bases()):
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X) @ self.coef_.T + self.intercept_
+        """(N, D) -> (N, C) logits.
+
+        Raises:
+            MedvlkitError: features of another width than the probe was fitted on (another model's).
+        """
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.coef_.shape[1]:
+            raise MedvlkitError(f"the probe takes {self.coef_.shape[1]}-wide features; these are {X.shape[-1]}-wide "
+                                "(another model's, or --features differs from the probe's)")
+        return X @ self.coef_.T + self.intercept_
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Single-label: the most probable class of each row (from ``classes_``); multi-label: an (N, C) 0/1
@@ -188,20 +197,49 @@ class LinearProbe(*_sklearn_bases()):
 
     @classmethod
     def load(cls, path: Path) -> tuple[LinearProbe, dict]:
-        """A probe saved with :meth:`save`, and its header."""
+        """A probe saved with :meth:`save`, and its header, checked: class names, mode, C, and coefficients of one
+        row per class (finite; one per class pair's side for two classes) with an intercept each.
+
+        Raises:
+            MedvlkitError: not such a file, in one line naming it and what was expected.
+        """
+        from medvlkit.artifacts import json_field, positive_number, string_list
+
+        kind = "probe (probe.npz written by `medvlkit probe`)"
         if not Path(path).is_file():
             raise MedvlkitError(f"--load {path}: no such probe file (written by medvlkit probe as probe.npz)")
         try:
             with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header"]))
-                probe = cls(Cs=(header["C"],), class_weight=header.get("class_weight"),
-                            select=header.get("select", "auroc"))
-                probe.coef_, probe.intercept_ = z["coef"], z["intercept"]
-            probe.classnames_, probe.multilabel_, probe.C_ = header["classnames"], header["multilabel"], header["C"]
-            probe.classes_, probe.n_features_in_ = np.asarray(probe.classnames_), int(probe.coef_.shape[1])
+                arrays = {k: z[k] for k in ("header", "coef", "intercept") if k in z.files}
+            header = json.loads(str(arrays["header"]))
+        except KeyError:
+            raise MedvlkitError(f"{path}: not a valid {kind} (no 'header' array)") from None
         except Exception as err:  # noqa: BLE001 - numpy, zip and JSON errors come in many types
-            raise MedvlkitError(f"--load {path}: not a probe written by `medvlkit probe` ({first_line(err)})") from None
-        probe.val_scores_ = {float(k): v for k, v in header.get("val_scores", {}).items()}
+            raise MedvlkitError(f"{path}: not a valid {kind} ({first_line(err)})") from None
+        if not isinstance(header, dict):
+            raise MedvlkitError(f"{path}: not a valid {kind} (its header is not a JSON object)")
+        names = json_field(header, "classnames", list, path, kind, check=lambda v: string_list(v) and len(v) >= 1,
+                           expected="a list of class names")
+        multilabel = json_field(header, "multilabel", bool, path, kind)
+        c = json_field(header, "C", (int, float), path, kind, check=positive_number, expected="a positive number")
+        coef, intercept = arrays.get("coef"), arrays.get("intercept")
+        if coef is None or intercept is None or coef.ndim != 2 or intercept.shape != (len(names),) or \
+                coef.shape[0] != len(names) or not np.issubdtype(coef.dtype, np.floating):
+            raise MedvlkitError(f"{path}: not a valid {kind} (coefficients {None if coef is None else coef.shape} and "
+                                f"intercept {None if intercept is None else intercept.shape}; expected ({len(names)}, "
+                                f"D) and ({len(names)},) for its classes {names})")
+        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+            raise MedvlkitError(f"{path}: not a valid {kind} (its coefficients hold NaN or infinite values)")
+        probe = cls(Cs=(float(c),), class_weight=header.get("class_weight") if header.get("class_weight") in (
+            None, "balanced") else None, select=header.get("select", "auroc") if header.get("select") in SELECT
+            else "auroc")
+        probe.coef_, probe.intercept_ = coef.astype(np.float64), intercept.astype(np.float64)
+        probe.classnames_, probe.multilabel_, probe.C_ = list(names), multilabel, float(c)
+        probe.classes_, probe.n_features_in_ = np.asarray(probe.classnames_), int(coef.shape[1])
+        try:
+            probe.val_scores_ = {float(k): float(v) for k, v in header.get("val_scores", {}).items()}
+        except (AttributeError, TypeError, ValueError):
+            probe.val_scores_ = {}  # a record of the fit, not needed to score
         return probe, header
 
 

@@ -8,7 +8,6 @@ import base64
 import csv
 import html
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from medvlkit.errors import MedvlkitError
 from medvlkit.plots import confusion_matrix_png, reliability_png, roc_png
-from medvlkit.results import headline_keys
+from medvlkit.results import headline_keys, read_result
 
 
 @dataclass
@@ -44,7 +43,7 @@ def load_runs(folders: list[Path]) -> list[Run]:
         while name in seen:
             name += "'"
         seen.add(name)
-        runs.append(Run(name, Path(folder), json.loads(path.read_text())))
+        runs.append(Run(name, Path(folder), read_result(path)))
     if not runs:
         raise MedvlkitError("no run folders given")
     return runs

@@ -117,6 +117,35 @@ def write_result(out_dir: Path, *, dataset: str, model: str, task: str, metrics:
     return path
 
 
+def read_result(path: Path) -> dict:
+    """A ``result.json`` read back (by ``report``, ``eval``...), checked: an object whose ``task``, ``dataset`` and
+    ``model`` are text, ``metrics`` and ``ci`` objects, ``headline`` and ``classnames`` lists of text, and list fields
+    lists.
+
+    Raises:
+        MedvlkitError: damaged or edited, in one line naming the file and the field.
+    """
+    from medvlkit.artifacts import json_field, read_json_object, string_list
+
+    kind = "medvlkit result.json"
+    result = read_json_object(path, kind)
+    for name in ("task", "dataset", "model"):
+        json_field(result, name, str, path, kind, required=name == "task")
+    for name in ("metrics", "ci"):
+        json_field(result, name, dict, path, kind, required=False)
+    for name in ("headline", "classnames"):
+        json_field(result, name, list, path, kind, required=False, check=string_list, expected="a list of text")
+    for name in ("images", "examples", "skipped", "confusion_matrix"):
+        json_field(result, name, list, path, kind, required=False)
+    bad = [k for k, v in (result.get("metrics") or {}).items()
+           if v is not None and not isinstance(v, (int, float, str, list, dict))]
+    if bad:
+        from medvlkit.errors import MedvlkitError
+
+        raise MedvlkitError(f"{path}: not a valid {kind} (metric '{bad[0]}' is not a number)")
+    return result
+
+
 MODE_COLUMN = {False: "single_label", True: "multilabel"}
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medvlkit.artifacts import json_field, read_json_object
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.features import ImageEmbeddings, embed_texts
 from medvlkit.models.base import ModelBase
 from medvlkit.pixels import view_of
@@ -56,7 +57,14 @@ class SearchIndex:
                                 f"({model.fingerprint()}). Pass --model {self.meta['model']} or rebuild the index")
 
     def search_ids(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        """Top-k (row in ``files``, cosine similarity) per query row of (Q, D) unit vectors; k capped at the size."""
+        """Top-k (row in ``files``, cosine similarity) per query row of (Q, D) unit vectors; k capped at the size.
+
+        Raises:
+            MedvlkitError: queries of another width than the indexed vectors (another model's).
+        """
+        if queries.ndim != 2 or queries.shape[1] != self.index.d:
+            raise MedvlkitError(f"queries of width {queries.shape[-1]} against an index of width {self.index.d}: the "
+                                f"query model is not the one that built the index ('{self.meta.get('model')}')")
         k = min(k, len(self.files))
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return [[(int(j), float(s)) for j, s in zip(row_ids, row_scores) if j >= 0]
@@ -140,20 +148,81 @@ def build_index(emb: ImageEmbeddings, model: ModelBase, dataset: ImageDataset, o
     return SearchIndex(index, list(emb.items), meta)
 
 
+_FOURCC = {"flat": b"IxFI", "hnsw": b"IHNf", "ivf": b"IxRF"}  # the FAISS index type each kind writes
+_KIND = "medvlkit index folder"
+
+
 def load_index(folder: Path) -> SearchIndex:
-    """Reload an index folder written by :func:`build_index`."""
+    """Reload an index folder written by :func:`build_index`, checked before FAISS reads a byte of it: ``index.json``
+    (model, fingerprint, width, size, kind), ``files.csv`` (one row per vector, in order) and the FAISS file's own
+    header (its type, width and vector count, and a size that can hold them).
+
+    Raises:
+        MedvlkitError: anything damaged or edited, in one line naming the file and what was expected.
+    """
     faiss = _faiss()
     folder = Path(folder)
     needed = [folder / n for n in ("index.faiss", "files.csv", "index.json")]
     if not all(p.is_file() for p in needed):
         raise MedvlkitError(f"--index {folder}: not an index folder (needs index.faiss, files.csv, index.json); "
                             "build one with `medvlkit index`")
-    with open(folder / "files.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    index = SearchIndex(faiss.read_index(str(folder / "index.faiss")), [r["file"] for r in rows],
-                        json.loads((folder / "index.json").read_text()))  # nprobe / efSearch travel in the file
+    meta = _index_meta(folder / "index.json")
+    rows = _index_rows(folder / "files.csv", meta["n"])
+    _check_faiss_header(folder / "index.faiss", meta)
+    try:
+        raw = faiss.read_index(str(folder / "index.faiss"))  # nprobe / efSearch travel in the file
+    except RuntimeError as err:
+        raise MedvlkitError(f"{folder / 'index.faiss'}: not a valid {_KIND} file ({first_line(err)[-160:]}); "
+                            "build the index again") from None
+    if raw.d != meta["embed_dim"] or raw.ntotal != meta["n"]:
+        raise MedvlkitError(f"{folder / 'index.faiss'}: holds {raw.ntotal} vectors of width {raw.d}; index.json says "
+                            f"{meta['n']} of width {meta['embed_dim']}")
+    index = SearchIndex(raw, [r["file"] for r in rows], meta)
     index.details = {r["file"]: {"label": r.get("label", ""), "caption": r.get("caption", "")} for r in rows}
     return index
+
+
+def _index_meta(path: Path) -> dict:
+    meta = read_json_object(path, _KIND)
+    for name in ("model", "model_fingerprint"):
+        json_field(meta, name, str, path, _KIND)
+    json_field(meta, "embed_dim", int, path, _KIND, check=lambda v: v > 0, expected="a positive integer")
+    json_field(meta, "n", int, path, _KIND, check=lambda v: v > 0, expected="a positive integer")
+    json_field(meta, "kind", str, path, _KIND, check=lambda v: v in INDEX_KINDS, expected=" or ".join(INDEX_KINDS))
+    return meta
+
+
+def _index_rows(path: Path, n: int) -> list[dict]:
+    from medvlkit.data.adapters.csv_labels import read_csv_rows
+
+    header, rows = read_csv_rows(path)
+    if header[:2] != ["index", "file"]:
+        raise MedvlkitError(f"{path}: not a valid {_KIND} file list (its columns: {header}; expected index, file, "
+                            "label, caption)")
+    if len(rows) != n or any(r["index"] != str(i) for i, r in enumerate(rows)):
+        raise MedvlkitError(f"{path}: {len(rows)} rows for the {n} indexed vectors (or rows out of order): row i "
+                            "must name the file of vector i; build the index again")
+    return rows
+
+
+def _check_faiss_header(path: Path, meta: dict) -> None:
+    """The FAISS file's type, width and vector count from its first 16 bytes, and a size that can hold the vectors
+    (every kind keeps them exactly): a file claiming a huge count is never handed to FAISS."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 16 or head[:4] != _FOURCC[meta["kind"]]:
+        raise MedvlkitError(f"{path}: not a FAISS {meta['kind']} index (type {head[:4]!r}, expected "
+                            f"{_FOURCC[meta['kind']]!r}); build the index again")
+    d, ntotal = struct.unpack("<i", head[4:8])[0], struct.unpack("<q", head[8:16])[0]
+    if d != meta["embed_dim"] or ntotal != meta["n"]:
+        raise MedvlkitError(f"{path}: its header says {ntotal} vectors of width {d}; index.json says {meta['n']} of "
+                            f"width {meta['embed_dim']}")
+    if size < ntotal * d * 4:
+        raise MedvlkitError(f"{path}: {size} bytes cannot hold {ntotal} vectors of width {d} (truncated?); build the "
+                            "index again")
 
 
 def query_vectors(model: ModelBase, texts: list[str] | None = None, images: list[str] | None = None) -> np.ndarray:

@@ -280,6 +280,8 @@ def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: Da
 
 def _headline(folder: Path) -> tuple[dict, str]:
     """A finished cell's headline metrics and the prompt set it used ("" for tasks without prompts)."""
-    result = json.loads((folder / "result.json").read_text())
+    from medvlkit.results import read_result
+
+    result = read_result(folder / "result.json")
     metrics = result.get("metrics") or {}
     return {k: metrics.get(k) for k in result.get("headline") or []}, str(result.get("prompt_set") or "")

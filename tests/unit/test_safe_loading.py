@@ -159,6 +159,6 @@ def test_planted_probe_file_is_refused(tmp_path):
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=True)
             z.writestr(f"{name}.npy", buf.getvalue())
-    with pytest.raises(MedvlkitError, match="not a probe written by"):
+    with pytest.raises(MedvlkitError, match="not a valid probe"):
         LinearProbe.load(tmp_path / "probe.npz")
     assert not marker.exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medvlkit.errors import MedvlkitError
+from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -224,15 +224,33 @@ def save_heads(heads: LiteHeads, folder: Path, metadata: dict | None = None, hal
 
 
 def load_heads(folder: Path) -> LiteHeads:
-    """Read heads written by :func:`save_heads`."""
-    from safetensors.torch import load_file
+    """Read heads written by :func:`save_heads`, checked: ``lite_config.json``'s fields, and tensors of the shapes
+    that config gives.
 
+    Raises:
+        MedvlkitError: missing, malformed, or not matching, in one line naming the file and what was expected.
+    """
+    from medvlkit.artifacts import check_shapes, read_json_object, read_safetensors
+
+    kind = "lite heads folder (written by `medvlkit pretrain`)"
     wfile, cfile = folder / "lite_heads.safetensors", folder / "lite_config.json"
     if not wfile.is_file() or not cfile.is_file():
         raise MedvlkitError(f"no lite heads in {folder} (need lite_heads.safetensors and lite_config.json); "
-                            "train them with `medvlkit pretrain`")
-    heads = LiteHeads(LiteConfig(**json.loads(cfile.read_text())))
-    heads.load_state_dict({k: v.float() for k, v in load_file(str(wfile)).items()})
+                            "pass the best/ folder of a `medvlkit pretrain` run")
+    fields = read_json_object(cfile, kind)
+    try:
+        cfg = LiteConfig(**fields)
+        PreprocessCfg(**cfg.preprocess)
+    except (TypeError, ValueError) as err:
+        raise MedvlkitError(f"{cfile}: not a valid {kind} ({first_line(err)})") from None
+    heads = LiteHeads(cfg)
+    state = {k: v.float() for k, v in read_safetensors(wfile, kind).items()}
+    expected = {k: v.shape for k, v in heads.state_dict().items()}
+    if set(state) != set(expected):
+        raise MedvlkitError(f"{wfile}: not a valid {kind} (tensors {sorted(set(state) ^ set(expected))[:4]} missing "
+                            "or unexpected for lite_config.json)")
+    check_shapes(state, expected, wfile, kind)
+    heads.load_state_dict(state)
     return heads
 
 
