@@ -265,17 +265,14 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
     """
     from medvlkit.display import print_gated, print_metrics, print_prompt_set
-    from medvlkit.models.presets import lite_caveat
     from medvlkit.prompts import resolve_prompt_set
     from medvlkit.zeroshot import zeroshot_task
 
     config = _jsonable(dict(locals()))
     ps, ds = resolve_prompt_set(prompts, classes, mode), data_opts.load(data, split)  # cheap checks first
-    if caveat := lite_caveat(model, prompts):
-        err_console.print(caveat)
+    m = _load_with_scope(run, model)
     out_dir = _out(out, "zeroshot")
-    result = zeroshot_task(run.load_model(model), ds, ps, out_dir, config, mode, run, bootstrap, seed, gate,
-                           gate_threshold)
+    result = zeroshot_task(m, ds, ps, out_dir, config, mode, run, bootstrap, seed, gate, gate_threshold)
     print_gated(result)
     print_prompt_set(result)
     print_metrics(result)
@@ -711,13 +708,19 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
     """
     from medvlkit.demo import demo_task
     from medvlkit.display import print_demo
-    from medvlkit.models.presets import lite_caveat
 
     config, out_dir = _jsonable(dict(locals())), _out(out, "demo")
-    if caveat := lite_caveat(model, "pneumonia"):
-        err_console.print(caveat)
-    print_demo(*demo_task(run.load_model(model), out_dir, config, images, progress=run.progress))
+    print_demo(*demo_task(_load_with_scope(run, model), out_dir, config, images, progress=run.progress))
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
+
+
+def _load_with_scope(run: RunOptions, spec: str):
+    """The model, and its card's scope printed once (stderr) where its answers will be shown: it travels with the
+    weights (``lite``, ``lite`` exported to ``onnx:``), not with the spec typed."""
+    model = run.load_model(spec)
+    if model.scope:
+        err_console.print(f"note: {model.scope}")
+    return model
 
 
 def _jsonable(config: dict) -> dict:
@@ -767,7 +770,7 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     ps = prompt_set_from_classes(list(text), free_text=True) if text else resolve_prompt_set(prompts, classes, mode)
     ds = data_opts.load(data, split)
     out_dir = _out(out, "explain")
-    result = explain_task(run.load_model(model), ds, ps, out_dir, config, limit, method, mode, target, run)
+    result = explain_task(_load_with_scope(run, model), ds, ps, out_dir, config, limit, method, mode, target, run)
     console.print(f"{result['metrics']['n_images']} images explained by {result['method']} "
                   f"({', '.join(result['classes'])}); overlays in {out_dir}/overlays, maps in {out_dir}/maps")
 

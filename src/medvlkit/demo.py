@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medvlkit.answer import answer, class_vectors
 from medvlkit.data import load_dataset
 from medvlkit.gate import run_gate
 from medvlkit.models.base import ModelBase
 from medvlkit.prompts import load_prompt_set
 from medvlkit.results import write_json_atomic, write_result
-from medvlkit.zeroshot import answer, class_vectors
 
 # scikit-image data name -> (file name, expected modality or None for an ordinary photo)
 SKIMAGE_IMAGES = {

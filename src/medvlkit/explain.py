@@ -28,11 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medvlkit.answer import ClassVectors, answer, class_vectors
 from medvlkit.data.dataset import ImageDataset
+from medvlkit.domain import check_domain
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import ModelBase, l2_normalize
 from medvlkit.prompts import PromptSet
-from medvlkit.zeroshot import ClassVectors, answer, class_vectors, data_classes
+from medvlkit.zeroshot import data_classes
 
 METHODS = ("gradcam", "rollout")
 
@@ -203,6 +205,7 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
     start = time.perf_counter()
     emb = embed_images(model, dataset, **run.embed_kwargs())  # unreadable images: refused or listed, per on_error
     ans = answer(emb.vectors, cv, model.logit_scale)
+    domain = check_domain(model, emb.vectors, prompts)  # flagged, not dropped: a map of an out-of-domain image shows it
     row_of = {int(pos): i for i, pos in enumerate(emb.indices)}
     pre = model.image_preprocessor
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
@@ -224,7 +227,8 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
         rows.append({"file": item, "map": f"maps/{stem}.npy", "overlays": overlays,
                      "scores": dict(zip(targets.classnames, map(float, scores[0]))),
                      "probabilities": dict(zip(targets.classnames, map(float, ans.probs[row_of[pos]]))),
-                     "truth": truth_by_class(dataset, pos)})
+                     "truth": truth_by_class(dataset, pos),
+                     "domain": None if domain is None else domain.row(row_of[pos])})
     skipped = [{"file": f, "reason": r} for f, r in emb.skipped]
     path = write_result(out_dir, dataset=dataset.name, model=model.name, task="explain", config=config,
                         n_skipped=len(skipped),
@@ -233,7 +237,8 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
                                "classes": targets.classnames, "prompt_set": prompts.name,
                                "free_text": prompts.free_text, "softmax_over": ans.softmax_over,
                                "dataset_classes": list(dataset.classnames),
-                               "view": pre.cfg.describe(), "images": rows, "skipped": skipped})
+                               "view": pre.cfg.describe(), "images": rows, "skipped": skipped,
+                               "domain_check": None if domain is None else domain.record(emb.items)})
     import json
 
     return json.loads(path.read_text())

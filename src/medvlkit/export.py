@@ -208,6 +208,7 @@ def export_onnx(model: ModelBase, out_dir: Path, opset: int = DEFAULT_OPSET, qua
                     "logit_scale": float(model.logit_scale),
                     "logit_bias": None if model.log_bias_param() is None else float(model.log_bias_param().detach()),
                     "validated_gate_threshold": model.validated_gate_threshold,
+                    "validated_domain_thresholds": model.validated_domain_thresholds, "scope": model.scope,
                     "preprocess": model.preprocess_cfg.to_dict(), "tokenizer": recipe.to_dict() | {"keys": list(keys)},
                     "opset": opset, "exporters": dict(zip(("image", "text"), exporters)),
                     "quantize": quantize, "image": "image.onnx", "text": "text.onnx"}

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medvlkit.answer import ClassVectors, answer, class_vectors
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError
 from medvlkit.features import ImageEmbeddings, embed_images
 from medvlkit.models.base import ModelBase
 from medvlkit.options import RunOptions
 from medvlkit.prompts import PromptSet, load_prompt_set
-from medvlkit.zeroshot import ClassVectors, answer, class_vectors
 
 GATE_PROMPTS = "medical_gate"
 

@@ -155,7 +155,7 @@ PER_CLASS = "each class on its own"
 
 def write_predictions(out_dir: Path, items: list[str], classnames: list[str], log_probs: np.ndarray,
                       labels: np.ndarray | None, multilabel: bool, decisions: np.ndarray | None = None,
-                      softmax_over: list[str] | str | None = None) -> Path:
+                      softmax_over: list[str] | str | None = None, extra: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``out_dir/predictions.csv``, losslessly: reading it back gives the run's own metrics exactly.
 
     Columns: ``file``; ``mode`` (``single_label`` or ``multilabel``); ``softmax_over`` (the classes the scores'
@@ -163,7 +163,8 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], lo
     ``|``-joined for multi-label: for people); ``true_<class>`` (1, 0, or empty for unknown); ``prob_<class>`` and
     ``logp_<class>`` (natural-log probability, float64, all digits: the ranking scores use it).
     ``predicted`` follows ``decisions`` when given (class indices (N,) or booleans (N, C), e.g. from
-    validation-chosen thresholds), else the argmax / probability >= 0.5.
+    validation-chosen thresholds), else the argmax / probability >= 0.5. ``extra``: more columns (name -> (N,)
+    numbers, written last), e.g. the domain check's ``p_domain`` and ``in_domain``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PREDICTIONS_FILE
@@ -174,8 +175,9 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], lo
         softmax_over = PER_CLASS if multilabel else list(classnames)
     over = _csv_field(softmax_over if isinstance(softmax_over, str) else "|".join(softmax_over))
     with open(tmp, "w", newline="") as f:
+        extra = extra or {}
         csv.writer(f).writerow(["file", "mode", "softmax_over", "true", "predicted"] + [f"true_{c}" for c in classnames]
-                               + [f"prob_{c}" for c in classnames] + [f"logp_{c}" for c in classnames])
+                               + [f"prob_{c}" for c in classnames] + [f"logp_{c}" for c in classnames] + list(extra))
         for start in range(0, len(items), _ROWS_PER_BLOCK):  # memory stays flat in N: one block of strings
             stop = min(start + _ROWS_PER_BLOCK, len(items))
             lp = log_probs[start:stop]
@@ -192,6 +194,10 @@ def write_predictions(out_dir: Path, items: list[str], classnames: list[str], lo
             # numbers never need quoting: repr of a list is each float's shortest exact form, joined by ", "
             nums = [repr(p)[1:-1].replace(", ", ",") + "," + repr(q)[1:-1].replace(", ", ",")
                     for p, q in zip(probs.tolist(), lp.tolist())]
+            if extra:
+                cols = [np.asarray(v)[start:stop].tolist() for v in extra.values()]
+                nums = [n + "," + ",".join(repr(c[i] if not isinstance(c[i], bool) else int(c[i])) for c in cols)
+                        for i, n in enumerate(nums)]
             f.write("".join(f"{_csv_field(item)},{mode},{over},{_csv_field(t)},{_csv_field(d)},{c},{n}\r\n"
                             for item, t, d, c, n in zip(items[start:stop], true, pred, cells, nums)))
     os.replace(tmp, path)

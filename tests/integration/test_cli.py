@@ -37,7 +37,7 @@ def test_zeroshot_writes_result_and_predictions(tiny_clip_dir, cxr_folder, tmp_p
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 10 and set(rows[0]) == {"file", "mode", "softmax_over", "true", "predicted", "true_NORMAL",
                                                  "true_PNEUMONIA", "prob_NORMAL", "prob_PNEUMONIA", "logp_NORMAL",
-                                                 "logp_PNEUMONIA"}
+                                                 "logp_PNEUMONIA", "p_domain", "in_domain"}
     assert {r["mode"] for r in rows} == {"single_label"}
     assert {r["true"] for r in rows} == {"NORMAL", "PNEUMONIA"}
     assert all(abs(float(r["prob_NORMAL"]) + float(r["prob_PNEUMONIA"]) - 1) < 1e-4 for r in rows)

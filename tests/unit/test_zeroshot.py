@@ -122,7 +122,7 @@ def test_prompt_vectors_are_cached_per_weights(tmp_path, monkeypatch):
     folder = save_tiny_clip(tmp_path / "m")
     first = zeroshot_classify(create_model(f"hf:{folder}"), ds, load_prompt_set("pneumonia"), progress=False)
     cached = list(Path(os.environ["MEDVLKIT_CACHE"]).glob("texts/*/*.npy"))  # conftest: a cache per test
-    assert len(cached) == 2  # one file per class ensemble (NORMAL, PNEUMONIA)
+    assert len(cached) == 2 + 6  # one file per class ensemble (NORMAL, PNEUMONIA), and the domain check's modalities
     warm = create_model(f"hf:{folder}")
     monkeypatch.setattr(warm, "encode_text", lambda *a, **k: pytest.fail("prompts re-encoded despite the cache"))
     second = zeroshot_classify(warm, ds, load_prompt_set("pneumonia"), progress=False)

@@ -52,8 +52,8 @@ def validation_score(model, dataset: ImageDataset, mode: str, head=None, progres
     - contrastive on labelled data: macro AUROC of zero-shot classification with the training phrasings;
     - contrastive on captions: mean of image->text and text->image recall@5.
     """
+    from medvlkit.answer import answer, class_vectors
     from medvlkit.retrieval import retrieval_metrics
-    from medvlkit.zeroshot import answer, class_vectors
 
     normalize = mode == "contrastive"
     emb = _embed(model, dataset, normalize, batch_size, progress, num_workers=num_workers)

@@ -190,6 +190,7 @@ def load_finetuned(ref: str, device: str = "cpu", dtype: torch.dtype = torch.flo
     model.classifier, model.classnames, model.multilabel = head, meta.get("classnames"), meta.get("multilabel", False)
     model.name = f"ft:{folder}"
     model.validated_gate_threshold = None  # validated for the base weights, not for these
+    model.validated_domain_thresholds = None
     model.weight_files = list(model.weight_files) + [str(folder / f) for f in (ADAPTER, TRAINED)
                                                       if (folder / f).exists()]
     return model.to(dtype=dtype).eval()

@@ -198,6 +198,12 @@ class ModelBase(torch.nn.Module):
     validated_gate_threshold: float | None = None
     """P(medical) threshold for the medical-image gate, chosen on validation data for these very weights (``lite``
     ships one); None means none was validated and a gate needs one from the user."""
+    validated_domain_thresholds: dict[str, float] | None = None
+    """Per modality (``chest x-ray``...), the P(modality) threshold the domain check (:mod:`medvlkit.domain`) uses,
+    chosen on validation data for these very weights; None: the check falls back to the most probable modality."""
+    scope: str | None = None
+    """What the weights were trained and validated on, from their model card, printed where their answers are shown
+    (it travels with the model, through ``export`` too); None when nothing is said."""
 
     def __init__(self, preprocess_cfg: PreprocessCfg, weight_files: list[str] | None = None) -> None:
         super().__init__()

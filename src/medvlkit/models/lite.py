@@ -44,6 +44,9 @@ class LiteConfig:
         init_logit_scale: initial temperature (CLIP's 1/0.07).
         gate_threshold: P(medical) above which the medical-image gate accepts an image (chosen on validation
             data by ``medvlkit pretrain``).
+        domain_thresholds: per modality, the P(modality) above which an image counts as that modality for the
+            domain check (chosen on validation data by ``benchmarks/domain_thresholds.py``).
+        scope: what the heads were trained and validated on (the model card's summary), printed with answers.
         preprocess: the image preprocessing the heads were trained with (``PreprocessCfg`` fields).
     """
 
@@ -53,6 +56,8 @@ class LiteConfig:
     context_length: int = 128
     init_logit_scale: float = 1 / 0.07
     gate_threshold: float = 0.5
+    domain_thresholds: dict = field(default_factory=dict)
+    scope: str = ""
     preprocess: dict = field(default_factory=LITE_PREPROCESS.to_dict)
 
     def __post_init__(self) -> None:
@@ -153,6 +158,8 @@ class LiteModel(ModelBase):
         self.embed_dim = heads.cfg.embed_dim
         self.context_length = heads.cfg.context_length
         self.validated_gate_threshold = float(heads.cfg.gate_threshold)
+        self.validated_domain_thresholds = {str(k): float(v) for k, v in heads.cfg.domain_thresholds.items()}
+        self.scope = heads.cfg.scope or None
 
     @property
     def logit_scale(self) -> float:

@@ -37,6 +37,8 @@ class OnnxModel(ModelBase):
         self.embed_dim = int(manifest["embed_dim"])
         self.context_length = self.recipe.max_length
         self.validated_gate_threshold = manifest.get("validated_gate_threshold")
+        self.validated_domain_thresholds = manifest.get("validated_domain_thresholds")
+        self.scope = manifest.get("scope")  # the source model's card travels with the export
         self._logit_scale = float(manifest["logit_scale"])
 
     @property

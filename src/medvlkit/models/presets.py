@@ -129,16 +129,3 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "448 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
                 _hf_fetch("google/medsiglip-448", "medsiglip")),
 ]}
-
-
-CHEST_XRAY_PROMPT_SETS = ("pneumonia", "chest_xray_findings", "covid_qu_ex")
-LITE_CXR_CAVEAT = ("note: lite's chest X-ray knowledge rests on paediatric films from one hospital (Kermany 2018), "
-                   "resized to 224 px; it has not been validated on adult films, portable AP films or other "
-                   "hospitals. Use a real backbone (medvlkit models) for such data.")
-
-
-def lite_caveat(model_name: str, prompt_set: str | None) -> str | None:
-    """The caveat to print once when ``lite`` reads chest X-rays with a chest X-ray prompt set, else None."""
-    if model_name.split(":", 1)[0] == "lite" and prompt_set in CHEST_XRAY_PROMPT_SETS:
-        return LITE_CXR_CAVEAT
-    return None

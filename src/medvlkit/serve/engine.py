@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medvlkit.answer import POS_NEG_OVER, ClassVectors, answer, class_vectors
 from medvlkit.data.io import read_image
+from medvlkit.domain import check_domain, domain_vectors
 from medvlkit.errors import MedvlkitError
 from medvlkit.features import embed_texts
 from medvlkit.gate import gate_vectors, medical_probability
@@ -23,7 +25,6 @@ from medvlkit.pixels import view_of
 from medvlkit.prompts import PromptSet, list_prompt_sets, load_prompt_set, prompt_set_from_classes
 from medvlkit.scores import check_finite
 from medvlkit.search import SearchIndex
-from medvlkit.zeroshot import POS_NEG_OVER, ClassVectors, answer, class_vectors
 
 THUMBNAIL_SIDE = 256
 _ADHOC_SETS = 64  # class lists given in requests whose vectors are kept
@@ -84,6 +85,7 @@ class ServeEngine:
         self.prompt_sets = {p.name: class_vectors(model, p, cache=cache, cache_dir=cache_dir) for p in sets}
         self.default_set = sets[0].name
         self.gate = gate_vectors(model, cache=cache, cache_dir=cache_dir)
+        self.domain = domain_vectors(model, cache=cache, cache_dir=cache_dir)  # the domain check's modality set
         self.gate_threshold = gate_threshold if gate_threshold is not None else model.validated_gate_threshold
         self._adhoc: OrderedDict[tuple, ClassVectors] = OrderedDict()
         self._adhoc_lock = threading.Lock()
@@ -159,11 +161,13 @@ class ServeEngine:
         p_medical = medical_probability(self.model, vectors, vectors=self.gate)
         ans = answer(vectors, prompts, self.model.logit_scale)
         probs, classes = ans.probs, ans.classnames
+        domain = check_domain(self.model, vectors, prompts.prompts, self.domain)
         out = []
-        for name, p_med, row in zip(names, p_medical, probs):
+        for i, (name, p_med, row) in enumerate(zip(names, p_medical, probs)):
             verdict = None if self.gate_threshold is None else bool(p_med >= self.gate_threshold)
             out.append({"file": name,
                         "gate": {"p_medical": float(p_med), "threshold": self.gate_threshold, "medical": verdict},
+                        "domain": None if domain is None else domain.row(i),
                         "probabilities": {c: float(p) for c, p in zip(classes, row)},
                         "prediction": classes[int(row.argmax())] if prompts.mode == "softmax" else None,
                         "softmax_over": ans.softmax_over})
@@ -225,7 +229,8 @@ class ServeEngine:
         m = self.model
         index = None if self.index is None else {k: self.index.meta.get(k) for k in ("n", "kind", "dataset")} | {
             "size": len(self.index.files)}
-        return {"model": m.name, "fingerprint": m.fingerprint(), "device": str(m.device), "dtype": str(m.dtype),
+        return {"model": m.name, "fingerprint": m.fingerprint(), "scope": m.scope, "device": str(m.device),
+                "dtype": str(m.dtype),
                 "logit_scale": float(m.logit_scale), "preprocess": m.preprocess_cfg.to_dict(),
                 "prompt_sets": {n: {"mode": v.mode, "classes": v.prompts.classnames}
                                 for n, v in self.prompt_sets.items()},

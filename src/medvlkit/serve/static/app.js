@@ -77,6 +77,16 @@ function showResult(data, fileName) {
     gate.textContent = (g.medical ? "Medical image" : "Not a medical image: the probabilities below mean little")
       + ` · P(medical) ${pct(g.p_medical)} (threshold ${pct(g.threshold)})`;
   }
+  const d = r.domain, domainBox = $("domain");
+  domainBox.hidden = !(d && !d.in_domain);
+  if (d && !d.in_domain) {  // flagged, not hidden: the probabilities are shown, with this warning above them
+    domainBox.className = "gate out-of-domain";
+    domainBox.textContent = `Not a ${d.domain} image, by the model's own reading: P(${d.domain}) ${pct(d.p_domain)}`
+      + (d.threshold === null ? " (not its most likely modality)" : ` (threshold ${pct(d.threshold)})`)
+      + `. “${data.prompts.name}” describes ${d.domain} images: its probabilities below mean little here.`;
+  }
+  $("scope").hidden = !(info && info.scope);
+  if (info && info.scope) $("scope").textContent = "Model scope: " + info.scope;
   $("set-name").textContent = `prompt set “${data.prompts.name}”, ${data.prompts.mode}`;
   const bars = $("bars");
   bars.innerHTML = "";
