@@ -34,14 +34,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import free_port, png_header  # noqa: E402  (the tests' generators: nothing downloaded)
+from helpers import free_port, png_header, proc_status_mb  # noqa: E402  (the tests' generators: nothing downloaded)
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_status_mb(pid, "VmRSS")
 
 
 def bad_uploads(jpeg: bytes, limit_mb: float) -> dict[str, bytes]:

@@ -30,14 +30,11 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import free_port  # noqa: E402
+from helpers import free_port, proc_status_mb  # noqa: E402
 
 
 def _peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_status_mb(pid, "VmHWM")
 
 
 def _multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import hostile_archives  # noqa: E402
+from helpers import hostile_archives, proc_status_mb  # noqa: E402
 
 READ = """
 import sys, torch
@@ -44,13 +44,7 @@ except MedvlkitError as err:
 
 
 def _peak_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return proc_status_mb(pid, "VmHWM")
 
 
 def run_one(path: Path, timeout: float) -> dict:

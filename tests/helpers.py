@@ -343,3 +343,14 @@ def hostile_archives(folder: Path) -> dict[str, Path]:
                         z.writestr(k, v)
             out[name + suffix] = path
     return out
+
+
+def proc_status_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's memory figure from /proc/<pid>/status in MB (``VmRSS`` now, ``VmHWM`` its peak); NaN when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

@@ -158,21 +158,15 @@ def _ft_cases(root: Path, made: dict) -> list[Case]:
     case("adapter_truncated", lambda f: (f / "adapter.safetensors").write_bytes(
         (f / "adapter.safetensors").read_bytes()[:80]))
 
-    def wrong_shape(f: Path) -> None:
-        state = load_file(str(f / "trained.safetensors"))
-        key = next(iter(state))
-        state[key] = np.zeros((3, 3), np.float32)
-        save_file(state, str(f / "trained.safetensors"))
+    def wrong_shape(name: str) -> Callable[[Path], None]:
+        def tamper(f: Path) -> None:
+            state = load_file(str(f / name))
+            state[next(iter(state))] = np.zeros((3, 5), np.float32)
+            save_file(state, str(f / name))
+        return tamper
 
-    case("trained_wrong_shape", wrong_shape)
-
-    def adapter_wrong_shape(f: Path) -> None:
-        state = load_file(str(f / "adapter.safetensors"))
-        key = next(iter(state))
-        state[key] = np.zeros((5, 5), np.float32)
-        save_file(state, str(f / "adapter.safetensors"))
-
-    case("adapter_wrong_shape", adapter_wrong_shape)
+    case("trained_wrong_shape", wrong_shape("trained.safetensors"))
+    case("adapter_wrong_shape", wrong_shape("adapter.safetensors"))
     return cases
 
 

@@ -34,18 +34,17 @@ def _argv(argv: list[str], model: str, out) -> list[str]:
     return [verb, *extra, *rest]
 
 
-def test_corpus_never_crashes(corpus, tiny_clip_dir, capsys, monkeypatch):
-    root, marker, cases = corpus
-    monkeypatch.chdir(root)
-    assert len(cases) >= 80
+def run_cases(cases: list, model: str, out_root, capsys) -> tuple[list[str], int]:
+    """Every command line of ``cases`` through the CLI in-process: (the failures, the number of runs). A run fails
+    on a crash, an exit code other than 0 or 2, a printed traceback, a refusal without a message, or (embed of an
+    image case) images embedded + skipped other than the case's files."""
     failures, runs = [], 0
     for case in cases:
         for i, argv in enumerate(case.argv):
-            out = root / "out" / f"{case.name.replace('/', '_')}-{i}"
-            full = _argv(argv, f"hf:{tiny_clip_dir}", out)
+            out = out_root / f"{case.name.replace('/', '_').replace(':', '_')}-{i}"
             runs += 1
             try:
-                rc = main(full)
+                rc = main(_argv(argv, model, out))
             except BaseException as err:  # noqa: BLE001 - a crash is what this test looks for
                 failures.append(f"{case.name} {argv[0]}: CRASH {type(err).__name__}: {err}\n"
                                 + "".join(traceback.format_exception(err)[-3:]))
@@ -62,6 +61,14 @@ def test_corpus_never_crashes(corpus, tiny_clip_dir, capsys, monkeypatch):
                 if res["metrics"]["n_images"] + res["n_skipped"] != case.expect_items:
                     failures.append(f"{case.name}: {res['metrics']['n_images']} embedded + {res['n_skipped']} "
                                     f"skipped != {case.expect_items} files")
+    return failures, runs
+
+
+def test_corpus_never_crashes(corpus, tiny_clip_dir, capsys, monkeypatch):
+    root, marker, cases = corpus
+    monkeypatch.chdir(root)
+    assert len(cases) >= 80
+    failures, runs = run_cases(cases, f"hf:{tiny_clip_dir}", root / "out", capsys)
     assert not marker.exists(), "a planted payload ran"
     print(f"robustness corpus: {len(cases)} inputs, {runs} CLI runs, {len(failures)} failures")
     assert not failures, f"{len(failures)} of {runs} runs failed:\n" + "\n".join(failures)
