@@ -15,6 +15,7 @@ from medvlkit.data.dataset import ImageDataset
 from medvlkit.distributed import init_world, shutdown
 from medvlkit.features import ImageEmbeddings, embed_images
 from medvlkit.gate import gate_before
+from medvlkit.identity import dataset_identity, identity_record, model_identity
 from medvlkit.models.base import ModelBase
 from medvlkit.options import RunOptions
 from medvlkit.results import provenance, write_result
@@ -43,8 +44,10 @@ def save_embeddings(emb: ImageEmbeddings, out_dir: str | Path, model: ModelBase,
     path = write_result(out_dir, dataset=name, model=model.name, task="embed", metrics=metrics, config=config,
                         n_skipped=len(emb.skipped),
                         extra={"skipped": [{"file": f, "reason": r} for f, r in emb.skipped],
-                               "preprocess": model.preprocess_cfg.to_dict()} | provenance(model, dataset, emb)
-                        | (extra or {}))
+                               "preprocess": model.preprocess_cfg.to_dict(),
+                               "identity": identity_record("embed", model=model_identity(model),
+                                                           data=dataset_identity(dataset))}
+                        | provenance(model, dataset, emb) | (extra or {}))
     return json.loads(path.read_text())
 
 

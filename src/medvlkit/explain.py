@@ -32,9 +32,10 @@ from medvlkit.answer import ClassVectors, answer, class_vectors
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.domain import check_domain
 from medvlkit.errors import MedvlkitError
+from medvlkit.identity import dataset_identity, identity_record, model_identity
 from medvlkit.models.base import ModelBase, l2_normalize
 from medvlkit.prompts import PromptSet
-from medvlkit.zeroshot import data_classes
+from medvlkit.zeroshot import data_classes, prompts_used
 
 METHODS = ("gradcam", "rollout")
 
@@ -238,7 +239,11 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
                                "free_text": prompts.free_text, "softmax_over": ans.softmax_over,
                                "dataset_classes": list(dataset.classnames),
                                "view": pre.cfg.describe(), "images": rows, "skipped": skipped,
-                               "domain_check": None if domain is None else domain.record(emb.items)})
+                               "domain_check": None if domain is None else domain.record(emb.items),
+                               "identity": identity_record("explain", model=model_identity(model),
+                                                           data=dataset_identity(dataset),
+                                                           prompts=prompts_used(dataset, prompts, mode).identity(mode),
+                                                           method=method, target=target)})
     import json
 
     return json.loads(path.read_text())

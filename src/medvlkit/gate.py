@@ -18,6 +18,7 @@ from medvlkit.answer import ClassVectors, answer, class_vectors
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError
 from medvlkit.features import ImageEmbeddings, embed_images
+from medvlkit.identity import dataset_identity, identity_record, model_identity
 from medvlkit.models.base import ModelBase
 from medvlkit.options import RunOptions
 from medvlkit.prompts import PromptSet, load_prompt_set
@@ -162,9 +163,11 @@ def save_gate(res: GateResult, out_dir: Path, model: ModelBase, dataset: ImageDa
     extra = {"threshold": res.threshold, "threshold_source": res.threshold_source,
              "rejected": [it for it, ok in zip(res.items, res.accepted) if not ok],
              "skipped": [{"file": f, "reason": r} for f, r in res.skipped]}
+    identity = identity_record("gate", model=model_identity(model), data=dataset_identity(dataset),
+                               threshold=res.threshold, threshold_source=res.threshold_source)
     write_result(out_dir, dataset=dataset.full_name, model=model.name,
                  task="gate", metrics=metrics, config=config, n_skipped=len(res.skipped),
-                 extra=extra | provenance(model, dataset))
+                 extra=extra | provenance(model, dataset) | {"identity": identity})
     return metrics | extra
 
 
