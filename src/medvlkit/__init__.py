@@ -19,15 +19,16 @@ _LAZY = {
     "embed_texts": "medvlkit.features", "create_model": "medvlkit.models", "list_models": "medvlkit.models",
     "PromptSet": "medvlkit.prompts", "list_prompt_sets": "medvlkit.prompts", "load_prompt_set": "medvlkit.prompts",
     "prompt_set_from_classes": "medvlkit.prompts", "zeroshot_classify": "medvlkit.zeroshot",
-    "RunOptions": "medvlkit.options", "DataOptions": "medvlkit.options",
+    "RunOptions": "medvlkit.options", "DataOptions": "medvlkit.options", "audit": "medvlkit.dataaudit",
 }
-__all__ = ["DataOptions", "ImageDataset", "ImageReadError", "MedvlkitError", "PromptSet", "RunOptions",
+__all__ = ["DataOptions", "ImageDataset", "ImageReadError", "MedvlkitError", "PromptSet", "RunOptions", "audit",
            "create_model", "embed_images",
            "embed_texts", "evaluate_probs", "list_adapters", "list_models", "list_prompt_sets", "load_dataset",
            "load_prompt_set", "prompt_set_from_classes", "read_image", "zeroshot_classify"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from medvlkit.data import ImageDataset, list_adapters, load_dataset, read_image
+    from medvlkit.dataaudit import audit
     from medvlkit.evaluate import evaluate_probs
     from medvlkit.features import embed_images, embed_texts
     from medvlkit.models import create_model, list_models

@@ -370,6 +370,40 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
                   f"(threshold {res.threshold:.3f}: {res.threshold_source}); wrote {out_dir}/gate.csv")
 
 
+@app.command("audit")
+@guard_out()
+@shared_options()
+def audit_cmd(data: Path = DataOpt,
+              model: str = typer.Option(None, "--model", "-m", help="a model whose embeddings propose near-duplicates "
+                                                                    "and enter the shortcut check (default: none)"),
+              split: str = typer.Option(None, "--split", help="comma-separated splits to audit (default: every one "
+                                                              "of train, val, test the data has)"),
+              group_pattern: str = typer.Option(None, "--group-pattern", help="regex on file names giving the patient "
+                                                                              "id (a CSV's patient column is read "
+                                                                              "by itself)"),
+              near_threshold: float = typer.Option(0.97, "--near-threshold", help="aligned-thumbnail correlation "
+                                                                                   "from which a pair is a "
+                                                                                   "near-duplicate"),
+              augmented: bool = typer.Option(False, "--augmented", help="also search copies made by rotate-and-crop "
+                                                                        "(up to 25 degrees) and flip augmentation "
+                                                                        "(data made so, e.g. LC25000; slower)"),
+              out: Path = OutOpt, bootstrap: int = BootstrapOpt, seed: int = typer.Option(0, "--seed"),
+              run: RunOptions = None, data_opts: DataOptions = None) -> None:
+    """Audit a dataset before any number is reported: exact and near-duplicate images within and across splits,
+    label conflicts, patients in two splits, shortcuts (what trivial properties predict), class balance, unreadable
+    files. Writes audit.json, a CSV per finding and result.json; `medvlkit report DIR` shows the pairs side by side.
+
+    Example: medvlkit audit --data ../shared/data/brain_tumor_mri --out runs/audit-brain
+    """
+    from medvlkit.dataaudit import AuditConfig, run_audit
+    from medvlkit.display import print_audit
+
+    out_dir = _out(out, "audit")
+    splits = tuple(s.strip() for s in split.split(",") if s.strip()) if split else ()
+    cfg = AuditConfig(str(data), splits, model, group_pattern, near_threshold, augmented, bootstrap, seed)
+    print_audit(run_audit(cfg, out_dir, data_opts, run), out_dir)
+
+
 @app.command("index")
 @guard_out()
 @shared_options()

@@ -173,3 +173,25 @@ def print_export(manifest: dict, out: Path) -> None:
                   f"{v['image_max_abs_diff']:.2e} on {v['n_images']} {v['images']}, text {v['text_max_abs_diff']:.2e} "
                   f"on {v['n_texts']} texts")
     console.print(f"use it as --model onnx:{out}")
+
+
+def print_audit(audit: dict, out_dir) -> None:
+    """An audit's findings in a few lines, and where the rest is."""
+    s = audit["summary"]
+    splits = ", ".join(f"{k} {v}" for k, v in audit["splits"].items())
+    console.print(f"{audit['n_read']} of {audit['n_images']} images read ({splits})")
+    console.print(f"pairs: {s['exact_pairs']} exact, {s['near_pairs']} near-duplicate, {s['augmented_pairs']} "
+                  f"augmented copies; {s['cross_split_pairs']} across splits, {s['label_conflicts']} with two labels; "
+                  f"{s['leaking_groups']} patients in two splits; {s['excluded_images']} images to exclude "
+                  "(--exclude this folder)")
+    shortcuts = audit.get("shortcuts") or {}
+    for features in ("image_properties", "file_name_pattern", "model_embedding"):
+        scores = shortcuts.get(features) or {}
+        if scores:
+            console.print(f"{features.replace('_', ' ')} -> label, cross-validated AUROC: " + ", ".join(
+                f"{escape(c)} {v['auroc']:.3f}" for c, v in scores.items()))
+    if shortcuts.get("flagged"):
+        console.print(f"[bold]shortcut: image properties alone predict {', '.join(shortcuts['flagged'])} "
+                      f"(AUROC >= {shortcuts['threshold']})[/bold]")
+    console.print(f"wrote {out_dir}/audit.json, a CSV per finding and result.json; see them with "
+                  f"`medvlkit report {out_dir}`")

@@ -150,7 +150,45 @@ def run_section(run: Run) -> str:
                      f'<div class="grid">{cells}</div></div>')
     if res.get("task") == "explain" and res.get("images"):
         parts.append(explain_grid(run))
+    if res.get("task") == "audit":
+        parts.append(audit_section(run))
     return "".join(parts) + "</section>"
+
+
+AUDIT_PAIRS_SHOWN = 24
+
+
+def audit_section(run: Run) -> str:
+    """For an audit: its pairs side by side as thumbnails (cross-split and label conflicts first), the patients in
+    two splits, the shortcut check and the class balance, so a person can confirm a finding at a glance."""
+    from medvlkit.dataaudit import read_audit
+
+    audit = read_audit(run.folder)
+    pairs = sorted(audit.get("pairs", []), key=lambda p: (not p.get("label_conflict"), not p.get("cross_split"),
+                                                          -float(p.get("correlation", 0))))
+    parts = [f"<h3>pairs ({len(pairs)}; the first {min(len(pairs), AUDIT_PAIRS_SHOWN)}: label conflicts, then "
+             "across splits)</h3><div class='pairs'>"]
+    for p in pairs[:AUDIT_PAIRS_SHOWN]:
+        caption = (f"{html.escape(p['kind'])} · corr {float(p['correlation']):.3f} · {html.escape(p['transform'])}"
+                   + (" · <b>two labels</b>" if p.get("label_conflict") else ""))
+        sides = "".join(f"<figure>{_thumb(p[f'file_{s}'], 150)}<figcaption>{html.escape(p[f'split_{s}'])} · "
+                        f"{html.escape(p[f'label_{s}'] or '-')}<br>{html.escape(Path(p[f'file_{s}']).name)}"
+                        "</figcaption></figure>" for s in ("a", "b"))
+        parts.append(f"<div class='pair'>{sides}<p>{caption}</p></div>")
+    parts.append("</div>")
+    leaks = audit.get("group_leaks", [])
+    if leaks:
+        rows = "".join(f"<tr><td>{html.escape(g['group'])}</td><td>{html.escape(', '.join(g['splits']))}</td></tr>"
+                       for g in leaks[:50])
+        parts.append(f"<h3>patients in two splits ({len(leaks)})</h3><table>{rows}</table>")
+    shortcuts = audit.get("shortcuts") or {}
+    rows = "".join(f"<tr><td>{html.escape(features)}</td><td>{html.escape(c)}</td><td>{_fmt(v['auroc'], v['ci'])}"
+                   "</td></tr>" for features in ("image_properties", "file_name_pattern", "model_embedding")
+                   for c, v in (shortcuts.get(features) or {}).items())
+    if rows:
+        parts.append("<h3>shortcut check: cross-validated AUROC of each feature set for each class</h3>"
+                     f"<table><tr><th>features</th><th>class</th><th>AUROC [95% CI]</th></tr>{rows}</table>")
+    return "".join(parts)
 
 
 def explain_grid(run: Run, k: int = 4) -> str:
@@ -196,7 +234,9 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px} td,th{border:1px sol
 .meta{color:#666;font-size:12px} .plots img{margin:4px;border:1px solid #eee;max-width:380px}
 .grid{display:flex;gap:6px} figure{margin:0;text-align:center;font-size:11px;border:2px solid transparent}
 figure.hit{border-color:#2a9d4a} figure.answer{border-color:#d08a00;margin-left:18px}
-.query p{font-size:13px;margin:10px 0 4px} .cms{display:flex;flex-wrap:wrap;gap:8px}"""
+.query p{font-size:13px;margin:10px 0 4px} .cms{display:flex;flex-wrap:wrap;gap:8px}
+.pairs{display:flex;flex-wrap:wrap;gap:14px} .pair{border:1px solid #ddd;padding:4px} .pair figure{display:inline-block}
+.pair p{font-size:12px;margin:2px 0}"""
 
 
 def write_report(folders: list[Path], out: Path) -> Path:

@@ -1,0 +1,194 @@
+"""Image fingerprints for the audit: what two files have in common, whatever their bytes.
+
+- :func:`pixel_hash`: sha1 of the decoded pixels (mode, size, values): the same image saved as PNG and as a
+  lossless TIFF, or under two names, hashes the same; any changed pixel does not.
+- :func:`dihedral_phashes`: the 64-bit DCT perceptual hash (the classic pHash: grey 32 x 32 Lanczos resize, 2-D DCT,
+  the 8 x 8 lowest frequencies against their median) of the image under each of the 8 rotations and flips, so a
+  rotated or flipped copy matches the original through one of them. Robust to resizing, re-encoding and small crops.
+- :func:`fingerprint`: both, the perceptual hashes at three central crops (100%, 90%, 80%: a copy cropped by up to
+  10% a side matches one of them) and 64 x 64 grey thumbnails of those crops, which :func:`best_alignment` compares
+  under the crops and transforms that bring the hashes closest, to confirm a pair;
+- :class:`HashIndex`: a multi-index of 64-bit hashes (four 16-bit blocks, each probed exactly and with every one-bit
+  change), which finds every stored hash within Hamming distance 7 of a query without comparing all pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from PIL import Image
+
+HASH_SIDE, LOW, THUMB_SIDE = 32, 8, 64
+DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "flip", "flip+rot90", "flip+rot180", "flip+rot270")
+MAX_GUARANTEED_DISTANCE = 7  # 4 blocks, each probed at distance <= 1: any pair within 7 bits shares such a block
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """sha1 of the decoded image: its mode, size and pixel values."""
+    h = hashlib.sha1(f"{image.mode}|{image.size[0]}x{image.size[1]}|".encode())
+    h.update(np.ascontiguousarray(np.asarray(image)).tobytes())
+    return h.hexdigest()
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix (n, n): ``D @ x`` is scipy's ``dct(x, norm="ortho")``."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
+_DCT = _dct_matrix(HASH_SIDE)
+
+
+def _bits(grey: np.ndarray) -> np.uint64:
+    """pHash of a (32, 32) float array: the 8 x 8 low frequencies of its 2-D DCT against their median."""
+    low = (_DCT @ grey @ _DCT.T)[:LOW, :LOW].ravel()
+    bits = low > np.median(low)
+    return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
+
+
+def _thumb(image: Image.Image) -> np.ndarray:
+    """(32, 32) float: the grey image resized as pHash resizes it."""
+    return np.asarray(image.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS), dtype=np.float64)
+
+
+def dihedral(a: np.ndarray, t: int) -> np.ndarray:
+    """Transform ``t`` of :data:`DIHEDRAL` applied to a square array: ``t // 4`` flips, ``t % 4`` quarter turns."""
+    return np.rot90(a[:, ::-1] if t >= 4 else a, t % 4)
+
+
+def dihedral_phashes(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(8,) uint64: the pHash of the image (or of its (32, 32) thumbnail) under each transform of :data:`DIHEDRAL`."""
+    grey = image if isinstance(image, np.ndarray) else _thumb(image)
+    return np.array([_bits(dihedral(grey, t)) for t in range(8)], dtype=np.uint64)
+
+
+SCALES = (1.0, 0.9, 0.8)
+
+
+def fingerprint(image: Image.Image) -> tuple[str, np.ndarray, np.ndarray]:
+    """(pixel hash, (3, 8) uint64 pHashes of the central crops of :data:`SCALES` under every transform, (3, 64, 64)
+    uint8 grey thumbnails of those crops)."""
+    w, h = image.size
+    hashes, thumbs = [], []
+    for s in SCALES:
+        cw, ch = max(1, int(round(w * s))), max(1, int(round(h * s)))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        crop = image.crop((left, top, left + cw, top + ch)).convert("L")
+        hashes.append(dihedral_phashes(_thumb(crop)))
+        thumbs.append(np.asarray(crop.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)))
+    return pixel_hash(image), np.stack(hashes), np.stack(thumbs).astype(np.uint8)
+
+
+def pair_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(3, 3, 8) Hamming distances between crop ``i`` of image A (untransformed) and crop ``j`` of image B under
+    transform ``t``, from their (3, 8) hashes."""
+    return hamming(a[:, 0][:, None, None], b[None])
+
+
+ANGLES = tuple(range(-24, 25, 3))  # small rotations searched when confirming a pair (augmentation rotates a little)
+_YY, _XX = np.mgrid[:THUMB_SIDE, :THUMB_SIDE]
+_DISK = (_YY - (THUMB_SIDE - 1) / 2) ** 2 + (_XX - (THUMB_SIDE - 1) / 2) ** 2 <= (0.35 * THUMB_SIDE) ** 2
+
+
+def best_alignment(hashes_a: np.ndarray, hashes_b: np.ndarray, thumbs_a: np.ndarray, thumbs_b: np.ndarray,
+                   slack: int = 2, hash_radius: int = 7) -> tuple[int, float, int, int, int, int]:
+    """How B lines up with A, and how well. Among the (crop of A, crop of B, transform) whose hash distance is
+    within ``slack`` of the smallest (several tie, and the closest hash is not always the right alignment; when even
+    the smallest is beyond ``hash_radius``, the full crops under every transform), B's thumbnail is also turned by
+    each small angle of :data:`ANGLES`; the best correlation over the central disk (which turning leaves whole) wins.
+    Returns (smallest hash distance, correlation, i, j, t, angle)."""
+    d = pair_distances(hashes_a, hashes_b)
+    if d.min() <= hash_radius:
+        combos = list(zip(*np.nonzero(d <= d.min() + slack)))
+    else:
+        combos = [(0, 0, t) for t in range(8)]
+    best = (-2.0, 0, 0, 0, 0)
+    for i, j, t in combos:
+        a = thumbs_a[int(i)].astype(np.float64)[_DISK]
+        b = Image.fromarray(np.ascontiguousarray(dihedral(thumbs_b[int(j)], int(t))))
+        for angle in ANGLES:
+            turned = np.asarray(b.rotate(angle, resample=Image.Resampling.BILINEAR) if angle else b, np.float64)
+            best = max(best, (_correlation(a, turned[_DISK]), int(i), int(j), int(t), angle))
+    return int(d.min()), *best
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denom = np.linalg.norm(x) * np.linalg.norm(y)
+    return float((x * y).sum() / denom) if denom > 0 else float(np.array_equal(x, y))
+
+
+def aligned_correlation(thumbs_a: np.ndarray, thumbs_b: np.ndarray, i: int, j: int, t: int) -> float:
+    """Pearson correlation of crop ``i`` of A and crop ``j`` of B under transform ``t`` (64 x 64 grey thumbnails):
+    about 1 for copies (re-encoded, resized, cropped, rotated), lower for different images that merely look alike."""
+    x = thumbs_a[i].astype(np.float64)
+    y = dihedral(thumbs_b[j].astype(np.float64), t)
+    x, y = x - x.mean(), y - y.mean()
+    denom = np.linalg.norm(x) * np.linalg.norm(y)
+    return float((x * y).sum() / denom) if denom > 0 else float(np.array_equal(x, y))
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bitwise Hamming distance of uint64 arrays (broadcast)."""
+    x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
+    flat = np.ascontiguousarray(x.reshape(-1))
+    return np.unpackbits(flat.view(np.uint8).reshape(-1, 8), axis=-1).sum(-1).reshape(x.shape)
+
+
+class HashIndex:
+    """64-bit hashes in four tables keyed by 16-bit blocks; :meth:`candidates` probes each block exactly and with
+    each of its 16 one-bit changes: every stored hash within Hamming distance 7 of the query is among the results
+    (pigeonhole: 7 differing bits over 4 blocks leave one block at most 1 bit apart)."""
+
+    def __init__(self, hashes: np.ndarray) -> None:
+        self.hashes = np.asarray(hashes, dtype=np.uint64)
+        self.tables: list[dict[int, list[int]]] = [{} for _ in range(4)]
+        for row, h in enumerate(self.hashes.tolist()):
+            for b in range(4):
+                self.tables[b].setdefault((h >> (16 * b)) & 0xFFFF, []).append(row)
+
+    def candidates(self, query: int) -> set[int]:
+        """Rows whose hash may lie within distance 7 of ``query`` (a superset: check with :func:`hamming`)."""
+        out: set[int] = set()
+        for b in range(4):
+            key = (int(query) >> (16 * b)) & 0xFFFF
+            table = self.tables[b]
+            for probe in (key, *(key ^ (1 << i) for i in range(16))):
+                out.update(table.get(probe, ()))
+        return out
+
+
+AUGMENT_ANGLES = tuple(float(a) for a in np.arange(-25, 25.1, 2.5))  # what augmentation tools turn by (LC25000: 25)
+FLIPS = (0, 1, 2, 3)  # none, left-right, top-bottom, both
+
+
+def inner_square(theta: float) -> float:
+    """The side of the largest square inside a square turned by ``theta`` degrees, as a share of its side (what
+    rotate-and-crop augmentation keeps, then enlarges back)."""
+    t = np.radians(abs(theta))
+    return float(1.0 / (np.cos(t) + np.sin(t)))
+
+
+def augmented(thumb: np.ndarray, theta: float, flip: int, side: int) -> np.ndarray:
+    """A (64, 64) uint8 thumbnail flipped (``flip`` bits: 1 left-right, 2 top-bottom), turned by ``theta`` degrees,
+    cropped to its inner square and resized to ``side``: a copy as rotate-and-flip augmentation makes it."""
+    im = Image.fromarray(np.ascontiguousarray(thumb))
+    if flip & 1:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if flip & 2:
+        im = im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    if theta:
+        n = im.size[0]
+        c = n * (1 - inner_square(theta)) / 2
+        im = im.rotate(theta, resample=Image.Resampling.BILINEAR).crop((c, c, n - c, n - c))
+    return np.asarray(im.resize((side, side), Image.Resampling.BILINEAR), np.float64)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit norm (their inner products are correlations). (N, P) -> (N, P) float32."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    x = x - x.mean(1, keepdims=True)
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)

@@ -1,0 +1,163 @@
+"""Duplicate and near-duplicate pairs of a scanned dataset (:mod:`medvlkit.dataaudit.scan`), never comparing all
+pairs.
+
+- **exact**: the same decoded pixels (:func:`~medvlkit.dataaudit.hashes.pixel_hash`).
+- **near**: candidates are pairs whose perceptual hashes (three central crops x eight rotations/flips) lie within
+  Hamming distance 7, found with FAISS's binary multi-index hash (4 x 16-bit blocks, one-bit probes: exact for that
+  radius); with a model's embeddings, also each image's nearest neighbours (FAISS). A candidate is a near-duplicate when
+  the 32 x 32 grey thumbnails, aligned by the crop and transform that brought the hashes closest, correlate at
+  ``near_threshold`` (0.97) or more.
+
+The thresholds come from measurements (``benchmarks/audit_thresholds.py``): copies of real images (resized to half
+and re-encoded as JPEG at quality 60, cropped 5% and 10% a side, rotated, flipped) lie within hash distance 6 and
+correlate at 0.962 or more (1st percentile 0.97); different adult chest films that look alike (hash within 7)
+correlate at 0.944 or less (99th percentile). The embedding of ``lite`` is no duplicate detector (a re-encoded copy
+was less similar to its original than distinct images were to their neighbours), so candidates from embeddings are
+only proposals: the thumbnails decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from medvlkit.dataaudit.hashes import AUGMENT_ANGLES, DIHEDRAL, FLIPS, SCALES, augmented, best_alignment, unit_rows
+from medvlkit.dataaudit.scan import Facts
+
+NEAR_THRESHOLD = 0.97
+HASH_RADIUS = 7
+AUGMENTED_THRESHOLD = 0.85  # a rotate-and-crop copy vs its original at 64 px: >= 0.90 measured; other tiles <= 0.31
+
+
+@dataclass
+class Pair:
+    """Two images (rows of :class:`Facts`, ``a < b``) that are the same picture.
+
+    Attributes:
+        kind: ``exact`` (identical decoded pixels) or ``near``.
+        hash_distance: the smallest Hamming distance between their perceptual hashes over crops and transforms.
+        correlation: the aligned thumbnails' correlation (1.0 for exact pairs).
+        transform: what maps b onto a (:data:`~medvlkit.dataaudit.hashes.DIHEDRAL`); ``scales``: the crops matched.
+    """
+
+    a: int
+    b: int
+    kind: str
+    hash_distance: int
+    correlation: float
+    transform: str
+    scales: tuple[float, float]
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def hash_candidates(hashes: np.ndarray, radius: int = HASH_RADIUS) -> set[tuple[int, int]]:
+    """Row pairs (a < b) with some crop/transform hash of one within ``radius`` of a crop hash of the other.
+    ``hashes``: (N, 3, 8) uint64."""
+    faiss = _faiss()
+    n = len(hashes)
+    if n < 2:
+        return set()
+    base = np.ascontiguousarray(hashes[:, :, 0].reshape(-1)).view(np.uint8).reshape(-1, 8)  # (3N, 8): row*3 + crop
+    index = faiss.IndexBinaryMultiHash(64, 4, 16)
+    index.nflip = 1
+    index.add(base)
+    pairs: set[tuple[int, int]] = set()
+    queries = np.ascontiguousarray(hashes.reshape(-1)).view(np.uint8).reshape(-1, 8)  # (24N, 8): row*24 + crop*8 + t
+    for start in range(0, len(queries), 1 << 16):
+        lims, _, ids = index.range_search(queries[start:start + (1 << 16)], radius + 1)  # faiss: distance < radius
+        rows = np.repeat(np.arange(start, start + len(lims) - 1) // 24, np.diff(lims.astype(np.int64)))
+        others = ids // 3
+        keep = rows != others
+        a, b = np.minimum(rows[keep], others[keep]), np.maximum(rows[keep], others[keep])
+        pairs.update(zip(a.tolist(), b.tolist()))
+    return pairs
+
+
+def embedding_candidates(vectors: np.ndarray, k: int = 5) -> set[tuple[int, int]]:
+    """Row pairs (a < b) where b is among a's ``k`` nearest neighbours by cosine (unit vectors (N, D))."""
+    faiss = _faiss()
+    n = len(vectors)
+    if n < 2:
+        return set()
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    index.add(x)
+    _, ids = index.search(x, min(k + 1, n))
+    rows = np.repeat(np.arange(n), ids.shape[1])
+    others = ids.reshape(-1)
+    keep = (others >= 0) & (others != rows)
+    a, b = np.minimum(rows[keep], others[keep]), np.maximum(rows[keep], others[keep])
+    return set(zip(a.tolist(), b.tolist()))
+
+
+def augmented_pairs(thumbs: np.ndarray, threshold: float = AUGMENTED_THRESHOLD, k: int = 4,
+                    coarse: int = 32) -> list[tuple[int, int, float, str]]:
+    """Pairs where one image is a rotate-and-crop (up to 25 degrees) and/or flipped copy of the other, as
+    augmentation tools make them (LC25000): every image's augmented versions (:func:`augmented`) are searched against
+    every image's full view with FAISS at ``coarse`` px, and the ``k`` best of each are confirmed at 64 px.
+    Returns (a, b, correlation, transform) with a < b."""
+    faiss = _faiss()
+    full = thumbs[:, 0]  # (N, 64, 64): the uncropped views
+    n = len(full)
+    base = unit_rows(np.stack([np.asarray(Image.fromarray(t).resize((coarse, coarse), Image.Resampling.BILINEAR))
+                               for t in full]))
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    variants = [(f, a) for f in FLIPS for a in AUGMENT_ANGLES if f or a]
+    best: dict[tuple[int, int], tuple[float, str]] = {}
+    for a in range(n):
+        queries = unit_rows(np.stack([augmented(full[a], angle, flip, coarse) for flip, angle in variants]))
+        scores, ids = index.search(queries, min(k + 1, n))
+        for (flip, angle), row_s, row_i in zip(variants, scores, ids):
+            for score, b in zip(row_s, row_i):
+                if b < 0 or b == a or score < threshold - 0.1:
+                    continue
+                fine = unit_rows(augmented(full[a], angle, flip, 64)[None])[0] @ unit_rows(full[b][None])[0]
+                key = (min(a, b), max(a, b))
+                name = f"flip{flip}+{angle:g}deg"
+                if fine >= threshold and fine > best.get(key, (-1.0, ""))[0]:
+                    best[key] = (float(fine), name)
+    return [(a, b, round(c, 4), t) for (a, b), (c, t) in sorted(best.items())]
+
+
+def find_pairs(facts: Facts, near_threshold: float = NEAR_THRESHOLD, embeddings: np.ndarray | None = None,
+               k: int = 5, augmented_copies: bool = False) -> list[Pair]:
+    """Every exact and near-duplicate pair of the scanned images (see the module docstring).
+
+    Args:
+        facts: the scan.
+        near_threshold: the aligned-thumbnail correlation from which a candidate is a near-duplicate.
+        embeddings: (N, D) unit vectors of the same rows, whose nearest neighbours are candidates too.
+        k: neighbours per image from the embeddings.
+        augmented_copies: also search rotate-and-crop / flip copies (:func:`augmented_pairs`; for data made by
+            augmentation: it costs 84 searches an image, and on images that all look alike it finds look-alikes).
+    """
+    out: dict[tuple[int, int], Pair] = {}
+    by_pixels: dict[str, list[int]] = {}
+    for row, key in enumerate(facts.pixel):
+        by_pixels.setdefault(key, []).append(row)
+    for rows in by_pixels.values():
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                out[(a, b)] = Pair(a, b, "exact", 0, 1.0, DIHEDRAL[0], (1.0, 1.0))
+    candidates = hash_candidates(facts.hashes)
+    if embeddings is not None:
+        candidates |= embedding_candidates(embeddings, k)
+    for a, b in sorted(candidates - set(out)):
+        dist, corr, i, j, t, angle = best_alignment(facts.hashes[a], facts.hashes[b], facts.thumbs[a],
+                                                    facts.thumbs[b])
+        if corr >= near_threshold:
+            out[(a, b)] = Pair(a, b, "near", dist, round(corr, 4), DIHEDRAL[t] + (f"+{angle}deg" if angle else ""),
+                               (SCALES[i], SCALES[j]))
+    if augmented_copies:
+        for a, b, corr, transform in augmented_pairs(facts.thumbs):
+            if (a, b) not in out:
+                out[(a, b)] = Pair(a, b, "augmented", -1, corr, transform, (1.0, 1.0))
+    return sorted(out.values(), key=lambda p: (p.a, p.b))

@@ -1,0 +1,47 @@
+"""The files an audit writes: ``audit.json`` (everything), one CSV per finding kind, and ``result.json`` (the
+counts as metrics, so ``report`` shows an audit beside other runs and draws its pairs as thumbnails)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medvlkit.data.dataset import ImageDataset
+
+HEADLINE = ["cross_split_pairs", "within_split_pairs", "label_conflicts", "leaking_groups", "excluded_images",
+            "shortcut_flagged"]
+
+
+def write_audit(audit: dict, out_dir: Path, dataset: ImageDataset, model=None) -> None:
+    """Write every file of an audit into ``out_dir`` (see the module docstring)."""
+    from medvlkit.dataaudit.run import AUDIT_FILE, dump_json, write_csv
+    from medvlkit.identity import dataset_identity, identity_record
+    from medvlkit.results import write_result
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    audit["identity"] = identity_record("audit", data=dataset_identity(dataset), config=audit["config"],
+                                        model=None if model is None else model.fingerprint())
+    dump_json(out_dir / AUDIT_FILE, audit)
+    pairs = audit["pairs"]
+    tables = {"exact_pairs": [p for p in pairs if p["kind"] == "exact"],
+              "near_pairs": [p for p in pairs if p["kind"] == "near"],
+              "label_conflicts": [p for p in pairs if p["label_conflict"]],
+              "group_leaks": [{"group": g["group"], "splits": g["splits"],
+                               "images": sum(len(v) for v in g["images"].values())} for g in audit["group_leaks"]],
+              "exclude": audit["exclude"], "unreadable": audit["unreadable"],
+              "balance": [{"split": s} | counts for s, counts in audit["balance"].items()],
+              "shortcuts": _shortcut_rows(audit["shortcuts"])}
+    for name, rows in tables.items():
+        write_csv(out_dir / f"{name}.csv", rows)
+    write_result(out_dir, dataset=audit["dataset"], model=model.name if model is not None else "none",
+                 task="audit", metrics=audit["summary"], config=audit["config"], headline=HEADLINE,
+                 n_skipped=len(audit["unreadable"]), extra={"audit": AUDIT_FILE, "identity": audit["identity"]})
+
+
+def _shortcut_rows(shortcuts: dict | None) -> list[dict]:
+    rows = []
+    for features in ("image_properties", "file_name_pattern", "model_embedding"):
+        for cls, v in ((shortcuts or {}).get(features) or {}).items():
+            rows.append({"features": features, "class": cls, "auroc": v["auroc"], "ci_low": v["ci"][0],
+                         "ci_high": v["ci"][1], "n": v["n"]})
+    return rows

@@ -1,0 +1,255 @@
+"""``medvlkit audit``: what in a dataset would inflate a number before any number is computed.
+
+Every split of the data (train, val, test where it has them; else all of it as one) is scanned once
+(:mod:`~medvlkit.dataaudit.scan`), and the audit reports:
+
+- exact and near-duplicate pairs (:mod:`~medvlkit.dataaudit.pairs`), each within one split or across two;
+- label conflicts: pairs whose two images carry different labels;
+- group leakage: a patient / study id (``group_column`` in a CSV, or ``group_pattern`` on file names) in two splits;
+- the shortcut check (:mod:`~medvlkit.dataaudit.shortcuts`), class balance per split, and unreadable files;
+- with a model, the images it was trained on (its training manifest), per split.
+
+Its exclusion list names, for every cross-split pair and leaking group, the member on the side that trains or tunes
+(train before val before test: never a test image); ``--exclude AUDIT_DIR`` on the training and evaluation verbs drops
+those images (:func:`medvlkit.dataaudit.apply.apply_audit`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medvlkit.data.dataset import ImageDataset
+from medvlkit.dataaudit.pairs import NEAR_THRESHOLD, Pair, find_pairs
+from medvlkit.dataaudit.scan import Facts, scan
+from medvlkit.dataaudit.shortcuts import shortcut_check
+from medvlkit.errors import MedvlkitError, NoSplitsError
+from medvlkit.options import DataOptions, RunOptions
+
+SPLIT_ORDER = ("train", "val", "test")  # the side that trains or tunes comes first; test is never excluded
+AUDIT_FILE = "audit.json"
+
+
+@dataclass
+class AuditConfig:
+    """Options of one audit.
+
+    Attributes:
+        data: the dataset (any format medvlkit reads).
+        splits: the splits to audit (default: every one of train, val, test the data has; else all of it).
+        model: a model spec: its embeddings propose near-duplicate candidates and are scored in the shortcut check,
+            and its training manifest is compared with every split (None: neither).
+        group_pattern: a regex on file names giving the patient id (a CSV's patient column is read by itself).
+        near_threshold: aligned-thumbnail correlation from which a candidate pair is a near-duplicate.
+        augmented: also search copies made by rotate-and-crop (up to 25 degrees) and flip augmentation (LC25000);
+            slower, and for data known to be made so.
+        bootstrap, seed: CIs of the shortcut check.
+    """
+
+    data: str
+    splits: tuple[str, ...] = ()
+    model: str | None = None
+    group_pattern: str | None = None
+    near_threshold: float = NEAR_THRESHOLD
+    augmented: bool = False
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.near_threshold <= 1:
+            raise MedvlkitError(f"--near-threshold {self.near_threshold}: a correlation in (0, 1]")
+
+
+def load_splits(data: str, opts: DataOptions, splits: tuple[str, ...] = ()) -> list[tuple[str, ImageDataset]]:
+    """Each split asked (default: each of train, val, test that exists), or all of the data as ``all``."""
+    parts = []
+    for name in splits or SPLIT_ORDER:
+        try:
+            parts.append((name, opts.load(data, name)))
+        except NoSplitsError:
+            if splits:
+                raise
+            break
+        except MedvlkitError:
+            if splits:
+                raise
+    return parts or [("all", opts.load(data))]
+
+
+def combine(parts: list[tuple[str, ImageDataset]]) -> tuple[ImageDataset, list[str]]:
+    """One dataset of every split's items (labels over the union of class names; unknown where a split lacks a
+    class) and each item's split."""
+    names = list(dict.fromkeys(c for _, ds in parts for c in ds.classnames))
+    items, labels, texts, groups, skipped, split_of = [], [], [], [], [], []
+    for split, ds in parts:
+        items += ds.items
+        split_of += [split] * len(ds)
+        skipped += ds.skipped
+        if names:
+            block = np.full((len(ds), len(names)), np.nan, np.float32)
+            if ds.has_labels:
+                for c, name in enumerate(ds.classnames):
+                    block[:, names.index(name)] = ds.labels[:, c]
+            labels.append(block)
+        texts += ds.texts or [""] * len(ds)
+        groups += ds.groups or [None] * len(ds)
+    first = parts[0][1]
+    merged = ImageDataset(items, first.name, names, np.concatenate(labels) if names else None,
+                          any(ds.multilabel for _, ds in parts), texts if any(texts) else None, None,
+                          dict(first.meta), groups if any(g is not None for g in groups) else None, skipped)
+    return merged, split_of
+
+
+def _label_of(ds: ImageDataset, pos: int) -> str:
+    return ds.label_text(pos) if ds.has_labels else ""
+
+
+def _pair_rows(pairs: list[Pair], facts: Facts, ds: ImageDataset, split_of: list[str]) -> list[dict]:
+    rows = []
+    for p in pairs:
+        a, b = int(facts.positions[p.a]), int(facts.positions[p.b])
+        la, lb = _label_of(ds, a), _label_of(ds, b)
+        rows.append({"kind": p.kind, "file_a": ds.items[a], "split_a": split_of[a], "label_a": la,
+                     "file_b": ds.items[b], "split_b": split_of[b], "label_b": lb,
+                     "cross_split": split_of[a] != split_of[b], "label_conflict": bool(la != lb and la and lb),
+                     "hash_distance": p.hash_distance, "correlation": p.correlation, "transform": p.transform,
+                     "crops": list(p.scales)})
+    return rows
+
+
+def group_leaks(ds: ImageDataset, split_of: list[str], pattern: str | None) -> list[dict]:
+    """Patient / study ids present in more than one split, with their images per split."""
+    from medvlkit.data.splits import group_ids
+
+    if pattern is None and ds.groups is None:
+        return []
+    ids = group_ids(ds.items, pattern, ds.groups)
+    where: dict[str, dict[str, list[str]]] = {}
+    for item, gid, split in zip(ds.items, ids, split_of):
+        if gid and gid != item:
+            where.setdefault(gid, {}).setdefault(split, []).append(item)
+    return [{"group": g, "splits": sorted(s), "images": s} for g, s in sorted(where.items()) if len(s) > 1]
+
+
+def balance(ds: ImageDataset, split_of: list[str]) -> dict:
+    """Images per class per split (multi-label: positives per class)."""
+    out: dict[str, dict[str, int]] = {}
+    for split in dict.fromkeys(split_of):
+        rows = [i for i, s in enumerate(split_of) if s == split]
+        out[split] = {"n": len(rows)} | ({c: int(np.nansum(ds.labels[rows, k] == 1))
+                                          for k, c in enumerate(ds.classnames)} if ds.has_labels else {})
+    return out
+
+
+def exclusion_list(pairs: list[dict], leaks: list[dict]) -> list[dict]:
+    """For every cross-split pair and leaking group, the images on the side that trains or tunes: of two splits,
+    the one earlier in train, val, test (``all`` never). Test images are never excluded."""
+    rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
+    out: dict[str, str] = {}
+    for p in pairs:
+        if p["cross_split"] and p["split_a"] in rank and p["split_b"] in rank:
+            a_first = rank[p["split_a"]] < rank[p["split_b"]]
+            file = p["file_a"] if a_first else p["file_b"]
+            out.setdefault(file, f"{p['kind']} duplicate of {p['file_b'] if a_first else p['file_a']}")
+    for leak in leaks:
+        splits = [s for s in leak["splits"] if s in rank]
+        last = max(splits, key=rank.get) if splits else None
+        for split in splits:
+            if split != last:
+                for file in leak["images"][split]:
+                    out.setdefault(file, f"patient {leak['group']} also in {last}")
+    return [{"file": f, "why": why} for f, why in sorted(out.items())]
+
+
+def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, run: RunOptions | None = None,
+              model=None) -> dict:
+    """Audit ``cfg.data`` and write ``audit.json``, one CSV per finding kind and ``result.json`` into ``out_dir``.
+    ``model``: the loaded ``cfg.model`` when the caller has it. Returns the audit.
+
+    Raises:
+        MedvlkitError: the data cannot be read.
+    """
+    from medvlkit.dataaudit.report import write_audit
+
+    data, run = data or DataOptions(), run or RunOptions()
+    parts = load_splits(cfg.data, data, cfg.splits)
+    ds, split_of = combine(parts)
+    facts = scan(ds, run.workers, run.progress)
+    embeddings = None
+    if cfg.model or model is not None:
+        from medvlkit.features import embed_images
+
+        model = model if model is not None else run.load_model(cfg.model)
+        emb = embed_images(model, ds.subset(facts.positions), **(run.embed_kwargs() | {"on_error": "skip"}))
+        embeddings = np.zeros((len(facts.positions), emb.vectors.shape[1]), np.float32)
+        embeddings[emb.indices] = emb.vectors
+    pairs = _pair_rows(find_pairs(facts, cfg.near_threshold, embeddings, augmented_copies=cfg.augmented), facts, ds,
+                       split_of)
+    leaks = group_leaks(ds, split_of, cfg.group_pattern)
+    shortcuts = None
+    if ds.has_labels and len(facts.positions) >= 10:
+        rows = facts.positions
+        shortcuts = shortcut_check(facts.properties, facts.formats, [ds.items[i] for i in rows], ds.labels[rows],
+                                   ds.classnames, embeddings, cfg.bootstrap, cfg.seed)
+    audit = {"config": asdict(cfg), "dataset": ds.name, "splits": {s: sum(1 for x in split_of if x == s)
+                                                                    for s in dict.fromkeys(split_of)},
+             "n_images": len(ds), "n_read": int(len(facts.positions)), "pairs": pairs, "group_leaks": leaks,
+             "shortcuts": shortcuts, "balance": balance(ds, split_of),
+             "unreadable": [{"file": f, "reason": r} for f, r in facts.unreadable],
+             "exclude": exclusion_list(pairs, leaks)}
+    audit["summary"] = summarize(audit)
+    write_audit(audit, out_dir, ds, model)
+    return audit
+
+
+def summarize(audit: dict) -> dict:
+    """Counts for people and for ``result.json``'s metrics."""
+    pairs = audit["pairs"]
+
+    def count(kind: str | None = None, cross: bool | None = None, conflict: bool = False) -> int:
+        return sum(1 for p in pairs if (kind is None or p["kind"] == kind) and (cross is None or p["cross_split"]
+                                                                                  == cross)
+                   and (not conflict or p["label_conflict"]))
+    return {"exact_pairs": count("exact"), "near_pairs": count("near"), "augmented_pairs": count("augmented"),
+            "cross_split_pairs": count(cross=True),
+            "within_split_pairs": count(cross=False), "label_conflicts": count(conflict=True),
+            "leaking_groups": len(audit["group_leaks"]), "excluded_images": len(audit["exclude"]),
+            "unreadable": len(audit["unreadable"]),
+            "shortcut_flagged": len((audit["shortcuts"] or {}).get("flagged", []))}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts as a CSV (lists joined with ``|``)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["none"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "|".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()})
+
+
+def read_audit(folder: Path) -> dict:
+    """An audit folder's ``audit.json``, checked.
+
+    Raises:
+        MedvlkitError: not an audit folder, or a damaged one.
+    """
+    from medvlkit.artifacts import json_field, read_json_object
+
+    path = Path(folder) / AUDIT_FILE
+    if not path.is_file():
+        raise MedvlkitError(f"--exclude {folder}: no {AUDIT_FILE} there (write one with `medvlkit audit --out DIR`)")
+    audit = read_json_object(path, "audit")
+    json_field(audit, "exclude", list, path, "audit")
+    json_field(audit, "summary", dict, path, "audit")
+    if not all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in audit["exclude"]):
+        raise MedvlkitError(f"{path}: not a valid audit ('exclude' must list objects with a 'file')")
+    return audit
+
+
+def dump_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=1, default=float) + "\n")

@@ -1,0 +1,112 @@
+"""`medvlkit audit` on generated data with planted duplicates, near-duplicates, a label conflict and a patient in two
+splits: exact counts asserted."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from medvlkit.cli import main
+
+
+def _picture(seed: int, size: int = 96) -> Image.Image:
+    """A smooth random picture: distinct seeds give images no hash confuses."""
+    field = gaussian_filter(np.random.default_rng(seed).normal(size=(size, size)), 4)
+    field = (field - field.min()) / (field.max() - field.min())
+    return Image.fromarray((field * 255).astype(np.uint8)).convert("RGB")
+
+
+def _jpeg(image: Image.Image, quality: int = 90) -> Image.Image:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return Image.open(buf)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("planted")
+    seed = iter(range(1000))
+    for split in ("train", "test"):
+        for cls in ("A", "B"):
+            for i in range(6):
+                _picture(next(seed)).save(root / split / cls / f"q{i:02d}_{split}.png") if (
+                    root / split / cls).mkdir(parents=True, exist_ok=True) is None else None
+    src = _picture(500)
+    src.save(root / "train" / "A" / "dup1.png")            # 1: exact, across splits
+    src.save(root / "test" / "A" / "dup1_copy.png")
+    two = _picture(501)
+    two.save(root / "train" / "B" / "dup2.png")            # 2: exact, across splits
+    two.save(root / "test" / "B" / "dup2_copy.png")
+    three = _picture(502)
+    three.save(root / "train" / "A" / "dup3.png")          # 3: exact within train (PNG and lossless TIFF)
+    three.save(root / "train" / "A" / "dup3.tif")
+    near = [_picture(s) for s in (503, 504, 505, 506)]
+    for k, im in enumerate(near):
+        im.save(root / "train" / "B" / f"near{k}.png")
+    _jpeg(near[0].resize((80, 80))).save(root / "test" / "B" / "near0_small.jpg")     # 4: resized, re-encoded
+    near[1].crop((5, 5, 91, 91)).save(root / "test" / "B" / "near1_crop.png")        # 5: cropped ~5%
+    near[2].rotate(90).save(root / "test" / "B" / "near2_rot.png")                     # 6: rotated
+    near[3].transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "train" / "B" / "near3_flip.png")  # 7: within
+    conflict = _picture(507)
+    conflict.save(root / "train" / "A" / "conflict.png")   # 8: the same image as A in train and B in test
+    conflict.save(root / "test" / "B" / "conflict.png")
+    _picture(508).save(root / "train" / "A" / "p77_scan1.png")  # a patient on both sides
+    _picture(509).save(root / "test" / "A" / "p77_scan2.png")
+    return root
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_audit_finds_what_was_planted(planted, tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(["audit", "--data", str(planted), "--group-pattern", r"^(p\d+)_", "--out", str(out), "--workers", "0",
+                 "-q", "--bootstrap", "50"]) == 0
+    audit = json.loads((out / "audit.json").read_text())
+    s = audit["summary"]
+    assert (s["exact_pairs"], s["near_pairs"], s["label_conflicts"], s["leaking_groups"]) == (4, 4, 1, 1)
+    assert s["cross_split_pairs"] == 6 and s["within_split_pairs"] == 2
+    names = {(Path(p["file_a"]).name, Path(p["file_b"]).name) for p in audit["pairs"]}
+    for a, b in (("dup1.png", "dup1_copy.png"), ("dup3.png", "dup3.tif"), ("near0.png", "near0_small.jpg"),
+                 ("near1.png", "near1_crop.png"), ("near2.png", "near2_rot.png"), ("near3.png", "near3_flip.png")):
+        assert (a, b) in names or (b, a) in names, (a, b)
+    excluded = {Path(e["file"]).name for e in audit["exclude"]}  # the train side of every cross-split finding
+    assert excluded == {"dup1.png", "dup2.png", "near0.png", "near1.png", "near2.png", "conflict.png", "p77_scan1.png"}
+    assert all("/train/" in e["file"] for e in audit["exclude"])  # never a test image
+    assert [r["file_a"].endswith("conflict.png") or r["file_b"].endswith("conflict.png")
+            for r in _csv(out / "label_conflicts.csv")] == [True]
+    assert audit["balance"]["train"]["n"] == 23 and audit["balance"]["test"]["n"] == 19
+    result = json.loads((out / "result.json").read_text())
+    assert result["task"] == "audit" and result["metrics"]["excluded_images"] == 7
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("class='pair'") == 8 and "two labels" in page
+
+
+def test_audit_shortcut_check_sees_a_planted_shortcut(tmp_path):
+    """Class A's images are 64 px wide, class B's 96: image properties alone tell them apart."""
+    for cls, size in (("A", 64), ("B", 96)):
+        for i in range(15):
+            (tmp_path / "data" / cls).mkdir(parents=True, exist_ok=True)
+            _picture(100 * size + i, size).save(tmp_path / "data" / cls / f"img{i}.png")
+    from medvlkit import audit
+
+    result = audit(tmp_path / "data", tmp_path / "out", bootstrap=50)
+    shortcuts = result["shortcuts"]
+    assert shortcuts["image_properties"]["A"]["auroc"] > 0.95 and shortcuts["flagged"] == ["A", "B"]
+    assert result["splits"] == {"all": 30}
+
+
+def test_audit_with_a_model_scores_its_embedding_too(planted, tiny_clip_dir, tmp_path):
+    from medvlkit import audit
+
+    result = audit(planted, tmp_path / "out", model=f"hf:{tiny_clip_dir}", bootstrap=20)
+    assert set(result["shortcuts"]["model_embedding"]) == {"A", "B"}
+    assert result["summary"]["exact_pairs"] == 4  # the embedding proposes candidates; the thumbnails decide
