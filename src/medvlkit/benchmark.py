@@ -44,6 +44,7 @@ class BenchmarkConfig:
         prompts: prompt set for the zero-shot row (default: the phrasings that fine-tuning trains on).
         lora: ``--lora`` text for the fine-tuning row; ``epochs``/``max_steps``/``batch_size``/``lr``: its length.
         val_split, val_fraction, group_pattern: validation data (see ``medvlkit probe``/``finetune``).
+        exclude: an audit folder whose exclusion list every split leaves out (``medvlkit audit``).
         rows: which rows to run (default all that the data supports).
     """
 
@@ -51,6 +52,7 @@ class BenchmarkConfig:
     out_dir: str
     model: str = "lite"
     format: str = "auto"
+    exclude: str | None = None
     prompts: str | None = None
     lora: str = "default"
     epochs: int = 3
@@ -116,12 +118,14 @@ def _existing_rows(out: Path, record: dict, results: dict[str, dict]) -> dict[st
 
 def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
     """Run (or continue) every row; write ``table.md`` and ``table.json``. Returns the table as a dict."""
-    from medvlkit.data import load_dataset
     from medvlkit.models import create_model
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    test = load_dataset(cfg.data, split="test", format=cfg.format)
+    from medvlkit.dataaudit.registry import warn_if_unapplied
+
+    warn_if_unapplied(cfg.data, cfg.exclude)
+    test = _data_options(cfg).load(cfg.data, "test")
     record = {k: v for k, v in vars(cfg).items() if k != "extra"} | {"rows": list(cfg.rows)}
     embed = dict(batch_size=64, num_workers=cfg.workers, progress=progress)
     results: dict[str, dict] = {}
@@ -188,9 +192,8 @@ def _probe(model, test, cfg: BenchmarkConfig, out: Path, record: dict, embed: di
     from medvlkit.probe import LinearProbe, embed_split, fit_probe, probe_splits, save_probe_run
 
     lp = LinearProbe(random_state=cfg.seed)
-    from medvlkit.options import DataOptions
 
-    train_ds, train, val = probe_splits(model, Path(cfg.data), DataOptions(cfg.format), "train", cfg.val_split,
+    train_ds, train, val = probe_splits(model, Path(cfg.data), _data_options(cfg), "train", cfg.val_split,
                                         cfg.val_fraction, cfg.group_pattern, cfg.seed, **embed)
     info = fit_probe(lp, train, val, train_ds.classnames, train_ds.multilabel, None, cfg.seed)
     return save_probe_run(lp, embed_split(model, test, **embed), model, test, out, record, info, cfg.bootstrap,
@@ -202,11 +205,18 @@ def _finetune(cfg: BenchmarkConfig, out: Path, progress: bool, mode: str = "cont
     from medvlkit.finetune.loop import finetune
 
     ft = FinetuneConfig(model=cfg.model, data=cfg.data, format=cfg.format, out_dir=str(out), mode=mode,
+                        dataset_options=_data_options(cfg).options(),
                         lora=cfg.lora, val_split=cfg.val_split, val_fraction=cfg.val_fraction,
                         group_pattern=cfg.group_pattern, epochs=cfg.epochs, max_steps=cfg.max_steps,
                         batch_size=cfg.batch_size, lr=cfg.lr, grad_cache=cfg.grad_cache, device=cfg.device,
                         workers=cfg.workers, seed=cfg.seed)
     finetune(ft, resume=(out / "checkpoint.pt").is_file(), progress=progress)
+
+
+def _data_options(cfg: BenchmarkConfig):
+    from medvlkit.options import DataOptions
+
+    return DataOptions(cfg.format, exclude=cfg.exclude)
 
 
 def _prompts(cfg: BenchmarkConfig, test):

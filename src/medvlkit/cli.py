@@ -70,6 +70,8 @@ UncertainOpt = typer.Option(None, "--uncertain", help="CheXpert -1 labels (CSV d
 ImageRootOpt = typer.Option(None, "--image-root", help="folder that CSV/JSONL image paths are relative to")
 GroupColOpt = typer.Option(None, "--group-column", help="CSV column with patient ids, for patient-level held-out "
                                                          "validation (default: Patient ID, patient_id, subject_id)")
+ExcludeOpt = typer.Option(None, "--exclude", help="an audit folder (medvlkit audit --out DIR): leave out the train/val "
+                                                  "images it lists (duplicates of, or patients in, another split)")
 BootstrapOpt = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs (0: none)")
 GateOpt = typer.Option(False, "--gate", help="first drop images the medical-image gate rejects (listed in result.json)")
 GateThrOpt = typer.Option(None, "--gate-threshold", help="P(medical) threshold for --gate (default: the model's)")
@@ -101,7 +103,7 @@ _EMBED_FLAGS = {"batch_size": (int, BatchOpt), "workers": (int, WorkersOpt), "on
                 "fast_decode": (bool, FastDecodeOpt)}
 _DATA_FLAGS = {"fmt": (str, FormatOpt), "path_column": (str, PathColOpt), "label_columns": (str, LabelColsOpt),
                "uncertain": (str, UncertainOpt), "image_root": (str, ImageRootOpt),
-               "group_column": (str, GroupColOpt)}
+               "group_column": (str, GroupColOpt), "exclude": (str, ExcludeOpt)}
 
 
 def shared_options(model: bool = True, embed: bool = True, data: bool = True):
@@ -653,7 +655,7 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
                             f"pass --amp {precision}; --precision names the weights' dtype of inference verbs")
     config, out_dir = _jsonable(dict(locals())), _out(out, "finetune")
     cfg = _config_from(FinetuneConfig, config, format=data_opts.format, out_dir=str(out_dir),
-                       dataset_options=data_opts.adapter_options())
+                       dataset_options=data_opts.options())
     outcome = run_finetune_task(cfg, config, test_split, load, bootstrap, resume, progress=not quiet)
     if outcome.is_main:
         print_finetuned(outcome, out_dir)
@@ -673,6 +675,7 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
                                                                       "--val-fraction of train"),
               val_fraction: float = typer.Option(0.1, "--val-fraction"),
               group_pattern: str = typer.Option(None, "--group-pattern", help="patient id regex for held-out val"),
+              exclude: str = ExcludeOpt,
               rows: str = typer.Option(",".join(("zeroshot", "probe_frozen", "lora_contrastive", "probe_lora")),
                                        "--rows", help="rows to run; add supervised_lora for a LoRA tower + "
                                                       "classification head trained end to end"),

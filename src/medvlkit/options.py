@@ -88,6 +88,8 @@ class DataOptions:
         image_root: the folder CSV/JSONL image paths are relative to.
         group_column: the CSV column naming each image's patient (default: ``Patient ID``, ``patient_id``,
             ``subject_id`` when present), so held-out validation keeps a patient's images on one side.
+        exclude: an audit folder (``medvlkit audit --out DIR``) whose exclusion list is left out of every split read
+            (the train / val side of cross-split duplicates and patients; never test images).
     """
 
     format: str = "auto"
@@ -96,17 +98,25 @@ class DataOptions:
     uncertain: str | None = None
     image_root: str | None = None
     group_column: str | None = None
+    exclude: str | None = None
 
     def adapter_options(self) -> dict:
         """The adapter options a user set (the adapters' own defaults for the rest)."""
         return {k: (str(v) if isinstance(v, Path) else v)
-                for k, v in asdict(self).items() if k != "format" and v is not None}
+                for k, v in asdict(self).items() if k not in ("format", "exclude") and v is not None}
+
+    def options(self) -> dict:
+        """Every option set but the format, as a config records them (``FinetuneConfig.dataset_options``)."""
+        return self.adapter_options() | ({"exclude": str(self.exclude)} if self.exclude else {})
 
     def load(self, path: str | Path, split: str | None = None, format: str | None = None):
-        """The dataset at ``path`` (its ``split``), read with these options (``format`` overrides the adapter)."""
+        """The dataset at ``path`` (its ``split``), read with these options (``format`` overrides the adapter), without
+        the files of the ``exclude`` audit."""
         from medvlkit.data import load_dataset
+        from medvlkit.data.exclusions import apply_exclusions, read_exclusions
 
-        return load_dataset(path, split=split, format=format or self.format, **self.adapter_options())
+        ds = load_dataset(path, split=split, format=format or self.format, **self.adapter_options())
+        return apply_exclusions(ds, read_exclusions(self.exclude)) if self.exclude else ds
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -452,6 +452,7 @@ def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstra
                                             cfg.val_fraction, cfg.group_pattern, cfg.seed, need_val=cfg.c is None,
                                             **embed_options)
         info = fit_probe(probe, train, val, train_ds.classnames, train_ds.multilabel, cfg.shots, cfg.seed)
+        info["excluded_by_audit"] = train_ds.meta.get("audit", {}).get("n_excluded", 0)
     result = save_probe_run(probe, embed_split(model, test_ds, **embed_options), model, test_ds, out_dir, config,
                             info, n_bootstrap, cfg.seed, identity)
     return result, probe, info

@@ -58,12 +58,14 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def provenance(model=None, dataset=None, embeddings=None, threshold_source: str | None = None) -> dict:
     """The fields every run records about what it ran on: ``pretrained`` (weight files' names and sha256
-    prefixes), ``data_split``, ``n_cached`` (vectors reused from the embedding cache) and ``threshold_source``."""
+    prefixes), ``data_split``, ``audit`` (whether an audit's exclusion list was applied to the data, which, and how
+    many images it left out), ``n_cached`` (vectors reused from the embedding cache) and ``threshold_source``."""
     out: dict = {}
     if model is not None:
         out["pretrained"] = model.weights_identity()
     if dataset is not None:
         out["data_split"] = dataset.split or "all (no split)"
+        out["audit"] = dataset.meta.get("audit", {"applied": False})
     if embeddings is not None:
         out["n_cached"] = int(embeddings.n_cached)
     if threshold_source is not None:

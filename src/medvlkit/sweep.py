@@ -153,11 +153,14 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
     Returns:
         every cell with its status; failed cells carry their one-line error.
     """
+    from medvlkit.dataaudit.registry import warn_if_unapplied
     from medvlkit.report import write_report
 
     run, data = run or RunOptions(), data or DataOptions()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for path in cfg.datasets:
+        warn_if_unapplied(path, data.exclude, run.cache_dir)
     plan, splits = _plan(cfg, data, out)
     for model_spec in cfg.models:
         cells = [c for c in plan if c.model == model_spec and c.status == "pending"]

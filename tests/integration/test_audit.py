@@ -110,3 +110,27 @@ def test_audit_with_a_model_scores_its_embedding_too(planted, tiny_clip_dir, tmp
     result = audit(planted, tmp_path / "out", model=f"hf:{tiny_clip_dir}", bootstrap=20)
     assert set(result["shortcuts"]["model_embedding"]) == {"A", "B"}
     assert result["summary"]["exact_pairs"] == 4  # the embedding proposes candidates; the thumbnails decide
+
+
+def test_exclude_drops_the_train_side_and_is_recorded(planted, tiny_clip_dir, tmp_path, caplog):
+    audit_dir = tmp_path / "audit"
+    assert main(["audit", "--data", str(planted), "--group-pattern", r"^(p\d+)_", "--out", str(audit_dir),
+                 "--workers", "0", "-q", "--bootstrap", "0"]) == 0
+    common = ["--model", f"hf:{tiny_clip_dir}", "--data", str(planted), "--workers", "0", "-q", "--no-cache",
+              "--bootstrap", "0"]
+    assert main(["probe", *common, "--C", "1", "--out", str(tmp_path / "plain")]) == 0
+    assert main(["probe", *common, "--C", "1", "--exclude", str(audit_dir), "--out", str(tmp_path / "excl")]) == 0
+    plain, excl = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("plain", "excl"))
+    assert plain["audit"] == {"applied": False} and excl["audit"]["applied"] is True
+    assert excl["audit"]["identity"] == json.loads((audit_dir / "audit.json").read_text())["identity"]["sha256"]
+    assert excl["probe"]["excluded_by_audit"] == 7 and excl["probe"]["n_train"] == plain["probe"]["n_train"] - 7
+    assert excl["metrics"]["n"] == plain["metrics"]["n"]  # never a test image
+    caplog.clear()
+    assert main(["eval", "-m", f"hf:{tiny_clip_dir}", "-d", str(planted), "--task", "zeroshot", "--prompts",
+                 "pneumonia", "--out", str(tmp_path / "sweep"), "--workers", "0", "-q", "--bootstrap", "0"]) in (0, 2)
+    assert "not applied here" in caplog.text  # the audit found cross-split leaks; eval says so
+    caplog.clear()
+    assert main(["eval", "-m", f"hf:{tiny_clip_dir}", "-d", str(planted), "--task", "zeroshot", "--prompts",
+                 "pneumonia", "--exclude", str(audit_dir), "--out", str(tmp_path / "sweep2"), "--workers", "0", "-q",
+                 "--bootstrap", "0"]) in (0, 2)
+    assert "not applied here" not in caplog.text

@@ -25,6 +25,7 @@ import numpy as np
 
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.dataaudit.pairs import NEAR_THRESHOLD, Pair, find_pairs
+from medvlkit.dataaudit.registry import register_audit
 from medvlkit.dataaudit.scan import Facts, scan
 from medvlkit.dataaudit.shortcuts import shortcut_check
 from medvlkit.errors import MedvlkitError, NoSplitsError
@@ -203,6 +204,7 @@ def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, 
              "exclude": exclusion_list(pairs, leaks)}
     audit["summary"] = summarize(audit)
     write_audit(audit, out_dir, ds, model)
+    register_audit(cfg.data, out_dir, audit["summary"], run.cache_dir)
     return audit
 
 
@@ -233,21 +235,18 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def read_audit(folder: Path) -> dict:
-    """An audit folder's ``audit.json``, checked.
+    """An audit folder's ``audit.json``, checked (as :func:`medvlkit.data.exclusions.read_exclusions` checks it).
 
     Raises:
         MedvlkitError: not an audit folder, or a damaged one.
     """
     from medvlkit.artifacts import json_field, read_json_object
+    from medvlkit.data.exclusions import read_exclusions
 
+    read_exclusions(folder)
     path = Path(folder) / AUDIT_FILE
-    if not path.is_file():
-        raise MedvlkitError(f"--exclude {folder}: no {AUDIT_FILE} there (write one with `medvlkit audit --out DIR`)")
     audit = read_json_object(path, "audit")
-    json_field(audit, "exclude", list, path, "audit")
     json_field(audit, "summary", dict, path, "audit")
-    if not all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in audit["exclude"]):
-        raise MedvlkitError(f"{path}: not a valid audit ('exclude' must list objects with a 'file')")
     return audit
 
 

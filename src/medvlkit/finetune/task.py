@@ -83,15 +83,15 @@ def _test_split(cfg: FinetuneConfig, test_split: str, load: Path | None):
     """
     import json
 
-    from medvlkit.data import load_dataset
     from medvlkit.data.splits import check_scored_apart
     from medvlkit.errors import NoSplitsError
     from medvlkit.finetune.loop import split_train_val
+    from medvlkit.options import DataOptions
 
     if test_split.lower() == "none":
         return None
     try:
-        test_ds = load_dataset(cfg.data, split=test_split, format=cfg.format, **cfg.dataset_options)
+        test_ds = DataOptions(format=cfg.format, **cfg.dataset_options).load(cfg.data, test_split)
     except NoSplitsError:
         return None
     trained = cfg
