@@ -45,6 +45,8 @@ class BenchmarkConfig:
         lora: ``--lora`` text for the fine-tuning row; ``epochs``/``max_steps``/``batch_size``/``lr``: its length.
         val_split, val_fraction, group_pattern: validation data (see ``medvlkit probe``/``finetune``).
         exclude: an audit folder whose exclusion list every split leaves out (``medvlkit audit``).
+        allow_seen, training_manifest: keep validation / test images the model trained on; the manifest naming them
+            (:class:`medvlkit.options.DataOptions`).
         rows: which rows to run (default all that the data supports).
     """
 
@@ -53,6 +55,8 @@ class BenchmarkConfig:
     model: str = "lite"
     format: str = "auto"
     exclude: str | None = None
+    allow_seen: bool = False
+    training_manifest: str | None = None
     prompts: str | None = None
     lora: str = "default"
     epochs: int = 3
@@ -129,19 +133,15 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
     record = {k: v for k, v in vars(cfg).items() if k != "extra"} | {"rows": list(cfg.rows)}
     embed = dict(batch_size=64, num_workers=cfg.workers, progress=progress)
     results: dict[str, dict] = {}
-    base = None
-
-    def base_model():
-        nonlocal base
-        base = base or create_model(cfg.model, device=_device(cfg.device))
-        return base
+    base = create_model(cfg.model, device=_device(cfg.device))
+    test = _data_options(cfg).held_out(test, base, "test", **embed)  # every row scores the same images
 
     if "zeroshot" in cfg.rows:
-        results["zeroshot"] = _done(out / "zeroshot", record) or _zeroshot(base_model(), test, cfg, out / "zeroshot",
+        results["zeroshot"] = _done(out / "zeroshot", record) or _zeroshot(base, test, cfg, out / "zeroshot",
                                                                    record, embed)
     if "probe_frozen" in cfg.rows and test.has_labels:
         results["probe_frozen"] = _done(out / "probe_frozen", record) or _probe(
-            base_model(), test, cfg, out / "probe_frozen", record, embed)
+            base, test, cfg, out / "probe_frozen", record, embed)
     tuned_dir = out / "lora_contrastive"
     if {"lora_contrastive", "probe_lora"} & set(cfg.rows):
         if not (tuned_dir / "best" / "finetune.json").is_file() or (tuned_dir / "checkpoint.pt").is_file() and \
@@ -216,7 +216,8 @@ def _finetune(cfg: BenchmarkConfig, out: Path, progress: bool, mode: str = "cont
 def _data_options(cfg: BenchmarkConfig):
     from medvlkit.options import DataOptions
 
-    return DataOptions(cfg.format, exclude=cfg.exclude)
+    return DataOptions(cfg.format, exclude=cfg.exclude, allow_seen=cfg.allow_seen,
+                       training_manifest=cfg.training_manifest)
 
 
 def _prompts(cfg: BenchmarkConfig, test):

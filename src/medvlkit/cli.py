@@ -72,6 +72,11 @@ GroupColOpt = typer.Option(None, "--group-column", help="CSV column with patient
                                                          "validation (default: Patient ID, patient_id, subject_id)")
 ExcludeOpt = typer.Option(None, "--exclude", help="an audit folder (medvlkit audit --out DIR): leave out the train/val "
                                                   "images it lists (duplicates of, or patients in, another split)")
+AllowSeenOpt = typer.Option(False, "--allow-seen", help="keep validation and test images the model was trained on "
+                                                      "(set aside by default; result.json says how many)")
+TrainingManifestOpt = typer.Option(None, "--training-manifest", help="file listing the model's training images "
+                                                                     "(medvlkit pixel-sha1 list or CSV of image ids); "
+                                                                     "default: the one the model ships")
 BootstrapOpt = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs (0: none)")
 GateOpt = typer.Option(False, "--gate", help="first drop images the medical-image gate rejects (listed in result.json)")
 GateThrOpt = typer.Option(None, "--gate-threshold", help="P(medical) threshold for --gate (default: the model's)")
@@ -103,7 +108,8 @@ _EMBED_FLAGS = {"batch_size": (int, BatchOpt), "workers": (int, WorkersOpt), "on
                 "fast_decode": (bool, FastDecodeOpt)}
 _DATA_FLAGS = {"fmt": (str, FormatOpt), "path_column": (str, PathColOpt), "label_columns": (str, LabelColsOpt),
                "uncertain": (str, UncertainOpt), "image_root": (str, ImageRootOpt),
-               "group_column": (str, GroupColOpt), "exclude": (str, ExcludeOpt)}
+               "group_column": (str, GroupColOpt), "exclude": (str, ExcludeOpt),
+               "allow_seen": (bool, AllowSeenOpt), "training_manifest": (str, TrainingManifestOpt)}
 
 
 def shared_options(model: bool = True, embed: bool = True, data: bool = True):
@@ -274,6 +280,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     ps, ds = resolve_prompt_set(prompts, classes, mode), data_opts.load(data, split)  # cheap checks first
     m = _load_with_scope(run, model)
     out_dir = _out(out, "zeroshot")
+    ds = data_opts.held_out(ds, m, "test", **run.embed_kwargs())
     result = zeroshot_task(m, ds, ps, out_dir, config, mode, run, bootstrap, seed, gate, gate_threshold)
     print_gated(result)
     print_prompt_set(result)
@@ -296,6 +303,7 @@ def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
     config = _jsonable(dict(locals()))
     ds, m, out_dir = data_opts.load(data, split), run.load_model(model), _out(out, "retrieve")
+    ds = data_opts.held_out(ds, m, "test", **run.embed_kwargs())
     print_metrics(save_retrieval(m, ds, out_dir, config, bootstrap, seed, **run.embed_kwargs()))
     console.print(f"wrote {out_dir}/result.json")
 
@@ -675,7 +683,8 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
                                                                       "--val-fraction of train"),
               val_fraction: float = typer.Option(0.1, "--val-fraction"),
               group_pattern: str = typer.Option(None, "--group-pattern", help="patient id regex for held-out val"),
-              exclude: str = ExcludeOpt,
+              exclude: str = ExcludeOpt, allow_seen: bool = AllowSeenOpt,
+              training_manifest: str = TrainingManifestOpt,
               rows: str = typer.Option(",".join(("zeroshot", "probe_frozen", "lora_contrastive", "probe_lora")),
                                        "--rows", help="rows to run; add supervised_lora for a LoRA tower + "
                                                       "classification head trained end to end"),

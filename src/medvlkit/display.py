@@ -190,6 +190,13 @@ def print_audit(audit: dict, out_dir) -> None:
         if scores:
             console.print(f"{features.replace('_', ' ')} -> label, cross-validated AUROC: " + ", ".join(
                 f"{escape(c)} {v['auroc']:.3f}" for c, v in scores.items()))
+    seen = audit.get("seen_by_model") or {}
+    if seen.get("declared"):
+        console.print(f"in {escape(seen['model'])}'s training data: " + ", ".join(
+            f"{k} {v['n_seen']} of {v['n_images']}" for k, v in seen["per_split"].items())
+            + " (probe, finetune, eval, benchmark set them aside from validation and test; --allow-seen keeps them)")
+    elif seen:
+        console.print(escape(seen["note"]))
     if shortcuts.get("flagged"):
         console.print(f"[bold]shortcut: image properties alone predict {', '.join(shortcuts['flagged'])} "
                       f"(AUROC >= {shortcuts['threshold']})[/bold]")

@@ -76,6 +76,10 @@ class RunOptions:
         return asdict(self)
 
 
+NOT_ADAPTER = ("format", "exclude", "allow_seen", "training_manifest")
+"""DataOptions fields that are not passed to the dataset adapter."""
+
+
 @dataclass(frozen=True)
 class DataOptions:
     """How a dataset is read.
@@ -90,6 +94,10 @@ class DataOptions:
             ``subject_id`` when present), so held-out validation keeps a patient's images on one side.
         exclude: an audit folder (``medvlkit audit --out DIR``) whose exclusion list is left out of every split read
             (the train / val side of cross-split duplicates and patients; never test images).
+        allow_seen: keep validation and test images the model was trained on (:mod:`medvlkit.seen`; by default they
+            are set aside, and result.json says how many either way).
+        training_manifest: a file listing the model's training images (``pixel-sha1`` or a CSV of image ids), used
+            instead of the one the model declares.
     """
 
     format: str = "auto"
@@ -99,15 +107,18 @@ class DataOptions:
     image_root: str | None = None
     group_column: str | None = None
     exclude: str | None = None
+    allow_seen: bool = False
+    training_manifest: str | None = None
 
     def adapter_options(self) -> dict:
         """The adapter options a user set (the adapters' own defaults for the rest)."""
         return {k: (str(v) if isinstance(v, Path) else v)
-                for k, v in asdict(self).items() if k not in ("format", "exclude") and v is not None}
+                for k, v in asdict(self).items() if k not in NOT_ADAPTER and v is not None}
 
     def options(self) -> dict:
         """Every option set but the format, as a config records them (``FinetuneConfig.dataset_options``)."""
-        return self.adapter_options() | ({"exclude": str(self.exclude)} if self.exclude else {})
+        return self.adapter_options() | {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()
+                                         if k in NOT_ADAPTER and k != "format" and v}
 
     def load(self, path: str | Path, split: str | None = None, format: str | None = None):
         """The dataset at ``path`` (its ``split``), read with these options (``format`` overrides the adapter), without
@@ -117,6 +128,27 @@ class DataOptions:
 
         ds = load_dataset(path, split=split, format=format or self.format, **self.adapter_options())
         return apply_exclusions(ds, read_exclusions(self.exclude)) if self.exclude else ds
+
+    def held_out(self, dataset, model, role: str = "test", num_workers: int = 0, progress: bool = True,
+                 cache_dir: str | None = None, **_other_embed_options):
+        """``dataset`` without the images ``model`` trained on, unless ``allow_seen`` (:func:`medvlkit.seen.
+        set_aside_seen`; ``role``: ``test`` for scored data, ``val`` for data that chooses). Takes a task's embedding
+        options (:meth:`RunOptions.embed_kwargs`) for its workers, progress bar and cache folder."""
+        from medvlkit.seen import set_aside_seen
+
+        return set_aside_seen(dataset, model, role, self.allow_seen, self.training_manifest, num_workers, progress,
+                              None if cache_dir is None else Path(cache_dir))
+
+    def holdout_unseen(self, dataset, model, items: list[str], train_idx, val_idx, num_workers: int = 0,
+                       progress: bool = True, cache_dir: str | None = None, **_other_embed_options):
+        """A validation part held out of ``dataset`` (``items[val_idx]``) whose images ``model`` trained on go back
+        to training, unless ``allow_seen`` (:func:`medvlkit.seen.holdout_without_seen`). Returns (train_idx,
+        val_idx, record)."""
+        from medvlkit.seen import holdout_without_seen
+
+        return holdout_without_seen(dataset, model, items, train_idx, val_idx, self.allow_seen,
+                                    self.training_manifest, num_workers, progress,
+                                    None if cache_dir is None else Path(cache_dir))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -290,9 +290,12 @@ def fit_probe(probe: LinearProbe, train: ProbeData, val: ProbeData | None, class
 
 def probe_splits(model, data: Path, data_opts: DataOptions | None = None, train_split: str = "train",
                  val_split: str | None = None, val_fraction: float = 0.1, group_pattern: str | None = None,
-                 seed: int = 0, need_val: bool = True, **embed_options):
+                 seed: int = 0, need_val: bool = True, held_val=None, **embed_options):
     """Training data and validation data for a probe (splits chosen by ``data/splits.py``: ``val_split``, else the
     data's ``val`` split, else, or with ``val_split="holdout"``, a seeded patient-level ``val_fraction`` of train).
+
+    Validation never holds images the model trained on (:meth:`DataOptions.held_out`, ``holdout_unseen``);
+    ``held_val``: the validation split already read that way (:func:`probe_datasets`), so it is read once.
 
     Returns:
         (train dataset, train ProbeData, val ProbeData or None when ``need_val`` is False).
@@ -302,14 +305,19 @@ def probe_splits(model, data: Path, data_opts: DataOptions | None = None, train_
     train = embed_split(model, train_ds, **embed_options)
     if not need_val:
         return train_ds, train, None
-    val_ds = load_val(data, data_opts, val_split)
+    val_ds = held_val if held_val is not None else load_val(data, data_opts, val_split)
     if val_ds is None:
         tr, va = holdout_indices(train.items, train.Y, val_fraction, seed, group_pattern,
                                  dataset_groups(train_ds, train.items))
+        tr, va, seen = data_opts.holdout_unseen(train_ds, model, train.items, tr, va, **embed_options)
         pick = lambda idx: ProbeData(train.X[idx], train.Y[idx], [train.items[j] for j in idx])  # noqa: E731
+        train_ds.meta = dict(train_ds.meta) | {"val_seen_by_model": seen}
         return train_ds, pick(tr), pick(va)
+    if held_val is None:
+        val_ds = data_opts.held_out(val_ds, model, "val", **embed_options)
     val, _ = align_probe_data(embed_split(model, val_ds, **embed_options), val_ds.classnames, train_ds.classnames,
                               train_ds.multilabel)
+    train_ds.meta = dict(train_ds.meta) | {"val_seen_by_model": val_ds.meta["seen_by_model"]}
     return train_ds, train, val
 
 
@@ -381,19 +389,23 @@ class ProbeTaskConfig:
     seed: int = 0
 
 
-def probe_datasets(cfg: ProbeTaskConfig, data: DataOptions):
+def probe_datasets(cfg: ProbeTaskConfig, data: DataOptions, model, embed_options: dict | None = None):
     """The (train, val, test) datasets a probe run reads, none embedded: train and val are None when a saved probe
-    is scored (``load``), val is None when C is given or validation is held out of train."""
+    is scored (``load``), val is None when C is given or validation is held out of train. Test and val come without
+    the images ``model`` trained on (:meth:`DataOptions.held_out`)."""
+    embed_options = embed_options or {}
     try:
         test_ds = data.load(cfg.data, cfg.test_split or None)
     except NoSplitsError:
         if cfg.load is None:
             raise
         test_ds = data.load(cfg.data)  # scoring a saved probe: a folder without splits
+    test_ds = data.held_out(test_ds, model, "test", **embed_options)
     if cfg.load is not None:
         return None, None, test_ds
     train_ds = load_train(cfg.data, data, cfg.train_split)
-    return train_ds, None if cfg.c else load_val(cfg.data, data, cfg.val_split), test_ds
+    val_ds = None if cfg.c else load_val(cfg.data, data, cfg.val_split)
+    return train_ds, None if val_ds is None else data.held_out(val_ds, model, "val", **embed_options), test_ds
 
 
 def probe_identity(cfg: ProbeTaskConfig, model, datasets: tuple, n_bootstrap: int, embed_options: dict) -> dict:
@@ -433,8 +445,8 @@ def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstra
         raise MedvlkitError(f"--features {cfg.features}: valid options: embedding, backbone")
     if cfg.shots is not None and cfg.shots < 1:
         raise MedvlkitError(f"--shots {cfg.shots}: must be at least 1 (leave it out to train on every image)")
-    datasets = probe_datasets(cfg, data)
     model = model if model is not None else run.load_model(cfg.model)
+    datasets = probe_datasets(cfg, data, model, embed_options)
     identity = probe_identity(cfg, model, datasets, n_bootstrap, embed_options)
     test_ds = datasets[2]
     if cfg.features == "backbone":
@@ -450,9 +462,10 @@ def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstra
                             class_weight=None if cfg.class_weight == "none" else cfg.class_weight)
         train_ds, train, val = probe_splits(model, Path(cfg.data), data, cfg.train_split, cfg.val_split,
                                             cfg.val_fraction, cfg.group_pattern, cfg.seed, need_val=cfg.c is None,
-                                            **embed_options)
+                                            held_val=datasets[1], **embed_options)
         info = fit_probe(probe, train, val, train_ds.classnames, train_ds.multilabel, cfg.shots, cfg.seed)
         info["excluded_by_audit"] = train_ds.meta.get("audit", {}).get("n_excluded", 0)
+        info["val_seen_by_model"] = train_ds.meta.get("val_seen_by_model")
     result = save_probe_run(probe, embed_split(model, test_ds, **embed_options), model, test_ds, out_dir, config,
                             info, n_bootstrap, cfg.seed, identity)
     return result, probe, info

@@ -188,6 +188,12 @@ def audit_section(run: Run) -> str:
     if rows:
         parts.append("<h3>shortcut check: cross-validated AUROC of each feature set for each class</h3>"
                      f"<table><tr><th>features</th><th>class</th><th>AUROC [95% CI]</th></tr>{rows}</table>")
+    seen = audit.get("seen_by_model") or {}
+    if seen.get("declared"):
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['n_seen']} of {v['n_images']}</td></tr>"
+                       for k, v in seen.get("per_split", {}).items())
+        parts.append(f"<h3>images in {html.escape(str(seen.get('model')))}'s training data</h3>"
+                     f"<table><tr><th>split</th><th>seen</th></tr>{rows}</table>")
     return "".join(parts)
 
 

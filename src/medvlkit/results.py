@@ -59,13 +59,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def provenance(model=None, dataset=None, embeddings=None, threshold_source: str | None = None) -> dict:
     """The fields every run records about what it ran on: ``pretrained`` (weight files' names and sha256
     prefixes), ``data_split``, ``audit`` (whether an audit's exclusion list was applied to the data, which, and how
-    many images it left out), ``n_cached`` (vectors reused from the embedding cache) and ``threshold_source``."""
+    many images it left out), ``seen_by_model`` (how many of the images the model trained on and whether they were
+    set aside: :mod:`medvlkit.seen`), ``n_cached`` (vectors reused from the embedding cache) and ``threshold_source``."""
     out: dict = {}
     if model is not None:
         out["pretrained"] = model.weights_identity()
     if dataset is not None:
         out["data_split"] = dataset.split or "all (no split)"
         out["audit"] = dataset.meta.get("audit", {"applied": False})
+        if "seen_by_model" in dataset.meta:
+            out["seen_by_model"] = dataset.meta["seen_by_model"]
     if embeddings is not None:
         out["n_cached"] = int(embeddings.n_cached)
     if threshold_source is not None:

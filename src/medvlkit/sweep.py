@@ -172,11 +172,18 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
             for c in cells:
                 c.status, c.error = "failed", f"model: {first_line(err)}"
             continue
+        held: dict[str, object] = {}  # each split without the images this model trained on, read once a model
         for c in cells:
-            if cfg.skip_existing and _same_result(c, model, splits[c.data], cfg, run, data):
+            try:
+                if c.data not in held:
+                    held[c.data] = data.held_out(splits[c.data], model, "test", **run.embed_kwargs())
+            except MedvlkitError as err:
+                c.status, c.error = "failed", f"data: {first_line(err)}"
+                continue
+            if cfg.skip_existing and _same_result(c, model, held[c.data], cfg, run, data):
                 c.status = "skipped"
             else:
-                _run_cell(c, model, splits[c.data], cfg, run, data)
+                _run_cell(c, model, held[c.data], cfg, run, data)
     for c in plan:
         if c.status in ("done", "skipped"):
             c.headline, c.prompts = _headline(Path(c.out))
@@ -234,7 +241,7 @@ def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data
     embed = run.embed_kwargs()
     if cell.task == "probe":
         probe_cfg = _probe_cfg(cell, cfg)
-        return probe_identity(probe_cfg, model, probe_datasets(probe_cfg, data), cfg.bootstrap, embed)
+        return probe_identity(probe_cfg, model, probe_datasets(probe_cfg, data, model, embed), cfg.bootstrap, embed)
     if cell.task == "zeroshot":
         prompts = matching_prompts(ds, cfg.prompts)
         return zeroshot_identity(model, ds, prompts_used(ds, prompts).identity(), cfg.bootstrap, cfg.seed, embed)

@@ -97,9 +97,11 @@ def test_lite_matches_its_model_card(data_root, lite):
 
 
 def _real_cxr_subset(data_root, root, per_class: dict[str, int]):
-    """train/val/test folders of symlinks to a fixed few real chest X-rays (nothing is copied)."""
+    """train/val/test folders of symlinks to a fixed few real chest X-rays (nothing is copied). Validation comes
+    from Kermany's test split (other files than test's): Kermany train is in lite's training data, and validation
+    images lite trained on are set aside (medvlkit.seen)."""
     for split, n in per_class.items():
-        src_split = "test" if split == "test" else "train"
+        src_split = "train" if split == "train" else "test"
         offset = 0 if split != "val" else 100
         for cls in ("NORMAL", "PNEUMONIA"):
             files = sorted((data_root / "chest_xray_pneumonia" / src_split / cls).glob("*.jpeg"))

@@ -31,6 +31,8 @@ def write_audit(audit: dict, out_dir: Path, dataset: ImageDataset, model=None) -
               "exclude": audit["exclude"], "unreadable": audit["unreadable"],
               "balance": [{"split": s} | counts for s, counts in audit["balance"].items()],
               "shortcuts": _shortcut_rows(audit["shortcuts"])}
+    if audit.get("seen_by_model"):
+        tables["seen_by_model"] = audit["seen_by_model"].get("files", [])
     for name, rows in tables.items():
         write_csv(out_dir / f"{name}.csv", rows)
     write_result(out_dir, dataset=audit["dataset"], model=model.name if model is not None else "none",

@@ -11,7 +11,7 @@ Every split of the data (train, val, test where it has them; else all of it as o
 
 Its exclusion list names, for every cross-split pair and leaking group, the member on the side that trains or tunes
 (train before val before test: never a test image); ``--exclude AUDIT_DIR`` on the training and evaluation verbs drops
-those images (:func:`medvlkit.dataaudit.apply.apply_audit`).
+those images (:mod:`medvlkit.data.exclusions`).
 """
 
 from __future__ import annotations
@@ -180,11 +180,16 @@ def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, 
     parts = load_splits(cfg.data, data, cfg.splits)
     ds, split_of = combine(parts)
     facts = scan(ds, run.workers, run.progress)
-    embeddings = None
+    from medvlkit.seen import PixelHashStore
+
+    PixelHashStore(run.cache_dir and Path(run.cache_dir)).put(
+        {ds.items[p]: h for p, h in zip(facts.positions, facts.pixel)})  # the training-data check reuses them
+    embeddings, seen = None, None
     if cfg.model or model is not None:
         from medvlkit.features import embed_images
 
         model = model if model is not None else run.load_model(cfg.model)
+        seen = training_overlap(model, ds, split_of, facts, data.training_manifest)
         emb = embed_images(model, ds.subset(facts.positions), **(run.embed_kwargs() | {"on_error": "skip"}))
         embeddings = np.zeros((len(facts.positions), emb.vectors.shape[1]), np.float32)
         embeddings[emb.indices] = emb.vectors
@@ -201,11 +206,30 @@ def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, 
              "n_images": len(ds), "n_read": int(len(facts.positions)), "pairs": pairs, "group_leaks": leaks,
              "shortcuts": shortcuts, "balance": balance(ds, split_of),
              "unreadable": [{"file": f, "reason": r} for f, r in facts.unreadable],
-             "exclude": exclusion_list(pairs, leaks)}
+             "exclude": exclusion_list(pairs, leaks), "seen_by_model": seen}
     audit["summary"] = summarize(audit)
     write_audit(audit, out_dir, ds, model)
     register_audit(cfg.data, out_dir, audit["summary"], run.cache_dir)
     return audit
+
+
+def training_overlap(model, ds: ImageDataset, split_of: list[str], facts: Facts,
+                     training_manifest: str | None = None) -> dict:
+    """Per split, how many images are in the model's training data (:mod:`medvlkit.seen`), and which."""
+    from medvlkit.seen import manifest_of, seen_mask
+
+    manifest = manifest_of(model, training_manifest)
+    if manifest is None:
+        return {"declared": False, "note": f"{model.name} declares no training data; pass --training-manifest"}
+    hashes = [""] * len(ds)
+    for pos, value in zip(facts.positions, facts.pixel):
+        hashes[pos] = value
+    mask = seen_mask(ds, manifest, hashes)
+    per_split = {s: {"n_images": sum(1 for x in split_of if x == s),
+                     "n_seen": int(sum(1 for x, m in zip(split_of, mask) if x == s and m))}
+                 for s in dict.fromkeys(split_of)}
+    return {"declared": True, "model": model.name, "training_data": manifest.record(), "per_split": per_split,
+            "files": [{"file": ds.items[i], "split": split_of[i]} for i in np.flatnonzero(mask)]}
 
 
 def summarize(audit: dict) -> dict:
@@ -221,7 +245,8 @@ def summarize(audit: dict) -> dict:
             "within_split_pairs": count(cross=False), "label_conflicts": count(conflict=True),
             "leaking_groups": len(audit["group_leaks"]), "excluded_images": len(audit["exclude"]),
             "unreadable": len(audit["unreadable"]),
-            "shortcut_flagged": len((audit["shortcuts"] or {}).get("flagged", []))}
+            "shortcut_flagged": len((audit["shortcuts"] or {}).get("flagged", [])),
+            "seen_by_model": len((audit.get("seen_by_model") or {}).get("files", []))}
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

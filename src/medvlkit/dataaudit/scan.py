@@ -98,7 +98,7 @@ def scan(dataset: ImageDataset, num_workers: int = 0, progress: bool = True) -> 
     from tqdm.auto import tqdm
 
     loader = torch.utils.data.DataLoader(_ItemFacts(dataset), batch_size=32, num_workers=num_workers,
-                                         collate_fn=list)
+                                         collate_fn=list, generator=torch.Generator())  # global RNG untouched
     rows, bad = [], list(dataset.skipped)
     with tqdm(total=len(dataset), desc="audit: hash images", unit="img", disable=not progress) as bar:
         for batch in loader:

@@ -126,20 +126,29 @@ def _lr_lambda(warmup: int, total: int):
     return fn
 
 
-def split_train_val(cfg: FinetuneConfig) -> tuple[ImageDataset, ImageDataset]:
+def split_train_val(cfg: FinetuneConfig, model=None, progress: bool = True) -> tuple[ImageDataset, ImageDataset]:
     """The training data and the validation data (see ``data/splits.py``: a val split, or a seeded, patient-level
-    held-out part of train)."""
+    held-out part of train). With ``model``, validation holds no image the model was trained on
+    (:meth:`DataOptions.held_out`; held out of train, those go back to train), unless ``--allow-seen``; the record
+    is in ``val.meta["seen_by_model"]``."""
     from medvlkit.data.splits import holdout_indices, load_train, load_val
     from medvlkit.options import DataOptions
 
     opts = DataOptions(format=cfg.format, **cfg.dataset_options)
+    embed = {"num_workers": cfg.workers, "progress": progress}
     train = load_train(cfg.data, opts, cfg.train_split)
     val = load_val(cfg.data, opts, cfg.val_split)
     if val is not None:
-        return train, val
+        return train, val if model is None else opts.held_out(val, model, "val", **embed)
     labels = train.labels if train.has_labels else np.zeros((len(train), 1), np.float32)
     tr, va = holdout_indices(train.items, labels, cfg.val_fraction, cfg.seed, cfg.group_pattern, train.groups)
-    return train.subset(tr), train.subset(va)
+    seen = None
+    if model is not None:
+        tr, va, seen = opts.holdout_unseen(train, model, train.items, tr, va, **embed)
+    val = train.subset(va)
+    if seen is not None:
+        val.meta = dict(val.meta) | {"seen_by_model": seen}
+    return train.subset(tr), val
 
 
 def check_validation_scorable(val: ImageDataset, mode: str) -> None:
@@ -272,15 +281,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     device = resolve_device(cfg.device)
     world = init_world(device)  # on CUDA it makes this rank's GPU the current device
     torch.manual_seed(cfg.seed)
-    train_ds, val_ds = split_train_val(cfg)
+    model = create_model(cfg.model, device=device)
+    if not model.trainable:
+        _refuse_inference_only(cfg.model)
+    train_ds, val_ds = split_train_val(cfg, model, progress and world.is_main)
     if cfg.max_val and len(val_ds) > cfg.max_val:
         val_ds = val_ds.subset(np.random.default_rng(cfg.seed).permutation(len(val_ds))[:cfg.max_val])
     if cfg.mode == "supervised" and not train_ds.has_labels:
         raise MedvlkitError(f"--mode supervised needs labels; '{train_ds.name}' has none")
     check_validation_scorable(val_ds, cfg.mode)
-    model = create_model(cfg.model, device=device)
-    if not model.trainable:
-        _refuse_inference_only(cfg.model)
     prep = prepare_model(model, cfg, train_ds.classnames if cfg.mode == "supervised" else None, train_ds.multilabel)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +302,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     state = fit(job, opts, out, cfg.to_dict(), checkpoint, progress)
     barrier(world)
     summary = {"best": state.best, "history": state.history, "steps": state.step, "n_train": len(train_ds),
-               "n_val": len(val_ds), "n_trainable_params": prep.n_trainable, "world_size": world.size,
+               "n_val": len(val_ds), "val_seen_by_model": val_ds.meta.get("seen_by_model"),
+               "n_trainable_params": prep.n_trainable, "world_size": world.size,
                "train_seconds": time.perf_counter() - t_start, "config": cfg.to_dict(),
                "best_model": str(out / "best")}
     if world.is_main:

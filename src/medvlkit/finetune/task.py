@@ -48,6 +48,7 @@ def run_finetune_task(cfg: FinetuneConfig, config: dict, test_split: str = "test
     from medvlkit.finetune.evaluation import evaluate_finetuned
     from medvlkit.finetune.loop import _refuse_inference_only, finetune
     from medvlkit.models import create_model
+    from medvlkit.options import DataOptions
 
     out_dir = Path(cfg.out_dir)
     summary = None
@@ -68,6 +69,8 @@ def run_finetune_task(cfg: FinetuneConfig, config: dict, test_split: str = "test
                             f"with `medvlkit finetune --load {load} --data TEST --test-split ''`)")
         return outcome
     model = create_model(f"ft:{load}", device=cfg.device)
+    test_ds = DataOptions(format=cfg.format, **cfg.dataset_options).held_out(test_ds, model, "test",
+                                                                            num_workers=cfg.workers, progress=progress)
     outcome.result = evaluate_finetuned(model, test_ds, out_dir, config, n_bootstrap, cfg.seed, batch_size=64,
                                         num_workers=cfg.workers, progress=progress)
     return outcome

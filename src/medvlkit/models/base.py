@@ -204,12 +204,21 @@ class ModelBase(torch.nn.Module):
     scope: str | None = None
     """What the weights were trained and validated on, from their model card, printed where their answers are shown
     (it travels with the model, through ``export`` too); None when nothing is said."""
+    training_manifest_file: str | None = None
+    """The file listing the images these weights were trained on (:mod:`medvlkit.models.training_data`); None when
+    the model declares none (then nothing can be said of seen images, and results say so)."""
 
     def __init__(self, preprocess_cfg: PreprocessCfg, weight_files: list[str] | None = None) -> None:
         super().__init__()
         self.preprocess_cfg = preprocess_cfg
         self.image_preprocessor = ImagePreprocessor(preprocess_cfg)
         self.weight_files = list(weight_files or [])
+
+    def training_manifest(self):
+        """The :class:`~medvlkit.models.training_data.TrainingManifest` these weights declare, or None."""
+        from medvlkit.models.training_data import read_manifest
+
+        return read_manifest(self.training_manifest_file) if self.training_manifest_file else None
 
     @property
     def device(self) -> torch.device:
@@ -346,6 +355,7 @@ class BackboneView(ModelBase):
     def __init__(self, model: ModelBase) -> None:
         super().__init__(model.preprocess_cfg, model.weight_files)
         self.base = model
+        self.training_manifest_file = model.training_manifest_file  # same tower, same training images
         self.name = f"{model.name}#backbone"
         self.embed_dim = 0
 

