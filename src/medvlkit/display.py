@@ -184,6 +184,9 @@ def print_audit(audit: dict, out_dir) -> None:
                   f"augmented copies; {s['cross_split_pairs']} across splits, {s['label_conflicts']} with two labels; "
                   f"{s['leaking_groups']} patients in two splits; {s['excluded_images']} images to exclude "
                   "(--exclude this folder)")
+    if s.get("families"):
+        console.print(f"{s['images_in_families']} images in {s['families']} families of copies (largest "
+                      f"{audit['families'][0]['size']}; families.csv)")
     shortcuts = audit.get("shortcuts") or {}
     for features in ("image_properties", "file_name_pattern", "model_embedding"):
         scores = shortcuts.get(features) or {}

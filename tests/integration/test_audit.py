@@ -83,11 +83,27 @@ def test_audit_finds_what_was_planted(planted, tmp_path, capsys):
     assert [r["file_a"].endswith("conflict.png") or r["file_b"].endswith("conflict.png")
             for r in _csv(out / "label_conflicts.csv")] == [True]
     assert audit["balance"]["train"]["n"] == 23 and audit["balance"]["test"]["n"] == 19
+    assert (s["families"], s["images_in_families"]) == (8, 16) and len(_csv(out / "families.csv")) == 16
     result = json.loads((out / "result.json").read_text())
     assert result["task"] == "audit" and result["metrics"]["excluded_images"] == 7
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("class='pair'") == 8 and "two labels" in page
+
+
+def test_a_copy_of_a_copy_of_a_test_image_is_excluded_too():
+    """Families, not just pairs: train A ~ train B ~ test C excludes A and B; a family within one split excludes
+    nothing; a val member goes before a test one."""
+    from medvlkit.dataaudit.run import exclusion_list, families
+
+    def pair(a, sa, b, sb):
+        return {"file_a": a, "split_a": sa, "file_b": b, "split_b": sb}
+
+    fams = families([pair("A", "train", "B", "train"), pair("B", "train", "C", "test"),
+                     pair("D", "train", "E", "train"), pair("F", "val", "G", "test"), pair("G", "test", "H", "train")])
+    assert [f["size"] for f in fams] == [3, 3, 2]
+    excluded = {e["file"] for e in exclusion_list(fams, [])}
+    assert excluded == {"A", "B", "F", "H"}
 
 
 def test_audit_shortcut_check_sees_a_planted_shortcut(tmp_path):

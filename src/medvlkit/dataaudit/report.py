@@ -28,6 +28,8 @@ def write_audit(audit: dict, out_dir: Path, dataset: ImageDataset, model=None) -
               "label_conflicts": [p for p in pairs if p["label_conflict"]],
               "group_leaks": [{"group": g["group"], "splits": g["splits"],
                                "images": sum(len(v) for v in g["images"].values())} for g in audit["group_leaks"]],
+              "families": [{"family": f["family"], "size": f["size"], "split": split, "file": file}
+                           for f in audit["families"] for split, files in f["splits"].items() for file in files],
               "exclude": audit["exclude"], "unreadable": audit["unreadable"],
               "balance": [{"split": s} | counts for s, counts in audit["balance"].items()],
               "shortcuts": _shortcut_rows(audit["shortcuts"])}

@@ -9,8 +9,9 @@ Every split of the data (train, val, test where it has them; else all of it as o
 - the shortcut check (:mod:`~medvlkit.dataaudit.shortcuts`), class balance per split, and unreadable files;
 - with a model, the images it was trained on (its training manifest), per split.
 
-Its exclusion list names, for every cross-split pair and leaking group, the member on the side that trains or tunes
-(train before val before test: never a test image); ``--exclude AUDIT_DIR`` on the training and evaluation verbs drops
+Pairs join into families (a copy of a copy belongs to its original's family). Its exclusion list names, for every
+family and leaking group found in two splits, the members on the side that trains or tunes (train before val before
+test: never a test image); ``--exclude AUDIT_DIR`` on the training and evaluation verbs drops
 those images (:mod:`medvlkit.data.exclusions`).
 """
 
@@ -146,16 +147,52 @@ def balance(ds: ImageDataset, split_of: list[str]) -> dict:
     return out
 
 
-def exclusion_list(pairs: list[dict], leaks: list[dict]) -> list[dict]:
-    """For every cross-split pair and leaking group, the images on the side that trains or tunes: of two splits,
-    the one earlier in train, val, test (``all`` never). Test images are never excluded."""
+def families(pairs: list[dict]) -> list[dict]:
+    """The connected groups of images that pairs join (a copy of a copy is in its original's family), largest
+    first: each with its id, size and files per split."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    split_of = {}
+    for p in pairs:
+        split_of[p["file_a"]], split_of[p["file_b"]] = p["split_a"], p["split_b"]
+        a, b = root(p["file_a"]), root(p["file_b"])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for file in sorted(parent):
+        members.setdefault(root(file), []).append(file)
+    groups = sorted(members.values(), key=lambda m: (-len(m), m[0]))
+    out = []
+    for k, files in enumerate(groups):
+        splits: dict[str, list[str]] = {}
+        for f in files:
+            splits.setdefault(split_of[f], []).append(f)
+        out.append({"family": k, "size": len(files), "splits": splits})
+    return out
+
+
+def exclusion_list(fams: list[dict], leaks: list[dict]) -> list[dict]:
+    """For every family of copies and every patient found in two splits, the images on the side that trains or
+    tunes: of its splits, all but the one latest in train, val, test (``all`` never). Test images are never
+    excluded. Whole families go, not just the pairs found: a train copy of a train copy of a test image leaks too."""
     rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
     out: dict[str, str] = {}
-    for p in pairs:
-        if p["cross_split"] and p["split_a"] in rank and p["split_b"] in rank:
-            a_first = rank[p["split_a"]] < rank[p["split_b"]]
-            file = p["file_a"] if a_first else p["file_b"]
-            out.setdefault(file, f"{p['kind']} duplicate of {p['file_b'] if a_first else p['file_a']}")
+    for fam in fams:
+        splits = [s for s in fam["splits"] if s in rank]
+        if len(splits) < 2:
+            continue
+        last = max(splits, key=rank.get)
+        for split in splits:
+            if split != last:
+                for file in fam["splits"][split]:
+                    out.setdefault(file, f"copy (family {fam['family']}) of {last} image {fam['splits'][last][0]}")
     for leak in leaks:
         splits = [s for s in leak["splits"] if s in rank]
         last = max(splits, key=rank.get) if splits else None
@@ -206,7 +243,8 @@ def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, 
              "n_images": len(ds), "n_read": int(len(facts.positions)), "pairs": pairs, "group_leaks": leaks,
              "shortcuts": shortcuts, "balance": balance(ds, split_of),
              "unreadable": [{"file": f, "reason": r} for f, r in facts.unreadable],
-             "exclude": exclusion_list(pairs, leaks), "seen_by_model": seen}
+             "families": families(pairs), "seen_by_model": seen}
+    audit["exclude"] = exclusion_list(audit["families"], leaks)
     audit["summary"] = summarize(audit)
     write_audit(audit, out_dir, ds, model)
     register_audit(cfg.data, out_dir, audit["summary"], run.cache_dir)
@@ -243,6 +281,8 @@ def summarize(audit: dict) -> dict:
     return {"exact_pairs": count("exact"), "near_pairs": count("near"), "augmented_pairs": count("augmented"),
             "cross_split_pairs": count(cross=True),
             "within_split_pairs": count(cross=False), "label_conflicts": count(conflict=True),
+            "families": len(audit["families"]),
+            "images_in_families": sum(f["size"] for f in audit["families"]),
             "leaking_groups": len(audit["group_leaks"]), "excluded_images": len(audit["exclude"]),
             "unreadable": len(audit["unreadable"]),
             "shortcut_flagged": len((audit["shortcuts"] or {}).get("flagged", [])),
