@@ -60,7 +60,8 @@ def provenance(model=None, dataset=None, embeddings=None, threshold_source: str 
     """The fields every run records about what it ran on: ``pretrained`` (weight files' names and sha256
     prefixes), ``data_split``, ``audit`` (whether an audit's exclusion list was applied to the data, which, and how
     many images it left out), ``seen_by_model`` (how many of the images the model trained on and whether they were
-    set aside: :mod:`medvlkit.seen`), ``n_cached`` (vectors reused from the embedding cache) and ``threshold_source``."""
+    set aside: :mod:`medvlkit.seen`), ``n_cached`` (vectors reused from the embedding cache) and
+    ``threshold_source``."""
     out: dict = {}
     if model is not None:
         out["pretrained"] = model.weights_identity()
