@@ -9,6 +9,7 @@ section comes from here.
    (``holdout_indices`` with the families as groups): the gap is the leak a per-image split hides.
 3. ``cxr_covid_radiography_adult`` and ``fundus_eye_diseases``: the shortcut check with ``--model lite``.
 4. ``chest_xray_pneumonia`` (Kermany): patients found in both train and test from the file names.
+5. ``busi_breast_ultrasound`` (no split): repeated scans of one lesion, as families of near-duplicates.
 
 Usage: MEDVLKIT_DATA=../shared/data python benchmarks/audit_real.py --work /tmp/audit-real
 """
@@ -18,13 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from medvlkit.cli import main as cli
 
-KERMANY_PATIENT = r"(person\d+|NORMAL2-IM-\d+|IM-\d+)"
+KERMANY_PATIENT = r"(person\d+_(?:bacteria|virus)|NORMAL2-IM-\d+|IM-\d+)"  # person ids count per subtype
+KERMANY_NAIVE = r"(person\d+|NORMAL2-IM-\d+|IM-\d+)"  # what the README probe uses to group; merges two counters
 
 
 def run(*argv: str) -> None:
@@ -106,19 +109,44 @@ def kermany(data: Path, work: Path) -> dict:
         work / "kermany-audit", "--overwrite", "-q")
     audit = json.loads((work / "kermany-audit" / "audit.json").read_text())
     leaks = audit["group_leaks"]
-    return {"summary": audit["summary"], "patients_in_two_splits": len(leaks),
+    # The same files grouped by the naive id (person number alone), without reading pixels: every "patient" it finds
+    # in both splits pairs a bacterial number with a viral one; within train, 808 numbers carry both subtypes.
+    from medvlkit.dataaudit.run import combine, group_leaks, load_splits
+    from medvlkit.options import DataOptions
+
+    ds, split_of = combine(load_splits(str(data / "chest_xray_pneumonia"), DataOptions()))
+    naive = group_leaks(ds, split_of, KERMANY_NAIVE)
+    subtypes: dict[str, set] = {}
+    for item, split in zip(ds.items, split_of):
+        m = re.match(r"person(\d+)_(bacteria|virus)", Path(item).name)
+        if m and split == "train":
+            subtypes.setdefault(m.group(1), set()).add(m.group(2))
+    return {"summary": audit["summary"], "pattern": KERMANY_PATIENT, "patients_in_two_splits": len(leaks),
             "images": {s: sum(len(g["images"].get(s, [])) for g in leaks) for s in ("train", "val", "test")},
-            "examples": [g["group"] for g in leaks[:5]]}
+            "naive_pattern": KERMANY_NAIVE, "naive_patients_in_two_splits": len(naive),
+            "naive_leaks_pairing_bacteria_with_virus": sum(
+                1 for g in naive if {"bacteria", "virus"} <= {n for files in g["images"].values() for f in files
+                                                              for n in ("bacteria", "virus") if n in Path(f).name}),
+            "train_person_numbers_with_both_subtypes": sum(len(v) == 2 for v in subtypes.values())}
+
+
+def busi(data: Path, work: Path) -> dict:
+    """BUSI has no split: the audit's job there is the repeated scans of one lesion (families within a class)."""
+    run("audit", "--data", data / "busi_breast_ultrasound", "--out", work / "busi-audit", "--overwrite", "-q")
+    audit = json.loads((work / "busi-audit" / "audit.json").read_text())
+    sizes = [f["size"] for f in audit["families"]]
+    return {"summary": audit["summary"], "family_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))},
+            "label_conflicts": [p for p in audit["pairs"] if p["label_conflict"]][:10]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/audit-real"))
-    parser.add_argument("--only", default="brain,lc25000,shortcuts,kermany")
+    parser.add_argument("--only", default="brain,lc25000,shortcuts,kermany,busi")
     args = parser.parse_args()
     data = Path(os.environ.get("MEDVLKIT_DATA", "../shared/data"))
     args.work.mkdir(parents=True, exist_ok=True)
-    steps = {"brain": brain, "lc25000": lc25000, "shortcuts": shortcuts, "kermany": kermany}
+    steps = {"brain": brain, "lc25000": lc25000, "shortcuts": shortcuts, "kermany": kermany, "busi": busi}
     for name in args.only.split(","):
         result = steps[name](data, args.work)
         (args.work / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")

@@ -27,11 +27,12 @@ import numpy as np
 from PIL import Image
 
 from medvlkit import load_dataset
-from medvlkit.dataaudit.hashes import best_alignment, fingerprint
-from medvlkit.dataaudit.pairs import hash_candidates
+from medvlkit.dataaudit.hashes import best_alignment, detail_amount, fingerprint
+from medvlkit.dataaudit.pairs import MIN_DETAIL, NEAR_THRESHOLD, hash_candidates
 
-SETS = {"adult chest films": "cxr_covid_radiography_adult", "Kermany test": "chest_xray_pneumonia/test",
-        "brain MRI test": "brain_tumor_mri/test", "fundus photographs": "fundus_eye_diseases",
+SETS = {"fundus photographs": "fundus_eye_diseases", "adult chest films": "cxr_covid_radiography_adult",
+        "Kermany test": "chest_xray_pneumonia/test", "BUSI": "busi_breast_ultrasound",
+        "brain MRI test": "brain_tumor_mri/test",
         "LC25000": "lung_histopathology_lc25000"}
 THRESHOLDS = (0.97, 0.98, 0.985, 0.99, 0.995)
 
@@ -62,23 +63,34 @@ def main() -> None:
         ds = load_dataset(root / folder)
         prints = [fingerprint(ds.load_image(i)) for i in range(len(ds))]
         hashes, thumbs = np.stack([p[1] for p in prints]), np.stack([p[2] for p in prints])
-        dists, corrs, per_kind = [], [], {}
+        dists, corrs, fine, per_kind = [], [], [], {}
         for i in np.random.default_rng(0).permutation(len(ds))[:args.n]:
             for kind in ("resize+jpeg60", "crop5%", "crop10%", "rot90", "rot10", "flip+jpeg75"):
                 _, h, t = fingerprint(copy_of(ds.load_image(int(i)), kind))
-                d, c, *_ = best_alignment(h, hashes[i], t, thumbs[i])
-                dists.append(d)
-                corrs.append(c)
-                per_kind.setdefault(kind, []).append(c)
-        print("   copies' correlation min by kind: " + ", ".join(f"{k} {min(v):.3f}" for k, v in per_kind.items()))
-        look = np.array([best_alignment(hashes[a], hashes[b], thumbs[a], thumbs[b])[1]
-                         for a, b in sorted(hash_candidates(hashes))])
+                al = best_alignment(h, hashes[i], t, thumbs[i])
+                dists.append(al.distance)
+                corrs.append(al.correlation)
+                if al.detail >= MIN_DETAIL and kind != "rot10":  # rot10 crops 12.5% a side: beyond the 10% designed
+                    fine.append(al.detail_correlation)
+                per_kind.setdefault(kind, []).append(al.correlation)
         print(f"{name} ({len(ds)} images): copies ({len(corrs)}) hash distance max {max(dists)}, correlation min "
-              f"{min(corrs):.4f}, 1st pct {np.percentile(corrs, 1):.4f}, 5th pct {np.percentile(corrs, 5):.4f}")
+              f"{min(corrs):.4f}, 1st pct {np.percentile(corrs, 1):.4f}, 5th pct {np.percentile(corrs, 5):.4f}; "
+              f"fine-detail correlation (not rot10, detail >= {MIN_DETAIL}) min {min(fine):.4f}")
+        print("   copies' correlation min by kind: " + ", ".join(f"{k} {min(v):.3f}" for k, v in per_kind.items()))
+        aligned = [best_alignment(hashes[a], hashes[b], thumbs[a], thumbs[b])
+                   for a, b in sorted(hash_candidates(hashes))]
+        look = np.array([al.correlation for al in aligned])
         if len(look):
             passing = ", ".join(f">= {t}: {int((look >= t).sum())}" for t in THRESHOLDS)
             print(f"   look-alike pairs within hash radius 7: {len(look)}; correlation pct [50, 90, 99] "
                   f"{np.percentile(look, [50, 90, 99]).round(4)}; {passing}")
+            high = [al for al in aligned if al.correlation >= NEAR_THRESHOLD]
+            plain = sum(al.detail < MIN_DETAIL for al in high)
+            rest = [al.detail_correlation for al in high if al.detail >= MIN_DETAIL] or [np.nan]
+            print(f"   of the {len(high)} at >= {NEAR_THRESHOLD}: {plain} too plain to confirm (detail < {MIN_DETAIL});"
+                  f" fine-detail correlation of the rest pct [0, 5, 50] {np.percentile(rest, [0, 5, 50]).round(3)}")
+        amounts = [detail_amount(t[0]) for t in thumbs]
+        print(f"   images too plain to confirm (detail < {MIN_DETAIL}): {int(np.sum(np.array(amounts) < MIN_DETAIL))}")
 
 
 if __name__ == "__main__":

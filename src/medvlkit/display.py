@@ -184,6 +184,9 @@ def print_audit(audit: dict, out_dir) -> None:
                   f"augmented copies; {s['cross_split_pairs']} across splits, {s['label_conflicts']} with two labels; "
                   f"{s['leaking_groups']} patients in two splits; {s['excluded_images']} images to exclude "
                   "(--exclude this folder)")
+    if s.get("plain_pairs"):
+        console.print(f"{s['plain_pairs']} look-alike pairs too plain to confirm (too little fine detail to tell a "
+                      "copy from another image; not counted, not excluded; plain_pairs.csv)")
     if s.get("families"):
         console.print(f"{s['images_in_families']} images in {s['families']} families of copies (largest "
                       f"{audit['families'][0]['size']}; families.csv)")

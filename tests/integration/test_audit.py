@@ -106,6 +106,40 @@ def test_a_copy_of_a_copy_of_a_test_image_is_excluded_too():
     assert excluded == {"A", "B", "F", "H"}
 
 
+def _plain_disc(angle: float, brightness: float, seed: int) -> Image.Image:
+    """A round field of view with nothing in it but smooth shading and sensor noise (a blurred cataract fundus)."""
+    yy, xx = np.mgrid[:128, :128] / 127.0
+    grey = brightness + 60 * (np.cos(angle) * xx + np.sin(angle) * yy)
+    grey += np.random.default_rng(seed).normal(0, 0.8, grey.shape)
+    grey[(yy - 0.5) ** 2 + (xx - 0.5) ** 2 > 0.22] = 0
+    return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def test_plain_look_alikes_are_listed_apart_not_counted(tmp_path):
+    """Two different featureless discs correlate at 0.997 (they share only their shading): once counted as a
+    near-duplicate across splits with two labels, and the train one excluded. Now: listed as too plain to confirm,
+    no pair, no conflict, nothing excluded. A JPEG copy of a detailed image beside them is still found."""
+    root = tmp_path / "data"
+    for split, cls, image, name in (("train", "A", _plain_disc(0.3, 120, 0), "disc1.png"),
+                                    ("test", "B", _plain_disc(0.45, 150, 1), "disc2.png"),
+                                    ("train", "A", _picture(900, 128), "detailed.png"),
+                                    ("test", "A", _jpeg(_picture(900, 128).resize((100, 100)), 70), "detailed.jpg"),
+                                    ("train", "B", _picture(901, 128), "other.png"),
+                                    ("test", "B", _picture(902, 128), "other2.png")):
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        image.save(root / split / cls / name)
+    out = tmp_path / "audit"
+    assert main(["audit", "--data", str(root), "--out", str(out), "--workers", "0", "-q", "--bootstrap", "0"]) == 0
+    audit = json.loads((out / "audit.json").read_text())
+    s = audit["summary"]
+    assert (s["near_pairs"], s["label_conflicts"], s["plain_pairs"], s["excluded_images"]) == (1, 0, 1, 1)
+    assert {Path(audit["pairs"][0]["file_a"]).name, Path(audit["pairs"][0]["file_b"]).name} == {
+        "detailed.png", "detailed.jpg"}
+    plain = _csv(out / "plain_pairs.csv")
+    assert len(plain) == 1 and {Path(plain[0]["file_a"]).name, Path(plain[0]["file_b"]).name} == {
+        "disc1.png", "disc2.png"} and float(plain[0]["correlation"]) > 0.99
+
+
 def test_audit_shortcut_check_sees_a_planted_shortcut(tmp_path):
     """Class A's images are 64 px wide, class B's 96: image properties alone tell them apart."""
     for cls, size in (("A", 64), ("B", 96)):

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -90,16 +91,70 @@ def pair_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 ANGLES = tuple(range(-24, 25, 3))  # small rotations searched when confirming a pair (augmentation rotates a little)
 _YY, _XX = np.mgrid[:THUMB_SIDE, :THUMB_SIDE]
-_DISK = (_YY - (THUMB_SIDE - 1) / 2) ** 2 + (_XX - (THUMB_SIDE - 1) / 2) ** 2 <= (0.35 * THUMB_SIDE) ** 2
+_R2 = (_YY - (THUMB_SIDE - 1) / 2) ** 2 + (_XX - (THUMB_SIDE - 1) / 2) ** 2
+_DISK = _R2 <= (0.35 * THUMB_SIDE) ** 2
+_INNER = _R2 <= (0.2 * THUMB_SIDE) ** 2  # inside any round field of view (fundus), whose rim is detail every image has
+
+
+class Alignment(NamedTuple):
+    """How image B lines up with image A (:func:`best_alignment`).
+
+    Attributes:
+        distance: the smallest Hamming distance between their perceptual hashes.
+        correlation: the aligned grey thumbnails' correlation over the central disk.
+        i, j, t, angle: the crop of A, the crop of B, the transform of B (:data:`DIHEDRAL`) and B's small turn.
+        detail_correlation: the same correlation of their fine detail (:func:`detail`): a copy keeps it, two smooth
+            images that merely share their shading do not.
+        detail: the lesser of the two images' amount of fine detail (:func:`detail_amount`, grey levels): below
+            :data:`MIN_DETAIL` an image is too plain for any pair of it to be confirmed.
+    """
+
+    distance: int
+    correlation: float
+    i: int
+    j: int
+    t: int
+    angle: int
+    detail_correlation: float
+    detail: float
+
+
+def _gauss_kernel(sigma: float) -> np.ndarray:
+    r = int(3 * sigma)
+    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    return k / k.sum()
+
+
+_FINE, _COARSE = _gauss_kernel(1.5), _gauss_kernel(4.0)
+
+
+def _blur(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    r = len(k) // 2
+    p = np.pad(a, r, mode="reflect")
+    p = np.stack([np.convolve(row, k, "valid") for row in p])
+    return np.stack([np.convolve(col, k, "valid") for col in p.T]).T
+
+
+def detail(thumb: np.ndarray) -> np.ndarray:
+    """The fine detail of a grey thumbnail: a difference of Gaussians (sigma 1.5 and 4 px at 64 px), which drops the
+    shading (illumination, vignetting) that any two smooth images share."""
+    a = np.asarray(thumb, np.float64)
+    return _blur(a, _FINE) - _blur(a, _COARSE)
+
+
+def detail_amount(thumb: np.ndarray) -> float:
+    """How much fine detail an image holds: the standard deviation of :func:`detail` inside the central 40% disk
+    (grey levels). A blurred cataract fundus disc holds about 0.3; chest films, MRI, histology and ultrasound 2-15."""
+    return float(detail(thumb)[_INNER].std())
 
 
 def best_alignment(hashes_a: np.ndarray, hashes_b: np.ndarray, thumbs_a: np.ndarray, thumbs_b: np.ndarray,
-                   slack: int = 2, hash_radius: int = 7) -> tuple[int, float, int, int, int, int]:
+                   slack: int = 2, hash_radius: int = 7) -> Alignment:
     """How B lines up with A, and how well. Among the (crop of A, crop of B, transform) whose hash distance is
     within ``slack`` of the smallest (several tie, and the closest hash is not always the right alignment; when even
     the smallest is beyond ``hash_radius``, the full crops under every transform), B's thumbnail is also turned by
-    each small angle of :data:`ANGLES`; the best correlation over the central disk (which turning leaves whole) wins.
-    Returns (smallest hash distance, correlation, i, j, t, angle)."""
+    each small angle of :data:`ANGLES`; the best correlation over the central disk (which turning leaves whole) wins,
+    and the fine detail of the two is compared at that alignment."""
     d = pair_distances(hashes_a, hashes_b)
     if d.min() <= hash_radius:
         combos = list(zip(*np.nonzero(d <= d.min() + slack)))
@@ -112,7 +167,12 @@ def best_alignment(hashes_a: np.ndarray, hashes_b: np.ndarray, thumbs_a: np.ndar
         for angle in ANGLES:
             turned = np.asarray(b.rotate(angle, resample=Image.Resampling.BILINEAR) if angle else b, np.float64)
             best = max(best, (_correlation(a, turned[_DISK]), int(i), int(j), int(t), angle))
-    return int(d.min()), *best
+    corr, i, j, t, angle = best
+    b = Image.fromarray(np.ascontiguousarray(dihedral(thumbs_b[j], t)))
+    turned = np.asarray(b.rotate(angle, resample=Image.Resampling.BILINEAR) if angle else b, np.float64)
+    fine = _correlation(detail(thumbs_a[i])[_DISK], detail(turned)[_DISK])
+    amount = min(detail_amount(thumbs_a[i]), detail_amount(thumbs_b[j]))
+    return Alignment(int(d.min()), corr, i, j, t, angle, fine, amount)
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:

@@ -5,15 +5,23 @@ pairs.
 - **near**: candidates are pairs whose perceptual hashes (three central crops x eight rotations/flips) lie within
   Hamming distance 7, found with FAISS's binary multi-index hash (4 x 16-bit blocks, one-bit probes: exact for that
   radius); with a model's embeddings, also each image's nearest neighbours (FAISS). A candidate is a near-duplicate when
-  the 32 x 32 grey thumbnails, aligned by the crop and transform that brought the hashes closest, correlate at
-  ``near_threshold`` (0.97) or more.
+  the 64 x 64 grey thumbnails, aligned by the crop and transform that brought the hashes closest (and a small turn),
+  correlate at ``near_threshold`` (0.97) or more **and** their fine detail (a difference of Gaussians, which drops
+  shading) correlates at :data:`DETAIL_THRESHOLD` (0.85) or more.
+- **plain**: a candidate that passes the first test but whose images hold less than :data:`MIN_DETAIL` grey levels of
+  fine detail: two blurred fundus discs share nothing but their shading and correlate at 0.99 without being the same
+  picture. Such pairs cannot be confirmed from pixels; they are listed (``plain_pairs``), never counted or excluded.
 
-The thresholds come from measurements (``benchmarks/audit_thresholds.py``): copies of real images (resized to half
-and re-encoded as JPEG at quality 60, cropped 5% and 10% a side, rotated, flipped) lie within hash distance 6 and
-correlate at 0.962 or more (1st percentile 0.97); different adult chest films that look alike (hash within 7)
-correlate at 0.944 or less (99th percentile). The embedding of ``lite`` is no duplicate detector (a re-encoded copy
-was less similar to its original than distinct images were to their neighbours), so candidates from embeddings are
-only proposals: the thumbnails decide.
+The thresholds come from measurements (``benchmarks/audit_thresholds.py``, 40 images a set): copies of real images
+(resized to half and re-encoded as JPEG at quality 60, cropped 5% and 10% a side, rotated 90 degrees, flipped and
+re-encoded) correlate at 0.967 or more and their fine detail at 0.979 or more (fundus; 0.99 on chest films, BUSI);
+different adult chest films that look alike (hash within 7) correlate at 0.958 or less (99th percentile, none at
+0.97). On the fundus set 256 look-alike pairs reach 0.97, 158 of them between images too plain to confirm (76 of its
+1,200 images, the blurred cataract discs; no image of the chest, MRI, ultrasound or histology sets); the rest are
+copies (mirrored, recoloured) whose fine detail correlates at 0.95 or more (5th percentile). A copy turned by 10
+degrees and cropped 12.5% a side is beyond this search (hash distance up to 24): ``augmented_copies`` finds those.
+The embedding of ``lite`` is no duplicate detector (a re-encoded copy was less similar to its original than distinct
+images were to their neighbours), so candidates from embeddings are only proposals: the thumbnails decide.
 """
 
 from __future__ import annotations
@@ -23,10 +31,21 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from medvlkit.dataaudit.hashes import AUGMENT_ANGLES, DIHEDRAL, FLIPS, SCALES, augmented, best_alignment, unit_rows
+from medvlkit.dataaudit.hashes import (
+    AUGMENT_ANGLES,
+    DIHEDRAL,
+    FLIPS,
+    SCALES,
+    augmented,
+    best_alignment,
+    detail_amount,
+    unit_rows,
+)
 from medvlkit.dataaudit.scan import Facts
 
 NEAR_THRESHOLD = 0.97
+DETAIL_THRESHOLD = 0.85  # copies' fine detail correlates at >= 0.91 (half size + JPEG 60 of a fundus photograph)
+MIN_DETAIL = 1.0  # grey levels of fine detail below which an image is too plain to confirm a pair (see the docstring)
 HASH_RADIUS = 7
 AUGMENTED_THRESHOLD = 0.85  # a rotate-and-crop copy vs its original at 64 px: >= 0.90 measured; other tiles <= 0.31
 
@@ -36,7 +55,9 @@ class Pair:
     """Two images (rows of :class:`Facts`, ``a < b``) that are the same picture.
 
     Attributes:
-        kind: ``exact`` (identical decoded pixels) or ``near``.
+        kind: ``exact`` (identical decoded pixels), ``near``, ``augmented``, or ``plain``: two images that look alike
+            but hold too little fine detail (a blurred fundus disc) to tell a copy from another image; listed, never
+            counted as a duplicate.
         hash_distance: the smallest Hamming distance between their perceptual hashes over crops and transforms.
         correlation: the aligned thumbnails' correlation (1.0 for exact pairs).
         transform: what maps b onto a (:data:`~medvlkit.dataaudit.hashes.DIHEDRAL`); ``scales``: the crops matched.
@@ -151,13 +172,16 @@ def find_pairs(facts: Facts, near_threshold: float = NEAR_THRESHOLD, embeddings:
     if embeddings is not None:
         candidates |= embedding_candidates(embeddings, k)
     for a, b in sorted(candidates - set(out)):
-        dist, corr, i, j, t, angle = best_alignment(facts.hashes[a], facts.hashes[b], facts.thumbs[a],
-                                                    facts.thumbs[b])
-        if corr >= near_threshold:
-            out[(a, b)] = Pair(a, b, "near", dist, round(corr, 4), DIHEDRAL[t] + (f"+{angle}deg" if angle else ""),
-                               (SCALES[i], SCALES[j]))
+        al = best_alignment(facts.hashes[a], facts.hashes[b], facts.thumbs[a], facts.thumbs[b])
+        if al.correlation < near_threshold or (al.detail >= MIN_DETAIL and al.detail_correlation < DETAIL_THRESHOLD):
+            continue
+        kind = "near" if al.detail >= MIN_DETAIL else "plain"
+        out[(a, b)] = Pair(a, b, kind, al.distance, round(al.correlation, 4),
+                           DIHEDRAL[al.t] + (f"+{al.angle}deg" if al.angle else ""), (SCALES[al.i], SCALES[al.j]))
     if augmented_copies:
+        amount = [detail_amount(t) for t in facts.thumbs[:, 0]]
         for a, b, corr, transform in augmented_pairs(facts.thumbs):
             if (a, b) not in out:
-                out[(a, b)] = Pair(a, b, "augmented", -1, corr, transform, (1.0, 1.0))
+                kind = "augmented" if min(amount[a], amount[b]) >= MIN_DETAIL else "plain"
+                out[(a, b)] = Pair(a, b, kind, -1, corr, transform, (1.0, 1.0))
     return sorted(out.values(), key=lambda p: (p.a, p.b))

@@ -26,6 +26,7 @@ def write_audit(audit: dict, out_dir: Path, dataset: ImageDataset, model=None) -
     tables = {"exact_pairs": [p for p in pairs if p["kind"] == "exact"],
               "near_pairs": [p for p in pairs if p["kind"] == "near"],
               "label_conflicts": [p for p in pairs if p["label_conflict"]],
+              "plain_pairs": audit.get("plain_pairs", []),
               "group_leaks": [{"group": g["group"], "splits": g["splits"],
                                "images": sum(len(v) for v in g["images"].values())} for g in audit["group_leaks"]],
               "families": [{"family": f["family"], "size": f["size"], "split": split, "file": file}

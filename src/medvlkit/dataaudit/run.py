@@ -3,7 +3,8 @@
 Every split of the data (train, val, test where it has them; else all of it as one) is scanned once
 (:mod:`~medvlkit.dataaudit.scan`), and the audit reports:
 
-- exact and near-duplicate pairs (:mod:`~medvlkit.dataaudit.pairs`), each within one split or across two;
+- exact and near-duplicate pairs (:mod:`~medvlkit.dataaudit.pairs`), each within one split or across two; pairs of
+  look-alikes too plain to confirm (``plain_pairs``: blurred fundus discs) are listed apart and never counted;
 - label conflicts: pairs whose two images carry different labels;
 - group leakage: a patient / study id (``group_column`` in a CSV, or ``group_pattern`` on file names) in two splits;
 - the shortcut check (:mod:`~medvlkit.dataaudit.shortcuts`), class balance per split, and unreadable files;
@@ -230,8 +231,9 @@ def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, 
         emb = embed_images(model, ds.subset(facts.positions), **(run.embed_kwargs() | {"on_error": "skip"}))
         embeddings = np.zeros((len(facts.positions), emb.vectors.shape[1]), np.float32)
         embeddings[emb.indices] = emb.vectors
-    pairs = _pair_rows(find_pairs(facts, cfg.near_threshold, embeddings, augmented_copies=cfg.augmented), facts, ds,
+    found = _pair_rows(find_pairs(facts, cfg.near_threshold, embeddings, augmented_copies=cfg.augmented), facts, ds,
                        split_of)
+    pairs = [p for p in found if p["kind"] != "plain"]
     leaks = group_leaks(ds, split_of, cfg.group_pattern)
     shortcuts = None
     if ds.has_labels and len(facts.positions) >= 10:
@@ -240,7 +242,8 @@ def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, 
                                    ds.classnames, embeddings, cfg.bootstrap, cfg.seed)
     audit = {"config": asdict(cfg), "dataset": ds.name, "splits": {s: sum(1 for x in split_of if x == s)
                                                                     for s in dict.fromkeys(split_of)},
-             "n_images": len(ds), "n_read": int(len(facts.positions)), "pairs": pairs, "group_leaks": leaks,
+             "n_images": len(ds), "n_read": int(len(facts.positions)), "pairs": pairs,
+             "plain_pairs": [p for p in found if p["kind"] == "plain"], "group_leaks": leaks,
              "shortcuts": shortcuts, "balance": balance(ds, split_of),
              "unreadable": [{"file": f, "reason": r} for f, r in facts.unreadable],
              "families": families(pairs), "seen_by_model": seen}
@@ -283,6 +286,7 @@ def summarize(audit: dict) -> dict:
             "within_split_pairs": count(cross=False), "label_conflicts": count(conflict=True),
             "families": len(audit["families"]),
             "images_in_families": sum(f["size"] for f in audit["families"]),
+            "plain_pairs": len(audit.get("plain_pairs", [])),
             "leaking_groups": len(audit["group_leaks"]), "excluded_images": len(audit["exclude"]),
             "unreadable": len(audit["unreadable"]),
             "shortcut_flagged": len((audit["shortcuts"] or {}).get("flagged", [])),
