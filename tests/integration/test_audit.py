@@ -140,6 +140,48 @@ def test_plain_look_alikes_are_listed_apart_not_counted(tmp_path):
         "disc1.png", "disc2.png"} and float(plain[0]["correlation"]) > 0.99
 
 
+def _texture(seed: int, size: int = 224) -> Image.Image:
+    """Tissue-like detail: blobs of several sizes in three colours."""
+    rng = np.random.default_rng(seed)
+    planes = [gaussian_filter(rng.normal(size=(size, size)), s) * s for s in (1.5, 4, 9)]
+    rgb = np.stack([sum(w * p for w, p in zip(rng.uniform(0.3, 1, 3), planes)) for _ in range(3)], -1)
+    rgb = (rgb - rgb.min()) / (rgb.max() - rgb.min())
+    return Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+def _augment(image: Image.Image, angle: float, flip: bool) -> Image.Image:
+    """What Augmentor (LC25000's tool) does: turn, keep the largest inner square, enlarge it back, maybe flip."""
+    from medvlkit.dataaudit.hashes import inner_square
+
+    n = image.size[0]
+    c = n * (1 - inner_square(angle)) / 2
+    out = image.rotate(angle, resample=Image.Resampling.BICUBIC).crop((c, c, n - c, n - c))
+    out = out.resize((n, n), Image.Resampling.BICUBIC)
+    return _jpeg(out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out, 90)
+
+
+def test_augmented_copies_of_one_original_are_one_family(tmp_path):
+    """Two copies of one original, turned by +18 and -21 degrees (39 apart, zoomed differently) and one flipped, are
+    copies of each other and of the original; the near-duplicate search alone misses them, --augmented finds the
+    three pairs, and nothing joins the unrelated images."""
+    original = _texture(0)
+    images = {"orig.png": original, "copy_a.jpg": _augment(original, 18, False),
+              "copy_b.jpg": _augment(original, -21, True), "other1.png": _texture(1), "other2.png": _texture(2),
+              "other3.jpg": _augment(_texture(3), 10, False)}
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    for name, image in images.items():
+        image.save(tmp_path / "data" / "x" / name)
+    from medvlkit import audit
+
+    plain = audit(tmp_path / "data", tmp_path / "near", bootstrap=0)
+    assert plain["summary"]["near_pairs"] + plain["summary"]["exact_pairs"] == 0
+    result = audit(tmp_path / "data", tmp_path / "aug", bootstrap=0, augmented=True)
+    found = {frozenset((Path(p["file_a"]).name, Path(p["file_b"]).name)) for p in result["pairs"]}
+    assert found == {frozenset(p) for p in (("orig.png", "copy_a.jpg"), ("orig.png", "copy_b.jpg"),
+                                              ("copy_a.jpg", "copy_b.jpg"))}
+    assert result["summary"]["families"] == 1 and result["families"][0]["size"] == 3
+
+
 def test_audit_shortcut_check_sees_a_planted_shortcut(tmp_path):
     """Class A's images are 64 px wide, class B's 96: image properties alone tell them apart."""
     for cls, size in (("A", 64), ("B", 96)):

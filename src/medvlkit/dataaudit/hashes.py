@@ -221,8 +221,11 @@ class HashIndex:
         return out
 
 
-AUGMENT_ANGLES = tuple(float(a) for a in np.arange(-25, 25.1, 2.5))  # what augmentation tools turn by (LC25000: 25)
 FLIPS = (0, 1, 2, 3)  # none, left-right, top-bottom, both
+# Rotate-and-crop augmentation (LC25000's Augmentor) turns by up to 25 degrees either way and keeps the inner square,
+# so two copies of one original differ by up to 50 degrees and by a zoom down to the inner square at 25 degrees.
+RELATIVE_ANGLES = tuple(float(a) for a in np.arange(-50, 50.1, 2.5))
+RELATIVE_ZOOMS = (0.74, 0.8, 0.86, 0.93, 1.0)
 
 
 def inner_square(theta: float) -> float:
@@ -232,19 +235,35 @@ def inner_square(theta: float) -> float:
     return float(1.0 / (np.cos(t) + np.sin(t)))
 
 
-def augmented(thumb: np.ndarray, theta: float, flip: int, side: int) -> np.ndarray:
-    """A (64, 64) uint8 thumbnail flipped (``flip`` bits: 1 left-right, 2 top-bottom), turned by ``theta`` degrees,
-    cropped to its inner square and resized to ``side``: a copy as rotate-and-flip augmentation makes it."""
-    im = Image.fromarray(np.ascontiguousarray(thumb))
+def disk(side: int, radius: float = 0.35) -> np.ndarray:
+    """(side, side) bool: the central disk of ``radius`` x side, which turning leaves whole."""
+    yy, xx = np.mgrid[:side, :side]
+    return (yy - (side - 1) / 2) ** 2 + (xx - (side - 1) / 2) ** 2 <= (radius * side) ** 2
+
+
+def warp_matrix(flip: int, angle: float, zoom: float, side: int, mask: np.ndarray, src: int = THUMB_SIDE):
+    """A sparse (mask.sum(), src * src) matrix that samples, bilinearly, the pixels ``mask`` of a ``side`` px view of
+    a ``src`` px thumbnail flipped (bits: 1 left-right, 2 top-bottom), turned by ``angle`` degrees and zoomed in to
+    the central ``zoom`` share of its side: ``matrix @ thumb.ravel()`` is that view, for one image or many columns.
+    Within the central disk (``mask``) and ``zoom <= 1`` no sample leaves the thumbnail."""
+    from scipy.sparse import csr_matrix
+
+    v, u = np.nonzero(mask)
+    p = np.stack([(u + 0.5) / side - 0.5, (v + 0.5) / side - 0.5]) * zoom
+    t = np.radians(angle)
+    x, y = np.cos(t) * p[0] - np.sin(t) * p[1], np.sin(t) * p[0] + np.cos(t) * p[1]
+    x, y = (x + 0.5) * src - 0.5, (y + 0.5) * src - 0.5
     if flip & 1:
-        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = src - 1 - x
     if flip & 2:
-        im = im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    if theta:
-        n = im.size[0]
-        c = n * (1 - inner_square(theta)) / 2
-        im = im.rotate(theta, resample=Image.Resampling.BILINEAR).crop((c, c, n - c, n - c))
-    return np.asarray(im.resize((side, side), Image.Resampling.BILINEAR), np.float64)
+        y = src - 1 - y
+    x, y = np.clip(x, 0, src - 1.001), np.clip(y, 0, src - 1.001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    rows = np.repeat(np.arange(len(u)), 4)
+    cols = np.stack([y0 * src + x0, y0 * src + x0 + 1, (y0 + 1) * src + x0, (y0 + 1) * src + x0 + 1], 1).ravel()
+    vals = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], 1).ravel()
+    return csr_matrix((vals, (rows, cols)), shape=(len(u), src * src))
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,11 @@ different adult chest films that look alike (hash within 7) correlate at 0.958 o
 1,200 images, the blurred cataract discs; no image of the chest, MRI, ultrasound or histology sets); the rest are
 copies (mirrored, recoloured) whose fine detail correlates at 0.95 or more (5th percentile). A copy turned by 10
 degrees and cropped 12.5% a side is beyond this search (hash distance up to 24): ``augmented_copies`` finds those.
+
+- **augmented** (``augmented_copies``, for data made by augmentation): :func:`augmented_pairs`. Two rotate-and-crop
+  copies of one original (not only a copy and its original) are found: on 60 LC25000 tiles each made into two copies
+  (turned by -25..25 degrees, flipped at random, JPEG 90), every pair correlated at 0.874 or more (5th percentile
+  0.919); of the 935 candidate pairs between tiles of two different classes of the real set, none above 0.763.
 The embedding of ``lite`` is no duplicate detector (a re-encoded copy was less similar to its original than distinct
 images were to their neighbours), so candidates from embeddings are only proposals: the thumbnails decide.
 """
@@ -29,17 +34,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from medvlkit.dataaudit.hashes import (
-    AUGMENT_ANGLES,
     DIHEDRAL,
     FLIPS,
+    RELATIVE_ANGLES,
+    RELATIVE_ZOOMS,
     SCALES,
-    augmented,
+    THUMB_SIDE,
     best_alignment,
     detail_amount,
+    disk,
     unit_rows,
+    warp_matrix,
 )
 from medvlkit.dataaudit.scan import Facts
 
@@ -47,7 +54,7 @@ NEAR_THRESHOLD = 0.97
 DETAIL_THRESHOLD = 0.85  # copies' fine detail correlates at >= 0.91 (half size + JPEG 60 of a fundus photograph)
 MIN_DETAIL = 1.0  # grey levels of fine detail below which an image is too plain to confirm a pair (see the docstring)
 HASH_RADIUS = 7
-AUGMENTED_THRESHOLD = 0.85  # a rotate-and-crop copy vs its original at 64 px: >= 0.90 measured; other tiles <= 0.31
+AUGMENTED_THRESHOLD = 0.85  # copies of one LC25000 tile vs each other: >= 0.87; tiles of two classes: <= 0.77
 
 
 @dataclass
@@ -118,38 +125,50 @@ def embedding_candidates(vectors: np.ndarray, k: int = 5) -> set[tuple[int, int]
     return set(zip(a.tolist(), b.tolist()))
 
 
-def augmented_pairs(thumbs: np.ndarray, threshold: float = AUGMENTED_THRESHOLD, k: int = 4,
-                    coarse: int = 32) -> list[tuple[int, int, float, str]]:
-    """Pairs where one image is a rotate-and-crop (up to 25 degrees) and/or flipped copy of the other, as
-    augmentation tools make them (LC25000): every image's augmented versions (:func:`augmented`) are searched against
-    every image's full view with FAISS at ``coarse`` px, and the ``k`` best of each are confirmed at 64 px.
+def augmented_pairs(thumbs: np.ndarray, threshold: float = AUGMENTED_THRESHOLD, k: int = 3, coarse: int = 16,
+                    batch: int = 32, progress: bool = False) -> list[tuple[int, int, float, str]]:
+    """Pairs where one image is a rotate-and-crop and/or flipped copy of the other, or both are copies of one original,
+    as augmentation tools make them (LC25000): each image seen flipped (4 ways), turned by each of
+    :data:`~medvlkit.dataaudit.hashes.RELATIVE_ANGLES` (up to 50 degrees: two copies each turned by up to 25) and
+    zoomed by each of :data:`~medvlkit.dataaudit.hashes.RELATIVE_ZOOMS` (820 views, made by one sparse product a
+    batch) is searched, on its central disk at ``coarse`` px, against every image's plain view with FAISS; the ``k``
+    best of each view are confirmed on the central disk at 64 px (correlation >= ``threshold``).
     Returns (a, b, correlation, transform) with a < b."""
+    from scipy.sparse import vstack
+    from tqdm.auto import tqdm
+
     faiss = _faiss()
-    full = thumbs[:, 0]  # (N, 64, 64): the uncropped views
+    full = thumbs[:, 0].reshape(len(thumbs), -1).astype(np.float32)  # (N, 4096): the uncropped views
     n = len(full)
-    base = unit_rows(np.stack([np.asarray(Image.fromarray(t).resize((coarse, coarse), Image.Resampling.BILINEAR))
-                               for t in full]))
-    index = faiss.IndexFlatIP(base.shape[1])
-    index.add(base)
-    variants = [(f, a) for f in FLIPS for a in AUGMENT_ANGLES if f or a]
+    small, fine = disk(coarse), disk(THUMB_SIDE)
+    index = faiss.IndexFlatIP(int(small.sum()))
+    index.add(unit_rows((warp_matrix(0, 0.0, 1.0, coarse, small) @ full.T).T))
+    views = [(f, a, z) for f in FLIPS for a in RELATIVE_ANGLES for z in RELATIVE_ZOOMS]
+    warp = vstack([warp_matrix(f, a, z, coarse, small) for f, a, z in views]).tocsr()
+    plain = unit_rows(full.reshape(n, THUMB_SIDE, THUMB_SIDE)[:, fine])
+    confirm_cache: dict[int, object] = {}
     best: dict[tuple[int, int], tuple[float, str]] = {}
-    for a in range(n):
-        queries = unit_rows(np.stack([augmented(full[a], angle, flip, coarse) for flip, angle in variants]))
-        scores, ids = index.search(queries, min(k + 1, n))
-        for (flip, angle), row_s, row_i in zip(variants, scores, ids):
-            for score, b in zip(row_s, row_i):
-                if b < 0 or b == a or score < threshold - 0.1:
+    for start in tqdm(range(0, n, batch), desc="audit: augmented copies", unit="batch", disable=not progress):
+        rows = np.arange(start, min(start + batch, n))
+        seen = (warp @ full[rows].T).T.reshape(len(rows) * len(views), -1)  # (B * V, P)
+        scores, ids = index.search(unit_rows(seen), min(k + 1, n))
+        for q in np.nonzero((scores >= threshold - 0.15).any(1))[0]:
+            a, v = int(rows[q // len(views)]), int(q % len(views))
+            for score, b in zip(scores[q], ids[q]):
+                if b < 0 or b == a or score < threshold - 0.15:
                     continue
-                fine = unit_rows(augmented(full[a], angle, flip, 64)[None])[0] @ unit_rows(full[b][None])[0]
-                key = (min(a, b), max(a, b))
-                name = f"flip{flip}+{angle:g}deg"
-                if fine >= threshold and fine > best.get(key, (-1.0, ""))[0]:
-                    best[key] = (float(fine), name)
+                if v not in confirm_cache:
+                    confirm_cache[v] = warp_matrix(*views[v], THUMB_SIDE, fine)
+                corr = float(unit_rows((confirm_cache[v] @ full[a])[None])[0] @ plain[b])
+                key = (min(a, int(b)), max(a, int(b)))
+                f, angle, zoom = views[v]
+                if corr >= threshold and corr > best.get(key, (-1.0, ""))[0]:
+                    best[key] = (corr, f"flip{f}+{angle:g}deg+zoom{zoom:g}")
     return [(a, b, round(c, 4), t) for (a, b), (c, t) in sorted(best.items())]
 
 
 def find_pairs(facts: Facts, near_threshold: float = NEAR_THRESHOLD, embeddings: np.ndarray | None = None,
-               k: int = 5, augmented_copies: bool = False) -> list[Pair]:
+               k: int = 5, augmented_copies: bool = False, progress: bool = False) -> list[Pair]:
     """Every exact and near-duplicate pair of the scanned images (see the module docstring).
 
     Args:
@@ -180,7 +199,7 @@ def find_pairs(facts: Facts, near_threshold: float = NEAR_THRESHOLD, embeddings:
                            DIHEDRAL[al.t] + (f"+{al.angle}deg" if al.angle else ""), (SCALES[al.i], SCALES[al.j]))
     if augmented_copies:
         amount = [detail_amount(t) for t in facts.thumbs[:, 0]]
-        for a, b, corr, transform in augmented_pairs(facts.thumbs):
+        for a, b, corr, transform in augmented_pairs(facts.thumbs, progress=progress):
             if (a, b) not in out:
                 kind = "augmented" if min(amount[a], amount[b]) >= MIN_DETAIL else "plain"
                 out[(a, b)] = Pair(a, b, kind, -1, corr, transform, (1.0, 1.0))

@@ -231,7 +231,8 @@ def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, 
         emb = embed_images(model, ds.subset(facts.positions), **(run.embed_kwargs() | {"on_error": "skip"}))
         embeddings = np.zeros((len(facts.positions), emb.vectors.shape[1]), np.float32)
         embeddings[emb.indices] = emb.vectors
-    found = _pair_rows(find_pairs(facts, cfg.near_threshold, embeddings, augmented_copies=cfg.augmented), facts, ds,
+    found = _pair_rows(find_pairs(facts, cfg.near_threshold, embeddings, augmented_copies=cfg.augmented,
+                                  progress=run.progress), facts, ds,
                        split_of)
     pairs = [p for p in found if p["kind"] != "plain"]
     leaks = group_leaks(ds, split_of, cfg.group_pattern)
