@@ -12,13 +12,14 @@ pairs.
   fine detail: two blurred fundus discs share nothing but their shading and correlate at 0.99 without being the same
   picture. Such pairs cannot be confirmed from pixels; they are listed (``plain_pairs``), never counted or excluded.
 
-The thresholds come from measurements (``benchmarks/audit_thresholds.py``, 40 images a set): copies of real images
-(resized to half and re-encoded as JPEG at quality 60, cropped 5% and 10% a side, rotated 90 degrees, flipped and
-re-encoded) correlate at 0.967 or more and their fine detail at 0.979 or more (fundus; 0.99 on chest films, BUSI);
-different adult chest films that look alike (hash within 7) correlate at 0.958 or less (99th percentile, none at
-0.97). On the fundus set 256 look-alike pairs reach 0.97, 158 of them between images too plain to confirm (76 of its
-1,200 images, the blurred cataract discs; no image of the chest, MRI, ultrasound or histology sets); the rest are
-copies (mirrored, recoloured) whose fine detail correlates at 0.95 or more (5th percentile). A copy turned by 10
+The thresholds come from measurements (``benchmarks/audit_thresholds.py``, 40 images from each of six real sets):
+copies resized to half and re-encoded as JPEG at quality 60, cropped 5% a side, rotated 90 degrees, or flipped and
+re-encoded correlate at 0.967 or more and their fine detail at 0.979 or more; cropped 10% a side they reach 0.954 on
+brain MRI (0.969-0.996 on the other sets), so some such copies are missed at 0.97. Different adult chest films that
+look alike (hash within 7) correlate at 0.958 or less (99th percentile, none at 0.97). On the fundus set 256
+look-alike pairs reach 0.97, 158 of them between images too plain to confirm (76 of its 1,200 images, the blurred
+cataract discs; one image or none in each of the chest, MRI, ultrasound and histology sets); the rest are copies
+(mirrored, recoloured) whose fine detail correlates at 0.95 or more (5th percentile). A copy turned by 10
 degrees and cropped 12.5% a side is beyond this search (hash distance up to 24): ``augmented_copies`` finds those.
 
 - **augmented** (``augmented_copies``, for data made by augmentation): :func:`augmented_pairs`. Two rotate-and-crop
