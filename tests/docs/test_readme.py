@@ -48,14 +48,15 @@ def _link_files(src_dir: Path, dst_dir: Path, names: list[str]) -> None:
 
 
 def _small_cxr(real: Path, dst: Path) -> None:
-    """A few real Kermany images per split and class; train holds patients of pretraining's validation part too."""
+    """A few real Kermany images per split and class; train's are of patients of pretraining's validation part, so
+    the validation that `probe` and `finetune` hold out of train is not set aside as lite's training data."""
     from medvlkit.pretrain.corpus import cxr_patient, in_val
 
     for split, per_class in (("train", 8), ("test", 5)):
         for cls in ("NORMAL", "PNEUMONIA"):
             files = sorted(p.name for p in (real / split / cls).glob("*.jpeg"))
             if split == "train":
-                val = [f for f in files if in_val(cxr_patient(f))][:3]
+                val = [f for f in files if in_val(cxr_patient(f))][:per_class]
                 files = val + [f for f in files if f not in val][:per_class - len(val)]
             _link_files(real / split / cls, dst / split / cls, files[:per_class])
 
@@ -105,11 +106,14 @@ def build_world(data_root: Path, tmp: Path) -> tuple[Path, dict[str, str]]:
                  label_names=z["label_names"])
     work.mkdir()
     cxr = sorted((data / "chest_xray_pneumonia" / "train").rglob("*.jpeg"))
-    real_train = data_root / "chest_xray_pneumonia" / "train"
-    for split, (start, n) in {"train": (0, 16), "val": (16, 3), "test": (19, 3)}.items():  # DIR: labelled, split
-        for cls in ("NORMAL", "PNEUMONIA"):  # 16 a class in train: the README's --shots 16 needs them
-            names = sorted(p.name for p in (real_train / cls).iterdir())[100 + start:100 + start + n]
-            _link_files(real_train / cls, work / "DIR" / split / cls, names)
+    real = data_root / "chest_xray_pneumonia"
+    # DIR: labelled, split. 16 a class in train (the README's --shots 16 needs them); val and test from the Kermany
+    # test split, which lite never trained on (medvlkit sets its training images aside from validation and test)
+    for split, (src, start, n) in {"train": ("train", 100, 16), "val": ("test", 100, 3),
+                                   "test": ("test", 103, 3)}.items():
+        for cls in ("NORMAL", "PNEUMONIA"):
+            names = sorted(p.name for p in (real / src / cls).iterdir())[start:start + n]
+            _link_files(real / src / cls, work / "DIR" / split / cls, names)
     for name in ("my_xrays", "my_images", "inbox", "val/medical"):
         _link_files(cxr[0].parent, work / name, [p.name for p in cxr[:3] if p.parent == cxr[0].parent])
     for name in ("inbox", "val/photos"):
