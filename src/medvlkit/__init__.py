@@ -9,9 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from medvlkit._version import __version__ as __version__
 from medvlkit.errors import ImageReadError, MedvlkitError
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "ImageDataset": "medvlkit.data", "list_adapters": "medvlkit.data", "load_dataset": "medvlkit.data",

@@ -18,6 +18,7 @@ import numpy as np
 
 from medvlkit.data.items import item_file
 from medvlkit.errors import MedvlkitError
+from medvlkit.files import stat_fingerprint
 
 logger = logging.getLogger(__name__)
 _SHARD_NAME = re.compile(r"shard-[0-9a-f]{32}\.npz")
@@ -30,12 +31,7 @@ def default_cache_dir() -> Path:
 
 def file_fingerprint(path: str) -> str:
     """``path|size|mtime_ns`` of a file (the file part of an item id, before any ``::member`` or ``@@view``)."""
-    real = item_file(path)
-    try:
-        st = os.stat(real)
-    except OSError:
-        return f"{path}|missing"
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    return stat_fingerprint(path, item_file(path))
 
 
 def item_key(item_id: str) -> str:

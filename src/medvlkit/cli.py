@@ -737,6 +737,10 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
                       skip_existing, group_pattern)
     cells = run_sweep(cfg, run, data_opts)
     print_cells(cells)
+    if finished := [Path(c.out) for c in cells if c.status in ("done", "skipped")]:
+        from medvlkit.report import write_report
+
+        write_report(finished, Path(cfg.out_dir) / "report")
     console.print(f"wrote {cfg.out_dir}/sweep.json and {cfg.out_dir}/report/report.html")
     if failed := [c for c in cells if c.status == "failed"]:
         raise MedvlkitError(f"{len(failed)} of {len(cells)} runs failed (listed above and in sweep.json)")

@@ -29,8 +29,8 @@ import torch
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase
+from medvlkit.models.onnx_model import FORMAT, VERSION
 
-FORMAT, VERSION = "medvlkit-onnx", 1
 TOLERANCE = 1e-4
 QUANTIZE = ("int8",)
 DEFAULT_OPSET = 17

@@ -46,9 +46,9 @@ def model_identity(model) -> dict:
 
 def identity_record(task: str, **parts) -> dict:
     """``parts`` (JSON-ready) with the task, the medvlkit version, and ``sha256`` over everything."""
-    import medvlkit
+    from medvlkit._version import __version__
 
-    record = {"task": task, "medvlkit": medvlkit.__version__, **parts}
+    record = {"task": task, "medvlkit": __version__, **parts}
     record["sha256"] = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
     return record
 

@@ -23,8 +23,8 @@ import torch
 
 from medvlkit.cache import _write_atomic, default_cache_dir, item_key
 from medvlkit.data.dataset import ImageDataset
+from medvlkit.data.io import pixel_hash
 from medvlkit.data.items import split_view
-from medvlkit.dataaudit.hashes import pixel_hash
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.training_data import TrainingManifest, id_keys
 

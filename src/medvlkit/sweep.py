@@ -144,7 +144,8 @@ def matching_prompts(dataset, name: str | None = None):
 
 
 def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions | None = None) -> list[Cell]:
-    """Run the grid (models outermost: each model is loaded once), write ``sweep.json`` and the report.
+    """Run the grid (models outermost: each model is loaded once) and write ``sweep.json`` (the CLI draws the report
+    page from the finished cells).
 
     With ``skip_existing`` a cell is kept when its ``result.json`` holds the identity the cell would have now
     (:func:`cell_identity`: the model's weights, the data's files and labels, the prompt texts, medvlkit's version and
@@ -154,8 +155,6 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
         every cell with its status; failed cells carry their one-line error.
     """
     from medvlkit.dataaudit.registry import warn_if_unapplied
-    from medvlkit.report import write_report
-
     run, data = run or RunOptions(), data or DataOptions()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,9 +189,6 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
     (out / "sweep.json").write_text(json.dumps({"config": asdict(cfg) | {"run": run.to_dict(),
                                                                          "data": data.to_dict()},
                                                 "cells": [asdict(c) for c in plan]}, indent=1) + "\n")
-    finished = [Path(c.out) for c in plan if c.status in ("done", "skipped")]
-    if finished:
-        write_report(finished, out / "report")
     return plan
 
 

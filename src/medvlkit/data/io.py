@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -17,14 +18,9 @@ from PIL import Image, ImageOps
 
 from medvlkit.data.items import is_npz_item, parse_npz_item
 from medvlkit.errors import ImageReadError, ImageTooLargeError, MedvlkitError
+from medvlkit.limits import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (read here by callers)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".gif", ".webp")
-DEFAULT_MAX_PIXELS = 100_000_000  # a 10k x 10k image; mammograms are ~ 4k x 6k
-
-
-def max_pixels() -> int:
-    """The pixel-count limit: ``$MEDVLKIT_MAX_PIXELS`` or 100 million."""
-    return int(os.environ.get("MEDVLKIT_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 
 def _set_pillow_limit(limit: int) -> None:
@@ -313,3 +309,12 @@ def _read_npz_member(item: str) -> Image.Image:
     if arr.dtype != np.uint8:
         arr = _scale_to_uint8(arr)
     return Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB")
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """sha1 of the decoded image: its mode, size and pixel values (the same picture saved as PNG and as lossless
+    TIFF, or under two names, hashes the same; any changed pixel does not). The audit's exact duplicates and the
+    models' training manifests (:mod:`medvlkit.seen`) both identify images by it."""
+    h = hashlib.sha1(f"{image.mode}|{image.size[0]}x{image.size[1]}|".encode())
+    h.update(np.ascontiguousarray(np.asarray(image)).tobytes())
+    return h.hexdigest()

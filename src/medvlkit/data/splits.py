@@ -17,19 +17,25 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.errors import MedvlkitError, NoSplitsError
-from medvlkit.options import DataOptions
 
 logger = logging.getLogger(__name__)
 
 HOLDOUT = "holdout"
 
 
-def load_train(data: str | Path, opts: DataOptions, split: str = "train") -> ImageDataset:
+class DatasetLoader(Protocol):
+    """What reads a dataset split (:class:`medvlkit.options.DataOptions` is one)."""
+
+    def load(self, data: str | Path, split: str | None = None) -> ImageDataset: ...
+
+
+def load_train(data: str | Path, opts: DatasetLoader, split: str = "train") -> ImageDataset:
     """The training split; all of the data (with a warning) when it has no splits."""
     try:
         return opts.load(data, split)
@@ -38,7 +44,7 @@ def load_train(data: str | Path, opts: DataOptions, split: str = "train") -> Ima
         return opts.load(data, None)
 
 
-def load_val(data: str | Path, opts: DataOptions, split: str | None = None) -> ImageDataset | None:
+def load_val(data: str | Path, opts: DatasetLoader, split: str | None = None) -> ImageDataset | None:
     """The validation split: ``split`` when given (an error when missing); else the data's ``val`` split when it
     has one. None means validation is to be held out of the training data (also for ``split="holdout"``)."""
     if split == HOLDOUT:

@@ -14,22 +14,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
+from medvlkit.data.io import pixel_hash  # noqa: F401 (the decoded-pixel identity lives with the reader)
+
 HASH_SIDE, LOW, THUMB_SIDE = 32, 8, 64
 DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "flip", "flip+rot90", "flip+rot180", "flip+rot270")
 MAX_GUARANTEED_DISTANCE = 7  # 4 blocks, each probed at distance <= 1: any pair within 7 bits shares such a block
-
-
-def pixel_hash(image: Image.Image) -> str:
-    """sha1 of the decoded image: its mode, size and pixel values."""
-    h = hashlib.sha1(f"{image.mode}|{image.size[0]}x{image.size[1]}|".encode())
-    h.update(np.ascontiguousarray(np.asarray(image)).tobytes())
-    return h.hexdigest()
 
 
 def _dct_matrix(n: int) -> np.ndarray:

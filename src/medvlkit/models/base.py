@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medvlkit.data.io import max_pixels
 from medvlkit.errors import ImageReadError
+from medvlkit.files import stat_fingerprint
+from medvlkit.limits import max_pixels
 from medvlkit.models.preprocess import PreprocessCfg
 
 _RESAMPLE = {
@@ -287,10 +288,8 @@ class ModelBase(torch.nn.Module):
         """A short id of (model name, preprocessing, weight dtype, weight files' and tokenizer files' paths, sizes,
         mtimes) for the embedding caches: bf16 and fp32 weights give different vectors, and so does another
         tokenizer (``--tokenizer DIR``) for the same weights; neither may share cached vectors."""
-        from medvlkit.cache import file_fingerprint
-
         files = list(self.weight_files) + tokenizer_files(getattr(self, "tokenizer", None))
-        parts = [self.name, repr(self.preprocess_cfg), str(self.dtype)] + [file_fingerprint(f) for f in files]
+        parts = [self.name, repr(self.preprocess_cfg), str(self.dtype)] + [stat_fingerprint(f) for f in files]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -317,9 +316,7 @@ _SHA_CACHE: dict[str, str] = {}
 
 def file_sha256(path: str) -> str:
     """sha256 of a file, remembered per (path, size, mtime) for the life of the process."""
-    from medvlkit.cache import file_fingerprint
-
-    key = file_fingerprint(path)
+    key = stat_fingerprint(path)
     if key not in _SHA_CACHE:
         h = hashlib.sha256()
         with open(path, "rb") as f:

@@ -85,9 +85,10 @@ class OnnxModel(ModelBase):
         raise MedvlkitError(f"{self.name} keeps no backbone features; use --features projected")
 
 
-def _read_manifest(folder: Path) -> dict:
-    from medvlkit.export import FORMAT, VERSION
+FORMAT, VERSION = "medvlkit-onnx", 1  # what `medvlkit export --format onnx` writes (medvlkit.export) and this reads
 
+
+def _read_manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     if not folder.is_dir() or not path.is_file():
         raise MedvlkitError(f"onnx:{folder}: not an export folder (no manifest.json); write one with `medvlkit "
