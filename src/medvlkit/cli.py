@@ -602,20 +602,25 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
     print_pretrained(run_pretrain(cfg, resume=resume, progress=not quiet), cfg.out_dir)
 
 
+_FT_MODE = typer.Option("contrastive", "--mode", help="contrastive (image-caption InfoNCE; captions from labels when "
+                                                     "the data has none) or supervised (CE/BCE head)")
+_FT_VAL_SPLIT = typer.Option(None, "--val-split", help="split choosing the best epoch (default 'val' when the data "
+                                                       "has one, else a held-out --val-fraction of train; 'holdout' "
+                                                       "forces that)")
+_FT_AMP = typer.Option("auto", "--amp", help="mixed-precision training (autocast; weights stay fp32): auto "
+                                             "(bf16/fp16 on CUDA, off on CPU), fp32 (off), bf16, fp16")
+
+
 @app.command()
 @guard_out("resume")
 @shared_options(model=False, embed=False)
 def finetune(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
-             mode: str = typer.Option("contrastive", "--mode", help="contrastive (image-caption InfoNCE; captions "
-                                                                     "from labels when the data has none) or "
-                                                                     "supervised (CE/BCE head)"),
+             mode: str = _FT_MODE,
              lora: str = typer.Option(None, "--lora", help="LoRA instead of full fine-tuning: 'default' or "
                                                            "r=4,alpha=16,dropout=0.1,targets=q_proj,v_proj,fc1,fc2"),
              freeze: str = typer.Option("none", "--freeze", help="keep a tower fixed: vision, text or none"),
              train_split: str = typer.Option("train", "--train-split"),
-             val_split: str = typer.Option(None, "--val-split", help="split choosing the best epoch (default 'val' "
-                                                                     "when the data has one, else a held-out "
-                                                                     "--val-fraction of train; 'holdout' forces that)"),
+             val_split: str = _FT_VAL_SPLIT,
              test_split: str = typer.Option("test", "--test-split", help="split the best model is scored on "
                                                                        "('none' to skip)"),
              val_fraction: float = typer.Option(0.1, "--val-fraction", help="part of train held out as validation "
@@ -636,9 +641,7 @@ def finetune(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
              warmup: int = typer.Option(50, "--warmup", help="linear warm-up steps"),
              class_weight: str = typer.Option("balanced", "--class-weight", help="balanced (BCE pos_weight, "
                                                                                  "weighted CE) or none"),
-             amp: str = typer.Option("auto", "--amp", help="mixed-precision training (autocast; weights stay fp32): "
-                                                           "auto (bf16/fp16 on CUDA, off on CPU), fp32 (off), bf16, "
-                                                           "fp16"),
+             amp: str = _FT_AMP,
              precision: str = typer.Option(None, "--precision", hidden=True),  # renamed --amp: answered below
              save_every: int = typer.Option(100, "--save-every", help="steps between checkpoints"),
              max_val: int = typer.Option(0, "--max-val", help="validation images per evaluation (0: all)"),

@@ -20,6 +20,7 @@ upsampled bilinearly from the feature grid and scaled to [0, 1] by their maximum
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from medvlkit.answer import ClassVectors, answer, class_vectors
 from medvlkit.data.dataset import ImageDataset
@@ -178,6 +180,17 @@ def truth_by_class(dataset: ImageDataset, position: int) -> dict[str, int | None
     return {c: None if np.isnan(v) else int(v) for c, v in zip(dataset.classnames, dataset.labels[position])}
 
 
+def _save_maps(out_dir: Path, stem: str, view, maps: np.ndarray, classnames: list[str]) -> tuple[str, dict]:
+    """Write one image's raw maps (``maps/<stem>.npy``) and an overlay per class; returns (stem, {class: overlay})."""
+    np.save(out_dir / "maps" / f"{stem}.npy", maps)
+    overlays = {}
+    for c, name in enumerate(classnames):
+        path = out_dir / "overlays" / f"{stem}__c{c:02d}.png"  # by index: two texts may share a slug
+        overlay(view.numpy(), maps[c]).save(path)
+        overlays[name] = str(path.relative_to(out_dir))
+    return stem, overlays
+
+
 def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict,
                  limit: int | None = None, method: str | None = None, mode: str | None = None,
                  target: str = "log_prob", run=None) -> dict:
@@ -187,8 +200,6 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
     labelled data over the dataset's classes), truth by dataset class name, and the method. Free texts (``--text``)
     are never matched to the dataset's classes. Images are read by the one pixel path with ``run``'s loader
     workers, cache and ``on_error`` (:class:`medvlkit.options.RunOptions`). Returns the result."""
-    from tqdm import tqdm
-
     from medvlkit.features import embed_images
     from medvlkit.options import RunOptions
     from medvlkit.pixels import view_loader
@@ -218,13 +229,8 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
         pos, view = positions[0], views[0]
         maps, scores = heatmaps(model, pre.normalize(view[None]).to(model.device), targets, method)
         item = dataset.items[pos]
-        stem = f"{len(rows):04d}_{_slug(Path(item).stem)}"
-        np.save(out_dir / "maps" / f"{stem}.npy", maps[0])
-        overlays = {}
-        for c, name in enumerate(targets.classnames):
-            path = out_dir / "overlays" / f"{stem}__c{c:02d}.png"  # by index: two texts may share a slug
-            overlay(view.numpy(), maps[0, c]).save(path)
-            overlays[name] = str(path.relative_to(out_dir))
+        stem, overlays = _save_maps(out_dir, f"{len(rows):04d}_{_slug(Path(item).stem)}", view, maps[0],
+                                    targets.classnames)
         rows.append({"file": item, "map": f"maps/{stem}.npy", "overlays": overlays,
                      "scores": dict(zip(targets.classnames, map(float, scores[0]))),
                      "probabilities": dict(zip(targets.classnames, map(float, ans.probs[row_of[pos]]))),
@@ -244,6 +250,4 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
                                                            data=dataset_identity(dataset),
                                                            prompts=prompts_used(dataset, prompts, mode).identity(mode),
                                                            method=method, target=target)})
-    import json
-
     return json.loads(path.read_text())

@@ -161,17 +161,10 @@ def _quantize(path: Path) -> None:
     path.with_name(path.name + ".data").unlink(missing_ok=True)  # the fp32 weights the int8 graph no longer uses
 
 
-def export_onnx(model: ModelBase, out_dir: Path, opset: int = DEFAULT_OPSET, quantize: str | None = None,
-                verify_data: Path | None = None, spec: str | None = None) -> dict:
-    """Export ``model``'s towers to ``out_dir`` and verify them (see the module docstring). Returns the manifest.
-
-    Raises:
-        MedvlkitError: no ONNX packages, a tokenizer the backend cannot reproduce, an exporter failure, an unknown
-            ``quantize``, or (fp32) a difference over ``1e-4`` against PyTorch (the folder is then removed).
-    """
+def _check_exportable(model: ModelBase, out_dir: Path, quantize: str | None):
+    """Refuse what cannot be exported faithfully; returns the model's tokenizer recipe."""
     _onnx_modules()
     _check_quantize(quantize)
-    out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise MedvlkitError(f"--out {out_dir} exists and is not empty; choose a new folder")
     if not model.trainable:
@@ -184,6 +177,31 @@ def export_onnx(model: ModelBase, out_dir: Path, opset: int = DEFAULT_OPSET, qua
     if recipe is None or not hasattr(model, "tokenizer") or not hasattr(model.tokenizer, "save_pretrained"):
         raise MedvlkitError(f"model '{model.name}' tokenises with its own code, not a Hugging Face tokenizer: its "
                             "text tower cannot be exported yet")
+    return recipe
+
+
+def _compare(model: ModelBase, exported, pixels: torch.Tensor, texts: list[str], verify_data: Path | None) -> dict:
+    """The largest difference between PyTorch's and the exported graphs' unit embeddings, over every batch shape
+    the graphs were not traced with: all inputs at once, one alone, other token lengths."""
+    image_batches = [pixels, pixels[:1]]
+    text_batches = [texts, texts[:1], texts[-2:-1], texts[-1:]]
+    return {"image_max_abs_diff": max(_max_diff(model.encode_image, exported.encode_image, b) for b in image_batches),
+            "text_max_abs_diff": max(_max_diff(model.encode_text, exported.encode_text, model.tokenize(b),
+                                               exported.tokenize(b)) for b in text_batches),
+            "n_images": int(len(pixels)), "n_texts": len(texts),
+            "images": "bundled demo images" if verify_data is None else str(verify_data)}
+
+
+def export_onnx(model: ModelBase, out_dir: Path, opset: int = DEFAULT_OPSET, quantize: str | None = None,
+                verify_data: Path | None = None, spec: str | None = None) -> dict:
+    """Export ``model``'s towers to ``out_dir`` and verify them (see the module docstring). Returns the manifest.
+
+    Raises:
+        MedvlkitError: no ONNX packages, a tokenizer the backend cannot reproduce, an exporter failure, an unknown
+            ``quantize``, or (fp32) a difference over ``1e-4`` against PyTorch (the folder is then removed).
+    """
+    out_dir = Path(out_dir)
+    recipe = _check_exportable(model, out_dir, quantize)
     model = model.eval().cpu()
     pixels, texts = verification_inputs(model, verify_data)
     tokens = model.tokenize(texts)
@@ -216,16 +234,7 @@ def export_onnx(model: ModelBase, out_dir: Path, opset: int = DEFAULT_OPSET, qua
         from medvlkit.models.onnx_model import load_onnx
 
         model.eval()
-        exported = load_onnx(str(out_dir))
-        # every batch shape the graphs were not traced with: all inputs at once, one alone, other token lengths
-        image_batches = [pixels, pixels[:1]]
-        text_batches = [texts, texts[:1], texts[-2:-1], texts[-1:]]
-        diff = {"image_max_abs_diff": max(_max_diff(model.encode_image, exported.encode_image, b)
-                                          for b in image_batches),
-                "text_max_abs_diff": max(_max_diff(model.encode_text, exported.encode_text, model.tokenize(b),
-                                                   exported.tokenize(b)) for b in text_batches),
-                "n_images": int(len(pixels)), "n_texts": len(texts),
-                "images": "bundled demo images" if verify_data is None else str(verify_data)}
+        diff = _compare(model, load_onnx(str(out_dir)), pixels, texts, verify_data)
         manifest["verification"] = diff | {"tolerance": None if quantize else TOLERANCE}
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         worst = max(diff["image_max_abs_diff"], diff["text_max_abs_diff"])

@@ -81,6 +81,60 @@ class ImageEmbeddings:
     n_cached: int = 0
 
 
+def _check_loader_args(on_error: str, batch_size: int, num_workers: int) -> None:
+    if on_error not in ON_ERROR:
+        raise MedvlkitError(f"--on-error {on_error}: valid options: {', '.join(ON_ERROR)}")
+    if batch_size < 1 or num_workers < 0:
+        raise MedvlkitError(f"--batch-size {batch_size} / --workers {num_workers}: need a batch size >= 1 and "
+                            "workers >= 0")
+
+
+def _encode_all(model: ModelBase, dataset: ImageDataset, loader, vectors: dict, pending: _PendingShard, bar,
+                normalize: bool, on_error: str, stoppable: bool) -> list[tuple[str, str]]:
+    """Encode what ``loader`` yields into ``vectors`` (and ``pending`` for the cache); returns the unreadable items.
+    With ``stoppable``, Ctrl-C stops after the batch in flight (``KeyboardInterrupt`` then)."""
+    skipped: list[tuple[str, str]] = []
+    pre, device = model.image_preprocessor, model.device
+    with StopRequest() if stoppable else contextlib.nullcontext(_NO_STOP) as stop:
+        try:
+            for positions, pixels, failed in loader:
+                skipped += _failures(dataset, failed, on_error)
+                if pixels is not None:
+                    pixels = pre.normalize(pixels.to(device, non_blocking=True))
+                    out = model.encode_image(pixels, normalize=normalize).float().cpu().numpy()
+                    check_finite(out, f"image embeddings of {dataset.items[positions[0]]}...")
+                    vectors.update(zip(positions, out))
+                    pending.add(positions)
+                bar.update(len(positions) + len(failed))
+                if stop.requested:
+                    raise KeyboardInterrupt
+        except Exception:
+            if stop.requested:  # loader workers stopped by the same Ctrl-C
+                raise KeyboardInterrupt from None
+            raise
+    return skipped
+
+
+def _cached_vectors(model: ModelBase, dataset: ImageDataset, cache: bool, cache_dir: str | None,
+                    fast_decode: bool) -> tuple:
+    """(cache store or None, item keys, {key: vector} found, {position: vector} found) for ``dataset``."""
+    fingerprint = model.fingerprint() + ("|fast-decode" if fast_decode else "")
+    store = EmbeddingCache(fingerprint, cache_dir, model.embed_dim) if cache else None
+    keys = [item_key(it) for it in dataset.items]
+    found = store.get(keys) if store else {}
+    vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
+    return store, keys, found, vectors
+
+
+def _share_out(vectors: dict, n: int, world: World) -> list[int]:
+    """This rank's share of the positions no rank has in its cache (ranks may hold different, node-local caches:
+    every rank shares out the same list the same way)."""
+    cached = set(vectors)
+    if world.size > 1:
+        cached = set().union(*gather_objects(cached, world))
+    return world.shard([i for i in range(n) if i not in cached])
+
+
 @torch.inference_mode()
 def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
                  cache: bool = True, cache_dir: str | None = None, on_error: str = "fail",
@@ -113,22 +167,10 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
     With the cache on, Ctrl-C stops after the batch in flight with everything computed so far in the cache; without
     it, Ctrl-C is an ordinary ``KeyboardInterrupt`` (a training loop around it handles it).
     """
-    if on_error not in ON_ERROR:
-        raise MedvlkitError(f"--on-error {on_error}: valid options: {', '.join(ON_ERROR)}")
-    if batch_size < 1 or num_workers < 0:
-        raise MedvlkitError(f"--batch-size {batch_size} / --workers {num_workers}: need a batch size >= 1 and "
-                            "workers >= 0")
-    fingerprint = model.fingerprint() + ("|fast-decode" if fast_decode else "")
-    store = EmbeddingCache(fingerprint, cache_dir, model.embed_dim) if cache and normalize else None
-    keys = [item_key(it) for it in dataset.items]
-    found = store.get(keys) if store else {}
-    vectors: dict[int, np.ndarray] = {i: found[k] for i, k in enumerate(keys) if k in found}
+    _check_loader_args(on_error, batch_size, num_workers)
+    store, keys, found, vectors = _cached_vectors(model, dataset, cache and normalize, cache_dir, fast_decode)
     world = world or World()
-    cached = set(vectors)
-    if world.size > 1:  # ranks may hold different caches (node-local): share out what no rank has, the same way
-        cached = set().union(*gather_objects(cached, world))
-    todo = world.shard([i for i in range(len(dataset)) if i not in cached])
-    skipped: list[tuple[str, str]] = []
+    todo = _share_out(vectors, len(dataset), world)
     pre, device = model.image_preprocessor, model.device
     draft = pre.cfg.decode_size() if fast_decode else None
     loader = view_loader(dataset, pre, todo, batch_size, num_workers, draft, pin_memory=device.type == "cuda")
@@ -136,23 +178,7 @@ def embed_images(model: ModelBase, dataset: ImageDataset, batch_size: int = 64, 
                disable=not (progress and world.is_main))
     pending = _PendingShard(store, keys, vectors)
     try:
-        with StopRequest() if store is not None else contextlib.nullcontext(_NO_STOP) as stop:
-            try:
-                for positions, pixels, failed in loader:
-                    skipped += _failures(dataset, failed, on_error)
-                    if pixels is not None:
-                        pixels = pre.normalize(pixels.to(device, non_blocking=True))
-                        out = model.encode_image(pixels, normalize=normalize).float().cpu().numpy()
-                        check_finite(out, f"image embeddings of {dataset.items[positions[0]]}...")
-                        vectors.update(zip(positions, out))
-                        pending.add(positions)
-                    bar.update(len(positions) + len(failed))
-                    if stop.requested:
-                        raise KeyboardInterrupt
-            except Exception:
-                if stop.requested:  # loader workers stopped by the same Ctrl-C
-                    raise KeyboardInterrupt from None
-                raise
+        skipped = _encode_all(model, dataset, loader, vectors, pending, bar, normalize, on_error, store is not None)
     except KeyboardInterrupt:
         if store is None:
             raise

@@ -166,6 +166,47 @@ def open_run(out_dir: Path, resume: bool, config: dict) -> dict | None:
     return state
 
 
+def _restore(job: Job, checkpoint: dict, out_dir: Path) -> TrainState:
+    """Put ``job`` (weights, optimizer, scheduler, scaler, RNGs) back where ``checkpoint`` left it."""
+    ts = TrainState.from_checkpoint(checkpoint)
+    job.load_state_dict(checkpoint)
+    job.optimizer.load_state_dict(checkpoint["optimizer"])
+    job.scheduler.load_state_dict(checkpoint["scheduler"])
+    if job.scaler is not None and checkpoint.get("scaler"):
+        job.scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint.get("cuda_rng") is not None and job.device.type == "cuda":
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"], job.device)
+    if job.world.is_main:
+        logger.info("resuming %s at step %d (epoch %d, batch %d)", out_dir, ts.step, ts.epoch, ts.batch_pos)
+    return ts
+
+
+def _save_state(path: Path, job: Job, ts: TrainState, config: dict) -> None:
+    """Everything :func:`_restore` needs, with the run's options (compared on ``--resume``)."""
+    save_checkpoint(path, {
+        **job.state_dict(), **ts.to_dict(), "config": config,
+        "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
+        "scaler": job.scaler.state_dict() if job.scaler else None, "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(job.device) if job.device.type == "cuda" else None})
+
+
+def _one_step(job: Job, opts: LoopOptions, ts: TrainState, planned, batch) -> float:
+    """One optimisation step on ``batch``; moves ``ts`` one step on. Returns the loss.
+
+    Raises:
+        MedvlkitError: the loss is NaN or infinite (the run has diverged).
+    """
+    loss = job.train_step(planned, batch, ts.epoch)
+    if not math.isfinite(loss):
+        raise MedvlkitError(f"the training loss is {loss} at step {ts.step + 1}: the run has diverged "
+                            f"({opts.divergence_hint}); the best model saved so far is kept")
+    _optimizer_step(job, opts)
+    ts.step, ts.batch_pos = ts.step + 1, ts.batch_pos + 1
+    ts.loss_sum, ts.loss_n = ts.loss_sum + loss, ts.loss_n + 1
+    return loss
+
+
 def fit(job: Job, opts: LoopOptions, out_dir: Path, config: dict, checkpoint: dict | None = None,
         progress: bool = True) -> TrainState:
     """Train ``job`` until ``opts.epochs`` (or the step budget, or early stopping); returns the final state.
@@ -178,30 +219,14 @@ def fit(job: Job, opts: LoopOptions, out_dir: Path, config: dict, checkpoint: di
     Raises:
         MedvlkitError: the loss became NaN/inf, or the run was interrupted (after saving a checkpoint to resume).
     """
-    ts = TrainState()
-    if checkpoint is not None:
-        ts = TrainState.from_checkpoint(checkpoint)
-        job.load_state_dict(checkpoint)
-        job.optimizer.load_state_dict(checkpoint["optimizer"])
-        job.scheduler.load_state_dict(checkpoint["scheduler"])
-        if job.scaler is not None and checkpoint.get("scaler"):
-            job.scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        if checkpoint.get("cuda_rng") is not None and job.device.type == "cuda":
-            torch.cuda.set_rng_state(checkpoint["cuda_rng"], job.device)
-        if job.world.is_main:
-            logger.info("resuming %s at step %d (epoch %d, batch %d)", out_dir, ts.step, ts.epoch, ts.batch_pos)
+    ts = TrainState() if checkpoint is None else _restore(job, checkpoint, out_dir)
     ckpt_path, world = Path(out_dir) / CHECKPOINT, job.world
     saved = {"step": ts.step}
 
     def save() -> None:
         saved["step"] = ts.step
         if world.is_main:
-            save_checkpoint(ckpt_path, {
-                **job.state_dict(), **ts.to_dict(), "config": config,
-                "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
-                "scaler": job.scaler.state_dict() if job.scaler else None, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(job.device) if job.device.type == "cuda" else None})
+            _save_state(ckpt_path, job, ts, config)
 
     bar = tqdm(total=opts.total_steps, initial=ts.step, desc=opts.desc, unit="step",
                disable=not (progress and world.is_main))
@@ -215,14 +240,8 @@ def fit(job: Job, opts: LoopOptions, out_dir: Path, config: dict, checkpoint: di
                 job.train_mode()
                 for planned, batch in zip(plan, job.load_batches(plan, ts.epoch)):
                     in_step = True
-                    loss = job.train_step(planned, batch, ts.epoch)
-                    if not math.isfinite(loss):
-                        raise MedvlkitError(f"the training loss is {loss} at step {ts.step + 1}: the run has "
-                                            f"diverged ({opts.divergence_hint}); the best model saved so far is kept")
-                    _optimizer_step(job, opts)
-                    ts.step, ts.batch_pos, seen = ts.step + 1, ts.batch_pos + 1, seen + len(planned)
-                    ts.loss_sum, ts.loss_n = ts.loss_sum + loss, ts.loss_n + 1
-                    in_step = False
+                    loss = _one_step(job, opts, ts, planned, batch)
+                    in_step, seen = False, seen + len(planned)
                     bar.update(1)
                     bar.set_postfix(epoch=ts.epoch, loss=f"{loss:.4f}",
                                     samples_s=f"{seen / max(time.perf_counter() - t_start, 1e-9):.1f}")

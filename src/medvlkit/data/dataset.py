@@ -130,8 +130,6 @@ def register_adapter(name: str, description: str, detect: Callable[[Path], bool]
 
 def list_adapters() -> list[Adapter]:
     """Every registered dataset format, in the order ``--format auto`` tries them."""
-    import medvlkit.data.adapters  # noqa: F401  (registers the built-in adapters)
-
     order = {name: i for i, name in enumerate(_ADAPTERS)}
     return sorted(_ADAPTERS.values(), key=lambda a: (-a.priority, order[a.name]))
 

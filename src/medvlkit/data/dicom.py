@@ -3,7 +3,7 @@
 Order of operations (DICOM PS3.3 C.11): modality LUT (rescale slope/intercept, or a Modality LUT Sequence), then
 the VOI transform: the first window (VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID, C.11.2.1.2-3) or a VOI LUT
 Sequence, whose output range is mapped to 0..255 (so an image lying wholly above its window is white, not black).
-Without a usable window the no-window rule of :func:`medvlkit.data.io._scale_to_uint8` applies (8-bit data as
+Without a usable window the no-window rule of :func:`medvlkit.data.intensity.scale_to_uint8` applies (8-bit data as
 stored, a 16-bit copy of 8-bit data as its original, anything else by its robust range).
 MONOCHROME1 is inverted; PALETTE COLOR goes through its colour LUT; multi-frame files give their middle frame.
 Declared sizes are checked before anything is inflated or decoded (see :func:`read_dicom`).
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medvlkit.data.io import _over_limit, _scale_to_uint8, max_pixels, unit_to_uint8
+from medvlkit.data.intensity import over_limit, scale_to_uint8, unit_to_uint8
 from medvlkit.errors import ImageReadError, ImageTooLargeError, first_line
+from medvlkit.limits import max_pixels
 
 logger = logging.getLogger(__name__)
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -48,7 +49,7 @@ def read_dicom(path: Path, limit: int | None = None) -> Image.Image:
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
         if rows * cols * frames > limit or samples > 4:
-            raise ImageTooLargeError(str(path), _over_limit(cols, rows, limit, f"pixels x {frames} frame(s) x "
+            raise ImageTooLargeError(str(path), over_limit(cols, rows, limit, f"pixels x {frames} frame(s) x "
                                                                                f"{samples} sample(s)"))
         _check_frame_size(ds, path, rows, cols, frames, limit)
         # decode the middle frame only (multi-frame files: CT/MR series, cine)
@@ -96,7 +97,7 @@ def _check_frame_size(ds, path: Path, rows: int, cols: int, frames: int, limit: 
         return
     width, height = size
     if width * height * frames > limit:
-        raise ImageTooLargeError(str(path), _over_limit(width, height, limit, f"pixels in its compressed frame x "
+        raise ImageTooLargeError(str(path), over_limit(width, height, limit, f"pixels in its compressed frame x "
                                                                              f"{frames} frame(s)"))
     if (width, height) != (cols, rows):
         raise ImageReadError(str(path), f"DICOM: the compressed frame is {width}x{height} pixels but the header says "
@@ -113,7 +114,7 @@ def _display_grey(arr: np.ndarray, ds) -> np.ndarray:
         unit = _voi_lut_table(values, ds)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         unit = _voi_window(values, ds)
-    return _scale_to_uint8(values) if unit is None else unit_to_uint8(unit)
+    return scale_to_uint8(values) if unit is None else unit_to_uint8(unit)
 
 
 def _modality(arr: np.ndarray, ds, apply_modality_lut) -> np.ndarray:

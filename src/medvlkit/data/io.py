@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from medvlkit.data.intensity import over_limit, scale_to_uint8
 from medvlkit.data.items import is_npz_item, parse_npz_item
 from medvlkit.errors import ImageReadError, ImageTooLargeError, MedvlkitError
 from medvlkit.limits import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (read here by callers)
@@ -141,7 +142,7 @@ def _read_pillow(source, item: str, limit: int, draft: int | None, formats: list
     try:
         with _pillow_limit(limit), Image.open(source, formats=formats) as im:
             if im.width * im.height > limit:
-                raise ImageTooLargeError(item, _over_limit(im.width, im.height, limit))
+                raise ImageTooLargeError(item, over_limit(im.width, im.height, limit))
             if draft and im.format == "JPEG" and min(im.size) >= 4 * draft:  # 1/2 scale at least leaves 2 * draft
                 im.draft(im.mode, (2 * draft, 2 * draft))
             im.load()
@@ -153,11 +154,6 @@ def _read_pillow(source, item: str, limit: int, draft: int | None, formats: list
                                        "file is trusted)") from None
     except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
         raise ImageReadError(item, f"{type(err).__name__}: {err}") from None
-
-
-def _over_limit(width: int, height: int, limit: int, what: str = "pixels") -> str:
-    return (f"{width}x{height} {what} is over the limit of {limit} (raise MEDVLKIT_MAX_PIXELS if the file is "
-            "trusted)")
 
 
 @contextlib.contextmanager
@@ -174,57 +170,12 @@ def _pillow_limit(limit: int):
 
 def _to_l_or_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return Image.fromarray(_scale_to_uint8(np.asarray(im, dtype=np.float64)), mode="L")
+        return Image.fromarray(scale_to_uint8(np.asarray(im, dtype=np.float64)), mode="L")
     if im.mode in ("L", "RGB"):
         return im.copy()
     if im.mode in ("1", "LA", "La"):
         return im.convert("L")
     return im.convert("RGB")  # P (palette), RGBA, CMYK, YCbCr...
-
-
-ROBUST_PERCENTILES = (0.5, 99.5)
-_EIGHT_BIT_SHARE = 0.999  # share of pixels that must be multiples of 257 (or 256) for a 16-bit copy of 8-bit data
-
-
-def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Grey values without a display window (16-bit PNG/TIFF, DICOM without a VOI window, float or non-8-bit npz
-    arrays) to 0..255, by one rule:
-
-    1. whole numbers within 0..255 (8-bit data, whatever container holds it): as stored;
-    2. whole numbers up to 65535 of which at least 99.9% are multiples of 257 (the 8-to-16-bit copy PNG, TIFF and
-       DICOM converters write, v x 257) or of 256 (a left shift by 8): the 8-bit image they hold, v / 257 or
-       v / 256, rounded and clipped; a full-range 16-bit copy reads as its 8-bit original (within one grey level),
-       and a few stray pixels do not break the rule;
-    3. anything else (10-16-bit radiographs, signed or float data): the 0.5th and 99.5th percentiles become 0 and
-       255, values beyond are clipped, so a few extreme pixels (a burned-in marker at 65535) do not decide the
-       contrast of the whole image, as a min-max scaling would let them.
-
-    Raises:
-        ImageReadError: no pixel is a finite number (an all-NaN float image has nothing to show).
-    """
-    arr = np.asarray(arr, dtype=np.float64)
-    finite = arr[np.isfinite(arr)]
-    if finite.size == 0:
-        raise ImageReadError("<image>", "no pixel holds a finite value (all NaN or infinite): nothing to show")
-    whole = bool(np.all(finite == np.round(finite)))
-    lo_v, hi_v = float(finite.min()), float(finite.max())
-    if whole and lo_v >= 0 and hi_v <= 255:
-        return unit_to_uint8(arr / 255.0)
-    if whole and lo_v >= 0 and hi_v <= 65535:
-        for step in (257.0, 256.0):
-            if np.mean(finite % step == 0) >= _EIGHT_BIT_SHARE:
-                return unit_to_uint8(arr / (255.0 * step))
-    lo, hi = np.percentile(finite, ROBUST_PERCENTILES)
-    if hi <= lo:  # (almost) constant: fall back to the full range
-        lo, hi = lo_v, hi_v
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    return unit_to_uint8((arr - lo) / (hi - lo))
-
-
-def unit_to_uint8(unit: np.ndarray) -> np.ndarray:
-    """[0, 1] (clipped, NaN -> 0) -> uint8 0..255."""
-    return np.round(np.clip(np.nan_to_num(unit, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _has_dicom_preamble(path: Path) -> bool:
@@ -307,7 +258,7 @@ def _read_npz_member(item: str) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.dtype != np.uint8:
-        arr = _scale_to_uint8(arr)
+        arr = scale_to_uint8(arr)
     return Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB")
 
 

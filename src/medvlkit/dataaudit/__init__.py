@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medvlkit.dataaudit.run import AuditConfig, read_audit, run_audit
+from medvlkit.dataaudit.report import read_audit
+from medvlkit.dataaudit.run import AuditConfig, run_audit
 
 __all__ = ["AuditConfig", "audit", "read_audit", "run_audit"]
 

@@ -3,9 +3,12 @@ counts as metrics, so ``report`` shows an audit beside other runs and draws its 
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 from medvlkit.data.dataset import ImageDataset
+from medvlkit.data.exclusions import AUDIT_FILE
 
 HEADLINE = ["cross_split_pairs", "within_split_pairs", "label_conflicts", "leaking_groups", "excluded_images",
             "shortcut_flagged"]
@@ -13,7 +16,6 @@ HEADLINE = ["cross_split_pairs", "within_split_pairs", "label_conflicts", "leaki
 
 def write_audit(audit: dict, out_dir: Path, dataset: ImageDataset, model=None) -> None:
     """Write every file of an audit into ``out_dir`` (see the module docstring)."""
-    from medvlkit.dataaudit.run import AUDIT_FILE, dump_json, write_csv
     from medvlkit.identity import dataset_identity, identity_record
     from medvlkit.results import write_result
 
@@ -50,3 +52,34 @@ def _shortcut_rows(shortcuts: dict | None) -> list[dict]:
             rows.append({"features": features, "class": cls, "auroc": v["auroc"], "ci_low": v["ci"][0],
                          "ci_high": v["ci"][1], "n": v["n"]})
     return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts as a CSV (lists joined with ``|``)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["none"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "|".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()})
+
+
+def read_audit(folder: Path) -> dict:
+    """An audit folder's ``audit.json``, checked (as :func:`medvlkit.data.exclusions.read_exclusions` checks it).
+
+    Raises:
+        MedvlkitError: not an audit folder, or a damaged one.
+    """
+    from medvlkit.artifacts import json_field, read_json_object
+    from medvlkit.data.exclusions import read_exclusions
+
+    read_exclusions(folder)
+    path = Path(folder) / AUDIT_FILE
+    audit = read_json_object(path, "audit")
+    json_field(audit, "summary", dict, path, "audit")
+    return audit
+
+
+def dump_json(path: Path, obj: dict) -> None:
+    """``obj`` as indented JSON (numpy scalars as floats)."""
+    path.write_text(json.dumps(obj, indent=1, default=float) + "\n")

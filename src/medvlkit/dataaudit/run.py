@@ -18,8 +18,6 @@ those images (:mod:`medvlkit.data.exclusions`).
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,13 +26,13 @@ import numpy as np
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.dataaudit.pairs import NEAR_THRESHOLD, Pair, find_pairs
 from medvlkit.dataaudit.registry import register_audit
+from medvlkit.dataaudit.report import write_audit
 from medvlkit.dataaudit.scan import Facts, scan
 from medvlkit.dataaudit.shortcuts import shortcut_check
 from medvlkit.errors import MedvlkitError, NoSplitsError
 from medvlkit.options import DataOptions, RunOptions
 
 SPLIT_ORDER = ("train", "val", "test")  # the side that trains or tunes comes first; test is never excluded
-AUDIT_FILE = "audit.json"
 
 
 @dataclass
@@ -212,8 +210,6 @@ def run_audit(cfg: AuditConfig, out_dir: Path, data: DataOptions | None = None, 
     Raises:
         MedvlkitError: the data cannot be read.
     """
-    from medvlkit.dataaudit.report import write_audit
-
     data, run = data or DataOptions(), run or RunOptions()
     parts = load_splits(cfg.data, data, cfg.splits)
     ds, split_of = combine(parts)
@@ -292,33 +288,3 @@ def summarize(audit: dict) -> dict:
             "unreadable": len(audit["unreadable"]),
             "shortcut_flagged": len((audit["shortcuts"] or {}).get("flagged", [])),
             "seen_by_model": len((audit.get("seen_by_model") or {}).get("files", []))}
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of dicts as a CSV (lists joined with ``|``)."""
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["none"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "|".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()})
-
-
-def read_audit(folder: Path) -> dict:
-    """An audit folder's ``audit.json``, checked (as :func:`medvlkit.data.exclusions.read_exclusions` checks it).
-
-    Raises:
-        MedvlkitError: not an audit folder, or a damaged one.
-    """
-    from medvlkit.artifacts import json_field, read_json_object
-    from medvlkit.data.exclusions import read_exclusions
-
-    read_exclusions(folder)
-    path = Path(folder) / AUDIT_FILE
-    audit = read_json_object(path, "audit")
-    json_field(audit, "summary", dict, path, "audit")
-    return audit
-
-
-def dump_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=1, default=float) + "\n")

@@ -132,7 +132,7 @@ def load_biomedclip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     """``biomedclip:DIR``: a folder laid out as the hub repo of BiomedCLIP-PubMedBERT_256-vit_base_patch16_224."""
     from transformers import AutoTokenizer
 
-    from medvlkit.models.open_clip import preprocess_from_config, read_open_clip_config, weights_file
+    from medvlkit.models.open_clip_folder import preprocess_from_config, read_open_clip_config, weights_file
 
     folder = Path(ref).expanduser()
     cfg = read_open_clip_config(folder, "biomedclip")
