@@ -27,7 +27,7 @@ def _accuracy(cell: dict) -> float:
 def test_item02_skip_existing_compares_what_a_result_consumed(tmp_path, monkeypatch):
     """A kept result after the prompt file, the labels, the weights or medvlkit's version changed was a number
     computed from other inputs."""
-    import medvlkit
+    import medvlkit._version
 
     model = save_tiny_clip(tmp_path / "model", seed=0)
     for i in range(8):
@@ -59,7 +59,7 @@ def test_item02_skip_existing_compares_what_a_result_consumed(tmp_path, monkeypa
     save_tiny_clip(model, seed=1)  # re-trained weights behind the same spec
     assert main(argv) == 0 and [c["status"] for c in _cells(out)] == ["done"]
     assert main(argv) == 0 and [c["status"] for c in _cells(out)] == ["skipped"]
-    monkeypatch.setattr(medvlkit, "__version__", "99.0")
+    monkeypatch.setattr(medvlkit._version, "__version__", "99.0")  # the version every result records
     assert main(argv) == 0 and [c["status"] for c in _cells(out)] == ["done"]
     identity = json.loads((Path(_cells(out)[0]["out"]) / "result.json").read_text())["identity"]
     assert identity["medvlkit"] == "99.0" and identity["model"]["weights"].count("sha256") >= 1
