@@ -204,3 +204,26 @@ def test_micro_batching_gives_the_single_request_answers(tiny_served):
     np.testing.assert_allclose(got, singles, atol=1e-5)
     np.testing.assert_allclose(got[0], alone[0], atol=1e-5)
     assert stats["images"] == 8 and stats["batches"] < 8 and stats["largest"] > 1
+
+
+def test_an_endpoint_is_a_function_a_test_can_call(served):
+    """The endpoints are plain functions of their fields and the app's state (no app, no HTTP): the same answers."""
+    from fastapi import HTTPException
+
+    from medvlkit.serve.routes import health, info, search
+    from medvlkit.serve.state import ServeState
+
+    engine, _ = served
+
+    async def calls():
+        state = ServeState(engine, ServeLimits(max_k=3))
+        try:
+            assert await health(state) == {"status": "ok", "model": engine.model.name}
+            assert (await info(state))["limits"]["max_k"] == 3
+            with pytest.raises(HTTPException) as err:
+                await search(file=None, text="pneumonia", k=9, state=state)
+            assert err.value.status_code == 400 and "k=9" in err.value.detail
+        finally:
+            await state.close()
+
+    asyncio.run(calls())

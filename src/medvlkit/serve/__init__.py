@@ -3,7 +3,11 @@ similar-case search with one model. Needs the ``serve`` extra (FastAPI, uvicorn,
 
 - :class:`ServeEngine` (``engine.py``): the model, prompt sets, gate and index, with no HTTP;
 - :class:`MicroBatcher` (``batcher.py``): concurrent requests' images in one forward pass;
-- :func:`create_app` (``app.py``): the FastAPI app (endpoints, limits, token, errors, the page in ``static/``);
+- :class:`ServeState` (``state.py``): one app's engine, limits, threads and batcher, given to every endpoint by
+  ``Depends(get_state)``;
+- the endpoints (``routes.py``): one function each, callable by a test without an app;
+- :func:`create_app` (``app.py``): assembly: the routes, the limits and token middleware (``guards.py``), JSON errors,
+  the request log and the page in ``static/``;
 - :func:`serve_task`: load everything once and run uvicorn.
 """
 
