@@ -158,6 +158,19 @@ def run_section(run: Run) -> str:
 AUDIT_PAIRS_SHOWN = 24
 
 
+def _pair_figures(pairs: list[dict]) -> str:
+    """Audit pairs side by side as thumbnails, each with its split, label, file name and scores."""
+    parts = []
+    for p in pairs:
+        caption = (f"{html.escape(p['kind'])} · corr {float(p['correlation']):.3f} · {html.escape(p['transform'])}"
+                   + (" · <b>two labels</b>" if p.get("label_conflict") else ""))
+        sides = "".join(f"<figure>{_thumb(p[f'file_{s}'], 150)}<figcaption>{html.escape(p[f'split_{s}'])} · "
+                        f"{html.escape(p[f'label_{s}'] or '-')}<br>{html.escape(Path(p[f'file_{s}']).name)}"
+                        "</figcaption></figure>" for s in ("a", "b"))
+        parts.append(f"<div class='pair'>{sides}<p>{caption}</p></div>")
+    return "<div class='pairs'>" + "".join(parts) + "</div>"
+
+
 def audit_section(run: Run) -> str:
     """For an audit: its pairs side by side as thumbnails (cross-split and label conflicts first), the patients in
     two splits, the shortcut check and the class balance, so a person can confirm a finding at a glance."""
@@ -167,15 +180,11 @@ def audit_section(run: Run) -> str:
     pairs = sorted(audit.get("pairs", []), key=lambda p: (not p.get("label_conflict"), not p.get("cross_split"),
                                                           -float(p.get("correlation", 0))))
     parts = [f"<h3>pairs ({len(pairs)}; the first {min(len(pairs), AUDIT_PAIRS_SHOWN)}: label conflicts, then "
-             "across splits)</h3><div class='pairs'>"]
-    for p in pairs[:AUDIT_PAIRS_SHOWN]:
-        caption = (f"{html.escape(p['kind'])} · corr {float(p['correlation']):.3f} · {html.escape(p['transform'])}"
-                   + (" · <b>two labels</b>" if p.get("label_conflict") else ""))
-        sides = "".join(f"<figure>{_thumb(p[f'file_{s}'], 150)}<figcaption>{html.escape(p[f'split_{s}'])} · "
-                        f"{html.escape(p[f'label_{s}'] or '-')}<br>{html.escape(Path(p[f'file_{s}']).name)}"
-                        "</figcaption></figure>" for s in ("a", "b"))
-        parts.append(f"<div class='pair'>{sides}<p>{caption}</p></div>")
-    parts.append("</div>")
+             f"across splits)</h3>{_pair_figures(pairs[:AUDIT_PAIRS_SHOWN])}"]
+    plain = audit.get("plain_pairs", [])
+    if plain:
+        parts.append(f"<h3>look-alikes too plain to confirm ({len(plain)}; not counted, not excluded; the first "
+                     f"{min(len(plain), 8)})</h3>{_pair_figures(plain[:8])}")
     leaks = audit.get("group_leaks", [])
     if leaks:
         rows = "".join(f"<tr><td>{html.escape(g['group'])}</td><td>{html.escape(', '.join(g['splits']))}</td></tr>"

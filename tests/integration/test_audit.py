@@ -138,6 +138,9 @@ def test_plain_look_alikes_are_listed_apart_not_counted(tmp_path):
     plain = _csv(out / "plain_pairs.csv")
     assert len(plain) == 1 and {Path(plain[0]["file_a"]).name, Path(plain[0]["file_b"]).name} == {
         "disc1.png", "disc2.png"} and float(plain[0]["correlation"]) > 0.99
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("class='pair'") == 2 and "too plain to confirm (1;" in page
 
 
 def _texture(seed: int, size: int = 224) -> Image.Image:
