@@ -7,9 +7,8 @@
   rotated or flipped copy matches the original through one of them. Robust to resizing, re-encoding and small crops.
 - :func:`fingerprint`: both, the perceptual hashes at three central crops (100%, 90%, 80%: a copy cropped by up to
   10% a side matches one of them) and 64 x 64 grey thumbnails of those crops, which :func:`best_alignment` compares
-  under the crops and transforms that bring the hashes closest, to confirm a pair;
-- :class:`HashIndex`: a multi-index of 64-bit hashes (four 16-bit blocks, each probed exactly and with every one-bit
-  change), which finds every stored hash within Hamming distance 7 of a query without comparing all pairs.
+  under the crops and transforms that bring the hashes closest, to confirm a pair (candidates come from FAISS's binary
+  multi-index hash: :func:`medvlkit.dataaudit.pairs.hash_candidates`).
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from medvlkit.data.io import pixel_hash  # noqa: F401 (the decoded-pixel identity lives with the reader)
+from medvlkit.data.io import pixel_hash  # the decoded-pixel identity lives with the reader
 
 HASH_SIDE, LOW, THUMB_SIDE = 32, 8, 64
 DIHEDRAL = ("identity", "rot90", "rot180", "rot270", "flip", "flip+rot90", "flip+rot180", "flip+rot270")
-MAX_GUARANTEED_DISTANCE = 7  # 4 blocks, each probed at distance <= 1: any pair within 7 bits shares such a block
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -175,44 +173,11 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / denom) if denom > 0 else float(np.array_equal(x, y))
 
 
-def aligned_correlation(thumbs_a: np.ndarray, thumbs_b: np.ndarray, i: int, j: int, t: int) -> float:
-    """Pearson correlation of crop ``i`` of A and crop ``j`` of B under transform ``t`` (64 x 64 grey thumbnails):
-    about 1 for copies (re-encoded, resized, cropped, rotated), lower for different images that merely look alike."""
-    x = thumbs_a[i].astype(np.float64)
-    y = dihedral(thumbs_b[j].astype(np.float64), t)
-    x, y = x - x.mean(), y - y.mean()
-    denom = np.linalg.norm(x) * np.linalg.norm(y)
-    return float((x * y).sum() / denom) if denom > 0 else float(np.array_equal(x, y))
-
-
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bitwise Hamming distance of uint64 arrays (broadcast)."""
     x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
     flat = np.ascontiguousarray(x.reshape(-1))
     return np.unpackbits(flat.view(np.uint8).reshape(-1, 8), axis=-1).sum(-1).reshape(x.shape)
-
-
-class HashIndex:
-    """64-bit hashes in four tables keyed by 16-bit blocks; :meth:`candidates` probes each block exactly and with
-    each of its 16 one-bit changes: every stored hash within Hamming distance 7 of the query is among the results
-    (pigeonhole: 7 differing bits over 4 blocks leave one block at most 1 bit apart)."""
-
-    def __init__(self, hashes: np.ndarray) -> None:
-        self.hashes = np.asarray(hashes, dtype=np.uint64)
-        self.tables: list[dict[int, list[int]]] = [{} for _ in range(4)]
-        for row, h in enumerate(self.hashes.tolist()):
-            for b in range(4):
-                self.tables[b].setdefault((h >> (16 * b)) & 0xFFFF, []).append(row)
-
-    def candidates(self, query: int) -> set[int]:
-        """Rows whose hash may lie within distance 7 of ``query`` (a superset: check with :func:`hamming`)."""
-        out: set[int] = set()
-        for b in range(4):
-            key = (int(query) >> (16 * b)) & 0xFFFF
-            table = self.tables[b]
-            for probe in (key, *(key ^ (1 << i) for i in range(16))):
-                out.update(table.get(probe, ()))
-        return out
 
 
 FLIPS = (0, 1, 2, 3)  # none, left-right, top-bottom, both
