@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.cli import main as cli
+from medvlkit.apps.cli import main as cli
 
 KERMANY_PATIENT = r"(person\d+_(?:bacteria|virus)|NORMAL2-IM-\d+|IM-\d+)"  # person ids count per subtype
 KERMANY_NAIVE = r"(person\d+|NORMAL2-IM-\d+|IM-\d+)"  # what the README probe uses to group; merges two counters
@@ -61,8 +61,8 @@ def lc25000(data: Path, work: Path, seeds: int = 5) -> dict:
     from medvlkit import create_model
     from medvlkit.data import load_dataset
     from medvlkit.data.splits import holdout_indices
-    from medvlkit.evaluate import evaluate_probs
-    from medvlkit.probe import LinearProbe, embed_split
+    from medvlkit.tasks.evaluate import evaluate_probs
+    from medvlkit.tasks.probe import LinearProbe, embed_split
 
     d = data / "lung_histopathology_lc25000"
     run("audit", "--data", d, "--augmented", "--out", work / "lc-audit", "--overwrite", "-q")
@@ -111,8 +111,8 @@ def kermany(data: Path, work: Path) -> dict:
     leaks = audit["group_leaks"]
     # The same files grouped by the naive id (person number alone), without reading pixels: every "patient" it finds
     # in both splits pairs a bacterial number with a viral one; within train, 808 numbers carry both subtypes.
-    from medvlkit.dataaudit.run import combine, group_leaks, load_splits
-    from medvlkit.options import DataOptions
+    from medvlkit.engine.options import DataOptions
+    from medvlkit.tasks.dataaudit.run import combine, group_leaks, load_splits
 
     ds, split_of = combine(load_splits(str(data / "chest_xray_pneumonia"), DataOptions()))
     naive = group_leaks(ds, split_of, KERMANY_NAIVE)

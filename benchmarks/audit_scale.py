@@ -76,8 +76,8 @@ def make(n: int, work: Path, data_root: Path) -> None:
 
 
 def audit(n: int, work: Path, workers: int) -> None:
-    from medvlkit.dataaudit import AuditConfig, run_audit
-    from medvlkit.options import RunOptions
+    from medvlkit.engine.options import RunOptions
+    from medvlkit.tasks.dataaudit import AuditConfig, run_audit
 
     folder, out = work / f"n{n}", work / f"audit{n}"
     t0 = time.perf_counter()
@@ -92,9 +92,9 @@ def audit(n: int, work: Path, workers: int) -> None:
 
 def embed(n: int, work: Path, workers: int) -> None:
     from medvlkit.data import load_dataset
-    from medvlkit.dataaudit.run import combine
-    from medvlkit.features import embed_images
+    from medvlkit.engine.features import embed_images
     from medvlkit.models import create_model
+    from medvlkit.tasks.dataaudit.run import combine
 
     folder = work / f"n{n}"
     ds, _ = combine([(s, load_dataset(folder, split=s)) for s in ("train", "test")])

@@ -5,7 +5,7 @@ For each real set below, from a seeded sample of its images:
 - **copies**: each sampled image resized to half and re-encoded as JPEG (quality 60), cropped 5% and 10% a side,
   rotated 90 degrees, rotated 10 degrees (and cropped to drop the corners), flipped and re-encoded (quality 75);
   the smallest perceptual-hash distance to its original over crops and transforms, and the aligned 64 px thumbnail
-  correlation (``medvlkit.dataaudit.hashes.best_alignment``);
+  correlation (``medvlkit.tasks.dataaudit.hashes.best_alignment``);
 - **look-alikes**: every pair of different files of the set whose hashes lie within the audit's radius (7), with the
   same correlation. These include the set's real duplicates (the audit's job is to find them), so their upper
   percentiles are not errors: look at the pairs (``medvlkit audit`` + ``medvlkit report``) to tell.
@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from medvlkit import load_dataset
-from medvlkit.dataaudit.hashes import best_alignment, detail_amount, fingerprint
-from medvlkit.dataaudit.pairs import MIN_DETAIL, NEAR_THRESHOLD, hash_candidates
+from medvlkit.tasks.dataaudit.hashes import best_alignment, detail_amount, fingerprint
+from medvlkit.tasks.dataaudit.pairs import MIN_DETAIL, NEAR_THRESHOLD, hash_candidates
 
 SETS = {"fundus photographs": "fundus_eye_diseases", "adult chest films": "cxr_covid_radiography_adult",
         "Kermany test": "chest_xray_pneumonia/test", "BUSI": "busi_breast_ultrasound",

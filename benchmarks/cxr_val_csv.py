@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from medvlkit import load_dataset
-from medvlkit.pretrain.corpus import cxr_patient, in_val
+from medvlkit.tasks.pretrain.corpus import cxr_patient, in_val
 
 
 def main() -> None:

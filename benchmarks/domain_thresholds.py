@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from medvlkit import create_model, load_dataset
-from medvlkit.answer import answer
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.domain import domain_vectors
-from medvlkit.features import embed_images
-from medvlkit.gate import balanced_threshold
-from medvlkit.pretrain.corpus import cxr_patient, in_val
+from medvlkit.engine.answer import answer
+from medvlkit.engine.features import embed_images
+from medvlkit.tasks.domain import domain_vectors
+from medvlkit.tasks.gate import balanced_threshold
+from medvlkit.tasks.pretrain.corpus import cxr_patient, in_val
 
 LITE_SCOPE = ("lite (v1) was trained on paediatric chest X-rays from one hospital (Kermany 2018, PneumoniaMNIST), "
               "MedPix-2.0 CT and MR, RetinaMNIST fundus photographs and ordinary photos; it has not been validated on "

@@ -37,7 +37,7 @@ def vit_b32_dir(folder: Path) -> Path:
 
 
 def run(model: str, data: Path, out: Path, workers: int, batch_size: int) -> dict:
-    from medvlkit.cli import main
+    from medvlkit.apps.cli import main
 
     rc = main(["embed", "--model", model, "--data", str(data), "--split", "test", "--out", str(out), "--no-cache",
                "--quiet", "--workers", str(workers), "--batch-size", str(batch_size)])

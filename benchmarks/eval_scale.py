@@ -33,7 +33,7 @@ PREVALENCE = [0.10, 0.025, 0.12, 0.18, 0.05, 0.056, 0.013, 0.047, 0.042, 0.02, 0
 
 def cxr14_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(N, 14) labels (1/0, 3% NaN) and float64 log-probabilities that rank positives higher (AUROC ~0.8)."""
-    from medvlkit.scores import log_sigmoid
+    from medvlkit.engine.scores import log_sigmoid
 
     rng = np.random.default_rng(seed)
     labels = (rng.random((n, 14)) < np.array(PREVALENCE)).astype(np.float64)
@@ -48,10 +48,10 @@ def _peak_mib() -> float:
 
 def one_size(n: int, resamples: int, old_max: int) -> dict:
     """Every step at one size, in this process."""
-    from medvlkit.evaluate import CI_KEYS_MULTI, evaluate_probs
-    from medvlkit.metrics import bootstrap_ci, multilabel_metrics
-    from medvlkit.report import write_report
-    from medvlkit.results import write_predictions, write_result
+    from medvlkit.apps.report import write_report
+    from medvlkit.engine.metrics import bootstrap_ci, multilabel_metrics
+    from medvlkit.engine.results import write_predictions, write_result
+    from medvlkit.tasks.evaluate import CI_KEYS_MULTI, evaluate_probs
 
     labels, log_probs = cxr14_like(n)
     out: dict = {"n": n}
@@ -86,8 +86,8 @@ def zeroshot_at_scale(n: int, resamples: int) -> dict:
     cache. The image vectors are random: this times the scoring path, not the model's accuracy."""
     from medvlkit import create_model, load_prompt_set
     from medvlkit.data.dataset import ImageDataset
-    from medvlkit.features import ImageEmbeddings
-    from medvlkit.zeroshot import save_zeroshot, zeroshot_classify
+    from medvlkit.engine.features import ImageEmbeddings
+    from medvlkit.tasks.zeroshot import save_zeroshot, zeroshot_classify
 
     model = create_model("lite")
     prompts = load_prompt_set("chest_xray_findings")

@@ -54,14 +54,14 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from medvlkit import create_model, load_dataset
-    from medvlkit.explain import heatmaps, targets_from_vectors
-    from medvlkit.prompts import load_prompt_set
-    from medvlkit.zeroshot import class_vectors
+    from medvlkit.data.prompts import load_prompt_set
+    from medvlkit.tasks.explain import heatmaps, targets_from_vectors
+    from medvlkit.tasks.zeroshot import class_vectors
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--target", default="log_prob", help="log_prob or similarity (see medvlkit.explain)")
+    ap.add_argument("--target", default="log_prob", help="log_prob or similarity (see medvlkit.tasks.explain)")
     args = ap.parse_args()
     root = Path(os.environ.get("MEDVLKIT_DATA", "../shared/data")) / "chest_xray_pneumonia"
     ds = load_dataset(root, split="test")

@@ -23,7 +23,7 @@ from throughput import _median_rate
 
 def _decode_all(ds, pre, fast: bool, workers: int) -> None:
     """Read, decode, resize and crop every image in the loader workers, without the model."""
-    from medvlkit.pixels import view_loader
+    from medvlkit.engine.pixels import view_loader
 
     draft = pre.cfg.decode_size() if fast else None
     for _ in view_loader(ds, pre, batch_size=32, num_workers=workers, draft=draft):
@@ -32,7 +32,7 @@ def _decode_all(ds, pre, fast: bool, workers: int) -> None:
 
 def main() -> None:
     from medvlkit import create_model, load_dataset
-    from medvlkit.features import embed_images
+    from medvlkit.engine.features import embed_images
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64)

@@ -32,12 +32,12 @@ def worker(batch_size: int, chunk: int, steps: int, lora: str | None) -> dict:
     import torch
 
     from medvlkit import create_model, load_dataset
-    from medvlkit.distributed import World
-    from medvlkit.finetune import FinetuneConfig
-    from medvlkit.finetune.data import caption_pools, pick_captions
-    from medvlkit.finetune.loop import prepare_model, set_train_mode
-    from medvlkit.finetune.steps import contrastive_step
-    from medvlkit.losses import pair_targets
+    from medvlkit.engine.distributed import World
+    from medvlkit.engine.losses import pair_targets
+    from medvlkit.tasks.finetune import FinetuneConfig
+    from medvlkit.tasks.finetune.data import caption_pools, pick_captions
+    from medvlkit.tasks.finetune.loop import prepare_model, set_train_mode
+    from medvlkit.tasks.finetune.steps import contrastive_step
 
     torch.manual_seed(0)
     data = Path(os.environ.get("MEDVLKIT_DATA", "../shared/data")) / "chest_xray_pneumonia"

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.search import INDEX_KINDS, make_index, recall_vs_exact
+from medvlkit.tasks.search import INDEX_KINDS, make_index, recall_vs_exact
 
 
 def real(data: Path) -> None:
-    from medvlkit.cli import main
+    from medvlkit.apps.cli import main
 
     with tempfile.TemporaryDirectory() as tmp:
         for kind in INDEX_KINDS:

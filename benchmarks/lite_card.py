@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from medvlkit import create_model, embed_images, load_dataset, load_prompt_set
-from medvlkit.evaluate import evaluate_probs
-from medvlkit.gate import default_gate_threshold, medical_probability
-from medvlkit.zeroshot import answer, class_vectors
+from medvlkit.tasks.evaluate import evaluate_probs
+from medvlkit.tasks.gate import default_gate_threshold, medical_probability
+from medvlkit.tasks.zeroshot import answer, class_vectors
 
 
 def gate_sets(root: Path) -> dict[str, tuple[object, bool]]:

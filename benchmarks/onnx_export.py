@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def _rates(models: dict, ds, workers: int, repeats: int) -> dict[str, float]:
     """Median images/s of embed_images per model, runs interleaved so drift hits all alike."""
-    from medvlkit.features import embed_images
+    from medvlkit.engine.features import embed_images
 
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
@@ -58,9 +58,9 @@ def main() -> None:
     from embed_throughput import vit_b32_dir
 
     from medvlkit import create_model, load_dataset
-    from medvlkit.export import export_onnx
-    from medvlkit.prompts import load_prompt_set
-    from medvlkit.zeroshot import zeroshot_classify
+    from medvlkit.data.prompts import load_prompt_set
+    from medvlkit.tasks.export import export_onnx
+    from medvlkit.tasks.zeroshot import zeroshot_classify
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)

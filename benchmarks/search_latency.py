@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from medvlkit import create_model
-from medvlkit.search import load_index, query_vectors
+from medvlkit.tasks.search import load_index, query_vectors
 
 QUERIES = ["right lower lobe pneumonia", "normal chest x-ray", "axial CT of the abdomen", "MRI of the brain",
            "a photo of a bee", "pleural effusion", "ring-enhancing brain lesion", "fracture of the femur",
@@ -46,7 +46,7 @@ def main() -> None:
     print(f"in-process text query + top-10: median {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms "
           f"over {len(QUERIES)} queries")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "medvlkit.cli", "search", "--index", args.index, "--text", QUERIES[0],
+    subprocess.run([sys.executable, "-m", "medvlkit.apps.cli", "search", "--index", args.index, "--text", QUERIES[0],
                     "--model", args.model, "--json"], check=True, capture_output=True)
     print(f"cold `medvlkit search` call (process + model load + query): {time.perf_counter() - t0:.1f} s")
 

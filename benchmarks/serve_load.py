@@ -58,7 +58,7 @@ def main() -> None:
     import httpx
 
     from medvlkit import create_model, load_dataset
-    from medvlkit.features import embed_images
+    from medvlkit.engine.features import embed_images
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lite")

@@ -44,8 +44,8 @@ def _median_rate(fn, n: int, repeats: int) -> float:
 
 def measure(model, dataset, batch_size: int, workers: int, repeats: int) -> dict[str, float]:
     """images/s of medvlkit's embedding loop, the model alone and the decode alone."""
-    from medvlkit.features import embed_images
-    from medvlkit.pixels import view_loader
+    from medvlkit.engine.features import embed_images
+    from medvlkit.engine.pixels import view_loader
 
     n, device = len(dataset), model.device
     rates = {"medvlkit": _median_rate(lambda: embed_images(model, dataset, batch_size=batch_size, num_workers=workers,

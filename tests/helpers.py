@@ -9,18 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+from medvlkit.models.clip_bpe import bytes_to_unicode  # the table OpenAI's tokenizer uses
 
 
 def write_clip_tokenizer(folder: Path, vocab_size: int = 514) -> Path:
@@ -256,7 +245,7 @@ def run_backbone_tasks(spec: str, tmp: Path, embed_dim: int, finetune_args: tupl
     """zeroshot, embed, probe and a 2-step ``finetune --lora default`` through the CLI on 8 generated images, then a
     zero-shot run of the fine-tuned ``ft:`` folder; each must exit 0 and embed must give finite ``embed_dim``
     vectors. Returns the fine-tune output folder."""
-    from medvlkit.cli import main
+    from medvlkit.apps.cli import main
 
     data = make_split_folders(tmp / "d", {"train": 4, "val": 2, "test": 2})
     common = ["--data", str(data), "-q", "--workers", "0"]

@@ -7,18 +7,20 @@ pay for torch, transformers and scipy until a command needs them.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medvlkit._version import __version__ as __version__
 from medvlkit.errors import ImageReadError, MedvlkitError
 
 _LAZY = {
     "ImageDataset": "medvlkit.data", "list_adapters": "medvlkit.data", "load_dataset": "medvlkit.data",
-    "read_image": "medvlkit.data", "evaluate_probs": "medvlkit.evaluate", "embed_images": "medvlkit.features",
-    "embed_texts": "medvlkit.features", "create_model": "medvlkit.models", "list_models": "medvlkit.models",
-    "PromptSet": "medvlkit.prompts", "list_prompt_sets": "medvlkit.prompts", "load_prompt_set": "medvlkit.prompts",
-    "prompt_set_from_classes": "medvlkit.prompts", "zeroshot_classify": "medvlkit.zeroshot",
-    "RunOptions": "medvlkit.options", "DataOptions": "medvlkit.options", "audit": "medvlkit.dataaudit",
+    "read_image": "medvlkit.data", "create_model": "medvlkit.models", "list_models": "medvlkit.models",
+    "PromptSet": "medvlkit.data.prompts", "list_prompt_sets": "medvlkit.data.prompts",
+    "load_prompt_set": "medvlkit.data.prompts", "prompt_set_from_classes": "medvlkit.data.prompts",
+    "embed_images": "medvlkit.engine.features", "embed_texts": "medvlkit.engine.features",
+    "RunOptions": "medvlkit.engine.options", "DataOptions": "medvlkit.engine.options",
+    "zeroshot_classify": "medvlkit.tasks.zeroshot", "evaluate_probs": "medvlkit.tasks.evaluate",
+    "audit": "medvlkit.tasks.dataaudit",
 }
 __all__ = ["DataOptions", "ImageDataset", "ImageReadError", "MedvlkitError", "PromptSet", "RunOptions", "audit",
            "create_model", "embed_images",
@@ -27,16 +29,16 @@ __all__ = ["DataOptions", "ImageDataset", "ImageReadError", "MedvlkitError", "Pr
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from medvlkit.data import ImageDataset, list_adapters, load_dataset, read_image
-    from medvlkit.dataaudit import audit
-    from medvlkit.evaluate import evaluate_probs
-    from medvlkit.features import embed_images, embed_texts
+    from medvlkit.data.prompts import PromptSet, list_prompt_sets, load_prompt_set, prompt_set_from_classes
+    from medvlkit.engine.features import embed_images, embed_texts
+    from medvlkit.engine.options import DataOptions, RunOptions
     from medvlkit.models import create_model, list_models
-    from medvlkit.options import DataOptions, RunOptions
-    from medvlkit.prompts import PromptSet, list_prompt_sets, load_prompt_set, prompt_set_from_classes
-    from medvlkit.zeroshot import zeroshot_classify
+    from medvlkit.tasks.dataaudit import audit
+    from medvlkit.tasks.evaluate import evaluate_probs
+    from medvlkit.tasks.zeroshot import zeroshot_classify
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

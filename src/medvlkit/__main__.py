@@ -2,6 +2,6 @@
 
 import sys
 
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 sys.exit(main())

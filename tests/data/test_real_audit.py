@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 pytestmark = pytest.mark.data
 
@@ -80,8 +80,8 @@ def test_adult_chest_films_class_follows_the_hospital(data_root, tmp_path):
 def test_kermany_patients_do_not_cross_the_split(data_root):
     """Kermany's person numbers count per pneumonia subtype: grouped by number alone, 170 "patients" are in train
     and test (each a bacterial number beside a viral one); by number and subtype, none."""
-    from medvlkit.dataaudit.run import combine, group_leaks, load_splits
-    from medvlkit.options import DataOptions
+    from medvlkit.engine.options import DataOptions
+    from medvlkit.tasks.dataaudit.run import combine, group_leaks, load_splits
 
     ds, split_of = combine(load_splits(str(data_root / "chest_xray_pneumonia"), DataOptions()))
     assert len(group_leaks(ds, split_of, r"(person\d+_(?:bacteria|virus)|NORMAL2-IM-\d+|IM-\d+)")) == 0

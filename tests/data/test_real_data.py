@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medvlkit import load_dataset
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 pytestmark = pytest.mark.data
 
@@ -80,7 +80,7 @@ def test_lite_matches_its_model_card(data_root, lite):
     X-ray pneumonia AUROC / accuracy (624 images) and MedPix-2.0 CT vs MR accuracy (200 images). A silent change
     anywhere in reading, preprocessing, prompting or scoring moves them."""
     from medvlkit import load_prompt_set, zeroshot_classify
-    from medvlkit.evaluate import evaluate_probs
+    from medvlkit.tasks.evaluate import evaluate_probs
 
     model = lite
 
@@ -99,7 +99,7 @@ def test_lite_matches_its_model_card(data_root, lite):
 def _real_cxr_subset(data_root, root, per_class: dict[str, int]):
     """train/val/test folders of symlinks to a fixed few real chest X-rays (nothing is copied). Validation comes
     from Kermany's test split (other files than test's): Kermany train is in lite's training data, and validation
-    images lite trained on are set aside (medvlkit.seen)."""
+    images lite trained on are set aside (medvlkit.engine.seen)."""
     for split, n in per_class.items():
         src_split = "train" if split == "train" else "test"
         offset = 0 if split != "val" else 100
@@ -117,7 +117,7 @@ def test_lite_lora_finetune_on_real_chest_xrays(data_root, tmp_path, lite):
     import torch
 
     from medvlkit import create_model
-    from medvlkit.finetune.saved import load_finetuned
+    from medvlkit.tasks.finetune.saved import load_finetuned
 
     data = _real_cxr_subset(data_root, tmp_path / "cxr", {"train": 8, "val": 4, "test": 4})
     out = tmp_path / "run"

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import save_tiny_blip, save_tiny_clip, write_clip_tokenizer
-from medvlkit.cli import main
+from helpers import reference_fixture, save_tiny_blip, save_tiny_clip, write_clip_tokenizer
+from hubserver import LocalHub
+from medvlkit.apps.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SKIP = {
@@ -50,7 +51,7 @@ def _link_files(src_dir: Path, dst_dir: Path, names: list[str]) -> None:
 def _small_cxr(real: Path, dst: Path) -> None:
     """A few real Kermany images per split and class; train's are of patients of pretraining's validation part, so
     the validation that `probe` and `finetune` hold out of train is not set aside as lite's training data."""
-    from medvlkit.pretrain.corpus import cxr_patient, in_val
+    from medvlkit.tasks.pretrain.corpus import cxr_patient, in_val
 
     for split, per_class in (("train", 8), ("test", 5)):
         for cls in ("NORMAL", "PNEUMONIA"):
@@ -151,7 +152,7 @@ def _tiny_openai_ckpt(path: Path) -> None:
 
 def _labels_csv(work: Path) -> None:
     """labels.csv for `evaluate --labels`: the truth of runs/cxr's files, as a user would have it."""
-    from medvlkit.results import read_predictions
+    from medvlkit.engine.results import read_predictions
 
     pred = read_predictions(work / "runs" / "cxr" / "predictions.csv")
     rows = ["file,label"] + [f"{f},{pred.classnames[int(np.argmax(y))]}" for f, y in zip(pred.files, pred.labels)]
@@ -176,10 +177,19 @@ def test_readme_commands_run_as_written(data_root, tmp_path, monkeypatch, capsys
     replace |= {"127.0.0.1:8000": f"127.0.0.1:{port}", "--port 8000": f"--port {port}"}
     monkeypatch.chdir(work)
     monkeypatch.setenv("MEDVLKIT_DATA", replace["../shared/data"])
+    # the README's downloads come from a hub on 127.0.0.1: BiomedCLIP-shaped tiny weights under the preset's id
+    hub = LocalHub().start()
+    folder = reference_fixture("open_clip", "biomedclip_tiny")
+    hub.add("microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+            {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()})
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     servers: list[subprocess.Popen] = []
     try:
         ran = _run_readme(work, replace, servers, capsys)
     finally:
+        hub.stop()
         for proc in servers:
             proc.terminate()
             proc.wait(timeout=30)
@@ -230,7 +240,7 @@ def _run_readme(work: Path, replace: dict[str, str], servers: list, capsys) -> i
 
 
 def test_readme_names_every_shipped_prompt_set():
-    from medvlkit.prompts import list_prompt_sets
+    from medvlkit.data.prompts import list_prompt_sets
 
     text = README.read_text()
     line = text[text.index("Prompt sets shipped:"):text.index("Your own:", text.index("Prompt sets shipped:"))]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 
 def _picture(seed: int, size: int = 96) -> Image.Image:
@@ -94,7 +94,7 @@ def test_audit_finds_what_was_planted(planted, tmp_path, capsys):
 def test_a_copy_of_a_copy_of_a_test_image_is_excluded_too():
     """Families, not just pairs: train A ~ train B ~ test C excludes A and B; a family within one split excludes
     nothing; a val member goes before a test one."""
-    from medvlkit.dataaudit.run import exclusion_list, families
+    from medvlkit.tasks.dataaudit.run import exclusion_list, families
 
     def pair(a, sa, b, sb):
         return {"file_a": a, "split_a": sa, "file_b": b, "split_b": sb}
@@ -154,7 +154,7 @@ def _texture(seed: int, size: int = 224) -> Image.Image:
 
 def _augment(image: Image.Image, angle: float, flip: bool) -> Image.Image:
     """What Augmentor (LC25000's tool) does: turn, keep the largest inner square, enlarge it back, maybe flip."""
-    from medvlkit.dataaudit.hashes import inner_square
+    from medvlkit.tasks.dataaudit.hashes import inner_square
 
     n = image.size[0]
     c = n * (1 - inner_square(angle)) / 2

@@ -4,8 +4,8 @@ import numpy as np
 
 from helpers import make_image, make_image_folder, save_tiny_blip
 from medvlkit import load_dataset
-from medvlkit.caption import class_phrasings, template_captions
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
+from medvlkit.tasks.caption import class_phrasings, template_captions
 
 
 def _rows(path):

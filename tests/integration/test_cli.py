@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import make_image, make_image_folder
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 RESULT_FIELDS = {"dataset", "model", "pretrained", "task", "metrics", "language", "ci", "config", "seed", "versions",
                  "created_at", "n_skipped"}
@@ -123,7 +123,7 @@ def test_evaluate_predictions_made_elsewhere(tmp_path):
     (["zeroshot", "-d", "{cxr}", "--split", "test", "--prompts", "nope", "-m", "hf:{clip}"], "unknown prompt set"),
     (["zeroshot", "-d", "{cxr}", "--split", "test", "--classes", "a,b", "-m", "weird:thing"], "unknown model spec"),
     (["zeroshot", "-d", "{cxr}", "--split", "test", "--classes", "a,b", "-m", "hf:org/model-not-here"],
-     "huggingface-cli download"),
+     "medvlkit download hf:org/model-not-here"),
     (["zeroshot", "-d", "{cxr}", "--split", "test", "-m", "hf:{clip}"], "pass --prompts NAME|FILE, --classes"),
     (["zeroshot", "-d", "{cxr}", "-m", "hf:{clip}", "--classes", "a"], "pass --split"),
     (["zeroshot", "-d", "{cxr}", "--split", "test", "-m", "hf:{clip}", "--classes", "a,b"], "no prompts for class"),

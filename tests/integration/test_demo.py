@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 pytestmark = pytest.mark.slow
 

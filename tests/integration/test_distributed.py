@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from helpers import free_port, make_split_folders
-from medvlkit.checkpoint import load_checkpoint
-from medvlkit.finetune import FinetuneConfig, finetune
+from medvlkit.engine.checkpoint import load_checkpoint
+from medvlkit.tasks.finetune import FinetuneConfig, finetune
 
 SCRIPT = """
 import json, sys
-from medvlkit.checkpoint import load_checkpoint
-from medvlkit.finetune import FinetuneConfig, finetune
+from medvlkit.engine.checkpoint import load_checkpoint
+from medvlkit.tasks.finetune import FinetuneConfig, finetune
 finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)
 """
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import free_port, make_image_folder
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 
 def _files(out):

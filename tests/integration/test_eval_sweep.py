@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from helpers import make_image, make_split_folders
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.sweep import SweepConfig, matching_prompts, slug
+from medvlkit.tasks.sweep import SweepConfig, matching_prompts, slug
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from PIL import Image
 
 from helpers import make_image_folder, make_split_folders, write_clip_tokenizer
 from medvlkit import create_model
-from medvlkit.cli import main
-from medvlkit.export import TOLERANCE, export_onnx
+from medvlkit.apps.cli import main
+from medvlkit.tasks.export import TOLERANCE, export_onnx
 
 pytest.importorskip("onnxruntime")
 
@@ -92,7 +92,7 @@ def test_openai_checkpoint_exports(tmp_path):
 
 def test_a_wrong_export_is_refused_and_removed(tiny_clip_dir, tmp_path, monkeypatch):
     """The verification is real: a graph that computes something else fails the export and leaves no folder."""
-    import medvlkit.export as export
+    import medvlkit.tasks.export as export
 
     real = export._ImageTower.forward
     monkeypatch.setattr(export._ImageTower, "forward", lambda self, pixels: real(self, pixels.flip(-1)))
@@ -132,8 +132,8 @@ def test_folders_that_are_not_exports_get_one_line_errors(tiny_onnx, tmp_path, c
 def test_serve_runs_an_onnx_model(tiny_onnx):
     from fastapi.testclient import TestClient
 
-    from medvlkit.serve.app import create_app
-    from medvlkit.serve.engine import ServeEngine
+    from medvlkit.apps.serve.app import create_app
+    from medvlkit.apps.serve.engine import ServeEngine
 
     _, out = tiny_onnx
     engine = ServeEngine(create_model(f"onnx:{out}"), ["pneumonia"], cache=False)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import make_image
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -24,7 +24,7 @@ def _plugin_source() -> str:
 @pytest.fixture
 def registries():
     """Whatever a plugin registers is gone after the test."""
-    from medvlkit.cli import app
+    from medvlkit.apps.cli import app
     from medvlkit.data import dataset
     from medvlkit.models import registry
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import make_split_folders
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_lora_adapter_is_readable_by_peft_itself(tiny_clip_dir, tmp_path):
 
     from helpers import make_split_folders
     from medvlkit import create_model
-    from medvlkit.finetune.saved import load_finetuned
+    from medvlkit.tasks.finetune.saved import load_finetuned
 
     data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
     assert main(["finetune", "--model", f"hf:{tiny_clip_dir}", "--data", str(data), "--lora", "r=4,alpha=8",

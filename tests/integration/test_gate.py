@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from helpers import make_image, make_image_folder
-from medvlkit.cli import main
-from medvlkit.gate import balanced_threshold
+from medvlkit.apps.cli import main
+from medvlkit.tasks.gate import balanced_threshold
 
 
 def test_balanced_threshold_is_mid_margin():
@@ -73,7 +73,7 @@ def test_lite_gate_on_real_images(data_root, tmp_path):
 
 def test_filter_dataset_hands_on_its_embeddings(tiny_clip_dir, tmp_path):
     from medvlkit import create_model, embed_images, load_dataset
-    from medvlkit.gate import filter_dataset, medical_probability
+    from medvlkit.tasks.gate import filter_dataset, medical_probability
 
     model = create_model(f"hf:{tiny_clip_dir}")
     ds = load_dataset(make_image_folder(tmp_path / "d", {"a": 3, "b": 3}))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import make_image
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import json
 import numpy as np
 
 from helpers import make_image
-from medvlkit.cli import main
-from medvlkit.results import write_predictions, write_result
-from medvlkit.scores import log_probs_from_probs
+from medvlkit.apps.cli import main
+from medvlkit.engine.results import write_predictions, write_result
+from medvlkit.engine.scores import log_probs_from_probs
 
 
 def _zeroshot_run(folder, seed):
@@ -64,7 +64,7 @@ def test_plots_leave_pyplot_alone():
     import sys
 
     code = ("import sys, matplotlib; rc = matplotlib.rcParams; before = dict.__getitem__(rc, 'backend'); "
-            "from medvlkit.plots import roc_png; import numpy as np; "
+            "from medvlkit.engine.plots import roc_png; import numpy as np; "
             "png = roc_png(np.array([[1.0], [0.0]]), np.array([[0.9], [0.2]]), ['x']); "
             "assert png[:4] == b'\\x89PNG'; assert 'matplotlib.pyplot' not in sys.modules; "
             "assert dict.__getitem__(rc, 'backend') is before")  # raw rcParam: reading it must not resolve it

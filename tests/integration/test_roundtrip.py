@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from helpers import make_image, make_split_folders
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 
 def _same_numbers(run, tmp_path):

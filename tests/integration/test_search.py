@@ -5,8 +5,8 @@ import pytest
 
 from helpers import make_image_folder, save_tiny_clip
 from medvlkit import create_model
-from medvlkit.cli import main
-from medvlkit.retrieval import first_relevant_ranks, retrieval_metrics
+from medvlkit.apps.cli import main
+from medvlkit.tasks.retrieval import first_relevant_ranks, retrieval_metrics
 
 
 def test_index_then_search_by_image_and_text(tiny_clip_dir, tmp_path, capsys):
@@ -110,7 +110,7 @@ def test_approximate_index_kinds_report_their_recall_against_exact(tmp_path):
     their recall@10 against the exact index measured (both near-exact: IVF-PQ re-ranks its candidates exactly)."""
     import faiss
 
-    from medvlkit.search import make_index, recall_vs_exact
+    from medvlkit.tasks.search import make_index, recall_vs_exact
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(40, 64))

@@ -4,7 +4,7 @@ index folders, probes, ft: folders, lite heads, cache shards of another width...
 
 import pytest
 
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 from robustness.artifacts import artifact_cases, build_artifacts
 from robustness.test_corpus import run_cases
 

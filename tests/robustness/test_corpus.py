@@ -6,7 +6,7 @@ import traceback
 
 import pytest
 
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 from robustness.corpus import data_cases, image_cases, model_cases, option_cases, prompt_cases
 
 MODEL_VERBS = {"embed", "zeroshot", "probe", "gate", "index", "finetune", "retrieve"}
@@ -77,7 +77,7 @@ def test_corpus_never_crashes(corpus, tiny_clip_dir, capsys, monkeypatch):
 def test_corpus_through_the_python_api(corpus, tiny_clip_dir):
     """The Python API on the same inputs raises MedvlkitError (or its subclasses) and nothing else."""
     from medvlkit import MedvlkitError, create_model, load_dataset
-    from medvlkit.features import embed_images
+    from medvlkit.engine.features import embed_images
 
     root, marker, cases = corpus
     model = create_model(f"hf:{tiny_clip_dir}")

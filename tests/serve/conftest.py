@@ -16,8 +16,8 @@ def cxr_files(data_root: Path, n: int = 4) -> list[Path]:
 
 def build_index(model, folder: Path, out: Path) -> Path:
     from medvlkit.data import load_dataset
-    from medvlkit.options import RunOptions
-    from medvlkit.search import index_task
+    from medvlkit.engine.options import RunOptions
+    from medvlkit.tasks.search import index_task
 
     index_task(model, load_dataset(folder), out, {}, run=RunOptions(workers=0, progress=False, cache=False))
     return out
@@ -26,8 +26,8 @@ def build_index(model, folder: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def lite_served(lite, data_root, tmp_path_factory):
     """(engine, folder of the indexed real X-rays) for lite."""
-    from medvlkit.search import load_index
-    from medvlkit.serve.engine import ServeEngine
+    from medvlkit.apps.serve.engine import ServeEngine
+    from medvlkit.tasks.search import load_index
 
     folder = tmp_path_factory.mktemp("cxr")
     for p in cxr_files(data_root, 6):
@@ -40,8 +40,8 @@ def lite_served(lite, data_root, tmp_path_factory):
 def tiny_served(tiny_clip_dir, tmp_path_factory):
     """(engine, folder of the indexed generated images) for a tiny random hf: CLIP."""
     from medvlkit import create_model
-    from medvlkit.search import load_index
-    from medvlkit.serve.engine import ServeEngine
+    from medvlkit.apps.serve.engine import ServeEngine
+    from medvlkit.tasks.search import load_index
 
     model = create_model(f"hf:{tiny_clip_dir}")
     folder = tmp_path_factory.mktemp("imgs")

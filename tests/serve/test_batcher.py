@@ -6,8 +6,8 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from medvlkit.serve.batcher import MicroBatcher
-from medvlkit.serve.memory import Trimmer
+from medvlkit.apps.serve.batcher import MicroBatcher
+from medvlkit.apps.serve.memory import Trimmer
 
 
 def test_concurrent_items_share_batches_in_order():

@@ -11,12 +11,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from helpers import png_header
+from medvlkit.apps.serve.app import create_app
+from medvlkit.apps.serve.engine import ServeLimits
 from medvlkit.data import load_dataset
-from medvlkit.features import embed_images, embed_texts
-from medvlkit.prompts import load_prompt_set
-from medvlkit.serve.app import create_app
-from medvlkit.serve.engine import ServeLimits
-from medvlkit.zeroshot import zeroshot_classify
+from medvlkit.data.prompts import load_prompt_set
+from medvlkit.engine.features import embed_images, embed_texts
+from medvlkit.tasks.zeroshot import zeroshot_classify
 
 pytest.importorskip("fastapi")
 
@@ -170,7 +170,7 @@ def test_token_required_on_every_data_endpoint(tiny_served):
 
 
 def test_no_index_is_a_409(tiny_served):
-    from medvlkit.serve.engine import ServeEngine
+    from medvlkit.apps.serve.engine import ServeEngine
 
     engine, folder = tiny_served
     with TestClient(create_app(ServeEngine(engine.model, ["pneumonia"], cache=False))) as c:
@@ -210,8 +210,8 @@ def test_an_endpoint_is_a_function_a_test_can_call(served):
     """The endpoints are plain functions of their fields and the app's state (no app, no HTTP): the same answers."""
     from fastapi import HTTPException
 
-    from medvlkit.serve.routes import health, info, search
-    from medvlkit.serve.state import ServeState
+    from medvlkit.apps.serve.routes import health, info, search
+    from medvlkit.apps.serve.state import ServeState
 
     engine, _ = served
 

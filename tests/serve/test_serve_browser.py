@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 from .conftest import cxr_files
 

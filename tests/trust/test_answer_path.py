@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from medvlkit import MedvlkitError
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 from medvlkit.data import load_dataset
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.prompts import load_prompt_set, resolve_prompt_set
+from medvlkit.data.prompts import load_prompt_set, resolve_prompt_set
 
 QUIET = ["--quiet", "--workers", "0", "--no-cache"]
 
@@ -42,8 +42,8 @@ def test_item07_server_and_cli_give_the_same_answer(lite, data_root, tmp_path):
     classes, the server over the set's. Now one answer function; the classes are recorded as softmax_over."""
     from fastapi.testclient import TestClient
 
-    from medvlkit.serve.app import create_app
-    from medvlkit.serve.engine import ServeEngine
+    from medvlkit.apps.serve.app import create_app
+    from medvlkit.apps.serve.engine import ServeEngine
 
     picked = _medpix_pair(data_root, tmp_path / "labelled", labelled=True)
     _medpix_pair(data_root, tmp_path / "flat", labelled=False)
@@ -77,7 +77,7 @@ def test_item07_server_and_cli_give_the_same_answer(lite, data_root, tmp_path):
 def test_item01_digit_aliases_never_choose_prompts(data_root, tmp_path):
     """breastmnist_224.npz (classes "0","1" before: its stem was not in the MedMNIST table) was scored with the
     pneumonia prompts through the digit aliases; a 0/1 dataset of unknown kind must get no shipped set at all."""
-    from medvlkit.sweep import dataset_tasks, matching_prompts
+    from medvlkit.tasks.sweep import dataset_tasks, matching_prompts
 
     sized = tmp_path / "breastmnist_224.npz"
     shutil.copy(data_root / "medmnist" / "breastmnist.npz", sized)
@@ -93,7 +93,7 @@ def test_item01_digit_aliases_never_choose_prompts(data_root, tmp_path):
         matching_prompts(numbered)
     with pytest.raises(MedvlkitError, match="numbers"):
         load_prompt_set("pneumonia").select(["0", "1"])
-    from medvlkit.options import DataOptions
+    from medvlkit.engine.options import DataOptions
 
     why = dataset_tasks(numbered, str(unknown), DataOptions(), ("auto",))
     assert "zeroshot" not in why  # not applicable, with its reason in the plan
@@ -103,7 +103,7 @@ def test_item01_digit_aliases_never_choose_prompts(data_root, tmp_path):
 
 def test_item01_prompt_set_domain_must_agree():
     """Classes that match by name are not enough: a set describing chest X-rays is never chosen for ultrasound."""
-    from medvlkit.sweep import matching_prompts
+    from medvlkit.tasks.sweep import matching_prompts
 
     us = ImageDataset(["a.png", "b.png"], "us", ["normal", "pneumonia"], np.eye(2), meta={"domain": "ultrasound"})
     assert matching_prompts(us).name == "classes"  # generic prompts of the class names, not the chest set
@@ -137,7 +137,7 @@ def _two_films(data_root: Path, folder: Path) -> None:
 def test_item03_explain_truth_follows_class_names(data_root, tmp_path):
     """--classes in another order than the data's: truth was attached by position, so the report framed a NORMAL
     film as the true pneumonia case; with more texts than classes the report crashed."""
-    from medvlkit.report import write_report
+    from medvlkit.apps.report import write_report
 
     _two_films(data_root, tmp_path / "data")
     out = tmp_path / "explain"

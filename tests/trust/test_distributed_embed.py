@@ -16,7 +16,7 @@ RANK_CACHE = """
 import os, sys
 # a node-local cache: every rank its own folder, as on separate machines
 os.environ["MEDVLKIT_CACHE"] = os.path.join(sys.argv[1], "node" + os.environ["RANK"])
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -48,7 +48,7 @@ def test_item05_node_local_caches_lose_nothing(tiny_clip_dir, tmp_path):
 
 def test_item05_an_incomplete_merge_is_an_error(tiny_clip_dir, tmp_path):
     from medvlkit import MedvlkitError, load_dataset
-    from medvlkit.features import _result
+    from medvlkit.engine.features import _result
 
     data = make_image_folder(tmp_path / "imgs", {"a": 3})
     ds = load_dataset(data)
@@ -59,7 +59,7 @@ def test_item05_an_incomplete_merge_is_an_error(tiny_clip_dir, tmp_path):
 def test_item13_each_rank_makes_its_own_gpu_current(monkeypatch):
     import torch
 
-    from medvlkit import distributed
+    from medvlkit.engine import distributed
 
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 
@@ -49,8 +49,8 @@ def test_item15_zeroshot_and_explain_flag_an_image_outside_the_prompt_domain(lit
 def test_item15_the_server_flags_it_and_names_the_scope(lite, data_root, tmp_path):
     from fastapi.testclient import TestClient
 
-    from medvlkit.serve.app import create_app
-    from medvlkit.serve.engine import ServeEngine
+    from medvlkit.apps.serve.app import create_app
+    from medvlkit.apps.serve.engine import ServeEngine
 
     folder = _ct_and_film(data_root, tmp_path / "inbox")
     engine = ServeEngine(lite, ["chest_xray_findings", "modality"], cache=False)

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import make_image, make_split_folders, save_tiny_clip
 from medvlkit import MedvlkitError
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 
 QUIET = ["--quiet", "--workers", "0", "--no-cache", "--bootstrap", "0"]
 
@@ -131,13 +131,13 @@ def make_image_folder_one_class(folder: Path) -> None:
 
 
 def test_item14_a_nan_validation_score_is_an_error_not_a_best_model(tmp_path):
-    from medvlkit.training import Job, LoopOptions, fit
+    from medvlkit.engine.training import Job, LoopOptions, fit
 
     class NanJob(Job):
         def __init__(self):
             import torch
 
-            self.world = __import__("medvlkit.distributed", fromlist=["World"]).World()
+            self.world = __import__("medvlkit.engine.distributed", fromlist=["World"]).World()
             self.device = torch.device("cpu")
             self.param = torch.nn.Parameter(torch.zeros(1))
             self.optimizer = torch.optim.SGD([self.param], lr=0.1)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from helpers import make_image, write_dicom
 from medvlkit import MedvlkitError, load_dataset
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 from medvlkit.data.io import read_image
 from medvlkit.errors import ImageReadError, ImageTooLargeError
 
@@ -29,8 +29,8 @@ def _films(data_root: Path, n: int) -> list[Path]:
 def test_item16_a_film_reads_the_same_at_8_and_16_bits(lite, data_root, tmp_path):
     """A 16-bit PNG (x 257) or an un-windowed DICOM copy of an 8-bit chest film flipped 8 of 84 zero-shot labels
     (max |dP| 0.75): the percentile stretch applied to high bit depths only."""
-    from medvlkit.prompts import load_prompt_set
-    from medvlkit.zeroshot import zeroshot_classify
+    from medvlkit.data.prompts import load_prompt_set
+    from medvlkit.tasks.zeroshot import zeroshot_classify
 
     kinds = ("png8", "png16", "dcm8", "dcm16")
     for i, film in enumerate(_films(data_root, 24)):

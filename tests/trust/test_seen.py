@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 from medvlkit.data import load_dataset
 from medvlkit.data.splits import holdout_indices
+from medvlkit.engine.seen import holdout_without_seen, pixel_hashes, set_aside_seen
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.training_data import read_manifest, write_pixel_manifest
-from medvlkit.seen import holdout_without_seen, pixel_hashes, set_aside_seen
 
 
 def _picture(seed: int, size: int = 64) -> Image.Image:
@@ -186,7 +186,7 @@ def test_the_pixel_hash_store_is_reused_and_survives_damage(world, tmp_path, mon
     shard = next((tmp_path / "pixel_hashes").glob("*.json"))
     shard.write_text("{not json")
     assert pixel_hashes(ds, progress=False, cache_dir=tmp_path) == first
-    monkeypatch.setattr("medvlkit.seen._Hashes.__getitem__", lambda *a: pytest.fail("recomputed a stored hash"))
+    monkeypatch.setattr("medvlkit.engine.seen._Hashes.__getitem__", lambda *a: pytest.fail("recomputed a stored hash"))
     assert pixel_hashes(ds, progress=False, cache_dir=tmp_path) == first
 
 
@@ -200,7 +200,7 @@ def test_lite_declares_its_training_images(lite):
 
 def test_lite_manifest_rebuilds_byte_for_byte(data_root, tmp_path):
     from medvlkit.models.lite import TRAINING_MANIFEST, shipped_weights_dir
-    from medvlkit.pretrain.manifest import write_training_manifest
+    from medvlkit.tasks.pretrain.manifest import write_training_manifest
 
     path = write_training_manifest(data_root, tmp_path, num_workers=0, progress=False)
     assert path.read_bytes() == (shipped_weights_dir() / TRAINING_MANIFEST).read_bytes()

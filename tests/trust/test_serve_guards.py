@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from helpers import make_image, png_header
-from medvlkit.serve.app import create_app
-from medvlkit.serve.engine import ServeLimits
+from medvlkit.apps.serve.app import create_app
+from medvlkit.apps.serve.engine import ServeLimits
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_clip_dir):
     from medvlkit import create_model
-    from medvlkit.serve.engine import ServeEngine
+    from medvlkit.apps.serve.engine import ServeEngine
 
     return ServeEngine(create_model(f"hf:{tiny_clip_dir}"), ["pneumonia"], cache=False)
 
@@ -87,7 +87,7 @@ def test_item10_a_request_is_sized_from_its_headers_before_decoding(engine):
 
 
 def test_item10_decoding_is_bounded_by_pixels_across_requests():
-    from medvlkit.serve.guards import PixelBudget
+    from medvlkit.apps.serve.guards import PixelBudget
 
     budget, log = PixelBudget(100), []
 
@@ -107,7 +107,7 @@ def test_item10_decoding_is_bounded_by_pixels_across_requests():
 
 def test_item10_large_jpeg_uploads_decode_at_reduced_scale(engine):
     from medvlkit.data.io import read_image_bytes
-    from medvlkit.pixels import view_of
+    from medvlkit.engine.pixels import view_of
 
     buf = io.BytesIO()
     rng = np.random.default_rng(0)
@@ -126,9 +126,9 @@ def test_one_pixel_path_for_every_caller(tiny_clip_dir, engine, tmp_path):
     import torch
 
     from medvlkit import create_model, load_dataset
-    from medvlkit.features import embed_images
-    from medvlkit.pixels import ItemViews, view_of
-    from medvlkit.search import query_vectors
+    from medvlkit.engine.features import embed_images
+    from medvlkit.engine.pixels import ItemViews, view_of
+    from medvlkit.tasks.search import query_vectors
 
     path = make_image(tmp_path / "imgs" / "a.png", size=(61, 47))
     model = create_model(f"hf:{tiny_clip_dir}")

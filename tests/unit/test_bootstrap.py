@@ -4,9 +4,14 @@ values equal scikit-learn's on a few resamples."""
 import numpy as np
 import pytest
 
-from medvlkit.bootstrap import bootstrap_classification, multilabel_samples, resample_weights, single_label_samples
-from medvlkit.evaluate import CI_KEYS_MULTI, CI_KEYS_SINGLE
-from medvlkit.metrics import bootstrap_ci, multilabel_metrics, single_label_metrics
+from medvlkit.engine.bootstrap import (
+    bootstrap_classification,
+    multilabel_samples,
+    resample_weights,
+    single_label_samples,
+)
+from medvlkit.engine.metrics import bootstrap_ci, multilabel_metrics, single_label_metrics
+from medvlkit.tasks.evaluate import CI_KEYS_MULTI, CI_KEYS_SINGLE
 
 
 def _single(n, c, seed, ties=False):

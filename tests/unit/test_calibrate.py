@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from medvlkit import MedvlkitError
-from medvlkit.calibrate import (
+from medvlkit.apps.cli import main
+from medvlkit.engine.results import write_predictions
+from medvlkit.tasks.calibrate import (
     apply_calibration,
     calibration_error,
     expected_calibration_error,
@@ -13,8 +15,6 @@ from medvlkit.calibrate import (
     sensitivity_threshold,
     youden_threshold,
 )
-from medvlkit.cli import main
-from medvlkit.results import write_predictions
 
 
 def _overconfident(n=2000, seed=0):

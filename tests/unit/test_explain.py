@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from helpers import make_image
 from medvlkit import create_model
-from medvlkit.cli import main
-from medvlkit.explain import ClassTargets, heatmaps, method_for, rollout_relevance
+from medvlkit.apps.cli import main
 from medvlkit.models.base import ModelBase, l2_normalize
 from medvlkit.models.preprocess import PreprocessCfg
+from medvlkit.tasks.explain import ClassTargets, heatmaps, method_for, rollout_relevance
 
 
 class TinyCNN(ModelBase):

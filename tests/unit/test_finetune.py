@@ -8,16 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from helpers import make_split_folders
-from medvlkit.checkpoint import load_checkpoint
-from medvlkit.distributed import World
+from medvlkit.engine.checkpoint import load_checkpoint
+from medvlkit.engine.distributed import World
+from medvlkit.engine.losses import pair_targets
 from medvlkit.errors import MedvlkitError
-from medvlkit.finetune import FinetuneConfig, LoraSpec, finetune, merge_lora
-from medvlkit.finetune.data import epoch_batches, pick_captions
-from medvlkit.finetune.loop import prepare_model
-from medvlkit.finetune.lora import add_lora, target_names
-from medvlkit.finetune.steps import class_weights, contrastive_step, supervised_count, supervised_loss
-from medvlkit.losses import pair_targets
 from medvlkit.models import create_model
+from medvlkit.tasks.finetune import FinetuneConfig, LoraSpec, finetune, merge_lora
+from medvlkit.tasks.finetune.data import epoch_batches, pick_captions
+from medvlkit.tasks.finetune.loop import prepare_model
+from medvlkit.tasks.finetune.lora import add_lora, target_names
+from medvlkit.tasks.finetune.steps import class_weights, contrastive_step, supervised_count, supervised_loss
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_saved_model_loads_as_ft_spec(tiny_clip_dir, folder, tmp_path):
     assert meta["mode"] == "supervised" and meta["classnames"] == ["NORMAL", "PNEUMONIA"] and meta["lora_layers"]
     assert (out / "best" / "adapter.safetensors").is_file()
     merged = create_model(f"ft:{out / 'best'}")
-    from medvlkit.finetune.saved import load_finetuned
+    from medvlkit.tasks.finetune.saved import load_finetuned
 
     unmerged = load_finetuned(str(out / "best"), merge=False)
     pixels, _ = _inputs(merged)
@@ -164,7 +164,7 @@ def test_siglip_fine_tunes_with_its_own_sigmoid_loss(tiny_siglip_dir, folder, tm
     """The sigmoid loss equals transformers' SiglipModel loss, and fine-tuning trains the logit bias too."""
     from transformers import SiglipModel
 
-    from medvlkit.losses import pair_loss
+    from medvlkit.engine.losses import pair_loss
 
     m = create_model(f"hf:{tiny_siglip_dir}")
     ref = SiglipModel.from_pretrained(tiny_siglip_dir).eval()

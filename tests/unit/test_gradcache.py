@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from helpers import tiny_clip_config
-from medvlkit.finetune.gradcache import gradcache_backward
-from medvlkit.losses import contrastive_loss
+from medvlkit.engine.losses import contrastive_loss
 from medvlkit.models.base import PreprocessCfg
 from medvlkit.models.hf import HFDualEncoder
+from medvlkit.tasks.finetune.gradcache import gradcache_backward
 
 
 def _model(dropout: float = 0.0, seed: int = 0) -> HFDualEncoder:

@@ -8,13 +8,13 @@ import pytest
 
 from helpers import make_image_folder, make_split_folders
 from medvlkit import MedvlkitError
-from medvlkit.cli import main
-from medvlkit.evaluate import evaluate_csv, evaluate_probs
-from medvlkit.labels import align_labels
-from medvlkit.metrics import multilabel_metrics, single_label_metrics
-from medvlkit.results import headline_keys, read_predictions, write_predictions
-from medvlkit.scores import log_sigmoid
-from medvlkit.zeroshot import pos_neg_log_probs, pos_neg_probs
+from medvlkit.apps.cli import main
+from medvlkit.engine.labels import align_labels
+from medvlkit.engine.metrics import multilabel_metrics, single_label_metrics
+from medvlkit.engine.results import headline_keys, read_predictions, write_predictions
+from medvlkit.engine.scores import log_sigmoid
+from medvlkit.tasks.evaluate import evaluate_csv, evaluate_probs
+from medvlkit.tasks.zeroshot import pos_neg_log_probs, pos_neg_probs
 
 
 def test_align_labels_by_name_case_and_alias():
@@ -109,7 +109,7 @@ def test_multilabel_confusion_matrices_and_headline():
 
 
 def test_retrieval_ties_count_against_the_query_and_nan_is_refused():
-    from medvlkit.retrieval import retrieval_metrics
+    from medvlkit.tasks.retrieval import retrieval_metrics
 
     collapsed = np.tile(np.eye(4)[:1], (6, 1))  # every image embedding equal
     text = np.eye(6, 4)

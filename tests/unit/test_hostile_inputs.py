@@ -9,12 +9,12 @@ from PIL import Image
 
 from helpers import make_image, write_dicom
 from medvlkit import MedvlkitError, load_dataset
-from medvlkit.cache import EmbeddingCache
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 from medvlkit.data.io import read_image
+from medvlkit.engine.cache import EmbeddingCache
 from medvlkit.errors import ImageReadError, NoSplitsError
-from medvlkit.evaluate import evaluate_probs
 from medvlkit.models.base import ImagePreprocessor, PreprocessCfg
+from medvlkit.tasks.evaluate import evaluate_probs
 
 
 def test_thin_strip_is_refused_before_the_resize_allocates(tmp_path):
@@ -180,7 +180,7 @@ def test_half_written_and_truncated_cache_shards_never_break_a_run(tmp_path):
 
 
 def test_out_that_is_a_file_fails_before_any_work(tiny_clip_dir, tmp_path, monkeypatch):
-    import medvlkit.features as features
+    import medvlkit.engine.features as features
 
     monkeypatch.setattr(features, "embed_images", lambda *a, **k: pytest.fail("work started"))
     make_image(tmp_path / "imgs" / "a.png")

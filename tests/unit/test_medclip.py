@@ -150,7 +150,7 @@ def test_presets_find_their_local_copies(resnet_dir, tmp_path):
     import os
 
     models = Path(os.environ["MEDVLKIT_MODELS"])  # conftest: a models folder per test
-    with pytest.raises(MedvlkitError, match="medclip-resnet.*huggingface-cli download"):
+    with pytest.raises(MedvlkitError, match="medclip-resnet.*hf download"):
         create_model("medclip-resnet")
     shutil.copytree(resnet_dir, models / "medclip-resnet")
     m = create_model("medclip-resnet")

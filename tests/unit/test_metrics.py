@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from medvlkit.evaluate import evaluate_probs
-from medvlkit.metrics import (
+from medvlkit.engine.metrics import (
     auroc_binary,
     average_precision_binary,
     bootstrap_ci,
@@ -11,6 +10,7 @@ from medvlkit.metrics import (
     multilabel_metrics,
     single_label_metrics,
 )
+from medvlkit.tasks.evaluate import evaluate_probs
 
 
 @pytest.fixture

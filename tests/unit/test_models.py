@@ -132,20 +132,20 @@ def test_create_model_errors(tmp_path):
         create_model("nonsense:abc")
     with pytest.raises(MedvlkitError, match="nothing after"):
         create_model("hf:")
-    with pytest.raises(MedvlkitError, match="huggingface-cli download"):
-        create_model("hf:someone/not-a-local-model")
+    with pytest.raises(MedvlkitError, match="offline.*medvlkit download hf:someone/not-a-local-model"):
+        create_model("hf:someone/not-a-local-model")  # conftest: HF_HUB_OFFLINE=1 (the downloads: test_hub_download)
     with pytest.raises(MedvlkitError, match="no such directory"):
         create_model("hf:/no/such/dir")
-    with pytest.raises(MedvlkitError, match="huggingface-cli download"):
-        create_model("clip-vit-b32")  # a preset with no local copy
+    with pytest.raises(MedvlkitError, match="medvlkit download hf:openai/clip-vit-base-patch32"):
+        create_model("clip-vit-b32")  # a preset with no local copy, offline
     with pytest.raises(MedvlkitError, match="chexzero"):
         create_model("chexzero")
     with pytest.raises(MedvlkitError, match="precision"):
         create_model("hf:x", precision="fp8")
     with pytest.raises(MedvlkitError, match="open_clip"):
         create_model("open_clip:ViT-B-32")  # open_clip is an optional extra that cannot be imported here
-    with pytest.raises(MedvlkitError, match="huggingface-cli download microsoft/BiomedCLIP"):
-        create_model("biomedclip")  # loaded natively, from its folder in $MEDVLKIT_MODELS
+    with pytest.raises(MedvlkitError, match="medvlkit download biomedclip:microsoft/BiomedCLIP"):
+        create_model("biomedclip")  # its folder in $MEDVLKIT_MODELS, else its hub repository (offline here)
 
 
 def test_preset_found_in_models_dir(tiny_clip_dir, tmp_path, monkeypatch):

@@ -9,12 +9,12 @@ import pytest
 from typer.main import get_command
 
 from helpers import make_image
-from medvlkit import cli
-from medvlkit.cli import main
+from medvlkit.apps import cli
+from medvlkit.apps.cli import main
 from medvlkit.data import load_dataset
 from medvlkit.data.splits import group_ids, holdout_indices, load_val
+from medvlkit.engine.options import DataOptions, RunOptions
 from medvlkit.errors import MedvlkitError
-from medvlkit.options import DataOptions, RunOptions
 
 MODEL_VERBS = {"embed", "zeroshot", "retrieve", "gate", "index", "probe", "demo", "search"}
 DATA_VERBS = {"datasets", "embed", "zeroshot", "retrieve", "gate", "index", "probe", "caption", "finetune"}
@@ -79,6 +79,9 @@ def test_csv_patient_ids_make_held_out_validation_patient_level(tmp_path, column
     assert ds.subset(va).groups == [ds.groups[i] for i in va]
     # an explicit --group-pattern wins over the adapter's ids; without either, each image is its own group
     assert group_ids(["a/x_1.png"], r"x_(\d)", ["p0"]) == ["1"] and group_ids(["a", "b"]) == ["a", "b"]
+    # merged data where only some parts name patients (the audit's splits): an item of no group is its own group,
+    # never one shared "None" patient that would pull every ungrouped image to one side of a holdout together
+    assert group_ids(["a", "b", "c"], None, ["p1", None, None]) == ["p1", "b", "c"]
     assert load_val(tmp_path / "labels.csv", DataOptions()) is None  # no val split: hold out
 
 
@@ -116,7 +119,7 @@ def test_config_file_repeats_a_run_and_command_line_flags_win(tiny_clip_dir, tmp
 def test_config_file_errors_name_the_problem(tmp_path, capsys):
     from typer.main import get_command
 
-    from medvlkit.config_file import expand_config
+    from medvlkit.apps.config_file import expand_config
 
     group = get_command(cli.app)
     (tmp_path / "pre.json").write_text(json.dumps({"data_root": "d", "out_dir": "o", "sources": ["cxr", "photo"],

@@ -8,8 +8,8 @@ import torch
 
 from helpers import make_image
 from medvlkit import MedvlkitError
-from medvlkit.losses import contrastive_loss, pair_targets
-from medvlkit.pretrain.corpus import Pair, cxr_patient, sample_epoch
+from medvlkit.engine.losses import contrastive_loss, pair_targets
+from medvlkit.tasks.pretrain.corpus import Pair, cxr_patient, sample_epoch
 
 
 def test_contrastive_loss_equals_clip_loss_with_identity_targets():
@@ -56,7 +56,7 @@ def _synthetic_corpus(root):
 
 
 def test_real_corpus_never_reads_test_splits(data_root):
-    from medvlkit.pretrain.corpus import build_corpus
+    from medvlkit.tasks.pretrain.corpus import build_corpus
 
     train, val = build_corpus(data_root, "train"), build_corpus(data_root, "val")
     items = [p.item for p in train + val]

@@ -6,9 +6,9 @@ from sklearn.linear_model import LogisticRegression
 
 from helpers import make_split_folders
 from medvlkit import MedvlkitError
-from medvlkit.cli import main
+from medvlkit.apps.cli import main
 from medvlkit.data.splits import few_shot_indices, holdout_indices
-from medvlkit.probe import LinearProbe
+from medvlkit.tasks.probe import LinearProbe
 
 
 def _blobs(n=300, classes=3, d=8, seed=0):
@@ -124,7 +124,7 @@ def test_linear_probe_is_a_scikit_learn_classifier():
     from sklearn.base import clone, is_classifier
     from sklearn.linear_model import LogisticRegression
 
-    from medvlkit.probe import LinearProbe
+    from medvlkit.tasks.probe import LinearProbe
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 6))

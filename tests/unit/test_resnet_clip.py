@@ -53,7 +53,7 @@ def test_resnet_clip_matches_openai_clip(fixture, folder, tmp_path, fmt):
 def test_resnet_clip_runs_the_tasks(fixture, folder, tmp_path):
     """zeroshot, embed, probe (backbone features too) and LoRA fine-tuning on the tiny ResNet CLIP."""
     from helpers import make_split_folders
-    from medvlkit.cli import main
+    from medvlkit.apps.cli import main
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "rn.safetensors").write_bytes((folder / "model.safetensors").read_bytes())

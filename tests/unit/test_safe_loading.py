@@ -14,7 +14,7 @@ from helpers import (
     write_planted_torchscript,
 )
 from medvlkit import MedvlkitError, create_model
-from medvlkit.checkpoint import load_checkpoint, save_checkpoint
+from medvlkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from medvlkit.models.openai_ckpt import hf_to_openai_state_dict
 from medvlkit.models.torchscript import read_torchscript_tensors
 
@@ -101,7 +101,7 @@ def folder(tmp_path_factory):
 
 
 def test_finetune_resume_refuses_a_planted_checkpoint(tiny_clip_dir, folder, tmp_path):
-    from medvlkit.finetune import FinetuneConfig, finetune
+    from medvlkit.tasks.finetune import FinetuneConfig, finetune
 
     out, marker = tmp_path / "run", tmp_path / "pwned"
     out.mkdir()
@@ -114,7 +114,7 @@ def test_finetune_resume_refuses_a_planted_checkpoint(tiny_clip_dir, folder, tmp
 
 
 def test_benchmark_refuses_a_planted_checkpoint(tiny_clip_dir, folder, tmp_path):
-    from medvlkit.benchmark import BenchmarkConfig, run_benchmark
+    from medvlkit.tasks.benchmark import BenchmarkConfig, run_benchmark
 
     out, marker = tmp_path / "bench", tmp_path / "pwned"
     row = out / "lora_contrastive"
@@ -128,12 +128,12 @@ def test_benchmark_refuses_a_planted_checkpoint(tiny_clip_dir, folder, tmp_path)
 
 
 def test_pretrain_resume_refuses_a_planted_checkpoint(tmp_path, monkeypatch):
-    from medvlkit.pretrain.train import PretrainConfig, pretrain
+    from medvlkit.tasks.pretrain.train import PretrainConfig, pretrain
 
     out, marker = tmp_path / "pre", tmp_path / "pwned"
     out.mkdir()
     torch.save({"heads": PlantedPayload(marker)}, out / "checkpoint.pt")
-    import medvlkit.pretrain.train as train
+    import medvlkit.tasks.pretrain.train as train
 
     # the features are not needed to reach the checkpoint: stop before any extraction work
     monkeypatch.setattr(train, "extract", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not reached")))
@@ -150,7 +150,7 @@ def test_planted_probe_file_is_refused(tmp_path):
 
     import numpy as np
 
-    from medvlkit.probe import LinearProbe
+    from medvlkit.tasks.probe import LinearProbe
 
     marker = tmp_path / "pwned"
     with zipfile.ZipFile(tmp_path / "probe.npz", "w") as z:

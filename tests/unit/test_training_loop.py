@@ -1,6 +1,7 @@
-"""The one training loop (``medvlkit/training.py``) under both of its jobs: fine-tuning a tiny random CLIP and
+"""The one training loop (``medvlkit/engine/training.py``) under both of its jobs: fine-tuning a tiny random CLIP and
 pretraining the ``lite`` heads on a synthetic corpus. A run stopped by Ctrl-C part-way through an epoch resumes
-batch for batch to the uninterrupted run's weights and history."""
+batch for batch to the uninterrupted run's weights and history, and its TensorBoard scalars to the uninterrupted
+run's scalars (each step once)."""
 
 import json
 import os
@@ -8,16 +9,18 @@ import signal
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_pretrain import _synthetic_corpus
 
 from helpers import make_split_folders
-from medvlkit.checkpoint import load_checkpoint
+from medvlkit.engine.checkpoint import load_checkpoint
+from medvlkit.engine.scalars import ScalarLog
+from medvlkit.engine.training import TrainState
 from medvlkit.errors import MedvlkitError
-from medvlkit.finetune import FinetuneConfig, finetune
-from medvlkit.finetune.loop import FinetuneJob
-from medvlkit.pretrain import train as pretrain_mod
-from medvlkit.pretrain.train import PretrainConfig, PretrainJob, pretrain
-from medvlkit.training import TrainState
+from medvlkit.tasks.finetune import FinetuneConfig, finetune
+from medvlkit.tasks.finetune.loop import FinetuneJob
+from medvlkit.tasks.pretrain import train as pretrain_mod
+from medvlkit.tasks.pretrain.train import PretrainConfig, PretrainJob, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,33 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(kind, tiny_clip_dir
     assert timeless(resumed["history"]) == timeless(straight["history"])
     assert [h["epoch"] for h in resumed["history"]] == list(range(case.base["epochs"]))
     assert resumed["best"] == straight["best"]
+
+    # TensorBoard: every step once, with the uninterrupted run's losses; validation as in the history
+    want, got = tensorboard_scalars(tmp_path / "straight"), tensorboard_scalars(broken)
+    n_steps = straight["history"][-1]["step"]
+    assert [s for s, _ in want["train/loss"]] == list(range(1, n_steps + 1))
+    assert got["train/loss"] == want["train/loss"] and got["train/lr"] == want["train/lr"]
+    assert [v for _, v in got["val/score"]] == pytest.approx([h["score"] for h in straight["history"]], rel=1e-6)
+    assert [s for s, _ in got["val/score"]] == [h["step"] for h in straight["history"]]
+    assert [v for _, v in got["epoch/train_loss"]] == pytest.approx([h["train_loss"] for h in straight["history"]],
+                                                                    rel=1e-6)
+
+
+def tensorboard_scalars(run) -> dict:
+    """{tag: [(step, value)]} as TensorBoard reads the run's event files (purged steps dropped)."""
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_without_tensorboard_nothing_is_written_and_training_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)  # as if not installed
+    log = ScalarLog(tmp_path, 0, True)
+    log.step(1, 0.5, [1e-3])
+    log.epoch({"epoch": 0, "step": 1, "score": 0.7})
+    log.close()
+    assert not log.active and not (tmp_path / "tensorboard").exists()
+    assert not ScalarLog(tmp_path, 0, enabled=False).active  # other ranks than the main one write nothing
 
 
 def test_resume_needs_a_checkpoint_and_refuses_an_old_loop_position(tmp_path):

@@ -7,8 +7,8 @@ import torch
 
 from helpers import make_image_folder
 from medvlkit import MedvlkitError, create_model, embed_images, embed_texts, load_dataset, load_prompt_set
-from medvlkit.prompts import list_prompt_sets, prompt_set_from_classes
-from medvlkit.zeroshot import answer, class_vectors, pos_neg_probs, softmax_probs, zeroshot_classify
+from medvlkit.data.prompts import list_prompt_sets, prompt_set_from_classes
+from medvlkit.tasks.zeroshot import answer, class_vectors, pos_neg_probs, softmax_probs, zeroshot_classify
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -39,8 +40,8 @@ class ImageDataset:
     multilabel: bool = False
     texts: list[str] | None = None
     split: str | None = None
-    meta: dict = field(default_factory=dict)
-    groups: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    groups: list[str | None] | None = None  # None inside: an item of no group (merged data)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -71,11 +72,22 @@ class ImageDataset:
     def has_labels(self) -> bool:
         return self.labels is not None and len(self.classnames) > 0
 
+    @property
+    def label_matrix(self) -> np.ndarray:
+        """The labels (N, classes), for code that has checked :attr:`has_labels`; a dataset without them raises.
+
+        Raises:
+            MedvlkitError: the dataset has no labels.
+        """
+        if self.labels is None or not self.classnames:
+            raise MedvlkitError(f"dataset '{self.name}' has no labels (give a labelled split or a labels file)")
+        return self.labels
+
     def label_text(self, index: int) -> str:
         """The class name(s) of item ``index`` (``|``-joined for multi-label data), or empty without labels."""
         if not self.has_labels:
             return ""
-        return "|".join(c for c, v in zip(self.classnames, self.labels[index]) if v == 1)
+        return "|".join(c for c, v in zip(self.classnames, self.label_matrix[index]) if v == 1)
 
     def load_image(self, index: int, draft: int | None = None) -> Image.Image:
         """Read item ``index`` (raises ``ImageReadError`` naming the file); ``draft``: see :func:`read_image`."""
@@ -85,7 +97,7 @@ class ImageDataset:
         """Class index per item for single-label data. (N,) int."""
         if not self.has_labels or self.multilabel:
             raise MedvlkitError(f"dataset '{self.name}' has no single-label targets")
-        return np.nanargmax(self.labels, axis=1)
+        return np.nanargmax(self.label_matrix, axis=1)
 
     def subset(self, keep: np.ndarray | list[int]) -> ImageDataset:
         """A copy restricted to the given item indices (order kept)."""
@@ -112,7 +124,11 @@ class Adapter:
 _ADAPTERS: dict[str, Adapter] = {}
 
 
-def register_adapter(name: str, description: str, detect: Callable[[Path], bool], priority: int = 0):
+Loader = Callable[..., "ImageDataset"]  # fn(path, split=None, **options) -> ImageDataset
+
+
+def register_adapter(name: str, description: str, detect: Callable[[Path], bool],
+                     priority: int = 0) -> Callable[[Loader], Loader]:
     """Decorator registering a loader ``fn(path, split=None, **options) -> ImageDataset``.
 
     ``--format auto`` asks the adapters' ``detect`` in order of ``priority``, highest first (ties: the order they
@@ -134,7 +150,7 @@ def list_adapters() -> list[Adapter]:
     return sorted(_ADAPTERS.values(), key=lambda a: (-a.priority, order[a.name]))
 
 
-def load_dataset(path: str | Path, split: str | None = None, format: str = "auto", **options) -> ImageDataset:
+def load_dataset(path: str | Path, split: str | None = None, format: str = "auto", **options: Any) -> ImageDataset:
     """Load a dataset from a folder or file.
 
     Args:
@@ -161,7 +177,7 @@ def load_dataset(path: str | Path, split: str | None = None, format: str = "auto
                         "(see `medvlkit datasets`), or pass --format")
 
 
-def _load_with(adapter: Adapter, path: Path, split: str | None, options: dict) -> ImageDataset:
+def _load_with(adapter: Adapter, path: Path, split: str | None, options: dict[str, Any]) -> ImageDataset:
     """``adapter.load`` with ``options``, refusing options it does not take (set and silently ignored, they would
     leave a user believing, say, that ``--uncertain zeros`` applied)."""
     import inspect

@@ -1,6 +1,6 @@
 """Images an audit says to leave out (``--exclude AUDIT_DIR``): the train / val side of every cross-split duplicate
 and of every patient found in two splits (``medvlkit audit``; never a test image). Read here, in the data layer, so
-every verb that reads data through :class:`medvlkit.options.DataOptions` drops them the same way."""
+every verb that reads data through :class:`medvlkit.engine.options.DataOptions` drops them the same way."""
 
 from __future__ import annotations
 

@@ -11,7 +11,9 @@ import functools
 import hashlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -22,6 +24,9 @@ from medvlkit.errors import ImageReadError, ImageTooLargeError, MedvlkitError
 from medvlkit.limits import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (read here by callers)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".gif", ".webp")
+
+
+_NPY_FORMAT: Any = np.lib.format  # its private _read_array_header reads headers of versions past 2.0
 
 
 def _set_pillow_limit(limit: int) -> None:
@@ -137,7 +142,8 @@ def declared_pixels(data: bytes, name: str = "upload") -> int:
         raise ImageReadError(name, f"unreadable image header ({type(err).__name__}: {err})") from None
 
 
-def _read_pillow(source, item: str, limit: int, draft: int | None, formats: list[str] | None = None) -> Image.Image:
+def _read_pillow(source: Any, item: str, limit: int, draft: int | None,
+                 formats: list[str] | None = None) -> Image.Image:
     """Decode ``source`` (a path or a binary file object) with Pillow, within the pixel ``limit``."""
     try:
         with _pillow_limit(limit), Image.open(source, formats=formats) as im:
@@ -157,7 +163,7 @@ def _read_pillow(source, item: str, limit: int, draft: int | None, formats: list
 
 
 @contextlib.contextmanager
-def _pillow_limit(limit: int):
+def _pillow_limit(limit: int) -> Iterator[None]:
     """Pillow's own decompression-bomb check follows ``limit`` while we read a file, so ``MEDVLKIT_MAX_PIXELS`` is
     the one setting that governs both. Pillow errors at twice its setting (at open, and for some formats at load);
     its warning below that is silenced because the caller compares the size with ``limit`` itself. The setting is
@@ -212,7 +218,7 @@ def npz_array_shape(path: str | Path, key: str) -> tuple[tuple[int, ...], np.dty
                 reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                     np.lib.format.read_array_header_2_0
                 shape, _fortran, dtype = reader(f) if version in ((1, 0), (2, 0)) else \
-                    np.lib.format._read_array_header(f, version)
+                    _NPY_FORMAT._read_array_header(f, version)
     except KeyError:
         raise MedvlkitError(f"{path} has no array '{key}'") from None
     except Exception as err:  # noqa: BLE001 - zip and npy header errors come in many types
@@ -265,7 +271,7 @@ def _read_npz_member(item: str) -> Image.Image:
 def pixel_hash(image: Image.Image) -> str:
     """sha1 of the decoded image: its mode, size and pixel values (the same picture saved as PNG and as lossless
     TIFF, or under two names, hashes the same; any changed pixel does not). The audit's exact duplicates and the
-    models' training manifests (:mod:`medvlkit.seen`) both identify images by it."""
+    models' training manifests (:mod:`medvlkit.engine.seen`) both identify images by it."""
     h = hashlib.sha1(f"{image.mode}|{image.size[0]}x{image.size[1]}|".encode())
     h.update(np.ascontiguousarray(np.asarray(image)).tobytes())
     return h.hexdigest()

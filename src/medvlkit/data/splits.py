@@ -30,7 +30,7 @@ HOLDOUT = "holdout"
 
 
 class DatasetLoader(Protocol):
-    """What reads a dataset split (:class:`medvlkit.options.DataOptions` is one)."""
+    """What reads a dataset split (:class:`medvlkit.engine.options.DataOptions` is one)."""
 
     def load(self, data: str | Path, split: str | None = None) -> ImageDataset: ...
 
@@ -57,9 +57,11 @@ def load_val(data: str | Path, opts: DatasetLoader, split: str | None = None) ->
         return None
 
 
-def group_ids(items: list[str], pattern: str | None = None, known: list[str] | None = None) -> list[str]:
+def group_ids(items: list[str], pattern: str | None = None,
+              known: list[str | None] | None = None) -> list[str]:
     """One group (patient) id per item: the first match of ``pattern`` on the file name (its first capture group
-    when it has one; the item itself when nothing matches), else ``known`` (the dataset's groups), else the item.
+    when it has one; the item itself when nothing matches), else ``known`` (the dataset's groups; an item whose group
+    is None is a group of its own), else the item.
 
     Raises:
         MedvlkitError: ``pattern`` is not a valid regular expression.
@@ -74,11 +76,11 @@ def group_ids(items: list[str], pattern: str | None = None, known: list[str] | N
     if known is not None:
         if len(known) != len(items):
             raise ValueError(f"{len(known)} group ids for {len(items)} items")
-        return list(known)
+        return [it if g is None else g for g, it in zip(known, items)]
     return list(items)
 
 
-def dataset_groups(dataset: ImageDataset, items: list[str]) -> list[str] | None:
+def dataset_groups(dataset: ImageDataset, items: list[str]) -> list[str | None] | None:
     """The dataset's group ids of ``items`` (a subset of its items, e.g. those that could be read), or None."""
     if dataset.groups is None:
         return None
@@ -88,20 +90,20 @@ def dataset_groups(dataset: ImageDataset, items: list[str]) -> list[str] | None:
 
 def holdout_indices(items: list[str], labels: np.ndarray, fraction: float, seed: int = 0,
                     group_pattern: str | None = None,
-                    groups: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    groups: list[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split training rows into (train, val) with ``fraction`` of the groups held out, stratified by label where
     possible (each label's groups are sampled apart). Groups: see :func:`group_ids`."""
     if not 0 < fraction < 1:
         raise MedvlkitError(f"--val-fraction {fraction}: must be between 0 and 1")
-    groups = group_ids(items, group_pattern, groups)
+    ids = group_ids(items, group_pattern, groups)
     rng = np.random.default_rng(seed)
     val: list[int] = []
     key = np.nanargmax(np.nan_to_num(labels, nan=0), axis=1)  # stratify by (first) label
     index: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
+    for i, g in enumerate(ids):
         index.setdefault(g, []).append(i)
     for k in np.unique(key):
-        members = sorted({groups[i] for i in np.flatnonzero(key == k)})
+        members = sorted({ids[i] for i in np.flatnonzero(key == k)})
         take = rng.permutation(len(members))[: max(1, round(fraction * len(members)))]
         for j in take:
             val += index[members[j]]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medvlkit.models.presets import PRESETS, ModelPreset
 from medvlkit.models.registry import create_model, list_models, register_source
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from medvlkit.models.base import ImagePreprocessor, ModelBase, PreprocessCfg, VisionLanguageModel
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'medvlkit.models' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -200,14 +200,30 @@ class ModelBase(torch.nn.Module):
     """P(medical) threshold for the medical-image gate, chosen on validation data for these very weights (``lite``
     ships one); None means none was validated and a gate needs one from the user."""
     validated_domain_thresholds: dict[str, float] | None = None
-    """Per modality (``chest x-ray``...), the P(modality) threshold the domain check (:mod:`medvlkit.domain`) uses,
-    chosen on validation data for these very weights; None: the check falls back to the most probable modality."""
+    """Per modality (``chest x-ray``...), the P(modality) threshold the domain check (:mod:`medvlkit.tasks.domain`)
+    uses, chosen on validation data for these very weights; None: the check falls back to the most probable modality."""
     scope: str | None = None
     """What the weights were trained and validated on, from their model card, printed where their answers are shown
     (it travels with the model, through ``export`` too); None when nothing is said."""
+    hub_source: dict[str, Any] | None = None
+    """Where the weights came from when they were fetched from a model hub (:meth:`medvlkit.models.hub.Snapshot.record`:
+    repository, revision, commit, weight files' sha256); None for local files. Results record it."""
     training_manifest_file: str | None = None
     """The file listing the images these weights were trained on (:mod:`medvlkit.models.training_data`); None when
     the model declares none (then nothing can be said of seen images, and results say so)."""
+
+    if TYPE_CHECKING:  # every backbone defines these (see VisionLanguageModel); declared for the type checker only
+        @property
+        def logit_scale(self) -> float: ...
+
+        def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor: ...
+
+        def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor: ...
+
+        # set on a fine-tuned supervised model by its loader (tasks.finetune.saved); absent on others
+        classifier: torch.nn.Module | None
+        classnames: list[str] | None
+        multilabel: bool
 
     def __init__(self, preprocess_cfg: PreprocessCfg, weight_files: list[str] | None = None) -> None:
         super().__init__()

@@ -28,6 +28,30 @@ TIMM_VIT_HEADS = {"vit_base_patch16_224": 12, "vit_base_patch32_224": 12, "vit_l
                   "vit_small_patch16_224": 6, "vit_tiny_patch16_224": 3, "vit_fixture_patch16_64": 2}
 
 
+class _Attention(nn.Module):
+    """timm's attention parameters (``qkv``, ``proj``); the block computes with them."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+
+class _Mlp(nn.Module):
+    """timm's MLP parameters (``fc1``, ``fc2``)."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+
+class _PatchEmbed(nn.Module):
+    """timm's patch embedding (``proj``)."""
+
+    def __init__(self, width: int, patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, patch, stride=patch)
+
+
 class TimmBlock(nn.Module):
     """``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` with timm's parameter names."""
 
@@ -35,10 +59,7 @@ class TimmBlock(nn.Module):
         super().__init__()
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
-        self.attn = nn.Module()
-        self.attn.qkv, self.attn.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.mlp = nn.Module()
-        self.mlp.fc1, self.mlp.fc2 = nn.Linear(width, mlp), nn.Linear(mlp, width)
+        self.attn, self.mlp = _Attention(width), _Mlp(width, mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -53,8 +74,7 @@ class TimmViT(nn.Module):
 
     def __init__(self, width: int, depth: int, heads: int, patch: int, n_patches: int, mlp: int) -> None:
         super().__init__()
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, width, patch, stride=patch)
+        self.patch_embed = _PatchEmbed(width, patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + 1, width))
         self.blocks = nn.Sequential(*[TimmBlock(width, heads, mlp) for _ in range(depth)])
@@ -129,12 +149,14 @@ def _bert(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict):
 
 
 def load_biomedclip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> BiomedCLIP:
-    """``biomedclip:DIR``: a folder laid out as the hub repo of BiomedCLIP-PubMedBERT_256-vit_base_patch16_224."""
+    """``biomedclip:DIR``: a folder laid out as the hub repo of BiomedCLIP-PubMedBERT_256-vit_base_patch16_224;
+    ``biomedclip:org/name[@revision]``: that repository on the hub (downloaded)."""
     from transformers import AutoTokenizer
 
+    from medvlkit.models.hub import resolve_folder
     from medvlkit.models.open_clip_folder import preprocess_from_config, read_open_clip_config, weights_file
 
-    folder = Path(ref).expanduser()
+    folder, snap = resolve_folder(ref, "biomedclip:")
     cfg = read_open_clip_config(folder, "biomedclip")
     model_cfg = cfg["model_cfg"]
     vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
@@ -168,4 +190,5 @@ def load_biomedclip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     preprocess = preprocess_from_config(cfg, size[0] if isinstance(size, list) else size)
     model = BiomedCLIP(trunk, image_proj, bert, text_proj, tokenizer, logit_scale,
                        int(text_cfg.get("context_length", 256)), preprocess, f"biomedclip:{ref}", [str(weights)])
+    model.hub_source = snap.record() if snap is not None else None
     return model.to(device=device, dtype=dtype)

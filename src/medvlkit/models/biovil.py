@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,8 @@ class BioViL(ModelBase):
         super().__init__(preprocess_cfg, weight_files)
         self.resnet, self.projector, self.bert, self.text_head = resnet, projector, bert, text_head
         self.tokenizer, self.name = tokenizer, name
-        self.embed_dim = int(text_head[-1].out_features)
+        last: Any = text_head[-1]
+        self.embed_dim = int(last.out_features)
         self.context_length = int(bert.config.max_position_embeddings)
         self.eval()
 
@@ -128,13 +130,14 @@ def _text_tower(folder: Path) -> tuple[object, nn.Sequential, object, Path]:
 
 def load_biovil(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> BioViL:
     """``biovil:DIR``: the image checkpoint and the CXR-BERT files (config, weights, tokenizer) in one folder, or the
-    text files in ``DIR/cxr_bert``."""
-    folder = Path(ref).expanduser()
-    if not folder.is_dir():
-        raise MedvlkitError(f"biovil:{folder}: no such folder")
+    text files in ``DIR/cxr_bert``; ``biovil:org/name[@revision]``: that folder on the hub (downloaded)."""
+    from medvlkit.models.hub import resolve_folder
+
+    folder, snap = resolve_folder(ref, "biovil:")
     resnet, projector, image_file = _image_tower(folder)
     text_dir = folder / "cxr_bert" if (folder / "cxr_bert" / "config.json").is_file() else folder
     bert, head, tokenizer, text_file = _text_tower(text_dir)
     cfg = preprocess_beside(folder) or BIOVIL_PREPROCESS
     model = BioViL(resnet, projector, bert, head, tokenizer, cfg, f"biovil:{ref}", [str(image_file), str(text_file)])
+    model.hub_source = snap.record() if snap is not None else None
     return model.to(device=device, dtype=dtype)

@@ -6,11 +6,13 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from medvlkit.errors import MedvlkitError, loading_weights
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
+from medvlkit.models.hub import HubRef, Snapshot, fetch
 
 logger = logging.getLogger(__name__)
 
@@ -121,38 +123,32 @@ def _default_cfg(model_type: str, image_size: int) -> PreprocessCfg:
     return PreprocessCfg(image_size=image_size)
 
 
-def resolve_hf_path(ref: str) -> Path:
-    """A local directory as is; a hub id through the local Hugging Face cache only.
+def resolve_hf_path(ref: str) -> tuple[Path, Snapshot | None]:
+    """A local directory as is; a hub id (``org/name[@revision]``) downloaded or found in the Hugging Face cache
+    (:func:`medvlkit.models.hub.fetch`), with the snapshot that records its commit and files.
 
     Raises:
-        MedvlkitError: the id is neither a directory nor cached, with the command that fetches it.
+        MedvlkitError: a file, a path that does not exist, or a hub id that cannot be fetched (one line each).
     """
     path = Path(ref).expanduser()
     if path.is_dir():
-        return path
+        return path, None
     if path.exists():
         raise MedvlkitError(f"hf:{ref} is a file; hf: takes a directory written by save_pretrained "
                             "(use openai-ckpt:FILE for an OpenAI-format .pt/.pth state dict)")
-    if ref.startswith(("/", ".", "~")) or ref.count("/") != 1:  # a path, not an <org>/<name> hub id
+    hub = HubRef.parse(ref)
+    if hub is None:  # a path, not an <org>/<name> hub id
         raise MedvlkitError(f"hf:{ref}: no such directory; pass a folder written by save_pretrained "
-                            "(config.json, weights, tokenizer and preprocessor files)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(ref, local_files_only=True))
-    except Exception as err:  # noqa: BLE001 - any hub failure means the same thing to the user
-        raise MedvlkitError(
-            f"model 'hf:{ref}' is not a local directory and not in the Hugging Face cache ({type(err).__name__}); "
-            f"this machine has no hub access. On a machine with a network run "
-            f"`huggingface-cli download {ref} --local-dir DIR`, copy DIR here and pass --model hf:DIR"
-        ) from None
+                            "(config.json, weights, tokenizer and preprocessor files) or a hub id org/name")
+    snap = fetch(hub, "hf:")
+    return snap.path, snap
 
 
 def load_hf(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> HFDualEncoder:
     """Load a CLIPModel or SiglipModel and its tokenizer from a directory (or cached hub id)."""
     from transformers import AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
 
-    path = resolve_hf_path(ref)
+    path, snap = resolve_hf_path(ref)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as err:  # noqa: BLE001
@@ -163,7 +159,8 @@ def load_hf(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -
     cls = SiglipModel if config.model_type == "siglip" else CLIPModel
     with loading_weights(f"hf:{ref}: the weights in {path}",
                          "the folder needs model.safetensors (or pytorch_model.bin) written by save_pretrained"):
-        model = cls.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
+        loaded: Any = cls.from_pretrained(path, local_files_only=True, dtype=dtype)
+        model = loaded.to(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as err:  # noqa: BLE001
@@ -171,4 +168,6 @@ def load_hf(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -
                             "the weights with tokenizer.save_pretrained(DIR)") from None
     cfg = preprocess_cfg_from_dir(path, config.model_type, int(config.vision_config.image_size))
     weights = sorted(str(p) for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
-    return HFDualEncoder(model, tokenizer, cfg, name=f"hf:{os.fspath(ref)}", weight_files=weights)
+    encoder = HFDualEncoder(model, tokenizer, cfg, name=f"hf:{os.fspath(ref)}", weight_files=weights)
+    encoder.hub_source = snap.record() if snap is not None else None
+    return encoder

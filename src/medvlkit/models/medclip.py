@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ SWIN_V4_TO_V5 = (
 )
 _INDEX_SUFFIX = ".attention.self.relative_position_index"
 # Bio_ClinicalBERT (bert-base-cased sizes) and swin-tiny-patch4-window7-224: used when no config.json is given
-BIO_CLINICALBERT = dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+BIO_CLINICALBERT: dict[str, Any] = dict(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                         intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
 
 
@@ -98,7 +99,8 @@ class MedCLIP(ModelBase):
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         pooled = self._pooled(pixels)
-        feats = self.vision_proj(pooled) if self.swin else self.vision.fc(pooled)
+        head: Any = self.vision_proj if self.swin else self.vision.fc  # Swin: a projection; ResNet: its fc layer
+        feats = head(pooled)
         return l2_normalize(feats) if normalize else feats
 
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:

@@ -85,7 +85,8 @@ class OnnxModel(ModelBase):
         raise MedvlkitError(f"{self.name} keeps no backbone features; use --features projected")
 
 
-FORMAT, VERSION = "medvlkit-onnx", 1  # what `medvlkit export --format onnx` writes (medvlkit.export) and this reads
+# What `medvlkit export --format onnx` writes (medvlkit.tasks.export) and this reads.
+FORMAT, VERSION = "medvlkit-onnx", 1
 
 
 def _read_manifest(folder: Path) -> dict:
@@ -146,4 +147,5 @@ def load_onnx(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32)
     except Exception as err:  # noqa: BLE001
         raise MedvlkitError(f"onnx:{folder}: tokenizer/ cannot be loaded ({first_line(err)}); export again") \
             from None
-    return OnnxModel(folder, manifest, *sessions, tokenizer, providers)
+    image_session, text_session = sessions
+    return OnnxModel(folder, manifest, image_session, text_session, tokenizer, providers)

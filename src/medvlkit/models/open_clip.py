@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.hub import HubRef, fetch
 from medvlkit.models.open_clip_folder import (  # noqa: F401 (the folder format, read by biomedclip too)
     OPEN_CLIP_RESIZE_MODES,
     WEIGHT_NAMES,
@@ -141,7 +143,8 @@ def load_open_clip_folder(folder: Path, device: str, dtype: torch.dtype, tokeniz
     pre = preprocess_from_config(cfg, vision_cfg.get("image_size", 224))
     logger.info("open_clip:%s read natively: ViT width %d, %s", folder, v_width, act)
     tok = find_tokenizer(path, tokenizer, config.text_config.vocab_size)
-    return HFDualEncoder(model.to(device=device, dtype=dtype), tok, pre, name=f"open_clip:{folder}",
+    moved = cast(Any, model).to(device=device, dtype=dtype)
+    return HFDualEncoder(moved, tok, pre, name=f"open_clip:{folder}",
                          weight_files=[str(path)])
 
 
@@ -177,6 +180,13 @@ def load_open_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.flo
     folder = Path(ref).expanduser()
     if folder.is_dir() and (folder / "open_clip_config.json").is_file():
         return load_open_clip_folder(folder, device, dtype, tokenizer)
+    hub = HubRef.parse(ref[len("hf-hub:"):]) if ref.startswith("hf-hub:") else None
+    if hub is not None:  # the repository is fetched, then read natively when its layout allows
+        snap = fetch(hub, "open_clip:hf-hub:")
+        if (snap.path / "open_clip_config.json").is_file():
+            model = load_open_clip_folder(snap.path, device, dtype, tokenizer)
+            model.hub_source = snap.record()
+            return model
     try:
         import open_clip  # lazy: optional extra, needs torchvision
     except ImportError as err:

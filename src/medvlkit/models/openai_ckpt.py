@@ -12,11 +12,13 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg
+from medvlkit.models.clip_bpe import VOCAB_SIZE, clip_tokenizer
 from medvlkit.models.hf import HFDualEncoder
 from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.weight_files import read_weights
@@ -141,7 +143,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def find_tokenizer(ckpt: Path, tokenizer: str | None, vocab_size: int | None = None):
-    """The CLIP BPE tokenizer: ``tokenizer`` dir, else files beside the checkpoint, else an error.
+    """The CLIP BPE tokenizer: ``tokenizer`` dir, else files beside the checkpoint, else OpenAI CLIP's vocabulary
+    that medvlkit ships (:mod:`medvlkit.models.clip_bpe`) when the checkpoint's vocabulary is that size.
 
     With ``vocab_size`` (the checkpoint's), the tokenizer must end its texts with id ``vocab_size - 1``: OpenAI's
     text towers pool the highest id, and a tokenizer of another vocabulary would make them pool the wrong token
@@ -150,7 +153,7 @@ def find_tokenizer(ckpt: Path, tokenizer: str | None, vocab_size: int | None = N
 
     candidates = [Path(tokenizer).expanduser()] if tokenizer else [ckpt.parent]
     for d in candidates:
-        tok = None
+        tok: Any = None
         if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
         elif (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
@@ -163,9 +166,12 @@ def find_tokenizer(ckpt: Path, tokenizer: str | None, vocab_size: int | None = N
             return tok
     if tokenizer:
         raise MedvlkitError(f"--tokenizer {tokenizer}: no vocab.json + merges.txt or tokenizer.json there")
+    if vocab_size is None or vocab_size == VOCAB_SIZE:  # OpenAI's vocabulary: medvlkit ships it
+        return clip_tokenizer()
     raise MedvlkitError(
-        f"no CLIP tokenizer beside '{ckpt}'. OpenAI-format checkpoints use the OpenAI CLIP BPE tokenizer: put its "
-        "vocab.json and merges.txt (from openai/clip-vit-base-patch32) next to the checkpoint or pass --tokenizer DIR")
+        f"no tokenizer beside '{ckpt}', whose text tower has a vocabulary of {vocab_size} (OpenAI CLIP's, which "
+        f"medvlkit ships, has {VOCAB_SIZE}): put the model's vocab.json and merges.txt (or tokenizer.json) next to "
+        "the checkpoint or pass --tokenizer DIR")
 
 
 # CheXzero's released checkpoints are named best_<batch>_<lr>_original_<step>_<score>.pt
@@ -188,7 +194,7 @@ def preprocess_for(path: Path, image_size: int) -> PreprocessCfg:
 
 
 def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                     tokenizer: str | None = None) -> HFDualEncoder:
+                     tokenizer: str | None = None) -> ModelBase:
     """Load an OpenAI-format CLIP checkpoint as a transformers CLIPModel behind the medvlkit surface."""
     from transformers import CLIPModel
 
@@ -211,7 +217,8 @@ def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.f
     tok = find_tokenizer(path, tokenizer, config.text_config.vocab_size)
     logger.info("converted %s: ViT width %d, %d layers, image %d px", path, config.vision_config.hidden_size,
                 config.vision_config.num_hidden_layers, cfg.image_size)
-    return HFDualEncoder(model.to(device=device, dtype=dtype), tok, cfg, name=f"openai-ckpt:{ref}",
+    moved = cast(Any, model).to(device=device, dtype=dtype)
+    return HFDualEncoder(moved, tok, cfg, name=f"openai-ckpt:{ref}",
                          weight_files=[str(path)])
 
 

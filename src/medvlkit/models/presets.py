@@ -23,9 +23,12 @@ class ModelPreset:
         description: what the model is and what it was trained on.
         licence: the weights' licence as stated by their source.
         preprocessing: image size, resize, mean/std as the weights expect.
-        fetch: the command that fetches the weights where a network exists.
+        fetch: how to get the weights: ``medvlkit download <name>`` for hub repositories (they also download on
+            first use), else the steps to follow by hand.
         local_name: file or folder to look for in ``$MEDVLKIT_MODELS/<name>/``.
         preprocess: the weights' preprocessing where their files do not carry it (applied by ``create_model``).
+        hub: the hub repository the weights download from when ``spec`` names a local folder (``biomedclip``);
+            ``hf:<id>`` presets download from their id.
     """
 
     name: str
@@ -36,9 +39,16 @@ class ModelPreset:
     fetch: str
     local_name: str = ""
     preprocess: PreprocessCfg | None = None
+    hub: str = ""
+
+    @property
+    def hub_id(self) -> str:
+        """The hub repository the weights download from ('' for weights fetched by hand)."""
+        source, _, ref = self.spec.partition(":")
+        return self.hub or (ref if source == "hf" else "")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"hub_id": self.hub_id}
 
 
 _CLIP_PRE = "224 px, short side resized (bicubic) + centre crop, CLIP mean/std"
@@ -46,12 +56,11 @@ _CLIP_PRE = "224 px, short side resized (bicubic) + centre crop, CLIP mean/std"
 
 def _openai_fetch(arch: str, name: str) -> str:
     return (f"on a machine with a network: pip install openai-clip; python -c \"import clip; clip.load('{arch}', "
-            f"download_root='$MEDVLKIT_MODELS/{name}')\"; put vocab.json + merges.txt of openai/clip-vit-base-patch32 "
-            "beside it")
+            f"download_root='$MEDVLKIT_MODELS/{name}')\" (the tokenizer ships with medvlkit)")
 
 
 def _hf_fetch(hub_id: str, name: str) -> str:
-    return f"huggingface-cli download {hub_id} --local-dir $MEDVLKIT_MODELS/{name}"
+    return f"medvlkit download {name} (downloads {hub_id} into the Hugging Face cache)"
 
 
 PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
@@ -75,7 +84,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "MIT (code); weights under the CheXzero repository's terms (PhysioNet-derived)",
                 CHEXZERO_PREPROCESS.describe(),
                 "download the checkpoints linked from github.com/rajpurkarlab/CheXzero into $MEDVLKIT_MODELS/chexzero "
-                "with vocab.json + merges.txt of openai/clip-vit-base-patch32 beside them",
+                "(the tokenizer ships with medvlkit)",
                 "best_64_5e-05_original_22000_0.864.pt", CHEXZERO_PREPROCESS),
     ModelPreset("clip-rn50", "openai-ckpt:$MEDVLKIT_MODELS/clip-rn50/RN50.pt",
                 "OpenAI CLIP ResNet-50 (ModifiedResNet + attention pooling), OpenAI's TorchScript release", "MIT",
@@ -88,19 +97,21 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
     ModelPreset("pubmedclip-rn50", "openai-ckpt:$MEDVLKIT_MODELS/pubmedclip-rn50/PubMedCLIP_RN50.pth",
                 "PubMedCLIP (Eslami et al. 2023): CLIP RN50 fine-tuned on ROCO, the authors' .pth release", "MIT",
                 _CLIP_PRE, "download PubMedCLIP_RN50.pth from github.com/sarahESL/PubMedCLIP into "
-                "$MEDVLKIT_MODELS/pubmedclip-rn50 with vocab.json + merges.txt of openai/clip-vit-base-patch32",
+                "$MEDVLKIT_MODELS/pubmedclip-rn50 (the tokenizer ships with medvlkit)",
                 "PubMedCLIP_RN50.pth"),
     ModelPreset("biomedclip", "biomedclip:$MEDVLKIT_MODELS/biomedclip",
                 "BiomedCLIP (Zhang et al. 2023): ViT-B/16 + PubMedBERT on PMC-15M figure-caption pairs; loaded by "
                 "medvlkit's own modules (no open_clip, timm or torchvision needed), fine-tunable", "MIT",
                 "224 px, short side resized (bicubic) + centre crop, CLIP mean/std; context 256 tokens",
-                _hf_fetch("microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "biomedclip"), ""),
+                _hf_fetch("microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "biomedclip"), "",
+                hub="microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"),
     ModelPreset("biovil", "biovil:$MEDVLKIT_MODELS/biovil",
                 "BioViL (Boecking et al. 2022): ResNet-50 + CXR-BERT-specialized on MIMIC-CXR; no learned temperature "
                 "(cosine similarity)", "MIT (hi-ml-multimodal); weights under Microsoft's research licence",
                 "480 px: short side 512 + centre crop, bilinear, no mean/std",
                 _hf_fetch("microsoft/BiomedVLP-CXR-BERT-specialized", "biovil") + " (holds "
-                "biovil_image_resnet50_proj_size_128.pt and the text model)", ""),
+                "biovil_image_resnet50_proj_size_128.pt and the text model)", "",
+                hub="microsoft/BiomedVLP-CXR-BERT-specialized"),
     *[ModelPreset(f"medclip-{v}", f"medclip:$MEDVLKIT_MODELS/medclip-{v}",
                   f"MedCLIP (Wang et al. 2022): {arch} + Bio_ClinicalBERT, decoupled contrastive training on "
                   "MIMIC-CXR and CheXpert", "BSD (medclip 0.0.3 package metadata)",
@@ -108,7 +119,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                   "mean 0.5863 / std 0.2795; texts padded to the batch's longest (padding enters the pooling)",
                   f"on a machine with a network: python -c \"from medclip import MedCLIPModel, {cls}; "
                   f"MedCLIPModel(vision_cls={cls}).from_pretrained('$MEDVLKIT_MODELS/medclip-{v}')\"; then "
-                  "huggingface-cli download emilyalsentzer/Bio_ClinicalBERT config.json vocab.txt --local-dir "
+                  "hf download emilyalsentzer/Bio_ClinicalBERT config.json vocab.txt --local-dir "
                   f"$MEDVLKIT_MODELS/medclip-{v}/text", "")
       for v, arch, cls in (("vit", "Swin-T", "MedCLIPVisionModelViT"), ("resnet", "ResNet-50", "MedCLIPVisionModel"))],
     ModelPreset("gloria", "gloria:$MEDVLKIT_MODELS/gloria/chexpert_resnet50.ckpt",
@@ -118,7 +129,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                  "224 px grey: long side to 256 (area), zero-padded square, centre crop 224, mean/std 0.5; "
                  "upsampled to 299 inside the model; texts cleaned and padded to 97 tokens",
                  "download chexpert_resnet50.ckpt (linked from github.com/marshuang80/gloria) into "
-                 "$MEDVLKIT_MODELS/gloria; huggingface-cli download emilyalsentzer/Bio_ClinicalBERT config.json "
+                 "$MEDVLKIT_MODELS/gloria; hf download emilyalsentzer/Bio_ClinicalBERT config.json "
                  "vocab.txt --local-dir $MEDVLKIT_MODELS/gloria/text", "chexpert_resnet50.ckpt"),
     ModelPreset("siglip-b16", "hf:google/siglip-base-patch16-224", "SigLIP ViT-B/16 (WebLI)", "Apache-2.0",
                 "224 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",

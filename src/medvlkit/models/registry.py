@@ -14,13 +14,16 @@ import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.presets import PRESETS, ModelPreset
 
 if TYPE_CHECKING:
+    import torch
+
     from medvlkit.models.base import ModelBase
+    from medvlkit.models.hub import Snapshot
 
 # Built-in sources by module path, imported when a spec needs them (listing models or printing --help stays fast).
 _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
@@ -32,7 +35,7 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "biovil": "medvlkit.models.biovil:load_biovil",
     "medclip": "medvlkit.models.medclip:load_medclip",
     "gloria": "medvlkit.models.gloria:load_gloria",
-    "ft": "medvlkit.finetune.saved:load_finetuned",
+    "ft": "medvlkit.tasks.finetune.saved:load_finetuned",
     "onnx": "medvlkit.models.onnx_model:load_onnx",
 }
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # --precision: the dtype weights are cast to for inference
@@ -66,7 +69,7 @@ def _loader(source: str) -> Callable[..., ModelBase]:
     return fn
 
 
-def torch_dtype(precision: str):
+def torch_dtype(precision: str) -> torch.dtype:
     """``fp32`` / ``fp16`` / ``bf16`` -> the torch dtype."""
     import torch
 
@@ -99,23 +102,72 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _local_copy(preset: ModelPreset) -> Path | None:
+    """``$MEDVLKIT_MODELS/<name>/<local_name>`` (a file) or ``$MEDVLKIT_MODELS/<name>`` (a folder), if present."""
+    local = models_dir() / preset.name
+    target = local / preset.local_name if preset.local_name else local
+    return target if target.exists() and (target.is_file() if preset.local_name else target.is_dir()) else None
+
+
 def _resolve_preset(preset: ModelPreset) -> str:
-    """A preset's spec pointing at its local copy: ``$MEDVLKIT_MODELS/<name>/<local_name>`` for presets whose weights
-    are one file, the folder itself for the others. ``hf:`` presets fall back to their hub id (the local Hugging Face
-    cache); a missing copy is an error naming the path and how to fetch it otherwise."""
+    """A preset's spec: its local copy in ``$MEDVLKIT_MODELS`` when there is one, else its hub repository
+    (downloaded on first use, :mod:`medvlkit.models.hub`); a preset fetched by hand and not present is an error
+    naming the path and the steps."""
     source, _, ref = preset.spec.partition(":")
     if source == "lite":
         return preset.spec
-    local = models_dir() / preset.name
-    target = local / preset.local_name if preset.local_name else local
-    if target.exists() and (target.is_file() if preset.local_name else target.is_dir()):
-        return f"{source}:{target}"
-    if source == "hf" or "$MEDVLKIT_MODELS" not in ref:
-        return preset.spec
+    local = _local_copy(preset)
+    if local is not None:
+        return f"{source}:{local}"
+    if preset.hub_id:
+        return f"{source}:{preset.hub_id}"
+    target = models_dir() / preset.name / preset.local_name
     raise MedvlkitError(f"preset '{preset.name}' needs {target}; {preset.fetch}")
 
 
-def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32", **kwargs) -> ModelBase:
+def preset_status(preset: ModelPreset) -> str:
+    """Where a preset's weights are on this machine, without touching the network: ``ships with medvlkit``,
+    ``local copy``, ``in the hub cache``, ``downloads on first use`` or ``not on this machine``."""
+    from medvlkit.models.hub import HubRef, cached
+
+    if preset.spec == "lite":
+        return "ships with medvlkit"
+    if _local_copy(preset) is not None:
+        return f"local copy ({models_dir() / preset.name})"
+    if preset.hub_id:
+        return "in the hub cache" if cached(HubRef(preset.hub_id)) else "downloads on first use"
+    return "not on this machine"
+
+
+_HUB_SOURCES = ("open_clip:hf-hub:", "hf:", "biomedclip:", "biovil:")  # the specs whose reference can be a hub id
+
+
+def download(name: str) -> Snapshot:
+    """Fetch a preset's hub repository, or a hub spec's (``hf:org/name[@revision]``, ``open_clip:hf-hub:...``,
+    ``biomedclip:...``, ``biovil:...``), into the Hugging Face cache, for a machine that goes offline later.
+
+    Raises:
+        MedvlkitError: a preset whose weights are fetched by hand (the steps are named), a spec that names no hub
+            repository, or a failed download (see :func:`medvlkit.models.hub.fetch`).
+    """
+    from medvlkit.models.hub import HubRef, fetch
+
+    preset = PRESETS.get(name)
+    if preset is not None:
+        if not preset.hub_id:
+            raise MedvlkitError(f"preset '{name}' is not on a hub medvlkit downloads from; {preset.fetch}")
+        source = preset.spec.partition(":")[0] + ":"
+        return fetch(HubRef(preset.hub_id), source, f"medvlkit download {name}")
+    prefix = next((p for p in _HUB_SOURCES if name.startswith(p)), None)
+    hub = HubRef.parse(name[len(prefix):]) if prefix else None
+    if prefix is None or hub is None:
+        hub_presets = ", ".join(p for p in PRESETS if PRESETS[p].hub_id)
+        raise MedvlkitError(f"medvlkit download {name}: give a preset ({hub_presets}) or a hub spec: "
+                            "hf:org/name[@revision], open_clip:hf-hub:org/name, biomedclip:org/name, biovil:org/name")
+    return fetch(hub, prefix)
+
+
+def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32", **kwargs: Any) -> ModelBase:
     """Build a model from a spec.
 
     Args:

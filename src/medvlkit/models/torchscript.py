@@ -167,7 +167,7 @@ def check_tensors_own_storage(source: Path | str, tensors: dict) -> None:
     for value in tensors.values():
         if isinstance(value, torch.Tensor) and value.numel():
             check_view(source, value.untyped_storage().nbytes() // max(value.element_size(), 1),
-                       value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+                       int(value.storage_offset()), tuple(value.shape), tuple(value.stride()))
 
 
 def is_torchscript_archive(path: Path) -> bool:

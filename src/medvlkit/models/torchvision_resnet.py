@@ -75,7 +75,7 @@ class TorchvisionResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.num_features = inplanes
-        self.fc = nn.Linear(inplanes, 1000)
+        self.fc: nn.Module = nn.Linear(inplanes, 1000)
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The maps after layer1..layer4."""

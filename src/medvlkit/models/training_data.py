@@ -3,7 +3,7 @@
 Two kinds of manifest are read:
 
 - ``pixel-sha1``: medvlkit's own (``lite`` ships ``lite_training_images.txt.gz``): one sha1 of the decoded pixels
-  per training image (:func:`medvlkit.dataaudit.hashes.pixel_hash`: mode, size and values), under a header line
+  per training image (:func:`medvlkit.tasks.dataaudit.hashes.pixel_hash`: mode, size and values), under a header line
   ``# medvlkit training manifest v1 kind=pixel-sha1`` and ``# ...`` comment lines saying where they came from. It
   matches an image whatever its file name or container, as long as its pixels are the same.
 - ``ids``: a published CSV of image ids, the form other models publish (e.g. RAD-DINO's ``training_images.csv``).
@@ -13,7 +13,7 @@ Two kinds of manifest are read:
 
 A model declares its manifest with :meth:`medvlkit.models.base.ModelBase.training_manifest`; a user can name one
 with ``--training-manifest FILE``. What uses it (``audit --model``, and the verbs that set seen images aside) is in
-:mod:`medvlkit.seen`.
+:mod:`medvlkit.engine.seen`.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def read_manifest(path: str | Path) -> TrainingManifest:
     if column is None:
         raise MedvlkitError(f"{path}: a CSV manifest needs an image id column (one of {', '.join(ID_COLUMNS)}), "
                             f"or a single column; found columns {rows[0][:8]}")
-    values = {Path(r[column].strip()).name for r in rows[1:] if len(r) > column and r[column].strip()}
-    return TrainingManifest("ids", frozenset(values), str(path.resolve()), sha)
+    ids = {Path(r[column].strip()).name for r in rows[1:] if len(r) > column and r[column].strip()}
+    return TrainingManifest("ids", frozenset(ids), str(path.resolve()), sha)
 
 
 def id_keys(item_name: str) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ def read_weights(path: Path, expected: str) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            obj = load_file(str(path))
+            obj: Any = load_file(str(path))
         elif is_torchscript_archive(path):
             obj = read_torchscript_tensors(path)
         else:

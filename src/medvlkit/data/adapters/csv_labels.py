@@ -202,7 +202,7 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
         (c for c in GROUP_COLUMNS if c in header), None)
     if isinstance(label_columns, str):
         label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
-    layout = _layout(path, header, rows, {pcol, "split", gcol}, label_columns or [], findings_column)
+    layout = _layout(path, header, rows, {c for c in (pcol, "split", gcol) if c}, label_columns or [], findings_column)
     if layout.class_column:
         names, labels = _class_column_labels(rows, layout.class_column)
     else:

@@ -36,7 +36,7 @@ def scan_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             st = os.stat(p)  # follows symbolic links
         except OSError as err:
             why = {errno.ENOENT: "a dangling symbolic link", errno.ELOOP: "a symbolic link loop"}.get(
-                err.errno, f"unreadable ({err.strerror})")
+                err.errno or 0, f"unreadable ({err.strerror})")
             skipped.append((str(p), why))
             continue
         if stat.S_ISDIR(st.st_mode):
@@ -97,7 +97,8 @@ def load_image_folder(path: Path, split: str | None = None, recursive: bool = Fa
     """
     root = Path(path)
     if recursive:
-        files, skipped = [], []
+        files: list[Path] = []
+        skipped: list[tuple[str, str]] = []
         for folder, dirs, _ in os.walk(root):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             found, bad = scan_images(Path(folder))
@@ -131,9 +132,9 @@ def load_image_folder(path: Path, split: str | None = None, recursive: bool = Fa
                             skipped=flat_skipped)
     items, idx, skipped = [], [], []
     for c, d in enumerate(classes):
-        files, bad = _scan_class(d)
-        items += [str(p.resolve()) for p in files]
-        idx += [c] * len(files)
+        in_class, bad = _scan_class(d)
+        items += [str(p.resolve()) for p in in_class]
+        idx += [c] * len(in_class)
         skipped += bad
     return ImageDataset(items=items, name=Path(path).name, classnames=[d.name for d in classes],
                         labels=one_hot(np.asarray(idx), len(classes)), split=split,

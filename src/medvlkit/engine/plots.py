@@ -1,0 +1,94 @@
+"""Plots as PNG bytes (matplotlib Figures rendered with Agg, pyplot untouched): confusion matrix, ROC curves,
+reliability diagram."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _figure(width: float = 4.2, height: float = 3.6):
+    """A standalone matplotlib ``Figure`` and its axes: no pyplot state, no global backend switch (a caller's
+    interactive backend and open figures are left alone)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    return fig, fig.subplots()
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")  # Figure.savefig renders PNG with the Agg canvas itself
+    return buf.getvalue()
+
+
+def confusion_matrix_png(cm: list[list[int]], classnames: list[str], title: str = "confusion matrix") -> bytes:
+    """Counts with row-normalised colour (rows: true class, columns: predicted)."""
+    fig, ax = _figure()
+    counts = np.asarray(cm)
+    frac = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classnames)), classnames, rotation=30, ha="right")
+    ax.set_yticks(range(len(classnames)), classnames)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def roc_curve_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold (from the top score down)."""
+    from medvlkit.engine.metrics import binary_clf_curve
+
+    tps, fps = binary_clf_curve(y, score)
+    return np.r_[0.0, fps / max(fps[-1], 1)], np.r_[0.0, tps / max(tps[-1], 1)]
+
+
+def thin_curve(x: np.ndarray, y: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points of a monotone curve for drawing (a 100k-image ROC has 100k steps; a figure a
+    few hundred pixels wide shows 2,000 evenly spaced ones, with both ends, identically)."""
+    if len(x) <= max_points:
+        return x, y
+    keep = np.unique(np.r_[np.linspace(0, len(x) - 1, max_points).round().astype(int), len(x) - 1])
+    return x[keep], y[keep]
+
+
+def roc_png(labels: np.ndarray, probs: np.ndarray, classnames: list[str], title: str = "ROC") -> bytes:
+    """One ROC curve per class (one-vs-rest; NaN labels masked), AUROC in the legend."""
+    from medvlkit.engine.metrics import auroc_binary
+
+    fig, ax = _figure()
+    for c, name in enumerate(classnames):
+        known = ~np.isnan(labels[:, c])
+        y, p = labels[known, c] == 1, probs[known, c]
+        if y.any() and (~y).any():
+            fpr, tpr = thin_curve(*roc_curve_points(y, p))
+            ax.plot(fpr, tpr, label=f"{name} ({auroc_binary(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def reliability_png(curves: dict[str, dict[str, list[float]]], title: str = "reliability") -> bytes:
+    """Reliability diagram: accuracy per confidence bin, one line per curve (e.g. before / after)."""
+    fig, ax = _figure()
+    for name, r in curves.items():
+        conf, acc = np.asarray(r["confidence"], dtype=float), np.asarray(r["accuracy"], dtype=float)  # null -> NaN
+        ok = ~np.isnan(conf)
+        ax.plot(conf[ok], acc[ok], marker="o", ms=3, label=name)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)

@@ -1,9 +1,0 @@
-"""Adapting a model to a user's data: contrastive (full / LoRA / frozen tower, GradCache) and supervised
-fine-tuning (``loop.finetune``, a job of the one training loop in ``medvlkit/training.py``), on one process or
-under ``torchrun``."""
-
-from medvlkit.finetune.config import FinetuneConfig
-from medvlkit.finetune.loop import finetune
-from medvlkit.finetune.lora import LoraSpec, merge_lora
-
-__all__ = ["FinetuneConfig", "LoraSpec", "finetune", "merge_lora"]

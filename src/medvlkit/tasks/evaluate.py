@@ -1,0 +1,186 @@
+"""Scoring predictions against labels: metrics, bootstrap CIs and the confusion matrix in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvlkit.data.adapters.csv_labels import read_csv_rows
+from medvlkit.engine.bootstrap import bootstrap_classification
+from medvlkit.engine.metrics import confusion_matrix, multilabel_metrics, single_label_metrics
+from medvlkit.errors import MedvlkitError
+
+# Metrics whose CIs are reported by default (per-class CIs would multiply the bootstrap cost for no reader).
+CI_KEYS_SINGLE = ["accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "auroc",
+                  "average_precision"]
+CI_KEYS_MULTI = ["auroc", "average_precision", "macro_f1", "macro_precision", "macro_recall", "macro_accuracy"]
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one set of predictions."""
+
+    metrics: dict[str, float]
+    ci: dict[str, list[float]]
+    confusion_matrix: list[list[int]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_probs(labels: np.ndarray, probs: np.ndarray | None, classnames: list[str], multilabel: bool,
+                   n_bootstrap: int = 1000, seed: int = 0, decisions: np.ndarray | None = None,
+                   thresholds: np.ndarray | float = 0.5, log_probs: np.ndarray | None = None) -> Evaluation:
+    """Score (N, C) predictions against (N, C) labels (one-hot for single-label; 1/0/NaN multi-label).
+
+    Rankings (AUROC, AP) and decisions use ``log_probs`` (float64 natural-log probabilities) when given, so
+    probabilities that round to 1.0 keep their order; else ``probs``.
+
+    Args:
+        n_bootstrap: bootstrap resamples for the 95% CIs (0 disables them).
+        seed: the bootstrap's seed.
+        decisions: single-label predicted class indices (N,) when not the argmax (validation thresholds).
+        thresholds: multi-label per-class decision thresholds, on probabilities.
+        log_probs: the lossless form of ``probs`` (``probs`` may then be None).
+    """
+    scores = np.asarray(log_probs if log_probs is not None else probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise MedvlkitError(f"labels {labels.shape} and predictions {scores.shape} do not align")
+    if len(labels) == 0:
+        raise MedvlkitError("nothing to evaluate: no labelled predictions")
+    bad = ~np.isfinite(scores).all(axis=1)
+    if bad.any():
+        raise MedvlkitError(f"{int(bad.sum())} of {len(scores)} predictions hold NaN or infinite scores (first: row "
+                            f"{int(np.flatnonzero(bad)[0])}); metrics of such scores mean nothing: fix the model or "
+                            "the predictions file")
+    if not multilabel:
+        one = np.nan_to_num(labels, nan=0.0)
+        bad = ~((one == 1).sum(axis=1) == 1) | ~np.isin(one, (0, 1)).all(axis=1)
+        if bad.any():
+            raise MedvlkitError(f"{int(bad.sum())} single-label rows do not hold exactly one true class (first: row "
+                                f"{int(np.flatnonzero(bad)[0])}); score multi-label data as multi-label")
+    if multilabel:
+        thr = np.asarray(thresholds, dtype=np.float64)
+        if log_probs is not None:
+            with np.errstate(divide="ignore"):
+                thr = np.log(thr)
+        metrics, keys, cm = multilabel_metrics(labels, scores, classnames, thr), CI_KEYS_MULTI, None
+        arrays: tuple[np.ndarray, ...] = (labels, scores, np.broadcast_to(thr, (scores.shape[1],)))
+    else:
+        y = np.nanargmax(labels, axis=1)
+        d = scores.argmax(1) if decisions is None else np.asarray(decisions, dtype=int)
+        metrics, keys = single_label_metrics(y, scores, classnames, d), CI_KEYS_SINGLE
+        arrays = (y, scores, d)
+        cm = confusion_matrix(y, d, len(classnames)).tolist()
+    ci = {}
+    if n_bootstrap > 0:  # vectorised over resamples; equal to bootstrap_ci over the metric function, same seed
+        ci = bootstrap_classification("multi" if multilabel else "single", arrays, keys, n_bootstrap, seed)
+    extra: dict[str, Any] = {"macro_left_out": [c for c in classnames if np.isnan(metrics.get(f"recall/{c}", 0.0))]}
+    if multilabel:
+        extra["confusion_matrices"] = multilabel_confusion(labels, scores, classnames, thr)
+    return Evaluation(metrics, ci, cm, extra)
+
+
+def multilabel_confusion(labels: np.ndarray, scores: np.ndarray, classnames: list[str],
+                         thresholds: np.ndarray | float) -> dict[str, list[list[int]]]:
+    """Per class, the 2x2 confusion matrix [[TN, FP], [FN, TP]] at its threshold (known labels only)."""
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (scores.shape[1],))
+    out = {}
+    for c, name in enumerate(classnames):
+        known = ~np.isnan(labels[:, c])
+        y, pred = labels[known, c] == 1, scores[known, c] >= thr[c]
+        out[name] = [[int(np.sum(~y & ~pred)), int(np.sum(~y & pred))], [int(np.sum(y & ~pred)), int(np.sum(y & pred))]]
+    return out
+
+
+def read_label_csv(path: Path, classnames: list[str]) -> tuple[dict[str, np.ndarray], bool]:
+    """A labels CSV: ``file`` plus either a ``label`` column of class names (single-label) or one 0/1/blank
+    column per class (multi-label). Returns {file: (C,) label row}, multilabel.
+
+    Raises:
+        MedvlkitError: a missing column, a class name not predicted, a value that is not 1, 0 or blank, or one file
+            labelled two ways (which would leave one of them to win silently).
+    """
+    if not path.is_file():
+        raise MedvlkitError(f"--labels {path}: no such file")
+    header, rows = read_csv_rows(path)
+    if "file" not in header:
+        raise MedvlkitError(f"--labels {path}: needs a 'file' column; its columns: {', '.join(header)}")
+    if "label" in header:
+        index = {c: i for i, c in enumerate(classnames)}
+        unknown = sorted({r["label"] for r in rows} - set(index))
+        if unknown:
+            raise MedvlkitError(f"--labels {path}: label(s) {unknown} are not among the predicted classes {classnames}")
+        table = [(r["file"], np.eye(len(classnames))[index[r["label"]]]) for r in rows]
+        return _one_row_per_file(path, table), False
+    missing = [c for c in classnames if c not in header]
+    if missing:
+        raise MedvlkitError(f"--labels {path}: needs a 'label' column or one column per class; missing {missing}")
+    values = {"": np.nan, "0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
+    table = []
+    for n, r in enumerate(rows, 1):
+        bad = [c for c in classnames if r[c].strip() not in values]
+        if bad:
+            raise MedvlkitError(f"--labels {path}: row {n} holds '{r[bad[0]].strip()}' for class '{bad[0]}'; labels "
+                                "must be 1, 0 or blank (unknown)")
+        table.append((r["file"], np.array([values[r[c].strip()] for c in classnames])))
+    return _one_row_per_file(path, table), True
+
+
+def _one_row_per_file(path: Path, table: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for file, row in table:
+        if file in out and not np.array_equal(out[file], row, equal_nan=True):
+            raise MedvlkitError(f"--labels {path}: '{file}' is labelled two ways; give each file one row")
+        out[file] = row
+    return out
+
+
+def evaluate_csv(predictions: Path, labels: Path | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                 multilabel: bool | None = None) -> tuple[Evaluation, list[str], int]:
+    """Score a predictions CSV against a labels CSV joined on ``file``, or against its own truth columns.
+
+    A medvlkit ``predictions.csv`` scored on its own truth reproduces its run's ``result.json`` metrics exactly.
+
+    Returns:
+        the evaluation, the class names, and the number of predictions without a label (left out).
+    """
+    from medvlkit.engine.results import read_predictions
+
+    pred = read_predictions(Path(predictions))
+    if labels is None:
+        if pred.labels is None:
+            raise MedvlkitError(f"{predictions} has no true_<class> columns: pass --labels FILE")
+        mode = pred.multilabel if multilabel is None else multilabel
+        if mode is None:
+            raise MedvlkitError(f"{predictions} has no 'mode' column: say whether it is multi-label")
+        return (evaluate_probs(pred.labels, None, pred.classnames, mode, n_bootstrap, seed,
+                               log_probs=pred.log_probs), pred.classnames, 0)
+    table, is_multi = read_label_csv(Path(labels), pred.classnames)
+    keep = [i for i, f in enumerate(pred.files) if f in table]
+    if not keep:
+        raise MedvlkitError(f"no file of {predictions} appears in {labels}; both need the same 'file' values")
+    y = np.stack([table[pred.files[i]] for i in keep])
+    multilabel = is_multi if multilabel is None else multilabel
+    ev = evaluate_probs(y, None, pred.classnames, multilabel, n_bootstrap, seed, log_probs=pred.log_probs[keep])
+    return ev, pred.classnames, len(pred.files) - len(keep)
+
+
+def evaluate_task(predictions: Path, labels: Path | None, out_dir: Path, n_bootstrap: int = 1000,
+                  seed: int = 0) -> tuple[dict[str, Any], int]:
+    """The ``evaluate`` task: score ``predictions`` (see :func:`evaluate_csv`) and write ``out_dir/result.json``.
+    Returns (the result, the number of predictions without a label)."""
+    import json
+
+    from medvlkit.engine.results import write_result
+
+    ev, classnames, unmatched = evaluate_csv(predictions, labels, n_bootstrap, seed)
+    path = write_result(out_dir, dataset=str(labels or predictions), model=str(predictions), task="evaluate",
+                        metrics=ev.metrics, ci=ev.ci, seed=seed,
+                        config={"predictions": str(predictions), "labels": str(labels) if labels else None,
+                                "bootstrap": n_bootstrap},
+                        extra={"classnames": classnames, "confusion_matrix": ev.confusion_matrix,
+                               "n_unlabelled_predictions": unmatched} | ev.extra)
+    return json.loads(path.read_text()), unmatched

@@ -1,0 +1,293 @@
+"""``medvlkit eval``: a grid of models x datasets x tasks (CLIP_benchmark's sweep), ending in one report.
+
+The tasks of a dataset follow from what it holds (``task="auto"``): labels give zero-shot classification, and a
+linear probe where the data also has a ``train`` split (the probe trains there, picks C on ``val`` or a held-out
+part of train, and is scored on the evaluation split); captions give image-text retrieval. Zero-shot prompts are
+``--prompts`` when given, else the shipped prompt set whose classes match the dataset's (``pneumonia`` for
+NORMAL/PNEUMONIA...), else templates of the class names.
+
+Each cell writes ``<out>/<model>/<dataset>/<task>/result.json``; ``skip_existing`` keeps a cell whose result holds
+the identity the cell would have now (what it consumed: weights, data files and labels, prompt texts, version,
+options that change numbers). A failing cell (a model that does not load, data without the split) is recorded
+and the grid goes on; ``sweep.json`` lists every cell with its status, and ``<out>/report`` merges the results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medvlkit.engine.options import DataOptions, RunOptions
+from medvlkit.errors import MedvlkitError, first_line
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("zeroshot", "probe", "retrieval")
+
+
+@dataclass
+class SweepConfig:
+    """Options of one sweep.
+
+    Attributes:
+        models: model specs; ``datasets``: dataset paths.
+        tasks: ``auto`` (from what each dataset holds) or a subset of ``zeroshot``, ``probe``, ``retrieval``.
+        split: the split every cell is scored on.
+        prompts: a prompt set for every labelled dataset (None: matched per dataset).
+        bootstrap, seed: resamples for the 95% CIs, and the seed of the bootstrap and the probe.
+        skip_existing: keep cells whose ``result.json`` was written with the same settings.
+        group_pattern: patient-id regex on file names for the probe's held-out validation (datasets without a val
+            split and without patient ids of their own).
+    """
+
+    models: list[str]
+    datasets: list[str]
+    out_dir: str
+    tasks: tuple[str, ...] = ("auto",)
+    split: str = "test"
+    prompts: str | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+    skip_existing: bool = False
+    group_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models or not self.datasets:
+            raise MedvlkitError("pass at least one --model and one --data")
+        bad = [t for t in self.tasks if t not in (*TASKS, "auto")]
+        if bad or ("auto" in self.tasks and len(self.tasks) > 1):
+            raise MedvlkitError(f"--task {','.join(self.tasks)}: valid: auto, or a comma-separated subset of "
+                                f"{', '.join(TASKS)}")
+
+
+@dataclass
+class Cell:
+    """One (model, dataset, task) run of the grid and what became of it."""
+
+    model: str
+    data: str
+    task: str
+    out: str
+    status: str = "pending"   # done, skipped (result kept), failed, not applicable
+    error: str = ""
+    prompts: str = ""          # the prompt set a zero-shot cell used
+    headline: dict = field(default_factory=dict)
+
+
+def slug(text: str) -> str:
+    """A readable folder name for a spec or path, unique through a short hash of the whole text."""
+    tail = Path(text.split(":", 1)[-1]).name or text
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{text.split(':', 1)[0]}-{tail}" if ":" in text else tail)
+    return f"{readable.strip('-')[:40]}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
+
+
+def dataset_tasks(ds, data: str, opts: DataOptions, wanted: tuple[str, ...], prompts: str | None = None
+                  ) -> dict[str, str]:
+    """The tasks to run on ``ds`` (the evaluation split of ``data``) -> '' when applicable, else why not."""
+    from medvlkit.data.prompts import is_number
+
+    has_train = _has_split(data, opts, "train")
+    numbered = ds.has_labels and not prompts and any(is_number(c) for c in ds.classnames)
+    why = {"zeroshot": ("no labels" if not ds.has_labels else
+                        f"classes named by numbers ({', '.join(ds.classnames[:5])}): name them or pass --prompts"
+                        if numbered else ""),
+           "probe": "" if ds.has_labels and has_train else ("no labels" if not ds.has_labels else "no train split"),
+           "retrieval": "" if ds.texts else "no captions"}
+    if wanted == ("auto",):
+        return {t: r for t, r in why.items() if not r}
+    return {t: why[t] for t in wanted}
+
+
+def _has_split(data: str, opts: DataOptions, split: str) -> bool:
+    try:
+        opts.load(data, split)
+    except MedvlkitError:
+        return False
+    return True
+
+
+def matching_prompts(dataset, name: str | None = None):
+    """The prompt set for a labelled dataset: ``name`` when given; else the shipped set of the dataset's domain (or
+    of any domain, when the dataset's is unknown) whose classes include the dataset's by name (never by a bare
+    number), with the fewest extra classes; else generic prompts of the class names.
+
+    Raises:
+        MedvlkitError: the class names are numbers (nothing a prompt could describe); ``name``'s set lacks a class.
+    """
+    from medvlkit.data.prompts import is_number, list_prompt_sets, load_prompt_set, prompt_set_from_classes, same_domain
+
+    if name:
+        chosen = load_prompt_set(name)
+        chosen.match(dataset.classnames)
+        return chosen
+    if any(is_number(c) for c in dataset.classnames):
+        raise MedvlkitError(f"'{dataset.name}' names its classes {dataset.classnames}: numbers are not names a prompt "
+                            "can describe, so no prompt set is chosen for them; name the classes (a 'label_names' "
+                            "array in an .npz, named class folders) or pass --prompts")
+    candidates = []
+    for set_name in list_prompt_sets():
+        ps = load_prompt_set(set_name)
+        if not same_domain(ps.domain, dataset.domain) or (ps.mode == "pos_neg") != dataset.multilabel:
+            continue
+        try:
+            ps.match(dataset.classnames)
+        except MedvlkitError:
+            continue
+        candidates.append((len(ps.classes) - len(dataset.classnames), set_name, ps))
+    if candidates:
+        return min(candidates, key=lambda c: c[:2])[2]
+    return prompt_set_from_classes(dataset.classnames, "pos_neg" if dataset.multilabel else "softmax")
+
+
+def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions | None = None) -> list[Cell]:
+    """Run the grid (models outermost: each model is loaded once) and write ``sweep.json`` (the CLI draws the report
+    page from the finished cells).
+
+    With ``skip_existing`` a cell is kept when its ``result.json`` holds the identity the cell would have now
+    (:func:`cell_identity`: the model's weights, the data's files and labels, the prompt texts, medvlkit's version and
+    the options that change numbers); anything else runs again.
+
+    Returns:
+        every cell with its status; failed cells carry their one-line error.
+    """
+    from medvlkit.tasks.dataaudit.registry import warn_if_unapplied
+    run, data = run or RunOptions(), data or DataOptions()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in cfg.datasets:
+        warn_if_unapplied(path, data.exclude, run.cache_dir)
+    plan, splits = _plan(cfg, data, out)
+    for model_spec in cfg.models:
+        cells = [c for c in plan if c.model == model_spec and c.status == "pending"]
+        if not cells:
+            continue
+        try:
+            model = run.load_model(model_spec)
+        except MedvlkitError as err:
+            for c in cells:
+                c.status, c.error = "failed", f"model: {first_line(err)}"
+            continue
+        held: dict[str, object] = {}  # each split without the images this model trained on, read once a model
+        for c in cells:
+            try:
+                if c.data not in held:
+                    held[c.data] = data.held_out(splits[c.data], model, "test", **run.embed_kwargs())
+            except MedvlkitError as err:
+                c.status, c.error = "failed", f"data: {first_line(err)}"
+                continue
+            if cfg.skip_existing and _same_result(c, model, held[c.data], cfg, run, data):
+                c.status = "skipped"
+            else:
+                _run_cell(c, model, held[c.data], cfg, run, data)
+    for c in plan:
+        if c.status in ("done", "skipped"):
+            c.headline, c.prompts = _headline(Path(c.out))
+    (out / "sweep.json").write_text(json.dumps({"config": asdict(cfg) | {"run": run.to_dict(),
+                                                                         "data": data.to_dict()},
+                                                "cells": [asdict(c) for c in plan]}, indent=1) + "\n")
+    return plan
+
+
+def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> tuple[list[Cell], dict]:
+    """Every cell of the grid, and each readable dataset's evaluation split (read once, for every model and task);
+    a dataset that cannot be read makes its cells failed, not the sweep."""
+    plan, splits = [], {}
+    for path in cfg.datasets:
+        try:
+            splits[str(path)] = data.load(path, cfg.split)
+            tasks = dataset_tasks(splits[str(path)], path, data, cfg.tasks, cfg.prompts)
+            error = ""
+        except MedvlkitError as err:
+            tasks, error = {t: "" for t in (TASKS if cfg.tasks == ("auto",) else cfg.tasks)}, first_line(err)
+        for model in cfg.models:
+            for task, why_not in tasks.items():
+                cell = Cell(model, str(path), task, str(out / slug(model) / slug(str(path)) / task))
+                if error:
+                    cell.status, cell.error = "failed", f"data: {error}"
+                elif why_not:
+                    cell.status, cell.error = "not applicable", why_not
+                plan.append(cell)
+    return plan, splits
+
+
+def _record(cell: Cell, cfg: SweepConfig) -> dict:
+    """The sweep's settings of a cell, recorded in its config for people (skip_existing compares identities)."""
+    return {"model": cell.model, "data": cell.data, "task": cell.task, "split": cfg.split, "prompts": cfg.prompts,
+            "bootstrap": cfg.bootstrap, "seed": cfg.seed, "group_pattern": cfg.group_pattern}
+
+
+def _probe_cfg(cell: Cell, cfg: SweepConfig):
+    from medvlkit.tasks.probe import ProbeTaskConfig
+
+    return ProbeTaskConfig(model=cell.model, data=cell.data, test_split=cfg.split, seed=cfg.seed,
+                           group_pattern=cfg.group_pattern)
+
+
+def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> dict:
+    """The identity the cell's result would have if it ran now: the task's own identity function, fed what the
+    task would consume."""
+    from medvlkit.tasks.probe import probe_datasets, probe_identity
+    from medvlkit.tasks.retrieval import retrieval_identity
+    from medvlkit.tasks.zeroshot import prompts_used, zeroshot_identity
+
+    embed = run.embed_kwargs()
+    if cell.task == "probe":
+        probe_cfg = _probe_cfg(cell, cfg)
+        return probe_identity(probe_cfg, model, probe_datasets(probe_cfg, data, model, embed), cfg.bootstrap, embed)
+    if cell.task == "zeroshot":
+        prompts = matching_prompts(ds, cfg.prompts)
+        return zeroshot_identity(model, ds, prompts_used(ds, prompts).identity(), cfg.bootstrap, cfg.seed, embed)
+    return retrieval_identity(model, ds, cfg.bootstrap, cfg.seed, embed)
+
+
+def _same_result(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> bool:
+    """Whether the cell's result.json was computed from exactly what the cell would consume now."""
+    path = Path(cell.out) / "result.json"
+    if not path.is_file():
+        return False
+    try:
+        recorded = (json.loads(path.read_text()).get("identity") or {}).get("sha256")
+        return recorded == cell_identity(cell, model, ds, cfg, run, data)["sha256"]
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return False
+    except MedvlkitError:  # the cell cannot run as configured: running it reports why
+        return False
+
+
+def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
+    """Run one cell into its folder; its status and error say how it went."""
+    from medvlkit.tasks.probe import run_probe_task
+    from medvlkit.tasks.retrieval import save_retrieval
+    from medvlkit.tasks.zeroshot import save_zeroshot, zeroshot_classify
+
+    out = Path(cell.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"sweep": _record(cell, cfg)} | run.to_dict() | data.to_dict()
+    logger.info("eval: %s on %s, %s", cell.model, cell.data, cell.task)
+    try:
+        if cell.task == "probe":
+            run_probe_task(_probe_cfg(cell, cfg), out, config, cfg.bootstrap, run, data, model=model)
+        elif cell.task == "zeroshot":
+            prompts = matching_prompts(ds, cfg.prompts)
+            cell.prompts = config["prompts"] = prompts.name
+            res = zeroshot_classify(model, ds, prompts, **run.embed_kwargs())
+            save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed, embed_options=run.embed_kwargs())
+        else:
+            save_retrieval(model, ds, out, config, cfg.bootstrap, cfg.seed, **run.embed_kwargs())
+    except MedvlkitError as err:
+        cell.status, cell.error = "failed", first_line(err)
+        return
+    cell.status = "done"
+
+
+def _headline(folder: Path) -> tuple[dict, str]:
+    """A finished cell's headline metrics and the prompt set it used ("" for tasks without prompts)."""
+    from medvlkit.engine.results import read_result
+
+    result = read_result(folder / "result.json")
+    metrics = result.get("metrics") or {}
+    return {k: metrics.get(k) for k in result.get("headline") or []}, str(result.get("prompt_set") or "")
