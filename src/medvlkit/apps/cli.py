@@ -834,7 +834,8 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
                                                                      "classes (softmax sets), or its similarity"),
             out: Path = OutOpt, run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Heatmaps of where the model sees each class prompt (or --text): Grad-CAM for CNN towers, gradient-weighted
-    attention rollout for ViTs; overlays (PNG) and raw maps (.npy) per image, listed in result.json.
+    attention rollout for ViTs; for an image-only model (rad-dino), no prompts: where its embedding attends.
+    Overlays (PNG) and raw maps (.npy) per image, listed in result.json.
 
     Example: medvlkit explain --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia --limit 20
     """
@@ -844,10 +845,12 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     config = _jsonable(dict(locals()))
     if text and (prompts or classes):
         raise MedvlkitError("pass --text, or --prompts / --classes, not both")
-    ps = prompt_set_from_classes(list(text), free_text=True) if text else resolve_prompt_set(prompts, classes, mode)
     ds = data_opts.load(data, split)
+    loaded = _load_with_scope(run, model)
+    ps = None if not (loaded.has_text or text or prompts or classes) else \
+        prompt_set_from_classes(list(text), free_text=True) if text else resolve_prompt_set(prompts, classes, mode)
     out_dir = _out(out, "explain")
-    result = explain_task(_load_with_scope(run, model), ds, ps, out_dir, config, limit, method, mode, target, run)
+    result = explain_task(loaded, ds, ps, out_dir, config, limit, method, mode, target, run)
     console.print(f"{result['metrics']['n_images']} images explained by {result['method']} "
                   f"({', '.join(result['classes'])}); overlays in {out_dir}/overlays, maps in {out_dir}/maps")
 

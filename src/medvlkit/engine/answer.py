@@ -149,6 +149,7 @@ def class_vectors(model: ModelBase, prompts: PromptSet, mode: str | None = None,
                   cache_dir: str | None = None) -> ClassVectors:
     """Encode a prompt set's classes (ensembled, see :func:`ensemble_embeddings`) for ``mode`` (default: the set's
     own). ``cache``: read/write the prompts' vectors in the on-disk text cache (never for weights being trained)."""
+    model.require_text("zero-shot classification (it compares images with prompt texts)")
     mode = mode or prompts.mode
     if mode not in MODES:
         raise MedvlkitError(f"--mode {mode}: valid options: {', '.join(MODES)}")

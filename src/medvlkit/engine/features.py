@@ -244,6 +244,7 @@ def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256, cache
             (fine-tuning) keep their fingerprint.
         cache_dir: cache root (default ``$MEDVLKIT_CACHE`` or ``~/.cache/medvlkit``).
     """
+    model.require_text("text embedding")
     if not texts:
         raise MedvlkitError("no texts to embed")
     store = TextEmbeddingCache(model.fingerprint(), cache_dir) if cache else None

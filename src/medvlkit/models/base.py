@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medvlkit.errors import ImageReadError
+from medvlkit.errors import ImageReadError, MedvlkitError
 from medvlkit.files import stat_fingerprint
 from medvlkit.limits import max_pixels
 from medvlkit.models.preprocess import PreprocessCfg
@@ -205,6 +205,9 @@ class ModelBase(torch.nn.Module):
     scope: str | None = None
     """What the weights were trained and validated on, from their model card, printed where their answers are shown
     (it travels with the model, through ``export`` too); None when nothing is said."""
+    has_text: bool = True
+    """False for image-only backbones (RAD-DINO, DINOv2: :mod:`medvlkit.models.image_only`): they embed, probe,
+    search by image and fine-tune with a classifier head; what needs text vectors is refused by :meth:`require_text`."""
     hub_source: dict[str, Any] | None = None
     """Where the weights came from when they were fetched from a model hub (:meth:`medvlkit.models.hub.Snapshot.record`:
     repository, revision, commit, weight files' sha256); None for local files. Results record it."""
@@ -230,6 +233,18 @@ class ModelBase(torch.nn.Module):
         self.preprocess_cfg = preprocess_cfg
         self.image_preprocessor = ImagePreprocessor(preprocess_cfg)
         self.weight_files = list(weight_files or [])
+
+    def require_text(self, task: str) -> None:
+        """Refuse ``task`` in one line when this model has no text tower (called where text vectors are first needed:
+        the zero-shot answer path, text embedding, and the start of each task that needs them).
+
+        Raises:
+            MedvlkitError: an image-only model.
+        """
+        if not self.has_text:
+            raise MedvlkitError(f"{self.name} is an image-only model (no text tower), so {task} cannot run on it; "
+                                "embed, probe, index and search by image, audit and fine-tuning with a classifier "
+                                "head (--mode supervised) work")
 
     def training_manifest(self):
         """The :class:`~medvlkit.models.training_data.TrainingManifest` these weights declare, or None."""

@@ -13,6 +13,7 @@ import torch
 from medvlkit.errors import MedvlkitError, loading_weights
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
 from medvlkit.models.hub import HubRef, Snapshot, fetch
+from medvlkit.models.image_only import IMAGE_ONLY_TYPES, ImageOnlyEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +145,23 @@ def resolve_hf_path(ref: str) -> tuple[Path, Snapshot | None]:
     return snap.path, snap
 
 
-def load_hf(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> HFDualEncoder:
-    """Load a CLIPModel or SiglipModel and its tokenizer from a directory (or cached hub id)."""
+def _load_image_only(ref: str, path: Path, snap: Snapshot | None, config: Any, device: str,
+                     dtype: torch.dtype) -> ModelBase:
+    """An image-only transformers backbone (``Dinov2Model``) from its folder."""
+    from transformers import Dinov2Model
+
+    with loading_weights(f"hf:{ref}: the weights in {path}",
+                         "the folder needs model.safetensors (or pytorch_model.bin) written by save_pretrained"):
+        loaded: Any = Dinov2Model.from_pretrained(path, local_files_only=True, dtype=dtype)
+    cfg = preprocess_cfg_from_dir(path, config.model_type, int(config.image_size))
+    weights = sorted(str(p) for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    model = ImageOnlyEncoder(loaded.to(device), cfg, name=f"hf:{os.fspath(ref)}", weight_files=weights)
+    model.hub_source = snap.record() if snap is not None else None
+    return model
+
+
+def load_hf(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ModelBase:
+    """A CLIPModel or SiglipModel and its tokenizer, or an image-only Dinov2Model, from a directory or a hub id."""
     from transformers import AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
 
     path, snap = resolve_hf_path(ref)
@@ -153,8 +169,11 @@ def load_hf(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as err:  # noqa: BLE001
         raise MedvlkitError(f"hf:{ref}: no readable config.json in {path} ({err})") from None
+    if config.model_type in IMAGE_ONLY_TYPES:
+        return _load_image_only(ref, path, snap, config, device, dtype)
     if config.model_type not in _SUPPORTED_TYPES:
-        raise MedvlkitError(f"hf:{ref} is a '{config.model_type}' model; hf: loads {', '.join(_SUPPORTED_TYPES)}. "
+        raise MedvlkitError(f"hf:{ref} is a '{config.model_type}' model; hf: loads "
+                            f"{', '.join(_SUPPORTED_TYPES + IMAGE_ONLY_TYPES)}. "
                             "For OpenCLIP models (BiomedCLIP) use open_clip:hf-hub:<id>")
     cls = SiglipModel if config.model_type == "siglip" else CLIPModel
     with loading_weights(f"hf:{ref}: the weights in {path}",

@@ -131,6 +131,16 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                  "download chexpert_resnet50.ckpt (linked from github.com/marshuang80/gloria) into "
                  "$MEDVLKIT_MODELS/gloria; hf download emilyalsentzer/Bio_ClinicalBERT config.json "
                  "vocab.txt --local-dir $MEDVLKIT_MODELS/gloria/text", "chexpert_resnet50.ckpt"),
+    ModelPreset("rad-dino", "hf:microsoft/rad-dino",
+                "RAD-DINO (Perez-Garcia et al. 2024): DINOv2 ViT-B/14 trained self-supervised on chest X-rays from "
+                "five public and private datasets; image-only (no text tower): embed, probe, search by image, "
+                "supervised fine-tuning", "MIT (the model card's current terms; earlier revisions: MSRLA)",
+                "518 px: short side + centre crop, bicubic, the processor's mean/std",
+                _hf_fetch("microsoft/rad-dino", "rad-dino")),
+    ModelPreset("dinov2-b14", "hf:facebook/dinov2-base",
+                "DINOv2 ViT-B/14 (LVD-142M natural images, self-supervised); image-only (no text tower)",
+                "Apache-2.0", "224 px: short side 256 + centre crop 224, bicubic, ImageNet mean/std",
+                _hf_fetch("facebook/dinov2-base", "dinov2-b14")),
     ModelPreset("siglip-b16", "hf:google/siglip-base-patch16-224", "SigLIP ViT-B/16 (WebLI)", "Apache-2.0",
                 "224 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
                 _hf_fetch("google/siglip-base-patch16-224", "siglip-b16")),

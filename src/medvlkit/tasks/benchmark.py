@@ -134,6 +134,9 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
     embed = dict(batch_size=64, num_workers=cfg.workers, progress=progress)
     results: dict[str, dict] = {}
     base = create_model(cfg.model, device=_device(cfg.device))
+    text_rows = [r for r in cfg.rows if r in ("zeroshot", "lora_contrastive", "probe_lora")]
+    if text_rows:  # an image-only model: refused before any row runs, naming the rows that can
+        base.require_text(f"benchmark rows {', '.join(text_rows)} (pass --rows probe_frozen,supervised_lora)")
     test = _data_options(cfg).held_out(test, base, "test", **embed)  # every row scores the same images
 
     if "zeroshot" in cfg.rows:

@@ -14,6 +14,11 @@ insertion AUC 0.072 above random order and deletion 0.007 below (``similarity``:
   gradient-weighted attention rollout (Chefer et al., ICCV 2021, eq. 13-14): per layer
   ``Abar = mean_heads(relu(grad * A))``, ``R = R + Abar @ R`` from ``R = I``, the class token's row over the patches.
 
+- Image-only ViTs (RAD-DINO, DINOv2: no text tower, so no class to explain): attention rollout (Abnar & Zuidema,
+  ACL 2020): per layer ``Ahat = 0.5 mean_heads(A) + 0.5 I``, rows renormalised, ``R = Ahat @ R`` from ``R = I``; the
+  class token's row over the patches: where the embedding draws from, for every image (``explain`` without
+  prompts).
+
 Maps cover the model's input view (the image after its preprocessing's resize and crop or pad, ``S x S``), are
 upsampled bilinearly from the feature grid and scaled to [0, 1] by their maximum (all-zero stays zero).
 """
@@ -148,6 +153,27 @@ def rollout_relevance(attentions: list[torch.Tensor], grads: list[torch.Tensor])
     return relevance
 
 
+def attention_rollout(model: ModelBase, pixels: torch.Tensor) -> np.ndarray:
+    """Attention rollout maps (B, S, S) in [0, 1] of an image-only ViT (``Dinov2Model``) for normalised pixels: where
+    its class-token embedding draws from (see the module docstring)."""
+    vit: Any = model.model  # a transformers Dinov2Model (image-only models: medvlkit.models.image_only)
+    before = vit.config._attn_implementation
+    vit.set_attn_implementation("eager")  # attention weights are only returned by the eager kernel
+    try:
+        with torch.no_grad():
+            attentions = vit(pixel_values=pixels.to(model.device, model.dtype), output_attentions=True).attentions
+    finally:
+        vit.set_attn_implementation(before)
+    b, _, t, _ = attentions[0].shape
+    eye = torch.eye(t, device=attentions[0].device)
+    relevance = eye.expand(b, t, t).clone()
+    for a in attentions:
+        mixed = 0.5 * a.float().mean(1) + 0.5 * eye
+        relevance = (mixed / mixed.sum(-1, keepdim=True)) @ relevance
+    grid = int(round((t - 1) ** 0.5))
+    return _finish(relevance[:, 0, 1:].reshape(-1, grid, grid), pixels.shape[-1])
+
+
 def heatmaps(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets, method: str | None = None,
              classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Maps (B, C, S, S) in [0, 1] (or only for the class indices ``classes``) and scores (B, C) for normalised
@@ -195,7 +221,37 @@ def _save_maps(out_dir: Path, stem: str, view, maps: np.ndarray, classnames: lis
     return stem, overlays
 
 
-def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict,
+def explain_attention_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: dict,
+                           limit: int | None = None, run=None) -> dict:
+    """``explain`` for an image-only model: one attention-rollout map per image (:func:`attention_rollout`), as an
+    overlay ``overlays/<image>__c00.png`` and ``maps/<image>.npy`` (1, S, S), listed in ``result.json``."""
+    from medvlkit.engine.options import RunOptions
+    from medvlkit.engine.pixels import view_loader
+    from medvlkit.engine.results import provenance, write_result
+
+    run = run or RunOptions()
+    if limit:
+        dataset = dataset.subset(list(range(min(limit, len(dataset)))))
+    start, pre = time.perf_counter(), model.image_preprocessor
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    (out_dir / "maps").mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    loader = view_loader(dataset, pre, list(range(len(dataset))), batch_size=1, num_workers=run.workers)
+    for positions, views, _ in tqdm(loader, desc="explain", unit="img", total=len(dataset), disable=not run.progress):
+        pos, view = positions[0], views[0]
+        maps = attention_rollout(model, pre.normalize(view[None]).to(model.device))
+        item = dataset.items[pos]
+        stem, overlays = _save_maps(out_dir, f"{len(rows):04d}_{_slug(Path(item).stem)}", view, maps, ["attention"])
+        rows.append({"file": item, "map": f"maps/{stem}.npy", "overlays": overlays,
+                     "truth": truth_by_class(dataset, pos)})
+    path = write_result(out_dir, dataset=dataset.name, model=model.name, task="explain", config=config,
+                        metrics={"n_images": len(rows), "seconds": time.perf_counter() - start},
+                        extra={"method": "attention_rollout", "classes": ["attention"], "images": rows,
+                               "view": pre.cfg.describe()} | provenance(model, dataset))
+    return json.loads(path.read_text())
+
+
+def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet | None, out_dir: Path, config: dict,
                  limit: int | None = None, method: str | None = None, mode: str | None = None,
                  target: str = "log_prob", run=None) -> dict:
     """The ``explain`` task: for each image (the first ``limit``), a heatmap per class of ``prompts``: overlays as
@@ -203,7 +259,19 @@ def explain_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, ou
     listing files, scores, probabilities (the zero-shot answer, from the same embeddings ``zeroshot`` uses: on
     labelled data over the dataset's classes), truth by dataset class name, and the method. Free texts (``--text``)
     are never matched to the dataset's classes. Images are read by the one pixel path with ``run``'s loader
-    workers, cache and ``on_error`` (:class:`medvlkit.engine.options.RunOptions`). Returns the result."""
+    workers, cache and ``on_error`` (:class:`medvlkit.engine.options.RunOptions`). An image-only model without
+    prompts gets its attention maps instead (:func:`explain_attention_task`). Returns the result."""
+    if not model.has_text and prompts is None and method in (None, "attention_rollout"):
+        return explain_attention_task(model, dataset, out_dir, config, limit, run)
+    if prompts is None:
+        raise MedvlkitError("explain needs --prompts, --classes or --text (an image-only model needs none)")
+    model.require_text("heatmaps of prompts (without --prompts, explain shows where an image-only model attends)")
+    return _explain_prompts(model, dataset, prompts, out_dir, config, limit, method, mode, target, run)
+
+
+def _explain_prompts(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict,
+                     limit: int | None, method: str | None, mode: str | None, target: str, run) -> dict:
+    """:func:`explain_task` for a prompt set: a heatmap per class, the zero-shot answer beside it."""
     from medvlkit.engine.features import embed_images
     from medvlkit.engine.options import RunOptions
     from medvlkit.engine.pixels import view_loader

@@ -164,6 +164,7 @@ def _quantize(path: Path) -> None:
 
 def _check_exportable(model: ModelBase, out_dir: Path, quantize: str | None):
     """Refuse what cannot be exported faithfully; returns the model's tokenizer recipe."""
+    model.require_text("ONNX export (it exports an image and a text graph)")
     _onnx_modules()
     _check_quantize(quantize)
     if out_dir.exists() and any(out_dir.iterdir()):

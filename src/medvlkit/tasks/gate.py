@@ -193,6 +193,8 @@ def gate_task(model: ModelBase | str, dataset: ImageDataset, out_dir: Path, conf
     run = run or RunOptions()
     embed_options = run.embed_kwargs()
     model = run.load_model(model) if isinstance(model, str) else model
+    if probe_file is None:
+        model.require_text("the zero-shot medical-image gate (a gate from a probe works: --probe)")
     source = "given"
     if val_medical is not None and val_non_medical is not None:  # both or neither (checked above)
         from medvlkit.data import load_dataset

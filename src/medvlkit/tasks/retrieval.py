@@ -100,6 +100,7 @@ def save_retrieval(model, dataset, out_dir, config: dict, n_bootstrap: int = 100
 
     from medvlkit.engine.results import provenance, write_result
 
+    model.require_text("image-text retrieval")
     metrics, ci, emb, examples = evaluate_retrieval(model, dataset, n_bootstrap, seed, **embed_options)
     name = dataset.full_name
     path = write_result(Path(out_dir), dataset=name, model=model.name, task="zeroshot_retrieval", metrics=metrics,

@@ -109,6 +109,7 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
         embeddings: the dataset's image embeddings when already computed (e.g. by the gate).
         **embed_options: passed to :func:`embed_images` (batch_size, num_workers, cache, on_error...).
     """
+    model.require_text("zero-shot classification (it compares images with prompt texts)")
     mode = mode or prompts.mode
     restrict = data_classes(dataset, prompts, mode)
     emb = embeddings if embeddings is not None else embed_images(model, dataset, **embed_options)

@@ -80,13 +80,19 @@ class ServeEngine:
         self.model, self.index = model, index
         if index is not None:
             index.check_model(model)
-        sets = [p if isinstance(p, PromptSet) else load_prompt_set(p) for p in (prompt_sets or default_prompt_sets())]
-        if not sets:
-            raise MedvlkitError("serve needs at least one prompt set (--prompts NAME|FILE)")
-        self.prompt_sets = {p.name: class_vectors(model, p, cache=cache, cache_dir=cache_dir) for p in sets}
-        self.default_set = sets[0].name
-        self.gate = gate_vectors(model, cache=cache, cache_dir=cache_dir)
-        self.domain = domain_vectors(model, cache=cache, cache_dir=cache_dir)  # the domain check's modality set
+        if not model.has_text:  # an image-only model: /embed and /search by image; zero-shot is refused per request
+            if prompt_sets:
+                model.require_text("serving prompt sets (--prompts)")
+            self.prompt_sets, self.default_set, self.gate, self.domain = {}, "", None, None
+        else:
+            sets = [p if isinstance(p, PromptSet) else load_prompt_set(p)
+                    for p in (prompt_sets or default_prompt_sets())]
+            if not sets:
+                raise MedvlkitError("serve needs at least one prompt set (--prompts NAME|FILE)")
+            self.prompt_sets = {p.name: class_vectors(model, p, cache=cache, cache_dir=cache_dir) for p in sets}
+            self.default_set = sets[0].name
+            self.gate = gate_vectors(model, cache=cache, cache_dir=cache_dir)
+            self.domain = domain_vectors(model, cache=cache, cache_dir=cache_dir)  # the domain check's modality set
         self.gate_threshold = gate_threshold if gate_threshold is not None else model.validated_gate_threshold
         self._adhoc: OrderedDict[tuple, ClassVectors] = OrderedDict()
         self._adhoc_lock = threading.Lock()
@@ -128,6 +134,7 @@ class ServeEngine:
         ``classes`` (comma-separated names or aliases of its classes: the softmax then runs over those only, as the
         CLI's does over a labelled dataset's classes); or ``classes`` alone, ensembled with the generic templates
         (encoded once per list and kept: the only case that runs the model, see :meth:`needs_model`)."""
+        self.model.require_text("zero-shot answers (/zeroshot)")
         if classes and not prompts:
             key = _adhoc_key(classes, mode)
             with self._adhoc_lock:
@@ -234,7 +241,8 @@ class ServeEngine:
             "size": len(self.index.files)}
         return {"model": m.name, "fingerprint": m.fingerprint(), "scope": m.scope, "device": str(m.device),
                 "dtype": str(m.dtype),
-                "logit_scale": float(m.logit_scale), "preprocess": m.preprocess_cfg.to_dict(),
+                "logit_scale": float(m.logit_scale) if m.has_text else None, "text_tower": m.has_text,
+                "preprocess": m.preprocess_cfg.to_dict(),
                 "prompt_sets": {n: {"mode": v.mode, "classes": v.prompts.classnames}
                                 for n, v in self.prompt_sets.items()},
                 "default_prompt_set": self.default_set,

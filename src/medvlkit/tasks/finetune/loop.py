@@ -60,6 +60,8 @@ def prepare_model(model: ModelBase, cfg: FinetuneConfig, classnames: list[str] |
     Raises:
         MedvlkitError: nothing would train, or the LoRA targets match no layer.
     """
+    if cfg.mode == "contrastive":
+        model.require_text("contrastive fine-tuning (use --mode supervised: a classifier head)")
     towers, heads = model.tower_modules(), model.head_modules()
     trainable = [t for t in ("vision", "text") if t != cfg.freeze]
     if cfg.mode == "supervised":
