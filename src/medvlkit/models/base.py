@@ -55,9 +55,11 @@ class ImagePreprocessor:
         cfg = self.cfg
         # Grey images become RGB only here, at the model boundary (all backbones take 3 channels).
         image = image.convert("L").convert("RGB") if cfg.grayscale else image.convert("RGB")
-        resample = _RESAMPLE[cfg.interpolation]
+        resample = _RESAMPLE.get(cfg.interpolation, Image.Resampling.BILINEAR)
         size = cfg.image_size
-        if cfg.resize_mode == "squash":
+        if cfg.resize_mode == "squash" and cfg.interpolation == "tf_bilinear":
+            image = _tf_bilinear(image, size)
+        elif cfg.resize_mode == "squash":
             image = image.resize((size, size), resample=resample)
         elif cfg.resize_mode == "square":
             w, h = image.size
@@ -95,6 +97,16 @@ class ImagePreprocessor:
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess a list of images. Returns (B, 3, S, S)."""
         return torch.stack([self(im) for im in images])
+
+
+def _tf_bilinear(image: Image.Image, side: int) -> Image.Image:
+    """TensorFlow's ``tf.image.resize(method="bilinear", antialias=False)`` to ``side x side`` (half-pixel centres,
+    which are torch's ``align_corners=False``; no low-pass filter when shrinking), rounded to uint8. Equal to
+    TensorFlow 2.21's float output within the rounding (``tests/fixtures/tf_bilinear``)."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)[None]
+    out = torch.nn.functional.interpolate(pixels, size=(side, side), mode="bilinear", align_corners=False,
+                                          antialias=False)[0]
+    return Image.fromarray(out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
 
 
 def _longest_side(image: Image.Image, side: int, resample) -> Image.Image:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box")  # PIL resampling filters, by name
+# PIL resampling filters by name, and tf_bilinear: TensorFlow's tf.image.resize(method="bilinear", antialias=False)
+# (half-pixel centres, no low-pass filter when shrinking), the big_vision resize MedSigLIP was trained with
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "tf_bilinear")
 RESIZE_MODES = ("shortest", "squash", "pad", "square", "longest")
 
 
@@ -18,7 +20,8 @@ class PreprocessCfg:
         mean: per-channel mean subtracted after scaling pixels to [0, 1].
         std: per-channel std divided after subtracting the mean.
         interpolation: PIL resampling filter name (bicubic, bilinear, nearest, lanczos, box; box is area
-            averaging, PIL's counterpart of OpenCV's INTER_AREA).
+            averaging, PIL's counterpart of OpenCV's INTER_AREA), or ``tf_bilinear``: TensorFlow's bilinear resize
+            without antialiasing (``squash`` only; MedSigLIP), rounded to uint8.
         resize_mode: ``shortest`` resizes the short side to ``image_size`` then centre-crops (CLIP);
             ``squash`` resizes both sides to ``image_size`` without keeping the aspect ratio (SigLIP);
             ``pad`` resizes the long side and pads to a black square (letterbox; CheXzero), cutting nothing off;
@@ -55,6 +58,8 @@ class PreprocessCfg:
             raise ValueError(f"interpolation={self.interpolation!r}; valid options: {sorted(INTERPOLATIONS)}")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode={self.resize_mode!r}; valid options: {', '.join(RESIZE_MODES)}")
+        if self.interpolation == "tf_bilinear" and self.resize_mode != "squash":
+            raise ValueError(f"interpolation='tf_bilinear' goes with resize_mode='squash', not {self.resize_mode!r}")
         if self.resize_size and self.resize_size < self.image_size:
             raise ValueError(f"resize_size {self.resize_size} must be >= image_size {self.image_size}")
         if self.pad_size < 0:

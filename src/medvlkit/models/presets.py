@@ -13,6 +13,12 @@ CHEXZERO_PREPROCESS = PreprocessCfg(image_size=224, mean=(101.48761 / 255,) * 3,
                                     interpolation="bicubic", resize_mode="pad", pad_size=320)
 
 
+# MedSigLIP's model card resizes with TensorFlow's tf.image.resize(method="bilinear", antialias=False) to 448 px
+# before its processor (whose own resize is then a no-op); the processor scales to [0, 1] and normalises by 0.5.
+MEDSIGLIP_PREPROCESS = PreprocessCfg(image_size=448, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="tf_bilinear",
+                                     resize_mode="squash")
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     """One registered backbone.
@@ -147,6 +153,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
     ModelPreset("medsiglip", "hf:google/medsiglip-448",
                 "MedSigLIP-448 (Google HAI-DEF): SigLIP tuned on de-identified medical images and text",
                 "Health AI Developer Foundations terms (gated; accept them on the hub)",
-                "448 px squash, bicubic, mean/std 0.5; texts padded to 64 tokens",
-                _hf_fetch("google/medsiglip-448", "medsiglip")),
+                "448 px squash with TensorFlow's bilinear resize without antialiasing (the model card's; not the "
+                "repository processor's antialiased PIL bilinear), mean/std 0.5; texts padded to 64 tokens",
+                _hf_fetch("google/medsiglip-448", "medsiglip"), preprocess=MEDSIGLIP_PREPROCESS),
 ]}
