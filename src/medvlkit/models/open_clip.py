@@ -7,7 +7,8 @@ architecture is one it knows:
 - open_clip's own towers (ViT image tower + causal text transformer, OpenAI's key layout): converted onto a
   transformers ``CLIPModel``, with exact GELU unless the config says ``quick_gelu`` (open_clip's default differs
   from OpenAI's weights), heads from ``head_width`` / ``heads``;
-- a timm ViT + HF BERT (BiomedCLIP's shape): :mod:`medvlkit.models.biomedclip`.
+- a Hugging Face BERT text tower on a timm ViT (BiomedCLIP) or on open_clip's own ViT (QuiltNet-B-16-PMB):
+  :mod:`medvlkit.models.hf_text_clip`.
 
 Both work, and fine-tune, without open_clip, timm or torchvision. Other configs (ConvNeXt, CoCa, attentional
 pooling...) and ``open_clip:<arch>@<tag>`` need the optional ``open_clip_torch`` package.
@@ -105,14 +106,20 @@ def load_open_clip_folder(folder: Path, device: str, dtype: torch.dtype, tokeniz
     cfg = read_open_clip_config(folder, "open_clip")
     model_cfg = cfg["model_cfg"]
     vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-    if vision_cfg.get("timm_model_name") or text_cfg.get("hf_model_name"):
-        if str(vision_cfg.get("timm_model_name", "")).startswith("vit_") and text_cfg.get("hf_model_name"):
-            from medvlkit.models.biomedclip import load_biomedclip
+    if text_cfg.get("hf_model_name"):  # a Hugging Face text tower (BiomedCLIP, QuiltNet...): its own module
+        from medvlkit.models.hf_text_clip import load_hf_text_clip
 
-            return load_biomedclip(str(folder), device=device, dtype=dtype)
-        raise MedvlkitError(f"open_clip:{folder}: a {vision_cfg.get('timm_model_name') or 'custom'} image tower with "
-                            f"{text_cfg.get('hf_model_name') or 'open_clip'} text needs the open_clip package: pip "
-                            "install 'medvlkit[open_clip]'")
+        if not vision_cfg.get("timm_model_name"):
+            vision_only = {**model_cfg, "text_cfg": {}}
+            bad = [b for b in _unsupported(vision_only) if not b.startswith("text_cfg.")]
+            if bad:
+                raise MedvlkitError(f"open_clip:{folder}: medvlkit reads open_clip's standard ViT; this config sets "
+                                    f"{', '.join(bad[:4])}. Install the open_clip package (pip install "
+                                    "'medvlkit[open_clip]') for it")
+        return load_hf_text_clip(folder, "open_clip:", device, dtype)
+    if vision_cfg.get("timm_model_name"):
+        raise MedvlkitError(f"open_clip:{folder}: a {vision_cfg.get('timm_model_name')} image tower with open_clip's "
+                            "text tower needs the open_clip package: pip install 'medvlkit[open_clip]'")
     bad = _unsupported(model_cfg)
     if bad:
         raise MedvlkitError(f"open_clip:{folder}: medvlkit reads open_clip's standard ViT CLIP; this config sets "

@@ -1,0 +1,59 @@
+"""open_clip models with a Hugging Face BERT text tower on open_clip's own ViT (QuiltNet-B-16-PMB's shape), read
+without open_clip: equal to open_clip 3.3.0's own outputs on tiny seeded weights in the released layout
+(``tests/fixtures/open_clip_hf_text``, made by its ``make.py`` in a throwaway venv), for the mean and cls poolers,
+linear and mlp projections, GELU and QuickGELU; the options medvlkit does not implement are refused by name."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medvlkit import create_model
+from medvlkit.errors import MedvlkitError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "open_clip_hf_text"
+
+
+@pytest.mark.parametrize("variant", ["vit_mean_linear", "vit_cls_mlp"])
+def test_matches_open_clip(variant):
+    folder = FIXTURES / variant
+    inputs, expected = np.load(folder / "inputs.npz"), np.load(folder / "expected.npz")
+    m = create_model(f"open_clip:{folder}")
+    assert m.embed_dim == 24 and m.preprocess_cfg.image_size == 32 and m.context_length == 16
+    with torch.no_grad():
+        img = m.encode_image(torch.from_numpy(inputs["pixel_values"]), normalize=False).numpy()
+        txt = m.encode_text({"input_ids": torch.from_numpy(inputs["input_ids"])}, normalize=False).numpy()
+    np.testing.assert_allclose(img, expected["image_features"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(txt, expected["text_features"], atol=1e-5, rtol=1e-5)
+    assert m.logit_scale == pytest.approx(float(np.exp(expected["logit_scale"])), rel=1e-6)
+    ours = m.tokenize([str(t) for t in inputs["texts"]])["input_ids"]
+    assert torch.equal(ours, torch.from_numpy(inputs["input_ids"][:, :ours.shape[1]]))  # same tokenizer
+
+
+def test_options_it_does_not_implement_are_refused(tmp_path):
+    for key, value, needle in (("hf_pooler_type", "max_pooler", "max_pooler"),
+                               ("hf_proj_type", "transformer", "hf_proj_type")):
+        folder = tmp_path / value
+        shutil.copytree(FIXTURES / "vit_mean_linear", folder)
+        cfg = json.loads((folder / "open_clip_config.json").read_text())
+        cfg["model_cfg"]["text_cfg"][key] = value
+        (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+        with pytest.raises(MedvlkitError, match=needle):
+            create_model(f"open_clip:{folder}")
+
+
+@pytest.mark.slow
+def test_it_fine_tunes_with_lora(tmp_path):
+    from helpers import make_split_folders
+    from medvlkit.apps.cli import main
+
+    data = make_split_folders(tmp_path / "data", {"train": 4, "val": 4, "test": 4})
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", f"open_clip:{FIXTURES / 'vit_cls_mlp'}", "--data", str(data), "--lora",
+                 "default", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--out", str(out)]) == 0
+    meta = json.loads((out / "best" / "finetune.json").read_text())
+    assert any("vision" in n or "trunk" in n for n in meta["lora_layers"]) and \
+        any("bert" in n for n in meta["lora_layers"])  # both towers adapted
