@@ -33,6 +33,24 @@ def test_matches_open_clip(variant):
     assert torch.equal(ours, torch.from_numpy(inputs["input_ids"][:, :ours.shape[1]]))  # same tokenizer
 
 
+def test_a_text_tower_of_unknown_kind_is_not_taken_for_a_bert(tmp_path):
+    """Without the text config in the folder, only a BERT-named tower is inferred from the shapes: a RoBERTa has the
+    same tensor names, and read as a BERT would give wrong vectors without an error."""
+    for name, loads in (("microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract", True), ("roberta-base", False),
+                        ("some-org/text-model", False)):
+        folder = tmp_path / name.replace("/", "_")
+        shutil.copytree(FIXTURES / "vit_mean_linear", folder)
+        shutil.rmtree(folder / "tiny_bert")
+        cfg = json.loads((folder / "open_clip_config.json").read_text())
+        cfg["model_cfg"]["text_cfg"]["hf_model_name"] = name
+        (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+        if loads:  # shapes give BERT's sizes; heads of width 64 here would not divide 32: one head
+            assert create_model(f"open_clip:{folder}").embed_dim == 24
+        else:
+            with pytest.raises(MedvlkitError, match="only as a BERT"):
+                create_model(f"open_clip:{folder}")
+
+
 def test_options_it_does_not_implement_are_refused(tmp_path):
     for key, value, needle in (("hf_pooler_type", "max_pooler", "max_pooler"),
                                ("hf_proj_type", "transformer", "hf_proj_type")):

@@ -178,7 +178,12 @@ def _bert(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict, with_pooler
         if getattr(config, "model_type", "bert") != "bert":
             raise MedvlkitError(f"{what}{folder}: the text tower is a '{config.model_type}' model; medvlkit reads "
                                 "BERT text towers natively (install the open_clip package for others)")
-    else:
+    else:  # the config is not in the folder: only a BERT is inferred from the shapes (a RoBERTa has the same keys
+        name = str(text_cfg.get("hf_model_name", "")).lower()  # but other positions and padding: never taken for one)
+        if "bert" not in name or "roberta" in name:
+            raise MedvlkitError(f"{what}{folder}: the text tower '{text_cfg.get('hf_model_name')}' is read natively "
+                                "only as a BERT, and its config.json is not in the folder to say what it is; put "
+                                "it in the folder named by hf_model_name, or install the open_clip package")
         hidden = sd["text.transformer.embeddings.word_embeddings.weight"].shape[1]
         config = BertConfig(
             vocab_size=sd["text.transformer.embeddings.word_embeddings.weight"].shape[0], hidden_size=hidden,
