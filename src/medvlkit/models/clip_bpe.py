@@ -55,11 +55,12 @@ def files() -> Path:
     Raises:
         MedvlkitError: the shipped file is not OpenAI's (a damaged installation).
     """
-    raw = (resources.files("medvlkit.models") / "weights" / VOCAB_FILE).read_bytes()
-    if hashlib.sha256(raw).hexdigest() != VOCAB_SHA256:
-        raise MedvlkitError(f"medvlkit's {VOCAB_FILE} is damaged (sha256 differs from OpenAI's): reinstall medvlkit")
     folder = default_cache_dir() / "tokenizers" / f"clip-bpe-{VOCAB_SHA256[:12]}"
-    if not (folder / "merges.txt").is_file():
+    if not (folder / "merges.txt").is_file():  # made once, from the shipped file checked against OpenAI's
+        raw = (resources.files("medvlkit.models") / "weights" / VOCAB_FILE).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != VOCAB_SHA256:
+            raise MedvlkitError(f"medvlkit's {VOCAB_FILE} is damaged (sha256 differs from OpenAI's): reinstall "
+                                "medvlkit")
         vocab, merges = vocab_and_merges(raw)
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in (("vocab.json", json.dumps(vocab, ensure_ascii=False)),

@@ -12,7 +12,7 @@ import torch
 
 from medvlkit.errors import MedvlkitError, loading_weights
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
-from medvlkit.models.hub import HubRef, Snapshot, fetch
+from medvlkit.models.hub import HubRef, Snapshot, resolve_folder
 from medvlkit.models.image_only import IMAGE_ONLY_TYPES, ImageOnlyEncoder
 
 logger = logging.getLogger(__name__)
@@ -132,17 +132,13 @@ def resolve_hf_path(ref: str) -> tuple[Path, Snapshot | None]:
         MedvlkitError: a file, a path that does not exist, or a hub id that cannot be fetched (one line each).
     """
     path = Path(ref).expanduser()
-    if path.is_dir():
-        return path, None
-    if path.exists():
+    if path.exists() and not path.is_dir():
         raise MedvlkitError(f"hf:{ref} is a file; hf: takes a directory written by save_pretrained "
                             "(use openai-ckpt:FILE for an OpenAI-format .pt/.pth state dict)")
-    hub = HubRef.parse(ref)
-    if hub is None:  # a path, not an <org>/<name> hub id
+    if not path.is_dir() and HubRef.parse(ref) is None:  # a path, not an <org>/<name> hub id
         raise MedvlkitError(f"hf:{ref}: no such directory; pass a folder written by save_pretrained "
                             "(config.json, weights, tokenizer and preprocessor files) or a hub id org/name")
-    snap = fetch(hub, "hf:")
-    return snap.path, snap
+    return resolve_folder(ref, "hf:")
 
 
 def _load_image_only(ref: str, path: Path, snap: Snapshot | None, config: Any, device: str,

@@ -220,17 +220,12 @@ def _open_clip_vision(sd: dict[str, torch.Tensor], model_cfg: dict) -> tuple[nn.
     """open_clip's own ViT (``visual.*`` keys) as transformers' ``CLIPVisionModelWithProjection``."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from medvlkit.models.openai_ckpt import _n_layers, openai_to_hf_state_dict
+    from medvlkit.models.open_clip_folder import vision_fields
+    from medvlkit.models.openai_ckpt import openai_to_hf_state_dict, vision_config_dict
 
-    vision_cfg = model_cfg["vision_cfg"]
-    width, _, patch, _ = sd["visual.conv1.weight"].shape
-    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    config = CLIPVisionConfig(hidden_size=width, intermediate_size=int(width * float(vision_cfg.get("mlp_ratio", 4.0))),
-                              num_hidden_layers=_n_layers(sd, "visual.transformer.resblocks"),
-                              num_attention_heads=width // int(vision_cfg.get("head_width", 64)), patch_size=patch,
-                              image_size=patch * grid, layer_norm_eps=1e-5, projection_dim=sd["visual.proj"].shape[1],
-                              hidden_act="quick_gelu" if model_cfg.get("quick_gelu") else "gelu")
-    model = CLIPVisionModelWithProjection(config)
+    fields = vision_config_dict(sd)
+    fields |= vision_fields(model_cfg, fields["hidden_size"])
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**fields, projection_dim=sd["visual.proj"].shape[1]))
     missing, unexpected = model.load_state_dict(
         openai_to_hf_state_dict({k: v for k, v in sd.items() if k.startswith("visual.")}), strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]

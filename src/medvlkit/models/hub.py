@@ -20,7 +20,6 @@ One function, :func:`fetch`, serves every source that takes a hub id (``hf:``, `
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -176,26 +175,20 @@ def _unreachable(err: BaseException) -> bool:
 
 def _ignored(names: list[str]) -> list[str]:
     """:data:`IGNORE`, and the pickled ``*.bin`` weights when the repository also holds safetensors."""
-    return [*IGNORE, "*.bin"] if any(n.endswith(".safetensors") for n in names) else IGNORE
+    return _CACHED if any(n.endswith(".safetensors") for n in names) else IGNORE
 
 
 def weight_hashes(folder: Path) -> dict[str, str]:
     """sha256 of each weight file in a snapshot: the cache names a large (LFS) file's blob by its sha256, so only
-    small files are hashed here."""
+    small files are hashed here (:func:`medvlkit.models.base.file_sha256`, the hash every weights record uses)."""
+    from medvlkit.models.base import file_sha256  # torch: only once a model is being loaded
+
     out: dict[str, str] = {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.suffix in WEIGHT_SUFFIXES:
             blob = p.resolve().name
-            out[str(p.relative_to(folder))] = blob if _SHA256.match(blob) else _sha256(p)
+            out[str(p.relative_to(folder))] = blob if _SHA256.match(blob) else file_sha256(str(p))
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _explain(err: Exception, ref: HubRef, what: str, hint: str) -> str:

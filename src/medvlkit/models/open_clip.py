@@ -30,6 +30,7 @@ from medvlkit.models.open_clip_folder import (  # noqa: F401 (the folder format,
     WEIGHT_NAMES,
     preprocess_from_config,
     read_open_clip_config,
+    vision_fields,
     weights_file,
 )
 
@@ -131,10 +132,10 @@ def load_open_clip_folder(folder: Path, device: str, dtype: torch.dtype, tokeniz
     try:
         config = infer_clip_config(sd)
         v_width, t_width = config.vision_config.hidden_size, config.text_config.hidden_size
-        config.vision_config.hidden_act = config.text_config.hidden_act = act
-        config.vision_config.num_attention_heads = v_width // int(vision_cfg.get("head_width", 64))
+        for name, value in vision_fields(model_cfg, v_width).items():
+            setattr(config.vision_config, name, value)
+        config.text_config.hidden_act = act
         config.text_config.num_attention_heads = int(text_cfg.get("heads", 8))
-        config.vision_config.intermediate_size = int(v_width * float(vision_cfg.get("mlp_ratio", 4.0)))
         config.text_config.intermediate_size = int(t_width * float(text_cfg.get("mlp_ratio", 4.0)))
         model = CLIPModel(config)
         missing, unexpected = model.load_state_dict(openai_to_hf_state_dict(sd), strict=False)

@@ -44,6 +44,15 @@ def preprocess_from_config(cfg: dict, image_size) -> PreprocessCfg:
                          resize_mode=mode)
 
 
+def vision_fields(model_cfg: dict, width: int) -> dict:
+    """open_clip's own ViT options as ``CLIPVisionConfig`` fields: the activation (exact GELU unless ``quick_gelu``:
+    open_clip's default differs from OpenAI's weights), the heads (``head_width``) and the MLP width (``mlp_ratio``)."""
+    vision_cfg = model_cfg["vision_cfg"]
+    return {"hidden_act": "quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
+            "num_attention_heads": width // int(vision_cfg.get("head_width", 64)),
+            "intermediate_size": int(width * float(vision_cfg.get("mlp_ratio", 4.0)))}
+
+
 def read_open_clip_config(folder: Path, spec: str) -> dict:
     """``open_clip_config.json`` of a hub-layout folder, with a one-line error when it is missing or malformed."""
     try:

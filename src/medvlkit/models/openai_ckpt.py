@@ -56,14 +56,18 @@ def infer_clip_config(sd: dict[str, torch.Tensor]):
 
     if "visual.proj" not in sd or "visual.conv1.weight" not in sd:
         raise MedvlkitError("this checkpoint is not a CLIP ViT (no visual.proj / visual.conv1.weight)")
+    return CLIPConfig(text_config=text_config_dict(sd), vision_config=vision_config_dict(sd),
+                      projection_dim=sd["text_projection"].shape[1])
+
+
+def vision_config_dict(sd: dict[str, torch.Tensor]) -> dict:
+    """The ViT image tower's ``CLIPVisionConfig`` fields, from an OpenAI-format state dict (OpenAI's own settings:
+    QuickGELU, heads of width 64, MLP 4x; open_clip folders override them, ``open_clip_folder.vision_fields``)."""
     v_width, _, patch, _ = sd["visual.conv1.weight"].shape
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    vision = dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, hidden_size=v_width, intermediate_size=4 * v_width,
-                  patch_size=patch, image_size=patch * grid,
-                  num_hidden_layers=_n_layers(sd, "visual.transformer.resblocks"),
-                  num_attention_heads=max(1, v_width // 64))
-    return CLIPConfig(text_config=text_config_dict(sd), vision_config=vision,
-                      projection_dim=sd["text_projection"].shape[1])
+    return dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, hidden_size=v_width, intermediate_size=4 * v_width,
+                patch_size=patch, image_size=patch * grid, num_attention_heads=max(1, v_width // 64),
+                num_hidden_layers=_n_layers(sd, "visual.transformer.resblocks"))
 
 
 def _n_layers(sd: dict[str, torch.Tensor], prefix: str) -> int:

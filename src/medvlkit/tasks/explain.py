@@ -25,8 +25,10 @@ upsampled bilinearly from the feature grid and scaled to [0, 1] by their maximum
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,14 +123,24 @@ def gradcam(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets,
     return np.stack(maps, 1), scores.detach().cpu().numpy()
 
 
+@contextlib.contextmanager
+def _eager_attention(transformer: Any) -> Iterator[None]:
+    """A transformers model on its eager attention kernel for the block (the only one that returns attention
+    weights), then back on the kernel it had."""
+    before = transformer.config._attn_implementation
+    transformer.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        transformer.set_attn_implementation(before)
+
+
 def rollout(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets,
             classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Gradient-weighted attention rollout maps (B, C', S, S) for ``classes`` (default all) and the scores (B, C)
     for a CLIP ViT."""
     clip: Any = model.model  # a transformers CLIPModel (checked by heatmap_method)
-    before = clip.config._attn_implementation
-    clip.set_attn_implementation("eager")  # attention weights are only returned by the eager kernel
-    try:
+    with _eager_attention(clip):
         out = clip.vision_model(pixel_values=pixels.to(model.device, model.dtype), output_attentions=True)
         scores = targets.scores(l2_normalize(clip.visual_projection(out.pooler_output).float()))
         attentions = out.attentions  # L x (B, H, T, T)
@@ -139,8 +151,6 @@ def rollout(model: ModelBase, pixels: torch.Tensor, targets: ClassTargets,
             grads = torch.autograd.grad(scores[:, c].sum(), attentions, retain_graph=True)
             relevance = rollout_relevance([a.detach().float() for a in attentions], [g.float() for g in grads])
             maps.append(_finish(relevance[:, 0, 1:].reshape(-1, grid, grid), pixels.shape[-1]))
-    finally:
-        clip.set_attn_implementation(before)
     return np.stack(maps, 1), scores.detach().cpu().numpy()
 
 
@@ -157,13 +167,8 @@ def attention_rollout(model: ModelBase, pixels: torch.Tensor) -> np.ndarray:
     """Attention rollout maps (B, S, S) in [0, 1] of an image-only ViT (``Dinov2Model``) for normalised pixels: where
     its class-token embedding draws from (see the module docstring)."""
     vit: Any = model.model  # a transformers Dinov2Model (image-only models: medvlkit.models.image_only)
-    before = vit.config._attn_implementation
-    vit.set_attn_implementation("eager")  # attention weights are only returned by the eager kernel
-    try:
-        with torch.no_grad():
-            attentions = vit(pixel_values=pixels.to(model.device, model.dtype), output_attentions=True).attentions
-    finally:
-        vit.set_attn_implementation(before)
+    with _eager_attention(vit), torch.no_grad():
+        attentions = vit(pixel_values=pixels.to(model.device, model.dtype), output_attentions=True).attentions
     b, _, t, _ = attentions[0].shape
     eye = torch.eye(t, device=attentions[0].device)
     relevance = eye.expand(b, t, t).clone()
