@@ -48,6 +48,11 @@ _PLAIN_MAP = {
 }
 _TRANSPOSED = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
 _JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+# EyeCLIP's release keeps the MAE decoder its ViT was trained with (eyeclip/model.py, MAE_decoder); CLIP's embeddings
+# never run it, and EyeCLIP itself drops it silently (load_state_dict(strict=False)). Here it is dropped by name only:
+# any other tensor CLIP does not have is still refused.
+_MAE_DECODER = re.compile(r"visual\.decoder\.(decoder_embed|mask_token|decoder_pos_embed|decoder_blocks|decoder_norm|"
+                          r"decoder_pred)(\.|$)")
 
 
 def infer_clip_config(sd: dict[str, torch.Tensor]):
@@ -146,6 +151,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module.").removeprefix("model."): v for k, v in sd.items()}
 
 
+def drop_mae_decoder(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """``sd`` without the tensors of an MAE decoder trained beside its ViT (EyeCLIP's release), saying so."""
+    kept = {k: v for k, v in sd.items() if not _MAE_DECODER.match(k)}
+    if len(kept) < len(sd):
+        logger.info("%s: left out the %d tensors of the MAE decoder its ViT was trained with (visual.decoder.*, as "
+                    "EyeCLIP's checkpoints carry); CLIP's embeddings do not use it", path.name, len(sd) - len(kept))
+    return kept
+
+
 def find_tokenizer(ckpt: Path, tokenizer: str | None, vocab_size: int | None = None):
     """The CLIP BPE tokenizer: ``tokenizer`` dir, else files beside the checkpoint, else OpenAI CLIP's vocabulary
     that medvlkit ships (:mod:`medvlkit.models.clip_bpe`) when the checkpoint's vocabulary is that size.
@@ -203,7 +217,7 @@ def load_openai_ckpt(ref: str, device: str = "cpu", dtype: torch.dtype = torch.f
     from transformers import CLIPModel
 
     path = Path(ref).expanduser()
-    sd = read_state_dict(path)
+    sd = drop_mae_decoder(read_state_dict(path), path)
     if "visual.layer1.0.conv1.weight" in sd:
         return load_resnet_clip(path, sd, device, dtype, tokenizer)
     try:

@@ -105,6 +105,14 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 _CLIP_PRE, "download PubMedCLIP_RN50.pth from github.com/sarahESL/PubMedCLIP into "
                 "$MEDVLKIT_MODELS/pubmedclip-rn50 (the tokenizer ships with medvlkit)",
                 "PubMedCLIP_RN50.pth"),
+    ModelPreset("eyeclip", "openai-ckpt:$MEDVLKIT_MODELS/eyeclip/eyeclip.pth",
+                "EyeCLIP (Shi et al. 2025): CLIP ViT-B/32 trained on 11 ophthalmic modalities (fundus, OCT, FFA, "
+                "ICGA, slit lamp...) with an MAE objective and keyword-guided captions; the release's MAE decoder "
+                "is left out (CLIP's embeddings do not use it)",
+                "no licence file in github.com/Michi-3000/EyeCLIP (ask the authors before redistributing)",
+                _CLIP_PRE, "download the EyeCLIP_multimodal checkpoint linked from github.com/Michi-3000/EyeCLIP "
+                "(Google Drive) and save it as $MEDVLKIT_MODELS/eyeclip/eyeclip.pth (the tokenizer ships with "
+                "medvlkit)", "eyeclip.pth"),
     ModelPreset("biomedclip", "biomedclip:$MEDVLKIT_MODELS/biomedclip",
                 "BiomedCLIP (Zhang et al. 2023): ViT-B/16 + PubMedBERT on PMC-15M figure-caption pairs; loaded by "
                 "medvlkit's own modules (no open_clip, timm or torchvision needed), fine-tunable", "MIT",
