@@ -167,11 +167,26 @@ class HFTextCLIP(LearnedTemperature, ModelBase):
 BiomedCLIP = HFTextCLIP  # BiomedCLIP is one configuration of it (timm ViT, cls_last_hidden_state_pooler, mlp)
 
 
+def bert_config_from_shapes(bert_sd: dict[str, torch.Tensor]):
+    """A transformers ``BertConfig`` from a ``BertModel`` state dict's shapes (heads of width 64, as in every released
+    BERT; the rest of BERT-base's settings). Only for towers known to be BERTs: a RoBERTa has the same tensor names."""
+    from transformers import BertConfig
+
+    hidden = bert_sd["embeddings.word_embeddings.weight"].shape[1]
+    return BertConfig(vocab_size=bert_sd["embeddings.word_embeddings.weight"].shape[0], hidden_size=hidden,
+                      num_hidden_layers=len({k.split(".")[2] for k in bert_sd if k.startswith("encoder.layer.")}),
+                      num_attention_heads=max(1, hidden // 64),
+                      intermediate_size=bert_sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
+                      max_position_embeddings=bert_sd["embeddings.position_embeddings.weight"].shape[0])
+
+
 def _bert(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict, with_pooler: bool, what: str):
     """transformers' BertModel from the checkpoint: config from ``hf_model_name`` when it is a local folder, else
     inferred from the tensor shapes (heads of width 64, as every released BERT)."""
     from transformers import BertConfig, BertModel
 
+    bert_sd = {k[len("text.transformer."):]: v for k, v in sd.items() if k.startswith("text.transformer.")}
+    bert_sd.pop("embeddings.position_ids", None)  # written by transformers < 4.31; open_clip deletes it too
     local = folder / str(text_cfg.get("hf_model_name", ""))
     if (local / "config.json").is_file():
         config = BertConfig.from_json_file(str(local / "config.json"))
@@ -184,16 +199,8 @@ def _bert(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict, with_pooler
             raise MedvlkitError(f"{what}{folder}: the text tower '{text_cfg.get('hf_model_name')}' is read natively "
                                 "only as a BERT, and its config.json is not in the folder to say what it is; put "
                                 "it in the folder named by hf_model_name, or install the open_clip package")
-        hidden = sd["text.transformer.embeddings.word_embeddings.weight"].shape[1]
-        config = BertConfig(
-            vocab_size=sd["text.transformer.embeddings.word_embeddings.weight"].shape[0], hidden_size=hidden,
-            num_hidden_layers=len({k.split(".")[4] for k in sd if k.startswith("text.transformer.encoder.layer.")}),
-            num_attention_heads=max(1, hidden // 64),
-            intermediate_size=sd["text.transformer.encoder.layer.0.intermediate.dense.weight"].shape[0],
-            max_position_embeddings=sd["text.transformer.embeddings.position_embeddings.weight"].shape[0])
+        config = bert_config_from_shapes(bert_sd)
     bert = BertModel(config, add_pooling_layer=with_pooler)
-    bert_sd = {k[len("text.transformer."):]: v for k, v in sd.items() if k.startswith("text.transformer.")}
-    bert_sd.pop("embeddings.position_ids", None)  # written by transformers < 4.31; open_clip deletes it too
     missing, unexpected = bert.load_state_dict(bert_sd, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:

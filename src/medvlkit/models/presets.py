@@ -145,6 +145,15 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                  "download chexpert_resnet50.ckpt (linked from github.com/marshuang80/gloria) into "
                  "$MEDVLKIT_MODELS/gloria; hf download emilyalsentzer/Bio_ClinicalBERT config.json "
                  "vocab.txt --local-dir $MEDVLKIT_MODELS/gloria/text", "chexpert_resnet50.ckpt"),
+    ModelPreset("pmc-clip", "pmc-clip:$MEDVLKIT_MODELS/pmc-clip/checkpoint.pt",
+                "PMC-CLIP (Lin et al. 2023): CLIP ModifiedResNet-50 + PubMedBERT ([CLS], projected) trained on 1.6M "
+                "PubMed Central figure-caption pairs (PMC-OA); its MLM fusion module is left out",
+                "MIT (github.com/WeixiongLin/PMC-CLIP)",
+                "224 px, short side resized (bicubic) + centre crop, CLIP mean/std; texts padded to 77 tokens, "
+                "no attention mask (the padding takes part, as PMC-CLIP runs it)",
+                "hf download axiong/pmc_oa checkpoint.pt --repo-type dataset --local-dir $MEDVLKIT_MODELS/pmc-clip; "
+                "hf download microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext config.json vocab.txt "
+                "tokenizer_config.json --local-dir $MEDVLKIT_MODELS/pmc-clip/text", "checkpoint.pt"),
     ModelPreset("rad-dino", "hf:microsoft/rad-dino",
                 "RAD-DINO (Perez-Garcia et al. 2024): DINOv2 ViT-B/14 trained self-supervised on chest X-rays from "
                 "five public and private datasets; image-only (no text tower): embed, probe, search by image, "
