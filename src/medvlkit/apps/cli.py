@@ -63,8 +63,8 @@ NoCacheOpt = typer.Option(False, "--no-cache", help="do not read or write the em
 CacheDirOpt = typer.Option(None, "--cache-dir", help="embedding cache folder (default $MEDVLKIT_CACHE or "
                                                      "~/.cache/medvlkit)")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar")
-TokenizerOpt = typer.Option(None, "--tokenizer",
-                            help="tokenizer folder for openai-ckpt:, open_clip:DIR, gloria: and pmc-clip: models")
+TokenizerOpt = typer.Option(None, "--tokenizer", help="tokenizer folder for openai-ckpt:, open_clip:DIR, gloria:, "
+                            "pmc-clip: and flair: models")
 PathColOpt = typer.Option(None, "--path-column", help="CSV column with image paths")
 LabelColsOpt = typer.Option(None, "--label-columns", help="comma-separated CSV label columns")
 UncertainOpt = typer.Option(None, "--uncertain", help="CheXpert -1 labels (CSV data): ignore (NaN; default), zeros "

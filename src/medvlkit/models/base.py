@@ -72,6 +72,8 @@ class ImagePreprocessor:
             image = canvas.resize((size, size), resample=resample)
         elif cfg.resize_mode == "longest":
             image = _longest_side(image, size, resample)
+        elif cfg.resize_mode == "canvas":
+            image = _letterbox(image, size, resample, centred=False)
         elif cfg.resize_mode == "pad" and cfg.resize_size:
             image = _letterbox(image, cfg.resize_size, resample)
             offset = (cfg.resize_size - size) // 2
@@ -120,14 +122,20 @@ def _longest_side(image: Image.Image, side: int, resample) -> Image.Image:
     return canvas  # the long side is exactly ``side``: nothing to crop
 
 
-def _letterbox(image: Image.Image, side: int, resample) -> Image.Image:
-    """Long side to ``side`` (aspect kept, sizes truncated as CheXzero's ``data_process.preprocess`` does), pasted
-    centred on a black square: nothing of a portrait radiograph is cut off."""
+def _letterbox(image: Image.Image, side: int, resample, centred: bool = True) -> Image.Image:
+    """Long side to ``side`` (aspect kept, sizes truncated as CheXzero's ``data_process.preprocess`` and FLAIR's
+    ``ImageScaling`` do), pasted on a black square: centred (CheXzero) or at the top-left corner (FLAIR's canvas).
+    Nothing of a portrait radiograph is cut off."""
     w, h = image.size
-    ratio = side / max(w, h)
-    new = (max(1, int(w * ratio)), max(1, int(h * ratio)))
+    if centred:  # CheXzero: x * (side / long)
+        ratio = side / max(w, h)
+        new = (max(1, int(w * ratio)), max(1, int(h * ratio)))
+    else:  # FLAIR: x / (long / side), which rounds differently in the last bit
+        scale = max(w, h) / side
+        new = (max(1, int(w / scale)), max(1, int(h / scale)))
     canvas = Image.new(image.mode, (side, side))
-    canvas.paste(image.resize(new, resample=resample), ((side - new[0]) // 2, (side - new[1]) // 2))
+    at = ((side - new[0]) // 2, (side - new[1]) // 2) if centred else (0, 0)
+    canvas.paste(image.resize(new, resample=resample), at)
     return canvas
 
 

@@ -104,12 +104,16 @@ class MedCLIP(ModelBase):
         return l2_normalize(feats) if normalize else feats
 
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
+        feats = self.text_proj(self.pooled_text(tokens))
+        return l2_normalize(feats) if normalize else feats
+
+    def pooled_text(self, tokens: TextBatch) -> torch.Tensor:
+        """``hidden_states[1]``, ``[2]`` and ``[-1]`` averaged over the layers and over every position, padding
+        included (the mask enters only the attention), as MedCLIP's and FLAIR's text models pool."""
         out = self.bert(input_ids=tokens["input_ids"].to(self.device),
                         attention_mask=tokens["attention_mask"].to(self.device), output_hidden_states=True)
         hs = out.hidden_states
-        pooled = torch.stack([hs[1], hs[2], hs[-1]]).mean(0).mean(1)  # padding positions included, as upstream
-        feats = self.text_proj(pooled)
-        return l2_normalize(feats) if normalize else feats
+        return torch.stack([hs[1], hs[2], hs[-1]]).mean(0).mean(1)
 
     def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._pooled(pixels)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 # PIL resampling filters by name, and tf_bilinear: TensorFlow's tf.image.resize(method="bilinear", antialias=False)
 # (half-pixel centres, no low-pass filter when shrinking), the big_vision resize MedSigLIP was trained with
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "tf_bilinear")
-RESIZE_MODES = ("shortest", "squash", "pad", "square", "longest")
+RESIZE_MODES = ("shortest", "squash", "pad", "square", "longest", "canvas")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,9 @@ class PreprocessCfg:
             ``square`` pastes the image unscaled on a black square of side max(image_size, w, h), then resizes the
             square to ``image_size`` (MedCLIP's ``pad_img`` + resize); ``longest`` resizes the long side to
             ``image_size`` (the short side rounded, as open_clip's ``ResizeKeepRatio(longest=1)``) and pads it to a
-            black square, centred with the odd pixel right/bottom (open_clip's ``CenterCropOrPad``).
+            black square, centred with the odd pixel right/bottom (open_clip's ``CenterCropOrPad``); ``canvas``
+            resizes the long side to ``image_size`` (the short side truncated) and pads the right and bottom with
+            black to a square (FLAIR's ``ImageScaling``: the image at the top-left of its canvas).
         resize_size: for ``shortest``, the short side before the centre crop to ``image_size`` (0: ``image_size``;
             BioViL resizes to 512 and crops 480); for ``pad``, the square the image is letterboxed into before the
             centre crop to ``image_size`` (GLoRIA: 256, then 224).
@@ -80,6 +82,7 @@ class PreprocessCfg:
         """One line for people: size, resize, interpolation, mean/std."""
         resize = {"shortest": "short side + centre crop", "squash": "squash", "square": "pasted on a black square",
                   "longest": "long side + black padding (open_clip longest)",
+                  "canvas": "long side + black padding right and bottom (FLAIR's canvas)",
                   "pad": f"letterbox{f' at {self.pad_size} px (Lanczos), then' if self.pad_size else ''}"
                   f"{f' at {self.resize_size} px + centre crop' if self.resize_size else ''}"}
         mean = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.mean))

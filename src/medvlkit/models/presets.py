@@ -154,6 +154,17 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "hf download axiong/pmc_oa checkpoint.pt --repo-type dataset --local-dir $MEDVLKIT_MODELS/pmc-clip; "
                 "hf download microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext config.json vocab.txt "
                 "tokenizer_config.json --local-dir $MEDVLKIT_MODELS/pmc-clip/text", "checkpoint.pt"),
+    ModelPreset("flair", "flair:$MEDVLKIT_MODELS/flair/flair_resnet.pth",
+                "FLAIR (Silva-Rodriguez et al. 2025): ResNet-50 + Bio_ClinicalBERT trained on 37 public colour fundus "
+                "datasets (284,660 images) with expert-knowledge descriptions; its prompt dictionary ships as the "
+                "prompt sets flair_fundus and flair_dr_grading", "Apache-2.0 (github.com/jusiro/FLAIR)",
+                "512 px: long side resized (bilinear), black padding right and bottom, pixels in [0, 1] with no "
+                "mean/std; texts padded to the longest of the call (padding enters the pooling)",
+                "download the weights.zip FLAIR's flair/modeling/constants.py names (Google Drive id "
+                "1l24_2IzwQdnaa034I0zcyDLs_zMujsbR) and unzip flair_resnet.pth into $MEDVLKIT_MODELS/flair; "
+                "hf download emilyalsentzer/Bio_ClinicalBERT config.json vocab.txt --local-dir "
+                "$MEDVLKIT_MODELS/flair/text",
+                "flair_resnet.pth"),
     ModelPreset("rad-dino", "hf:microsoft/rad-dino",
                 "RAD-DINO (Perez-Garcia et al. 2024): DINOv2 ViT-B/14 trained self-supervised on chest X-rays from "
                 "five public and private datasets; image-only (no text tower): embed, probe, search by image, "

@@ -1,8 +1,8 @@
 """``create_model(spec)`` and ``list_models()``: every backbone through one factory.
 
 A spec is ``lite``, a preset name (``medvlkit models``), or ``<source>:<ref>`` where source is one of
-``hf``, ``openai-ckpt``, ``open_clip``, ``biomedclip``, ``biovil``, ``medclip``, ``gloria``, ``pmc-clip``, ``ft``,
-``onnx``. Sources register themselves with :func:`register_source`.
+``hf``, ``openai-ckpt``, ``open_clip``, ``biomedclip``, ``biovil``, ``medclip``, ``gloria``, ``pmc-clip``,
+``flair``, ``ft``, ``onnx``. Sources register themselves with :func:`register_source`.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "medclip": "medvlkit.models.medclip:load_medclip",
     "gloria": "medvlkit.models.gloria:load_gloria",
     "pmc-clip": "medvlkit.models.pmc_clip:load_pmc_clip",
+    "flair": "medvlkit.models.flair:load_flair",
     "ft": "medvlkit.tasks.finetune.saved:load_finetuned",
     "onnx": "medvlkit.models.onnx_model:load_onnx",
 }
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # --precision: the dtype weights are cast to for inference
-_TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria", "pmc-clip")  # loaders that take tokenizer=DIR
+_TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria", "pmc-clip", "flair")  # loaders that take tokenizer=DIR
 
 
 def register_source(prefix: str) -> Callable[[Callable[..., ModelBase]], Callable[..., ModelBase]]:
