@@ -55,17 +55,17 @@ class AttentionPool2d(nn.Module):
         self.num_heads = num_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(start_dim=2).permute(2, 0, 1)  # (HW, B, C)
-        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # (HW+1, B, C)
-        x = x + self.positional_embedding[:, None, :].to(x.dtype)
-        out, _ = F.multi_head_attention_forward(
-            query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.num_heads,
-            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight,
-            in_proj_weight=None, in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=self.c_proj.weight,
-            out_proj_bias=self.c_proj.bias, use_separate_proj_weight=True, training=self.training,
-            need_weights=False)
-        return out.squeeze(0)  # (B, D)
+        """OpenAI's ``F.multi_head_attention_forward`` call, computed with the projections called as modules (so LoRA
+        adapters on them act; the functional call reads their weights directly)."""
+        x = x.flatten(start_dim=2).transpose(1, 2)  # (B, HW, C)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, HW+1, C)
+        x = x + self.positional_embedding[None].to(x.dtype)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, H, N, C / H)
+            return t.reshape(t.shape[0], t.shape[1], self.num_heads, -1).transpose(1, 2)
+
+        y = F.scaled_dot_product_attention(heads(self.q_proj(x[:, :1])), heads(self.k_proj(x)), heads(self.v_proj(x)))
+        return self.c_proj(y.transpose(1, 2).reshape(x.shape[0], -1))  # (B, D)
 
 
 class ModifiedResNet(nn.Module):

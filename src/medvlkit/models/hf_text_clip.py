@@ -80,7 +80,7 @@ class TimmBlock(nn.Module):
 
 
 class TimmViT(nn.Module):
-    """timm ViT trunk with class-token pooling. (B, 3, S, S) -> (B, width)."""
+    """timm ViT trunk with class-token pooling. (B, 3, S, S) -> (B, width); :meth:`tokens` gives every token."""
 
     def __init__(self, width: int, depth: int, heads: int, patch: int, n_patches: int, mlp: int) -> None:
         super().__init__()
@@ -90,10 +90,14 @@ class TimmViT(nn.Module):
         self.blocks = nn.Sequential(*[TimmBlock(width, heads, mlp) for _ in range(depth)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token after the final norm (timm's ``forward_features``): (B, 1 + N, width)."""
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
-        return self.norm(self.blocks(x))[:, 0]
+        return self.norm(self.blocks(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x)[:, 0]
 
 
 POOLERS = ("cls_last_hidden_state_pooler", "cls_pooler", "mean_pooler")

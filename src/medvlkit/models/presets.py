@@ -165,6 +165,16 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "hf download emilyalsentzer/Bio_ClinicalBERT config.json vocab.txt --local-dir "
                 "$MEDVLKIT_MODELS/flair/text",
                 "flair_resnet.pth"),
+    ModelPreset("conch", "conch:$MEDVLKIT_MODELS/conch",
+                "CONCH (Lu et al. 2024): CoCa ViT-B/16 at 448 px + a 12-layer text transformer, trained on 1.17M "
+                "histopathology image-caption pairs; medvlkit reads its contrastive towers (the caption decoder is "
+                "left out)", "CC-BY-NC-ND 4.0, non-commercial academic research only (gated: accept the terms on "
+                "the hub)", "448 px, short side resized (bicubic) + centre crop, CLIP mean/std; texts padded to 127 "
+                "tokens + a class token", "accept the terms at huggingface.co/MahmoodLab/CONCH and set HF_TOKEN; hf "
+                "download MahmoodLab/CONCH pytorch_model.bin --local-dir $MEDVLKIT_MODELS/conch; copy "
+                "conch_byte_level_bpe_uncased.json from github.com/mahmoodlab/CONCH "
+                "(conch/open_clip_custom/tokenizers/) there too (or: medvlkit download conch, then --tokenizer FILE)",
+                "", hub="MahmoodLab/CONCH"),
     ModelPreset("rad-dino", "hf:microsoft/rad-dino",
                 "RAD-DINO (Perez-Garcia et al. 2024): DINOv2 ViT-B/14 trained self-supervised on chest X-rays from "
                 "five public and private datasets; image-only (no text tower): embed, probe, search by image, "

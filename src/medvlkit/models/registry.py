@@ -2,7 +2,7 @@
 
 A spec is ``lite``, a preset name (``medvlkit models``), or ``<source>:<ref>`` where source is one of
 ``hf``, ``openai-ckpt``, ``open_clip``, ``biomedclip``, ``biovil``, ``medclip``, ``gloria``, ``pmc-clip``,
-``flair``, ``ft``, ``onnx``. Sources register themselves with :func:`register_source`.
+``flair``, ``conch``, ``ft``, ``onnx``. Sources register themselves with :func:`register_source`.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "gloria": "medvlkit.models.gloria:load_gloria",
     "pmc-clip": "medvlkit.models.pmc_clip:load_pmc_clip",
     "flair": "medvlkit.models.flair:load_flair",
+    "conch": "medvlkit.models.conch:load_conch",
     "ft": "medvlkit.tasks.finetune.saved:load_finetuned",
     "onnx": "medvlkit.models.onnx_model:load_onnx",
 }
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # --precision: the dtype weights are cast to for inference
-_TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria", "pmc-clip", "flair")  # loaders that take tokenizer=DIR
+_TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria", "pmc-clip", "flair", "conch")  # take tokenizer=DIR
 
 
 def register_source(prefix: str) -> Callable[[Callable[..., ModelBase]], Callable[..., ModelBase]]:
@@ -141,12 +142,13 @@ def preset_status(preset: ModelPreset) -> str:
     return "not on this machine"
 
 
-_HUB_SOURCES = ("open_clip:hf-hub:", "hf:", "biomedclip:", "biovil:")  # the specs whose reference can be a hub id
+_HUB_SOURCES = ("open_clip:hf-hub:", "hf:", "biomedclip:", "biovil:", "conch:")  # references that can be hub ids
 
 
 def download(name: str) -> Snapshot:
     """Fetch a preset's hub repository, or a hub spec's (``hf:org/name[@revision]``, ``open_clip:hf-hub:...``,
-    ``biomedclip:...``, ``biovil:...``), into the Hugging Face cache, for a machine that goes offline later.
+    ``biomedclip:...``, ``biovil:...``, ``conch:...``), into the Hugging Face cache, for a machine that goes offline
+    later.
 
     Raises:
         MedvlkitError: a preset whose weights are fetched by hand (the steps are named), a spec that names no hub
@@ -165,7 +167,8 @@ def download(name: str) -> Snapshot:
     if prefix is None or hub is None:
         hub_presets = ", ".join(p for p in PRESETS if PRESETS[p].hub_id)
         raise MedvlkitError(f"medvlkit download {name}: give a preset ({hub_presets}) or a hub spec: "
-                            "hf:org/name[@revision], open_clip:hf-hub:org/name, biomedclip:org/name, biovil:org/name")
+                            "hf:org/name[@revision], open_clip:hf-hub:org/name, biomedclip:org/name, biovil:org/name, "
+                            "conch:org/name")
     return fetch(hub, prefix)
 
 

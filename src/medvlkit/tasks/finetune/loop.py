@@ -30,7 +30,7 @@ from medvlkit.models.registry import absolute_spec
 from medvlkit.tasks.finetune.config import FinetuneConfig
 from medvlkit.tasks.finetune.data import batch_loader, caption_pools, epoch_batches, pick_captions
 from medvlkit.tasks.finetune.evaluation import validation_score
-from medvlkit.tasks.finetune.lora import LoraSpec, add_lora, is_lora_param, target_names
+from medvlkit.tasks.finetune.lora import LoraSpec, add_lora, check_adapters_act, is_lora_param, target_names
 from medvlkit.tasks.finetune.saved import save_finetuned
 from medvlkit.tasks.finetune.steps import (
     ClassifierHead,
@@ -76,6 +76,7 @@ def prepare_model(model: ModelBase, cfg: FinetuneConfig, classnames: list[str] |
         if trainable:
             names = target_names(model, suffixes, [m for t in trainable for m in towers[t]])
             add_lora(model, spec, names)
+            check_adapters_act(model, names)
             for n, p in model.named_parameters():
                 p.requires_grad_(is_lora_param(n))
             meta |= {"lora": spec.to_dict() | {"targets": list(suffixes)}, "lora_layers": names}

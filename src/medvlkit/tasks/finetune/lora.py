@@ -3,6 +3,7 @@ adapter weights on their own, and merge them into the base weights for inference
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,7 +11,9 @@ import torch
 from torch import nn
 
 from medvlkit.errors import MedvlkitError
+from medvlkit.models.base import ModelBase
 
+logger = logging.getLogger(__name__)
 _LORA_TYPES = (nn.Linear, nn.Conv2d)
 
 
@@ -75,11 +78,19 @@ class LoraSpec:
 def target_names(model: nn.Module, suffixes: tuple[str, ...], within: list[nn.Module]) -> list[str]:
     """Full names of the Linear/Conv2d modules of ``model`` inside ``within`` whose name ends with a suffix.
 
+    The ``out_proj`` of torch's ``nn.MultiheadAttention`` is never a candidate: the attention reads its weight
+    directly instead of calling it, so an adapter there would train and save but never change an output.
+
     Raises:
         MedvlkitError: nothing matches, listing the layer names that could be targeted.
     """
     inside = {id(m) for root in within for m in root.modules()}
-    candidates = [(n, m) for n, m in model.named_modules() if id(m) in inside and isinstance(m, _LORA_TYPES)]
+    unused = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    if unused & inside:
+        logger.info("LoRA: %d out_proj layers inside torch's MultiheadAttention are left out (it reads their weights "
+                    "directly: an adapter there would have no effect)", len(unused & inside))
+    candidates = [(n, m) for n, m in model.named_modules()
+                  if id(m) in inside and id(m) not in unused and isinstance(m, _LORA_TYPES)]
     names = [n for n, _ in candidates if any(n == s or n.endswith("." + s) for s in suffixes)]
     if not names:
         leaves = sorted({n.rsplit(".", 1)[-1] for n, _ in candidates})
@@ -96,6 +107,32 @@ def add_lora(model: nn.Module, spec: LoraSpec, names: list[str]) -> int:
     config = LoraConfig(r=spec.r, lora_alpha=alpha, lora_dropout=spec.dropout, target_modules=names)
     inject_adapter_in_model(config, model)
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+def check_adapters_act(model: ModelBase, names: list[str]) -> None:
+    """Run one blank image (and one text, where the model has a text tower) through ``model`` with a hook on every
+    adapted layer, and refuse a layer the forward never calls: an adapter there (a projection whose weight a
+    functional attention reads directly, say) would train and be saved without ever changing an output.
+
+    Raises:
+        MedvlkitError: adapted layers the forward never calls, named.
+    """
+    called: set[str] = set()
+    hooks = [model.get_submodule(n).register_forward_hook(lambda *_, n=n: called.add(n)) for n in names]
+    try:
+        with torch.no_grad():
+            side = model.preprocess_cfg.image_size
+            model.encode_image(torch.zeros(1, 3, side, side, device=model.device, dtype=model.dtype))
+            if model.has_text:
+                model.encode_text(model.tokenize(["a"]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    idle = [n for n in names if n not in called]
+    if idle:
+        raise MedvlkitError(f"--lora: {len(idle)} of the targeted layers never run as modules in this model "
+                            f"({', '.join(idle[:3])}{'...' if len(idle) > 3 else ''}): adapters there would train and "
+                            "be saved without changing any output; choose other layers with --lora targets=...")
 
 
 def is_lora_param(name: str) -> bool:
