@@ -89,9 +89,10 @@ class ImageDataset:
             return ""
         return "|".join(c for c, v in zip(self.classnames, self.label_matrix[index]) if v == 1)
 
-    def load_image(self, index: int, draft: int | None = None) -> Image.Image:
-        """Read item ``index`` (raises ``ImageReadError`` naming the file); ``draft``: see :func:`read_image`."""
-        return read_image(self.items[index], draft=draft)
+    def load_image(self, index: int, draft: int | None = None, high_bit: str = "robust") -> Image.Image:
+        """Read item ``index`` (raises ``ImageReadError`` naming the file); ``draft``, ``high_bit``: see
+        :func:`read_image`."""
+        return read_image(self.items[index], draft=draft, high_bit=high_bit)
 
     def targets(self) -> np.ndarray:
         """Class index per item for single-label data. (N,) int."""

@@ -15,12 +15,20 @@ def over_limit(width: int, height: int, limit: int, what: str = "pixels") -> str
 
 
 ROBUST_PERCENTILES = (0.5, 99.5)
+# How grey values without a display window become 8 bits: medvlkit's rule (below) for every model, or the full range
+# of the container (a 16-bit PNG / TIFF / uint16 array divided by 65535) where a model's card says so (MedSigLIP).
+HIGH_BIT_RULES = ("robust", "full_range")
 _EIGHT_BIT_SHARE = 0.999  # share of pixels that must be multiples of 257 (or 256) for a 16-bit copy of 8-bit data
 
 
-def scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+def scale_to_uint8(arr: np.ndarray, rule: str = "robust", full_scale: float | None = None) -> np.ndarray:
     """Grey values without a display window (16-bit PNG/TIFF, DICOM without a VOI window, float or non-8-bit npz
-    arrays) to 0..255, by one rule:
+    arrays) to 0..255.
+
+    With ``rule="full_range"`` and the container's ``full_scale`` (65535 for 16-bit PNG/TIFF and uint16 arrays),
+    whole numbers within ``0..full_scale`` are divided by it, as MedSigLIP's model card scales 16-bit input to [0, 1]:
+    a 12-bit radiograph in a 16-bit PNG stays as dark as it is stored. Anything else, and ``rule="robust"``, follows
+    medvlkit's one rule:
 
     1. whole numbers within 0..255 (8-bit data, whatever container holds it): as stored;
     2. whole numbers up to 65535 of which at least 99.9% are multiples of 257 (the 8-to-16-bit copy PNG, TIFF and
@@ -34,12 +42,16 @@ def scale_to_uint8(arr: np.ndarray) -> np.ndarray:
     Raises:
         ImageReadError: no pixel is a finite number (an all-NaN float image has nothing to show).
     """
+    if rule not in HIGH_BIT_RULES:
+        raise ValueError(f"high-bit rule {rule!r}; valid: {', '.join(HIGH_BIT_RULES)}")
     arr = np.asarray(arr, dtype=np.float64)
     finite = arr[np.isfinite(arr)]
     if finite.size == 0:
         raise ImageReadError("<image>", "no pixel holds a finite value (all NaN or infinite): nothing to show")
     whole = bool(np.all(finite == np.round(finite)))
     lo_v, hi_v = float(finite.min()), float(finite.max())
+    if rule == "full_range" and full_scale and whole and lo_v >= 0 and hi_v <= full_scale:
+        return unit_to_uint8(arr / full_scale)
     if whole and lo_v >= 0 and hi_v <= 255:
         return unit_to_uint8(arr / 255.0)
     if whole and lo_v >= 0 and hi_v <= 65535:

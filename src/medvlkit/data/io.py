@@ -43,7 +43,8 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def read_image(item: str, limit: int | None = None, draft: int | None = None) -> Image.Image:
+def read_image(item: str, limit: int | None = None, draft: int | None = None,
+               high_bit: str = "robust") -> Image.Image:
     """Read one image item: a file path or ``<file.npz>::<array>[<index>]``.
 
     Args:
@@ -52,6 +53,9 @@ def read_image(item: str, limit: int | None = None, draft: int | None = None) ->
         draft: for a JPEG at least twice this size on both sides, decode at a reduced scale (libjpeg's DCT scaling,
             PIL's ``draft``: 1/2, 1/4 or 1/8) that keeps both sides at least ``2 * draft``; other files are decoded
             whole. Several times faster on 2-3k px radiographs; the pixels differ slightly from a full decode.
+        high_bit: how 16-bit raster images and uint16 arrays become 8 bits (``robust``: medvlkit's rule;
+            ``full_range``: divided by 65535; :func:`~medvlkit.data.intensity.scale_to_uint8`). DICOM files follow
+            their display window, or medvlkit's rule, either way.
 
     Returns:
         A PIL image in mode ``L`` or ``RGB``.
@@ -61,7 +65,7 @@ def read_image(item: str, limit: int | None = None, draft: int | None = None) ->
     """
     limit = limit or max_pixels()
     if is_npz_item(item):
-        return _read_npz_member(item)
+        return _read_npz_member(item, high_bit)
     path = Path(item)
     if not path.is_file():
         raise ImageReadError(item, "no such file")
@@ -69,7 +73,7 @@ def read_image(item: str, limit: int | None = None, draft: int | None = None) ->
         from medvlkit.data.dicom import read_dicom
 
         return read_dicom(path, limit)
-    return _read_pillow(path, item, limit, draft)
+    return _read_pillow(path, item, limit, draft, high_bit=high_bit)
 
 
 # The raster formats medvlkit reads (by content, whatever a file is called), with their leading bytes.
@@ -88,7 +92,7 @@ def image_kind(head: bytes) -> str | None:
 
 
 def read_image_bytes(data: bytes, name: str = "upload", limit: int | None = None,
-                     draft: int | None = None) -> Image.Image:
+                     draft: int | None = None, high_bit: str = "robust") -> Image.Image:
     """:func:`read_image` for a file's bytes (an upload): the same formats, pixel limit and conversions.
 
     Raises:
@@ -112,7 +116,7 @@ def read_image_bytes(data: bytes, name: str = "upload", limit: int | None = None
                 return read_dicom(Path(f.name), limit)
             except ImageReadError as err:
                 raise type(err)(name, err.reason) from None
-    return _read_pillow(io.BytesIO(data), name, limit, draft, formats=[kind])
+    return _read_pillow(io.BytesIO(data), name, limit, draft, formats=[kind], high_bit=high_bit)
 
 
 def declared_pixels(data: bytes, name: str = "upload") -> int:
@@ -143,7 +147,7 @@ def declared_pixels(data: bytes, name: str = "upload") -> int:
 
 
 def _read_pillow(source: Any, item: str, limit: int, draft: int | None,
-                 formats: list[str] | None = None) -> Image.Image:
+                 formats: list[str] | None = None, high_bit: str = "robust") -> Image.Image:
     """Decode ``source`` (a path or a binary file object) with Pillow, within the pixel ``limit``."""
     try:
         with _pillow_limit(limit), Image.open(source, formats=formats) as im:
@@ -152,7 +156,7 @@ def _read_pillow(source: Any, item: str, limit: int, draft: int | None,
             if draft and im.format == "JPEG" and min(im.size) >= 4 * draft:  # 1/2 scale at least leaves 2 * draft
                 im.draft(im.mode, (2 * draft, 2 * draft))
             im.load()
-            return _to_l_or_rgb(ImageOps.exif_transpose(im))
+            return _to_l_or_rgb(ImageOps.exif_transpose(im), high_bit)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as err:
@@ -174,9 +178,10 @@ def _pillow_limit(limit: int) -> Iterator[None]:
         yield
 
 
-def _to_l_or_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return Image.fromarray(scale_to_uint8(np.asarray(im, dtype=np.float64)), mode="L")
+def _to_l_or_rgb(im: Image.Image, high_bit: str = "robust") -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit PNGs open as I;16 or I: full scale 65535
+        full = None if im.mode == "F" else 65535.0
+        return Image.fromarray(scale_to_uint8(np.asarray(im, dtype=np.float64), high_bit, full), mode="L")
     if im.mode in ("L", "RGB"):
         return im.copy()
     if im.mode in ("1", "LA", "La"):
@@ -250,7 +255,7 @@ def _load_npz_array(path: str, key: str) -> np.ndarray:
     return read_npz_array(path, key)
 
 
-def _read_npz_member(item: str) -> Image.Image:
+def _read_npz_member(item: str, high_bit: str = "robust") -> Image.Image:
     parsed = parse_npz_item(item)
     if parsed is None:
         raise ImageReadError(item, "npz item must look like file.npz::array[index]")
@@ -264,7 +269,7 @@ def _read_npz_member(item: str) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.dtype != np.uint8:
-        arr = scale_to_uint8(arr)
+        arr = scale_to_uint8(arr, high_bit, 65535.0 if arr.dtype == np.uint16 else None)
     return Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB")
 
 

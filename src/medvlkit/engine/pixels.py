@@ -31,12 +31,13 @@ def view_of(source: str | bytes | Image.Image, preprocessor: ImagePreprocessor, 
     Raises:
         ImageReadError: unreadable, not an image, or over the pixel limit; the message names the file.
     """
+    high_bit = preprocessor.cfg.high_bit  # the model's rule for 16-bit files, applied as they are decoded
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, (bytes, bytearray)):
-        image = read_image_bytes(bytes(source), name or "upload", draft=draft)
+        image = read_image_bytes(bytes(source), name or "upload", draft=draft, high_bit=high_bit)
     else:
-        image = read_image(str(source), draft=draft)
+        image = read_image(str(source), draft=draft, high_bit=high_bit)
     try:
         return preprocessor.to_uint8(image)
     except ImageReadError as err:  # the geometry's own limits (a 1 x 400,000 strip) name the file too
@@ -59,7 +60,8 @@ class ItemViews(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         pos = self.positions[i]
         try:
-            return pos, view_of(self.dataset.load_image(pos, draft=self.draft), self.preprocessor), ""
+            image = self.dataset.load_image(pos, draft=self.draft, high_bit=self.preprocessor.cfg.high_bit)
+            return pos, view_of(image, self.preprocessor), ""
         except ImageReadError as err:
             reason = err.reason
         except Exception as err:  # noqa: BLE001 - a decoder's MemoryError, NotImplementedError...: name it

@@ -340,7 +340,7 @@ class ModelBase(torch.nn.Module):
         mtimes) for the embedding caches: bf16 and fp32 weights give different vectors, and so does another
         tokenizer (``--tokenizer DIR``) for the same weights; neither may share cached vectors."""
         files = list(self.weight_files) + tokenizer_files(getattr(self, "tokenizer", None))
-        parts = [self.name, repr(self.preprocess_cfg), str(self.dtype)] + [stat_fingerprint(f) for f in files]
+        parts = [self.name, self.preprocess_cfg.identity(), str(self.dtype)] + [stat_fingerprint(f) for f in files]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

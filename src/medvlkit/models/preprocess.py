@@ -3,12 +3,13 @@ so presets can carry it without slowing the CLI down)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 # PIL resampling filters by name, and tf_bilinear: TensorFlow's tf.image.resize(method="bilinear", antialias=False)
 # (half-pixel centres, no low-pass filter when shrinking), the big_vision resize MedSigLIP was trained with
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "tf_bilinear")
 RESIZE_MODES = ("shortest", "squash", "pad", "square", "longest", "canvas")
+HIGH_BIT_RULES = ("robust", "full_range")  # medvlkit.data.intensity.HIGH_BIT_RULES (no data import here)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class PreprocessCfg:
             ``image_size``.
         grayscale: convert to one grey channel (ITU-R 601 luma) before anything else, as models trained on grey
             radiographs do (MedCLIP pastes every image on an 8-bit grey canvas); the model still gets 3 channels.
+        high_bit: how 16-bit PNG/TIFF files and uint16 arrays become 8 bits as they are decoded: ``robust``
+            (medvlkit's rule for every model: 8-bit copies as stored, other data stretched between its 0.5th and
+            99.5th percentiles) or ``full_range`` (divided by 65535, as MedSigLIP's model card scales 16-bit input
+            to [0, 1]). Left out of ``repr``: :meth:`identity` adds it where it is not ``robust``, so the caches of
+            every other model keep their keys.
     """
 
     image_size: int = 224
@@ -49,6 +55,7 @@ class PreprocessCfg:
     pad_size: int = 0
     resize_size: int = 0
     grayscale: bool = False
+    high_bit: str = field(default="robust", repr=False)
 
     def __post_init__(self) -> None:
         # configs read from JSON carry lists; keep tuples so equal configs compare and fingerprint equal
@@ -68,6 +75,8 @@ class PreprocessCfg:
             raise ValueError(f"pad_size must be >= 0, got {self.pad_size}")
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.high_bit not in HIGH_BIT_RULES:
+            raise ValueError(f"high_bit={self.high_bit!r}; valid options: {', '.join(HIGH_BIT_RULES)}")
 
     def decode_size(self) -> int:
         """The largest side the resize steps work at (``image_size``, ``resize_size``, ``pad_size``): how small a
@@ -76,6 +85,11 @@ class PreprocessCfg:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def identity(self) -> str:
+        """What tells this preprocessing apart in cache keys: ``repr`` (every field but ``high_bit``), plus
+        ``high_bit`` where it is not medvlkit's default (so adding the field changed no existing key)."""
+        return repr(self) + ("" if self.high_bit == "robust" else f"[high_bit={self.high_bit}]")
 
 
     def describe(self) -> str:
@@ -88,7 +102,9 @@ class PreprocessCfg:
         mean = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.mean))
         std = "/".join(f"{v:.4g}" for v in dict.fromkeys(self.std))
         grey = "grey, " if self.grayscale else ""
-        return f"{self.image_size} px, {grey}{resize[self.resize_mode]}, {self.interpolation}, mean {mean}, std {std}"
+        bits = ", 16-bit input divided by 65535" if self.high_bit == "full_range" else ""
+        return (f"{self.image_size} px, {grey}{resize[self.resize_mode]}, {self.interpolation}, mean {mean}, "
+                f"std {std}{bits}")
 
 
 def preprocess_beside(folder, base: PreprocessCfg | None = None) -> PreprocessCfg | None:

@@ -14,9 +14,10 @@ CHEXZERO_PREPROCESS = PreprocessCfg(image_size=224, mean=(101.48761 / 255,) * 3,
 
 
 # MedSigLIP's model card resizes with TensorFlow's tf.image.resize(method="bilinear", antialias=False) to 448 px
-# before its processor (whose own resize is then a no-op); the processor scales to [0, 1] and normalises by 0.5.
+# before its processor (whose own resize is then a no-op); the processor scales to [0, 1] and normalises by 0.5;
+# 16-bit input is scaled to [0, 1] by its full range (high_bit="full_range"), not by medvlkit's percentile rule.
 MEDSIGLIP_PREPROCESS = PreprocessCfg(image_size=448, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="tf_bilinear",
-                                     resize_mode="squash")
+                                     resize_mode="squash", high_bit="full_range")
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "MedSigLIP-448 (Google HAI-DEF): SigLIP tuned on de-identified medical images and text",
                 "Health AI Developer Foundations terms (gated; accept them on the hub)",
                 "448 px squash with TensorFlow's bilinear resize without antialiasing (the model card's; not the "
-                "repository processor's antialiased PIL bilinear), mean/std 0.5; texts padded to 64 tokens",
+                "repository processor's antialiased PIL bilinear), mean/std 0.5; 16-bit PNG/TIFF divided by 65535 "
+                "(the card's [0, 1] scaling); texts padded to 64 tokens",
                 _hf_fetch("google/medsiglip-448", "medsiglip"), preprocess=MEDSIGLIP_PREPROCESS),
 ]}

@@ -37,9 +37,9 @@ class LiteTowers(ModelBase):
 class CorpusImages(ImageDataset):
     """Corpus items, where ``<item>@@<view>`` is an augmented view of ``<item>`` (see :data:`VIEWS`)."""
 
-    def load_image(self, index: int, draft: int | None = None) -> Image.Image:
+    def load_image(self, index: int, draft: int | None = None, high_bit: str = "robust") -> Image.Image:
         item, view = split_view(self.items[index])
-        image = read_image(item, draft=draft)
+        image = read_image(item, draft=draft, high_bit=high_bit)
         return VIEWS[view](image) if view else image
 
 
