@@ -75,3 +75,24 @@ def test_it_fine_tunes_with_lora(tmp_path):
     meta = json.loads((out / "best" / "finetune.json").read_text())
     assert any("vision" in n or "trunk" in n for n in meta["lora_layers"]) and \
         any("bert" in n for n in meta["lora_layers"])  # both towers adapted
+
+
+def test_open_clip_s_older_option_names_are_read_not_defaulted(tmp_path):
+    """open_clip before 2.21 wrote ``pooler_type`` / ``proj`` (BiomedCLIP's hub config did for years): read as the same
+    options. Ignoring them would fall back to open_clip's defaults (mean pooler, mlp) and give other vectors without
+    an error; two names that disagree are refused."""
+    folder = tmp_path / "legacy"
+    shutil.copytree(FIXTURES / "vit_cls_mlp", folder)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    text_cfg = cfg["model_cfg"]["text_cfg"]
+    text_cfg["pooler_type"], text_cfg["proj"] = text_cfg.pop("hf_pooler_type"), text_cfg.pop("hf_proj_type")
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    inputs, expected = np.load(folder / "inputs.npz"), np.load(folder / "expected.npz")
+    with torch.no_grad():
+        txt = create_model(f"open_clip:{folder}").encode_text(
+            {"input_ids": torch.from_numpy(inputs["input_ids"])}, normalize=False).numpy()
+    np.testing.assert_allclose(txt, expected["text_features"], atol=1e-5, rtol=1e-5)
+    text_cfg["hf_pooler_type"] = "mean_pooler"
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MedvlkitError, match="older name"):
+        create_model(f"open_clip:{folder}")

@@ -64,7 +64,7 @@ CacheDirOpt = typer.Option(None, "--cache-dir", help="embedding cache folder (de
                                                      "~/.cache/medvlkit)")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bar")
 TokenizerOpt = typer.Option(None, "--tokenizer", help="tokenizer folder for openai-ckpt:, open_clip:DIR, gloria:, "
-                            "pmc-clip:, flair: and conch: models")
+                            "pmc-clip:, flair:, conch:, unimed: and bmc: models")
 PathColOpt = typer.Option(None, "--path-column", help="CSV column with image paths")
 LabelColsOpt = typer.Option(None, "--label-columns", help="comma-separated CSV label columns")
 UncertainOpt = typer.Option(None, "--uncertain", help="CheXpert -1 labels (CSV data): ignore (NaN; default), zeros "

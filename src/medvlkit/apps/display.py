@@ -28,9 +28,11 @@ def print_models(presets: list, status: dict[str, str]) -> None:
         print("\nTo fetch ahead of time (e.g. for a machine that goes offline later):")
         for p in missing:
             print(f"  medvlkit download {p.name}" if p.hub_id else f"  {p.name}: {p.fetch}")
+            if p.hub_id and not p.fetch.startswith("medvlkit download"):  # more to it (CONCH's tokenizer)
+                print(f"    {p.name}: {p.fetch}")
     print("\nAny local copy works through its source: hf:DIR (transformers CLIP/SigLIP), openai-ckpt:FILE, "
           "open_clip:DIR, biomedclip:DIR, biovil:DIR, medclip:DIR, gloria:FILE, pmc-clip:FILE, flair:FILE, "
-          "conch:DIR, ft:DIR (README, Models). Hub ids "
+          "conch:DIR, unimed:FILE, bmc:FILE, ft:DIR (README, Models). Hub ids "
           "(hf:org/name[@revision], open_clip:hf-hub:org/name, biomedclip:org/name) download on first use; "
           "--offline or HF_HUB_OFFLINE=1 reads the cache only.")
 

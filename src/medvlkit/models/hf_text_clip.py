@@ -184,7 +184,7 @@ def bert_config_from_shapes(bert_sd: dict[str, torch.Tensor]):
                       max_position_embeddings=bert_sd["embeddings.position_embeddings.weight"].shape[0])
 
 
-def _bert(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict, with_pooler: bool, what: str):
+def bert_tower(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict, with_pooler: bool, what: str):
     """transformers' BertModel from the checkpoint: config from ``hf_model_name`` when it is a local folder, else
     inferred from the tensor shapes (heads of width 64, as every released BERT)."""
     from transformers import BertConfig, BertModel
@@ -227,7 +227,7 @@ def _timm_vision(sd: dict[str, torch.Tensor], vision_cfg: dict, embed_dim: int) 
     return trunk, image_proj
 
 
-def _open_clip_vision(sd: dict[str, torch.Tensor], model_cfg: dict) -> tuple[nn.Module, nn.Linear]:
+def open_clip_vision(sd: dict[str, torch.Tensor], model_cfg: dict) -> tuple[nn.Module, nn.Linear]:
     """open_clip's own ViT (``visual.*`` keys) as transformers' ``CLIPVisionModelWithProjection``."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -245,7 +245,7 @@ def _open_clip_vision(sd: dict[str, torch.Tensor], model_cfg: dict) -> tuple[nn.
     return _ClipVision(model.vision_model), model.visual_projection
 
 
-def _text_proj(sd: dict[str, torch.Tensor], proj_type, width: int, embed_dim: int) -> nn.Module:
+def text_projection(sd: dict[str, torch.Tensor], proj_type, width: int, embed_dim: int) -> nn.Module:
     if proj_type == "mlp":
         w0, w2 = sd["text.proj.0.weight"], sd["text.proj.2.weight"]
         proj: nn.Module = nn.Sequential(nn.Linear(w0.shape[1], w0.shape[0], bias=False), nn.GELU(),
@@ -267,7 +267,13 @@ def check_options(model_cfg: dict, what: str, folder: Path) -> tuple[str, str | 
         MedvlkitError: a pooler, projection or image tower medvlkit does not implement.
     """
     vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-    pooler, proj = text_cfg.get("hf_pooler_type", "mean_pooler"), text_cfg.get("hf_proj_type", "mlp")
+    # open_clip before 2.21 named them pooler_type and proj (BiomedCLIP's hub config did for years): the same options
+    for new, old in (("hf_pooler_type", "pooler_type"), ("hf_proj_type", "proj")):
+        if new in text_cfg and old in text_cfg and text_cfg[new] != text_cfg[old]:
+            raise MedvlkitError(f"{what}{folder}: text_cfg says {new}={text_cfg[new]!r} and (open_clip's older name) "
+                                f"{old}={text_cfg[old]!r}; which one the weights were trained with is unclear")
+    pooler = text_cfg.get("hf_pooler_type", text_cfg.get("pooler_type", "mean_pooler"))
+    proj = text_cfg.get("hf_proj_type", text_cfg.get("proj", "mlp"))
     if pooler not in POOLERS:
         raise MedvlkitError(f"{what}{folder}: hf_pooler_type '{pooler}' is not read natively (medvlkit reads "
                             f"{', '.join(POOLERS)}; open_clip's max_pooler masks the real tokens, not the padding)")
@@ -302,9 +308,9 @@ def load_hf_text_clip(folder: Path, what: str, device: str = "cpu",
     sd = read_weights(weights, "is it an open_clip checkpoint?")
     try:
         trunk, image_proj = (_timm_vision(sd, vision_cfg, model_cfg["embed_dim"]) if vision_cfg.get("timm_model_name")
-                             else _open_clip_vision(sd, model_cfg))
-        bert = _bert(sd, folder, text_cfg, pooler == "cls_pooler", what)
-        text_proj = _text_proj(sd, proj_type, bert.config.hidden_size, model_cfg["embed_dim"])
+                             else open_clip_vision(sd, model_cfg))
+        bert = bert_tower(sd, folder, text_cfg, pooler == "cls_pooler", what)
+        text_proj = text_projection(sd, proj_type, bert.config.hidden_size, model_cfg["embed_dim"])
         logit_scale = sd["logit_scale"]
     except (KeyError, RuntimeError, ValueError, IndexError) as err:
         raise MedvlkitError(f"{what}{folder}: {weights.name} does not match its open_clip_config.json "

@@ -99,9 +99,6 @@ def _unsupported(model_cfg: dict) -> list[str]:
 
 def load_open_clip_folder(folder: Path, device: str, dtype: torch.dtype, tokenizer: str | None = None) -> ModelBase:
     """An open_clip hub-layout folder through medvlkit's own modules (see the module docstring)."""
-    from transformers import CLIPModel
-
-    from medvlkit.models.openai_ckpt import find_tokenizer, infer_clip_config, openai_to_hf_state_dict
     from medvlkit.models.weight_files import read_weights
 
     cfg = read_open_clip_config(folder, "open_clip")
@@ -128,6 +125,24 @@ def load_open_clip_folder(folder: Path, device: str, dtype: torch.dtype, tokeniz
                             "for it")
     path = weights_file(folder, "open_clip")
     sd = read_weights(path, "is it an open_clip checkpoint?")
+    pre = preprocess_from_config(cfg, vision_cfg.get("image_size", 224))
+    return open_clip_vit(sd, model_cfg, pre, path, f"open_clip:{folder}", tokenizer, device, dtype)
+
+
+def open_clip_vit(sd: dict[str, torch.Tensor], model_cfg: dict, pre: PreprocessCfg, path: Path, name: str,
+                  tokenizer: str | None, device: str, dtype: torch.dtype) -> ModelBase:
+    """open_clip's standard ViT CLIP from its state dict (OpenAI's key layout) and ``model_cfg`` (the activation, the
+    text heads and MLP ratio, the vision head width: what the weights do not say), as transformers' ``CLIPModel``.
+
+    Raises:
+        MedvlkitError: the weights do not match the config.
+    """
+    from transformers import CLIPModel
+
+    from medvlkit.models.hf import HFDualEncoder
+    from medvlkit.models.openai_ckpt import find_tokenizer, infer_clip_config, openai_to_hf_state_dict
+
+    text_cfg = model_cfg["text_cfg"]
     act = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
     try:
         config = infer_clip_config(sd)
@@ -140,20 +155,16 @@ def load_open_clip_folder(folder: Path, device: str, dtype: torch.dtype, tokeniz
         model = CLIPModel(config)
         missing, unexpected = model.load_state_dict(openai_to_hf_state_dict(sd), strict=False)
     except (KeyError, IndexError, ValueError, RuntimeError, MedvlkitError) as err:
-        raise MedvlkitError(f"open_clip:{folder}: {path.name} is not an open_clip ViT CLIP checkpoint "
+        raise MedvlkitError(f"{name}: {path.name} is not an open_clip ViT CLIP checkpoint "
                             f"({first_line(err)})") from None
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise MedvlkitError(f"open_clip:{folder}: {path.name} does not match its config: missing {missing[:3]}, "
+        raise MedvlkitError(f"{name}: {path.name} does not match its config: missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]}")
-    from medvlkit.models.hf import HFDualEncoder
-
-    pre = preprocess_from_config(cfg, vision_cfg.get("image_size", 224))
-    logger.info("open_clip:%s read natively: ViT width %d, %s", folder, v_width, act)
+    logger.info("%s read natively: ViT width %d, %s", name, v_width, act)
     tok = find_tokenizer(path, tokenizer, config.text_config.vocab_size)
     moved = cast(Any, model).to(device=device, dtype=dtype)
-    return HFDualEncoder(moved, tok, pre, name=f"open_clip:{folder}",
-                         weight_files=[str(path)])
+    return HFDualEncoder(moved, tok, pre, name=name, weight_files=[str(path)])
 
 
 def _weight_files(open_clip, arch: str, pretrained: str) -> list[str]:

@@ -176,6 +176,25 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 "conch_byte_level_bpe_uncased.json from github.com/mahmoodlab/CONCH "
                 "(conch/open_clip_custom/tokenizers/) there too (or: medvlkit download conch, then --tokenizer FILE)",
                 "", hub="MahmoodLab/CONCH"),
+    *[ModelPreset(f"unimed-clip-{v}", f"unimed:$MEDVLKIT_MODELS/unimed-clip-{v}/{file}",
+                  f"UniMed-CLIP (Khattak et al. 2024): open_clip {arch} (QuickGELU) + {bert}, trained on 5.3M "
+                  "image-text pairs of six modalities (X-ray, CT, MRI, ultrasound, pathology, fundus) built from "
+                  "public datasets with LLM-written captions", "CC-BY-NC-4.0 (the weights' hub pages)",
+                  f"{size} px, short side resized (bicubic) + centre crop, CLIP mean/std; texts up to 256 tokens",
+                  f"download {file} (linked from github.com/mbzuai-oryx/UniMed-CLIP; also on the hub under "
+                  f"UzairK/) into $MEDVLKIT_MODELS/unimed-clip-{v}; hf download microsoft/{bert} vocab.txt "
+                  f"config.json tokenizer_config.json --local-dir $MEDVLKIT_MODELS/unimed-clip-{v}/text", file)
+      for v, arch, size, bert, file in (
+          ("b16", "ViT-B/16", 224, "BiomedNLP-BiomedBERT-base-uncased-abstract", "unimed_clip_vit_b16.pt"),
+          ("l14-base", "ViT-L/14", 336, "BiomedNLP-BiomedBERT-base-uncased-abstract",
+           "unimed_clip_vit_l14_base_text_encoder.pt"),
+          ("l14-large", "ViT-L/14", 336, "BiomedNLP-BiomedBERT-large-uncased-abstract",
+           "unimed_clip_vit_l14_large_text_encoder.pt"))],
+    ModelPreset("bmc-clip", "bmc:$MEDVLKIT_MODELS/bmc-clip",
+                "BMC-CLIP / BMCA-CLIP (Lozano et al. 2025): open_clip ViT-L/14 continually pretrained on BIOMEDICA "
+                "(24M image-caption pairs from PubMed Central; the concept-filtered variant, BMC_CLIP_CF)",
+                "MIT (the hub repository's)", "224 px, short side resized (bicubic) + centre crop, CLIP mean/std",
+                _hf_fetch("BIOMEDICA/BMC_CLIP_CF", "bmc-clip"), "", hub="BIOMEDICA/BMC_CLIP_CF"),
     ModelPreset("rad-dino", "hf:microsoft/rad-dino",
                 "RAD-DINO (Perez-Garcia et al. 2024): DINOv2 ViT-B/14 trained self-supervised on chest X-rays from "
                 "five public and private datasets; image-only (no text tower): embed, probe, search by image, "

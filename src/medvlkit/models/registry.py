@@ -2,7 +2,7 @@
 
 A spec is ``lite``, a preset name (``medvlkit models``), or ``<source>:<ref>`` where source is one of
 ``hf``, ``openai-ckpt``, ``open_clip``, ``biomedclip``, ``biovil``, ``medclip``, ``gloria``, ``pmc-clip``,
-``flair``, ``conch``, ``ft``, ``onnx``. Sources register themselves with :func:`register_source`.
+``flair``, ``conch``, ``unimed``, ``bmc``, ``ft``, ``onnx``. Sources register themselves with :func:`register_source`.
 """
 
 from __future__ import annotations
@@ -38,11 +38,14 @@ _SOURCES: dict[str, Callable[..., ModelBase] | str] = {
     "pmc-clip": "medvlkit.models.pmc_clip:load_pmc_clip",
     "flair": "medvlkit.models.flair:load_flair",
     "conch": "medvlkit.models.conch:load_conch",
+    "unimed": "medvlkit.models.unimed:load_unimed",
+    "bmc": "medvlkit.models.bmc_clip:load_bmc",
     "ft": "medvlkit.tasks.finetune.saved:load_finetuned",
     "onnx": "medvlkit.models.onnx_model:load_onnx",
 }
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")  # --precision: the dtype weights are cast to for inference
-_TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria", "pmc-clip", "flair", "conch")  # take tokenizer=DIR
+# the loaders that take tokenizer=DIR
+_TOKENIZER_SOURCES = ("openai-ckpt", "open_clip", "gloria", "pmc-clip", "flair", "conch", "unimed", "bmc")
 
 
 def register_source(prefix: str) -> Callable[[Callable[..., ModelBase]], Callable[..., ModelBase]]:
@@ -142,13 +145,14 @@ def preset_status(preset: ModelPreset) -> str:
     return "not on this machine"
 
 
-_HUB_SOURCES = ("open_clip:hf-hub:", "hf:", "biomedclip:", "biovil:", "conch:")  # references that can be hub ids
+# the sources whose reference can be a hub id
+_HUB_SOURCES = ("open_clip:hf-hub:", "hf:", "biomedclip:", "biovil:", "conch:", "bmc:")
 
 
 def download(name: str) -> Snapshot:
     """Fetch a preset's hub repository, or a hub spec's (``hf:org/name[@revision]``, ``open_clip:hf-hub:...``,
-    ``biomedclip:...``, ``biovil:...``, ``conch:...``), into the Hugging Face cache, for a machine that goes offline
-    later.
+    ``biomedclip:...``, ``biovil:...``, ``conch:...``, ``bmc:...``), into the Hugging Face cache, for a machine that
+    goes offline later.
 
     Raises:
         MedvlkitError: a preset whose weights are fetched by hand (the steps are named), a spec that names no hub
@@ -168,7 +172,7 @@ def download(name: str) -> Snapshot:
         hub_presets = ", ".join(p for p in PRESETS if PRESETS[p].hub_id)
         raise MedvlkitError(f"medvlkit download {name}: give a preset ({hub_presets}) or a hub spec: "
                             "hf:org/name[@revision], open_clip:hf-hub:org/name, biomedclip:org/name, biovil:org/name, "
-                            "conch:org/name")
+                            "conch:org/name, bmc:org/name")
     return fetch(hub, prefix)
 
 
