@@ -70,5 +70,8 @@ def test_the_preset_reads_the_release_and_runs_the_tasks(tmp_path):
     assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
                  str(tmp_path / "z")]) == 0
     assert main(["probe", *base, "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
+    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
+    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
+                 "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
     result = json.loads((tmp_path / "z" / "result.json").read_text())
     assert "eyeclip.pth" in json.dumps(result)

@@ -61,6 +61,7 @@ def test_the_preset_runs_the_tasks(tmp_path):
     assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
                  str(tmp_path / "z")]) == 0
     assert main(["probe", *base, "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
+    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
     assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
                  "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
     meta = json.loads((tmp_path / "f" / "best" / "finetune.json").read_text())
