@@ -343,3 +343,19 @@ def proc_status_mb(pid: int, field: str = "VmRSS") -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def run_tasks(spec: str, tmp_path: Path, probe_features: str = "embedding") -> dict:
+    """Zero-shot, embed, probe (``--features probe_features``) and LoRA fine-tuning (default targets, 2 steps) of
+    model ``spec`` through the CLI on a tiny generated dataset, each asserted to exit 0; returns ``finetune.json``."""
+    from medvlkit.apps.cli import main
+
+    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
+    base = ["--model", spec, "--data", str(data), "-q", "--workers", "0"]
+    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
+                 str(tmp_path / "z")]) == 0
+    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
+    assert main(["probe", *base, "--features", probe_features, "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
+    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
+                 "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
+    return json.loads((tmp_path / "f" / "best" / "finetune.json").read_text())

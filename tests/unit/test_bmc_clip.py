@@ -76,19 +76,9 @@ def test_a_checkpoint_of_something_else_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_the_preset_runs_the_tasks(tmp_path):
-    import json
     import os
 
-    from helpers import make_split_folders
-    from medvlkit.apps.cli import main
+    from helpers import run_tasks
 
     released(Path(os.environ["MEDVLKIT_MODELS"]) / "bmc-clip" / "BMC_CLIP_CF.pt")
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", "bmc-clip", "--data", str(data), "-q", "--workers", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
-                 str(tmp_path / "z")]) == 0
-    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
-    assert main(["probe", *base, "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                 "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
-    assert json.loads((tmp_path / "f" / "best" / "finetune.json").read_text())["lora_layers"]
+    assert run_tasks("bmc-clip", tmp_path)["lora_layers"]

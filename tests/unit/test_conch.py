@@ -77,19 +77,10 @@ def test_the_class_token_mask_is_open_clip_s():
 
 @pytest.mark.slow
 def test_the_preset_runs_the_tasks(tmp_path):
-    from helpers import make_split_folders
-    from medvlkit.apps.cli import main
+    from helpers import run_tasks
 
     released(Path(os.environ["MEDVLKIT_MODELS"]) / "conch")
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", "conch", "--data", str(data), "-q", "--workers", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
-                 str(tmp_path / "z")]) == 0
-    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
-    assert main(["probe", *base, "--features", "backbone", "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                 "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
-    meta = json.loads((tmp_path / "f" / "best" / "finetune.json").read_text())
+    meta = run_tasks("conch", tmp_path, probe_features="backbone")
     assert any(n.endswith("qkv") for n in meta["lora_layers"]) and any("out_proj" in n for n in meta["lora_layers"])
 
 

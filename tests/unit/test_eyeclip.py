@@ -61,17 +61,8 @@ def test_other_unknown_tensors_are_refused(tmp_path):
 def test_the_preset_reads_the_release_and_runs_the_tasks(tmp_path):
     import os
 
-    from helpers import make_split_folders
-    from medvlkit.apps.cli import main
+    from helpers import run_tasks
 
     released_checkpoint(Path(os.environ["MEDVLKIT_MODELS"]) / "eyeclip" / "eyeclip.pth")
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", "eyeclip", "--data", str(data), "-q", "--workers", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
-                 str(tmp_path / "z")]) == 0
-    assert main(["probe", *base, "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
-    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                 "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
-    result = json.loads((tmp_path / "z" / "result.json").read_text())
-    assert "eyeclip.pth" in json.dumps(result)
+    assert run_tasks("eyeclip", tmp_path)["lora_layers"]
+    assert "eyeclip.pth" in (tmp_path / "z" / "result.json").read_text()

@@ -3,7 +3,6 @@ own ``pmc_clip/model/pmc_clip.py`` on tiny seeded weights in the released layout
 by its ``make.py`` in a throwaway venv); the MLM-only tensors are left out by name, any other tensor is refused; the
 padding takes part in the text tower as PMC-CLIP runs it."""
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -64,17 +63,8 @@ def test_other_tensors_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_the_preset_runs_the_tasks(tmp_path):
-    from helpers import make_split_folders
-    from medvlkit.apps.cli import main
+    from helpers import run_tasks
 
     shutil.copytree(FIXTURE, Path(os.environ["MEDVLKIT_MODELS"]) / "pmc-clip")
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", "pmc-clip", "--data", str(data), "-q", "--workers", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
-                 str(tmp_path / "z")]) == 0
-    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
-    assert main(["probe", *base, "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                 "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
-    meta = json.loads((tmp_path / "f" / "best" / "finetune.json").read_text())
+    meta = run_tasks("pmc-clip", tmp_path)
     assert any("attnpool" in n for n in meta["lora_layers"]) and any("bert" in n for n in meta["lora_layers"])

@@ -3,7 +3,6 @@ UniMed-CLIP's own fork of open_clip (``CLIP`` + ``HFTextEncoder`` + ``HFTokenize
 release's layout, numpy numbers beside the tensors included (``tests/fixtures/unimed_clip``, made by its ``make.py``
 in a throwaway venv); other tensors are refused."""
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -49,20 +48,11 @@ def test_other_tensors_and_other_pickles_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_the_preset_runs_the_tasks(tmp_path):
-    from helpers import make_split_folders
-    from medvlkit.apps.cli import main
+    from helpers import run_tasks
 
     folder = Path(os.environ["MEDVLKIT_MODELS"]) / "unimed-clip-b16"
     folder.mkdir(parents=True)
     shutil.copy(FIXTURE / "checkpoint.pt", folder / "unimed_clip_vit_b16.pt")
     shutil.copytree(FIXTURE / "text", folder / "text")
-    data = make_split_folders(tmp_path / "d", {"train": 4, "val": 2, "test": 2})
-    base = ["--model", "unimed-clip-b16", "--data", str(data), "-q", "--workers", "0"]
-    assert main(["zeroshot", *base, "--split", "test", "--prompts", "pneumonia", "--bootstrap", "0", "--out",
-                 str(tmp_path / "z")]) == 0
-    assert main(["probe", *base, "--bootstrap", "0", "--out", str(tmp_path / "p")]) == 0
-    assert main(["embed", *base, "--split", "test", "--out", str(tmp_path / "e")]) == 0
-    assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                 "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
-    meta = json.loads((tmp_path / "f" / "best" / "finetune.json").read_text())
+    meta = run_tasks("unimed-clip-b16", tmp_path)
     assert any("q_proj" in n for n in meta["lora_layers"]) and any("query" in n for n in meta["lora_layers"])

@@ -113,7 +113,28 @@ def infer_resnet_config(sd: dict[str, torch.Tensor]) -> dict:
             "output_dim": sd["text_projection"].shape[1]}
 
 
-class ResNetCLIP(LearnedTemperature, ModelBase):
+class ModifiedResNetImage(ModelBase):
+    """The image side of a model whose tower is a :class:`ModifiedResNet` at ``self.visual`` (OpenAI's ResNet CLIPs,
+    PMC-CLIP): embeddings, the feature map for heatmaps, and backbone features."""
+
+    visual: ModifiedResNet
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        feats = self.visual(pixels.to(self.device, self.dtype))
+        return l2_normalize(feats) if normalize else feats
+
+    def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.visual.trunk(pixels.to(self.device, self.dtype))
+
+    def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.visual.attnpool(fmap)
+
+    def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The final feature map averaged over space (RN50: 2048-d), before attention pooling."""
+        return self.image_feature_map(pixels).mean(dim=(2, 3))
+
+
+class ResNetCLIP(LearnedTemperature, ModifiedResNetImage):
     """An OpenAI ResNet CLIP behind the medvlkit surface.
 
     Args:
@@ -137,20 +158,6 @@ class ResNetCLIP(LearnedTemperature, ModelBase):
     def token_recipe(self) -> TokenizerRecipe:
         return TokenizerRecipe(self.context_length)
 
-    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        feats = self.visual(pixels.to(self.device, self.dtype))
-        return l2_normalize(feats) if normalize else feats
-
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         feats = self.text(**{k: v.to(self.device) for k, v in tokens.items()}).text_embeds
         return l2_normalize(feats) if normalize else feats
-
-    def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.visual.trunk(pixels.to(self.device, self.dtype))
-
-    def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.visual.attnpool(fmap)
-
-    def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The final feature map averaged over space (RN50: 2048-d), before attention pooling."""
-        return self.image_feature_map(pixels).mean(dim=(2, 3))

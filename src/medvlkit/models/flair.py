@@ -30,6 +30,7 @@ from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.bert_files import bert_from_weights, bert_tokenizer, text_folder
 from medvlkit.models.medclip import MedCLIP
 from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.torchvision_resnet import TorchvisionResNet, resnet_depth
@@ -60,20 +61,6 @@ def _linear(sd: dict[str, torch.Tensor], prefix: str) -> nn.Linear:
     return layer
 
 
-def _bert(sd: dict[str, torch.Tensor], text_dir: Path):
-    from transformers import BertConfig, BertModel
-
-    from medvlkit.models.hf_text_clip import bert_config_from_shapes
-
-    bert_sd = {k[len(_TEXT):]: v for k, v in sd.items() if k.startswith(_TEXT)}
-    bert_sd.pop("embeddings.position_ids", None)  # written by transformers < 4.31
-    cfg_file = text_dir / "config.json"
-    config = BertConfig.from_json_file(str(cfg_file)) if cfg_file.is_file() else bert_config_from_shapes(bert_sd)
-    bert = BertModel(config, add_pooling_layer=any(k.startswith("pooler.") for k in bert_sd))
-    bert.load_state_dict(bert_sd)
-    return bert
-
-
 def load_flair(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                tokenizer: str | None = None) -> FLAIR:
     """``flair:FILE``: FLAIR's released ``flair_resnet.pth``; Bio_ClinicalBERT's ``vocab.txt`` (and optionally its
@@ -83,8 +70,6 @@ def load_flair(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32
     Raises:
         MedvlkitError: a missing file, a checkpoint that is not FLAIR's, or no tokenizer.
     """
-    from transformers import AutoTokenizer, BertTokenizer
-
     path = Path(ref).expanduser()
     if not path.is_file():
         raise MedvlkitError(f"flair:{path}: no such file; pass FLAIR's released flair_resnet.pth")
@@ -96,24 +81,18 @@ def load_flair(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32
     if odd:
         raise MedvlkitError(f"flair:{path}: tensors FLAIR does not have: {', '.join(odd[:5])}; is this another "
                             "model's checkpoint?")
-    text_dir = Path(tokenizer).expanduser() if tokenizer else next(
-        (d for d in (path.parent / "text", path.parent) if (d / "vocab.txt").is_file()), path.parent / "text")
+    text_dir = text_folder(path, tokenizer)
     try:
         resnet = TorchvisionResNet(resnet_depth(sd, _VISION))
         resnet.fc = nn.Identity()  # FLAIR's VisionModel replaces the classifier by Identity
         resnet.load_state_dict({k[len(_VISION):]: v for k, v in sd.items() if k.startswith(_VISION)})
         vision_proj, text_proj = _linear(sd, _VISION_PROJ), _linear(sd, _TEXT_PROJ)
-        bert = _bert(sd, text_dir)
+        bert = bert_from_weights({k[len(_TEXT):]: v for k, v in sd.items() if k.startswith(_TEXT)}, text_dir)
         logit_scale = sd["logit_scale"]
     except (KeyError, RuntimeError, ValueError) as err:
         raise MedvlkitError(f"flair:{path}: the checkpoint does not match FLAIR's ResNet + BERT "
                             f"({first_line(err)})") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(text_dir, local_files_only=True) \
-            if (text_dir / "tokenizer_config.json").is_file() else BertTokenizer(str(text_dir / "vocab.txt"))
-    except Exception as err:  # noqa: BLE001 - transformers raises many types for missing tokenizer files
-        raise MedvlkitError(f"flair:{path}: no Bio_ClinicalBERT tokenizer (vocab.txt) in {text_dir}; pass "
-                            f"--tokenizer DIR ({first_line(err)})") from None
+    tok = bert_tokenizer(text_dir, f"flair:{path}: no Bio_ClinicalBERT tokenizer")
     cfg = preprocess_beside(path.parent, FLAIR_PREPROCESS) or FLAIR_PREPROCESS
     model = FLAIR(resnet, vision_proj, bert, text_proj, tok, logit_scale, cfg, f"flair:{ref}", [str(path)],
                   swin=False)

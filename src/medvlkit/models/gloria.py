@@ -35,6 +35,7 @@ from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, l2_normalize
+from medvlkit.models.bert_files import bert_tokenizer, text_folder
 from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.torchvision_resnet import TorchvisionResNet, resnet_depth
 
@@ -119,7 +120,6 @@ def load_gloria(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float3
                 tokenizer: str | None = None) -> GLoRIA:
     """``gloria:FILE``: a released GLoRIA checkpoint; Bio_ClinicalBERT's ``vocab.txt`` (and optionally
     ``config.json``) in ``--tokenizer DIR``, else in ``text/`` beside the file, else beside the file."""
-    from transformers import AutoTokenizer, BertTokenizer
 
     from medvlkit.models.torchscript import read_checkpoint_state_dict
 
@@ -134,8 +134,7 @@ def load_gloria(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     if "img_encoder.global_embedder.weight" not in sd:
         raise MedvlkitError(f"gloria:{path}: not a GLoRIA checkpoint (no gloria.img_encoder.global_embedder in its "
                             "state_dict)")
-    text_dir = Path(tokenizer).expanduser() if tokenizer else next(
-        (d for d in (path.parent / "text", path.parent) if (d / "vocab.txt").is_file()), path.parent / "text")
+    text_dir = text_folder(path, tokenizer)
     try:
         resnet = TorchvisionResNet(resnet_depth(sd, "img_encoder.model."))
         resnet.fc = nn.Identity()  # cnn_backbones.resnet_50 replaces fc by Identity
@@ -151,11 +150,6 @@ def load_gloria(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     if bert.config.hidden_size != image_proj.out_features:
         raise MedvlkitError(f"gloria:{path}: text width {bert.config.hidden_size} != image embedding "
                             f"{image_proj.out_features}")
-    try:
-        tok = AutoTokenizer.from_pretrained(text_dir, local_files_only=True) \
-            if (text_dir / "tokenizer_config.json").is_file() else BertTokenizer(str(text_dir / "vocab.txt"))
-    except Exception as err:  # noqa: BLE001 - transformers raises many types for missing tokenizer files
-        raise MedvlkitError(f"gloria:{path}: no Bio_ClinicalBERT tokenizer (vocab.txt) in {text_dir}; pass "
-                            f"--tokenizer DIR ({first_line(err)})") from None
+    tok = bert_tokenizer(text_dir, f"gloria:{path}: no Bio_ClinicalBERT tokenizer")
     cfg = preprocess_beside(path.parent, GLORIA_PREPROCESS) or GLORIA_PREPROCESS
     return GLoRIA(resnet, image_proj, bert, tok, cfg, f"gloria:{ref}", [str(path)]).to(device=device, dtype=dtype)

@@ -30,6 +30,7 @@ from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
+from medvlkit.models.bert_files import bert_config_from_shapes
 from medvlkit.models.weight_files import read_weights
 
 # timm's heads per ViT name (the weights do not say: qkv is fused); head width 64 in every released ViT.
@@ -169,19 +170,6 @@ class HFTextCLIP(LearnedTemperature, ModelBase):
 
 
 BiomedCLIP = HFTextCLIP  # BiomedCLIP is one configuration of it (timm ViT, cls_last_hidden_state_pooler, mlp)
-
-
-def bert_config_from_shapes(bert_sd: dict[str, torch.Tensor]):
-    """A transformers ``BertConfig`` from a ``BertModel`` state dict's shapes (heads of width 64, as in every released
-    BERT; the rest of BERT-base's settings). Only for towers known to be BERTs: a RoBERTa has the same tensor names."""
-    from transformers import BertConfig
-
-    hidden = bert_sd["embeddings.word_embeddings.weight"].shape[1]
-    return BertConfig(vocab_size=bert_sd["embeddings.word_embeddings.weight"].shape[0], hidden_size=hidden,
-                      num_hidden_layers=len({k.split(".")[2] for k in bert_sd if k.startswith("encoder.layer.")}),
-                      num_attention_heads=max(1, hidden // 64),
-                      intermediate_size=bert_sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
-                      max_position_embeddings=bert_sd["embeddings.position_embeddings.weight"].shape[0])
 
 
 def bert_tower(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict, with_pooler: bool, what: str):

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
-from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
-from medvlkit.models.clip_resnet import ModifiedResNet, infer_resnet_config
+from medvlkit.models.base import LearnedTemperature, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
+from medvlkit.models.bert_files import bert_from_weights, bert_tokenizer, text_folder
+from medvlkit.models.clip_resnet import ModifiedResNet, ModifiedResNetImage, infer_resnet_config
 from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.weight_files import read_weights
 
@@ -39,7 +40,7 @@ _MLM_ONLY = ("fusion_module.", "img_special_token", "mlm_projection", "positiona
              "text_encoder.pooler.", "text_encoder.embeddings.position_ids")
 
 
-class PMCCLIP(LearnedTemperature, ModelBase):
+class PMCCLIP(LearnedTemperature, ModifiedResNetImage):
     """PMC-CLIP's contrastive towers (see the module docstring) behind the medvlkit surface."""
 
     default_lora_targets = ("q_proj", "v_proj", "c_proj", "query", "value")  # attention pool, PubMedBERT attention
@@ -59,25 +60,11 @@ class PMCCLIP(LearnedTemperature, ModelBase):
     def token_recipe(self) -> TokenizerRecipe:
         return TokenizerRecipe(self.context_length, padding="max_length", keys=("input_ids",))
 
-    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        feats = self.visual(pixels.to(self.device, self.dtype))
-        return l2_normalize(feats) if normalize else feats
-
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         ids = tokens["input_ids"].to(self.device)
         hidden = self.bert(input_ids=ids).last_hidden_state  # no attention mask: PMC-CLIP attends to the padding
         feats = self.text_proj(hidden[:, 0])
         return l2_normalize(feats) if normalize else feats
-
-    def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.visual.trunk(pixels.to(self.device, self.dtype))
-
-    def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.visual.attnpool(fmap)
-
-    def image_backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The ResNet's globally averaged last feature map (before the attention pool)."""
-        return self.image_feature_map(pixels).mean(dim=(2, 3))
 
 
 def _contrastive_tensors(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -97,19 +84,6 @@ def _contrastive_tensors(sd: dict[str, torch.Tensor], path: Path) -> dict[str, t
     return kept
 
 
-def _bert(sd: dict[str, torch.Tensor], text_dir: Path):
-    from transformers import BertConfig, BertModel
-
-    from medvlkit.models.hf_text_clip import bert_config_from_shapes
-
-    bert_sd = {k[len("text_encoder."):]: v for k, v in sd.items() if k.startswith("text_encoder.")}
-    cfg_file = text_dir / "config.json"
-    config = BertConfig.from_json_file(str(cfg_file)) if cfg_file.is_file() else bert_config_from_shapes(bert_sd)
-    bert = BertModel(config, add_pooling_layer=False)
-    bert.load_state_dict(bert_sd)
-    return bert
-
-
 def load_pmc_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                   tokenizer: str | None = None) -> PMCCLIP:
     """``pmc-clip:FILE``: a released PMC-CLIP ``checkpoint.pt``; PubMedBERT's ``vocab.txt`` (and optionally its
@@ -119,8 +93,6 @@ def load_pmc_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     Raises:
         MedvlkitError: a missing file, a checkpoint that is not PMC-CLIP's, or no tokenizer.
     """
-    from transformers import AutoTokenizer, BertTokenizer
-
     path = Path(ref).expanduser()
     if not path.is_file():
         raise MedvlkitError(f"pmc-clip:{path}: no such file; pass PMC-CLIP's released checkpoint.pt")
@@ -128,13 +100,13 @@ def load_pmc_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     positions = raw.get("module.positional_embedding", raw.get("positional_embedding"))
     context = int(positions.shape[0]) if positions is not None else CONTEXT_LENGTH
     sd = _contrastive_tensors(raw, path)
-    text_dir = Path(tokenizer).expanduser() if tokenizer else next(
-        (d for d in (path.parent / "text", path.parent) if (d / "vocab.txt").is_file()), path.parent / "text")
+    text_dir = text_folder(path, tokenizer)
     try:
         arch = infer_resnet_config(sd)
         visual = ModifiedResNet(**arch)
         visual.load_state_dict({k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")})
-        bert = _bert(sd, text_dir)
+        bert = bert_from_weights({k[len("text_encoder."):]: v for k, v in sd.items() if k.startswith("text_encoder.")},
+                                 text_dir, with_pooler=False)
         proj = sd["text_projection"]  # (text width, embed): features @ proj
         text_proj = nn.Linear(proj.shape[0], proj.shape[1], bias=False)
         text_proj.load_state_dict({"weight": proj.t().contiguous()})
@@ -142,12 +114,7 @@ def load_pmc_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     except (KeyError, RuntimeError, ValueError, IndexError) as err:
         raise MedvlkitError(f"pmc-clip:{path}: the checkpoint does not match PMC-CLIP's ModifiedResNet + BERT "
                             f"({first_line(err)})") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(text_dir, local_files_only=True) \
-            if (text_dir / "tokenizer_config.json").is_file() else BertTokenizer(str(text_dir / "vocab.txt"))
-    except Exception as err:  # noqa: BLE001 - transformers raises many types for missing tokenizer files
-        raise MedvlkitError(f"pmc-clip:{path}: no PubMedBERT tokenizer (vocab.txt) in {text_dir}; pass --tokenizer "
-                            f"DIR ({first_line(err)})") from None
+    tok = bert_tokenizer(text_dir, f"pmc-clip:{path}: no PubMedBERT tokenizer")
     cfg = preprocess_beside(path.parent) or PreprocessCfg(image_size=arch["input_resolution"])
     model = PMCCLIP(visual, bert, text_proj, tok, logit_scale, context, cfg, f"pmc-clip:{ref}", [str(path)])
     return model.to(device=device, dtype=dtype)
