@@ -296,7 +296,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
 
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
     """
-    from medvlkit.apps.display import print_gated, print_metrics, print_prompt_set
+    from medvlkit.apps.display import print_gated, print_metrics, print_predictions, print_prompt_set
     from medvlkit.data.prompts import resolve_prompt_set
     from medvlkit.tasks.zeroshot import zeroshot_task
 
@@ -309,6 +309,8 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     print_gated(result)
     print_prompt_set(result)
     print_metrics(result)
+    if not result.get("metrics"):  # no labels: the answers themselves
+        print_predictions(out_dir / "predictions.csv")
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
 
 

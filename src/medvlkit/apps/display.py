@@ -87,6 +87,28 @@ def print_metrics(result: dict) -> None:
     print_binary(result)
 
 
+def print_predictions(predictions_csv: Path, shown: int = 10, top: int = 3) -> None:
+    """Each image's top classes with their probabilities, for the first ``shown`` images of a run's
+    ``predictions.csv`` (the file the run wrote: the same numbers), then how many more there are; an image outside
+    the prompt set's domain is flagged."""
+    import csv
+
+    with open(predictions_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    classes = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
+    table = Table("image", f"top {min(top, len(classes))} (probability)")
+    for row in rows[:shown]:
+        probs = sorted(((float(row[f"prob_{c}"]), c) for c in classes if row.get(f"prob_{c}")), reverse=True)
+        flag = "  [outside the prompt set's domain]" if row.get("in_domain") == "0" else ""
+        answer = ", ".join(f"{escape(c)} {p:.3f}" for p, c in probs[:top]) + flag
+        table.add_row(escape(Path(row["file"]).name), answer)
+    console.print(table)
+    if len(rows) > shown:
+        console.print(f"... and {len(rows) - shown} more, see {predictions_csv}")
+
+
 def print_prompt_set(result: dict) -> None:
     """Which prompt set scored the images and which classes its softmax ran over."""
     over = result.get("softmax_over")

@@ -155,7 +155,8 @@ def load_dataset(path: str | Path, split: str | None = None, format: str = "auto
     """Load a dataset from a folder or file.
 
     Args:
-        path: an image folder, a CSV/JSONL file, a MedMNIST-style ``.npz``, or a MedPix-2.0 folder.
+        path: an image folder, a CSV/JSONL file, a MedMNIST-style ``.npz``, a MedPix-2.0 folder, or image files
+            (one image, a comma-separated list of them, or a glob pattern).
         split: ``train``, ``val``, ``test`` (or the data's own split names) where the data has splits.
         format: an adapter name from ``medvlkit datasets``, or ``auto`` to detect it.
         **options: adapter options (``path_column``, ``label_columns``, ``uncertain``, ``image_root``...).
@@ -165,8 +166,9 @@ def load_dataset(path: str | Path, split: str | None = None, format: str = "auto
     """
     adapters = {a.name: a for a in list_adapters()}
     path = Path(path).expanduser()
-    if not path.exists():
-        raise MedvlkitError(f"--data {path}: no such file or folder")
+    if not path.exists() and not ("files" in adapters and adapters["files"].detect(path)):
+        raise MedvlkitError(f"--data {path}: no such file or folder (several image files: a comma-separated list or "
+                            "a quoted glob pattern)")
     if format != "auto":
         if format not in adapters:
             raise MedvlkitError(f"--format {format}: unknown; valid options: auto, {', '.join(adapters)}")

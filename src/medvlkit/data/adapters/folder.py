@@ -139,3 +139,63 @@ def load_image_folder(path: Path, split: str | None = None, recursive: bool = Fa
     return ImageDataset(items=items, name=Path(path).name, classnames=[d.name for d in classes],
                         labels=one_hot(np.asarray(idx), len(classes)), split=split,
                         meta={"root": str(root.resolve())}, skipped=skipped)
+
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def image_files(spec: str | Path) -> list[Path] | None:
+    """The image files ``spec`` names: one image file, a comma-separated list of them, or a glob pattern
+    (``xrays/*.png``, quoted so the shell leaves it); None when ``spec`` is none of these (a folder, a CSV...).
+
+    Raises:
+        MedvlkitError: a list or pattern that names a missing file, a file that is not an image, or nothing at all.
+    """
+    import glob
+
+    text = str(spec)
+    single = Path(text).expanduser()
+    if single.is_file():
+        return [single] if is_image_file(single) or _sniffed_image(single) else None
+    if single.exists():
+        return None
+    if any(c in text for c in _GLOB_CHARS):
+        paths = [Path(p) for p in sorted(glob.glob(str(single)))]
+        if not paths:
+            raise MedvlkitError(f"--data {text}: the pattern matches no file")
+    elif "," in text:
+        paths = [Path(p.strip()).expanduser() for p in text.split(",") if p.strip()]
+    else:
+        return None
+    files = [p for p in paths if p.is_file()]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise MedvlkitError(f"--data {text}: no such file: {', '.join(missing[:3])}")
+    not_images = [str(p) for p in files if not (is_image_file(p) or _sniffed_image(p))]
+    if not_images or len(files) < len(paths):
+        odd = not_images + [str(p) for p in paths if p.exists() and not p.is_file()]
+        raise MedvlkitError(f"--data {text}: not image files: {', '.join(odd[:3])} (a list or pattern names image "
+                            "files; give a folder or a CSV on its own)")
+    return files
+
+
+def _detect_files(path: Path) -> bool:
+    try:
+        return image_files(path) is not None
+    except MedvlkitError:
+        return True  # a list or pattern with a fault: loading it says which
+
+
+@register_adapter("files", "image files, unlabelled: one image, a comma-separated list, or a quoted glob pattern "
+                  "('xrays/*.png')", _detect_files, priority=5)
+def load_image_files(path: Path, split: str | None = None) -> ImageDataset:
+    """One image file, or several (a comma-separated list or a glob pattern), as an unlabelled dataset in the order
+    given (a pattern's matches sorted)."""
+    files = image_files(path)
+    if files is None:
+        raise MedvlkitError(f"--data {path}: not an image file, a comma-separated list of them or a glob pattern")
+    if split:
+        raise NoSplitsError(f"--data {path}: image files have no splits, so split '{split}' cannot be chosen; leave "
+                            "--split out")
+    name = files[0].stem if len(files) == 1 else "files"
+    return ImageDataset(items=[str(p.resolve()) for p in files], name=name, split=None)
