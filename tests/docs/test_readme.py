@@ -4,6 +4,7 @@ few real images of every source (symlinks, nothing copied from the repository), 
 `labels.csv` are small real files, and model paths (`hf:/models/...`) point at tiny random models of the same
 format. The only lines not run are listed in SKIP with the reason."""
 
+import csv
 import json
 import os
 import re
@@ -199,6 +200,9 @@ def test_readme_commands_run_as_written(data_root, tmp_path, monkeypatch, capsys
     assert json.loads((runs / "re-eval" / "result.json").read_text())["metrics"] == \
         json.loads((runs / "cxr" / "result.json").read_text())["metrics"]  # "its own truth: same numbers"
     assert json.loads((runs / "index-all" / "result.json").read_text())["metrics"]["n_images"] > 50
+    with open(runs / "index-cxr" / "files.csv", newline="") as f:  # the served index: labels and names kept
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["label"] in ("NORMAL", "PNEUMONIA") and r["name"].startswith(r["label"] + "/") for r in rows)
     assert (runs / "report" / "report.html").is_file() and (runs / "pretrain-lite" / "best").is_dir()
 
 

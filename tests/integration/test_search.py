@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,20 @@ def test_search_uses_the_index_model_and_shows_labels(tiny_clip_dir, tmp_path, c
     assert main(["search", "--index", str(idx), "--text", "effusion", "-k", "4", "--json"]) == 0  # no --model
     hits = json.loads(capsys.readouterr().out)
     assert {h["label"] for h in hits} == {"effusion", "normal"}
+    for h in hits:  # the file as a person finds it: relative to the indexed folder, class folder included
+        assert h["name"] == f"{h['label']}/{Path(h['file']).name}"
+    assert main(["search", "--index", str(idx), "--text", "effusion", "-k", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert f"{hits[0]['label']}/" in shown and hits[0]["label"] in shown
+
+
+def test_relative_names_of_items():
+    from medvlkit.tasks.search import relative_names
+
+    assert relative_names(["/d/a/x.png", "/d/b/c/y.png"]) == ["a/x.png", "b/c/y.png"]
+    assert relative_names(["/d/a/x.png"]) == ["x.png"]
+    assert relative_names(["/d/m.npz::test_images[3]", "/d/m.npz::test_images[4]"]) == \
+        ["m.npz::test_images[3]", "m.npz::test_images[4]"]
 
 
 def test_cli_small_things(tiny_clip_dir, tmp_path, capsys):

@@ -47,11 +47,11 @@ def wait_for(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 @pytest.fixture
 def server(data_root, tmp_path):
-    """`medvlkit serve` with lite and an index of 6 real X-rays: (base url, the indexed folder)."""
+    """`medvlkit serve` with lite and an index of 6 real X-rays in class folders: (base url, the indexed folder)."""
     folder = tmp_path / "cxr"
-    folder.mkdir()
     for p in cxr_files(data_root, 6):
-        (folder / p.name).symlink_to(p)
+        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / p.parent.name / p.name).symlink_to(p)
     assert main(["index", "--data", str(folder), "--out", str(tmp_path / "index"), "-q", "--workers", "0"]) == 0
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "medvlkit", "serve", "--index", str(tmp_path / "index"),
@@ -92,6 +92,9 @@ def test_the_page_reads_a_real_xray(server, data_root, tmp_path):
         assert "gradcam" in page.inner_text("#heatmap-caption")
         page.wait_for_function("[...document.querySelectorAll('#similar img')].filter(i => i.naturalWidth > 0)"
                                ".length == 6", timeout=60_000)
+        for caption in page.query_selector_all("#similar figcaption"):  # each case by its file and its label
+            name, _, label = caption.inner_text().split(" · ")[:3]
+            assert name.split("/")[0] == label and name.endswith(".jpeg") and label in ("NORMAL", "PNEUMONIA")
         page.fill("#query", "pneumonia")
         page.click("#search-form button")
         page.wait_for_function("[...document.querySelectorAll('#search-results img')].filter(i => i.naturalWidth > 0)"

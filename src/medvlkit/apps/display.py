@@ -138,10 +138,10 @@ def print_binary(result: dict) -> None:
 
 
 def print_search(rows: list[dict]) -> None:
-    table = Table("rank", "score", Column("file", overflow="fold"), "label", Column("caption", overflow="fold"))
+    table = Table("rank", "score", Column("image", overflow="fold"), "label", Column("caption", overflow="fold"))
     for r, row in enumerate(rows, 1):
-        table.add_row(str(r), f"{row['score']:.4f}", escape(row["file"]), escape(row.get("label", "")),
-                      escape(row.get("caption", "")[:200]))
+        table.add_row(str(r), f"{row['score']:.4f}", escape(row.get("name") or row["file"]),
+                      escape(row.get("label", "")), escape(row.get("caption", "")[:200]))
     console.print(table)
 
 

@@ -127,6 +127,24 @@ def recall_vs_exact(index, vectors: np.ndarray, k: int = 10, n_queries: int = 10
     return float(np.mean([len(set(t) & set(f)) / k for t, f in zip(truth, found)]))
 
 
+def relative_names(items: list[str]) -> list[str]:
+    """Each item's path relative to the folder all of them share (``test/PNEUMONIA/person1_virus_6.jpeg``), an
+    ``.npz`` member with its array and index (``breastmnist.npz::test_images[3]``): how a person recognises a case."""
+    import os
+
+    paths = [item.split("::", 1) for item in items]
+    dirs = [os.path.dirname(p[0]) for p in paths]
+    try:
+        root = os.path.commonpath(dirs) if dirs else ""
+    except ValueError:  # relative and absolute paths, or two drives
+        root = ""
+    names = []
+    for path, *member in paths:
+        name = os.path.relpath(path, root) if root else os.path.basename(path)
+        names.append(name + ("::" + member[0] if member else ""))
+    return names
+
+
 def build_index(emb: ImageEmbeddings, model: ModelBase, dataset: ImageDataset, out_dir: Path,
                 kind: str = "flat") -> SearchIndex:
     """Write an index folder of ``kind`` (see the module docstring) from embeddings computed by
@@ -137,9 +155,9 @@ def build_index(emb: ImageEmbeddings, model: ModelBase, dataset: ImageDataset, o
     faiss.write_index(index, str(out_dir / "index.faiss"))
     with open(out_dir / "files.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "file", "label", "caption"])
-        for row, (pos, item) in enumerate(zip(emb.indices, emb.items)):
-            w.writerow([row, item, dataset.label_text(int(pos)), dataset.texts[pos] if dataset.texts else ""])
+        w.writerow(["index", "file", "label", "caption", "name"])
+        for row, (pos, item, name) in enumerate(zip(emb.indices, emb.items, relative_names(list(emb.items)))):
+            w.writerow([row, item, dataset.label_text(int(pos)), dataset.texts[pos] if dataset.texts else "", name])
     meta = {"model": model.name, "model_fingerprint": model.fingerprint(), "embed_dim": int(emb.vectors.shape[1]),
             "n": len(emb.items), "dataset": dataset.name, "preprocess": model.preprocess_cfg.to_dict(),
             "kind": kind, "params": params,
@@ -179,7 +197,8 @@ def load_index(folder: Path) -> SearchIndex:
         raise MedvlkitError(f"{folder / 'index.faiss'}: holds {raw.ntotal} vectors of width {raw.d}; index.json says "
                             f"{meta['n']} of width {meta['embed_dim']}")
     index = SearchIndex(raw, [r["file"] for r in rows], meta)
-    index.details = {r["file"]: {"label": r.get("label", ""), "caption": r.get("caption", "")} for r in rows}
+    index.details = {r["file"]: {"label": r.get("label", ""), "caption": r.get("caption", ""),
+                                 "name": r.get("name") or Path(r["file"]).name} for r in rows}  # older: no name
     return index
 
 
@@ -273,7 +292,8 @@ def index_task(model: ModelBase, dataset: ImageDataset, out_dir: Path, config: d
 def search_task(index_dir: Path, text: str | None = None, image: Path | None = None, k: int = 5,
                 model_spec: str | None = None, run=None) -> list[dict]:
     """The ``search`` task: the ``k`` nearest indexed images to one text or one image, as rows of file, score,
-    label and caption. The query model defaults to the index's own (any other is refused by fingerprint).
+    label, caption and name (the file relative to the folder the indexed files share). The query model defaults to
+    the index's own (any other is refused by fingerprint).
 
     Raises:
         MedvlkitError: both or neither query given, ``k`` < 1, not an index folder, another model.

@@ -52,7 +52,10 @@ async function thumbnail(hit) {
   img.alt = "indexed image " + hit.id;
   box.appendChild(img);
   const caption = document.createElement("figcaption");
-  caption.textContent = `#${hit.id} · ${hit.score.toFixed(3)}` + (hit.label ? ` · ${hit.label}` : "");
+  // what a person recognises a case by: its file name in the indexed folder, its label, its caption
+  caption.textContent = `${hit.name || "#" + hit.id} · ${hit.score.toFixed(3)}` + (hit.label ? ` · ${hit.label}` : "")
+    + (hit.caption ? ` · ${hit.caption.length > 90 ? hit.caption.slice(0, 90) + "…" : hit.caption}` : "");
+  if (hit.caption) caption.title = hit.caption;
   box.appendChild(caption);
   api("/image/" + hit.id).then((r) => r.blob()).then((b) => { img.src = URL.createObjectURL(b); })
     .catch(() => { img.alt = "thumbnail unavailable"; });
