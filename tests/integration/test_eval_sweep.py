@@ -107,3 +107,12 @@ def test_sweep_probe_holds_out_whole_patients_with_a_group_pattern(tiny_clip_dir
     result = json.loads((Path(cell["out"]) / "result.json").read_text())
     assert result["probe"]["n_val"] == 4 and result["probe"]["n_train"] == 20
     assert result["config"]["sweep"]["group_pattern"] == r"(p\d+)_"
+
+
+def test_the_grid_shows_its_progress(tiny_clip_dir, grid_data, tmp_path, capsys):
+    """One bar over the whole grid, with an ETA (issue 29, item 6): every cell counted once, failed ones too."""
+    labelled, pairs, _ = grid_data
+    assert main(["eval", "-m", f"hf:{tiny_clip_dir}", "-m", "hf:/no/such/model", "-d", str(labelled), "-d",
+                 str(pairs), "--out", str(tmp_path / "s"), "--bootstrap", "0", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "eval: cells" in err and "6/6" in err  # 3 cells run, 3 failed with the missing model, all counted

@@ -50,9 +50,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, Cs: tuple[float, ...] = DEFAULT_CS, class_weight: str | None = None, select: str = "auroc",
-                 max_iter: int = 2000, random_state: int = 0) -> None:
+                 max_iter: int = 2000, random_state: int = 0, progress: bool = False) -> None:
         self.Cs, self.class_weight, self.select = tuple(Cs), class_weight, select
-        self.max_iter, self.random_state = max_iter, random_state
+        self.max_iter, self.random_state, self.progress = max_iter, random_state, progress
 
     def _check(self) -> None:
         if self.select not in SELECT:
@@ -133,19 +133,26 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if len(self.Cs) > 1 and (X_val is None or len(X_val) == 0):
             raise MedvlkitError("sweeping C needs validation data (a val split or --val-fraction), or give one --C")
         self.val_scores_: dict[float, float] = {}
-        if len(self.Cs) == 1:
-            self.C_ = self.Cs[0]
-        else:
-            assert X_val is not None and Y_val is not None  # checked above
-            log_loss = {}
-            for C in self.Cs:
-                self.coef_, self.intercept_ = self._fit_all(X, Y, C)
-                probs = self.predict_proba(X_val)
-                self.val_scores_[C], log_loss[C] = self._score(Y_val, probs), self._log_loss(Y_val, probs)
-            # Scores equal to 3 decimals are ties (a saturated val AUROC says nothing); the proper scoring rule
-            # (val log-loss) breaks them, so a degenerate, over-regularised probe is never picked on a tie.
-            self.C_ = max(self.Cs, key=lambda c: (round(self.val_scores_[c], 3), -log_loss[c]))
-        self.coef_, self.intercept_ = self._fit_all(X, Y, self.C_)
+        from tqdm.auto import tqdm
+
+        # one step per C tried and one for the final fit: minutes on wide features (an ETA from the first steps)
+        with tqdm(total=len(self.Cs) + 1 if len(self.Cs) > 1 else 1, desc="probe: fit (C chosen on validation)",
+                  unit="fit", disable=not self.progress) as bar:
+            if len(self.Cs) == 1:
+                self.C_ = self.Cs[0]
+            else:
+                assert X_val is not None and Y_val is not None  # checked above
+                log_loss = {}
+                for C in self.Cs:
+                    self.coef_, self.intercept_ = self._fit_all(X, Y, C)
+                    probs = self.predict_proba(X_val)
+                    self.val_scores_[C], log_loss[C] = self._score(Y_val, probs), self._log_loss(Y_val, probs)
+                    bar.update()
+                # Scores equal to 3 decimals are ties (a saturated val AUROC says nothing); the proper scoring rule
+                # (val log-loss) breaks them, so a degenerate, over-regularised probe is never picked on a tie.
+                self.C_ = max(self.Cs, key=lambda c: (round(self.val_scores_[c], 3), -log_loss[c]))
+            self.coef_, self.intercept_ = self._fit_all(X, Y, self.C_)
+            bar.update()
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -455,7 +462,8 @@ def run_probe_task(cfg: ProbeTaskConfig, out_dir: Path, config: dict, n_bootstra
         info = {"loaded": str(cfg.load), "C": probe.C_}
     else:
         probe = LinearProbe(Cs=(cfg.c,) if cfg.c else LinearProbe().Cs, select=cfg.select, random_state=cfg.seed,
-                            class_weight=None if cfg.class_weight == "none" else cfg.class_weight)
+                            class_weight=None if cfg.class_weight == "none" else cfg.class_weight,
+                            progress=bool(embed_options.get("progress", True)))
         train_ds, train, val = probe_splits(model, Path(cfg.data), data, cfg.train_split, cfg.val_split,
                                             cfg.val_fraction, cfg.group_pattern, cfg.seed, need_val=cfg.c is None,
                                             held_val=datasets[1], **embed_options)

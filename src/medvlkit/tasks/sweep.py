@@ -160,7 +160,12 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
     out.mkdir(parents=True, exist_ok=True)
     for path in cfg.datasets:
         warn_if_unapplied(path, data.exclude, run.cache_dir)
+    from tqdm.auto import tqdm
+
     plan, splits = _plan(cfg, data, out)
+    # the whole grid's progress, with an ETA (a sweep of several models and datasets runs for hours on a CPU)
+    overall = tqdm(total=sum(c.status == "pending" for c in plan), desc="eval: cells", unit="cell",
+                   disable=not run.progress)
     for model_spec in cfg.models:
         cells = [c for c in plan if c.model == model_spec and c.status == "pending"]
         if not cells:
@@ -170,6 +175,7 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
         except MedvlkitError as err:
             for c in cells:
                 c.status, c.error = "failed", f"model: {first_line(err)}"
+            overall.update(len(cells))
             continue
         held: dict[str, object] = {}  # each split without the images this model trained on, read once a model
         for c in cells:
@@ -178,11 +184,14 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
                     held[c.data] = data.held_out(splits[c.data], model, "test", **run.embed_kwargs())
             except MedvlkitError as err:
                 c.status, c.error = "failed", f"data: {first_line(err)}"
+                overall.update()
                 continue
             if cfg.skip_existing and _same_result(c, model, held[c.data], cfg, run, data):
                 c.status = "skipped"
             else:
                 _run_cell(c, model, held[c.data], cfg, run, data)
+            overall.update()
+    overall.close()
     for c in plan:
         if c.status in ("done", "skipped"):
             c.headline, c.prompts = _headline(Path(c.out))
