@@ -164,14 +164,14 @@ def print_demo(rows: list, metrics: dict) -> None:
         table.add_row(Path(r.file).name, r.expected or "?", f"{r.p_medical:.2f}",
                       "medical" if r.medical else "non-medical",
                       f"{r.modality} ({r.p_modality:.2f})" if r.medical else "-",
-                      "" if r.p_pneumonia is None else f"{r.p_pneumonia:.2f}")
+                      "n/a" if r.p_pneumonia is None else f"{r.p_pneumonia:.2f}")
     console.print(table)
     if metrics:
         console.print(f"bundled images: gate {metrics['gate_correct']}/{metrics['n_known']} right, modality "
                       f"{metrics['modality_correct']}/{metrics['n_medical']} right")
-    if not any(r.p_pneumonia is not None for r in rows):
-        console.print("P(pneu) is filled in for images the model reads as chest X-rays; none of the bundled images "
-                      "is one. Try: medvlkit demo --images ../shared/data/chest_xray_pneumonia/test/PNEUMONIA")
+    console.print("P(pneu): the pneumonia prompt set describes chest X-rays, so it is applied only to images the gate "
+                  "accepts and the model reads as chest X-rays (n/a: outside its domain). The three films are "
+                  "Kermany et al.'s test images (CC BY 4.0); lite never trained on them.")
 
 
 def print_finetuned(outcome, out_dir: Path) -> None:

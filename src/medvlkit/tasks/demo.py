@@ -1,8 +1,9 @@
 """``medvlkit demo``: the embedded model on real images that ship inside registry packages (and yours).
 
-Bundled images: scikit-image's photos (non-medical) and its fundus and histology images, and pydicom's CT and
-MR test files. Each image goes through the medical-image gate, imaging-modality zero-shot, and, when the
-modality is chest X-ray, pneumonia zero-shot.
+Bundled images: scikit-image's photos (non-medical) and its fundus and histology images, pydicom's CT and MR test
+files, and three chest X-rays of Kermany et al.'s test split that ship with medvlkit (CC BY 4.0, see
+``demo_images/ATTRIBUTION.md``). Each image goes through the medical-image gate, imaging-modality zero-shot, and, when
+the modality is chest X-ray, pneumonia zero-shot (the pneumonia prompt set describes chest X-rays only).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SKIMAGE_IMAGES = {
     "cell": ("microscopy_cell.png", "histopathology"),
 }
 PYDICOM_FILES = {"CT_small.dcm": "CT", "MR_small.dcm": "MR"}  # shipped inside pydicom (no download)
+DEMO_IMAGES = Path(__file__).parent / "demo_images"  # shipped with medvlkit: Kermany test-split chest films
 
 
 @dataclass
@@ -63,6 +65,9 @@ def write_bundled_images(folder: Path) -> dict[str, str]:
     for fname, kind in PYDICOM_FILES.items():
         shutil.copy(dicom_dir / fname, folder / fname)
         expected[fname] = kind
+    for path in sorted(DEMO_IMAGES.glob("cxr_*.jpeg")):
+        shutil.copy(path, folder / path.name)
+        expected[path.name] = "chest x-ray"
     return expected
 
 
@@ -109,7 +114,8 @@ def save_demo(rows: list[DemoRow], model: ModelBase, out_dir: Path, config: dict
             w.writerow([r.file, r.expected, f"{r.p_medical:.4f}", "medical" if r.medical else "non-medical",
                         r.modality, f"{r.p_modality:.4f}", "" if r.p_pneumonia is None else f"{r.p_pneumonia:.4f}"])
     metrics = summarize(rows)
-    write_result(out_dir, dataset=config.get("images") or "bundled (scikit-image, pydicom)", model=model.name,
+    write_result(out_dir, dataset=config.get("images") or "bundled (scikit-image, pydicom, Kermany test films)",
+                 model=model.name,
                  task="demo", metrics=metrics, config=config,
                  extra={"gate_threshold": model.validated_gate_threshold})
     write_json_atomic(out_dir / "rows.json", {"rows": [r.__dict__ for r in rows]})
