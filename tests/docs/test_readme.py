@@ -1,8 +1,9 @@
-"""The README's command blocks, run in order as written, on a small copy of the real data (so the README cannot
-drift from what the CLI does). Paths the README names are laid out in a temporary folder: `../shared/data` holds a
-few real images of every source (symlinks, nothing copied from the repository), placeholders such as `DIR` or
-`labels.csv` are small real files, and model paths (`hf:/models/...`) point at tiny random models of the same
-format. The only lines not run are listed in SKIP with the reason."""
+"""The command blocks of the README and of every page of the documentation site (in mkdocs.yml's navigation order),
+run in order as written, on a small copy of the real data (so neither can drift from what the CLI does). Paths the
+pages name are laid out in a temporary folder: `../shared/data` holds a few real images of every source (symlinks,
+nothing copied from the repository), placeholders such as `DIR` or `labels.csv` are small real files, and model paths
+(`hf:/models/...`) point at tiny random models of the same format. The only lines not run are listed in SKIP with
+the reason."""
 
 import csv
 import json
@@ -23,6 +24,7 @@ from hubserver import LocalHub
 from medvlkit.apps.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = README.parent / "docs"
 SKIP = {
     "bash scripts/setup.sh && .venv/bin/python -m pytest": "this is that run",
     "medvlkit finetune ... --resume": "a placeholder; resuming is tested in tests/unit/test_training_loop.py",
@@ -32,10 +34,32 @@ SKIP = {
 pytestmark = pytest.mark.data
 
 
+def doc_pages() -> list[Path]:
+    """The README, then the site's pages in the order of mkdocs.yml's navigation."""
+    import yaml
+
+    def walk(items):
+        for item in items:
+            for value in (item.values() if isinstance(item, dict) else [item]):
+                if isinstance(value, list):
+                    yield from walk(value)
+                else:
+                    yield DOCS / value
+
+    return [README, *walk(yaml.safe_load((README.parent / "mkdocs.yml").read_text())["nav"])]
+
+
+def test_every_page_of_the_site_is_in_its_navigation():
+    """A page left out of the navigation would be left out of this test too."""
+    assert sorted(doc_pages()[1:]) == sorted(DOCS.rglob("*.md"))
+
+
 def readme_commands() -> list[str]:
-    """Every command line of the README's bash blocks, continuation lines joined, comments dropped."""
+    """Every command line of the bash blocks of the README and the site, continuation lines joined, comments
+    dropped."""
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+    text = "\n".join(p.read_text() for p in doc_pages())
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             line = re.split(r"\s+#", line)[0].strip()
             if line and not line.startswith("#"):
@@ -246,6 +270,6 @@ def _run_readme(work: Path, replace: dict[str, str], servers: list, capsys) -> i
 def test_readme_names_every_shipped_prompt_set():
     from medvlkit.data.prompts import list_prompt_sets
 
-    text = README.read_text()
+    text = (DOCS / "data.md").read_text()
     line = text[text.index("Prompt sets shipped:"):text.index("Your own:", text.index("Prompt sets shipped:"))]
     assert set(re.findall(r"`([a-z_]+)`", line)) == set(list_prompt_sets())

@@ -102,8 +102,8 @@ class DataOptions:
             ``subject_id`` when present), so held-out validation keeps a patient's images on one side.
         exclude: an audit folder (``medvlkit audit --out DIR``) whose exclusion list is left out of every split read
             (the train / val side of cross-split duplicates and patients; never test images).
-        allow_seen: keep validation and test images the model was trained on (:mod:`medvlkit.engine.seen`; by default
-        they are set aside, and result.json says how many either way).
+        allow_seen: keep validation and test images the model was trained on (:mod:`medvlkit.engine.seen`; by
+            default they are set aside, and result.json says how many either way).
         training_manifest: a file listing the model's training images (``pixel-sha1`` or a CSV of image ids), used
             instead of the one the model declares.
     """
