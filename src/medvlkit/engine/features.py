@@ -235,7 +235,7 @@ def _merge_ranks(vectors: dict[int, np.ndarray], skipped: list[Any],
 
 @torch.inference_mode()
 def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256, cache: bool = False,
-                cache_dir: str | None = None) -> np.ndarray:
+                cache_dir: str | None = None, progress: bool = False) -> np.ndarray:
     """Encode texts (tokenised to the model's context length). Returns (N, D) float32, L2-normalised.
 
     Args:
@@ -243,6 +243,8 @@ def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256, cache
             size): prompt sets are encoded once per model. Off by default: weights that change in memory
             (fine-tuning) keep their fingerprint.
         cache_dir: cache root (default ``$MEDVLKIT_CACHE`` or ``~/.cache/medvlkit``).
+        progress: a progress bar with an ETA (captions by the thousand, for retrieval), when there is more than one
+            batch.
     """
     model.require_text("text embedding")
     if not texts:
@@ -251,8 +253,9 @@ def embed_texts(model: ModelBase, texts: list[str], batch_size: int = 256, cache
     hit = store.get(texts, batch_size, model.embed_dim) if store else None
     if hit is not None:
         return hit
+    starts = range(0, len(texts), batch_size)
     chunks = [model.encode_text(model.tokenize(texts[i:i + batch_size])).float().cpu().numpy()
-              for i in range(0, len(texts), batch_size)]
+              for i in tqdm(starts, desc="embed texts", unit="batch", disable=not progress or len(starts) < 2)]
     out = np.concatenate(chunks).astype(np.float32)
     check_finite(out, "text embeddings")
     if store:

@@ -78,7 +78,7 @@ def evaluate_retrieval(model, dataset, n_bootstrap: int = 1000, seed: int = 0, *
                             "(JSONL/CSV with a caption column, or MedPix-2.0)")
     emb = embed_images(model, dataset, **embed_options)
     captions = [dataset.texts[i] for i in emb.indices]
-    text_emb = embed_texts(model, captions)
+    text_emb = embed_texts(model, captions, progress=bool(embed_options.get("progress", False)))
     metrics, ci = retrieval_metrics(emb.vectors, text_emb, captions, n_bootstrap, seed)
     return metrics, ci, emb, text_to_image_examples(emb.vectors, text_emb, captions, emb.items)
 
