@@ -57,3 +57,18 @@ def data_root() -> Path:
             pytest.fail(f"real data not found at {root} (MEDVLKIT_REQUIRE_DATA=1)")
         pytest.skip(f"real data not found at {root}; set MEDVLKIT_DATA")
     return root
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A hub on 127.0.0.1 (``tests/hubserver.py``) that the real ``huggingface_hub`` client talks to through
+    ``HF_ENDPOINT``, with an empty cache and no token, offline flag or medvlkit offline switch set."""
+    from hubserver import LocalHub
+
+    server = LocalHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "MEDVLKIT_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    yield server
+    server.stop()

@@ -9,27 +9,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import make_split_folders, reference_fixture
-from hubserver import LocalHub
 from medvlkit import create_model
 from medvlkit.apps.cli import main
 
 BIOMEDCLIP_HUB = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"  # the preset's repository
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    server = LocalHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "MEDVLKIT_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    yield server
-    server.stop()
 
 
 def repo_files(folder: Path) -> dict[str, Path]:

@@ -84,30 +84,21 @@ def test_the_preset_runs_the_tasks(tmp_path):
     assert any(n.endswith("qkv") for n in meta["lora_layers"]) and any("out_proj" in n for n in meta["lora_layers"])
 
 
-def test_the_gated_release_downloads_with_a_token_and_is_recorded(tmp_path, monkeypatch, capsys):
+def test_the_gated_release_downloads_with_a_token_and_is_recorded(hub, tmp_path, monkeypatch, capsys):
     """``medvlkit download conch`` from a gated repository laid out as ``MahmoodLab/CONCH`` on a hub on 127.0.0.1: one
     line naming HF_TOKEN, then the download; the model from the cache equals CONCH's outputs and records the commit."""
-    from hubserver import LocalHub
     from medvlkit.apps.cli import main
 
-    server = LocalHub().start()
-    try:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "MEDVLKIT_OFFLINE", "HF_TOKEN"):
-            monkeypatch.delenv(var, raising=False)
-        folder = released(tmp_path / "repo", tokenizer=False)  # the hub repository holds no tokenizer
-        commit = server.add("MahmoodLab/CONCH", {"pytorch_model.bin": folder / "pytorch_model.bin",
-                                                 "meta.yaml": b"model: conch_ViT-B-16\n"}, gated=True)
-        assert main(["download", "conch"]) == 2
-        assert "HF_TOKEN" in capsys.readouterr().err
-        monkeypatch.setenv("HF_TOKEN", server.token)
-        assert main(["download", "conch"]) == 0
-        m = create_model("conch", tokenizer=str(FIXTURE / "tokenizer.json"))
-        inputs, expected = np.load(FIXTURE / "inputs.npz"), np.load(FIXTURE / "expected.npz")
-        with torch.no_grad():
-            img = m.encode_image(torch.from_numpy(inputs["pixel_values"]), normalize=False).numpy()
-        np.testing.assert_allclose(img, expected["image_features"], atol=1e-5, rtol=1e-5)
-        assert m.hub_source["hub"] == "MahmoodLab/CONCH" and m.hub_source["commit"] == commit
-    finally:
-        server.stop()
+    folder = released(tmp_path / "repo", tokenizer=False)  # the hub repository holds no tokenizer
+    commit = hub.add("MahmoodLab/CONCH", {"pytorch_model.bin": folder / "pytorch_model.bin",
+                                          "meta.yaml": b"model: conch_ViT-B-16\n"}, gated=True)
+    assert main(["download", "conch"]) == 2
+    assert "HF_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    assert main(["download", "conch"]) == 0
+    m = create_model("conch", tokenizer=str(FIXTURE / "tokenizer.json"))
+    inputs, expected = np.load(FIXTURE / "inputs.npz"), np.load(FIXTURE / "expected.npz")
+    with torch.no_grad():
+        img = m.encode_image(torch.from_numpy(inputs["pixel_values"]), normalize=False).numpy()
+    np.testing.assert_allclose(img, expected["image_features"], atol=1e-5, rtol=1e-5)
+    assert m.hub_source["hub"] == "MahmoodLab/CONCH" and m.hub_source["commit"] == commit
