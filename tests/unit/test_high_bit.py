@@ -74,3 +74,11 @@ def test_dataset_items_follow_the_rule(tmp_path):
     _, view, reason = ItemViews(ds, [0], ImagePreprocessor(cfg))[0]
     assert reason == "" and int(view.max()) <= 16
     assert torch.equal(view, view_of(str(tmp_path / "d" / "a" / "x.png"), ImagePreprocessor(cfg)))
+
+
+def test_models_and_data_name_the_same_rules():
+    """The rule names stand in both layers (models and data may not import each other): one list, twice."""
+    from medvlkit.data.intensity import HIGH_BIT_RULES as DATA_RULES
+    from medvlkit.models.preprocess import HIGH_BIT_RULES as MODEL_RULES
+
+    assert DATA_RULES == MODEL_RULES

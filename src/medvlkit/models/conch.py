@@ -33,7 +33,7 @@ from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import LearnedTemperature, ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
-from medvlkit.models.hf_text_clip import TimmViT
+from medvlkit.models.hf_text_clip import TimmViT, timm_trunk
 from medvlkit.models.hub import resolve_folder
 from medvlkit.models.preprocess import preprocess_beside
 from medvlkit.models.weight_files import read_weights
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "conch_byte_level_bpe_uncased.json"
 POOLER_HEADS = 8  # VisualModel's default: _build_vision_tower does not pass vision_cfg.attn_pooler_heads
 PAD_ID = 0  # CLIPTextCfg.pad_id
-CONCH_PREPROCESS = PreprocessCfg(image_size=448)  # bicubic short side + centre crop, OpenAI mean/std
 _CAPTION_ONLY = ("visual.attn_pool_caption.", "visual.ln_caption.", "text_decoder.")
 
 
@@ -237,10 +236,7 @@ def _tokenizer(weights: Path, tokenizer: str | None):
 
 def _towers(sd: dict[str, torch.Tensor]) -> tuple[TimmViT, AttentionalPooler, nn.LayerNorm, CoCaText]:
     width = sd["visual.trunk.cls_token"].shape[-1]
-    trunk = TimmViT(width, len({k.split(".")[3] for k in sd if k.startswith("visual.trunk.blocks.")}),
-                    max(1, width // 64), sd["visual.trunk.patch_embed.proj.weight"].shape[-1],
-                    sd["visual.trunk.pos_embed"].shape[1] - 1, sd["visual.trunk.blocks.0.mlp.fc1.weight"].shape[0])
-    trunk.load_state_dict({k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")})
+    trunk = timm_trunk(sd)  # heads of width 64, as timm's ViT-B/16
     query = sd["visual.attn_pool_contrast.query"]
     pooler = AttentionalPooler(query.shape[1], width, POOLER_HEADS, query.shape[0])
     pooler.load_state_dict({k[len("visual.attn_pool_contrast."):]: v for k, v in sd.items()

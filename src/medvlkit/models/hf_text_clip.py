@@ -201,15 +201,21 @@ def bert_tower(sd: dict[str, torch.Tensor], folder: Path, text_cfg: dict, with_p
     return bert
 
 
+def timm_trunk(sd: dict[str, torch.Tensor], heads: int | None = None) -> TimmViT:
+    """The timm ViT under ``visual.trunk.*`` (open_clip's timm image towers: BiomedCLIP, CONCH), its sizes read from
+    the weights; ``heads`` as given, else heads of width 64 (qkv is fused: the weights do not say)."""
+    width = sd["visual.trunk.cls_token"].shape[-1]
+    trunk = TimmViT(width, len({k.split(".")[3] for k in sd if k.startswith("visual.trunk.blocks.")}),
+                    heads or max(1, width // 64), sd["visual.trunk.patch_embed.proj.weight"].shape[-1],
+                    sd["visual.trunk.pos_embed"].shape[1] - 1, sd["visual.trunk.blocks.0.mlp.fc1.weight"].shape[0])
+    trunk.load_state_dict({k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")})
+    return trunk
+
+
 def _timm_vision(sd: dict[str, torch.Tensor], vision_cfg: dict, embed_dim: int) -> tuple[nn.Module, nn.Linear]:
     width = sd["visual.trunk.cls_token"].shape[-1]
-    patch = sd["visual.trunk.patch_embed.proj.weight"].shape[-1]
-    depth = len({k.split(".")[3] for k in sd if k.startswith("visual.trunk.blocks.")})
-    name = str(vision_cfg.get("timm_model_name"))
-    heads = int(vision_cfg.get("heads") or TIMM_VIT_HEADS.get(name, max(1, width // 64)))
-    trunk = TimmViT(width, depth, heads, patch, sd["visual.trunk.pos_embed"].shape[1] - 1,
-                    sd["visual.trunk.blocks.0.mlp.fc1.weight"].shape[0])
-    trunk.load_state_dict({k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")})
+    heads = vision_cfg.get("heads") or TIMM_VIT_HEADS.get(str(vision_cfg.get("timm_model_name")))
+    trunk = timm_trunk(sd, int(heads) if heads else None)
     image_proj = nn.Linear(width, embed_dim, bias=False)
     image_proj.load_state_dict({"weight": sd["visual.head.proj.weight"]})
     return trunk, image_proj

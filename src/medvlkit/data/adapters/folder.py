@@ -167,16 +167,14 @@ def image_files(spec: str | Path) -> list[Path] | None:
         paths = [Path(p.strip()).expanduser() for p in text.split(",") if p.strip()]
     else:
         return None
-    files = [p for p in paths if p.is_file()]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise MedvlkitError(f"--data {text}: no such file: {', '.join(missing[:3])}")
-    not_images = [str(p) for p in files if not (is_image_file(p) or _sniffed_image(p))]
-    if not_images or len(files) < len(paths):
-        odd = not_images + [str(p) for p in paths if p.exists() and not p.is_file()]
+    odd = [str(p) for p in paths if not (p.is_file() and (is_image_file(p) or _sniffed_image(p)))]  # folders too
+    if odd:
         raise MedvlkitError(f"--data {text}: not image files: {', '.join(odd[:3])} (a list or pattern names image "
                             "files; give a folder or a CSV on its own)")
-    return files
+    return paths
 
 
 def _detect_files(path: Path) -> bool:
