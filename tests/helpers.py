@@ -359,3 +359,19 @@ def run_tasks(spec: str, tmp_path: Path, probe_features: str = "embedding") -> d
     assert main(["finetune", *base, "--lora", "default", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
                  "--bootstrap", "0", "--out", str(tmp_path / "f")]) == 0
     return json.loads((tmp_path / "f" / "best" / "finetune.json").read_text())
+
+
+def assert_equals_upstream(model, folder: Path, tokens: dict | None = None) -> None:
+    """``model``'s unnormalised image and text embeddings of ``folder/inputs.npz`` (pixels; ``tokens``, or its
+    ``input_ids``) equal the upstream outputs in ``folder/expected.npz`` to 1e-5, and its temperature is
+    exp(``logit_scale``) there."""
+    import pytest
+
+    inputs, expected = np.load(folder / "inputs.npz"), np.load(folder / "expected.npz")
+    tokens = tokens if tokens is not None else {"input_ids": torch.from_numpy(inputs["input_ids"])}
+    with torch.no_grad():
+        img = model.encode_image(torch.from_numpy(inputs["pixel_values"]), normalize=False).numpy()
+        txt = model.encode_text(tokens, normalize=False).numpy()
+    np.testing.assert_allclose(img, expected["image_features"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(txt, expected["text_features"], atol=1e-5, rtol=1e-5)
+    assert model.logit_scale == pytest.approx(float(np.exp(expected["logit_scale"])), rel=1e-6)
