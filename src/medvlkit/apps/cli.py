@@ -575,18 +575,32 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
                                                                 "per class; default: the predictions' own "
                                                                 "true_<class> columns"),
              out: Path = OutOpt, bootstrap: int = BootstrapOpt,
-             seed: int = typer.Option(0, "--seed", help="bootstrap seed")) -> None:
+             seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+             val_predictions: Path = typer.Option(None, "--val-predictions",
+                                                  help="labelled VALIDATION predictions.csv (same classes, other "
+                                                       "images): operating-point thresholds are chosen on it"),
+             specificity: str = typer.Option("0.9,0.95", "--specificity",
+                                             help="report sensitivity at these specificities (comma-separated)"),
+             sensitivity: str = typer.Option("0.9,0.95", "--sensitivity",
+                                             help="report specificity at these sensitivities (comma-separated)"),
+             prevalence: float = typer.Option(None, "--prevalence", help="also PPV/NPV at this prevalence"),
+             positive: str = typer.Option(None, "--positive", help="two-class data: the class whose decision curve "
+                                                                   "is drawn (default: the second)")) -> None:
     """Score predictions against labels (joined on the 'file' column), or a medvlkit predictions.csv against its own
-    truth (reproducing its run's metrics exactly).
+    truth (reproducing its run's metrics exactly). With --val-predictions: sensitivity at fixed specificity (and the
+    reverse) per class, the threshold chosen on validation and reported on these predictions.
 
-    Example: medvlkit evaluate --predictions runs/x/predictions.csv --labels labels.csv --out runs/eval
+    Example: medvlkit evaluate --predictions runs/test/predictions.csv --val-predictions runs/val/predictions.csv
     """
-    from medvlkit.apps.display import print_metrics
-    from medvlkit.tasks.evaluate import evaluate_task
+    from medvlkit.apps.display import print_metrics, print_operating_points
+    from medvlkit.tasks.evaluate import ClinicalOptions, evaluate_task
 
+    clinical = ClinicalOptions(val_predictions, _levels(specificity, "--specificity"),
+                               _levels(sensitivity, "--sensitivity"), prevalence, positive)
     out_dir = _out(out, "evaluate")
-    result, unmatched = evaluate_task(predictions, labels, out_dir, bootstrap, seed)
+    result, unmatched = evaluate_task(predictions, labels, out_dir, bootstrap, seed, clinical)
     print_metrics(result)
+    print_operating_points(result)
     if unmatched:
         err_console.print(f"warning: {unmatched} predictions had no label and were left out")
     console.print(f"wrote {out_dir}/result.json")
@@ -791,6 +805,17 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
     config, out_dir = _jsonable(dict(locals())), _out(out, "demo")
     print_demo(*demo_task(_load_with_scope(run, model), out_dir, config, images, progress=run.progress))
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
+
+
+def _levels(text: str, flag: str) -> tuple[float, ...]:
+    """Comma-separated rates in (0, 1] ("" for none)."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise MedvlkitError(f"{flag} {text}: give comma-separated numbers such as 0.9,0.95") from None
+    if any(not 0 < v <= 1 for v in values):
+        raise MedvlkitError(f"{flag} {text}: each rate must be in (0, 1]")
+    return values
 
 
 def _load_with_scope(run: RunOptions, spec: str):

@@ -87,6 +87,30 @@ def print_metrics(result: dict) -> None:
     print_binary(result)
 
 
+def print_operating_points(result: dict) -> None:
+    """Per class and target: the validation-chosen threshold and the test rates it gives, with 95% CIs."""
+    points = result.get("operating_points")
+    if not points:
+        return
+    table = Table("class", "target on validation", "threshold", "sensitivity", "specificity",
+                  title=f"operating points: thresholds chosen on {escape(str(points['validation']))}, rates here "
+                        "(95% CI); PPV/NPV in result.json and the report")
+
+    def cell(r: dict, k: str) -> str:
+        v, ci = r.get(k), (r.get("ci") or {}).get(k)
+        return "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
+
+    for name, rows in points["classes"].items():
+        for r in rows:
+            table.add_row(escape(name), f"{r['target']} >= {r['level']:g}", f"{r['threshold']:.3g}",
+                          *(cell(r, k) for k in ("sensitivity", "specificity")))
+    for column in table.columns:
+        column.overflow = "fold"  # a number is never cut short
+    console.print(table)
+    for name, why in points.get("not_scored", {}).items():
+        console.print(f"operating points of {escape(name)} not scored: {why}")
+
+
 def print_predictions(predictions_csv: Path, shown: int = 10, top: int = 3) -> None:
     """Each image's top classes with their probabilities, for the first ``shown`` images of a run's
     ``predictions.csv`` (the file the run wrote: the same numbers), then how many more there are; an image outside

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.engine.plots import confusion_matrix_png, reliability_png, roc_png
+from medvlkit.engine.plots import confusion_matrix_png, decision_curve_png, reliability_png, roc_png
 from medvlkit.engine.results import headline_keys, read_result
 from medvlkit.errors import MedvlkitError
 
@@ -136,8 +136,12 @@ def run_section(run: Run) -> str:
 
         curve = reliability(*confidence_and_correct(labels, np.exp(log_probs), pred.multilabel))
         plots.append(_img(reliability_png({"model": curve}), "reliability diagram"))
+    for name, curve in (res.get("decision_curve") or {}).items():
+        plots.append(_img(decision_curve_png(curve, name), f"decision curve {name}"))
     if plots:
         parts.append('<div class="plots">' + "".join(plots) + "</div>")
+    if res.get("operating_points"):
+        parts.append(operating_points_table(res["operating_points"]))
     if res.get("confusion_matrices"):
         parts.append(_per_class_confusion(res["confusion_matrices"], res.get("threshold_source", "0.5")))
     for ex in res.get("examples", []):
@@ -231,6 +235,30 @@ def _is_true(row: dict, name: str, result: dict) -> bool:
     dataset class); free texts are no class."""
     truth = row.get("truth")
     return isinstance(truth, dict) and not result.get("free_text") and truth.get(name) == 1
+
+
+def operating_points_table(points: dict) -> str:
+    """Per class and target: the threshold chosen on validation, the validation rate reached, and the test
+    sensitivity, specificity, PPV and NPV it gives (95% CIs); classes not scored listed with the reason."""
+    rows = []
+    for name, targets in points.get("classes", {}).items():
+        for r in targets:
+            ci = r.get("ci") or {}
+            at_prev = (f"<td>{_fmt(r.get('ppv_at_prevalence'))} / {_fmt(r.get('npv_at_prevalence'))}</td>"
+                       if "prevalence" in r else "")
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(r['target'])} &ge; {r['level']:g}</td>"
+                        f"<td>{r['threshold']:.4g}</td><td>{_fmt(r['val_' + r['target']])}</td>"
+                        + "".join(f"<td>{_fmt(r[k], ci.get(k))}</td>" for k in ("sensitivity", "specificity", "ppv",
+                                                                                "npv")) + at_prev + "</tr>")
+    prev = next((r["prevalence"] for t in points.get("classes", {}).values() for r in t if "prevalence" in r), None)
+    head = ("<tr><th>class</th><th>target (on validation)</th><th>threshold (probability)</th><th>validation rate"
+            "</th><th>test sensitivity</th><th>test specificity</th><th>test PPV</th><th>test NPV</th>"
+            + (f"<th>PPV / NPV at prevalence {prev:g}</th>" if prev is not None else "") + "</tr>")
+    skipped = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in points.get("not_scored", {}).items())
+    return (f"<h3>operating points: thresholds chosen on {html.escape(str(points.get('validation')))} "
+            f"({points.get('n_validation')} predictions), rates on this run's data (95% CI)</h3>"
+            f"<table>{head}{''.join(rows)}</table>" + (f"<p class='meta'>not scored:</p><ul>{skipped}</ul>"
+                                                       if skipped else ""))
 
 
 def _per_class_confusion(matrices: dict, threshold_source: str) -> str:

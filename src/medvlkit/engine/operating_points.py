@@ -145,3 +145,49 @@ def _bootstrap_rates(y: np.ndarray, score: np.ndarray, thresholds: np.ndarray, n
         samples = {"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp), "ppv": tp / (tp + fp),
                    "npv": tn / (tn + fn)}
     return [percentile_ci({name: v[:, j] for name, v in samples.items()}, alpha) for j in range(k)]
+
+
+def class_columns(labels: np.ndarray, scores: np.ndarray, multilabel: bool, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class ``c`` as a binary task: its 0/1 labels (NaN unknown, multi-label) and its scores, one-vs-rest for
+    single-label data (the class's own probability column). The one way every per-class clinical figure reads a
+    class, so operating points, decision curves and subgroups agree on it."""
+    y = np.asarray(labels, dtype=float)[:, c]
+    if not multilabel:
+        y = np.nan_to_num(y, nan=0.0)
+    return y, np.asarray(scores, dtype=float)[:, c]
+
+
+def usable_class(y: np.ndarray) -> str | None:
+    """Why class labels ``y`` (0/1/NaN) cannot carry an operating point, or None when they can."""
+    known = y[~np.isnan(y)]
+    if known.sum() == 0:
+        return "no positive example"
+    if known.sum() == len(known):
+        return "no negative example"
+    return None
+
+
+def per_class_operating_points(val_labels: np.ndarray, val_scores: np.ndarray, test_labels: np.ndarray,
+                               test_scores: np.ndarray, classnames: list[str], multilabel: bool,
+                               specificities: tuple[float, ...] = (0.9, 0.95),
+                               sensitivities: tuple[float, ...] = (0.9, 0.95), prevalence: float | None = None,
+                               n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """:func:`operating_points` for every class of (N, C) validation and test labels and scores (columns in
+    ``classnames`` order; scores may be log-probabilities: thresholds are then log-probabilities too).
+
+    Returns:
+        ``{"classes": {name: [rows]}, "not_scored": {name: reason}}``: a class whose validation or test part has
+        no positive or no negative example is listed, not scored.
+    """
+    out: dict = {"classes": {}, "not_scored": {}}
+    for c, name in enumerate(classnames):
+        yv, sv = class_columns(val_labels, val_scores, multilabel, c)
+        yt, st = class_columns(test_labels, test_scores, multilabel, c)
+        reason = usable_class(yv)
+        reason = f"validation: {reason}" if reason else (f"test: {usable_class(yt)}" if usable_class(yt) else None)
+        if reason:
+            out["not_scored"][name] = reason
+            continue
+        out["classes"][name] = operating_points(yv, sv, yt, st, specificities, sensitivities, prevalence,
+                                                n_bootstrap, seed)
+    return out

@@ -92,3 +92,40 @@ def reliability_png(curves: dict[str, dict[str, list[float]]], title: str = "rel
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
     return _png(fig)
+
+
+def decision_curve_png(curve: dict[str, list[float]], name: str) -> bytes:
+    """Decision curve of one binary question: net benefit of the model, of treating all and of treating none over
+    the threshold probability (the y axis starts just below zero: treat-all falls far below it at high
+    thresholds)."""
+    fig, ax = _figure()
+    t = np.asarray(curve["threshold"], dtype=float)
+    model = np.asarray(curve["model"], dtype=float)
+    ax.plot(t, model, label="model")
+    ax.plot(t, np.asarray(curve["treat_all"], dtype=float), ls="--", label="treat all")
+    ax.plot(t, np.zeros_like(t), c="grey", lw=0.8, label="treat none")
+    top = max(float(np.nanmax(model)), float(np.nanmax(curve["treat_all"])), 0.01)
+    ax.set_ylim(-0.1 * top, 1.1 * top)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("threshold probability")
+    ax.set_ylabel("net benefit")
+    ax.set_title(f"decision curve: {name}")
+    ax.legend(fontsize=7, loc="upper right")
+    return _png(fig)
+
+
+def forest_png(rows: list[tuple[str, float, float, float]], metric: str, title: str = "subgroups") -> bytes:
+    """Forest plot: one row per (label, value, CI low, CI high), value as a dot and its CI as a bar; a dashed line at
+    the first row's value (the whole set when it comes first)."""
+    fig, ax = _figure(4.8, 0.9 + 0.32 * len(rows))
+    ys = np.arange(len(rows))[::-1]
+    for y, (_, v, lo, hi) in zip(ys, rows):
+        if lo is not None and hi is not None and np.isfinite([lo, hi]).all():
+            ax.plot([lo, hi], [y, y], c="#444", lw=1.2)
+        ax.plot([v], [y], "s", c="#1f5fa8", ms=5)
+    if rows:
+        ax.axvline(rows[0][1], ls="--", c="grey", lw=0.8)
+    ax.set_yticks(ys, [r[0] for r in rows], fontsize=8)
+    ax.set_xlabel(metric)
+    ax.set_title(title)
+    return _png(fig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import platform
@@ -14,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 DEFAULT_THRESHOLD_SOURCE = "none: argmax (single-label) / probability 0.5 (multi-label); no calibration applied"
@@ -37,7 +40,9 @@ def versions() -> dict[str, str]:
 
 
 def _clean(obj):
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    """JSON-safe: NaN/inf -> None, numpy scalars and arrays -> Python."""
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -286,6 +291,32 @@ def read_predictions(path: Path) -> Predictions:
     multilabel = None if not mode else mode == "multilabel"
     labels = _read_truth(path, true_at is not None, truth_cells, names, classnames, multilabel)
     return Predictions(files, classnames, log_probs, labels, multilabel)
+
+
+def read_labelled_predictions(path: Path, classnames: list[str] | None = None) -> Predictions:
+    """A predictions CSV with its mode, optionally with columns aligned to ``classnames`` (by name, any case).
+
+    Raises:
+        MedvlkitError: the file carries no mode, or its classes do not match ``classnames``.
+    """
+    from medvlkit.engine.labels import canonical_class
+    from medvlkit.errors import MedvlkitError
+
+    pred = read_predictions(Path(path))
+    if pred.multilabel is None:
+        raise MedvlkitError(f"{path} has no 'mode' column (single_label or multilabel); calibration and thresholds "
+                            "need it. Rerun the task with this medvlkit, or add the column")
+    if classnames is None:
+        return pred
+    keys = [canonical_class(c) for c in pred.classnames]
+    missing = [c for c in classnames if canonical_class(c) not in keys]
+    if missing:
+        raise MedvlkitError(f"{path} has no scores for class(es) {missing} (it has {pred.classnames})")
+    order = [keys.index(canonical_class(c)) for c in classnames]
+    if order != list(range(len(pred.classnames))):
+        logger.warning("%s: columns %s used as %s", path, [pred.classnames[i] for i in order], list(classnames))
+    labels = None if pred.labels is None else pred.labels[:, order]
+    return Predictions(pred.files, list(classnames), pred.log_probs[:, order], labels, pred.multilabel)
 
 
 def _check_scores(path: Path, values: np.ndarray, use_log: bool, files: list[str]) -> None:

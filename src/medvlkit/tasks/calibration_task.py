@@ -3,15 +3,13 @@ result.json / reliability.png out, around the fitting in ``calibrate.py``."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medvlkit.engine.labels import canonical_class
-from medvlkit.engine.results import Predictions, read_predictions
+from medvlkit.engine.results import read_labelled_predictions
 from medvlkit.errors import MedvlkitError
 from medvlkit.tasks.calibrate import (
     Calibration,
@@ -21,31 +19,6 @@ from medvlkit.tasks.calibrate import (
     fit_calibration,
     reliability,
 )
-
-logger = logging.getLogger(__name__)
-
-
-def read_labelled_predictions(path: Path, classnames: list[str] | None = None) -> Predictions:
-    """A predictions CSV with its mode, optionally with columns aligned to ``classnames`` (by name, any case).
-
-    Raises:
-        MedvlkitError: the file carries no mode, or its classes do not match ``classnames``.
-    """
-    pred = read_predictions(Path(path))
-    if pred.multilabel is None:
-        raise MedvlkitError(f"{path} has no 'mode' column (single_label or multilabel); calibration needs it. "
-                            "Rerun the task with this medvlkit, or add the column")
-    if classnames is None:
-        return pred
-    keys = [canonical_class(c) for c in pred.classnames]
-    missing = [c for c in classnames if canonical_class(c) not in keys]
-    if missing:
-        raise MedvlkitError(f"{path} has no scores for class(es) {missing} (it has {pred.classnames})")
-    order = [keys.index(canonical_class(c)) for c in classnames]
-    if order != list(range(len(pred.classnames))):
-        logger.warning("%s: columns %s used as %s", path, [pred.classnames[i] for i in order], list(classnames))
-    labels = None if pred.labels is None else pred.labels[:, order]
-    return Predictions(pred.files, list(classnames), pred.log_probs[:, order], labels, pred.multilabel)
 
 
 def calibrate_predictions(predictions: Path, out_dir: Path, threshold_method: str = "youden",

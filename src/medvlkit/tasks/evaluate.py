@@ -138,14 +138,28 @@ def _one_row_per_file(path: Path, table: list[tuple[str, np.ndarray]]) -> dict[s
     return out
 
 
-def evaluate_csv(predictions: Path, labels: Path | None = None, n_bootstrap: int = 1000, seed: int = 0,
-                 multilabel: bool | None = None) -> tuple[Evaluation, list[str], int]:
-    """Score a predictions CSV against a labels CSV joined on ``file``, or against its own truth columns.
+@dataclass
+class Scored:
+    """Predictions joined with their truth: what every figure of ``evaluate`` is computed from.
 
-    A medvlkit ``predictions.csv`` scored on its own truth reproduces its run's ``result.json`` metrics exactly.
+    Attributes:
+        files: (N,) item ids; classnames: column order; labels: (N, C) 1/0/NaN; log_probs: (N, C) float64;
+        multilabel: the mode; unmatched: predictions without a label, left out.
+    """
 
-    Returns:
-        the evaluation, the class names, and the number of predictions without a label (left out).
+    files: list[str]
+    classnames: list[str]
+    labels: np.ndarray
+    log_probs: np.ndarray
+    multilabel: bool
+    unmatched: int = 0
+
+
+def scored_predictions(predictions: Path, labels: Path | None = None, multilabel: bool | None = None) -> Scored:
+    """A predictions CSV joined on ``file`` with a labels CSV, or with its own truth columns.
+
+    Raises:
+        MedvlkitError: no truth, no mode, or no file in common.
     """
     from medvlkit.engine.results import read_predictions
 
@@ -156,31 +170,147 @@ def evaluate_csv(predictions: Path, labels: Path | None = None, n_bootstrap: int
         mode = pred.multilabel if multilabel is None else multilabel
         if mode is None:
             raise MedvlkitError(f"{predictions} has no 'mode' column: say whether it is multi-label")
-        return (evaluate_probs(pred.labels, None, pred.classnames, mode, n_bootstrap, seed,
-                               log_probs=pred.log_probs), pred.classnames, 0)
+        return Scored(pred.files, pred.classnames, pred.labels, pred.log_probs, mode)
     table, is_multi = read_label_csv(Path(labels), pred.classnames)
     keep = [i for i, f in enumerate(pred.files) if f in table]
     if not keep:
         raise MedvlkitError(f"no file of {predictions} appears in {labels}; both need the same 'file' values")
     y = np.stack([table[pred.files[i]] for i in keep])
-    multilabel = is_multi if multilabel is None else multilabel
-    ev = evaluate_probs(y, None, pred.classnames, multilabel, n_bootstrap, seed, log_probs=pred.log_probs[keep])
-    return ev, pred.classnames, len(pred.files) - len(keep)
+    return Scored([pred.files[i] for i in keep], pred.classnames, y, pred.log_probs[keep],
+                  is_multi if multilabel is None else multilabel, len(pred.files) - len(keep))
+
+
+def evaluate_csv(predictions: Path, labels: Path | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                 multilabel: bool | None = None) -> tuple[Evaluation, list[str], int]:
+    """Score a predictions CSV against a labels CSV joined on ``file``, or against its own truth columns.
+
+    A medvlkit ``predictions.csv`` scored on its own truth reproduces its run's ``result.json`` metrics exactly.
+
+    Returns:
+        the evaluation, the class names, and the number of predictions without a label (left out).
+    """
+    s = scored_predictions(predictions, labels, multilabel)
+    ev = evaluate_probs(s.labels, None, s.classnames, s.multilabel, n_bootstrap, seed, log_probs=s.log_probs)
+    return ev, s.classnames, s.unmatched
+
+
+@dataclass
+class ClinicalOptions:
+    """What ``evaluate`` adds for a clinical reader (all off by default).
+
+    Attributes:
+        val_predictions: labelled VALIDATION predictions (same classes) where operating-point thresholds are chosen.
+        specificities / sensitivities: targets ("sensitivity at specificity X", "specificity at sensitivity X").
+        prevalence: also PPV/NPV at this prevalence.
+        positive: the class of a two-class single-label task whose decision curve is drawn (default: the second).
+    """
+
+    val_predictions: Path | None = None
+    specificities: tuple[float, ...] = (0.9, 0.95)
+    sensitivities: tuple[float, ...] = (0.9, 0.95)
+    prevalence: float | None = None
+    positive: str | None = None
+
+
+DECISION_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
+"""Threshold probabilities of the decision curves: 0.01 to 0.99."""
+
+
+def operating_points_from_validation(test: Scored, val_path: Path, opts: ClinicalOptions, n_bootstrap: int,
+                                     seed: int) -> dict[str, Any]:
+    """Per class, thresholds chosen on ``val_path``'s predictions and the test rates they give (with CIs).
+
+    Raises:
+        MedvlkitError: the validation file lacks truth or a class, is of another mode, or shares a file with the
+            test predictions (thresholds from the test data would be reported as if chosen beforehand).
+    """
+    from medvlkit.engine.operating_points import per_class_operating_points
+    from medvlkit.engine.results import read_labelled_predictions
+
+    val = read_labelled_predictions(val_path, test.classnames)
+    if val.labels is None:
+        raise MedvlkitError(f"--val-predictions {val_path} has no true labels: thresholds need labelled validation "
+                            "predictions")
+    if bool(val.multilabel) != test.multilabel:
+        raise MedvlkitError(f"--val-predictions {val_path} is {'multi' if val.multilabel else 'single'}-label, the "
+                            f"predictions scored are {'multi' if test.multilabel else 'single'}-label")
+    shared = set(val.files) & set(test.files)
+    if shared:
+        raise MedvlkitError(f"--val-predictions {val_path} shares {len(shared)} file(s) with the predictions scored "
+                            f"(e.g. {sorted(shared)[0]}): thresholds must come from other images than those they are "
+                            "reported on")
+    out = per_class_operating_points(val.labels, val.log_probs, test.labels, test.log_probs, test.classnames,
+                                     test.multilabel, opts.specificities, opts.sensitivities, opts.prevalence,
+                                     n_bootstrap, seed)
+    for rows in out["classes"].values():
+        for row in rows:  # chosen on log-probabilities (lossless order); reported as a probability too
+            row["threshold_log_prob"], row["threshold"] = row["threshold"], float(np.exp(row["threshold"]))
+    return {"validation": str(val_path), "n_validation": len(val.files)} | out
+
+
+def decision_curves(test: Scored, positive: str | None = None) -> dict[str, Any]:
+    """Net benefit over :data:`DECISION_THRESHOLDS` for each binary question the data asks: every class of
+    multi-label data, the ``positive`` class (default: the second) of two-class single-label data; none for more
+    classes. Returns {class: {threshold, model, treat_all, treat_none}}."""
+    from medvlkit.engine.operating_points import class_columns, net_benefit, usable_class
+
+    if test.multilabel:
+        chosen = list(range(len(test.classnames)))
+    elif len(test.classnames) == 2:
+        if positive is not None and positive not in test.classnames:
+            raise MedvlkitError(f"--positive {positive}: not one of the classes {test.classnames}")
+        chosen = [test.classnames.index(positive) if positive else 1]
+    else:
+        return {}
+    out = {}
+    for c in chosen:
+        y, log_p = class_columns(test.labels, test.log_probs, test.multilabel, c)
+        if usable_class(y) is None:
+            out[test.classnames[c]] = net_benefit(y, np.exp(log_p), DECISION_THRESHOLDS)
+    return out
+
+
+def operating_point_metrics(points: dict[str, Any]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The operating points as flat per-class metrics (``sensitivity@specificity0.95/<class>`` ...) and their CIs,
+    for tables that list scalars (report.csv)."""
+    metrics, ci = {}, {}
+    for name, rows in points.get("classes", {}).items():
+        for row in rows:
+            other = "sensitivity" if row["target"] == "specificity" else "specificity"
+            key = f"{other}@{row['target']}{row['level']:g}/{name}"
+            metrics[key], ci[key] = row[other], row["ci"].get(other)
+    return metrics, ci
 
 
 def evaluate_task(predictions: Path, labels: Path | None, out_dir: Path, n_bootstrap: int = 1000,
-                  seed: int = 0) -> tuple[dict[str, Any], int]:
-    """The ``evaluate`` task: score ``predictions`` (see :func:`evaluate_csv`) and write ``out_dir/result.json``.
+                  seed: int = 0, clinical: ClinicalOptions | None = None) -> tuple[dict[str, Any], int]:
+    """The ``evaluate`` task: score ``predictions`` (see :func:`evaluate_csv`), with operating points chosen on
+    validation predictions and decision curves when ``clinical`` asks, and write ``out_dir/result.json``.
     Returns (the result, the number of predictions without a label)."""
     import json
 
     from medvlkit.engine.results import write_result
 
-    ev, classnames, unmatched = evaluate_csv(predictions, labels, n_bootstrap, seed)
+    clinical = clinical or ClinicalOptions()
+    s = scored_predictions(predictions, labels)
+    ev = evaluate_probs(s.labels, None, s.classnames, s.multilabel, n_bootstrap, seed, log_probs=s.log_probs)
+    metrics, ci, extra = dict(ev.metrics), dict(ev.ci), dict(ev.extra)
+    if clinical.val_predictions is not None:
+        extra["operating_points"] = operating_points_from_validation(s, clinical.val_predictions, clinical,
+                                                                     n_bootstrap, seed)
+        more, more_ci = operating_point_metrics(extra["operating_points"])
+        metrics |= more
+        ci |= {k: v for k, v in more_ci.items() if v}
+    curves = decision_curves(s, clinical.positive)
+    if curves:
+        extra["decision_curve"] = curves
     path = write_result(out_dir, dataset=str(labels or predictions), model=str(predictions), task="evaluate",
-                        metrics=ev.metrics, ci=ev.ci, seed=seed,
+                        metrics=metrics, ci=ci, seed=seed,
                         config={"predictions": str(predictions), "labels": str(labels) if labels else None,
-                                "bootstrap": n_bootstrap},
-                        extra={"classnames": classnames, "confusion_matrix": ev.confusion_matrix,
-                               "n_unlabelled_predictions": unmatched} | ev.extra)
-    return json.loads(path.read_text()), unmatched
+                                "bootstrap": n_bootstrap,
+                                "val_predictions": str(clinical.val_predictions) if clinical.val_predictions else None,
+                                "specificities": list(clinical.specificities),
+                                "sensitivities": list(clinical.sensitivities), "prevalence": clinical.prevalence},
+                        extra={"classnames": s.classnames, "confusion_matrix": ev.confusion_matrix,
+                               "n_unlabelled_predictions": s.unmatched} | extra)
+    return json.loads(path.read_text()), s.unmatched
