@@ -342,8 +342,14 @@ def calibrate(predictions: Path = typer.Option(..., "--predictions", help="VALID
               thresholds: str = typer.Option("youden", "--thresholds", help="per-class thresholds: youden, "
                                                                            "sensitivity or none"),
               target_sensitivity: float = typer.Option(0.9, "--target-sensitivity",
-                                                       help="with --thresholds sensitivity")) -> None:
-    """Fit temperature scaling and per-class thresholds on validation predictions (never on test data).
+                                                       help="with --thresholds sensitivity"),
+              conformal: float = typer.Option(None, "--conformal", help="also fit split-conformal prediction sets "
+                                                                        "of this coverage, e.g. 0.9 (single-label)"),
+              conformal_mode: str = typer.Option("marginal", "--conformal-mode",
+                                                 help="marginal (coverage on average) or class (for each true "
+                                                      "class)")) -> None:
+    """Fit temperature scaling and per-class thresholds on validation predictions (never on test data); with
+    --conformal, a prediction-set rule that apply-calibration uses to give each image a set of classes.
 
     Example: medvlkit calibrate --predictions runs/val/predictions.csv --out runs/calib
     Then: medvlkit apply-calibration --predictions runs/test/predictions.csv --calibration runs/calib/calibration.json
@@ -351,7 +357,7 @@ def calibrate(predictions: Path = typer.Option(..., "--predictions", help="VALID
     from medvlkit.tasks.calibration_task import calibrate_predictions
 
     out_dir = _out(out, "calibrate")
-    metrics = calibrate_predictions(predictions, out_dir, thresholds, target_sensitivity)
+    metrics = calibrate_predictions(predictions, out_dir, thresholds, target_sensitivity, conformal, conformal_mode)
     console.print(f"validation ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f} after temperature "
                   f"scaling; wrote {out_dir}/calibration.json")
 
@@ -369,14 +375,16 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
     Example: medvlkit apply-calibration --predictions runs/test/predictions.csv
              --calibration runs/calib/calibration.json
     """
-    from medvlkit.apps.display import print_metrics
+    from medvlkit.apps.display import print_conformal, print_metrics
     from medvlkit.tasks.calibration_task import apply_to_predictions
 
     out_dir = _out(out, "apply-calibration")
     metrics = apply_to_predictions(predictions, calibration, out_dir, bootstrap, seed)
     if metrics:
         console.print(f"ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f}")
-        print_metrics(json.loads((out_dir / "result.json").read_text()))
+        result = json.loads((out_dir / "result.json").read_text())
+        print_metrics(result)
+        print_conformal(result)
     console.print(f"wrote {out_dir}/predictions.csv and result.json")
 
 

@@ -111,6 +111,26 @@ def print_operating_points(result: dict) -> None:
         console.print(f"operating points of {escape(name)} not scored: {why}")
 
 
+def print_conformal(result: dict) -> None:
+    """Prediction sets: empirical coverage against the promised level and mean set size, per true class."""
+    conf = result.get("conformal")
+    if not conf:
+        return
+    table = Table("true class", "n", "coverage", "mean set size",
+                  title=f"prediction sets ({conf['mode']}, level {conf['level']:g}): coverage and size (95% CI)")
+
+    def cell(row: dict, k: str) -> str:
+        v, ci = row.get(k), (row.get("ci") or {}).get(k)
+        return "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
+
+    table.add_row("all", str(conf["n"]), cell(conf, "coverage"), cell(conf, "mean_set_size"))
+    for name, row in conf["per_class"].items():
+        table.add_row(escape(name), str(row["n"]), cell(row, "coverage"), cell(row, "mean_set_size"))
+    console.print(table)
+    if conf.get("same_images_as_fit"):
+        console.print("[bold]these are the images the rule was fitted on: their coverage is no guarantee[/bold]")
+
+
 def print_predictions(predictions_csv: Path, shown: int = 10, top: int = 3) -> None:
     """Each image's top classes with their probabilities, for the first ``shown`` images of a run's
     ``predictions.csv`` (the file the run wrote: the same numbers), then how many more there are; an image outside

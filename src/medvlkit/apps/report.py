@@ -142,6 +142,8 @@ def run_section(run: Run) -> str:
         parts.append('<div class="plots">' + "".join(plots) + "</div>")
     if res.get("operating_points"):
         parts.append(operating_points_table(res["operating_points"]))
+    if res.get("conformal"):
+        parts.append(conformal_table(res["conformal"]))
     if res.get("confusion_matrices"):
         parts.append(_per_class_confusion(res["confusion_matrices"], res.get("threshold_source", "0.5")))
     for ex in res.get("examples", []):
@@ -259,6 +261,20 @@ def operating_points_table(points: dict) -> str:
             f"({points.get('n_validation')} predictions), rates on this run's data (95% CI)</h3>"
             f"<table>{head}{''.join(rows)}</table>" + (f"<p class='meta'>not scored:</p><ul>{skipped}</ul>"
                                                        if skipped else ""))
+
+
+def conformal_table(conf: dict) -> str:
+    """Prediction sets: coverage (promised: the level) and mean set size, overall and per true class, with CIs."""
+    rows = [("all", conf)] + list(conf.get("per_class", {}).items())
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{r['n']}</td>"
+                   f"<td>{_fmt(r.get('coverage'), (r.get('ci') or {}).get('coverage'))}</td>"
+                   f"<td>{_fmt(r.get('mean_set_size'), (r.get('ci') or {}).get('mean_set_size'))}</td></tr>"
+                   for name, r in rows)
+    warn = ("<p><b>measured on the images the rule was fitted on: no guarantee</b></p>"
+            if conf.get("same_images_as_fit") else "")
+    return (f"<h3>prediction sets: split conformal, {html.escape(str(conf.get('mode')))}, promised coverage "
+            f"{conf.get('level')} (95% CI); empty sets {_fmt(conf.get('empty_sets'))}</h3>{warn}"
+            f"<table><tr><th>true class</th><th>n</th><th>coverage</th><th>mean set size</th></tr>{body}</table>")
 
 
 def _per_class_confusion(matrices: dict, threshold_source: str) -> str:

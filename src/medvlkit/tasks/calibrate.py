@@ -38,6 +38,9 @@ class Calibration:
         thresholds: per-class decision thresholds on calibrated probabilities (empty: argmax / 0.5).
         threshold_method: youden, sensitivity or none; target_sensitivity for ``sensitivity``.
         fitted_on: the validation predictions file and its size, for the record.
+        conformal_level: the coverage of the prediction-set rule (None: no rule); conformal_mode: marginal or
+            class; conformal_q: its quantile(s), on the model's own (not re-tempered) probabilities
+            (:mod:`medvlkit.engine.conformal`).
     """
 
     classnames: list[str]
@@ -47,6 +50,9 @@ class Calibration:
     threshold_method: str = "none"
     target_sensitivity: float | None = None
     fitted_on: dict = field(default_factory=dict)
+    conformal_level: float | None = None
+    conformal_mode: str | None = None
+    conformal_q: list[float] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -63,6 +69,8 @@ class Calibration:
         if len(cal.temperatures) not in (1, len(cal.classnames)) or (cal.thresholds and
                                                                       len(cal.thresholds) != len(cal.classnames)):
             raise MedvlkitError(f"--calibration {path}: its temperatures/thresholds do not match its classes")
+        if cal.conformal_level is not None and len(cal.conformal_q) not in (1, len(cal.classnames)):
+            raise MedvlkitError(f"--calibration {path}: its prediction-set quantiles do not match its classes")
         return cal
 
 
