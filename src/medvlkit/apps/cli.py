@@ -82,6 +82,13 @@ TrainingManifestOpt = typer.Option(None, "--training-manifest", help="file listi
 BootstrapOpt = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs (0: none)")
 GateOpt = typer.Option(False, "--gate", help="first drop images the medical-image gate rejects (listed in result.json)")
 GateThrOpt = typer.Option(None, "--gate-threshold", help="P(medical) threshold for --gate (default: the model's)")
+SubgroupsOpt = typer.Option(None, "--subgroups", help="metadata column(s) to score per subgroup, comma-separated "
+                                                       "(e.g. sex,age); from the dataset (MedPix: age, sex, plane, "
+                                                       "modality) or --metadata")
+AgeBandsOpt = typer.Option(None, "--age-bands", help="edges turning a numeric column into bands, e.g. 18,40,65")
+MinSubgroupOpt = typer.Option(30, "--min-subgroup", help="smaller subgroups are listed, not scored")
+SubgroupMetricOpt = typer.Option("auroc", "--subgroup-metric", help="the metric whose largest gap is reported")
+MetadataOpt = typer.Option(None, "--metadata", help="CSV or JSONL with a 'file' column and metadata columns")
 
 
 def _print_version(value: bool) -> None:
@@ -290,25 +297,31 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
                                                            "the prompt set's"),
              out: Path = OutOpt, bootstrap: int = BootstrapOpt,
              seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
-             gate: bool = GateOpt, gate_threshold: float = GateThrOpt, run: RunOptions = FILLED,
+             gate: bool = GateOpt, gate_threshold: float = GateThrOpt,
+             subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
+             subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt, run: RunOptions = FILLED,
              data_opts: DataOptions = FILLED) -> None:
     """Zero-shot classification from text prompts; writes result.json and predictions.csv.
 
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
     """
-    from medvlkit.apps.display import print_gated, print_metrics, print_predictions, print_prompt_set
+    from medvlkit.apps.display import print_gated, print_metrics, print_predictions, print_prompt_set, print_subgroups
     from medvlkit.data.prompts import resolve_prompt_set
     from medvlkit.tasks.zeroshot import zeroshot_task
 
     config = _jsonable(dict(locals()))
     ps, ds = resolve_prompt_set(prompts, classes, mode), data_opts.load(data, split)  # cheap checks first
+    groups = _subgroups(subgroups, age_bands, min_subgroup, subgroup_metric, metadata)
+    if groups and not ds.has_labels:
+        raise MedvlkitError(f"--subgroups needs labelled data; {ds.full_name} has no labels")
     m = _load_with_scope(run, model)
     out_dir = _out(out, "zeroshot")
     ds = data_opts.held_out(ds, m, "test", **run.embed_kwargs())
-    result = zeroshot_task(m, ds, ps, out_dir, config, mode, run, bootstrap, seed, gate, gate_threshold)
+    result = zeroshot_task(m, ds, ps, out_dir, config, mode, run, bootstrap, seed, gate, gate_threshold, groups)
     print_gated(result)
     print_prompt_set(result)
     print_metrics(result)
+    print_subgroups(result)
     if not result.get("metrics"):  # no labels: the answers themselves
         print_predictions(out_dir / "predictions.csv")
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
@@ -593,22 +606,26 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
                                              help="report specificity at these sensitivities (comma-separated)"),
              prevalence: float = typer.Option(None, "--prevalence", help="also PPV/NPV at this prevalence"),
              positive: str = typer.Option(None, "--positive", help="two-class data: the class whose decision curve "
-                                                                   "is drawn (default: the second)")) -> None:
+                                                                   "is drawn (default: the second)"),
+             subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
+             subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt) -> None:
     """Score predictions against labels (joined on the 'file' column), or a medvlkit predictions.csv against its own
     truth (reproducing its run's metrics exactly). With --val-predictions: sensitivity at fixed specificity (and the
     reverse) per class, the threshold chosen on validation and reported on these predictions.
 
     Example: medvlkit evaluate --predictions runs/test/predictions.csv --val-predictions runs/val/predictions.csv
     """
-    from medvlkit.apps.display import print_metrics, print_operating_points
+    from medvlkit.apps.display import print_metrics, print_operating_points, print_subgroups
     from medvlkit.tasks.evaluate import ClinicalOptions, evaluate_task
 
     clinical = ClinicalOptions(val_predictions, _levels(specificity, "--specificity"),
                                _levels(sensitivity, "--sensitivity"), prevalence, positive)
     out_dir = _out(out, "evaluate")
-    result, unmatched = evaluate_task(predictions, labels, out_dir, bootstrap, seed, clinical)
+    groups = _subgroups(subgroups, age_bands, min_subgroup, subgroup_metric, metadata)
+    result, unmatched = evaluate_task(predictions, labels, out_dir, bootstrap, seed, clinical, groups)
     print_metrics(result)
     print_operating_points(result)
+    print_subgroups(result)
     if unmatched:
         err_console.print(f"warning: {unmatched} predictions had no label and were left out")
     console.print(f"wrote {out_dir}/result.json")
@@ -815,13 +832,26 @@ def demo(images: Path = typer.Option(None, "--images", help="also run on your ow
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
 
 
-def _levels(text: str, flag: str) -> tuple[float, ...]:
-    """Comma-separated rates in (0, 1] ("" for none)."""
+def _subgroups(columns: str | None, bands: str | None, min_size: int, metric: str, metadata: Path | None):
+    """The subgroup options of a verb (None when --subgroups is not given)."""
+    from medvlkit.tasks.evaluate import SubgroupOptions
+
+    if not columns:
+        if bands or metadata:
+            raise MedvlkitError("--age-bands and --metadata go with --subgroups COLUMN[,COLUMN]")
+        return None
+    return SubgroupOptions([c.strip() for c in columns.split(",") if c.strip()],
+                           sorted(_levels(bands, "--age-bands", upper=None)) if bands else [], min_size, metric,
+                           metadata)
+
+
+def _levels(text: str, flag: str, upper: float | None = 1.0) -> tuple[float, ...]:
+    """Comma-separated rates in (0, 1] ("" for none); any numbers when ``upper`` is None."""
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise MedvlkitError(f"{flag} {text}: give comma-separated numbers such as 0.9,0.95") from None
-    if any(not 0 < v <= 1 for v in values):
+    if upper is not None and any(not 0 < v <= upper for v in values):
         raise MedvlkitError(f"{flag} {text}: each rate must be in (0, 1]")
     return values
 

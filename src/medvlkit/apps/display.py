@@ -111,6 +111,35 @@ def print_operating_points(result: dict) -> None:
         console.print(f"operating points of {escape(name)} not scored: {why}")
 
 
+def print_subgroups(result: dict) -> None:
+    """Per metadata column: each subgroup's size and metrics with CIs, the subgroups too small to score, and the
+    largest gap with its paired CI."""
+    for column, an in (result.get("subgroups") or {}).items():
+        keys = list(next(iter(an["groups"].values()))["metrics"])
+        table = Table("subgroup", "n", *keys, title=f"subgroups by {escape(column)} (95% CI)")
+        for name, g in an["groups"].items():
+            cells = []
+            for k in keys:
+                v, ci = g["metrics"].get(k), (g.get("ci") or {}).get(k)
+                cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+                                                                 if ci and None not in ci else ""))
+            table.add_row(escape(name), str(g["n"]), *cells)
+        for column_ in table.columns:
+            column_.overflow = "fold"
+        console.print(table)
+        if an.get("too_small"):
+            console.print(f"not scored (under {an['min_size']} images): " + ", ".join(
+                f"{escape(k)} ({v})" for k, v in an["too_small"].items()))
+        if an.get("n_unknown"):
+            console.print(f"{an['n_unknown']} image(s) without a {escape(column)} value: in no subgroup")
+        gap = an.get("gap")
+        if gap:
+            ci = gap.get("ci")
+            console.print(f"largest {gap['metric']} gap: {escape(gap['high'])} - {escape(gap['low'])} = "
+                          f"{gap['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}] (paired bootstrap)"
+                                                   if ci and None not in ci else ""))
+
+
 def print_conformal(result: dict) -> None:
     """Prediction sets: empirical coverage against the promised level and mean set size, per true class."""
     conf = result.get("conformal")

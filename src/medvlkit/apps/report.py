@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.engine.plots import confusion_matrix_png, decision_curve_png, reliability_png, roc_png
+from medvlkit.engine.plots import confusion_matrix_png, decision_curve_png, forest_png, reliability_png, roc_png
 from medvlkit.engine.results import headline_keys, read_result
 from medvlkit.errors import MedvlkitError
 
@@ -144,6 +144,8 @@ def run_section(run: Run) -> str:
         parts.append(operating_points_table(res["operating_points"]))
     if res.get("conformal"):
         parts.append(conformal_table(res["conformal"]))
+    for column, analysis in (res.get("subgroups") or {}).items():
+        parts.append(subgroup_section(column, analysis))
     if res.get("confusion_matrices"):
         parts.append(_per_class_confusion(res["confusion_matrices"], res.get("threshold_source", "0.5")))
     for ex in res.get("examples", []):
@@ -261,6 +263,33 @@ def operating_points_table(points: dict) -> str:
             f"({points.get('n_validation')} predictions), rates on this run's data (95% CI)</h3>"
             f"<table>{head}{''.join(rows)}</table>" + (f"<p class='meta'>not scored:</p><ul>{skipped}</ul>"
                                                        if skipped else ""))
+
+
+def subgroup_section(column: str, an: dict) -> str:
+    """A forest plot of the gap metric per subgroup (the whole set first), the table of every metric with CIs, the
+    subgroups too small to score, and the largest gap with its paired CI."""
+    groups = an.get("groups", {})
+    metric = (an.get("gap") or {}).get("metric") or "auroc"
+    rows = [(f"{name} (n={g['n']})", g["metrics"].get(metric), *((g.get("ci") or {}).get(metric) or (None, None)))
+            for name, g in groups.items() if g["metrics"].get(metric) is not None]
+    plot = _img(forest_png(rows, metric, f"{metric} by {column}"), f"forest plot {column}") if rows else ""
+    keys = list(next(iter(groups.values()))["metrics"]) if groups else []
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{g['n']}</td>" + "".join(
+        f"<td>{_fmt(g['metrics'].get(k), (g.get('ci') or {}).get(k))}</td>" for k in keys) + "</tr>"
+        for name, g in groups.items())
+    notes = []
+    if an.get("too_small"):
+        notes.append(f"not scored (under {an.get('min_size')} images): " + ", ".join(
+            f"{html.escape(k)} ({v})" for k, v in an["too_small"].items()))
+    if an.get("n_unknown"):
+        notes.append(f"{an['n_unknown']} image(s) without a value: in no subgroup")
+    gap = an.get("gap")
+    if gap:
+        notes.append(f"largest {html.escape(gap['metric'])} gap: {html.escape(gap['high'])} minus "
+                     f"{html.escape(gap['low'])} = {_fmt(gap['value'], gap.get('ci'))} (paired bootstrap 95% CI)")
+    return (f"<h3>subgroups by {html.escape(column)}</h3><div class='plots'>{plot}</div><table><tr><th>subgroup"
+            f"</th><th>n</th>{''.join(f'<th>{html.escape(k)}</th>' for k in keys)}</tr>{body}</table>"
+            + "".join(f"<p class='meta'>{n}</p>" for n in notes))
 
 
 def conformal_table(conf: dict) -> str:

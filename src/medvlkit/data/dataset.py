@@ -11,6 +11,8 @@ A dataset is a list of image items with, optionally, labels and captions:
   each group on one side (``data/splits.py``).
 - ``skipped``: (entry, why) for what the adapter found but does not read (a file that is not an image, a FIFO, a
   dangling link...): every task lists them with its unreadable images, never drops them silently.
+- ``attributes[name][i]``: per-item metadata (age, sex, view, scanner, site...) as text, None where unknown, where
+  the adapter knows it (MedPix); subgroup analysis reads it. Kept aligned with ``items`` by :meth:`subset`.
 - ``meta["domain"]``: the kind of image the data holds (``chest x-ray``, ``ultrasound``...), where the adapter knows
   it (MedMNIST files); a prompt set of another domain is never chosen for it.
 """
@@ -43,6 +45,7 @@ class ImageDataset:
     meta: dict[str, Any] = field(default_factory=dict)
     groups: list[str | None] | None = None  # None inside: an item of no group (merged data)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    attributes: dict[str, list[str | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.items)
@@ -54,6 +57,9 @@ class ImageDataset:
             raise ValueError(f"{len(self.texts)} texts for {n} items")
         if self.groups is not None and len(self.groups) != n:
             raise ValueError(f"{len(self.groups)} group ids for {n} items")
+        for name, values in self.attributes.items():
+            if len(values) != n:
+                raise ValueError(f"attribute '{name}': {len(values)} values for {n} items")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -108,7 +114,8 @@ class ImageDataset:
             labels=None if self.labels is None else self.labels[keep], multilabel=self.multilabel,
             texts=None if self.texts is None else [self.texts[i] for i in keep], split=self.split,
             meta=dict(self.meta), groups=None if self.groups is None else [self.groups[i] for i in keep],
-            skipped=list(self.skipped))
+            skipped=list(self.skipped),
+            attributes={k: [v[i] for i in keep] for k, v in self.attributes.items()})
 
 
 @dataclass(frozen=True)

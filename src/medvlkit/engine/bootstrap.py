@@ -146,7 +146,7 @@ def single_label_samples(w: np.ndarray, y: np.ndarray, scores: np.ndarray, decis
     ranked = plan.stats(w)
     aurocs, aps = np.stack([r[0] for r in ranked], 1), np.stack([r[1] for r in ranked], 1)
     return {
-        "accuracy": tp.sum(1) / max(len(y), 1),
+        "accuracy": tp.sum(1) / np.maximum(w.sum(0).astype(np.float64), 1),  # rows drawn: n, or a subgroup's share
         "balanced_accuracy": _nanmean_rows(recall),
         "macro_precision": _nanmean_rows(precision),
         "macro_recall": _nanmean_rows(recall),

@@ -283,7 +283,8 @@ def operating_point_metrics(points: dict[str, Any]) -> tuple[dict[str, float], d
 
 
 def evaluate_task(predictions: Path, labels: Path | None, out_dir: Path, n_bootstrap: int = 1000,
-                  seed: int = 0, clinical: ClinicalOptions | None = None) -> tuple[dict[str, Any], int]:
+                  seed: int = 0, clinical: ClinicalOptions | None = None,
+                  subgroups: SubgroupOptions | None = None) -> tuple[dict[str, Any], int]:
     """The ``evaluate`` task: score ``predictions`` (see :func:`evaluate_csv`), with operating points chosen on
     validation predictions and decision curves when ``clinical`` asks, and write ``out_dir/result.json``.
     Returns (the result, the number of predictions without a label)."""
@@ -304,13 +305,97 @@ def evaluate_task(predictions: Path, labels: Path | None, out_dir: Path, n_boots
     curves = decision_curves(s, clinical.positive)
     if curves:
         extra["decision_curve"] = curves
+    if subgroups is not None and subgroups.columns:
+        extra["subgroups"] = subgroup_report(s, attributes_for(s.files, subgroups), subgroups, n_bootstrap, seed)
     path = write_result(out_dir, dataset=str(labels or predictions), model=str(predictions), task="evaluate",
                         metrics=metrics, ci=ci, seed=seed,
                         config={"predictions": str(predictions), "labels": str(labels) if labels else None,
                                 "bootstrap": n_bootstrap,
                                 "val_predictions": str(clinical.val_predictions) if clinical.val_predictions else None,
                                 "specificities": list(clinical.specificities),
-                                "sensitivities": list(clinical.sensitivities), "prevalence": clinical.prevalence},
+                                "sensitivities": list(clinical.sensitivities), "prevalence": clinical.prevalence,
+                                "subgroups": subgroups.columns if subgroups else [],
+                                "metadata": str(subgroups.metadata) if subgroups and subgroups.metadata else None},
                         extra={"classnames": s.classnames, "confusion_matrix": ev.confusion_matrix,
                                "n_unlabelled_predictions": s.unmatched} | extra)
     return json.loads(path.read_text()), s.unmatched
+
+
+@dataclass
+class SubgroupOptions:
+    """Subgroup analysis (off when ``columns`` is empty).
+
+    Attributes:
+        columns: metadata columns to split by (sex, age, view...), each analysed on its own.
+        age_bands: edges that turn a numeric column into bands (``18,40,65`` -> <18, 18-39, 40-64, >=65).
+        min_size: subgroups with fewer labelled images are listed, not scored.
+        metric: the metric whose largest between-subgroup gap is reported (auroc by default).
+        metadata: a CSV/JSONL file with a ``file`` column and the columns (beside what the dataset itself knows).
+    """
+
+    columns: list[str] = field(default_factory=list)
+    age_bands: list[float] = field(default_factory=list)
+    min_size: int = 30
+    metric: str = "auroc"
+    metadata: Path | None = None
+
+
+def subgroup_values(column: str, values: list[str | None], opts: SubgroupOptions
+                    ) -> tuple[list[str | None], list[str] | None]:
+    """A column's values as subgroups, and their order where it means something: banded (youngest first) when it
+    holds numbers and ``--age-bands`` are given.
+
+    Raises:
+        MedvlkitError: a numeric column without bands (every age would be its own subgroup).
+    """
+    from medvlkit.engine.subgroups import age_bands, band_names, numeric_share
+
+    if numeric_share(values) >= 0.9:
+        if not opts.age_bands:
+            raise MedvlkitError(f"--subgroups {column}: the column holds numbers; give --age-bands (e.g. 18,40,65) to "
+                                "group them")
+        return age_bands(values, opts.age_bands), band_names(opts.age_bands)
+    return values, None
+
+
+def subgroup_report(scored: Scored, attributes: dict[str, list[str | None]], opts: SubgroupOptions,
+                    n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per requested column: metrics per subgroup with CIs and the largest gap with a paired bootstrap CI
+    (:func:`medvlkit.engine.subgroups.subgroup_metrics`), on the rows of ``scored``; ``attributes`` hold each
+    column's value per row. Returns {column: analysis}."""
+    from medvlkit.engine.subgroups import subgroup_metrics
+
+    if opts.min_size < 1:
+        raise MedvlkitError(f"--min-subgroup {opts.min_size}: must be at least 1")
+    if scored.multilabel:
+        arrays: tuple[np.ndarray, ...] = (scored.labels, scored.log_probs,
+                                          np.full(len(scored.classnames), np.log(0.5)))
+        kind = "multi"
+    else:
+        kind = "single"
+        arrays = (np.nanargmax(scored.labels, axis=1), scored.log_probs, scored.log_probs.argmax(1))
+    out = {}
+    for column in opts.columns:
+        if column not in attributes:
+            raise MedvlkitError(f"--subgroups {column}: no such metadata column; known: "
+                                f"{', '.join(sorted(attributes)) or 'none (pass --metadata FILE)'}")
+        groups, order = subgroup_values(column, attributes[column], opts)
+        out[column] = subgroup_metrics(kind, arrays, scored.classnames, groups, opts.min_size, opts.metric,
+                                       n_bootstrap, seed, order=order)
+        if order:
+            out[column]["age_bands"] = list(opts.age_bands)
+    return out
+
+
+def attributes_for(items: list[str], opts: SubgroupOptions,
+                   known: dict[str, list[str | None]] | None = None) -> dict[str, list[str | None]]:
+    """The subgroup columns for ``items``: the dataset's own attributes (``known``, aligned with ``items``), then
+    those of ``opts.metadata`` (which win for a column both have)."""
+    from medvlkit.data.metadata import metadata_columns, read_metadata
+
+    out = dict(known or {})
+    if opts.metadata is not None:
+        table = read_metadata(opts.metadata)
+        in_file = {k for v in table.values() for k in v}
+        out |= metadata_columns(items, table, [c for c in opts.columns if c in in_file], opts.metadata)
+    return out

@@ -35,7 +35,7 @@ from medvlkit.engine.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import ModelBase
 from medvlkit.tasks.domain import DomainCheck, check_domain, domain_vectors
-from medvlkit.tasks.evaluate import evaluate_probs
+from medvlkit.tasks.evaluate import Scored, SubgroupOptions, attributes_for, evaluate_probs, subgroup_report
 
 if TYPE_CHECKING:
     from medvlkit.engine.options import RunOptions
@@ -126,7 +126,8 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
 
 def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBase, out_dir: str | Path,
                   config: dict[str, Any], n_bootstrap: int = 1000, seed: int = 0, extra: dict[str, Any] | None = None,
-                  embed_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                  embed_options: dict[str, Any] | None = None,
+                  subgroups: SubgroupOptions | None = None) -> dict[str, Any]:
     """Score a zero-shot result (when the data has labels); write result.json (with its ``identity``: see
     :func:`zeroshot_identity`; ``embed_options`` are the options it was embedded with), predictions.csv and
     prompts.json.
@@ -146,6 +147,14 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
                             log_probs=result.log_probs)
         metrics, ci, extra["confusion_matrix"] = ev.metrics, ev.ci, ev.confusion_matrix
         extra |= ev.extra
+        if subgroups is not None and subgroups.columns:
+            items, rows = result.embeddings.items, result.embeddings.indices
+            known = {k: [v[i] for i in rows] for k, v in dataset.attributes.items()}
+            scored = Scored(list(items), result.classnames, result.labels, result.log_probs, multilabel)
+            extra["subgroups"] = subgroup_report(scored, attributes_for(list(items), subgroups, known), subgroups,
+                                                 n_bootstrap, seed)
+    elif subgroups is not None and subgroups.columns:
+        raise MedvlkitError("--subgroups needs labelled data: these images have no labels")
     check = result.domain
     flags = None if check is None else {"p_domain": check.p_domain, "in_domain": check.in_domain}
     write_predictions(out_dir, result.embeddings.items, result.classnames, result.log_probs, result.labels,
@@ -164,7 +173,8 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
 
 def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict[str, Any],
                   mode: str | None = None, run: RunOptions | None = None, n_bootstrap: int = 1000, seed: int = 0,
-                  gate: bool = False, gate_threshold: float | None = None) -> dict[str, Any]:
+                  gate: bool = False, gate_threshold: float | None = None,
+                  subgroups: SubgroupOptions | None = None) -> dict[str, Any]:
     """The ``zeroshot`` task: (optionally gate, then) classify ``dataset`` and write result.json, predictions.csv
     and prompts.json into ``out_dir``. ``run``: :class:`medvlkit.engine.options.RunOptions`. Returns the result."""
     from medvlkit.engine.options import RunOptions
@@ -173,4 +183,4 @@ def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, o
     kwargs = (run or RunOptions()).embed_kwargs()
     dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
     res = zeroshot_classify(model, dataset, prompts, mode, embeddings=emb, **kwargs)
-    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, gated, kwargs)
+    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, gated, kwargs, subgroups)

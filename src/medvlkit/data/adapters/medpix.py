@@ -32,6 +32,15 @@ def load_medpix(path: Path, split: str | None = None) -> ImageDataset:
     texts = [(r.get("Description") or {}).get("Caption") or "" for r in rows]
     classes = sorted({r["Type"] for r in rows})
     labels = one_hot(np.array([classes.index(r["Type"]) for r in rows]), len(classes))
-    meta = {"location_category": [r.get("Location Category") for r in rows]}
+    desc = [r.get("Description") or {} for r in rows]
+    attributes = {"location_category": [_text(r.get("Location Category")) for r in rows],
+                  "age": [_text(d.get("Age")) for d in desc], "sex": [_text(d.get("Sex")) for d in desc],
+                  "plane": [_text(d.get("Plane")) for d in desc], "modality": [_text(d.get("Modality")) for d in desc]}
     return ImageDataset(items=items, name="medpix2", classnames=classes, labels=labels, texts=texts,
-                        split=split, meta=meta)
+                        split=split, attributes=attributes)
+
+
+def _text(value) -> str | None:
+    """A metadata value as text; None where MedPix leaves it empty or writes N/A."""
+    text = "" if value is None else str(value).strip()
+    return None if text.lower() in ("", "n/a", "na", "unknown") else text
