@@ -299,29 +299,47 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
              gate: bool = GateOpt, gate_threshold: float = GateThrOpt,
              subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
-             subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt, run: RunOptions = FILLED,
-             data_opts: DataOptions = FILLED) -> None:
+             subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt,
+             prompt_sensitivity: bool = typer.Option(False, "--prompt-sensitivity",
+                                                     help="also score each template and each synonym of the prompt "
+                                                          "set alone: the spread, the best and worst wording, and "
+                                                          "classes whose prompts point the wrong way"),
+             run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Zero-shot classification from text prompts; writes result.json and predictions.csv.
 
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
     """
-    from medvlkit.apps.display import print_gated, print_metrics, print_predictions, print_prompt_set, print_subgroups
+    from medvlkit.apps.display import (
+        print_gated,
+        print_metrics,
+        print_predictions,
+        print_prompt_sensitivity,
+        print_prompt_set,
+        print_subgroups,
+    )
     from medvlkit.data.prompts import resolve_prompt_set
     from medvlkit.tasks.zeroshot import zeroshot_task
 
     config = _jsonable(dict(locals()))
     ps, ds = resolve_prompt_set(prompts, classes, mode), data_opts.load(data, split)  # cheap checks first
     groups = _subgroups(subgroups, age_bands, min_subgroup, subgroup_metric, metadata)
-    if groups and not ds.has_labels:
-        raise MedvlkitError(f"--subgroups needs labelled data; {ds.full_name} has no labels")
+    if prompt_sensitivity:
+        from medvlkit.tasks.prompt_sensitivity import check_wordings
+
+        check_wordings(ps)
+    for flag, asked in (("--subgroups", groups), ("--prompt-sensitivity", prompt_sensitivity)):
+        if asked and not ds.has_labels:
+            raise MedvlkitError(f"{flag} needs labelled data; {ds.full_name} has no labels")
     m = _load_with_scope(run, model)
     out_dir = _out(out, "zeroshot")
     ds = data_opts.held_out(ds, m, "test", **run.embed_kwargs())
-    result = zeroshot_task(m, ds, ps, out_dir, config, mode, run, bootstrap, seed, gate, gate_threshold, groups)
+    result = zeroshot_task(m, ds, ps, out_dir, config, mode, run, bootstrap, seed, gate, gate_threshold, groups,
+                           prompt_sensitivity)
     print_gated(result)
     print_prompt_set(result)
     print_metrics(result)
     print_subgroups(result)
+    print_prompt_sensitivity(result)
     if not result.get("metrics"):  # no labels: the answers themselves
         print_predictions(out_dir / "predictions.csv")
     console.print(f"wrote {out_dir}/result.json and predictions.csv")

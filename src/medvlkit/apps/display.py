@@ -140,6 +140,35 @@ def print_subgroups(result: dict) -> None:
                                                    if ci and None not in ci else ""))
 
 
+def print_prompt_sensitivity(result: dict) -> None:
+    """Each wording's metrics with CIs, the spread, the best and worst, the ensemble's rank, and classes whose
+    prompts point the wrong way."""
+    ps = result.get("prompt_sensitivity")
+    if not ps:
+        return
+    keys = list(ps["variants"][0]["metrics"])
+    table = Table("wording", *keys, title="prompt sensitivity: the same images under each wording (95% CI)")
+    for r in ps["variants"]:
+        cells = []
+        for k in keys:
+            v, ci = r["metrics"].get(k), r["ci"].get(k)
+            cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        table.add_row(escape(r["name"]), *cells)
+    for column in table.columns:
+        column.overflow = "fold"
+    console.print(table)
+    console.print("spread (max - min over single wordings): " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                                                           ps["spread"].items()))
+    console.print(f"best: {escape(ps['best'])}; worst: {escape(ps['worst'])}; the ensemble ranks "
+                  f"{ps['ensemble_rank']} of {ps['n_variants']}")
+    for cls, where in ps.get("inverted", {}).items():
+        aucs = [w["auroc"] for w in where]
+        n_inv = sum(w["verdict"] == "inverted" for w in where)
+        console.print(f"[bold]class {escape(cls)}: its prompts score it LOWER on its own images than on the others in "
+                      f"{len(where)} of {ps['n_variants']} wordings[/bold] (AUROC {min(aucs):.3f} to {max(aucs):.3f}; "
+                      f"{n_inv} with the whole CI below 0.5; each in result.json)")
+
+
 def print_conformal(result: dict) -> None:
     """Prediction sets: empirical coverage against the promised level and mean set size, per true class."""
     conf = result.get("conformal")

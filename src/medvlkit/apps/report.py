@@ -84,8 +84,9 @@ def write_tables(runs: list[Run], out: Path) -> None:
                         *[m.get(k, "") for k in keys]])
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _img(png: bytes, alt: str, wide: bool = False) -> str:
+    cls = ' class="wide"' if wide else ""
+    return f'<img{cls} alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _thumb(path: str, size: int = 110) -> str:
@@ -144,6 +145,8 @@ def run_section(run: Run) -> str:
         parts.append(operating_points_table(res["operating_points"]))
     if res.get("conformal"):
         parts.append(conformal_table(res["conformal"]))
+    if res.get("prompt_sensitivity"):
+        parts.append(prompt_sensitivity_section(res["prompt_sensitivity"]))
     for column, analysis in (res.get("subgroups") or {}).items():
         parts.append(subgroup_section(column, analysis))
     if res.get("confusion_matrices"):
@@ -265,6 +268,29 @@ def operating_points_table(points: dict) -> str:
                                                        if skipped else ""))
 
 
+def prompt_sensitivity_section(ps: dict) -> str:
+    """The AUROC of each wording as a forest plot (the ensemble first), the table of metrics with CIs, the spread,
+    the ensemble's rank, and classes whose prompts point the wrong way."""
+    variants = ps.get("variants", [])
+    rows = [(r["name"][:48], r["metrics"].get("auroc"), *(r["ci"].get("auroc") or (None, None))) for r in variants
+            if r["metrics"].get("auroc") is not None]
+    plot = _img(forest_png(rows, "AUROC", "AUROC by prompt wording"), "prompt sensitivity", wide=True) if rows else ""
+    keys = list(variants[0]["metrics"]) if variants else []
+    body = "".join(f"<tr><td>{html.escape(r['name'])}</td>" + "".join(
+        f"<td>{_fmt(r['metrics'].get(k), r['ci'].get(k))}</td>" for k in keys) + "</tr>" for r in variants)
+    spread = ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in ps.get("spread", {}).items())
+    warn = "".join(f"<p><b>class {html.escape(c)}: its prompts score it lower on its own images than on the others "
+                   f"in {len(where)} of {ps.get('n_variants')} wordings:</b></p><ul>" + "".join(
+                       f"<li>{html.escape(w['wording'])}: {w['verdict']}, AUROC {w['auroc']:.3f}</li>" for w in where)
+                   + "</ul>" for c, where in ps.get("inverted", {}).items())
+    return (f"<h3>prompt sensitivity: {ps.get('n_variants')} wordings of the same prompt set</h3>"
+            f"<div class='plots'>{plot}</div><table><tr><th>wording</th>"
+            f"{''.join(f'<th>{html.escape(k)}</th>' for k in keys)}</tr>{body}</table>"
+            f"<p class='meta'>spread (max - min over single wordings): {spread}; best: "
+            f"{html.escape(str(ps.get('best')))}; worst: {html.escape(str(ps.get('worst')))}; the ensemble ranks "
+            f"{ps.get('ensemble_rank')} of {ps.get('n_variants')}</p>{warn}")
+
+
 def subgroup_section(column: str, an: dict) -> str:
     """A forest plot of the gap metric per subgroup (the whole set first), the table of every metric with CIs, the
     subgroups too small to score, and the largest gap with its paired CI."""
@@ -272,7 +298,7 @@ def subgroup_section(column: str, an: dict) -> str:
     metric = (an.get("gap") or {}).get("metric") or "auroc"
     rows = [(f"{name} (n={g['n']})", g["metrics"].get(metric), *((g.get("ci") or {}).get(metric) or (None, None)))
             for name, g in groups.items() if g["metrics"].get(metric) is not None]
-    plot = _img(forest_png(rows, metric, f"{metric} by {column}"), f"forest plot {column}") if rows else ""
+    plot = _img(forest_png(rows, metric, f"{metric} by {column}"), f"forest plot {column}", wide=True) if rows else ""
     keys = list(next(iter(groups.values()))["metrics"]) if groups else []
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{g['n']}</td>" + "".join(
         f"<td>{_fmt(g['metrics'].get(k), (g.get('ci') or {}).get(k))}</td>" for k in keys) + "</tr>"
@@ -320,6 +346,7 @@ CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:
 h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:8px 0;font-size:13px} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .meta{color:#666;font-size:12px} .plots img{margin:4px;border:1px solid #eee;max-width:380px}
+.plots img.wide{max-width:760px}
 .grid{display:flex;gap:6px} figure{margin:0;text-align:center;font-size:11px;border:2px solid transparent}
 figure.hit{border-color:#2a9d4a} figure.answer{border-color:#d08a00;margin-left:18px}
 .query p{font-size:13px;margin:10px 0 4px} .cms{display:flex;flex-wrap:wrap;gap:8px}

@@ -117,7 +117,8 @@ def decision_curve_png(curve: dict[str, list[float]], name: str) -> bytes:
 def forest_png(rows: list[tuple[str, float, float, float]], metric: str, title: str = "subgroups") -> bytes:
     """Forest plot: one row per (label, value, CI low, CI high), value as a dot and its CI as a bar; a dashed line at
     the first row's value (the whole set when it comes first)."""
-    fig, ax = _figure(4.8, 0.9 + 0.32 * len(rows))
+    longest = max((len(r[0]) for r in rows), default=10)
+    fig, ax = _figure(3.2 + 0.065 * longest, 0.9 + 0.32 * len(rows))  # room for the labels
     ys = np.arange(len(rows))[::-1]
     for y, (_, v, lo, hi) in zip(ys, rows):
         if lo is not None and hi is not None and np.isfinite([lo, hi]).all():

@@ -174,13 +174,21 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
 def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict[str, Any],
                   mode: str | None = None, run: RunOptions | None = None, n_bootstrap: int = 1000, seed: int = 0,
                   gate: bool = False, gate_threshold: float | None = None,
-                  subgroups: SubgroupOptions | None = None) -> dict[str, Any]:
+                  subgroups: SubgroupOptions | None = None, sensitivity: bool = False) -> dict[str, Any]:
     """The ``zeroshot`` task: (optionally gate, then) classify ``dataset`` and write result.json, predictions.csv
-    and prompts.json into ``out_dir``. ``run``: :class:`medvlkit.engine.options.RunOptions`. Returns the result."""
+    and prompts.json into ``out_dir``. ``run``: :class:`medvlkit.engine.options.RunOptions`. ``subgroups``: also
+    score per subgroup; ``sensitivity``: also score every wording of the prompt set
+    (:mod:`medvlkit.tasks.prompt_sensitivity`). Returns the result."""
     from medvlkit.engine.options import RunOptions
     from medvlkit.tasks.gate import gate_before
 
     kwargs = (run or RunOptions()).embed_kwargs()
     dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
     res = zeroshot_classify(model, dataset, prompts, mode, embeddings=emb, **kwargs)
-    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, gated, kwargs, subgroups)
+    extra = dict(gated or {})
+    if sensitivity:
+        from medvlkit.tasks.prompt_sensitivity import prompt_sensitivity
+
+        extra["prompt_sensitivity"] = prompt_sensitivity(model, dataset, prompts, res.embeddings, mode, n_bootstrap,
+                                                         seed, **kwargs)
+    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, extra, kwargs, subgroups)
