@@ -120,3 +120,31 @@ def test_cli_writes_operating_points_and_the_report_shows_them(tmp_path, capsys)
     assert main(["evaluate", "--predictions", str(test), "--val-predictions", str(val), "--specificity", "95",
                  "--out", str(tmp_path / "e2")]) == 2
     assert "must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_zeroshot_val_split_and_the_sweep_agree_with_evaluate(tiny_clip_dir, tmp_path):
+    """Three paths to one set of operating points: `zeroshot --val-split`, the `eval` sweep's zero-shot cell, and
+    `evaluate --val-predictions` on the two splits' own predictions files."""
+    from tests.helpers import make_split_folders
+
+    data = make_split_folders(tmp_path / "d", {"train": 2, "val": 6, "test": 6})
+    common = ["--model", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "30",
+              "--prompts", "pneumonia"]
+    assert main(["zeroshot", *common, "--split", "test", "--val-split", "val", "--out", str(tmp_path / "z")]) == 0
+    assert main(["zeroshot", *common, "--split", "val", "--out", str(tmp_path / "zv")]) == 0
+    assert main(["zeroshot", *common, "--split", "test", "--out", str(tmp_path / "zt")]) == 0
+    assert main(["evaluate", "--predictions", str(tmp_path / "zt" / "predictions.csv"), "--val-predictions",
+                 str(tmp_path / "zv" / "predictions.csv"), "--bootstrap", "30", "--out", str(tmp_path / "e")]) == 0
+    assert main(["eval", "-m", f"hf:{tiny_clip_dir}", "-d", str(data), "--task", "zeroshot", "--val-split", "val",
+                 "--prompts", "pneumonia", "--bootstrap", "30", "-q", "--workers", "0", "--out",
+                 str(tmp_path / "s")]) == 0
+    direct = json.loads((tmp_path / "z" / "result.json").read_text())
+    by_files = json.loads((tmp_path / "e" / "result.json").read_text())
+    (cell,) = (tmp_path / "s").rglob("zeroshot/result.json")
+    swept = json.loads(cell.read_text())
+    for other in (by_files, swept):
+        assert other["operating_points"]["classes"] == direct["operating_points"]["classes"]
+        assert other["decision_curve"] == direct["decision_curve"]
+    assert direct["identity"]["validation"]["data"] != direct["identity"]["data"]  # the val split is in the identity
+    assert main(["report", str(tmp_path / "z"), "--out", str(tmp_path / "r")]) == 0  # thresholds none reaches too
+    assert main(["zeroshot", *common, "--split", "test", "--val-split", "test", "--out", str(tmp_path / "bad")]) == 2

@@ -300,6 +300,14 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              gate: bool = GateOpt, gate_threshold: float = GateThrOpt,
              subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
              subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt,
+             val_split: str = typer.Option(None, "--val-split", help="a labelled split of the same data (e.g. val) "
+                                                                     "where operating-point thresholds are chosen"),
+             specificity: str = typer.Option("0.9,0.95", "--specificity", help="with --val-split: sensitivity at "
+                                                                               "these specificities"),
+             sensitivity: str = typer.Option("0.9,0.95", "--sensitivity", help="with --val-split: specificity at "
+                                                                               "these sensitivities"),
+             prevalence: float = typer.Option(None, "--prevalence", help="with --val-split: PPV/NPV at this "
+                                                                         "prevalence"),
              prompt_sensitivity: bool = typer.Option(False, "--prompt-sensitivity",
                                                      help="also score each template and each synonym of the prompt "
                                                           "set alone: the spread, the best and worst wording, and "
@@ -312,6 +320,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     from medvlkit.apps.display import (
         print_gated,
         print_metrics,
+        print_operating_points,
         print_predictions,
         print_prompt_sensitivity,
         print_prompt_set,
@@ -327,17 +336,33 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         from medvlkit.tasks.prompt_sensitivity import check_wordings
 
         check_wordings(ps)
-    for flag, asked in (("--subgroups", groups), ("--prompt-sensitivity", prompt_sensitivity)):
+    for flag, asked in (("--subgroups", groups), ("--prompt-sensitivity", prompt_sensitivity),
+                        ("--val-split", val_split)):
         if asked and not ds.has_labels:
             raise MedvlkitError(f"{flag} needs labelled data; {ds.full_name} has no labels")
+    clinical, val_ds = None, None
+    if val_split:
+        from medvlkit.tasks.evaluate import ClinicalOptions
+
+        if val_split == split:
+            raise MedvlkitError(f"--val-split {val_split} is the split scored: thresholds must be chosen on other "
+                                "images")
+        clinical = ClinicalOptions(None, _levels(specificity, "--specificity"), _levels(sensitivity, "--sensitivity"),
+                                   prevalence)
+        val_ds = data_opts.load(data, val_split)
+        if not val_ds.has_labels:
+            raise MedvlkitError(f"--val-split {val_split}: {val_ds.full_name} has no labels")
     m = _load_with_scope(run, model)
     out_dir = _out(out, "zeroshot")
     ds = data_opts.held_out(ds, m, "test", **run.embed_kwargs())
+    if val_ds is not None:
+        val_ds = data_opts.held_out(val_ds, m, "val", **run.embed_kwargs())
     result = zeroshot_task(m, ds, ps, out_dir, config, mode, run, bootstrap, seed, gate, gate_threshold, groups,
-                           prompt_sensitivity)
+                           prompt_sensitivity, val_ds, clinical)
     print_gated(result)
     print_prompt_set(result)
     print_metrics(result)
+    print_operating_points(result)
     print_subgroups(result)
     print_prompt_sensitivity(result)
     if not result.get("metrics"):  # no labels: the answers themselves
@@ -809,6 +834,8 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
              group_pattern: str = typer.Option(None, "--group-pattern", help="regex on file names giving the "
                                                                              "patient id, for the probe's held-out "
                                                                              "validation where a dataset has no val"),
+             val_split: str = typer.Option(None, "--val-split", help="zero-shot cells also report operating points "
+                                                                     "with thresholds chosen on this split (e.g. val)"),
              run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Evaluate every model on every dataset (CLIP_benchmark-style sweep), then write one report over all runs.
 
@@ -820,7 +847,7 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
 
     cfg = SweepConfig([str(m) for m in models], [str(d) for d in datasets], str(_out(out, "eval")),
                       tuple(t.strip() for t in task.split(",") if t.strip()), split, prompts, bootstrap, seed,
-                      skip_existing, group_pattern)
+                      skip_existing, group_pattern, val_split)
     cells = run_sweep(cfg, run, data_opts)
     print_cells(cells)
     if finished := [Path(c.out) for c in cells if c.status in ("done", "skipped")]:

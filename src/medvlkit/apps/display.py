@@ -102,7 +102,8 @@ def print_operating_points(result: dict) -> None:
 
     for name, rows in points["classes"].items():
         for r in rows:
-            table.add_row(escape(name), f"{r['target']} >= {r['level']:g}", f"{r['threshold']:.3g}",
+            thr = "none reaches it" if r["threshold"] is None else f"{r['threshold']:.3g}"  # inf: nothing positive
+            table.add_row(escape(name), f"{r['target']} >= {r['level']:g}", thr,
                           *(cell(r, k) for k in ("sensitivity", "specificity")))
     for column in table.columns:
         column.overflow = "fold"  # a number is never cut short

@@ -253,8 +253,9 @@ def operating_points_table(points: dict) -> str:
             ci = r.get("ci") or {}
             at_prev = (f"<td>{_fmt(r.get('ppv_at_prevalence'))} / {_fmt(r.get('npv_at_prevalence'))}</td>"
                        if "prevalence" in r else "")
+            thr = "none reaches it" if r["threshold"] is None else f"{r['threshold']:.4g}"  # inf: nothing positive
             rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(r['target'])} &ge; {r['level']:g}</td>"
-                        f"<td>{r['threshold']:.4g}</td><td>{_fmt(r['val_' + r['target']])}</td>"
+                        f"<td>{thr}</td><td>{_fmt(r['val_' + r['target']])}</td>"
                         + "".join(f"<td>{_fmt(r[k], ci.get(k))}</td>" for k in ("sensitivity", "specificity", "ppv",
                                                                                 "npv")) + at_prev + "</tr>")
     prev = next((r["prevalence"] for t in points.get("classes", {}).values() for r in t if "prevalence" in r), None)

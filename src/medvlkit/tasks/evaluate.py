@@ -216,36 +216,56 @@ DECISION_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 """Threshold probabilities of the decision curves: 0.01 to 0.99."""
 
 
-def operating_points_from_validation(test: Scored, val_path: Path, opts: ClinicalOptions, n_bootstrap: int,
-                                     seed: int) -> dict[str, Any]:
-    """Per class, thresholds chosen on ``val_path``'s predictions and the test rates they give (with CIs).
+def operating_points_between(val: Scored, test: Scored, opts: ClinicalOptions, n_bootstrap: int, seed: int,
+                             source: str) -> dict[str, Any]:
+    """Per class, thresholds chosen on ``val`` and the rates they give on ``test`` (with CIs); classes aligned by
+    name. The one place operating points are made: ``evaluate --val-predictions``, ``zeroshot --val-split`` and the
+    ``eval`` sweep all come here.
 
     Raises:
-        MedvlkitError: the validation file lacks truth or a class, is of another mode, or shares a file with the
-            test predictions (thresholds from the test data would be reported as if chosen beforehand).
+        MedvlkitError: another mode, a class the validation part lacks, or an image in both parts (thresholds from
+            the test data would be reported as if chosen beforehand).
     """
+    from medvlkit.engine.labels import canonical_class
     from medvlkit.engine.operating_points import per_class_operating_points
-    from medvlkit.engine.results import read_labelled_predictions
 
-    val = read_labelled_predictions(val_path, test.classnames)
-    if val.labels is None:
-        raise MedvlkitError(f"--val-predictions {val_path} has no true labels: thresholds need labelled validation "
-                            "predictions")
-    if bool(val.multilabel) != test.multilabel:
-        raise MedvlkitError(f"--val-predictions {val_path} is {'multi' if val.multilabel else 'single'}-label, the "
+    if val.multilabel != test.multilabel:
+        raise MedvlkitError(f"validation {source} is {'multi' if val.multilabel else 'single'}-label, the "
                             f"predictions scored are {'multi' if test.multilabel else 'single'}-label")
+    keys = [canonical_class(c) for c in val.classnames]
+    missing = [c for c in test.classnames if canonical_class(c) not in keys]
+    if missing:
+        raise MedvlkitError(f"validation {source} has no class {missing[0]!r} (it has {val.classnames})")
+    order = [keys.index(canonical_class(c)) for c in test.classnames]
     shared = set(val.files) & set(test.files)
     if shared:
-        raise MedvlkitError(f"--val-predictions {val_path} shares {len(shared)} file(s) with the predictions scored "
-                            f"(e.g. {sorted(shared)[0]}): thresholds must come from other images than those they are "
+        raise MedvlkitError(f"validation {source} shares {len(shared)} file(s) with the predictions scored (e.g. "
+                            f"{sorted(shared)[0]}): thresholds must come from other images than those they are "
                             "reported on")
-    out = per_class_operating_points(val.labels, val.log_probs, test.labels, test.log_probs, test.classnames,
-                                     test.multilabel, opts.specificities, opts.sensitivities, opts.prevalence,
-                                     n_bootstrap, seed)
+    out = per_class_operating_points(val.labels[:, order], val.log_probs[:, order], test.labels, test.log_probs,
+                                     test.classnames, test.multilabel, opts.specificities, opts.sensitivities,
+                                     opts.prevalence, n_bootstrap, seed)
     for rows in out["classes"].values():
         for row in rows:  # chosen on log-probabilities (lossless order); reported as a probability too
             row["threshold_log_prob"], row["threshold"] = row["threshold"], float(np.exp(row["threshold"]))
-    return {"validation": str(val_path), "n_validation": len(val.files)} | out
+    return {"validation": source, "n_validation": len(val.files)} | out
+
+
+def operating_points_from_validation(test: Scored, val_path: Path, opts: ClinicalOptions, n_bootstrap: int,
+                                     seed: int) -> dict[str, Any]:
+    """:func:`operating_points_between` with the validation predictions read from ``val_path``.
+
+    Raises:
+        MedvlkitError: the file lacks truth or a mode (and see :func:`operating_points_between`).
+    """
+    from medvlkit.engine.results import read_labelled_predictions
+
+    val = read_labelled_predictions(val_path)
+    if val.labels is None:
+        raise MedvlkitError(f"--val-predictions {val_path} has no true labels: thresholds need labelled validation "
+                            "predictions")
+    return operating_points_between(Scored(val.files, val.classnames, val.labels, val.log_probs,
+                                           bool(val.multilabel)), test, opts, n_bootstrap, seed, str(val_path))
 
 
 def decision_curves(test: Scored, positive: str | None = None) -> dict[str, Any]:

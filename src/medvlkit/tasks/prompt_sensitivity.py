@@ -3,12 +3,14 @@ a prompt set alone, each synonym alone, and the full ensemble, with CIs; the spr
 named, the ensemble's rank; and a check that no class's prompts point the wrong way (its positives scoring LOWER
 than its negatives: a pos/neg pair inverted, or a softmax phrase that describes another class).
 
-Every variant is answered through the one zero-shot path (:func:`medvlkit.tasks.zeroshot.zeroshot_classify`) on the
-image embeddings computed once, so a variant differs from the run's own numbers only by its texts.
+Every variant is answered through the one zero-shot path (``classify``: :func:`medvlkit.tasks.zeroshot.
+zeroshot_classify`, passed in by the zero-shot task that calls this module) on the image embeddings computed once, so
+a variant differs from the run's own numbers only by its texts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -78,10 +80,11 @@ def class_aurocs(labels: np.ndarray, log_probs: np.ndarray, classnames: list[str
     return out
 
 
-def prompt_sensitivity(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, embeddings: ImageEmbeddings,
-                       mode: str | None = None, n_bootstrap: int = 1000, seed: int = 0,
+def prompt_sensitivity(classify: Callable[..., Any], model: ModelBase, dataset: ImageDataset, prompts: PromptSet,
+                       embeddings: ImageEmbeddings, mode: str | None = None, n_bootstrap: int = 1000, seed: int = 0,
                        **embed_options: Any) -> dict[str, Any]:
-    """Score ``dataset`` (labelled) under every variant of ``prompts`` (:func:`prompt_variants`).
+    """Score ``dataset`` (labelled) under every variant of ``prompts`` (:func:`prompt_variants`) with ``classify``
+    (``zeroshot_classify``'s signature).
 
     Returns:
         ``variants`` (kind, name, metrics, ci, per-class AUROC checks), ``spread`` (max - min over the single-wording
@@ -91,15 +94,13 @@ def prompt_sensitivity(model: ModelBase, dataset: ImageDataset, prompts: PromptS
     Raises:
         MedvlkitError: the data has no labels, or the set has a single wording (nothing to compare).
     """
-    from medvlkit.tasks.zeroshot import zeroshot_classify
-
     if not dataset.has_labels:
         raise MedvlkitError("--prompt-sensitivity needs labelled data: it compares wordings by their metrics")
     variants = check_wordings(prompts)
     rows = []
     for kind, name, variant in tqdm(variants, desc="prompt wordings", unit="wording",
                                     disable=not embed_options.get("progress", True)):
-        res = zeroshot_classify(model, dataset, variant, mode, embeddings=embeddings, **embed_options)
+        res = classify(model, dataset, variant, mode, embeddings=embeddings, **embed_options)
         if res.labels is None:
             raise MedvlkitError("--prompt-sensitivity needs labelled data")
         multilabel = res.mode == "pos_neg"

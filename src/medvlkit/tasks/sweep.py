@@ -42,6 +42,8 @@ class SweepConfig:
         skip_existing: keep cells whose ``result.json`` was written with the same settings.
         group_pattern: patient-id regex on file names for the probe's held-out validation (datasets without a val
             split and without patient ids of their own).
+        val_split: zero-shot cells also report operating points with thresholds chosen on this split of each
+            dataset (where it has one; the cell records why not where it has none).
     """
 
     models: list[str]
@@ -54,10 +56,14 @@ class SweepConfig:
     seed: int = 0
     skip_existing: bool = False
     group_pattern: str | None = None
+    val_split: str | None = None
 
     def __post_init__(self) -> None:
         if not self.models or not self.datasets:
             raise MedvlkitError("pass at least one --model and one --data")
+        if self.val_split is not None and self.val_split == self.split:
+            raise MedvlkitError(f"--val-split {self.val_split} is the split scored: thresholds must be chosen on other "
+                                "images")
         bad = [t for t in self.tasks if t not in (*TASKS, "auto")]
         if bad or ("auto" in self.tasks and len(self.tasks) > 1):
             raise MedvlkitError(f"--task {','.join(self.tasks)}: valid: auto, or a comma-separated subset of "
@@ -226,7 +232,8 @@ def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> tuple[list[Cell], d
 def _record(cell: Cell, cfg: SweepConfig) -> dict:
     """The sweep's settings of a cell, recorded in its config for people (skip_existing compares identities)."""
     return {"model": cell.model, "data": cell.data, "task": cell.task, "split": cfg.split, "prompts": cfg.prompts,
-            "bootstrap": cfg.bootstrap, "seed": cfg.seed, "group_pattern": cfg.group_pattern}
+            "bootstrap": cfg.bootstrap, "seed": cfg.seed, "group_pattern": cfg.group_pattern,
+            "val_split": cfg.val_split}
 
 
 def _probe_cfg(cell: Cell, cfg: SweepConfig):
@@ -239,9 +246,10 @@ def _probe_cfg(cell: Cell, cfg: SweepConfig):
 def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> dict:
     """The identity the cell's result would have if it ran now: the task's own identity function, fed what the
     task would consume."""
+    from medvlkit.tasks.evaluate import ClinicalOptions
     from medvlkit.tasks.probe import probe_datasets, probe_identity
     from medvlkit.tasks.retrieval import retrieval_identity
-    from medvlkit.tasks.zeroshot import prompts_used, zeroshot_identity
+    from medvlkit.tasks.zeroshot import prompts_used, validation_identity, zeroshot_identity
 
     embed = run.embed_kwargs()
     if cell.task == "probe":
@@ -249,7 +257,9 @@ def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data
         return probe_identity(probe_cfg, model, probe_datasets(probe_cfg, data, model, embed), cfg.bootstrap, embed)
     if cell.task == "zeroshot":
         prompts = matching_prompts(ds, cfg.prompts)
-        return zeroshot_identity(model, ds, prompts_used(ds, prompts).identity(), cfg.bootstrap, cfg.seed, embed)
+        val = _validation(cell, model, cfg, run, data)
+        return zeroshot_identity(model, ds, prompts_used(ds, prompts).identity(), cfg.bootstrap, cfg.seed, embed,
+                                 None if val is None else validation_identity(val, ClinicalOptions()))
     return retrieval_identity(model, ds, cfg.bootstrap, cfg.seed, embed)
 
 
@@ -269,9 +279,10 @@ def _same_result(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data:
 
 def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
     """Run one cell into its folder; its status and error say how it went."""
+    from medvlkit.tasks.evaluate import ClinicalOptions
     from medvlkit.tasks.probe import run_probe_task
     from medvlkit.tasks.retrieval import save_retrieval
-    from medvlkit.tasks.zeroshot import save_zeroshot, zeroshot_classify
+    from medvlkit.tasks.zeroshot import save_zeroshot, validation_identity, validation_points, zeroshot_classify
 
     out = Path(cell.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,13 +295,34 @@ def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: Da
             prompts = matching_prompts(ds, cfg.prompts)
             cell.prompts = config["prompts"] = prompts.name
             res = zeroshot_classify(model, ds, prompts, **run.embed_kwargs())
-            save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed, embed_options=run.embed_kwargs())
+            extra, val_id = {}, None
+            val = _validation(cell, model, cfg, run, data)
+            if val is not None:
+                extra = validation_points(model, val, prompts, None, res, ClinicalOptions(), cfg.bootstrap, cfg.seed,
+                                          **run.embed_kwargs())
+                val_id = validation_identity(val, ClinicalOptions())
+            elif cfg.val_split:
+                extra = {"operating_points_not_made": f"the data has no labelled '{cfg.val_split}' split"}
+            save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed, extra, run.embed_kwargs(),
+                          validation=val_id)
         else:
             save_retrieval(model, ds, out, config, cfg.bootstrap, cfg.seed, **run.embed_kwargs())
     except MedvlkitError as err:
         cell.status, cell.error = "failed", first_line(err)
         return
     cell.status = "done"
+
+
+def _validation(cell: Cell, model, cfg: SweepConfig, run: RunOptions, data: DataOptions):
+    """The labelled ``--val-split`` of a zero-shot cell's dataset without the model's training images, or None
+    (not asked, or the data has no such labelled split)."""
+    if not cfg.val_split:
+        return None
+    try:
+        val = data.load(cell.data, cfg.val_split)
+    except MedvlkitError:
+        return None
+    return data.held_out(val, model, "val", **run.embed_kwargs()) if val.has_labels else None
 
 
 def _headline(folder: Path) -> tuple[dict, str]:

@@ -35,7 +35,16 @@ from medvlkit.engine.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import ModelBase
 from medvlkit.tasks.domain import DomainCheck, check_domain, domain_vectors
-from medvlkit.tasks.evaluate import Scored, SubgroupOptions, attributes_for, evaluate_probs, subgroup_report
+from medvlkit.tasks.evaluate import (
+    ClinicalOptions,
+    Scored,
+    SubgroupOptions,
+    attributes_for,
+    decision_curves,
+    evaluate_probs,
+    operating_points_between,
+    subgroup_report,
+)
 
 if TYPE_CHECKING:
     from medvlkit.engine.options import RunOptions
@@ -87,12 +96,21 @@ def prompts_used(dataset: ImageDataset, prompts: PromptSet, mode: str | None = N
 
 
 def zeroshot_identity(model: ModelBase, dataset: ImageDataset, prompt_identity: str, n_bootstrap: int, seed: int,
-                      embed_options: dict[str, Any]) -> dict[str, Any]:
+                      embed_options: dict[str, Any], validation: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a zero-shot result is computed from (see :mod:`medvlkit.engine.identity`): the model, the data, the prompt
-    texts and mode (``prompts_used(...).identity(mode)``), the bootstrap and the options that change numbers."""
+    texts and mode (``prompts_used(...).identity(mode)``), the bootstrap and the options that change numbers; and,
+    only when operating points were chosen on a validation split, that split and the targets
+    (:func:`validation_identity`), so results without them keep their identity."""
     return identity_record("zeroshot_classification", model=model_identity(model), data=dataset_identity(dataset),
                            prompts=prompt_identity, bootstrap=n_bootstrap, seed=seed,
-                           options=result_options(embed_options))
+                           options=result_options(embed_options), **({"validation": validation} if validation else {}))
+
+
+def validation_identity(validation: ImageDataset, clinical: ClinicalOptions) -> dict[str, Any]:
+    """The validation split operating points are chosen on, and the targets and prevalence they are reported at."""
+    return {"data": dataset_identity(validation), "specificities": list(clinical.specificities),
+            "sensitivities": list(clinical.sensitivities), "prevalence": clinical.prevalence,
+            "positive": clinical.positive}
 
 
 def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
@@ -127,7 +145,8 @@ def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSe
 def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBase, out_dir: str | Path,
                   config: dict[str, Any], n_bootstrap: int = 1000, seed: int = 0, extra: dict[str, Any] | None = None,
                   embed_options: dict[str, Any] | None = None,
-                  subgroups: SubgroupOptions | None = None) -> dict[str, Any]:
+                  subgroups: SubgroupOptions | None = None,
+                  validation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score a zero-shot result (when the data has labels); write result.json (with its ``identity``: see
     :func:`zeroshot_identity`; ``embed_options`` are the options it was embedded with), predictions.csv and
     prompts.json.
@@ -165,30 +184,55 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
         extra["domain_check"] = result.domain.record(result.embeddings.items)
     extra |= provenance(model, dataset, result.embeddings, DEFAULT_THRESHOLD_SOURCE)
     extra["identity"] = zeroshot_identity(model, dataset, result.prompt_identity, n_bootstrap, seed,
-                                          embed_options or {})
+                                          embed_options or {}, validation)
     path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_classification", metrics=metrics,
                         ci=ci, config=config, seed=seed, n_skipped=len(result.embeddings.skipped), extra=extra)
     return json.loads(path.read_text())
 
 
+def scored(result: ZeroShotResult) -> Scored:
+    """A labelled zero-shot result as the arrays every clinical figure is computed from."""
+    if result.labels is None:
+        raise MedvlkitError("operating points and subgroups need labelled data")
+    return Scored(list(result.embeddings.items), result.classnames, result.labels, result.log_probs,
+                  result.mode == "pos_neg")
+
+
+def validation_points(model: ModelBase, validation: ImageDataset, prompts: PromptSet, mode: str | None,
+                      result: ZeroShotResult, clinical: ClinicalOptions, n_bootstrap: int, seed: int,
+                      **embed_options: Any) -> dict[str, Any]:
+    """Operating points of a zero-shot ``result`` with thresholds chosen on ``validation`` (classified the same way),
+    and its decision curves: ``{"operating_points", "decision_curve"}`` for its ``result.json``."""
+    val = zeroshot_classify(model, validation, prompts, mode, **embed_options)
+    test = scored(result)
+    points = operating_points_between(scored(val), test, clinical, n_bootstrap, seed, validation.full_name)
+    return {"operating_points": points, "decision_curve": decision_curves(test, clinical.positive)}
+
+
 def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict[str, Any],
                   mode: str | None = None, run: RunOptions | None = None, n_bootstrap: int = 1000, seed: int = 0,
                   gate: bool = False, gate_threshold: float | None = None,
-                  subgroups: SubgroupOptions | None = None, sensitivity: bool = False) -> dict[str, Any]:
+                  subgroups: SubgroupOptions | None = None, sensitivity: bool = False,
+                  validation: ImageDataset | None = None, clinical: ClinicalOptions | None = None) -> dict[str, Any]:
     """The ``zeroshot`` task: (optionally gate, then) classify ``dataset`` and write result.json, predictions.csv
     and prompts.json into ``out_dir``. ``run``: :class:`medvlkit.engine.options.RunOptions`. ``subgroups``: also
     score per subgroup; ``sensitivity``: also score every wording of the prompt set
-    (:mod:`medvlkit.tasks.prompt_sensitivity`). Returns the result."""
+    (:mod:`medvlkit.tasks.prompt_sensitivity`); ``validation``: a labelled split of the same data where operating
+    points' thresholds are chosen (:func:`validation_points`, targets from ``clinical``). Returns the result."""
     from medvlkit.engine.options import RunOptions
     from medvlkit.tasks.gate import gate_before
 
     kwargs = (run or RunOptions()).embed_kwargs()
     dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
     res = zeroshot_classify(model, dataset, prompts, mode, embeddings=emb, **kwargs)
-    extra = dict(gated or {})
+    extra, val_id = dict(gated or {}), None
+    if validation is not None:
+        clinical = clinical or ClinicalOptions()
+        extra |= validation_points(model, validation, prompts, mode, res, clinical, n_bootstrap, seed, **kwargs)
+        val_id = validation_identity(validation, clinical)
     if sensitivity:
         from medvlkit.tasks.prompt_sensitivity import prompt_sensitivity
 
-        extra["prompt_sensitivity"] = prompt_sensitivity(model, dataset, prompts, res.embeddings, mode, n_bootstrap,
-                                                         seed, **kwargs)
-    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, extra, kwargs, subgroups)
+        extra["prompt_sensitivity"] = prompt_sensitivity(zeroshot_classify, model, dataset, prompts, res.embeddings,
+                                                         mode, n_bootstrap, seed, **kwargs)
+    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, extra, kwargs, subgroups, val_id)
