@@ -21,21 +21,30 @@ _LAZY = {
     "RunOptions": "medvlkit.engine.options", "DataOptions": "medvlkit.engine.options",
     "zeroshot_classify": "medvlkit.tasks.zeroshot", "evaluate_probs": "medvlkit.tasks.evaluate",
     "audit": "medvlkit.tasks.dataaudit",
+    "operating_points": "medvlkit.engine.operating_points", "net_benefit": "medvlkit.engine.operating_points",
+    "subgroup_metrics": "medvlkit.engine.subgroups", "fit_conformal": "medvlkit.engine.conformal",
+    "prediction_sets": "medvlkit.engine.conformal", "coverage_report": "medvlkit.engine.conformal",
+    "zeroshot_prompt_sensitivity": "medvlkit.tasks.zeroshot",
 }
 __all__ = ["DataOptions", "ImageDataset", "ImageReadError", "MedvlkitError", "PromptSet", "RunOptions", "audit",
-           "create_model", "embed_images",
-           "embed_texts", "evaluate_probs", "list_adapters", "list_models", "list_prompt_sets", "load_dataset",
-           "load_prompt_set", "prompt_set_from_classes", "read_image", "zeroshot_classify"]
+           "coverage_report", "create_model", "embed_images",
+           "embed_texts", "evaluate_probs", "fit_conformal", "list_adapters", "list_models", "list_prompt_sets",
+           "load_dataset", "load_prompt_set", "net_benefit", "operating_points", "prediction_sets",
+           "prompt_set_from_classes", "read_image", "subgroup_metrics", "zeroshot_classify",
+           "zeroshot_prompt_sensitivity"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from medvlkit.data import ImageDataset, list_adapters, load_dataset, read_image
     from medvlkit.data.prompts import PromptSet, list_prompt_sets, load_prompt_set, prompt_set_from_classes
+    from medvlkit.engine.conformal import coverage_report, fit_conformal, prediction_sets
     from medvlkit.engine.features import embed_images, embed_texts
+    from medvlkit.engine.operating_points import net_benefit, operating_points
     from medvlkit.engine.options import DataOptions, RunOptions
+    from medvlkit.engine.subgroups import subgroup_metrics
     from medvlkit.models import create_model, list_models
     from medvlkit.tasks.dataaudit import audit
     from medvlkit.tasks.evaluate import evaluate_probs
-    from medvlkit.tasks.zeroshot import zeroshot_classify
+    from medvlkit.tasks.zeroshot import zeroshot_classify, zeroshot_prompt_sensitivity
 
 
 def __getattr__(name: str) -> Any:

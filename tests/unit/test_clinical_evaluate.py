@@ -122,29 +122,49 @@ def test_cli_writes_operating_points_and_the_report_shows_them(tmp_path, capsys)
     assert "must be in (0, 1]" in capsys.readouterr().err
 
 
-def test_zeroshot_val_split_and_the_sweep_agree_with_evaluate(tiny_clip_dir, tmp_path):
-    """Three paths to one set of operating points: `zeroshot --val-split`, the `eval` sweep's zero-shot cell, and
-    `evaluate --val-predictions` on the two splits' own predictions files."""
+def test_zeroshot_the_sweep_evaluate_and_calibrate_agree(tiny_clip_dir, tmp_path):
+    """Several paths to one set of clinical figures: `zeroshot --val-split`, the `eval` sweep's zero-shot cell,
+    `evaluate --val-predictions` on the two splits' own predictions files, and (for the prediction sets)
+    `calibrate --conformal` + `apply-calibration`; subgroups and prompt sensitivity from zeroshot and the sweep."""
     from tests.helpers import make_split_folders
 
-    data = make_split_folders(tmp_path / "d", {"train": 2, "val": 6, "test": 6})
+    data = make_split_folders(tmp_path / "d", {"train": 2, "val": 8, "test": 8})
+    tests = sorted(str(p.resolve()) for p in (data / "test").rglob("*.png"))
+    (tmp_path / "meta.csv").write_text("file,site\n" + "".join(f"{f},{'AB'[i % 2]}\n" for i, f in enumerate(tests)))
     common = ["--model", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "30",
               "--prompts", "pneumonia"]
-    assert main(["zeroshot", *common, "--split", "test", "--val-split", "val", "--out", str(tmp_path / "z")]) == 0
+    clinical = ["--conformal", "0.8", "--subgroups", "site", "--metadata", str(tmp_path / "meta.csv"),
+                "--min-subgroup", "2", "--prompt-sensitivity"]
+    assert main(["zeroshot", *common, "--split", "test", "--val-split", "val", *clinical, "--out",
+                 str(tmp_path / "z")]) == 0
     assert main(["zeroshot", *common, "--split", "val", "--out", str(tmp_path / "zv")]) == 0
     assert main(["zeroshot", *common, "--split", "test", "--out", str(tmp_path / "zt")]) == 0
-    assert main(["evaluate", "--predictions", str(tmp_path / "zt" / "predictions.csv"), "--val-predictions",
-                 str(tmp_path / "zv" / "predictions.csv"), "--bootstrap", "30", "--out", str(tmp_path / "e")]) == 0
+    val, test = str(tmp_path / "zv" / "predictions.csv"), str(tmp_path / "zt" / "predictions.csv")
+    assert main(["evaluate", "--predictions", test, "--val-predictions", val, "--bootstrap", "30", "--conformal", "0.8",
+                 "--subgroups", "site", "--metadata", str(tmp_path / "meta.csv"), "--min-subgroup", "2",
+                 "--out", str(tmp_path / "e")]) == 0
     assert main(["eval", "-m", f"hf:{tiny_clip_dir}", "-d", str(data), "--task", "zeroshot", "--val-split", "val",
-                 "--prompts", "pneumonia", "--bootstrap", "30", "-q", "--workers", "0", "--out",
+                 *clinical, "--prompts", "pneumonia", "--bootstrap", "30", "-q", "--workers", "0", "--out",
                  str(tmp_path / "s")]) == 0
+    assert main(["calibrate", "--predictions", val, "--conformal", "0.8", "--thresholds", "none", "--out",
+                 str(tmp_path / "c")]) == 0
+    assert main(["apply-calibration", "--predictions", test, "--calibration", str(tmp_path / "c" / "calibration.json"),
+                 "--bootstrap", "30", "--out", str(tmp_path / "a")]) == 0
     direct = json.loads((tmp_path / "z" / "result.json").read_text())
     by_files = json.loads((tmp_path / "e" / "result.json").read_text())
     (cell,) = (tmp_path / "s").rglob("zeroshot/result.json")
     swept = json.loads(cell.read_text())
+    applied = json.loads((tmp_path / "a" / "result.json").read_text())
     for other in (by_files, swept):
         assert other["operating_points"]["classes"] == direct["operating_points"]["classes"]
         assert other["decision_curve"] == direct["decision_curve"]
-    assert direct["identity"]["validation"]["data"] != direct["identity"]["data"]  # the val split is in the identity
+        assert other["subgroups"] == direct["subgroups"]
+    for other in (by_files, swept, applied):
+        for k in ("coverage", "mean_set_size", "per_class", "ci", "q"):
+            assert other["conformal"][k] == direct["conformal"][k], k
+    assert swept["prompt_sensitivity"] == direct["prompt_sensitivity"]
+    assert set(direct["subgroups"]["site"]["groups"]) == {"all", "A", "B"}
+    assert direct["identity"]["clinical"]["validation"]["data"] != direct["identity"]["data"]  # the val split too
     assert main(["report", str(tmp_path / "z"), "--out", str(tmp_path / "r")]) == 0  # thresholds none reaches too
     assert main(["zeroshot", *common, "--split", "test", "--val-split", "test", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["zeroshot", *common, "--split", "test", "--conformal", "0.9", "--out", str(tmp_path / "bad")]) == 2

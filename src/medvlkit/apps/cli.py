@@ -89,6 +89,14 @@ AgeBandsOpt = typer.Option(None, "--age-bands", help="edges turning a numeric co
 MinSubgroupOpt = typer.Option(30, "--min-subgroup", help="smaller subgroups are listed, not scored")
 SubgroupMetricOpt = typer.Option("auroc", "--subgroup-metric", help="the metric whose largest gap is reported")
 MetadataOpt = typer.Option(None, "--metadata", help="CSV or JSONL with a 'file' column and metadata columns")
+ConformalOpt = typer.Option(None, "--conformal", help="also split-conformal prediction sets of this coverage, e.g. "
+                                                      "0.9, fitted on validation predictions (single-label)")
+ConformalModeOpt = typer.Option("marginal", "--conformal-mode", help="marginal (coverage on average) or class (for "
+                                                                     "each true class)")
+PromptSensitivityOpt = typer.Option(False, "--prompt-sensitivity", help="also score each template and each synonym of "
+                                                                        "the prompt set alone: the spread, the best "
+                                                                        "and worst wording, and classes whose prompts "
+                                                                        "point the wrong way")
 
 
 def _print_version(value: bool) -> None:
@@ -308,16 +316,15 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
                                                                                "these sensitivities"),
              prevalence: float = typer.Option(None, "--prevalence", help="with --val-split: PPV/NPV at this "
                                                                          "prevalence"),
-             prompt_sensitivity: bool = typer.Option(False, "--prompt-sensitivity",
-                                                     help="also score each template and each synonym of the prompt "
-                                                          "set alone: the spread, the best and worst wording, and "
-                                                          "classes whose prompts point the wrong way"),
+             conformal: float = ConformalOpt, conformal_mode: str = ConformalModeOpt,
+             prompt_sensitivity: bool = PromptSensitivityOpt,
              run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Zero-shot classification from text prompts; writes result.json and predictions.csv.
 
     Example: medvlkit zeroshot --data ../shared/data/chest_xray_pneumonia --split test --prompts pneumonia
     """
     from medvlkit.apps.display import (
+        print_conformal,
         print_gated,
         print_metrics,
         print_operating_points,
@@ -341,6 +348,8 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
         if asked and not ds.has_labels:
             raise MedvlkitError(f"{flag} needs labelled data; {ds.full_name} has no labels")
     clinical, val_ds = None, None
+    if conformal is not None and not val_split:
+        raise MedvlkitError("--conformal needs --val-split: the set rule is fitted on a validation split")
     if val_split:
         from medvlkit.tasks.evaluate import ClinicalOptions
 
@@ -348,7 +357,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
             raise MedvlkitError(f"--val-split {val_split} is the split scored: thresholds must be chosen on other "
                                 "images")
         clinical = ClinicalOptions(None, _levels(specificity, "--specificity"), _levels(sensitivity, "--sensitivity"),
-                                   prevalence)
+                                   prevalence, conformal=conformal, conformal_mode=conformal_mode)
         val_ds = data_opts.load(data, val_split)
         if not val_ds.has_labels:
             raise MedvlkitError(f"--val-split {val_split}: {val_ds.full_name} has no labels")
@@ -363,6 +372,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     print_prompt_set(result)
     print_metrics(result)
     print_operating_points(result)
+    print_conformal(result)
     print_subgroups(result)
     print_prompt_sensitivity(result)
     if not result.get("metrics"):  # no labels: the answers themselves
@@ -399,11 +409,7 @@ def calibrate(predictions: Path = typer.Option(..., "--predictions", help="VALID
                                                                            "sensitivity or none"),
               target_sensitivity: float = typer.Option(0.9, "--target-sensitivity",
                                                        help="with --thresholds sensitivity"),
-              conformal: float = typer.Option(None, "--conformal", help="also fit split-conformal prediction sets "
-                                                                        "of this coverage, e.g. 0.9 (single-label)"),
-              conformal_mode: str = typer.Option("marginal", "--conformal-mode",
-                                                 help="marginal (coverage on average) or class (for each true "
-                                                      "class)")) -> None:
+              conformal: float = ConformalOpt, conformal_mode: str = ConformalModeOpt) -> None:
     """Fit temperature scaling and per-class thresholds on validation predictions (never on test data); with
     --conformal, a prediction-set rule that apply-calibration uses to give each image a set of classes.
 
@@ -651,23 +657,25 @@ def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV wi
              positive: str = typer.Option(None, "--positive", help="two-class data: the class whose decision curve "
                                                                    "is drawn (default: the second)"),
              subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
-             subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt) -> None:
+             subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt,
+             conformal: float = ConformalOpt, conformal_mode: str = ConformalModeOpt) -> None:
     """Score predictions against labels (joined on the 'file' column), or a medvlkit predictions.csv against its own
     truth (reproducing its run's metrics exactly). With --val-predictions: sensitivity at fixed specificity (and the
     reverse) per class, the threshold chosen on validation and reported on these predictions.
 
     Example: medvlkit evaluate --predictions runs/test/predictions.csv --val-predictions runs/val/predictions.csv
     """
-    from medvlkit.apps.display import print_metrics, print_operating_points, print_subgroups
+    from medvlkit.apps.display import print_conformal, print_metrics, print_operating_points, print_subgroups
     from medvlkit.tasks.evaluate import ClinicalOptions, evaluate_task
 
     clinical = ClinicalOptions(val_predictions, _levels(specificity, "--specificity"),
-                               _levels(sensitivity, "--sensitivity"), prevalence, positive)
+                               _levels(sensitivity, "--sensitivity"), prevalence, positive, conformal, conformal_mode)
     out_dir = _out(out, "evaluate")
     groups = _subgroups(subgroups, age_bands, min_subgroup, subgroup_metric, metadata)
     result, unmatched = evaluate_task(predictions, labels, out_dir, bootstrap, seed, clinical, groups)
     print_metrics(result)
     print_operating_points(result)
+    print_conformal(result)
     print_subgroups(result)
     if unmatched:
         err_console.print(f"warning: {unmatched} predictions had no label and were left out")
@@ -836,6 +844,9 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
                                                                              "validation where a dataset has no val"),
              val_split: str = typer.Option(None, "--val-split", help="zero-shot cells also report operating points "
                                                                      "with thresholds chosen on this split (e.g. val)"),
+             conformal: float = ConformalOpt, conformal_mode: str = ConformalModeOpt,
+             subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
+             metadata: Path = MetadataOpt, prompt_sensitivity: bool = PromptSensitivityOpt,
              run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Evaluate every model on every dataset (CLIP_benchmark-style sweep), then write one report over all runs.
 
@@ -847,7 +858,9 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
 
     cfg = SweepConfig([str(m) for m in models], [str(d) for d in datasets], str(_out(out, "eval")),
                       tuple(t.strip() for t in task.split(",") if t.strip()), split, prompts, bootstrap, seed,
-                      skip_existing, group_pattern, val_split)
+                      skip_existing, group_pattern, val_split, conformal, conformal_mode, subgroups,
+                      sorted(_levels(age_bands, "--age-bands", upper=None)) if age_bands else [], min_subgroup,
+                      str(metadata) if metadata else None, prompt_sensitivity)
     cells = run_sweep(cfg, run, data_opts)
     print_cells(cells)
     if finished := [Path(c.out) for c in cells if c.status in ("done", "skipped")]:

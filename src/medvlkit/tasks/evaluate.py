@@ -203,6 +203,8 @@ class ClinicalOptions:
         specificities / sensitivities: targets ("sensitivity at specificity X", "specificity at sensitivity X").
         prevalence: also PPV/NPV at this prevalence.
         positive: the class of a two-class single-label task whose decision curve is drawn (default: the second).
+        conformal: also split-conformal prediction sets of this coverage, fitted on the validation predictions
+            (single-label); conformal_mode: marginal or class.
     """
 
     val_predictions: Path | None = None
@@ -210,24 +212,22 @@ class ClinicalOptions:
     sensitivities: tuple[float, ...] = (0.9, 0.95)
     prevalence: float | None = None
     positive: str | None = None
+    conformal: float | None = None
+    conformal_mode: str = "marginal"
 
 
 DECISION_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 """Threshold probabilities of the decision curves: 0.01 to 0.99."""
 
 
-def operating_points_between(val: Scored, test: Scored, opts: ClinicalOptions, n_bootstrap: int, seed: int,
-                             source: str) -> dict[str, Any]:
-    """Per class, thresholds chosen on ``val`` and the rates they give on ``test`` (with CIs); classes aligned by
-    name. The one place operating points are made: ``evaluate --val-predictions``, ``zeroshot --val-split`` and the
-    ``eval`` sweep all come here.
+def aligned_validation(val: Scored, test: Scored, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """The validation labels and log-probabilities with their columns in ``test``'s class order (matched by name).
 
     Raises:
-        MedvlkitError: another mode, a class the validation part lacks, or an image in both parts (thresholds from
-            the test data would be reported as if chosen beforehand).
+        MedvlkitError: another mode, a class the validation part lacks, or an image in both parts (a threshold or
+            set rule fitted on the test images would be reported as if chosen beforehand).
     """
     from medvlkit.engine.labels import canonical_class
-    from medvlkit.engine.operating_points import per_class_operating_points
 
     if val.multilabel != test.multilabel:
         raise MedvlkitError(f"validation {source} is {'multi' if val.multilabel else 'single'}-label, the "
@@ -242,21 +242,56 @@ def operating_points_between(val: Scored, test: Scored, opts: ClinicalOptions, n
         raise MedvlkitError(f"validation {source} shares {len(shared)} file(s) with the predictions scored (e.g. "
                             f"{sorted(shared)[0]}): thresholds must come from other images than those they are "
                             "reported on")
-    out = per_class_operating_points(val.labels[:, order], val.log_probs[:, order], test.labels, test.log_probs,
-                                     test.classnames, test.multilabel, opts.specificities, opts.sensitivities,
-                                     opts.prevalence, n_bootstrap, seed)
+    return val.labels[:, order], val.log_probs[:, order]
+
+
+def operating_points_between(val: Scored, test: Scored, opts: ClinicalOptions, n_bootstrap: int, seed: int,
+                             source: str) -> dict[str, Any]:
+    """Per class, thresholds chosen on ``val`` and the rates they give on ``test`` (with CIs). The one place
+    operating points are made: ``evaluate --val-predictions``, ``zeroshot --val-split`` and the ``eval`` sweep all
+    come here (checks: :func:`aligned_validation`)."""
+    from medvlkit.engine.operating_points import per_class_operating_points
+
+    val_labels, val_scores = aligned_validation(val, test, source)
+    out = per_class_operating_points(val_labels, val_scores, test.labels, test.log_probs, test.classnames,
+                                     test.multilabel, opts.specificities, opts.sensitivities, opts.prevalence,
+                                     n_bootstrap, seed)
     for rows in out["classes"].values():
         for row in rows:  # chosen on log-probabilities (lossless order); reported as a probability too
             row["threshold_log_prob"], row["threshold"] = row["threshold"], float(np.exp(row["threshold"]))
     return {"validation": source, "n_validation": len(val.files)} | out
 
 
+def conformal_between(val: Scored, test: Scored, level: float, mode: str, n_bootstrap: int, seed: int,
+                      source: str) -> tuple[dict[str, Any], np.ndarray]:
+    """Split-conformal prediction sets fitted on ``val`` and applied to ``test``: the coverage report (with CIs,
+    per true class) and the (N, C) sets. ``evaluate --val-predictions --conformal``, ``zeroshot --val-split
+    --conformal`` and the sweep come here; ``calibrate --conformal`` stores the same rule
+    (:func:`medvlkit.engine.conformal.fit_conformal`) for later."""
+    from medvlkit.engine.conformal import coverage_report, fit_conformal, prediction_sets
+
+    if test.multilabel:
+        raise MedvlkitError("--conformal: prediction sets are for single-label predictions; these are multi-label")
+    val_labels, val_scores = aligned_validation(val, test, source)
+    q = fit_conformal(val_labels, np.exp(val_scores), level, mode)
+    sets = prediction_sets(np.exp(test.log_probs), q)
+    report = coverage_report(test.labels, sets, test.classnames, n_bootstrap, seed)
+    return {"validation": source, "n_validation": len(val.files), "level": level, "mode": mode, "q": q,
+            "same_images_as_fit": False} | report, sets
+
+
 def operating_points_from_validation(test: Scored, val_path: Path, opts: ClinicalOptions, n_bootstrap: int,
                                      seed: int) -> dict[str, Any]:
-    """:func:`operating_points_between` with the validation predictions read from ``val_path``.
+    """:func:`operating_points_between` with the validation predictions read from ``val_path``
+    (:func:`read_validation`)."""
+    return operating_points_between(read_validation(val_path), test, opts, n_bootstrap, seed, str(val_path))
+
+
+def read_validation(val_path: Path) -> Scored:
+    """Labelled validation predictions from a file.
 
     Raises:
-        MedvlkitError: the file lacks truth or a mode (and see :func:`operating_points_between`).
+        MedvlkitError: the file lacks truth or a mode.
     """
     from medvlkit.engine.results import read_labelled_predictions
 
@@ -264,8 +299,7 @@ def operating_points_from_validation(test: Scored, val_path: Path, opts: Clinica
     if val.labels is None:
         raise MedvlkitError(f"--val-predictions {val_path} has no true labels: thresholds need labelled validation "
                             "predictions")
-    return operating_points_between(Scored(val.files, val.classnames, val.labels, val.log_probs,
-                                           bool(val.multilabel)), test, opts, n_bootstrap, seed, str(val_path))
+    return Scored(val.files, val.classnames, val.labels, val.log_probs, bool(val.multilabel))
 
 
 def decision_curves(test: Scored, positive: str | None = None) -> dict[str, Any]:
@@ -316,9 +350,15 @@ def evaluate_task(predictions: Path, labels: Path | None, out_dir: Path, n_boots
     s = scored_predictions(predictions, labels)
     ev = evaluate_probs(s.labels, None, s.classnames, s.multilabel, n_bootstrap, seed, log_probs=s.log_probs)
     metrics, ci, extra = dict(ev.metrics), dict(ev.ci), dict(ev.extra)
+    if clinical.conformal is not None and clinical.val_predictions is None:
+        raise MedvlkitError("--conformal needs --val-predictions: the set rule is fitted on validation predictions")
     if clinical.val_predictions is not None:
         extra["operating_points"] = operating_points_from_validation(s, clinical.val_predictions, clinical,
                                                                      n_bootstrap, seed)
+        if clinical.conformal is not None:
+            extra["conformal"], _ = conformal_between(read_validation(clinical.val_predictions), s,
+                                                      clinical.conformal, clinical.conformal_mode, n_bootstrap, seed,
+                                                      str(clinical.val_predictions))
         more, more_ci = operating_point_metrics(extra["operating_points"])
         metrics |= more
         ci |= {k: v for k, v in more_ci.items() if v}
@@ -334,6 +374,8 @@ def evaluate_task(predictions: Path, labels: Path | None, out_dir: Path, n_boots
                                 "val_predictions": str(clinical.val_predictions) if clinical.val_predictions else None,
                                 "specificities": list(clinical.specificities),
                                 "sensitivities": list(clinical.sensitivities), "prevalence": clinical.prevalence,
+                                "conformal": clinical.conformal,
+                                "conformal_mode": clinical.conformal_mode if clinical.conformal else None,
                                 "subgroups": subgroups.columns if subgroups else [],
                                 "metadata": str(subgroups.metadata) if subgroups and subgroups.metadata else None},
                         extra={"classnames": s.classnames, "confusion_matrix": ev.confusion_matrix,

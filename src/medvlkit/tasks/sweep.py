@@ -20,9 +20,13 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medvlkit.engine.options import DataOptions, RunOptions
 from medvlkit.errors import MedvlkitError, first_line
+
+if TYPE_CHECKING:
+    from medvlkit.tasks.evaluate import SubgroupOptions
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,11 @@ class SweepConfig:
             split and without patient ids of their own).
         val_split: zero-shot cells also report operating points with thresholds chosen on this split of each
             dataset (where it has one; the cell records why not where it has none).
+        conformal, conformal_mode: with ``val_split``, zero-shot cells of single-label data also report prediction
+            sets of this coverage fitted on it.
+        subgroups, age_bands, min_subgroup, metadata: zero-shot cells also score per subgroup of these columns
+            (comma-separated; those a dataset lacks are recorded as not made).
+        prompt_sensitivity: zero-shot cells also score each wording of their prompt set.
     """
 
     models: list[str]
@@ -57,10 +66,19 @@ class SweepConfig:
     skip_existing: bool = False
     group_pattern: str | None = None
     val_split: str | None = None
+    conformal: float | None = None
+    conformal_mode: str = "marginal"
+    subgroups: str | None = None
+    age_bands: list[float] = field(default_factory=list)
+    min_subgroup: int = 30
+    metadata: str | None = None
+    prompt_sensitivity: bool = False
 
     def __post_init__(self) -> None:
         if not self.models or not self.datasets:
             raise MedvlkitError("pass at least one --model and one --data")
+        if self.conformal is not None and not self.val_split:
+            raise MedvlkitError("--conformal needs --val-split: the set rule is fitted on a validation split")
         if self.val_split is not None and self.val_split == self.split:
             raise MedvlkitError(f"--val-split {self.val_split} is the split scored: thresholds must be chosen on other "
                                 "images")
@@ -246,10 +264,9 @@ def _probe_cfg(cell: Cell, cfg: SweepConfig):
 def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> dict:
     """The identity the cell's result would have if it ran now: the task's own identity function, fed what the
     task would consume."""
-    from medvlkit.tasks.evaluate import ClinicalOptions
     from medvlkit.tasks.probe import probe_datasets, probe_identity
     from medvlkit.tasks.retrieval import retrieval_identity
-    from medvlkit.tasks.zeroshot import prompts_used, validation_identity, zeroshot_identity
+    from medvlkit.tasks.zeroshot import clinical_identity, prompts_used, zeroshot_identity
 
     embed = run.embed_kwargs()
     if cell.task == "probe":
@@ -258,8 +275,9 @@ def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data
     if cell.task == "zeroshot":
         prompts = matching_prompts(ds, cfg.prompts)
         val = _validation(cell, model, cfg, run, data)
+        groups, _ = _subgroups(cfg, ds)
         return zeroshot_identity(model, ds, prompts_used(ds, prompts).identity(), cfg.bootstrap, cfg.seed, embed,
-                                 None if val is None else validation_identity(val, ClinicalOptions()))
+                                 clinical_identity(val, _clinical(cfg), groups, cfg.prompt_sensitivity))
     return retrieval_identity(model, ds, cfg.bootstrap, cfg.seed, embed)
 
 
@@ -279,10 +297,10 @@ def _same_result(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data:
 
 def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
     """Run one cell into its folder; its status and error say how it went."""
-    from medvlkit.tasks.evaluate import ClinicalOptions
     from medvlkit.tasks.probe import run_probe_task
+    from medvlkit.tasks.prompt_sensitivity import prompt_sensitivity
     from medvlkit.tasks.retrieval import save_retrieval
-    from medvlkit.tasks.zeroshot import save_zeroshot, validation_identity, validation_points, zeroshot_classify
+    from medvlkit.tasks.zeroshot import clinical_identity, save_zeroshot, validation_points, zeroshot_classify
 
     out = Path(cell.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,23 +312,58 @@ def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: Da
         elif cell.task == "zeroshot":
             prompts = matching_prompts(ds, cfg.prompts)
             cell.prompts = config["prompts"] = prompts.name
-            res = zeroshot_classify(model, ds, prompts, **run.embed_kwargs())
-            extra, val_id = {}, None
+            embed = run.embed_kwargs()
+            res = zeroshot_classify(model, ds, prompts, **embed)
+            extra: dict = {}
             val = _validation(cell, model, cfg, run, data)
             if val is not None:
-                extra = validation_points(model, val, prompts, None, res, ClinicalOptions(), cfg.bootstrap, cfg.seed,
-                                          **run.embed_kwargs())
-                val_id = validation_identity(val, ClinicalOptions())
+                extra |= validation_points(model, val, prompts, None, res, _clinical(cfg), cfg.bootstrap, cfg.seed,
+                                           **embed)
             elif cfg.val_split:
-                extra = {"operating_points_not_made": f"the data has no labelled '{cfg.val_split}' split"}
-            save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed, extra, run.embed_kwargs(),
-                          validation=val_id)
+                extra["operating_points_not_made"] = f"the data has no labelled '{cfg.val_split}' split"
+            groups, lacking = _subgroups(cfg, ds)
+            if lacking:
+                extra["subgroups_not_made"] = {c: "no such column in this data" for c in lacking}
+            if cfg.prompt_sensitivity:
+                try:
+                    extra["prompt_sensitivity"] = prompt_sensitivity(zeroshot_classify, model, ds, prompts,
+                                                                     res.embeddings, None, cfg.bootstrap, cfg.seed,
+                                                                     **embed)
+                except MedvlkitError as err:  # a set with one wording: said, the cell's other results kept
+                    extra["prompt_sensitivity_not_made"] = first_line(err)
+            save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed, extra, embed, groups,
+                          clinical_identity(val, _clinical(cfg), groups, cfg.prompt_sensitivity))
         else:
             save_retrieval(model, ds, out, config, cfg.bootstrap, cfg.seed, **run.embed_kwargs())
     except MedvlkitError as err:
         cell.status, cell.error = "failed", first_line(err)
         return
     cell.status = "done"
+
+
+def _clinical(cfg: SweepConfig):
+    """The operating-point and prediction-set options of the sweep's zero-shot cells."""
+    from medvlkit.tasks.evaluate import ClinicalOptions
+
+    return ClinicalOptions(conformal=cfg.conformal, conformal_mode=cfg.conformal_mode)
+
+
+def _subgroups(cfg: SweepConfig, ds) -> tuple[SubgroupOptions | None, list[str]]:
+    """The subgroup options for a dataset (its own attributes and the metadata file's columns), and the requested
+    columns it lacks."""
+    from medvlkit.data.metadata import read_metadata
+    from medvlkit.tasks.evaluate import SubgroupOptions
+
+    if not cfg.subgroups:
+        return None, []
+    wanted = [c.strip() for c in cfg.subgroups.split(",") if c.strip()]
+    known = set(ds.attributes)
+    if cfg.metadata:
+        known |= {k for v in read_metadata(Path(cfg.metadata)).values() for k in v}
+    have = [c for c in wanted if c in known]
+    opts = SubgroupOptions(have, list(cfg.age_bands), cfg.min_subgroup, "auroc",
+                           Path(cfg.metadata) if cfg.metadata else None) if have else None
+    return opts, [c for c in wanted if c not in known]
 
 
 def _validation(cell: Cell, model, cfg: SweepConfig, run: RunOptions, data: DataOptions):

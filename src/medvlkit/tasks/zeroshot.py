@@ -40,6 +40,7 @@ from medvlkit.tasks.evaluate import (
     Scored,
     SubgroupOptions,
     attributes_for,
+    conformal_between,
     decision_curves,
     evaluate_probs,
     operating_points_between,
@@ -96,21 +97,37 @@ def prompts_used(dataset: ImageDataset, prompts: PromptSet, mode: str | None = N
 
 
 def zeroshot_identity(model: ModelBase, dataset: ImageDataset, prompt_identity: str, n_bootstrap: int, seed: int,
-                      embed_options: dict[str, Any], validation: dict[str, Any] | None = None) -> dict[str, Any]:
+                      embed_options: dict[str, Any], clinical: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a zero-shot result is computed from (see :mod:`medvlkit.engine.identity`): the model, the data, the prompt
-    texts and mode (``prompts_used(...).identity(mode)``), the bootstrap and the options that change numbers; and,
-    only when operating points were chosen on a validation split, that split and the targets
-    (:func:`validation_identity`), so results without them keep their identity."""
+    texts and mode (``prompts_used(...).identity(mode)``), the bootstrap and the options that change numbers; and the
+    clinical figures asked for (:func:`clinical_identity`), only when some were."""
     return identity_record("zeroshot_classification", model=model_identity(model), data=dataset_identity(dataset),
                            prompts=prompt_identity, bootstrap=n_bootstrap, seed=seed,
-                           options=result_options(embed_options), **({"validation": validation} if validation else {}))
+                           options=result_options(embed_options), **({"clinical": clinical} if clinical else {}))
 
 
-def validation_identity(validation: ImageDataset, clinical: ClinicalOptions) -> dict[str, Any]:
-    """The validation split operating points are chosen on, and the targets and prevalence they are reported at."""
-    return {"data": dataset_identity(validation), "specificities": list(clinical.specificities),
-            "sensitivities": list(clinical.sensitivities), "prevalence": clinical.prevalence,
-            "positive": clinical.positive}
+def clinical_identity(validation: ImageDataset | None = None, clinical: ClinicalOptions | None = None,
+                      subgroups: SubgroupOptions | None = None, sensitivity: bool = False) -> dict[str, Any] | None:
+    """What a zero-shot result's clinical figures add to its identity, None when none was asked (so results without
+    them keep their identity): the validation split operating points and prediction sets are fitted on with the
+    targets, the subgroup columns and bands (and the metadata file's sha256), prompt sensitivity."""
+    import hashlib
+
+    out: dict[str, Any] = {}
+    if validation is not None:
+        c = clinical or ClinicalOptions()
+        out["validation"] = {"data": dataset_identity(validation), "specificities": list(c.specificities),
+                             "sensitivities": list(c.sensitivities), "prevalence": c.prevalence,
+                             "positive": c.positive, "conformal": c.conformal,
+                             "conformal_mode": c.conformal_mode if c.conformal else None}
+    if subgroups is not None and subgroups.columns:
+        meta = subgroups.metadata
+        out["subgroups"] = {"columns": subgroups.columns, "age_bands": subgroups.age_bands,
+                            "min_size": subgroups.min_size, "metric": subgroups.metric,
+                            "metadata_sha256": hashlib.sha256(Path(meta).read_bytes()).hexdigest() if meta else None}
+    if sensitivity:
+        out["prompt_sensitivity"] = True
+    return out or None
 
 
 def zeroshot_classify(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
@@ -146,7 +163,7 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
                   config: dict[str, Any], n_bootstrap: int = 1000, seed: int = 0, extra: dict[str, Any] | None = None,
                   embed_options: dict[str, Any] | None = None,
                   subgroups: SubgroupOptions | None = None,
-                  validation: dict[str, Any] | None = None) -> dict[str, Any]:
+                  clinical: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score a zero-shot result (when the data has labels); write result.json (with its ``identity``: see
     :func:`zeroshot_identity`; ``embed_options`` are the options it was embedded with), predictions.csv and
     prompts.json.
@@ -184,7 +201,7 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
         extra["domain_check"] = result.domain.record(result.embeddings.items)
     extra |= provenance(model, dataset, result.embeddings, DEFAULT_THRESHOLD_SOURCE)
     extra["identity"] = zeroshot_identity(model, dataset, result.prompt_identity, n_bootstrap, seed,
-                                          embed_options or {}, validation)
+                                          embed_options or {}, clinical)
     path = write_result(out_dir, dataset=name, model=model.name, task="zeroshot_classification", metrics=metrics,
                         ci=ci, config=config, seed=seed, n_skipped=len(result.embeddings.skipped), extra=extra)
     return json.loads(path.read_text())
@@ -202,11 +219,31 @@ def validation_points(model: ModelBase, validation: ImageDataset, prompts: Promp
                       result: ZeroShotResult, clinical: ClinicalOptions, n_bootstrap: int, seed: int,
                       **embed_options: Any) -> dict[str, Any]:
     """Operating points of a zero-shot ``result`` with thresholds chosen on ``validation`` (classified the same way),
-    and its decision curves: ``{"operating_points", "decision_curve"}`` for its ``result.json``."""
-    val = zeroshot_classify(model, validation, prompts, mode, **embed_options)
+    its decision curves, and with ``clinical.conformal`` prediction sets fitted there: ``{"operating_points",
+    "decision_curve"[, "conformal"]}`` for its ``result.json``."""
+    val = scored(zeroshot_classify(model, validation, prompts, mode, **embed_options))
     test = scored(result)
-    points = operating_points_between(scored(val), test, clinical, n_bootstrap, seed, validation.full_name)
-    return {"operating_points": points, "decision_curve": decision_curves(test, clinical.positive)}
+    points = operating_points_between(val, test, clinical, n_bootstrap, seed, validation.full_name)
+    out: dict[str, Any] = {"operating_points": points, "decision_curve": decision_curves(test, clinical.positive)}
+    if clinical.conformal is not None:
+        if test.multilabel:
+            out["conformal_not_made"] = "prediction sets are for single-label data; these are multi-label"
+        else:
+            out["conformal"], _ = conformal_between(val, test, clinical.conformal, clinical.conformal_mode,
+                                                    n_bootstrap, seed, validation.full_name)
+    return out
+
+
+def zeroshot_prompt_sensitivity(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None = None,
+                                n_bootstrap: int = 1000, seed: int = 0, **embed_options: Any) -> dict[str, Any]:
+    """``dataset`` (labelled) scored under each wording of ``prompts``: every template alone, every synonym alone and
+    the ensemble, with CIs, the spread, the best and worst wording, the ensemble's rank and classes whose prompts point
+    the wrong way (see :mod:`medvlkit.tasks.prompt_sensitivity`). The images are embedded once."""
+    from medvlkit.tasks.prompt_sensitivity import prompt_sensitivity
+
+    emb = embed_images(model, dataset, **embed_options)
+    return prompt_sensitivity(zeroshot_classify, model, dataset, prompts, emb, mode, n_bootstrap, seed,
+                              **embed_options)
 
 
 def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, out_dir: Path, config: dict[str, Any],
@@ -225,14 +262,14 @@ def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, o
     kwargs = (run or RunOptions()).embed_kwargs()
     dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
     res = zeroshot_classify(model, dataset, prompts, mode, embeddings=emb, **kwargs)
-    extra, val_id = dict(gated or {}), None
+    extra = dict(gated or {})
     if validation is not None:
-        clinical = clinical or ClinicalOptions()
-        extra |= validation_points(model, validation, prompts, mode, res, clinical, n_bootstrap, seed, **kwargs)
-        val_id = validation_identity(validation, clinical)
+        extra |= validation_points(model, validation, prompts, mode, res, clinical or ClinicalOptions(), n_bootstrap,
+                                   seed, **kwargs)
     if sensitivity:
         from medvlkit.tasks.prompt_sensitivity import prompt_sensitivity
 
         extra["prompt_sensitivity"] = prompt_sensitivity(zeroshot_classify, model, dataset, prompts, res.embeddings,
                                                          mode, n_bootstrap, seed, **kwargs)
-    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, extra, kwargs, subgroups, val_id)
+    return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, extra, kwargs, subgroups,
+                         clinical_identity(validation, clinical, subgroups, sensitivity))
