@@ -63,3 +63,26 @@ def test_unknown_labels_count_nowhere_and_bad_input_is_refused():
             rates(*bad, 0.5)
     with pytest.raises(MedvlkitError, match="prevalence"):
         predictive_values(0.9, 0.9, 0)
+
+
+def test_thresholds_and_rates_agree_with_scikit_learn():
+    from sklearn.metrics import confusion_matrix, recall_score, roc_curve
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        n = int(rng.integers(20, 300))
+        y = rng.integers(0, 2, n)
+        if y.min() == y.max():
+            continue
+        s = np.round(rng.normal(y * 0.8, 1.0), int(rng.integers(1, 4)))  # rounding makes ties
+        fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+        for target in (0.8, 0.9, 0.95, 1.0):
+            assert threshold_at_specificity(y, s, target) == thr[1 - fpr >= target - 1e-12].min()
+            assert threshold_at_sensitivity(y, s, target) == thr[tpr >= target - 1e-12].max()
+        t = threshold_at_specificity(y, s, 0.9)
+        y2 = rng.integers(0, 2, 200)
+        s2 = rng.normal(y2 * 0.8, 1.0)
+        tn, fp, fn, tp = confusion_matrix(y2, s2 >= t, labels=[0, 1]).ravel()
+        r = rates(y2, s2, t)
+        assert r["sensitivity"] == pytest.approx(recall_score(y2, s2 >= t))
+        assert r["specificity"] == pytest.approx(tn / (tn + fp))
