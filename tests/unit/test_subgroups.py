@@ -118,7 +118,7 @@ def test_evaluate_cli_with_a_metadata_file(tmp_path, capsys):
     assert main(["evaluate", "--predictions", pred, "--metadata", str(tmp_path / "meta.csv"), "--subgroups",
                  "sex,age", "--age-bands", "18,65", "--bootstrap", "50", "--out", str(tmp_path / "e")]) == 0
     printed = capsys.readouterr().out
-    assert "subgroups by sex" in printed and "largest auroc gap: male - female" in printed
+    assert "subgroups by sex" in printed and "largest auroc gap: male minus female" in printed
     result = json.loads((tmp_path / "e" / "result.json").read_text())
     assert list(result["subgroups"]["age"]["groups"]) == ["all", "<18", "18-64", ">=65"]
     assert result["subgroups"]["age"]["groups"]["<18"]["n"] == int((ages < 18).sum())

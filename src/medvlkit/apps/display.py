@@ -87,6 +87,19 @@ def print_metrics(result: dict) -> None:
     print_binary(result)
 
 
+def value_ci(v: float | None, ci: list | None) -> str:
+    """``0.912 [0.880, 0.940]``; ``-`` for a missing value; the interval left out where there is none."""
+    if v is None:
+        return "-"
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
+
+
+def _print_folded(table: Table) -> None:
+    for column in table.columns:
+        column.overflow = "fold"  # a number is wrapped, never cut short
+    console.print(table)
+
+
 def print_operating_points(result: dict) -> None:
     """Per class and target: the validation-chosen threshold and the test rates it gives, with 95% CIs."""
     points = result.get("operating_points")
@@ -95,21 +108,30 @@ def print_operating_points(result: dict) -> None:
     table = Table("class", "target on validation", "threshold", "sensitivity", "specificity",
                   title=f"operating points: thresholds chosen on {escape(str(points['validation']))}, rates here "
                         "(95% CI); PPV/NPV in result.json and the report")
-
-    def cell(r: dict, k: str) -> str:
-        v, ci = r.get(k), (r.get("ci") or {}).get(k)
-        return "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
-
     for name, rows in points["classes"].items():
         for r in rows:
             thr = "none reaches it" if r["threshold"] is None else f"{r['threshold']:.3g}"  # inf: nothing positive
             table.add_row(escape(name), f"{r['target']} >= {r['level']:g}", thr,
-                          *(cell(r, k) for k in ("sensitivity", "specificity")))
-    for column in table.columns:
-        column.overflow = "fold"  # a number is never cut short
-    console.print(table)
+                          *(value_ci(r.get(k), (r.get("ci") or {}).get(k)) for k in ("sensitivity", "specificity")))
+    _print_folded(table)
     for name, why in points.get("not_scored", {}).items():
         console.print(f"operating points of {escape(name)} not scored: {why}")
+
+
+def subgroup_notes(column: str, an: dict) -> list[str]:
+    """The lines under a subgroup table, as plain text (the terminal and the report escape them their own way):
+    subgroups too small to score, images without a value, the largest gap with its paired CI."""
+    notes = []
+    if an.get("too_small"):
+        notes.append(f"not scored (under {an.get('min_size')} images): " + ", ".join(
+            f"{k} ({v})" for k, v in an["too_small"].items()))
+    if an.get("n_unknown"):
+        notes.append(f"{an['n_unknown']} image(s) without a {column} value: in no subgroup")
+    gap = an.get("gap")
+    if gap:
+        notes.append(f"largest {gap['metric']} gap: {gap['high']} minus {gap['low']} = "
+                     f"{value_ci(gap['value'], gap.get('ci'))} (paired bootstrap 95% CI)")
+    return notes
 
 
 def print_subgroups(result: dict) -> None:
@@ -119,26 +141,11 @@ def print_subgroups(result: dict) -> None:
         keys = list(next(iter(an["groups"].values()))["metrics"])
         table = Table("subgroup", "n", *keys, title=f"subgroups by {escape(column)} (95% CI)")
         for name, g in an["groups"].items():
-            cells = []
-            for k in keys:
-                v, ci = g["metrics"].get(k), (g.get("ci") or {}).get(k)
-                cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-                                                                 if ci and None not in ci else ""))
-            table.add_row(escape(name), str(g["n"]), *cells)
-        for column_ in table.columns:
-            column_.overflow = "fold"
-        console.print(table)
-        if an.get("too_small"):
-            console.print(f"not scored (under {an['min_size']} images): " + ", ".join(
-                f"{escape(k)} ({v})" for k, v in an["too_small"].items()))
-        if an.get("n_unknown"):
-            console.print(f"{an['n_unknown']} image(s) without a {escape(column)} value: in no subgroup")
-        gap = an.get("gap")
-        if gap:
-            ci = gap.get("ci")
-            console.print(f"largest {gap['metric']} gap: {escape(gap['high'])} - {escape(gap['low'])} = "
-                          f"{gap['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}] (paired bootstrap)"
-                                                   if ci and None not in ci else ""))
+            table.add_row(escape(name), str(g["n"]),
+                          *(value_ci(g["metrics"].get(k), (g.get("ci") or {}).get(k)) for k in keys))
+        _print_folded(table)
+        for note in subgroup_notes(column, an):
+            console.print(escape(note))
 
 
 def print_prompt_sensitivity(result: dict) -> None:
@@ -150,14 +157,8 @@ def print_prompt_sensitivity(result: dict) -> None:
     keys = list(ps["variants"][0]["metrics"])
     table = Table("wording", *keys, title="prompt sensitivity: the same images under each wording (95% CI)")
     for r in ps["variants"]:
-        cells = []
-        for k in keys:
-            v, ci = r["metrics"].get(k), r["ci"].get(k)
-            cells.append("-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
-        table.add_row(escape(r["name"]), *cells)
-    for column in table.columns:
-        column.overflow = "fold"
-    console.print(table)
+        table.add_row(escape(r["name"]), *(value_ci(r["metrics"].get(k), r["ci"].get(k)) for k in keys))
+    _print_folded(table)
     console.print("spread (max - min over single wordings): " + ", ".join(f"{k} {v:.3f}" for k, v in
                                                                            ps["spread"].items()))
     console.print(f"best: {escape(ps['best'])}; worst: {escape(ps['worst'])}; the ensemble ranks "
@@ -177,15 +178,10 @@ def print_conformal(result: dict) -> None:
         return
     table = Table("true class", "n", "coverage", "mean set size",
                   title=f"prediction sets ({conf['mode']}, level {conf['level']:g}): coverage and size (95% CI)")
-
-    def cell(row: dict, k: str) -> str:
-        v, ci = row.get(k), (row.get("ci") or {}).get(k)
-        return "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
-
-    table.add_row("all", str(conf["n"]), cell(conf, "coverage"), cell(conf, "mean_set_size"))
-    for name, row in conf["per_class"].items():
-        table.add_row(escape(name), str(row["n"]), cell(row, "coverage"), cell(row, "mean_set_size"))
-    console.print(table)
+    for name, row in [("all", conf), *conf["per_class"].items()]:
+        table.add_row(escape(name), str(row["n"]), *(value_ci(row.get(k), (row.get("ci") or {}).get(k))
+                                                     for k in ("coverage", "mean_set_size")))
+    _print_folded(table)
     if conf.get("same_images_as_fit"):
         console.print("[bold]these are the images the rule was fitted on: their coverage is no guarantee[/bold]")
 

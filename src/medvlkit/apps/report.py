@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medvlkit.apps.display import subgroup_notes
 from medvlkit.engine.plots import confusion_matrix_png, decision_curve_png, forest_png, reliability_png, roc_png
 from medvlkit.engine.results import headline_keys, read_result
 from medvlkit.errors import MedvlkitError
@@ -304,16 +305,7 @@ def subgroup_section(column: str, an: dict) -> str:
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{g['n']}</td>" + "".join(
         f"<td>{_fmt(g['metrics'].get(k), (g.get('ci') or {}).get(k))}</td>" for k in keys) + "</tr>"
         for name, g in groups.items())
-    notes = []
-    if an.get("too_small"):
-        notes.append(f"not scored (under {an.get('min_size')} images): " + ", ".join(
-            f"{html.escape(k)} ({v})" for k, v in an["too_small"].items()))
-    if an.get("n_unknown"):
-        notes.append(f"{an['n_unknown']} image(s) without a value: in no subgroup")
-    gap = an.get("gap")
-    if gap:
-        notes.append(f"largest {html.escape(gap['metric'])} gap: {html.escape(gap['high'])} minus "
-                     f"{html.escape(gap['low'])} = {_fmt(gap['value'], gap.get('ci'))} (paired bootstrap 95% CI)")
+    notes = [html.escape(n) for n in subgroup_notes(column, an)]
     return (f"<h3>subgroups by {html.escape(column)}</h3><div class='plots'>{plot}</div><table><tr><th>subgroup"
             f"</th><th>n</th>{''.join(f'<th>{html.escape(k)}</th>' for k in keys)}</tr>{body}</table>"
             + "".join(f"<p class='meta'>{n}</p>" for n in notes))
