@@ -1,0 +1,115 @@
+"""Issue 31, the CPU path: how fast can ``lite``'s image tower (EfficientNet-Lite0, 224 px) run on this CPU, per
+engine, in one process on the same batch, runs interleaved (median of ``--repeats``)?
+
+- PyTorch eager, NCHW, the batch whole and in micro-batches (``LiteModel.cpu_micro_batch``), under
+  ``torch.inference_mode``;
+- PyTorch eager, channels_last (weights and input);
+- ONNX Runtime (CPU provider, ``intra_op_num_threads`` = torch's threads) on the tower exported with
+  ``torch.onnx.export`` (opset 17), its output compared with PyTorch's.
+
+Decoding and preprocessing are left out here; ``--embed N`` also times the whole ``embed_images`` path on the first N
+Kermany test films ($MEDVLKIT_DATA) with the batch whole (``cpu_micro_batch = 0``, before) and in micro-batches (the
+default), 2 loader workers, cache off, and compares the embeddings.
+
+    python benchmarks/lite_engines.py [--batch 64] [--repeats 5] [--embed 624]
+
+Run by hand; the numbers go into the closing notes (machine, date), never into tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class _Tower(torch.nn.Module):
+    """The tower as ``embed_images`` uses it up to the pooled features: (B, 3, 224, 224) -> (B, 1280)."""
+
+    def __init__(self, tower: torch.nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.tower.extract_features(pixels).mean(dim=(2, 3))
+
+
+def main() -> None:
+    import onnxruntime as ort
+
+    from medvlkit import create_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--embed", type=int, default=0)
+    args = ap.parse_args()
+    tower = _Tower(create_model("lite").image_tower).eval()
+    x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tower.onnx"
+        torch.onnx.export(tower, (x,), str(path), input_names=["pixels"], output_names=["features"],
+                          dynamic_axes={"pixels": {0: "batch"}}, opset_version=17, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        last = _Tower(create_model("lite").image_tower).eval().to(memory_format=torch.channels_last)
+        x_last = x.contiguous(memory_format=torch.channels_last)
+        engines = {"torch eager NCHW": lambda: tower(x),
+                   **{f"torch micro-batch {k}": (lambda k=k: torch.cat([tower(p) for p in x.split(k)]))
+                      for k in (2, 4, 8)},
+                   "torch channels_last": lambda: last(x_last),
+                   "onnxruntime": lambda: torch.from_numpy(session.run(None, {"pixels": x.numpy()})[0])}
+        times: dict[str, list[float]] = {k: [] for k in engines}
+        outs = {}
+        with torch.inference_mode():
+            for name, fn in engines.items():
+                outs[name] = fn()  # warm-up, and the output compared below
+            for _ in range(args.repeats):
+                for name, fn in engines.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - start)
+    base = args.batch / statistics.median(times["torch eager NCHW"])
+    print(f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats}, torch "
+          f"{torch.__version__}, onnxruntime {ort.__version__}")
+    for name in engines:
+        rate = args.batch / statistics.median(times[name])
+        diff = float(np.abs(outs[name].numpy() - outs["torch eager NCHW"].numpy()).max())
+        print(f"{name:22s} {rate:7.1f} img/s  {rate / base:5.2f}x  max |diff| vs eager {diff:.1e}")
+    if args.embed:
+        embed_end_to_end(args.embed, args.repeats)
+
+
+def embed_end_to_end(n: int, repeats: int) -> None:
+    """``embed_images`` of ``lite`` on n Kermany test films: the batch whole vs the default micro-batches."""
+    import os
+
+    from medvlkit import create_model, load_dataset
+    from medvlkit.engine.features import embed_images
+
+    ds = load_dataset(Path(os.environ.get("MEDVLKIT_DATA", "../shared/data")) / "chest_xray_pneumonia", split="test")
+    ds = ds.subset(list(range(min(n, len(ds)))))
+    model = create_model("lite")
+    default = model.cpu_micro_batch
+    times: dict[int, list[float]] = {0: [], default: []}
+    vectors = {}
+    for _ in range(repeats):
+        for k in times:
+            model.cpu_micro_batch = k
+            start = time.perf_counter()
+            vectors[k] = embed_images(model, ds, cache=False, num_workers=2, progress=False).vectors
+            times[k].append(time.perf_counter() - start)
+    rate = {k: len(ds) / statistics.median(t) for k, t in times.items()}
+    print(f"embed_images, {len(ds)} Kermany test films, 2 workers: batch whole {rate[0]:.1f} img/s, micro-batch "
+          f"{default} {rate[default]:.1f} img/s ({rate[default] / rate[0]:.2f}x); max |diff| "
+          f"{float(np.abs(vectors[0] - vectors[default]).max()):.1e}")
+
+
+if __name__ == "__main__":
+    main()
