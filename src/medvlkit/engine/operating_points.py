@@ -103,8 +103,10 @@ def operating_points(y_val: np.ndarray, score_val: np.ndarray, y_test: np.ndarra
     """For each target, the threshold chosen on validation and the test rates it gives, with bootstrap CIs.
 
     Args:
-        y_val, score_val: validation labels (0/1, NaN unknown) and scores of one class: where thresholds are chosen.
-        y_test, score_test: the test labels and scores they are applied to: what is reported.
+        y_val: validation labels of one class (0/1, NaN unknown): where thresholds are chosen.
+        score_val: the validation scores of that class.
+        y_test: the test labels they are applied to: what is reported.
+        score_test: the test scores.
         specificities: "sensitivity at specificity X" targets; sensitivities: "specificity at sensitivity X".
         prevalence: also PPV and NPV at this prevalence (Bayes' rule on the test sensitivity and specificity).
 

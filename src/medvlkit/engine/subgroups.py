@@ -74,8 +74,10 @@ def subgroup_metrics(kind: str, arrays: tuple[np.ndarray, ...], classnames: list
     """Per-subgroup metrics and the largest gap.
 
     Args:
-        kind, arrays: as :func:`medvlkit.engine.bootstrap.bootstrap_classification`: ``single`` with
-            (y (N,), scores (N, C), decisions (N,)) or ``multi`` with (labels (N, C), scores, thresholds (C,)).
+        kind: ``single`` or ``multi``, as :func:`medvlkit.engine.bootstrap.bootstrap_classification`.
+        arrays: (y (N,), scores (N, C), decisions (N,)) for ``single``; (labels (N, C), scores, thresholds (C,))
+            for ``multi``.
+        classnames: the columns' class names.
         groups: (N,) subgroup of each row; None: unknown (in no subgroup).
         min_size: subgroups with fewer rows are listed, not scored.
         gap_metric: the metric whose largest between-group difference is reported.
