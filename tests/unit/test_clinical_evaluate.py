@@ -76,6 +76,10 @@ def test_thresholds_from_the_images_scored_are_refused(tmp_path):
     multi = _write(tmp_path / "m", [f"v{i}" for i in range(100)], ty, tlp, multilabel=True)
     with pytest.raises(MedvlkitError, match="multi-label"):
         evaluate_task(test, None, tmp_path / "o3", n_bootstrap=0, clinical=ClinicalOptions(multi))
+    three = _write(tmp_path / "3", [f"v{i}" for i in range(100)], np.eye(3)[np.arange(100) % 3],
+                   np.log(np.full((100, 3), 1 / 3)), classes=[*CLASSES, "covid"])
+    with pytest.raises(MedvlkitError, match="softmax over"):  # other classes: other probabilities
+        evaluate_task(test, None, tmp_path / "o5", n_bootstrap=0, clinical=ClinicalOptions(three))
     with pytest.raises(MedvlkitError, match="--positive effusion"):
         evaluate_task(test, None, tmp_path / "o4", n_bootstrap=0, clinical=ClinicalOptions(positive="effusion"))
 

@@ -140,6 +140,20 @@ def test_calibrate_and_apply_through_files(tmp_path, capsys):
     assert "prediction sets: split conformal" in (tmp_path / "r" / "report.html").read_text()
 
 
+def test_a_softmax_over_other_classes_is_refused(tmp_path, capsys):
+    """A calibration fitted on a two-class softmax, applied to a three-class one: picking two columns out of the
+    three-way softmax would give other probabilities, silently; refused."""
+    rng = np.random.default_rng(5)
+    pv, yv = _data(rng, 200, c=2)
+    val = _write(tmp_path / "v", [f"v{i}" for i in range(200)], yv, pv, ["a", "b"])
+    assert main(["calibrate", "--predictions", val, "--conformal", "0.9", "--out", str(tmp_path / "c")]) == 0
+    pt, _ = _data(rng, 100, c=3)
+    test = _write(tmp_path / "t", [f"t{i}" for i in range(100)], np.arange(100) % 2, pt, ["a", "b", "c"])
+    assert main(["apply-calibration", "--predictions", test, "--calibration", str(tmp_path / "c" /
+                 "calibration.json"), "--out", str(tmp_path / "a")]) != 0
+    assert "softmax over ['a', 'b', 'c'], not over ['a', 'b']" in capsys.readouterr().err
+
+
 def test_multilabel_predictions_are_refused(tmp_path, capsys):
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, (50, 2)).astype(float)

@@ -297,7 +297,8 @@ def read_labelled_predictions(path: Path, classnames: list[str] | None = None) -
     """A predictions CSV with its mode, optionally with columns aligned to ``classnames`` (by name, any case).
 
     Raises:
-        MedvlkitError: the file carries no mode, or its classes do not match ``classnames``.
+        MedvlkitError: the file carries no mode, or its classes do not match ``classnames`` (a single-label file
+            must hold exactly those classes: its probabilities are a softmax over its own).
     """
     from medvlkit.engine.labels import canonical_class
     from medvlkit.errors import MedvlkitError
@@ -312,6 +313,10 @@ def read_labelled_predictions(path: Path, classnames: list[str] | None = None) -
     missing = [c for c in classnames if canonical_class(c) not in keys]
     if missing:
         raise MedvlkitError(f"{path} has no scores for class(es) {missing} (it has {pred.classnames})")
+    if not pred.multilabel and len(keys) != len(classnames):
+        # a softmax over other classes gives other probabilities: picking columns out of it would be wrong silently
+        raise MedvlkitError(f"{path} is a softmax over {pred.classnames}, not over {list(classnames)}: score it over "
+                            "the same classes")
     order = [keys.index(canonical_class(c)) for c in classnames]
     if order != list(range(len(pred.classnames))):
         logger.warning("%s: columns %s used as %s", path, [pred.classnames[i] for i in order], list(classnames))

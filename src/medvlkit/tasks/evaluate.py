@@ -236,6 +236,10 @@ def aligned_validation(val: Scored, test: Scored, source: str) -> tuple[np.ndarr
     missing = [c for c in test.classnames if canonical_class(c) not in keys]
     if missing:
         raise MedvlkitError(f"validation {source} has no class {missing[0]!r} (it has {val.classnames})")
+    if not test.multilabel and len(keys) != len(test.classnames):
+        # one softmax over other classes gives other probabilities: a threshold or set rule would not carry over
+        raise MedvlkitError(f"validation {source} is a softmax over {val.classnames}, the predictions scored over "
+                            f"{test.classnames}: score both over the same classes")
     order = [keys.index(canonical_class(c)) for c in test.classnames]
     shared = set(val.files) & set(test.files)
     if shared:
