@@ -72,3 +72,28 @@ def test_resnet_clip_runs_the_tasks(fixture, folder, tmp_path):
     assert main(["zeroshot", "--model", f"ft:{tmp_path / 'f' / 'best'}", "--data", str(data), "--split", "test",
                  "--prompts", "pneumonia", "-q", "--workers", "0", "--bootstrap", "0", "--out",
                  str(tmp_path / "z2")]) == 0
+
+
+def test_micro_batches_on_a_cpu_give_the_numbers_of_the_whole_batch(fixture, folder, tmp_path):
+    """The tower takes four images at a time on a CPU without gradients (ModelBase.in_micro_batches): the same
+    embeddings and feature maps as the batch whole; with gradients, and while traced for export, the batch whole."""
+    path = tmp_path / "rn.safetensors"
+    path.write_bytes((folder / "model.safetensors").read_bytes())
+    write_clip_tokenizer(tmp_path, vocab_size=1024)
+    m = create_model(f"openai-ckpt:{path}")
+    assert m.cpu_micro_batch == 4
+    pixels = torch.randn(9, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        parts, fmap = m.encode_image(pixels), m.image_feature_map(pixels)
+        m.cpu_micro_batch = 0
+        whole, fmap_whole = m.encode_image(pixels), m.image_feature_map(pixels)
+    m.cpu_micro_batch = 4
+    assert torch.allclose(parts, whole, atol=1e-6, rtol=0) and torch.allclose(fmap, fmap_whole, atol=1e-6, rtol=0)
+    calls = []
+    m.visual.register_forward_hook(lambda mod, args, out: calls.append(len(args[0])))
+    with torch.inference_mode():
+        m.encode_image(pixels)
+    assert calls == [4, 4, 1]
+    calls.clear()
+    m.encode_image(pixels.clone().requires_grad_(True))
+    assert calls == [9]

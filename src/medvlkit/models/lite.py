@@ -196,20 +196,13 @@ class LiteModel(ModelBase):
         return TokenizerRecipe(self.context_length, keys=("input_ids", "attention_mask", "token_type_ids"))
 
     cpu_micro_batch = 4
-    """Images the tower takes at a time on a CPU without gradients (0: the whole batch). EfficientNet-Lite0's early
-    activations for 64 images at 224 px are ~100 MB a layer: far outside a CPU's caches. Four at a time embed the
-    Kermany test films 2.2x faster end to end on the 2-core machine, with the same numbers (max difference 0.0 on
-    256 films; ``benchmarks/lite_engines.py``)."""
+    """Four images at a time on a CPU without gradients (:meth:`ModelBase.in_micro_batches`): the Kermany test films
+    embed 3.1x faster end to end on the 2-core machine, with the same numbers (max difference 0.0 on 624 films;
+    ``benchmarks/lite_engines.py``)."""
 
     def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 224, 224) -> (B, 1280, 7, 7); in micro-batches of :attr:`cpu_micro_batch` on a CPU when no
-        gradient is wanted (training and gradient heatmaps take the batch whole; so does an ONNX export)."""
-        pixels = pixels.to(self.device, self.dtype)
-        k = self.cpu_micro_batch
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()  # a graph keeps its batch axis free
-        if k and not exporting and pixels.device.type == "cpu" and not torch.is_grad_enabled() and len(pixels) > k:
-            return torch.cat([self.image_tower.extract_features(part) for part in pixels.split(k)])
-        return self.image_tower.extract_features(pixels)
+        """(B, 3, 224, 224) -> (B, 1280, 7, 7), in micro-batches on a CPU (see :attr:`cpu_micro_batch`)."""
+        return self.in_micro_batches(self.image_tower.extract_features, pixels.to(self.device, self.dtype))
 
     def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.heads.project_image(fmap.mean(dim=(2, 3)))
