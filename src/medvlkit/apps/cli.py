@@ -347,15 +347,11 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
                         ("--val-split", val_split)):
         if asked and not ds.has_labels:
             raise MedvlkitError(f"{flag} needs labelled data; {ds.full_name} has no labels")
-    clinical, val_ds = None, None
-    if conformal is not None and not val_split:
-        raise MedvlkitError("--conformal needs --val-split: the set rule is fitted on a validation split")
-    if val_split:
-        from medvlkit.tasks.evaluate import ClinicalOptions
+    from medvlkit.tasks.evaluate import ClinicalOptions, check_val_split
 
-        if val_split == split:
-            raise MedvlkitError(f"--val-split {val_split} is the split scored: thresholds must be chosen on other "
-                                "images")
+    check_val_split(val_split, split, conformal)
+    clinical, val_ds = None, None
+    if val_split:
         clinical = ClinicalOptions(None, _levels(specificity, "--specificity"), _levels(sensitivity, "--sensitivity"),
                                    prevalence, conformal=conformal, conformal_mode=conformal_mode)
         val_ds = data_opts.load(data, val_split)

@@ -61,13 +61,6 @@ def numeric_share(values: list[str | None]) -> float:
     return ok / len(known)
 
 
-def _point(kind: str, arrays: tuple[np.ndarray, ...], classnames: list[str]) -> dict[str, float]:
-    y, scores, third = arrays
-    if kind == "single":
-        return single_label_metrics(y, scores, classnames, third)
-    return multilabel_metrics(y, scores, classnames, third)
-
-
 def subgroup_metrics(kind: str, arrays: tuple[np.ndarray, ...], classnames: list[str], groups: list[str | None],
                      min_size: int = 30, gap_metric: str = "auroc", n_bootstrap: int = 1000, seed: int = 0,
                      alpha: float = 0.05, order: list[str] | None = None) -> dict:
@@ -87,7 +80,10 @@ def subgroup_metrics(kind: str, arrays: tuple[np.ndarray, ...], classnames: list
         ``{"groups": {name: {"n", "metrics", "ci"}}, "too_small": {name: n}, "n_unknown", "gap": {"metric", "high",
         "low", "value", "ci"} or None, "min_size"}``; the whole set first as group ``all``.
     """
-    keys = SINGLE_KEYS if kind == "single" else MULTI_KEYS
+    single = kind == "single"
+    keys = SINGLE_KEYS if single else MULTI_KEYS
+    point, plan, samples_of = (single_label_metrics, single_label_plan, single_label_samples) if single else \
+        (multilabel_metrics, multilabel_plan, multilabel_samples)
     if gap_metric not in keys:
         raise MedvlkitError(f"--subgroup-metric {gap_metric}: valid for this data: {', '.join(keys)}")
     n = len(arrays[0])
@@ -99,16 +95,14 @@ def subgroup_metrics(kind: str, arrays: tuple[np.ndarray, ...], classnames: list
     sizes = {name: int((g == name).sum()) for name in names}
     scored = [name for name in names if sizes[name] >= min_size]
     rows = {"all": np.arange(n)} | {name: np.flatnonzero(g == name) for name in scored}
-    sub = {name: (arrays[0][idx], arrays[1][idx], arrays[2][idx] if kind == "single" else arrays[2])
+    sub = {name: (arrays[0][idx], arrays[1][idx], arrays[2][idx] if single else arrays[2])
            for name, idx in rows.items()}  # multi-label thresholds are per class, not per row
-    points = {name: _point(kind, sub[name], classnames) for name in rows}
-    plans = {name: (single_label_plan if kind == "single" else multilabel_plan)(*sub[name]) for name in rows}
+    points = {name: point(*sub[name][:2], classnames, sub[name][2]) for name in rows}
+    plans = {name: plan(*sub[name]) for name in rows}
     samples: dict[str, dict[str, list[np.ndarray]]] = {name: {k: [] for k in keys} for name in rows}
     for w in resample_weights(n, n_bootstrap, seed) if n_bootstrap else ():
         for name, idx in rows.items():
-            first, second, third = sub[name]
-            got = single_label_samples(w[idx], first, second, third, plans[name]) if kind == "single" else \
-                multilabel_samples(w[idx], first, second, third, plans[name])
+            got = samples_of(w[idx], *sub[name], plans[name])
             for k in keys:
                 samples[name][k].append(got[k])
     stacked = {name: {k: np.concatenate(v) for k, v in s.items()} for name, s in samples.items()} if n_bootstrap \

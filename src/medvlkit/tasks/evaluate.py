@@ -216,6 +216,18 @@ class ClinicalOptions:
     conformal_mode: str = "marginal"
 
 
+def check_val_split(val_split: str | None, split: str | None, conformal: float | None) -> None:
+    """``--val-split`` / ``--conformal`` of ``zeroshot`` and ``eval``, checked before any image is read.
+
+    Raises:
+        MedvlkitError: prediction sets without a validation split, or the split scored named as its own validation.
+    """
+    if conformal is not None and not val_split:
+        raise MedvlkitError("--conformal needs --val-split: the set rule is fitted on a validation split")
+    if val_split and val_split == split:
+        raise MedvlkitError(f"--val-split {val_split} is the split scored: thresholds must be chosen on other images")
+
+
 DECISION_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 """Threshold probabilities of the decision curves: 0.01 to 0.99."""
 
@@ -267,11 +279,11 @@ def operating_points_between(val: Scored, test: Scored, opts: ClinicalOptions, n
 
 
 def conformal_between(val: Scored, test: Scored, level: float, mode: str, n_bootstrap: int, seed: int,
-                      source: str) -> tuple[dict[str, Any], np.ndarray]:
+                      source: str) -> dict[str, Any]:
     """Split-conformal prediction sets fitted on ``val`` and applied to ``test``: the coverage report (with CIs,
-    per true class) and the (N, C) sets. ``evaluate --val-predictions --conformal``, ``zeroshot --val-split
-    --conformal`` and the sweep come here; ``calibrate --conformal`` stores the same rule
-    (:func:`medvlkit.engine.conformal.fit_conformal`) for later."""
+    per true class). ``evaluate --val-predictions --conformal``, ``zeroshot --val-split --conformal`` and the sweep
+    come here; ``calibrate --conformal`` stores the same rule (:func:`medvlkit.engine.conformal.fit_conformal`) for
+    later."""
     from medvlkit.engine.conformal import coverage_report, fit_conformal, prediction_sets
 
     if test.multilabel:
@@ -281,14 +293,7 @@ def conformal_between(val: Scored, test: Scored, level: float, mode: str, n_boot
     sets = prediction_sets(np.exp(test.log_probs), q)
     report = coverage_report(test.labels, sets, test.classnames, n_bootstrap, seed)
     return {"validation": source, "n_validation": len(val.files), "level": level, "mode": mode, "q": q,
-            "same_images_as_fit": False} | report, sets
-
-
-def operating_points_from_validation(test: Scored, val_path: Path, opts: ClinicalOptions, n_bootstrap: int,
-                                     seed: int) -> dict[str, Any]:
-    """:func:`operating_points_between` with the validation predictions read from ``val_path``
-    (:func:`read_validation`)."""
-    return operating_points_between(read_validation(val_path), test, opts, n_bootstrap, seed, str(val_path))
+            "same_images_as_fit": False} | report
 
 
 def read_validation(val_path: Path) -> Scored:
@@ -357,12 +362,11 @@ def evaluate_task(predictions: Path, labels: Path | None, out_dir: Path, n_boots
     if clinical.conformal is not None and clinical.val_predictions is None:
         raise MedvlkitError("--conformal needs --val-predictions: the set rule is fitted on validation predictions")
     if clinical.val_predictions is not None:
-        extra["operating_points"] = operating_points_from_validation(s, clinical.val_predictions, clinical,
-                                                                     n_bootstrap, seed)
+        val, source = read_validation(clinical.val_predictions), str(clinical.val_predictions)
+        extra["operating_points"] = operating_points_between(val, s, clinical, n_bootstrap, seed, source)
         if clinical.conformal is not None:
-            extra["conformal"], _ = conformal_between(read_validation(clinical.val_predictions), s,
-                                                      clinical.conformal, clinical.conformal_mode, n_bootstrap, seed,
-                                                      str(clinical.val_predictions))
+            extra["conformal"] = conformal_between(val, s, clinical.conformal, clinical.conformal_mode, n_bootstrap,
+                                                   seed, source)
         more, more_ci = operating_point_metrics(extra["operating_points"])
         metrics |= more
         ci |= {k: v for k, v in more_ci.items() if v}

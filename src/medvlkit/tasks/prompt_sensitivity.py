@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.data.prompts import ClassPrompts, PromptSet
-from medvlkit.engine.bootstrap import bootstrap_classification
 from medvlkit.engine.features import ImageEmbeddings
+from medvlkit.engine.operating_points import class_columns, usable_class
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import ModelBase
 from medvlkit.tasks.evaluate import evaluate_probs
@@ -60,21 +60,19 @@ def check_wordings(prompts: PromptSet) -> list[tuple[str, str, PromptSet]]:
     return variants
 
 
-def class_aurocs(labels: np.ndarray, log_probs: np.ndarray, classnames: list[str], n_bootstrap: int,
-                 seed: int) -> dict[str, dict[str, Any]]:
-    """Per class, the AUROC of its own score for it (one-vs-rest) with a CI, and whether the class's prompts point
+def class_aurocs(labels: np.ndarray, log_probs: np.ndarray, classnames: list[str], multilabel: bool,
+                 n_bootstrap: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per class, the AUROC of its own score for it (one-vs-rest, known labels only: the class as
+    :func:`~medvlkit.engine.operating_points.class_columns` reads it) with a CI, and whether the class's prompts point
     the wrong way: ``inverted`` when the whole CI lies below 0.5, ``suspect`` when only the estimate does."""
     out = {}
     for c, name in enumerate(classnames):
-        y = labels[:, c:c + 1].astype(np.float64)
-        known = ~np.isnan(y[:, 0])
-        y, s = y[known], log_probs[known, c:c + 1]
-        if not (y == 1).any() or not (y == 0).any():
+        y, s = class_columns(labels, log_probs, multilabel, c)
+        if usable_class(y) is not None:  # no positive or no negative: no AUROC
             continue
-        ev = evaluate_probs(y, None, [name], True, 0, seed, log_probs=s)
-        ci = bootstrap_classification("multi", (y, s, np.array([np.log(0.5)])), ["auroc"], n_bootstrap, seed)[
-            "auroc"] if n_bootstrap else None
-        auc = ev.metrics["auroc"]
+        known = ~np.isnan(y)
+        ev = evaluate_probs(y[known, None], None, [name], True, n_bootstrap, seed, log_probs=s[known, None])
+        auc, ci = ev.metrics["auroc"], ev.ci.get("auroc")
         verdict = "inverted" if ci and ci[1] < 0.5 else "suspect" if auc < 0.5 else "ok"
         out[name] = {"auroc": auc, "ci": ci, "verdict": verdict}
     return out
@@ -108,7 +106,8 @@ def prompt_sensitivity(classify: Callable[..., Any], model: ModelBase, dataset: 
         ev = evaluate_probs(res.labels, None, res.classnames, multilabel, n_bootstrap, seed, log_probs=res.log_probs)
         rows.append({"kind": kind, "name": name, "metrics": {k: ev.metrics.get(k) for k in wanted},
                      "ci": {k: ev.ci.get(k) for k in wanted if ev.ci.get(k)},
-                     "classes": class_aurocs(res.labels, res.log_probs, res.classnames, n_bootstrap, seed)})
+                     "classes": class_aurocs(res.labels, res.log_probs, res.classnames, multilabel, n_bootstrap,
+                                             seed)})
     keys = list(rows[0]["metrics"])
     single = [r for r in rows if r["kind"] != "ensemble"]
     spread = {k: float(max(r["metrics"][k] for r in single) - min(r["metrics"][k] for r in single)) for k in keys}

@@ -77,11 +77,9 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.models or not self.datasets:
             raise MedvlkitError("pass at least one --model and one --data")
-        if self.conformal is not None and not self.val_split:
-            raise MedvlkitError("--conformal needs --val-split: the set rule is fitted on a validation split")
-        if self.val_split is not None and self.val_split == self.split:
-            raise MedvlkitError(f"--val-split {self.val_split} is the split scored: thresholds must be chosen on other "
-                                "images")
+        from medvlkit.tasks.evaluate import check_val_split
+
+        check_val_split(self.val_split, self.split, self.conformal)
         bad = [t for t in self.tasks if t not in (*TASKS, "auto")]
         if bad or ("auto" in self.tasks and len(self.tasks) > 1):
             raise MedvlkitError(f"--task {','.join(self.tasks)}: valid: auto, or a comma-separated subset of "
@@ -202,18 +200,21 @@ def run_sweep(cfg: SweepConfig, run: RunOptions | None = None, data: DataOptions
             overall.update(len(cells))
             continue
         held: dict[str, object] = {}  # each split without the images this model trained on, read once a model
+        vals: dict[str, object] = {}  # and each --val-split, for zero-shot cells: read once a model too
         for c in cells:
             try:
                 if c.data not in held:
                     held[c.data] = data.held_out(splits[c.data], model, "test", **run.embed_kwargs())
+                if c.task == "zeroshot" and c.data not in vals:
+                    vals[c.data] = _validation(c, model, cfg, run, data)
             except MedvlkitError as err:
                 c.status, c.error = "failed", f"data: {first_line(err)}"
                 overall.update()
                 continue
-            if cfg.skip_existing and _same_result(c, model, held[c.data], cfg, run, data):
+            if cfg.skip_existing and _same_result(c, model, held[c.data], cfg, run, data, vals.get(c.data)):
                 c.status = "skipped"
             else:
-                _run_cell(c, model, held[c.data], cfg, run, data)
+                _run_cell(c, model, held[c.data], cfg, run, data, vals.get(c.data))
             overall.update()
     overall.close()
     for c in plan:
@@ -261,9 +262,9 @@ def _probe_cfg(cell: Cell, cfg: SweepConfig):
                            group_pattern=cfg.group_pattern)
 
 
-def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> dict:
+def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions, val=None) -> dict:
     """The identity the cell's result would have if it ran now: the task's own identity function, fed what the
-    task would consume."""
+    task would consume (``val``: a zero-shot cell's validation split, :func:`_validation`)."""
     from medvlkit.tasks.probe import probe_datasets, probe_identity
     from medvlkit.tasks.retrieval import retrieval_identity
     from medvlkit.tasks.zeroshot import clinical_identity, prompts_used, zeroshot_identity
@@ -274,33 +275,33 @@ def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data
         return probe_identity(probe_cfg, model, probe_datasets(probe_cfg, data, model, embed), cfg.bootstrap, embed)
     if cell.task == "zeroshot":
         prompts = matching_prompts(ds, cfg.prompts)
-        val = _validation(cell, model, cfg, run, data)
         groups, _ = _subgroups(cfg, ds)
         return zeroshot_identity(model, ds, prompts_used(ds, prompts).identity(), cfg.bootstrap, cfg.seed, embed,
                                  clinical_identity(val, _clinical(cfg), groups, cfg.prompt_sensitivity))
     return retrieval_identity(model, ds, cfg.bootstrap, cfg.seed, embed)
 
 
-def _same_result(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> bool:
+def _same_result(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions, val=None) -> bool:
     """Whether the cell's result.json was computed from exactly what the cell would consume now."""
     path = Path(cell.out) / "result.json"
     if not path.is_file():
         return False
     try:
         recorded = (json.loads(path.read_text()).get("identity") or {}).get("sha256")
-        return recorded == cell_identity(cell, model, ds, cfg, run, data)["sha256"]
+        return recorded == cell_identity(cell, model, ds, cfg, run, data, val)["sha256"]
     except (json.JSONDecodeError, AttributeError, OSError):
         return False
     except MedvlkitError:  # the cell cannot run as configured: running it reports why
         return False
 
 
-def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions) -> None:
-    """Run one cell into its folder; its status and error say how it went."""
+def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions, val=None) -> None:
+    """Run one cell into its folder (``val``: a zero-shot cell's validation split); its status and error say how it
+    went."""
     from medvlkit.tasks.probe import run_probe_task
-    from medvlkit.tasks.prompt_sensitivity import prompt_sensitivity
+    from medvlkit.tasks.prompt_sensitivity import check_wordings
     from medvlkit.tasks.retrieval import save_retrieval
-    from medvlkit.tasks.zeroshot import clinical_identity, save_zeroshot, validation_points, zeroshot_classify
+    from medvlkit.tasks.zeroshot import clinical_figures, clinical_identity, save_zeroshot, zeroshot_classify
 
     out = Path(cell.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,22 +316,19 @@ def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: Da
             embed = run.embed_kwargs()
             res = zeroshot_classify(model, ds, prompts, **embed)
             extra: dict = {}
-            val = _validation(cell, model, cfg, run, data)
-            if val is not None:
-                extra |= validation_points(model, val, prompts, None, res, _clinical(cfg), cfg.bootstrap, cfg.seed,
-                                           **embed)
-            elif cfg.val_split:
+            if cfg.val_split and val is None:
                 extra["operating_points_not_made"] = f"the data has no labelled '{cfg.val_split}' split"
             groups, lacking = _subgroups(cfg, ds)
             if lacking:
                 extra["subgroups_not_made"] = {c: "no such column in this data" for c in lacking}
-            if cfg.prompt_sensitivity:
+            sensitivity = cfg.prompt_sensitivity
+            if sensitivity:
                 try:
-                    extra["prompt_sensitivity"] = prompt_sensitivity(zeroshot_classify, model, ds, prompts,
-                                                                     res.embeddings, None, cfg.bootstrap, cfg.seed,
-                                                                     **embed)
+                    check_wordings(prompts)
                 except MedvlkitError as err:  # a set with one wording: said, the cell's other results kept
-                    extra["prompt_sensitivity_not_made"] = first_line(err)
+                    sensitivity, extra["prompt_sensitivity_not_made"] = False, first_line(err)
+            extra |= clinical_figures(model, ds, prompts, None, res, val, _clinical(cfg), sensitivity, cfg.bootstrap,
+                                      cfg.seed, **embed)
             save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed, extra, embed, groups,
                           clinical_identity(val, _clinical(cfg), groups, cfg.prompt_sensitivity))
         else:

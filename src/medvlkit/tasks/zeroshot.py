@@ -184,10 +184,9 @@ def save_zeroshot(result: ZeroShotResult, dataset: ImageDataset, model: ModelBas
         metrics, ci, extra["confusion_matrix"] = ev.metrics, ev.ci, ev.confusion_matrix
         extra |= ev.extra
         if subgroups is not None and subgroups.columns:
-            items, rows = result.embeddings.items, result.embeddings.indices
-            known = {k: [v[i] for i in rows] for k, v in dataset.attributes.items()}
-            scored = Scored(list(items), result.classnames, result.labels, result.log_probs, multilabel)
-            extra["subgroups"] = subgroup_report(scored, attributes_for(list(items), subgroups, known), subgroups,
+            known = {k: [v[i] for i in result.embeddings.indices] for k, v in dataset.attributes.items()}
+            rows = scored(result)
+            extra["subgroups"] = subgroup_report(rows, attributes_for(rows.files, subgroups, known), subgroups,
                                                  n_bootstrap, seed)
     elif subgroups is not None and subgroups.columns:
         raise MedvlkitError("--subgroups needs labelled data: these images have no labels")
@@ -229,8 +228,27 @@ def validation_points(model: ModelBase, validation: ImageDataset, prompts: Promp
         if test.multilabel:
             out["conformal_not_made"] = "prediction sets are for single-label data; these are multi-label"
         else:
-            out["conformal"], _ = conformal_between(val, test, clinical.conformal, clinical.conformal_mode,
-                                                    n_bootstrap, seed, validation.full_name)
+            out["conformal"] = conformal_between(val, test, clinical.conformal, clinical.conformal_mode,
+                                                 n_bootstrap, seed, validation.full_name)
+    return out
+
+
+def clinical_figures(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, mode: str | None,
+                     result: ZeroShotResult, validation: ImageDataset | None, clinical: ClinicalOptions,
+                     sensitivity: bool, n_bootstrap: int, seed: int, **embed_options: Any) -> dict[str, Any]:
+    """The clinical figures a zero-shot ``result`` was asked for, for its ``result.json``: with ``validation``,
+    operating points, decision curves and prediction sets (:func:`validation_points`); with ``sensitivity``, every
+    wording of ``prompts`` on the same embeddings (:mod:`medvlkit.tasks.prompt_sensitivity`). ``zeroshot`` and the
+    ``eval`` sweep both come here (subgroups are scored where the result is saved: :func:`save_zeroshot`)."""
+    out: dict[str, Any] = {}
+    if validation is not None:
+        out |= validation_points(model, validation, prompts, mode, result, clinical, n_bootstrap, seed,
+                                 **embed_options)
+    if sensitivity:
+        from medvlkit.tasks.prompt_sensitivity import prompt_sensitivity
+
+        out["prompt_sensitivity"] = prompt_sensitivity(zeroshot_classify, model, dataset, prompts, result.embeddings,
+                                                       mode, n_bootstrap, seed, **embed_options)
     return out
 
 
@@ -262,14 +280,8 @@ def zeroshot_task(model: ModelBase, dataset: ImageDataset, prompts: PromptSet, o
     kwargs = (run or RunOptions()).embed_kwargs()
     dataset, gated, emb = gate_before(model, dataset, gate, gate_threshold, **kwargs)
     res = zeroshot_classify(model, dataset, prompts, mode, embeddings=emb, **kwargs)
-    extra = dict(gated or {})
-    if validation is not None:
-        extra |= validation_points(model, validation, prompts, mode, res, clinical or ClinicalOptions(), n_bootstrap,
-                                   seed, **kwargs)
-    if sensitivity:
-        from medvlkit.tasks.prompt_sensitivity import prompt_sensitivity
-
-        extra["prompt_sensitivity"] = prompt_sensitivity(zeroshot_classify, model, dataset, prompts, res.embeddings,
-                                                         mode, n_bootstrap, seed, **kwargs)
+    extra = dict(gated or {}) | clinical_figures(model, dataset, prompts, mode, res, validation,
+                                                 clinical or ClinicalOptions(), sensitivity, n_bootstrap, seed,
+                                                 **kwargs)
     return save_zeroshot(res, dataset, model, out_dir, config, n_bootstrap, seed, extra, kwargs, subgroups,
                          clinical_identity(validation, clinical, subgroups, sensitivity))
