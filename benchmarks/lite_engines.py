@@ -11,7 +11,10 @@ Decoding and preprocessing are left out here; ``--embed N`` also times the whole
 Kermany test films ($MEDVLKIT_DATA) with the batch whole (``cpu_micro_batch = 0``, before) and in micro-batches (the
 default), 2 loader workers, cache off, and compares the embeddings.
 
-    python benchmarks/lite_engines.py [--batch 64] [--repeats 5] [--embed 624]
+``--rn50`` times OpenAI's ModifiedResNet-50 tower (CLIP RN50, PMC-CLIP; random weights) the same way: the batch
+whole and in parts of 16, 8, 4 and 2, with the largest difference to the whole batch.
+
+    python benchmarks/lite_engines.py [--batch 64] [--repeats 5] [--embed 624] [--rn50]
 
 Run by hand; the numbers go into the closing notes (machine, date), never into tests.
 """
@@ -48,7 +51,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--embed", type=int, default=0)
+    ap.add_argument("--rn50", action="store_true")
     args = ap.parse_args()
+    if args.rn50:
+        rn50_parts(args.batch, args.repeats)
+        return
     tower = _Tower(create_model("lite").image_tower).eval()
     x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +91,27 @@ def main() -> None:
         print(f"{name:22s} {rate:7.1f} img/s  {rate / base:5.2f}x  max |diff| vs eager {diff:.1e}")
     if args.embed:
         embed_end_to_end(args.embed, args.repeats)
+
+
+def rn50_parts(batch: int, repeats: int) -> None:
+    """A random-weight ModifiedResNet-50 (224 px) on one batch: whole, and in parts, interleaved."""
+    from medvlkit.models.clip_resnet import ModifiedResNet
+
+    torch.manual_seed(0)
+    tower = ModifiedResNet((3, 4, 6, 3), 1024, 32, 224, 64).eval()
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    times: dict[int, list[float]] = {k: [] for k in (batch, 16, 8, 4, 2)}
+    outs = {}
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first round warms up
+            for k in times:
+                start = time.perf_counter()
+                outs[k] = torch.cat([tower(p) for p in x.split(k)])
+                times[k].append(time.perf_counter() - start)
+    for k, t in times.items():
+        diff = float((outs[k] - outs[batch]).abs().max())
+        print(f"ModifiedResNet-50, parts of {k:3d}: {batch / statistics.median(t[1:]):6.1f} img/s, max |diff| vs whole "
+              f"{diff:.1e}")
 
 
 def embed_end_to_end(n: int, repeats: int) -> None:

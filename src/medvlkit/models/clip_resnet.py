@@ -120,8 +120,8 @@ class ModifiedResNetImage(ModelBase):
     visual: ModifiedResNet
     cpu_micro_batch = 4
     """Four images at a time on a CPU without gradients (:meth:`ModelBase.in_micro_batches`): an RN50-shaped tower
-    (random weights, batch of 64 at 224 px, 2-core CPU) ran at 7.4 img/s whole and 14.1 img/s in fours, with
-    identical outputs (max difference 0.0)."""
+    (random weights, batch of 64 at 224 px, 2-core CPU; ``benchmarks/lite_engines.py --rn50``) ran at 7.0 img/s
+    whole and 12.4 img/s in fours, with identical outputs (max difference 0.0)."""
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         feats = self.in_micro_batches(self.visual, pixels.to(self.device, self.dtype))
