@@ -78,7 +78,7 @@ def main() -> None:
         tmp = Path(tmp)
         for row in args.rows.split(","):
             spec = f"hf:{vit_b32_dir(tmp / 'vitb32')}" if row == "vit-b32" else row
-            torch_model = create_model(spec)
+            torch_model = create_model(spec, engine="torch")  # PyTorch, not lite's default ONNX Runtime tower
             m = export_onnx(torch_model, tmp / f"{row}-onnx")
             v = m["verification"]
             models = {"pytorch": torch_model, "onnx": create_model(f"onnx:{tmp / f'{row}-onnx'}")}

@@ -20,9 +20,16 @@ def pytest_configure(config):
         torch.set_num_threads(int(threads))
 
 
+@pytest.fixture(scope="session")
+def _engines_dir(tmp_path_factory) -> Path:
+    """One folder of built ONNX Runtime engines for the whole session (lite's graph is built once, ~10 s)."""
+    return tmp_path_factory.mktemp("engines")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
+def _isolated_cache(tmp_path_factory, monkeypatch, _engines_dir):
     """Every test gets its own embedding cache and model folder; nothing touches ~/.cache."""
+    monkeypatch.setenv("MEDVLKIT_ENGINES", str(_engines_dir))
     monkeypatch.setenv("MEDVLKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("MEDVLKIT_MODELS", str(tmp_path_factory.mktemp("models")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -82,14 +82,16 @@ def test_micro_batches_give_the_numbers_of_the_whole_batch(lite):
 
     pixels = torch.rand(11, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert lite.cpu_micro_batch == 4
-    with torch.inference_mode():
-        parts = lite.encode_image(pixels)
     try:
+        assert lite.use_engine("torch") == "torch"  # PyTorch's path (the default engine is ONNX Runtime's graph)
+        with torch.inference_mode():
+            parts = lite.encode_image(pixels)
         lite.cpu_micro_batch = 0
         with torch.inference_mode():
             whole = lite.encode_image(pixels)
     finally:
         lite.cpu_micro_batch = 4
+        lite.use_engine("auto")
     assert torch.allclose(parts, whole, atol=1e-6, rtol=0)
     x = pixels[:6].clone().requires_grad_(True)
     lite.encode_image(x).sum().backward()  # with gradients: the batch whole, as before

@@ -122,7 +122,9 @@ def _encode_all(model: ModelBase, dataset: ImageDataset, loader: Any, vectors: d
 def _cached_vectors(model: ModelBase, dataset: ImageDataset, cache: bool, cache_dir: str | None,
                     fast_decode: bool) -> tuple[Any, ...]:
     """(cache store or None, item keys, {key: vector} found, {position: vector} found) for ``dataset``."""
-    fingerprint = model.fingerprint() + ("|fast-decode" if fast_decode else "")
+    # vectors from another engine or another decode agree within 1e-4, not bit for bit: each has its own entries
+    fingerprint = (model.fingerprint() + ("|fast-decode" if fast_decode else "")
+                   + ("" if model.engine == "torch" else f"|engine={model.engine}"))
     store = EmbeddingCache(fingerprint, cache_dir, model.embed_dim) if cache else None
     keys = [item_key(it) for it in dataset.items]
     found = store.get(keys) if store else {}

@@ -40,8 +40,9 @@ def dataset_identity(dataset: ImageDataset) -> str:
 
 def model_identity(model) -> dict:
     """The model as results depend on it: name, fingerprint (preprocessing, weight dtype, weight files' paths, sizes
-    and times) and the weight files' sha256 (``pretrained``)."""
-    return {"name": model.name, "fingerprint": model.fingerprint(), "weights": model.weights_identity()}
+    and times), the weight files' sha256 (``pretrained``) and the engine computing its image tower."""
+    return {"name": model.name, "fingerprint": model.fingerprint(), "weights": model.weights_identity(),
+            "engine": model.engine}
 
 
 def identity_record(task: str, **parts) -> dict:

@@ -43,6 +43,8 @@ class RunOptions:
         progress: show progress bars.
         tokenizer: a tokenizer folder, for the sources whose weights come without one (``openai-ckpt:``...).
         fast_decode: decode large JPEGs at a reduced scale (at least twice the model's input size) before resizing.
+        engine: what computes the image tower: ``auto``, ``torch`` or ``onnx``
+            (:mod:`medvlkit.models.fast_tower`; ``auto`` is ONNX Runtime for ``lite`` on a CPU in fp32).
     """
 
     device: str = "auto"
@@ -55,11 +57,15 @@ class RunOptions:
     progress: bool = True
     tokenizer: str | None = None
     fast_decode: bool = False
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        from medvlkit.models.fast_tower import ENGINES
         from medvlkit.models.registry import torch_dtype
 
         torch_dtype(self.precision)  # checked now, before any data is read
+        if self.engine not in ENGINES:
+            raise MedvlkitError(f"--engine {self.engine}: valid options: {', '.join(ENGINES)}")
         if self.on_error not in ON_ERROR:
             raise MedvlkitError(f"--on-error {self.on_error}: valid options: {', '.join(ON_ERROR)}")
         if self.batch_size < 1:
@@ -72,7 +78,7 @@ class RunOptions:
         from medvlkit.models import create_model
 
         kwargs = {"tokenizer": self.tokenizer} if self.tokenizer else {}
-        return create_model(spec, device=self.device, precision=self.precision, **kwargs)
+        return create_model(spec, device=self.device, precision=self.precision, engine=self.engine, **kwargs)
 
     def embed_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`medvlkit.engine.features.embed_images` (and of every task that embeds)."""

@@ -240,6 +240,13 @@ class ModelBase(torch.nn.Module):
     :meth:`in_micro_batches`). A CNN's early activations for a batch of 64 at 224 px are ~100 MB a layer, far outside
     a CPU's caches: families that measured faster and identical in small parts set it (``lite``, ModifiedResNet)."""
 
+    @property
+    def engine(self) -> str:
+        """What computes the image tower now: ``torch``, or ``onnx`` where a verified ONNX Runtime graph of the
+        unchanged tower serves it (``lite`` on a CPU: :mod:`medvlkit.models.fast_tower`). Embedding caches and
+        results record it: the two agree within 1e-4, not bit for bit."""
+        return "torch"
+
     if TYPE_CHECKING:  # every backbone defines these (see VisionLanguageModel); declared for the type checker only
         @property
         def logit_scale(self) -> float: ...

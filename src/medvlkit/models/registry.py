@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medvlkit.errors import MedvlkitError
+from medvlkit.models.fast_tower import resolve_engine
 from medvlkit.models.presets import PRESETS, ModelPreset
 
 if TYPE_CHECKING:
@@ -176,13 +177,17 @@ def download(name: str) -> Snapshot:
     return fetch(hub, prefix)
 
 
-def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32", **kwargs: Any) -> ModelBase:
+def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32", engine: str = "auto",
+                 **kwargs: Any) -> ModelBase:
     """Build a model from a spec.
 
     Args:
         spec: ``lite``, a preset name, ``hf:<dir or hub id>``, ``openai-ckpt:<file>``, ``open_clip:<name>``.
         device: cpu, cuda, cuda:N, mps or auto.
         precision: fp32, fp16 or bf16.
+        engine: what computes the image tower: ``auto`` (ONNX Runtime where the model offers it, on a CPU in fp32,
+            with the ``onnx`` extra: ``lite``), ``torch``, or ``onnx`` (refused for models that do not offer it).
+            See :mod:`medvlkit.models.fast_tower`.
         **kwargs: passed to the source's loader (e.g. ``tokenizer=DIR`` for openai-ckpt).
 
     Returns:
@@ -190,6 +195,7 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
     """
     dtype = torch_dtype(precision)
     device = resolve_device(device)
+    resolve_engine(engine, device, dtype)  # checked before any weights are read
     preset = PRESETS.get(spec)
     if preset is not None:
         spec = _resolve_preset(preset)
@@ -201,6 +207,11 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
         if "tokenizer" in kwargs and "tokenizer" not in inspect.signature(loader).parameters:
             raise MedvlkitError(f"--tokenizer applies to {', '.join(_TOKENIZER_SOURCES)} models; '{spec}' carries "
                                 "its own tokenizer")
+        if "engine" in inspect.signature(loader).parameters:
+            kwargs["engine"] = engine
+        elif engine == "onnx":
+            raise MedvlkitError(f"--engine onnx: '{spec}' runs on PyTorch only (lite offers ONNX Runtime); export it "
+                                "with `medvlkit export --model SPEC --format onnx --out DIR` and use --model onnx:DIR")
         model = loader(ref, device=device, dtype=dtype, **kwargs)
         if preset is not None and preset.preprocess is not None:  # the weights' own input size is kept
             model.set_preprocess(dataclasses.replace(preset.preprocess, image_size=model.preprocess_cfg.image_size))

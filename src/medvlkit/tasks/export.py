@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medvlkit.errors import MedvlkitError, first_line
+from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import ModelBase
+from medvlkit.models.onnx_graph import export_graph, onnx_modules, quiet
 from medvlkit.models.onnx_model import FORMAT, VERSION
 
 TOLERANCE = 1e-4
@@ -56,15 +57,6 @@ class _TextTower(torch.nn.Module):
         return self.model.encode_text(dict(zip(self.keys, tokens)), normalize=True)
 
 
-def _onnx_modules():
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as err:
-        raise MedvlkitError(f"export needs onnx and onnxruntime: pip install 'medvlkit[onnx]' ({err})") from None
-    return onnx, onnxruntime
-
-
 def verification_inputs(model: ModelBase, verify_data: Path | None = None, limit: int = 16) -> tuple[
         torch.Tensor, list[str]]:
     """Real images (preprocessed for ``model``) and texts that an export is checked on."""
@@ -89,51 +81,6 @@ def verification_inputs(model: ModelBase, verify_data: Path | None = None, limit
     return pixels, texts + ["", "a very long report " * 40]  # an empty text and one past the context length
 
 
-def _export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str], dynamic: dict,
-                  opset: int) -> str:
-    """Export one tower; returns the exporter that succeeded. ``torch.export`` (dynamo) first: the TorchScript
-    tracer mis-exported EfficientNet-Lite0 (max abs difference 6.0 on its features, 0.21 on unit embeddings, where
-    dynamo's graph is within 2.3e-5 and 1e-6), and the verification catches either kind of error anyway."""
-    import logging
-    import warnings
-
-    shapes = {name: {axis: torch.export.Dim(f"{name}_{label}", max=_MAX_DIM[label])
-                     for axis, label in axes.items()} for name, axes in dynamic.items()}
-    errors = []
-    for dynamo in (True, False):
-        try:
-            with warnings.catch_warnings(), _quiet(logging.getLogger("torch.onnx")):
-                warnings.simplefilter("ignore")
-                if dynamo:
-                    torch.onnx.export(module, args, str(path), input_names=input_names, output_names=["embeddings"],
-                                      dynamic_shapes=tuple(shapes[n] for n in input_names),
-                                      opset_version=max(opset, 18), dynamo=True, verbose=False)
-                else:
-                    torch.onnx.export(module, args, str(path), input_names=input_names, output_names=["embeddings"],
-                                      dynamic_axes=dynamic | {"embeddings": {0: "batch"}}, opset_version=opset,
-                                      dynamo=False, do_constant_folding=True)
-            return "dynamo" if dynamo else "torchscript"
-        except Exception as err:  # noqa: BLE001 - the exporters raise many types for unsupported operators
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {first_line(err)}")
-    raise MedvlkitError(f"ONNX export of the {path.stem} tower failed ({'; '.join(errors)})")
-
-
-_MAX_DIM = {"batch": 4096, "tokens": 4096}
-
-
-class _quiet:
-    """Silence a logger (the exporters narrate every pass)."""
-
-    def __init__(self, logger) -> None:
-        self.logger, self.level = logger, logger.level
-
-    def __enter__(self) -> None:
-        self.logger.setLevel(100)
-
-    def __exit__(self, *exc) -> None:
-        self.logger.setLevel(self.level)
-
-
 def _max_diff(reference, exported, inputs, exported_inputs=None) -> float:
     """Max abs difference between the PyTorch and the ONNX Runtime unit embeddings of one batch."""
     with torch.no_grad():
@@ -156,7 +103,7 @@ def _quantize(path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = path.with_suffix(".int8.onnx")
-    with _quiet(logging.getLogger()):  # "consider pre-processing" advice on every call
+    with quiet(logging.getLogger()):  # "consider pre-processing" advice on every call
         quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     out.replace(path)
     path.with_name(path.name + ".data").unlink(missing_ok=True)  # the fp32 weights the int8 graph no longer uses
@@ -165,7 +112,7 @@ def _quantize(path: Path) -> None:
 def _check_exportable(model: ModelBase, out_dir: Path, quantize: str | None):
     """Refuse what cannot be exported faithfully; returns the model's tokenizer recipe."""
     model.require_text("ONNX export (it exports an image and a text graph)")
-    _onnx_modules()
+    onnx_modules()
     _check_quantize(quantize)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise MedvlkitError(f"--out {out_dir} exists and is not empty; choose a new folder")
@@ -214,9 +161,9 @@ def export_onnx(model: ModelBase, out_dir: Path, opset: int = DEFAULT_OPSET, qua
     try:
         with torch.no_grad():
             # wrappers in eval mode: an exporter restores the mode it found, recursively, into the model itself
-            exporters = [_export_graph(_ImageTower(model).eval(), (pixels[:2],), out_dir / "image.onnx", ["pixels"],
+            exporters = [export_graph(_ImageTower(model).eval(), (pixels[:2],), out_dir / "image.onnx", ["pixels"],
                                        {"pixels": {0: "batch"}}, opset),
-                         _export_graph(_TextTower(model, keys).eval(), tuple(tokens[k][:2] for k in keys),
+                         export_graph(_TextTower(model, keys).eval(), tuple(tokens[k][:2] for k in keys),
                                        out_dir / "text.onnx", list(keys), {k: {0: "batch", 1: "tokens"} for k in keys},
                                        opset)]
         if quantize:
@@ -262,5 +209,5 @@ def export_task(spec: str, out_dir: Path, fmt: str = "onnx", opset: int = DEFAUL
         raise MedvlkitError(f"--format {fmt}: valid options: onnx")
     _check_quantize(quantize)  # before the model is loaded
     kwargs = {"tokenizer": run.tokenizer} if run is not None and run.tokenizer else {}
-    model = create_model(spec, device="cpu", precision="fp32", **kwargs)
+    model = create_model(spec, device="cpu", precision="fp32", engine="torch", **kwargs)
     return export_onnx(model, out_dir, opset, quantize, verify_data, spec=absolute_spec(spec))

@@ -240,7 +240,7 @@ class ServeEngine:
         index = None if self.index is None else {k: self.index.meta.get(k) for k in ("n", "kind", "dataset")} | {
             "size": len(self.index.files)}
         return {"model": m.name, "fingerprint": m.fingerprint(), "scope": m.scope, "device": str(m.device),
-                "dtype": str(m.dtype),
+                "dtype": str(m.dtype), "engine": m.engine,
                 "logit_scale": float(m.logit_scale) if m.has_text else None, "text_tower": m.has_text,
                 "preprocess": m.preprocess_cfg.to_dict(),
                 "prompt_sets": {n: {"mode": v.mode, "classes": v.prompts.classnames}
