@@ -10,8 +10,9 @@ image tower to a :class:`FastTower`:
   tower, or the same under other versions, gets its own graph; the folder is written under a temporary name and
   renamed, so an interrupted or concurrent build leaves nothing half-written;
 - the graph is checked against PyTorch on real images that ship inside scikit-image and pydicom before it is used:
-  eight when it is built (photos, fundus, histology, CT, MR), four at every load (a photo, histology, CT, MR): a feature difference over ``1e-4`` of the features' scale is an
-  error (``--engine onnx``) or a fall back to PyTorch with a warning (``--engine auto``); a damaged graph is rebuilt;
+  eight when it is built (photos, fundus, histology, CT, MR), four at every load (a photo, histology, CT, MR); a
+  feature difference over ``1e-4`` of the features' scale gets the graph rebuilt once, then is an error (``--engine
+  onnx``) or a fall back to PyTorch with a warning (``--engine auto``); a damaged graph is rebuilt too;
 - the graph serves a call only while the tower is the one it was built from, unchanged, and only where PyTorch's own
   tower would compute the same thing: no gradients wanted, the tower in eval mode, fp32 on the CPU, the exported
   input size, not while a graph is traced for export. Fine-tuning (a step changes a weight in place), LoRA (new
@@ -198,9 +199,13 @@ def _build(folder: Path, tower: torch.nn.Module, forward, image_size: int, image
         diff = _difference(_session(tmp / "tower.onnx"), forward, images)
         (tmp / "built.json").write_text(json.dumps({"exporter": exporter, "image_size": image_size,
                                                     "relative_max_diff": diff, "torch": torch.__version__}) + "\n")
-        if folder.exists():  # a concurrent build finished first, or a damaged one is replaced
+        if folder.exists():  # a damaged graph is replaced
             shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "built.json").is_file():
+                raise  # else another process (a torchrun rank) built it meanwhile: its graph is checked on load
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
