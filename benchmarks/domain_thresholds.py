@@ -5,14 +5,14 @@ balanced accuracy (the gate's rule) between that modality's validation images an
 (other modalities and ordinary photos). Validation images (for ``lite``: its pretraining's validation parts, plus
 the validation splits of data it never saw):
 
-- chest x-ray: the Kermany train patients pretraining held out (pretrain/corpus.in_val), PneumoniaMNIST val;
-- CT, MR: MedPix-2.0 dev, by its Type; fundus photograph: RetinaMNIST val; ultrasound: BreastMNIST val;
+- chest x-ray: the Kermany train patients pretraining held out (pretrain/corpus.in_val), PneumoniaMNIST val, the
+  adult films' val part;
+- CT, MR: MedPix-2.0 dev, by its Type, and the brain MRI val part; fundus photograph: RetinaMNIST val and the fundus
+  set's val part; ultrasound: BUSI's val part; histopathology: LC25000's val part (parts: ``lite_splits.csv.gz``);
 - ordinary photos (negatives only): hymenoptera val, CIFAR-10 test images 500-599.
-Histopathology has no validation images here: its check stays the argmax rule.
 
-Then the share of each test set the check accepts as each prompt set's domain: the official test splits, and the
-shared sets lite never saw (adult chest films, BUSI, brain MRI, fundus photographs of four diseases, LC25000
-histology; no split of them is used for any choice). ``--write`` stores the thresholds and the model card's scope in
+Then the share of each test set the check accepts as each prompt set's domain: the official test splits and the
+test parts of the five sets v2 added. ``--write`` stores the thresholds and the model card's scope in
 ``src/medvlkit/models/weights/lite_config.json``.
 
 Usage: MEDVLKIT_DATA=../shared/data python benchmarks/domain_thresholds.py [--model lite] [--write]
@@ -34,10 +34,14 @@ from medvlkit.engine.features import embed_images
 from medvlkit.tasks.domain import domain_vectors
 from medvlkit.tasks.gate import balanced_threshold
 from medvlkit.tasks.pretrain.corpus import cxr_patient, in_val
+from medvlkit.tasks.pretrain.splits import part_dataset
 
-LITE_SCOPE = ("lite (v1) was trained on paediatric chest X-rays from one hospital (Kermany 2018, PneumoniaMNIST), "
-              "MedPix-2.0 CT and MR, RetinaMNIST fundus photographs and ordinary photos; it has not been validated on "
-              "adult or portable films, other hospitals, ultrasound or histopathology (see its model card)")
+LITE_SCOPE = ("lite (v2) was trained on paediatric chest X-rays from one hospital (Kermany 2018, PneumoniaMNIST), "
+              "adult chest films of two sources (COVID-19 Radiography: class confounded with hospital), MedPix-2.0 CT "
+              "and MR, brain MRI slices, BUSI breast ultrasound, LC25000 lung histopathology, colour fundus "
+              "photographs (RetinaMNIST, a four-disease Kaggle set) and ordinary photos; each of those label spaces "
+              "is seen, not zero-shot, and it is not validated on other hospitals, devices or diseases (see its "
+              "model card)")
 
 
 def _where(ds: ImageDataset, keep) -> ImageDataset:
@@ -49,11 +53,15 @@ def validation_sets(root: Path) -> dict[str, list[ImageDataset]]:
     medpix = load_dataset(root / "medpix2", split="val")
     cifar = load_dataset(root / "natural" / "cifar10_test_first846.npz")
     return {"chest x-ray": [_where(cxr, [in_val(cxr_patient(it)) for it in cxr.items]),
-                            load_dataset(root / "medmnist" / "pneumoniamnist.npz", split="val")],
+                            load_dataset(root / "medmnist" / "pneumoniamnist.npz", split="val"),
+                            part_dataset(root, "cxr_covid_radiography_adult", "val")],
             "CT": [_where(medpix, medpix.labels[:, medpix.classnames.index("CT")] == 1)],
-            "MR": [_where(medpix, medpix.labels[:, medpix.classnames.index("MR")] == 1)],
-            "fundus photograph": [load_dataset(root / "medmnist" / "retinamnist.npz", split="val")],
-            "ultrasound": [load_dataset(root / "medmnist" / "breastmnist.npz", split="val")],
+            "MR": [_where(medpix, medpix.labels[:, medpix.classnames.index("MR")] == 1),
+                   part_dataset(root, "brain_tumor_mri", "val")],
+            "fundus photograph": [load_dataset(root / "medmnist" / "retinamnist.npz", split="val"),
+                                  part_dataset(root, "fundus_eye_diseases", "val")],
+            "ultrasound": [part_dataset(root, "busi_breast_ultrasound", "val")],  # BreastMNIST is BUSI at 28 px
+            "histopathology": [part_dataset(root, "lung_histopathology_lc25000", "val")],
             "photo": [load_dataset(root / "natural" / "hymenoptera", split="val"),
                       cifar.subset(np.arange(500, 600))]}
 
@@ -65,16 +73,17 @@ def test_sets(root: Path) -> dict[str, tuple[str, ImageDataset]]:
     mnist = root / "medmnist"
     return {"Kermany test": ("chest x-ray", load_dataset(root / "chest_xray_pneumonia", split="test")),
             "PneumoniaMNIST test": ("chest x-ray", load_dataset(mnist / "pneumoniamnist.npz", split="test")),
-            "adult films (COVID-19 Radiography, unseen)": ("chest x-ray",
-                                                           load_dataset(root / "cxr_covid_radiography_adult")),
+            "adult films (COVID-19 Radiography, test part)": ("chest x-ray", part_dataset(
+                root, "cxr_covid_radiography_adult", "test")),
             "MedPix test CT": ("CT", _where(medpix, medpix.labels[:, medpix.classnames.index("CT")] == 1)),
             "MedPix test MR": ("MR", _where(medpix, medpix.labels[:, medpix.classnames.index("MR")] == 1)),
-            "brain MRI test (unseen)": ("MR", load_dataset(root / "brain_tumor_mri", split="test")),
+            "brain MRI test part": ("MR", part_dataset(root, "brain_tumor_mri", "test")),
             "RetinaMNIST test": ("fundus photograph", load_dataset(mnist / "retinamnist.npz", split="test")),
-            "fundus photographs (unseen)": ("fundus photograph", load_dataset(root / "fundus_eye_diseases")),
-            "BreastMNIST test": ("ultrasound", load_dataset(mnist / "breastmnist.npz", split="test")),
-            "BUSI (unseen)": ("ultrasound", load_dataset(root / "busi_breast_ultrasound")),
-            "LC25000 (unseen)": ("histopathology", load_dataset(root / "lung_histopathology_lc25000")),
+            "fundus photographs test part": ("fundus photograph", part_dataset(root, "fundus_eye_diseases", "test")),
+            "BreastMNIST test (BUSI at 28 px: seen in part)": ("ultrasound", load_dataset(mnist / "breastmnist.npz",
+                                                                                           split="test")),
+            "BUSI test part": ("ultrasound", part_dataset(root, "busi_breast_ultrasound", "test")),
+            "LC25000 test part": ("histopathology", part_dataset(root, "lung_histopathology_lc25000", "test")),
             "CIFAR-10 600-845": ("photo", cifar.subset(np.arange(600, 846)))}
 
 

@@ -74,15 +74,22 @@ def test_dicom_folder_end_to_end(tiny_clip_dir, tmp_path):
     assert res["n_images"] == 2 and len(res["classnames"]) == 6
 
 
+LITE_CARDS = {"lite": (0.9669, 0.8670, 0.970), "lite@1": (0.9455, 0.8349, 0.975)}
+"""Each shipped version's headline numbers, as its model card states them (v1's card: ``weights/lite_v1``)."""
+
+
 @pytest.mark.slow
-def test_lite_matches_its_model_card(data_root, lite):
-    """The shipped model's two headline numbers on full test splits, pinned to MODEL_CARD.md (to 1e-3): chest
+@pytest.mark.parametrize("spec", list(LITE_CARDS))
+def test_lite_matches_its_model_card(data_root, lite, spec):
+    """Each shipped version's two headline numbers on full test splits, pinned to its MODEL_CARD.md (to 1e-3): chest
     X-ray pneumonia AUROC / accuracy (624 images) and MedPix-2.0 CT vs MR accuracy (200 images). A silent change
-    anywhere in reading, preprocessing, prompting or scoring moves them."""
-    from medvlkit import load_prompt_set, zeroshot_classify
+    anywhere in reading, preprocessing, prompting or scoring moves them; ``lite@1`` still gives v1's numbers."""
+    from medvlkit import create_model, load_prompt_set, zeroshot_classify
     from medvlkit.tasks.evaluate import evaluate_probs
 
-    model = lite
+    model = lite if spec == "lite" else create_model(spec)
+    assert model.name == spec
+    auroc, accuracy, medpix_accuracy = LITE_CARDS[spec]
 
     def score(folder, split, prompts):
         ds = load_dataset(folder, split=split)
@@ -91,9 +98,37 @@ def test_lite_matches_its_model_card(data_root, lite):
 
     cxr = score(data_root / "chest_xray_pneumonia", "test", "pneumonia")
     assert cxr["n"] == 624
-    assert cxr["auroc"] == pytest.approx(0.9455, abs=1e-3) and cxr["accuracy"] == pytest.approx(0.8349, abs=1e-3)
+    assert cxr["auroc"] == pytest.approx(auroc, abs=1e-3) and cxr["accuracy"] == pytest.approx(accuracy, abs=1e-3)
     medpix = score(data_root / "medpix2", "test", "modality")
-    assert medpix["n"] == 200 and medpix["accuracy"] == pytest.approx(0.975, abs=1e-3)
+    assert medpix["n"] == 200 and medpix["accuracy"] == pytest.approx(medpix_accuracy, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_lite_v2_matches_its_card_on_the_new_sets(data_root, lite):
+    """Two rows of v2's card on the test parts of sets added in v2 (``lite_splits.csv.gz``): LC25000 and BUSI
+    zero-shot macro AUROC and accuracy (to 1e-3), and the gate accepting every one of those images."""
+    from medvlkit import load_prompt_set, zeroshot_classify
+    from medvlkit.tasks.evaluate import evaluate_probs
+    from medvlkit.tasks.gate import default_gate_threshold, medical_probability
+    from medvlkit.tasks.pretrain.splits import part_dataset
+
+    rows = {"lung_histopathology_lc25000": ("lung_histopathology", 362, 0.9902, 0.9392),
+            "busi_breast_ultrasound": ("busi", 220, 0.9183, 0.7045)}
+    for name, (prompts, n, auroc, accuracy) in rows.items():
+        ds = part_dataset(data_root, name, "test")
+        res = zeroshot_classify(lite, ds, load_prompt_set(prompts), progress=False, num_workers=2)
+        m = evaluate_probs(res.labels, None, res.classnames, False, n_bootstrap=0, log_probs=res.log_probs).metrics
+        assert m["n"] == n and m["auroc"] == pytest.approx(auroc, abs=1e-3), name
+        assert m["accuracy"] == pytest.approx(accuracy, abs=1e-3), name
+        assert (medical_probability(lite, res.embeddings.vectors) >= default_gate_threshold(lite)).all(), name
+
+
+def test_only_shipped_versions_of_lite_load_by_name():
+    from medvlkit import create_model
+    from medvlkit.errors import MedvlkitError
+
+    with pytest.raises(MedvlkitError, match="lite@7: no such version of lite; shipped: lite@1, lite@2"):
+        create_model("lite@7")
 
 
 def _real_cxr_subset(data_root, root, per_class: dict[str, int]):

