@@ -89,6 +89,10 @@ def test_prompt_matching_and_options():
     assert matching_prompts(ds(["cat", "dog"], True)).mode == "pos_neg"
     with pytest.raises(Exception, match="--task"):
         SweepConfig(["lite"], ["x"], "out", ("auto", "probe"))
+    with pytest.raises(Exception, match="--age-bands and --metadata go with --subgroups"):  # not silently ignored
+        SweepConfig(["lite"], ["x"], "out", metadata="meta.csv")
+    with pytest.raises(Exception, match="--subgroup-metric ppv: valid: accuracy"):
+        SweepConfig(["lite"], ["x"], "out", subgroups="sex", subgroup_metric="ppv")
     assert slug("hf:/a/b/clip") != slug("hf:/c/b/clip") and slug("hf:/a/b/clip").startswith("hf-clip-")
 
 

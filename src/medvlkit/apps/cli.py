@@ -846,7 +846,8 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
                                                                      "with thresholds chosen on this split (e.g. val)"),
              conformal: float = ConformalOpt, conformal_mode: str = ConformalModeOpt,
              subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
-             metadata: Path = MetadataOpt, prompt_sensitivity: bool = PromptSensitivityOpt,
+             subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt,
+             prompt_sensitivity: bool = PromptSensitivityOpt,
              run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Evaluate every model on every dataset (CLIP_benchmark-style sweep), then write one report over all runs.
 
@@ -860,7 +861,7 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
                       tuple(t.strip() for t in task.split(",") if t.strip()), split, prompts, bootstrap, seed,
                       skip_existing, group_pattern, val_split, conformal, conformal_mode, subgroups,
                       sorted(_levels(age_bands, "--age-bands", upper=None)) if age_bands else [], min_subgroup,
-                      str(metadata) if metadata else None, prompt_sensitivity)
+                      str(metadata) if metadata else None, prompt_sensitivity, subgroup_metric)
     cells = run_sweep(cfg, run, data_opts)
     print_cells(cells)
     if finished := [Path(c.out) for c in cells if c.status in ("done", "skipped")]:

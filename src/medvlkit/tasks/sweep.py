@@ -52,6 +52,7 @@ class SweepConfig:
             sets of this coverage fitted on it.
         subgroups, age_bands, min_subgroup, metadata: zero-shot cells also score per subgroup of these columns
             (comma-separated; those a dataset lacks are recorded as not made).
+        subgroup_metric: the metric whose largest between-subgroup gap each cell reports.
         prompt_sensitivity: zero-shot cells also score each wording of their prompt set.
     """
 
@@ -73,10 +74,18 @@ class SweepConfig:
     min_subgroup: int = 30
     metadata: str | None = None
     prompt_sensitivity: bool = False
+    subgroup_metric: str = "auroc"
 
     def __post_init__(self) -> None:
+        from medvlkit.engine.subgroups import MULTI_KEYS, SINGLE_KEYS
+
         if not self.models or not self.datasets:
             raise MedvlkitError("pass at least one --model and one --data")
+        if (self.age_bands or self.metadata) and not self.subgroups:
+            raise MedvlkitError("--age-bands and --metadata go with --subgroups COLUMN[,COLUMN]")
+        if self.subgroup_metric not in {*SINGLE_KEYS, *MULTI_KEYS}:
+            raise MedvlkitError(f"--subgroup-metric {self.subgroup_metric}: valid: "
+                                f"{', '.join(dict.fromkeys([*SINGLE_KEYS, *MULTI_KEYS]))}")
         from medvlkit.tasks.evaluate import check_val_split
 
         check_val_split(self.val_split, self.split, self.conformal)
@@ -359,7 +368,7 @@ def _subgroups(cfg: SweepConfig, ds) -> tuple[SubgroupOptions | None, list[str]]
     if cfg.metadata:
         known |= {k for v in read_metadata(Path(cfg.metadata)).values() for k in v}
     have = [c for c in wanted if c in known]
-    opts = SubgroupOptions(have, list(cfg.age_bands), cfg.min_subgroup, "auroc",
+    opts = SubgroupOptions(have, list(cfg.age_bands), cfg.min_subgroup, cfg.subgroup_metric,
                            Path(cfg.metadata) if cfg.metadata else None) if have else None
     return opts, [c for c in wanted if c not in known]
 
