@@ -126,9 +126,12 @@ def test_lite_v2_matches_its_card_on_the_new_sets(data_root, lite):
 def test_only_shipped_versions_of_lite_load_by_name():
     from medvlkit import create_model
     from medvlkit.errors import MedvlkitError
+    from medvlkit.models.presets import PRESETS
+    from medvlkit.models.registry import preset_status
 
     with pytest.raises(MedvlkitError, match="lite@7: no such version of lite; shipped: lite@1, lite@2"):
         create_model("lite@7")
+    assert preset_status(PRESETS["lite@1"]) == preset_status(PRESETS["lite"]) == "ships with medvlkit"
 
 
 def _real_cxr_subset(data_root, root, per_class: dict[str, int]):

@@ -116,12 +116,17 @@ def _local_copy(preset: ModelPreset) -> Path | None:
     return target if target.exists() and (target.is_file() if preset.local_name else target.is_dir()) else None
 
 
+def _ships_with_medvlkit(preset: ModelPreset) -> bool:
+    """``lite`` and its shipped versions (``lite@1``): weights inside the package, nothing to find or fetch."""
+    return preset.spec == "lite" or preset.spec.startswith("lite@")
+
+
 def _resolve_preset(preset: ModelPreset) -> str:
     """A preset's spec: its local copy in ``$MEDVLKIT_MODELS`` when there is one, else its hub repository
     (downloaded on first use, :mod:`medvlkit.models.hub`); a preset fetched by hand and not present is an error
     naming the path and the steps."""
     source, _, ref = preset.spec.partition(":")
-    if source == "lite" or source.startswith("lite@"):
+    if _ships_with_medvlkit(preset):
         return preset.spec
     local = _local_copy(preset)
     if local is not None:
@@ -137,7 +142,7 @@ def preset_status(preset: ModelPreset) -> str:
     ``local copy``, ``in the hub cache``, ``downloads on first use`` or ``not on this machine``."""
     from medvlkit.models.hub import HubRef, cached
 
-    if preset.spec == "lite":
+    if _ships_with_medvlkit(preset):
         return "ships with medvlkit"
     if _local_copy(preset) is not None:
         return f"local copy ({models_dir() / preset.name})"
