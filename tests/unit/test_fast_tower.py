@@ -174,3 +174,21 @@ def test_cli_engine_flag_is_recorded_in_the_result(tmp_path):
         assert result["identity"]["model"]["engine"] == want
     assert main(["embed", "--data", str(data), "--engine", "onnx", "--precision", "bf16", "--out",
                  str(tmp_path / "x"), "--quiet"]) != 0
+
+
+def test_a_new_graph_that_differs_is_never_kept(monkeypatch, tmp_path):
+    """The build's own check on eight real images: a graph of other weights is refused and leaves no folder."""
+    from medvlkit.models import onnx_graph
+
+    real = onnx_graph.export_graph
+
+    def wrong(module, *args, **kwargs):  # exports another tower's function in place of this one's
+        other = Tower(seed=11).eval()
+        return real(ft._Forward(other, other.features).eval(), *args, **kwargs)
+
+    monkeypatch.setattr(onnx_graph, "export_graph", wrong)
+    tower = Tower(seed=12)
+    with pytest.raises(MedvlkitError, match="new ONNX Runtime graph differs from PyTorch .* on 8 check images"):
+        built(tower, required=True)
+    key_folder = engines_dir() / f"tiny-{ft.weights_key(tower.eval(), SIZE)[:20]}"
+    assert not key_folder.exists() and not list(engines_dir().glob(".tiny-*"))  # neither kept nor half-written

@@ -60,12 +60,11 @@ class RunOptions:
     engine: str = "auto"
 
     def __post_init__(self) -> None:
-        from medvlkit.models.fast_tower import ENGINES
+        from medvlkit.models.fast_tower import check_engine
         from medvlkit.models.registry import torch_dtype
 
         torch_dtype(self.precision)  # checked now, before any data is read
-        if self.engine not in ENGINES:
-            raise MedvlkitError(f"--engine {self.engine}: valid options: {', '.join(ENGINES)}")
+        check_engine(self.engine)
         if self.on_error not in ON_ERROR:
             raise MedvlkitError(f"--on-error {self.on_error}: valid options: {', '.join(ON_ERROR)}")
         if self.batch_size < 1:

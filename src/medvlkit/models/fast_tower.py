@@ -10,9 +10,9 @@ image tower to a :class:`FastTower`:
   tower, or the same under other versions, gets its own graph; the folder is written under a temporary name and
   renamed, so an interrupted or concurrent build leaves nothing half-written;
 - the graph is checked against PyTorch on real images that ship inside scikit-image and pydicom before it is used:
-  eight when it is built (photos, fundus, histology, CT, MR), four at every load (a photo, histology, CT, MR); a
-  feature difference over ``1e-4`` of the features' scale gets the graph rebuilt once, then is an error (``--engine
-  onnx``) or a fall back to PyTorch with a warning (``--engine auto``); a damaged graph is rebuilt too;
+  eight when it is built (photos, fundus, histology, CT, MR), four at every load (a photo, histology, CT, MR). A
+  feature difference over ``1e-4`` of the features' scale in a cached graph, or a damaged one, gets it rebuilt once;
+  in a new graph it is an error (``--engine onnx``) or a fall back to PyTorch with a warning (``--engine auto``);
 - the graph serves a call only while the tower is the one it was built from, unchanged, and only where PyTorch's own
   tower would compute the same thing: no gradients wanted, the tower in eval mode, fp32 on the CPU, the exported
   input size, not while a graph is traced for export. Fine-tuning (a step changes a weight in place), LoRA (new
@@ -59,14 +59,19 @@ def onnx_runtime_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in _NEEDED)
 
 
+def check_engine(engine: str) -> None:
+    """Refuse an unknown ``--engine`` name in one line."""
+    if engine not in ENGINES:
+        raise MedvlkitError(f"--engine {engine}: valid options: {', '.join(ENGINES)}")
+
+
 def resolve_engine(engine: str, device: str | torch.device, dtype: torch.dtype) -> str:
     """``torch`` or ``onnx``: what computes the image tower for ``engine`` on ``device`` in ``dtype``.
 
     Raises:
         MedvlkitError: an unknown engine; ``onnx`` off the CPU, in another dtype than fp32, or without the extra.
     """
-    if engine not in ENGINES:
-        raise MedvlkitError(f"--engine {engine}: valid options: {', '.join(ENGINES)}")
+    check_engine(engine)
     cpu_fp32 = torch.device(device).type == "cpu" and dtype == torch.float32
     if engine == "onnx":
         if not cpu_fp32:
@@ -197,6 +202,9 @@ def _build(folder: Path, tower: torch.nn.Module, forward, image_size: int, image
             exporter = export_graph(_Forward(tower, forward).eval(), (images[:2],), tmp / "tower.onnx", ["pixels"],
                                     {"pixels": {0: "batch"}}, opset=18, output_name="features")
         diff = _difference(_session(tmp / "tower.onnx"), forward, images)
+        if not diff <= TOLERANCE:  # the folder is not kept
+            raise MedvlkitError(f"the new ONNX Runtime graph differs from PyTorch by {diff:.2e} (relative to the "
+                                f"features) on {len(images)} check images, over {TOLERANCE:g}: use --engine torch")
         (tmp / "built.json").write_text(json.dumps({"exporter": exporter, "image_size": image_size,
                                                     "relative_max_diff": diff, "torch": torch.__version__}) + "\n")
         if folder.exists():  # a damaged graph is replaced
