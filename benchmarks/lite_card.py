@@ -24,17 +24,14 @@ from medvlkit import create_model, embed_images, load_dataset, load_prompt_set
 from medvlkit.tasks.evaluate import evaluate_probs
 from medvlkit.tasks.gate import default_gate_threshold, medical_probability
 from medvlkit.tasks.pretrain.splits import part_dataset
+from medvlkit.tasks.pretrain.validate import SET_PROMPTS  # each new set's prompt set, as validation uses
 from medvlkit.tasks.zeroshot import answer, class_vectors
-
-SPLIT_PROMPTS = {"brain_tumor_mri": "brain_tumor_mri", "busi_breast_ultrasound": "busi",
-                 "lung_histopathology_lc25000": "lung_histopathology", "fundus_eye_diseases": "fundus_eye_diseases",
-                 "cxr_covid_radiography_adult": "covid_adult_cxr"}
 
 
 def gate_sets(root: Path) -> dict[str, tuple[object, bool]]:
     """name -> (dataset, is_medical), all held out of pretraining."""
     cifar = load_dataset(root / "natural" / "cifar10_test_first846.npz")
-    return {**{f"{name}/test part": (part_dataset(root, name, "test"), True) for name in SPLIT_PROMPTS},
+    return {**{f"{name}/test part": (part_dataset(root, name, "test"), True) for name in SET_PROMPTS},
         "chest_xray_pneumonia/test": (load_dataset(root / "chest_xray_pneumonia", split="test"), True),
         "medpix2/test": (load_dataset(root / "medpix2", split="test"), True),
         "retinamnist/test": (load_dataset(root / "medmnist" / "retinamnist.npz", split="test"), True),
@@ -69,11 +66,11 @@ def main() -> None:
             pm, pm_emb = ds, emb
         if name.endswith("/test part"):
             key = name.split("/")[0]
-            sp = load_prompt_set(SPLIT_PROMPTS[key])
+            sp = load_prompt_set(SET_PROMPTS[key])
             res = answer(emb.vectors, class_vectors(model, sp), model.logit_scale, ds.classnames)
             ev = evaluate_probs(ds.labels[emb.indices], res.probs, ds.classnames, False, 1000, 0)
             report.setdefault("zeroshot_test_parts", {})[key] = {
-                "n": int(len(emb.indices)), "prompts": SPLIT_PROMPTS[key],
+                "n": int(len(emb.indices)), "prompts": SET_PROMPTS[key],
                 **{k: [ev.metrics[k], *ev.ci[k]] for k in ("auroc", "accuracy", "balanced_accuracy")}}
     report["gate"]["overall_accuracy"] = correct / total
     report["gate"]["balanced_accuracy"] = float(np.mean([np.concatenate(v).mean() for v in per_side.values()]))

@@ -224,25 +224,18 @@ SMALL_VIEWS = ("busi_breast_ultrasound",)
 images for photos (3.8% accepted by the first v2 candidate)."""
 
 
-def split_rows(name: str, part: str) -> list[tuple[str, str]]:
-    """(file relative to the data root, label) of set ``name`` in ``part`` of the shipped split list."""
-    from medvlkit.models.lite import shipped_weights_dir
-    from medvlkit.tasks.pretrain.splits import SPLITS_FILE, read_splits
-
-    return [(f, label) for f, label, p in read_splits(shipped_weights_dir() / SPLITS_FILE)
-            if p == part and f.startswith(name + "/")]
-
-
 def split_set_pairs(name: str):
     """The builder of set ``name`` of :data:`SPLIT_SETS`."""
     templates, findings, modality = SPLIT_SETS[name]
+
+    from medvlkit.tasks.pretrain.splits import rows_of, shipped_splits
 
     def build(root: Path, part: str) -> list[Pair]:
         if not (root / name).is_dir():  # a data root without this set (an older one): trained without it, said
             logger.warning("pretrain: %s is not under %s: left out of the corpus", name, root)
             return []
         pairs = []
-        for file, label in split_rows(name, part):
+        for file, label in rows_of(shipped_splits(), name, part):
             caps = [t.format(f) for t in templates for f in findings[label]] + medical_phrases(modality)
             group = f"cxr/{label}" if name.startswith("cxr_") else f"{name}/{label}"
             pairs.append(Pair(str(root / file), caps, group, name, {"label": label}))

@@ -149,14 +149,25 @@ def read_splits(path: Path) -> list[tuple[str, str, str]]:
         return [(r["file"], r["label"], r["part"]) for r in csv.DictReader(f)]
 
 
+def shipped_splits() -> list[tuple[str, str, str]]:
+    """The rows of the list shipped beside lite's heads (``models/weights/lite_splits.csv.gz``)."""
+    from medvlkit.models.lite import shipped_weights_dir
+
+    return read_splits(shipped_weights_dir() / SPLITS_FILE)
+
+
+def rows_of(rows: list[tuple[str, str, str]], name: str, part: str) -> list[tuple[str, str]]:
+    """(file relative to the data root, label) of set ``name`` in ``part``."""
+    return [(f, label) for f, label, p in rows if p == part and f.startswith(name + "/")]
+
+
 def write_part_csvs(rows: list[tuple[str, str, str]], data_root: Path, out: Path) -> list[Path]:
     """``out/<set>-<part>.csv`` (``path,label``, absolute paths) for every set and part: data any verb reads."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in SETS:
         for part in PARTS:
-            chosen = [(str((data_root / f).resolve()), label) for f, label, p in rows
-                      if p == part and f.startswith(name + "/")]
+            chosen = [(str((data_root / f).resolve()), label) for f, label in rows_of(rows, name, part)]
             if not chosen:
                 continue
             path = out / f"{name}-{part}.csv"
@@ -171,11 +182,8 @@ def write_part_csvs(rows: list[tuple[str, str, str]], data_root: Path, out: Path
 def part_dataset(data_root: Path, name: str, part: str) -> ImageDataset:
     """The ``part`` of set ``name`` in the shipped list, as a dataset (labels: the class folders)."""
     from medvlkit.data.dataset import ImageDataset
-    from medvlkit.models.lite import shipped_weights_dir
 
-    shipped = read_splits(shipped_weights_dir() / SPLITS_FILE)
-    rows = [(str((Path(data_root) / f).resolve()), label) for f, label, p in shipped
-            if p == part and f.startswith(name + "/")]
+    rows = [(str((Path(data_root) / f).resolve()), label) for f, label in rows_of(shipped_splits(), name, part)]
     if not rows:
         raise MedvlkitError(f"no {part} part of {name} in the shipped {SPLITS_FILE}")
     classes = sorted({label for _, label in rows})
@@ -190,9 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shipped", action="store_true", help="write the per-part CSVs of the shipped list (no audit)")
     args = ap.parse_args(argv)
     if args.shipped:
-        from medvlkit.models.lite import shipped_weights_dir
-
-        rows = read_splits(shipped_weights_dir() / SPLITS_FILE)
+        rows = shipped_splits()
     else:
         rows = build_splits(args.data_root, progress=True)
         write_splits(rows, args.out / SPLITS_FILE)

@@ -17,13 +17,12 @@ def prompt_texts(prompts: PromptSet) -> list[str]:
     return [t for c in prompts.classes for t in prompts.texts(c.positive)]
 
 
-VAL_PROMPT_SETS = {"pneumonia": ["normal", "pneumonia"], "modality": ["CT", "MR"], "medical_gate": None,
-                   "brain_tumor_mri": None, "busi": None, "lung_histopathology": None, "fundus_eye_diseases": None,
-                   "covid_adult_cxr": None}
 SET_PROMPTS = {"brain_tumor_mri": "brain_tumor_mri", "busi_breast_ultrasound": "busi",
                "lung_histopathology_lc25000": "lung_histopathology", "fundus_eye_diseases": "fundus_eye_diseases",
                "cxr_covid_radiography_adult": "covid_adult_cxr"}
 """The prompt set each v2 source is validated with (its class names are the set's labels)."""
+VAL_PROMPT_SETS = {"pneumonia": ["normal", "pneumonia"], "modality": ["CT", "MR"], "medical_gate": None} | {
+    prompts: None for prompts in SET_PROMPTS.values()}
 
 
 def val_prompt_sets() -> dict[str, PromptSet]:
