@@ -210,10 +210,12 @@ def test_readme_commands_run_as_written(data_root, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    pacs = _start_pacs(data_root, tmp_path, work, replace, monkeypatch)
     servers: list[subprocess.Popen] = []
     try:
         ran = _run_readme(work, replace, servers, capsys)
     finally:
+        pacs.stop()
         hub.stop()
         for proc in servers:
             proc.terminate()
@@ -228,6 +230,27 @@ def test_readme_commands_run_as_written(data_root, tmp_path, monkeypatch, capsys
         rows = list(csv.DictReader(f))
     assert rows and all(r["label"] in ("NORMAL", "PNEUMONIA") and r["name"].startswith(r["label"] + "/") for r in rows)
     assert (runs / "report" / "report.html").is_file() and (runs / "pretrain-lite" / "best").is_dir()
+
+
+def _start_pacs(data_root: Path, tmp: Path, work: Path, replace: dict[str, str], monkeypatch):
+    """The PACS the pages' DICOMweb commands talk to: a real Orthanc (tests/orthanc.py) holding six Kermany test films
+    as DICOM, in place of http://127.0.0.1:8042; ``pacs-labels.csv`` keyed by their SOP Instance UIDs; the
+    credentials in the environment, as a user would set them."""
+    import pydicom
+
+    from orthanc import PASSWORD, USER, kermany_dicom, require_orthanc, start_orthanc
+
+    require_orthanc()
+    server = start_orthanc(tmp / "orthanc")
+    files = kermany_dicom(data_root, tmp / "orthanc-dicom", 3)
+    server.upload([f for f, _ in files])
+    (work / "pacs-labels.csv").write_text("SOPInstanceUID,label\n" + "".join(f"{f.stem},{label}\n"
+                                                                          for f, label in files))
+    replace |= {"http://127.0.0.1:8042": server.url,
+                "$STUDY_UID": str(pydicom.dcmread(files[0][0], stop_before_pixels=True).StudyInstanceUID)}
+    monkeypatch.setenv("MEDVLKIT_DICOMWEB_USER", USER)
+    monkeypatch.setenv("MEDVLKIT_DICOMWEB_PASSWORD", PASSWORD)
+    return server
 
 
 def _run_readme(work: Path, replace: dict[str, str], servers: list, capsys) -> int:

@@ -116,7 +116,7 @@ def test_bad_input_gets_a_4xx_json_error(client, monkeypatch):
         "prompts and classes": ([("files", ("a.jpg", jpeg, "image/jpeg"))], {"prompts": "pneumonia",
                                                                           "classes": "a,b"}, 400),
         "bad k": ([("files", ("a.jpg", jpeg, "image/jpeg"))], {"k": "1000"}, 400),
-        "no file": (None, {"prompts": "pneumonia"}, 422),
+        "no file": (None, {"prompts": "pneumonia"}, 400),  # nor a study_uid / series_uid (serve --pacs)
     }
     monkeypatch.setenv("MEDVLKIT_MAX_PIXELS", str(50_000_000))
     for what, (files, data, status) in cases.items():

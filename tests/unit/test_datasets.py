@@ -111,6 +111,8 @@ def test_medmnist_npz(tmp_path):
 
 def test_explicit_format_and_unknown(tmp_path):
     with pytest.raises(MedvlkitError, match="--format"):
+        load_dataset(tmp_path, format="nifti")
+    with pytest.raises(MedvlkitError, match="--format dicomweb reads a PACS"):
         load_dataset(tmp_path, format="dicomweb")
     (tmp_path / "x.weird").write_text("")
     with pytest.raises(MedvlkitError, match="no dataset format"):

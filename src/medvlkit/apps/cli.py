@@ -27,7 +27,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # Options shared by the commands that run a model over a dataset.
 ModelOpt = typer.Option("lite", "--model", "-m", help="lite, a preset (medvlkit models), hf:DIR, openai-ckpt:FILE, "
                                                       "open_clip:NAME")
-DataOpt = typer.Option(..., "--data", "-d", help="image folder, CSV, JSONL, .npz, or MedPix-2.0 folder")
+DataOpt = typer.Option(..., "--data", "-d", help="image folder, CSV, JSONL, .npz, MedPix-2.0 folder, or a PACS: "
+                                                 "dicomweb:http://host:port/dicom-web/instances?Modality=CR")
 SplitOpt = typer.Option(None, "--split", help="train, val or test, where the data has splits")
 FormatOpt = typer.Option("auto", "--format", help="dataset adapter (medvlkit datasets); auto detects it")
 
@@ -82,6 +83,11 @@ AllowSeenOpt = typer.Option(False, "--allow-seen", help="keep validation and tes
 TrainingManifestOpt = typer.Option(None, "--training-manifest", help="file listing the model's training images "
                                                                      "(medvlkit pixel-sha1 list or CSV of image ids); "
                                                                      "default: the one the model ships")
+LabelsOpt = typer.Option(None, "--labels", help="dicomweb: data: a CSV of labels keyed by SOPInstanceUID, "
+                                                 "SeriesInstanceUID or StudyInstanceUID (a label column or 0/1 "
+                                                 "columns; a split column for --split)")
+StowOpt = typer.Option(False, "--stow", help="dicomweb: data: store the results on the PACS (STOW-RS), one DICOM "
+                                              "object per image that references it; listed in stow.json")
 BootstrapOpt = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for 95% CIs (0: none)")
 GateOpt = typer.Option(False, "--gate", help="first drop images the medical-image gate rejects (listed in result.json)")
 GateThrOpt = typer.Option(None, "--gate-threshold", help="P(medical) threshold for --gate (default: the model's)")
@@ -100,6 +106,21 @@ PromptSensitivityOpt = typer.Option(False, "--prompt-sensitivity", help="also sc
                                                                         "the prompt set alone: the spread, the best "
                                                                         "and worst wording, and classes whose prompts "
                                                                         "point the wrong way")
+
+
+def _check_stow(stow: bool, data: str) -> None:
+    """``--stow`` writes back to the PACS the images came from: refused before any work for other data."""
+    if stow and not str(data).startswith("dicomweb:"):
+        raise MedvlkitError("--stow stores results on the PACS the images came from; it needs --data dicomweb:...")
+
+
+def _stow(stow: bool, out_dir: Path, task: str) -> None:
+    if stow:
+        from medvlkit.tasks.pacs import stow_run
+
+        summary = stow_run(out_dir, task)
+        console.print(f"stored {summary['n_stored']} DICOM object(s) on {', '.join(summary['pacs'])} (STOW-RS); "
+                      f"listed in {out_dir}/stow.json")
 
 
 def _print_version(value: bool) -> None:
@@ -130,7 +151,8 @@ _EMBED_FLAGS = {"batch_size": (int, BatchOpt), "workers": (int, WorkersOpt), "on
 _DATA_FLAGS = {"fmt": (str, FormatOpt), "path_column": (str, PathColOpt), "label_columns": (str, LabelColsOpt),
                "uncertain": (str, UncertainOpt), "image_root": (str, ImageRootOpt),
                "group_column": (str, GroupColOpt), "exclude": (str, ExcludeOpt),
-               "allow_seen": (bool, AllowSeenOpt), "training_manifest": (str, TrainingManifestOpt)}
+               "allow_seen": (bool, AllowSeenOpt), "training_manifest": (str, TrainingManifestOpt),
+               "labels": (str, LabelsOpt)}
 
 FILLED: Any = None  # the default of a verb's ``run`` / ``data_opts``: @shared_options always passes the real value
 
@@ -279,7 +301,7 @@ def datasets(data: Path = typer.Option(None, "--data", "-d", help="describe this
 @app.command()
 @guard_out()
 @shared_options()
-def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
+def embed(model: str = ModelOpt, data: str = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
           gate: bool = GateOpt, gate_threshold: float = GateThrOpt, run: RunOptions = FILLED,
           data_opts: DataOptions = FILLED) -> None:
     """Embed a dataset's images: writes embeddings.npy, files.csv, result.json (with images/s).
@@ -301,7 +323,7 @@ def embed(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, ou
 @app.command()
 @guard_out()
 @shared_options()
-def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
+def zeroshot(model: str = ModelOpt, data: str = DataOpt, split: str = SplitOpt,
              prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
              classes: str = typer.Option(None, "--classes", help="comma-separated class names (generic prompts); "
                                                                  "with --prompts, the set restricted to them"),
@@ -321,7 +343,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
              prevalence: float = typer.Option(None, "--prevalence", help="with --val-split: PPV/NPV at this "
                                                                          "prevalence"),
              conformal: float = ConformalOpt, conformal_mode: str = ConformalModeOpt,
-             prompt_sensitivity: bool = PromptSensitivityOpt,
+             prompt_sensitivity: bool = PromptSensitivityOpt, stow: bool = StowOpt,
              run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Zero-shot classification from text prompts; writes result.json and predictions.csv.
 
@@ -341,6 +363,7 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     from medvlkit.tasks.zeroshot import zeroshot_task
 
     config = _jsonable(dict(locals()))
+    _check_stow(stow, data)
     ps, ds = resolve_prompt_set(prompts, classes, mode), data_opts.load(data, split)  # cheap checks first
     groups = _subgroups(subgroups, age_bands, min_subgroup, subgroup_metric, metadata)
     if prompt_sensitivity:
@@ -378,12 +401,13 @@ def zeroshot(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     if not result.get("metrics"):  # no labels: the answers themselves
         print_predictions(out_dir / "predictions.csv")
     console.print(f"wrote {out_dir}/result.json and predictions.csv")
+    _stow(stow, out_dir, "zeroshot")
 
 
 @app.command()
 @guard_out()
 @shared_options()
-def retrieve(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
+def retrieve(model: str = ModelOpt, data: str = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
              bootstrap: int = BootstrapOpt, seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
              run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Image-to-text and text-to-image retrieval on image-caption data: recall@1/5/10, mean/median rank.
@@ -453,7 +477,7 @@ def apply_calibration_cmd(predictions: Path = typer.Option(..., "--predictions",
 @app.command("gate")
 @guard_out()
 @shared_options()
-def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
+def gate_cmd(model: str = ModelOpt, data: str = DataOpt, split: str = SplitOpt, out: Path = OutOpt,
              threshold: float = typer.Option(None, "--threshold", help="P(medical) threshold (default: chosen on "
                                                                         "--val-* images, else the model's)"),
              val_medical: Path = typer.Option(None, "--val-medical", help="validation folder of medical images"),
@@ -461,7 +485,7 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
                                                                                   "images"),
              probe: Path = typer.Option(None, "--probe", help="probe.npz from `medvlkit probe` on medical/ and "
                                                               "non-medical/ folders, instead of prompts"),
-             run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
+             stow: bool = StowOpt, run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Label each image medical / non-medical with a score; the threshold is chosen on validation images.
 
     Example: medvlkit gate --data inbox/ --val-medical val/medical --val-non-medical val/photos --out runs/gate
@@ -469,11 +493,13 @@ def gate_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     from medvlkit.tasks.gate import gate_task
 
     config = _jsonable(dict(locals()))
+    _check_stow(stow, data)
     out_dir = _out(out, "gate")
     res, summary = gate_task(model, data_opts.load(data, split), out_dir, config, threshold, val_medical,
                              val_non_medical, probe_file=probe, run=run)
     console.print(f"{summary['n_medical']} medical, {summary['n_non_medical']} non-medical "
                   f"(threshold {res.threshold:.3f}: {res.threshold_source}); wrote {out_dir}/gate.csv")
+    _stow(stow, out_dir, "gate")
 
 
 @app.command("audit")
@@ -513,7 +539,7 @@ def audit_cmd(data: Path = DataOpt,
 @app.command("index")
 @guard_out()
 @shared_options()
-def index_cmd(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
+def index_cmd(model: str = ModelOpt, data: str = DataOpt, split: str = SplitOpt,
               out: Path = typer.Option(..., "--out", "-o", callback=_out_folder, help="index folder to write"),
               gate: bool = GateOpt, gate_threshold: float = GateThrOpt,
               recursive: bool = typer.Option(False, "--recursive", help="every image file under --data (a folder)"),
@@ -602,7 +628,7 @@ def report(runs: list[Path] = typer.Argument(..., help="run folders (each with a
 @app.command()
 @guard_out()
 @shared_options()
-def probe(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
+def probe(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
           train_split: str = typer.Option("train", "--train-split"),
           val_split: str = typer.Option(None, "--val-split", help="validation split that picks C (default: 'val' "
                                                                    "when the data has one, else --val-fraction)"),
@@ -946,7 +972,7 @@ def _quiet_transformers() -> None:
 @app.command()
 @guard_out()
 @shared_options()
-def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
+def explain(model: str = ModelOpt, data: str = DataOpt, split: str = SplitOpt,
             prompts: str = typer.Option(None, "--prompts", "-p", help="shipped prompt set name or a .json file"),
             classes: str = typer.Option(None, "--classes", help="comma-separated class names (instead of --prompts)"),
             text: list[str] = typer.Option(None, "--text", help="a free text to locate (repeat for several)"),
@@ -956,7 +982,8 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
             limit: int = typer.Option(None, "--limit", min=1, help="explain the first N images"),
             target: str = typer.Option("log_prob", "--target", help="explain each class's log_prob against the other "
                                                                      "classes (softmax sets), or its similarity"),
-            out: Path = OutOpt, run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
+            out: Path = OutOpt, stow: bool = StowOpt, run: RunOptions = FILLED,
+            data_opts: DataOptions = FILLED) -> None:
     """Heatmaps of where the model sees each class prompt (or --text): Grad-CAM for CNN towers, gradient-weighted
     attention rollout for ViTs; for an image-only model (rad-dino), no prompts: where its embedding attends.
     Overlays (PNG) and raw maps (.npy) per image, listed in result.json.
@@ -969,6 +996,7 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     config = _jsonable(dict(locals()))
     if text and (prompts or classes):
         raise MedvlkitError("pass --text, or --prompts / --classes, not both")
+    _check_stow(stow, data)
     ds = data_opts.load(data, split)
     loaded = _load_with_scope(run, model)
     ps = None if not (loaded.has_text or text or prompts or classes) else \
@@ -977,6 +1005,7 @@ def explain(model: str = ModelOpt, data: Path = DataOpt, split: str = SplitOpt,
     result = explain_task(loaded, ds, ps, out_dir, config, limit, method, mode, target, run)
     console.print(f"{result['metrics']['n_images']} images explained by {result['method']} "
                   f"({', '.join(result['classes'])}); overlays in {out_dir}/overlays, maps in {out_dir}/maps")
+    _stow(stow, out_dir, "explain")
 
 
 @app.command()
@@ -1013,7 +1042,11 @@ def serve(model: str = typer.Option(None, "--model", "-m", help="model spec (def
           max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="largest request body"),
           max_batch: int = typer.Option(32, "--max-batch", min=1, help="images per forward pass across requests"),
           max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="how long a lone image waits for company"),
-          gate_threshold: float = GateThrOpt, run: RunOptions = FILLED) -> None:
+          gate_threshold: float = GateThrOpt,
+          pacs: str = typer.Option(None, "--pacs", help="a DICOMweb root (http://host:port/dicom-web): POST "
+                                                        "/zeroshot then reads a study_uid / series_uid from it "
+                                                        "(credentials: MEDVLKIT_DICOMWEB_* in the environment)"),
+          run: RunOptions = FILLED) -> None:
     """An HTTP API (OpenAPI docs at /docs) and a web page at / for zero-shot reading, the medical-image gate,
     embeddings and similar-case search. Needs the serve extra (scripts/setup.sh installs it).
 
@@ -1023,7 +1056,7 @@ def serve(model: str = typer.Option(None, "--model", "-m", help="model spec (def
 
     serve_task(host, port, model_spec=model, index=index, prompts=prompts or None, token=token,
                max_upload_mb=max_upload_mb, max_batch=max_batch, max_wait_ms=max_wait_ms,
-               gate_threshold=gate_threshold, run=run)
+               gate_threshold=gate_threshold, run=run, pacs=pacs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,8 +162,9 @@ def load_dataset(path: str | Path, split: str | None = None, format: str = "auto
     """Load a dataset from a folder or file.
 
     Args:
-        path: an image folder, a CSV/JSONL file, a MedMNIST-style ``.npz``, a MedPix-2.0 folder, or image files
-            (one image, a comma-separated list of them, or a glob pattern).
+        path: an image folder, a CSV/JSONL file, a MedMNIST-style ``.npz``, a MedPix-2.0 folder, image files
+            (one image, a comma-separated list of them, or a glob pattern), or a ``dicomweb:`` query of a PACS
+            (:func:`medvlkit.data.dicomweb.load_dicomweb`; a string, not a ``Path``).
         split: ``train``, ``val``, ``test`` (or the data's own split names) where the data has splits.
         format: an adapter name from ``medvlkit datasets``, or ``auto`` to detect it.
         **options: adapter options (``path_column``, ``label_columns``, ``uncertain``, ``image_root``...).
@@ -172,6 +173,15 @@ def load_dataset(path: str | Path, split: str | None = None, format: str = "auto
         MedvlkitError: the path does not exist, no adapter recognises it, or the adapter rejects it.
     """
     adapters = {a.name: a for a in list_adapters()}
+    if isinstance(path, str) and path.startswith("dicomweb:"):  # a PACS query, not a path (data/adapters/dicomweb.py)
+        if format not in ("auto", "dicomweb"):
+            raise MedvlkitError(f"--format {format}: a dicomweb: URL is read as DICOMweb; leave --format out")
+        return _call_refusing_unused(adapters["dicomweb"].load, "dicomweb", "DICOMweb data", path, split, options)
+    if str(path).startswith("dicomweb:"):  # a Path() of the URL lost its '//'
+        raise MedvlkitError(f"--data {path}: this command does not read DICOMweb data")
+    if format == "dicomweb":
+        raise MedvlkitError(f"--format dicomweb reads a PACS: give --data dicomweb:http://host:port/dicom-web..., "
+                            f"not {path}")
     path = Path(path).expanduser()
     if not path.exists() and not ("files" in adapters and adapters["files"].detect(path)):
         raise MedvlkitError(f"--data {path}: no such file or folder (several image files: a comma-separated list or "
@@ -188,19 +198,24 @@ def load_dataset(path: str | Path, split: str | None = None, format: str = "auto
 
 
 def _load_with(adapter: Adapter, path: Path, split: str | None, options: dict[str, Any]) -> ImageDataset:
-    """``adapter.load`` with ``options``, refusing options it does not take (set and silently ignored, they would
-    leave a user believing, say, that ``--uncertain zeros`` applied)."""
+    return _call_refusing_unused(adapter.load, adapter.name, path.name, path, split, options)
+
+
+def _call_refusing_unused(load: Loader, name: str, what: str, path: Any, split: str | None,
+                          options: dict[str, Any]) -> ImageDataset:
+    """``load(path, split=split, **options)``, refusing options it does not take (set and silently ignored, they
+    would leave a user believing, say, that ``--uncertain zeros`` applied)."""
     import inspect
 
-    params = inspect.signature(adapter.load).parameters
+    params = inspect.signature(load).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unused = [k for k, v in options.items() if k not in params and v is not None]
         if unused:
             flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-            raise MedvlkitError(f"{flags}: the '{adapter.name}' format ({path.name}) does not use "
+            raise MedvlkitError(f"{flags}: the '{name}' format ({what}) does not use "
                                 f"{'this option' if len(unused) == 1 else 'these options'}; leave "
                                 f"{'it' if len(unused) == 1 else 'them'} out")
-    return adapter.load(path, split=split, **options)
+    return load(path, split=split, **options)
 
 
 def one_hot(indices: np.ndarray, n_classes: int) -> np.ndarray:

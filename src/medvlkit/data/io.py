@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medvlkit.data.intensity import over_limit, scale_to_uint8
-from medvlkit.data.items import is_npz_item, parse_npz_item
+from medvlkit.data.items import is_dicomweb_item, is_npz_item, parse_npz_item
 from medvlkit.errors import ImageReadError, ImageTooLargeError, MedvlkitError
 from medvlkit.limits import DEFAULT_MAX_PIXELS, max_pixels  # noqa: F401 (read here by callers)
 
@@ -48,7 +48,8 @@ def read_image(item: str, limit: int | None = None, draft: int | None = None,
     """Read one image item: a file path or ``<file.npz>::<array>[<index>]``.
 
     Args:
-        item: path of an image/DICOM file, or an npz member reference.
+        item: path of an image/DICOM file, an npz member reference, or a ``dicomweb:`` instance (fetched from the
+            PACS on first use: :func:`medvlkit.data.dicomweb.fetch_instance`).
         limit: maximum pixel count (default :func:`max_pixels`).
         draft: for a JPEG at least twice this size on both sides, decode at a reduced scale (libjpeg's DCT scaling,
             PIL's ``draft``: 1/2, 1/4 or 1/8) that keeps both sides at least ``2 * draft``; other files are decoded
@@ -64,6 +65,14 @@ def read_image(item: str, limit: int | None = None, draft: int | None = None,
         ImageReadError: missing, undecodable, or too large; the message names the item.
     """
     limit = limit or max_pixels()
+    if is_dicomweb_item(item):  # an instance on a PACS: fetched once into the cache, then read as a DICOM file
+        from medvlkit.data.dicom import read_dicom
+        from medvlkit.data.dicomweb import fetch_instance
+
+        try:
+            return read_dicom(fetch_instance(item), limit)
+        except ImageReadError as err:
+            raise type(err)(item, err.reason) from None
     if is_npz_item(item):
         return _read_npz_member(item, high_bit)
     path = Path(item)

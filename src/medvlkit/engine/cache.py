@@ -16,17 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from medvlkit.data.items import item_file
+from medvlkit.data.items import item_stamp
 from medvlkit.errors import MedvlkitError
-from medvlkit.files import default_cache_dir, stat_fingerprint
+from medvlkit.files import default_cache_dir
 
 logger = logging.getLogger(__name__)
 _SHARD_NAME = re.compile(r"shard-[0-9a-f]{32}\.npz")
 
 
 def file_fingerprint(path: str) -> str:
-    """``path|size|mtime_ns`` of a file (the file part of an item id, before any ``::member`` or ``@@view``)."""
-    return stat_fingerprint(path, item_file(path))
+    """``item|size|mtime_ns`` of an item's file (before any ``::member`` or ``@@view``), ``item|sop-uid`` of a
+    DICOMweb instance (:func:`medvlkit.data.items.item_stamp`)."""
+    return f"{path}|{item_stamp(path)}"
 
 
 def item_key(item_id: str) -> str:

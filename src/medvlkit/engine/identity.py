@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import numpy as np
 
 from medvlkit.data.dataset import ImageDataset
-from medvlkit.data.items import item_file
+from medvlkit.data.items import item_stamp
 
 
 def dataset_identity(dataset: ImageDataset) -> str:
@@ -25,12 +24,7 @@ def dataset_identity(dataset: ImageDataset) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([dataset.full_name, dataset.classnames, bool(dataset.multilabel)]).encode())
     for item in dataset.items:
-        try:
-            st = os.stat(item_file(item))
-            stamp = f"{st.st_size}|{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"\x00{item}|{stamp}".encode())
+        h.update(f"\x00{item}|{item_stamp(item)}".encode())
     if dataset.labels is not None:
         h.update(np.ascontiguousarray(dataset.labels, dtype=np.float32).tobytes())
     for text in dataset.texts or []:

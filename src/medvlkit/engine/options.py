@@ -111,6 +111,8 @@ class DataOptions:
             default they are set aside, and result.json says how many either way).
         training_manifest: a file listing the model's training images (``pixel-sha1`` or a CSV of image ids), used
             instead of the one the model declares.
+        labels: for ``dicomweb:`` data, a CSV of labels keyed by ``SOPInstanceUID``, ``SeriesInstanceUID`` or
+            ``StudyInstanceUID`` (:func:`medvlkit.data.dicomweb.load_dicomweb`).
     """
 
     format: str = "auto"
@@ -122,6 +124,7 @@ class DataOptions:
     exclude: str | None = None
     allow_seen: bool = False
     training_manifest: str | None = None
+    labels: str | None = None
 
     def adapter_options(self) -> dict[str, Any]:
         """The adapter options a user set (the adapters' own defaults for the rest)."""

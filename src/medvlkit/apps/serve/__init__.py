@@ -34,7 +34,7 @@ def _require_extra() -> None:
 
 def build_app(model_spec: str = "lite", index: Path | None = None, prompts: list[str] | None = None,
               token: str | None = None, max_upload_mb: float = 32.0, max_batch: int = 32, max_wait_ms: float = 5.0,
-              gate_threshold: float | None = None, run=None):
+              gate_threshold: float | None = None, run=None, pacs: str | None = None):
     """Load the model (once), the prompt sets and the index, and return the FastAPI app serving them.
 
     Args:
@@ -45,6 +45,8 @@ def build_app(model_spec: str = "lite", index: Path | None = None, prompts: list
         max_upload_mb: the largest request body.
         max_batch, max_wait_ms: micro-batching (see :class:`~medvlkit.apps.serve.batcher.MicroBatcher`).
         gate_threshold: P(medical) threshold (default: the model's validated one).
+        pacs: a DICOMweb root (``http://host:port/dicom-web``) ``POST /zeroshot`` reads studies and series from by
+            UID; credentials from the environment (:mod:`medvlkit.data.dicomweb`).
     """
     _require_extra()
     from medvlkit.apps.serve.app import create_app
@@ -56,11 +58,18 @@ def build_app(model_spec: str = "lite", index: Path | None = None, prompts: list
         raise MedvlkitError(f"--max-upload-mb {max_upload_mb} must be > 0, --max-batch {max_batch} >= 1 and "
                             f"--max-wait-ms {max_wait_ms} >= 0")
     run = run or RunOptions()
+    if pacs is not None:
+        from medvlkit.data.dicomweb import parse_spec
+
+        query = parse_spec(pacs)
+        if query.level != "instances" or query.study or query.series or query.filters:
+            raise MedvlkitError(f"--pacs {pacs}: give the DICOMweb root only (e.g. http://pacs:8042/dicom-web)")
+        pacs = query.root
     idx = load_index(index) if index is not None else None
     model = run.load_model(model_spec or (idx.meta["model"] if idx else "lite"))
     engine = ServeEngine(model, prompts, idx, gate_threshold, cache=run.cache, cache_dir=run.cache_dir)
     return create_app(engine, token, ServeLimits(max_upload_bytes=int(max_upload_mb * 2 ** 20)), max_batch,
-                      max_wait_ms)
+                      max_wait_ms, pacs=pacs)
 
 
 def serve_task(host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **app_options) -> None:

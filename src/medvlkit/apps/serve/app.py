@@ -68,7 +68,8 @@ async def page() -> HTMLResponse:
 
 
 def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimits | None = None,
-               max_batch: int = 32, max_wait_ms: float = 5.0, io_threads: int | None = None) -> FastAPI:
+               max_batch: int = 32, max_wait_ms: float = 5.0, io_threads: int | None = None,
+               pacs: str | None = None) -> FastAPI:
     """The ASGI app serving ``engine``: the endpoints of :mod:`medvlkit.apps.serve.routes` on a
     :class:`~medvlkit.apps.serve.state.ServeState`, the limits and token middleware, JSON errors and the page.
 
@@ -79,8 +80,9 @@ def create_app(engine: ServeEngine, token: str | None = None, limits: ServeLimit
         limits: upload size, files and texts per request, largest k.
         max_batch, max_wait_ms: the micro-batcher's batch size and how long a lone image waits for company.
         io_threads: threads decoding uploads and making thumbnails (default: the CPU count, at most 8).
+        pacs: a DICOMweb root ``POST /zeroshot`` reads studies and series from by UID.
     """
-    state = ServeState(engine, limits, max_batch, max_wait_ms, io_threads)
+    state = ServeState(engine, limits, max_batch, max_wait_ms, io_threads, pacs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -42,12 +42,17 @@ async def info(state: ServeState = Depends(get_state)) -> dict:
 
 
 async def _answer(state: ServeState, files: list[UploadFile], prompts: str | None, classes: str | None,
-                  mode: str | None, k: int, explain: bool) -> dict:
+                  mode: str | None, k: int, explain: bool, study_uid: str | None = None,
+                  series_uid: str | None = None) -> dict:
     engine = state.engine
     # a served prompt set is a lookup: only a new class list waits for the model's thread
     vectors = await state.on_model(engine.prompt_vectors, prompts, classes, mode) if engine.needs_model(
         classes, mode, prompts) else engine.prompt_vectors(prompts, classes, mode)
-    pixels, names = await state.read_uploads(files or [])
+    not_images: list[dict] = []
+    if study_uid or series_uid:
+        pixels, names, not_images = await state.read_pacs(study_uid, series_uid)
+    else:
+        pixels, names = await state.read_uploads(files or [])
     emb = await state.batcher.submit(pixels)
     results = engine.read(emb, vectors, names)
     if k:
@@ -61,11 +66,14 @@ async def _answer(state: ServeState, files: list[UploadFile], prompts: str | Non
             except MedvlkitError as err:  # no method for this tower: the reading stands without it
                 res["heatmap"] = {"error": str(err)}
     return {"model": engine.model.name, "fingerprint": engine.model.fingerprint(),
-            "prompts": engine.describe_prompts(vectors), "results": results}
+            "prompts": engine.describe_prompts(vectors), "results": results} | (
+        {"source": {"study_uid": study_uid, "series_uid": series_uid}, "not_images": not_images}
+        if study_uid or series_uid else {})
 
 
 @router.post("/zeroshot")
-async def zeroshot(files: list[UploadFile] = File(..., description="PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM"),
+async def zeroshot(files: list[UploadFile] | None = File(None, description="PNG, JPEG, TIFF, BMP, GIF, WebP or "
+                                                                            "DICOM (or study_uid / series_uid)"),
                    prompts: str | None = Form(None, description="a served prompt set (GET /info)"),
                    classes: str | None = Form(None, description="comma-separated class names: with prompts, "
                                               "the set restricted to them (the softmax runs over those only); "
@@ -73,12 +81,19 @@ async def zeroshot(files: list[UploadFile] = File(..., description="PNG, JPEG, T
                    mode: str | None = Form(None, description="softmax or pos_neg (with classes)"),
                    k: int = Form(0, description="similar indexed cases per image (0: none)"),
                    explain: bool = Form(False, description="add a heatmap of the top class (PNG overlay)"),
+                   study_uid: str | None = Form(None, description="read this study's images from the PACS "
+                                                "(serve --pacs) instead of uploads"),
+                   series_uid: str | None = Form(None, description="read this series' images from the PACS"),
                    state: ServeState = Depends(get_state)) -> dict:
-    """Zero-shot reading of one or more images: the gate's verdict and P(medical), class probabilities
-    (softmax over classes, or per class positive vs negative prompt), optionally the k most similar indexed
-    cases and a heatmap of where the model sees its top class (medvlkit explain's method)."""
+    """Zero-shot reading of one or more images (uploaded, or a study or series fetched from the PACS the server
+    was started with): the gate's verdict and P(medical), class probabilities (softmax over classes, or per class
+    positive vs negative prompt), optionally the k most similar indexed cases and a heatmap of where the model sees
+    its top class (medvlkit explain's method). Results from the PACS are named by SOP Instance UID."""
     state.check_k(k)
-    return await _bad_request(lambda: _answer(state, files, prompts, classes, mode, k, explain))
+    if bool(files) == bool(study_uid or series_uid):
+        raise HTTPException(400, "send images (files) or a study_uid / series_uid to read from the PACS, one of them")
+    return await _bad_request(lambda: _answer(state, files or [], prompts, classes, mode, k, explain, study_uid,
+                                              series_uid))
 
 
 @router.post("/embed")

@@ -15,7 +15,7 @@ from medvlkit.apps.serve.engine import ServeEngine, ServeLimits
 from medvlkit.apps.serve.guards import PixelBudget
 from medvlkit.apps.serve.memory import Trimmer
 from medvlkit.data.io import declared_pixels
-from medvlkit.errors import ImageReadError, ImageTooLargeError
+from medvlkit.errors import ImageReadError, ImageTooLargeError, MedvlkitError
 
 
 def _declared(data: bytes, name: str) -> int:
@@ -36,11 +36,13 @@ class ServeState:
         limits: upload size, files and texts per request, largest k, pixel budgets.
         max_batch, max_wait_ms: the micro-batcher's batch size and how long a lone image waits for company.
         io_threads: threads decoding uploads and making thumbnails (default: the CPU count, at most 8).
+        pacs: a DICOMweb root (``http://host:port/dicom-web``) whose studies and series ``POST /zeroshot`` reads by
+            UID (credentials from the server's environment, :mod:`medvlkit.data.dicomweb`).
     """
 
     def __init__(self, engine: ServeEngine, limits: ServeLimits | None = None, max_batch: int = 32,
-                 max_wait_ms: float = 5.0, io_threads: int | None = None) -> None:
-        self.engine, self.limits = engine, limits or ServeLimits()
+                 max_wait_ms: float = 5.0, io_threads: int | None = None, pacs: str | None = None) -> None:
+        self.engine, self.limits, self.pacs = engine, limits or ServeLimits(), pacs
         self.infer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="medvlkit-infer")
         self.pool = concurrent.futures.ThreadPoolExecutor(io_threads or min(8, os.cpu_count() or 2),
                                                           thread_name_prefix="medvlkit-io")
@@ -80,6 +82,37 @@ class ServeState:
             raise HTTPException(413, f"{len(files)} files in one request; at most {limits.max_files}")
         names = [f.filename or f"file {i + 1}" for i, f in enumerate(files)]
         datas = [await f.read() for f in files]
+        return await self.decode_all(datas, names)
+
+    async def read_pacs(self, study: str | None, series: str | None) -> tuple[list, list[str], list[dict]]:
+        """The images of a study or series on the configured PACS, fetched (and cached) by SOP Instance UID, then
+        decoded like uploads: (images, SOP Instance UIDs, instances left out as not images). 409 without a PACS, 413
+        for more instances than a request may hold, 404 for none, 502 when the PACS fails."""
+        from medvlkit.data.dicomweb import fetch_instance, parse_item, study_images
+
+        if self.pacs is None:
+            raise HTTPException(409, "no PACS is configured: start the server with --pacs <DICOMweb root>")
+        try:
+            items, not_images = await self.in_pool(study_images, self.pacs, study, series)
+        except MedvlkitError as err:
+            code = 404 if "holds no instance" in str(err) else 400 if "not a DICOM UID" in str(err) else 502
+            raise HTTPException(code, str(err)) from None
+        if len(items) > self.limits.max_files:
+            raise HTTPException(413, f"{len(items)} images in this study/series; at most {self.limits.max_files} per "
+                                     "request: name a series")
+        if not items:
+            raise HTTPException(404, f"no image in this study/series ({len(not_images)} non-image instances)")
+        try:
+            paths = await asyncio.gather(*(self.in_pool(fetch_instance, item) for item in items))
+        except ImageReadError as err:
+            raise HTTPException(502, str(err)) from None
+        names = [parse_item(item).sop for item in items]
+        images, names = await self.decode_all([p.read_bytes() for p in paths], names)
+        return images, names, [{"file": parse_item(item).sop, "reason": why} for item, why in not_images]
+
+    async def decode_all(self, datas: list[bytes], names: list[str]) -> tuple[list, list[str]]:
+        """Image files' bytes -> decoded uint8 images, within the request's and the server's pixel budgets."""
+        limits = self.limits
         for name, data in zip(names, datas):
             if not data:
                 raise HTTPException(400, f"'{name}' is empty")

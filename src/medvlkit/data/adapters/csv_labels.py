@@ -165,6 +165,65 @@ def _check_label_values(rows: list[dict[str, str]], column: str, path: Path) -> 
                                 f"in data row {i + 1}; fix the value, or name the label columns with --label-columns")
 
 
+@dataclass
+class LabelTable:
+    """The labels of a label CSV, one row per key (an image path, or a DICOM UID): ``names`` (the classes),
+    ``labels`` (rows x classes: 1, 0, NaN unknown), ``groups`` (the patient column's values, where there is one)
+    and how the layout was read (``layout``, ``group_column``)."""
+
+    keys: list[str]
+    key_column: str
+    names: list[str]
+    labels: np.ndarray
+    layout: str
+    group_column: str | None = None
+    groups: list[str | None] | None = None
+
+    @property
+    def single_label(self) -> bool:
+        """Every row has exactly one class."""
+        return bool(np.all(np.nansum(self.labels, axis=1) == 1) and not np.isnan(self.labels).any())
+
+
+def read_label_table(path: Path, key_column: str | None, key_columns: tuple[str, ...], key_name: str,
+                     split: str | None = None, label_columns: list[str] | str | None = None,
+                     findings_column: str | None = None, uncertain: str | None = None,
+                     group_column: str | None = None) -> LabelTable:
+    """A label CSV's keys and labels (the layouts of :func:`load_label_csv`), keyed by ``key_column`` or the first
+    of ``key_columns`` present (``key_name`` says what the key is, in errors). The one reader of label CSVs: files
+    (:func:`load_label_csv`) and DICOMweb instances (:mod:`medvlkit.data.dicomweb`) both use it."""
+    uncertain = uncertain or "ignore"
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise MedvlkitError(f"--uncertain {uncertain}: valid options: {', '.join(UNCERTAIN_POLICIES)}")
+    header, rows = read_csv_rows(path)
+    if not rows:
+        raise MedvlkitError(f"{path} has a header but no rows")
+    pcol = pick_column(header, key_column, key_columns, key_name, path)
+    rows = select_split(path, header, rows, pcol, split)
+    gcol = pick_column(header, group_column, (), "patient id", path) if group_column else next(
+        (c for c in GROUP_COLUMNS if c in header and c != pcol), None)
+    if isinstance(label_columns, str):
+        label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
+    layout = _layout(path, header, rows, {c for c in (pcol, "split", gcol) if c}, label_columns or [], findings_column)
+    if layout.class_column:
+        names, labels = _class_column_labels(rows, layout.class_column)
+    else:
+        labels = np.array([[_label_value(r[c], uncertain) for c in layout.columns] for r in rows], dtype=np.float32)
+        names = list(layout.columns)
+        if layout.binary:
+            if np.isnan(labels).any():
+                raise MedvlkitError(f"{path}: the binary label '{names[0]}' is unknown (blank, or -1 with --uncertain "
+                                    "ignore) in some rows; give every row 0 or 1, choose --uncertain zeros|ones, or "
+                                    f"keep it a multi-label column with --label-columns {names[0]}")
+            labels = np.concatenate([1 - labels, labels], axis=1)
+            names = [f"no {names[0]}", names[0]]
+    if not (label_columns or findings_column or key_column):
+        logger.warning("%s read as: %ss in '%s'; %s%s", path.name, key_name, pcol, layout.describe(names),
+                       f"; not used: {', '.join(layout.unused)}" if layout.unused else "")
+    return LabelTable([r[pcol] for r in rows], pcol, names, labels, layout.describe(names), gcol,
+                      [r[gcol].strip() for r in rows] if gcol else None)
+
+
 @register_adapter("csv", "CSV: a path column plus a class column (label, class, target, diagnosis; '|' for several), "
                   "0/1/-1 label columns (CheXpert), or one 0/1 column (a binary label)", _detect, priority=10)
 def load_label_csv(path: Path, split: str | None = None, path_column: str | None = None,
@@ -190,41 +249,15 @@ def load_label_csv(path: Path, split: str | None = None, path_column: str | None
         group_column: the column naming each image's patient (auto: one of ``GROUP_COLUMNS``), read into
             ``ImageDataset.groups`` so held-out validation is patient-level.
     """
-    uncertain = uncertain or "ignore"
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise MedvlkitError(f"--uncertain {uncertain}: valid options: {', '.join(UNCERTAIN_POLICIES)}")
-    header, rows = read_csv_rows(path)
-    if not rows:
-        raise MedvlkitError(f"{path} has a header but no rows")
-    pcol = pick_column(header, path_column, PATH_COLUMNS, "image path", path)
-    rows = select_split(path, header, rows, pcol, split)
-    gcol = pick_column(header, group_column, (), "patient id", path) if group_column else next(
-        (c for c in GROUP_COLUMNS if c in header), None)
-    if isinstance(label_columns, str):
-        label_columns = [c.strip() for c in label_columns.split(",") if c.strip()]
-    layout = _layout(path, header, rows, {c for c in (pcol, "split", gcol) if c}, label_columns or [], findings_column)
-    if layout.class_column:
-        names, labels = _class_column_labels(rows, layout.class_column)
-    else:
-        labels = np.array([[_label_value(r[c], uncertain) for c in layout.columns] for r in rows], dtype=np.float32)
-        names = list(layout.columns)
-        if layout.binary:
-            if np.isnan(labels).any():
-                raise MedvlkitError(f"{path}: the binary label '{names[0]}' is unknown (blank, or -1 with --uncertain "
-                                    "ignore) in some rows; give every row 0 or 1, choose --uncertain zeros|ones, or "
-                                    f"keep it a multi-label column with --label-columns {names[0]}")
-            labels = np.concatenate([1 - labels, labels], axis=1)
-            names = [f"no {names[0]}", names[0]]
-    if not (label_columns or findings_column or path_column):
-        logger.warning("%s read as: image paths in '%s'; %s%s", path.name, pcol, layout.describe(names),
-                       f"; not used: {', '.join(layout.unused)}" if layout.unused else "")
+    table = read_label_table(path, path_column, PATH_COLUMNS, "image path", split, label_columns, findings_column,
+                             uncertain, group_column)
     roots = [Path(image_root)] if image_root else [path.parent, path.parent.parent]
-    items = [resolve_image_path(r[pcol], roots) for r in rows]
-    single = bool(np.all(np.nansum(labels, axis=1) == 1) and not np.isnan(labels).any())
-    return ImageDataset(items=items, name=path.stem, classnames=names, labels=labels, multilabel=not single,
-                        split=split, meta={"uncertain": uncertain, "layout": layout.describe(names)}
-                        | ({"group_column": gcol} if gcol else {}),
-                        groups=[r[gcol].strip() for r in rows] if gcol else None)
+    items = [resolve_image_path(k, roots) for k in table.keys]
+    return ImageDataset(items=items, name=path.stem, classnames=table.names, labels=table.labels,
+                        multilabel=not table.single_label, split=split,
+                        meta={"uncertain": uncertain or "ignore", "layout": table.layout}
+                        | ({"group_column": table.group_column} if table.group_column else {}),
+                        groups=table.groups)
 
 
 @dataclass
