@@ -116,6 +116,22 @@ def test_zeroshot_over_dicomweb_equals_the_files_on_disk_and_writes_back(pacs, t
 
 
 @pytest.mark.data
+def test_scanner_images_over_dicomweb_equal_their_files(pacs, tmp_path):
+    """pydicom's CT (signed 16-bit, rescaled, windowed) and MR slices: the same answers from the PACS as from disk."""
+    from pydicom.data import get_testdata_file
+
+    server, _ = pacs
+    for modality, name in (("CT", "CT_small.dcm"), ("MR", "MR_small.dcm")):
+        web, disk = tmp_path / f"web-{modality}", tmp_path / f"disk-{modality}"
+        assert main(["zeroshot", *LITE, "--data", f"dicomweb:{server.dicomweb}/series?Modality={modality}",
+                     "--prompts", "modality", "--out", str(web)]) == 0
+        assert main(["zeroshot", *LITE, "--data", get_testdata_file(name), "--prompts", "modality",
+                     "--out", str(disk)]) == 0
+        (a,), (b,) = _probs(web / "predictions.csv").values(), _probs(disk / "predictions.csv").values()
+        assert a.keys() == b.keys() and max(abs(a[c] - b[c]) for c in a) <= 1e-6
+
+
+@pytest.mark.data
 def test_labels_by_study_with_a_split_and_what_is_left_out(pacs, tmp_path):
     import pydicom
 
@@ -157,6 +173,9 @@ def test_gate_and_explain_write_back(pacs, tmp_path):
     series = str(pydicom.dcmread(files[0][0], stop_before_pixels=True).SeriesInstanceUID)
     study = str(pydicom.dcmread(files[0][0], stop_before_pixels=True).StudyInstanceUID)
     data = f"dicomweb:{server.dicomweb}/studies/{study}/series/{series}"
+    from medvlkit.data import load_dataset
+
+    assert load_dataset(f"dicomweb:{server.dicomweb}/series/{series}").items == load_dataset(data).items
     assert main(["gate", *LITE[:-2], "--data", data, "--out", str(tmp_path / "gate"), "--stow"]) == 0
     with open(tmp_path / "gate" / "gate.csv", newline="") as f:
         gate = {r["file"].rsplit("/", 1)[-1]: r for r in csv.DictReader(f)}

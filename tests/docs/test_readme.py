@@ -246,7 +246,11 @@ def _start_pacs(data_root: Path, tmp: Path, work: Path, replace: dict[str, str],
     server.upload([f for f, _ in files])
     (work / "pacs-labels.csv").write_text("SOPInstanceUID,label\n" + "".join(f"{f.stem},{label}\n"
                                                                           for f, label in files))
-    replace |= {"http://127.0.0.1:8042": server.url,
+    from helpers import free_port
+
+    port = free_port()  # its own server (serving.md's is still running on the other port)
+    replace |= {"http://127.0.0.1:8042": server.url, "127.0.0.1:8001": f"127.0.0.1:{port}",
+                "--port 8001": f"--port {port}",
                 "$STUDY_UID": str(pydicom.dcmread(files[0][0], stop_before_pixels=True).StudyInstanceUID)}
     monkeypatch.setenv("MEDVLKIT_DICOMWEB_USER", USER)
     monkeypatch.setenv("MEDVLKIT_DICOMWEB_PASSWORD", PASSWORD)

@@ -74,3 +74,8 @@ def test_reports_and_documents_are_not_images():
     assert not is_image_class("1.2.840.10008.5.1.4.1.1.104.1")  # Encapsulated PDF
     assert is_image_class("1.2.840.10008.5.1.4.1.1.1") and is_image_class("1.2.840.10008.5.1.4.1.1.481.1")
     assert is_image_class(None)  # unknown: tried, and reported if it is not an image
+
+
+def test_a_series_without_its_study_is_searched_by_filter():
+    q = parse_spec(f"dicomweb:{ROOT}/series/4.5")
+    assert (q.level, q.study, q.series) == ("instances", None, "4.5")

@@ -309,6 +309,8 @@ def completeness_check(query: Query) -> str:
 def _collect(c: Any, root: str, study: str | None, series: str | None, filters: dict[str, str], page_size: int,
              found: dict[str, dict[str, str | None]], progress: Callable[[int], None] | None) -> None:
     """Add every instance a paged instance-level search returns to ``found`` (by SOP Instance UID)."""
+    if series and not study:  # a series named without its study: matched as a filter (no /series/<uid> route)
+        filters, series = {**filters, "SeriesInstanceUID": series}, None
     for r in _paged(c.search_for_instances, "search for instances", root, page_size, study_instance_uid=study,
                     series_instance_uid=series, search_filters=filters,
                     fields=[MODALITY, PATIENT_ID, SOP_CLASS]):
