@@ -4,7 +4,7 @@ Converts the Kermany test films ($MEDVLKIT_DATA, 624) to DICOM (tests/orthanc.py
 VR Little Endian), stores them in a fresh Orthanc with its DICOMweb plugin on 127.0.0.1 (Debian's packages), and
 prints two commands that embed the same images, one from the folder of DICOM files and one over DICOMweb, each with
 the embedding cache off and, for DICOMweb, an empty fetch cache (every image fetched from the PACS). Then it keeps
-Orthanc running until Ctrl-C, so the commands can be timed side by side:
+Orthanc running until Ctrl-C or SIGTERM, so the commands can be timed side by side:
 
     python benchmarks/dicomweb_throughput.py --work /tmp/dicomweb-bench &
     farm-bench -n 3 --vs "$(cat /tmp/dicomweb-bench/web.sh)" -- "$(cat /tmp/dicomweb-bench/disk.sh)"
@@ -19,6 +19,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,13 @@ def main() -> None:
     files = kermany_dicom(data, args.work / "dicom", args.per_class)
     print(f"{len(files)} films converted to DICOM in {time.perf_counter() - start:.1f} s", flush=True)
     server = start_orthanc(args.work / "orthanc")
+    try:
+        run(args, files, server)
+    finally:
+        server.stop()
+
+
+def run(args: argparse.Namespace, files: list, server) -> None:
     start = time.perf_counter()
     server.upload([f for f, _ in files])
     print(f"stored in Orthanc at {server.url} in {time.perf_counter() - start:.1f} s", flush=True)
@@ -60,22 +68,23 @@ def main() -> None:
         for name, data_arg in (("disk", str(args.work / "dicom")), ("web", f"dicomweb:{server.dicomweb}")):
             subprocess.run(f"{env} {medvlkit} zeroshot --data '{data_arg}' --prompts pneumonia -q --overwrite "
                            f"--bootstrap 0 --out {args.work / ('zs-' + name)}", shell=True, check=True)
-        probs = {}
+        probs: dict[str, dict[str, float]] = {}
         for name in ("disk", "web"):
             with open(args.work / f"zs-{name}" / "predictions.csv", newline="") as f:
-                probs[name] = {Path(r["file"].rsplit("/", 1)[-1]).stem if name == "disk" else r["file"].rsplit(
-                    "/", 1)[-1]: float(r["prob_PNEUMONIA"]) for r in csv.DictReader(f)}
+                for r in csv.DictReader(f):  # the folder's classes are NORMAL/PNEUMONIA, the prompt set's lower case
+                    sop = Path(r["file"].rsplit("/", 1)[-1]).stem if name == "disk" else r["file"].rsplit("/", 1)[-1]
+                    probs.setdefault(name, {})[sop] = next(float(v) for k, v in r.items()
+                                                           if k.lower() == "prob_pneumonia")
         assert set(probs["disk"]) == set(probs["web"])
         print(f"largest difference of P(PNEUMONIA), disk vs DICOMweb, {len(probs['web'])} films: "
               f"{max(abs(probs['disk'][k] - probs['web'][k]) for k in probs['web']):.3g}", flush=True)
-    print("Orthanc runs until Ctrl-C", flush=True)
+    print("Orthanc runs until Ctrl-C (or kill: SIGTERM stops it too)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a background job ignores Ctrl-C's SIGINT
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -340,12 +341,18 @@ def _complete(c: Any, query: Query, filters: dict[str, str], page_size: int, fou
     have = counts()
     series_filters = {k: v for k, v in filters.items() if _level_of(k) == "series"}
     expected: dict[tuple[str | None, str | None], int] = {}
-    for study_uid in sorted({str(s) for s, _ in have}):
-        for r in _paged(c.search_for_series, "search for series", query.root, page_size,
-                        study_instance_uid=study_uid, search_filters=series_filters, fields=[SERIES_COUNT]):
-            count = _value(r, SERIES_COUNT)
-            if count is not None and count.isdigit() and (not query.series or _value(r, SERIES) == query.series):
-                expected[(study_uid, _value(r, SERIES))] = int(count)
+
+    def listing(study_uid: str) -> list[dict[str, Any]]:
+        return list(_paged(c.search_for_series, "search for series", query.root, page_size,
+                           study_instance_uid=study_uid, search_filters=series_filters, fields=[SERIES_COUNT]))
+
+    studies = sorted({str(s) for s, _ in have})
+    with concurrent.futures.ThreadPoolExecutor(min(8, len(studies))) as pool:  # one small request per study
+        for study_uid, rows in zip(studies, pool.map(listing, studies)):
+            for r in rows:
+                count = _value(r, SERIES_COUNT)
+                if count is not None and count.isdigit() and (not query.series or _value(r, SERIES) == query.series):
+                    expected[(study_uid, _value(r, SERIES))] = int(count)
     short = [key for key, n in expected.items() if have.get(key, 0) < n]
     for study, series in short:
         _collect(c, query.root, study, series, {}, page_size, found, progress)
