@@ -8,6 +8,7 @@ import csv
 import json
 import socket
 import threading
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +239,7 @@ def test_serve_reads_a_study_from_the_pacs(pacs, lite, tmp_path):
 class _BadProxy:
     """A proxy in front of Orthanc that answers wrongly on purpose, for the instances whose UID ends in an even
     digit: ``mode`` = ``garbage`` (a retrieval answered with a body that is not DICOM) or ``drop`` (the connection
-    closed halfway through an answer; with ``drop_queries``, every answer)."""
+    closed halfway through an answer; with ``drop_queries``, every answer) or ``no-offset`` (QIDO's offset ignored)."""
 
     def __init__(self, target: str, mode: str) -> None:
         import http.server
@@ -252,8 +253,13 @@ class _BadProxy:
                 pass
 
             def do_GET(self):  # noqa: N802 - http.server's name
-                upstream = requests.get(target + self.path, headers={k: v for k, v in self.headers.items()
-                                                                     if k.lower() != "host"}, timeout=30)
+                path = self.path
+                if proxy.mode == "no-offset":  # a server that ignores QIDO's offset: every page is the first
+                    parts = urllib.parse.urlsplit(path)
+                    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "offset"]
+                    path = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+                upstream = requests.get(target + path, headers={k: v for k, v in self.headers.items()
+                                                                if k.lower() != "host"}, timeout=30)
                 body, ctype = upstream.content, upstream.headers.get("Content-Type", "")
                 retrieval = "/instances/" in self.path and int(self.path[-1]) % 2 == 0  # about half of them
                 if proxy.mode == "garbage" and retrieval:
@@ -324,6 +330,15 @@ def test_bad_pacs_answers_are_one_line_errors_or_listed(pacs, tmp_path, monkeypa
                 assert len(errors) == 1 and "dropped mid-answer" in errors[0], errors
         finally:
             proxy.close()
+    proxy = _BadProxy(server.url, "no-offset")
+    try:
+        from medvlkit.data import load_dataset
+        from medvlkit.errors import MedvlkitError
+
+        with pytest.raises(MedvlkitError, match="does not page its answers"):
+            load_dataset(f"dicomweb:{proxy.url}{query}")
+    finally:
+        proxy.close()
     # the same query through Orthanc itself now reads everything: a rerun resumes
     assert main([*base, "--data", f"dicomweb:{server.dicomweb}{query}", "--out", str(tmp_path / "ok")]) == 0
     assert json.loads((tmp_path / "ok" / "result.json").read_text())["n_images"] == 2 * PER_CLASS

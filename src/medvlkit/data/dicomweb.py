@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import logging
 import os
 import re
@@ -216,7 +217,7 @@ def _paged(search: Callable[..., list[dict[str, Any]]], what: str, root: str, pa
            **kwargs: Any) -> Iterator[dict[str, Any]]:
     """Every answer of a QIDO search, page by page until an empty page (a page shorter than asked is not the end:
     servers cap pages below the ``limit`` asked for)."""
-    offset = 0
+    offset, seen = 0, set()
     while True:
         try:
             page = search(limit=page_size, offset=offset, **kwargs)
@@ -228,6 +229,11 @@ def _paged(search: Callable[..., list[dict[str, Any]]], what: str, root: str, pa
             raise MedvlkitError(f"DICOMweb {what} at {root}: the answer is not a list of DICOM JSON objects")
         if not page:
             return
+        keys = {json.dumps(r, sort_keys=True) for r in page}
+        if offset and keys <= seen:  # the same answer again: it would never end
+            raise MedvlkitError(f"DICOMweb {what} at {root}: the PACS answers the next page (offset {offset}) with "
+                                "entries it already gave; it does not page its answers (QIDO 'offset')")
+        seen |= keys
         yield from page
         offset += len(page)
 
