@@ -666,6 +666,38 @@ def probe(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
 
 @app.command()
 @guard_out()
+@shared_options()
+def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
+          method: str = typer.Option("tip_adapter", "--method", help="tip_adapter (training-free cache), "
+                                                                     "tip_adapter_f (its keys fine-tuned) or clap "
+                                                                     "(a probe held near the zero-shot weights)"),
+          shots: int = typer.Option(16, "--shots", min=1, help="K labelled training images per class (seeded)"),
+          prompts: str = typer.Option(None, "--prompts", "-p", help="the prompt set the methods start from "
+                                                                    "(default: generic prompts of the class names)"),
+          train_split: str = typer.Option("train", "--train-split", help="where the shots come from"),
+          test_split: str = typer.Option("test", "--test-split", help="what is scored"),
+          load: Path = typer.Option(None, "--load", help="a saved adapter.npz: skip fitting, score --test-split"),
+          bootstrap: int = BootstrapOpt,
+          seed: int = typer.Option(0, "--seed", help="seed of the shots, their validation part and training"),
+          run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
+    """Few-shot adaptation of a frozen model from K labelled images per class (Tip-Adapter, Tip-Adapter-F, CLAP),
+    starting from the prompt set's zero-shot classifier; hyper-parameters from the shots only, scored on test.
+
+    Example: medvlkit adapt --data ../shared/data/chest_xray_pneumonia --prompts pneumonia --method clap --shots 8
+    """
+    from medvlkit.apps.display import print_metrics
+    from medvlkit.tasks.adapt import AdaptConfig, run_adapt_task
+
+    config = _jsonable(dict(locals()))
+    out_dir = _out(out, "adapt")
+    res, adapter = run_adapt_task(_config_from(AdaptConfig, config), out_dir, config, bootstrap, run, data_opts)
+    print_metrics(res)
+    console.print(f"{adapter.method}: {adapter.hyper.get('source', '')}; wrote {out_dir}/result.json, predictions.csv "
+                  "and adapter.npz")
+
+
+@app.command()
+@guard_out()
 def evaluate(predictions: Path = typer.Option(..., "--predictions", help="CSV with file + prob_<class> columns"),
              labels: Path = typer.Option(None, "--labels", help="CSV with file + label (class name) or one 0/1 column "
                                                                 "per class; default: the predictions' own "

@@ -217,7 +217,7 @@ def _paged(search: Callable[..., list[dict[str, Any]]], what: str, root: str, pa
            **kwargs: Any) -> Iterator[dict[str, Any]]:
     """Every answer of a QIDO search, page by page until an empty page (a page shorter than asked is not the end:
     servers cap pages below the ``limit`` asked for)."""
-    offset, seen = 0, set()
+    offset, seen = 0, set[str]()
     while True:
         try:
             page = search(limit=page_size, offset=offset, **kwargs)

@@ -325,9 +325,11 @@ def probe_splits(model, data: Path, data_opts: DataOptions | None = None, train_
 
 
 def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir: Path, config: dict, info: dict,
-                   n_bootstrap: int = 1000, seed: int = 0, identity: dict | None = None) -> dict:
+                   n_bootstrap: int = 1000, seed: int = 0, identity: dict | None = None, task: str = "linear_probe",
+                   file_name: str = "probe.npz") -> dict:
     """Score the probe on the test split; write probe.npz, predictions.csv and result.json (with ``identity``,
-    :func:`probe_identity`).
+    :func:`probe_identity`). A few-shot adapter (:class:`medvlkit.engine.fewshot.FewShotAdapter`, the same methods)
+    is scored and written by the same path (``task="fewshot_adapt"``, ``file_name="adapter.npz"``).
 
     Raises:
         MedvlkitError: a test image also trained the probe or chose its C (see :func:`check_scored_apart`).
@@ -340,13 +342,14 @@ def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir:
     test, alignment = align_probe_data(test, dataset.classnames, probe.classnames_, probe.multilabel_)
     log_probs = probe.predict_log_proba(test.X)
     ev = evaluate_probs(test.Y, None, probe.classnames_, probe.multilabel_, n_bootstrap, seed, log_probs=log_probs)
-    probe.save(out_dir / "probe.npz", {"model": model.name, "model_fingerprint": model.fingerprint()})
+    probe.save(out_dir / file_name, {"model": model.name, "model_fingerprint": model.fingerprint()})
     write_predictions(out_dir, test.items, probe.classnames_, log_probs, test.Y, probe.multilabel_)
     name = dataset.full_name
-    path = write_result(out_dir, dataset=name, model=model.name, task="linear_probe", metrics=ev.metrics, ci=ev.ci,
+    path = write_result(out_dir, dataset=name, model=model.name, task=task, metrics=ev.metrics, ci=ev.ci,
                         config=config, seed=seed,
                         extra={"classnames": probe.classnames_, "mode": "pos_neg" if probe.multilabel_ else "softmax",
-                               "confusion_matrix": ev.confusion_matrix, "probe": info,
+                               "confusion_matrix": ev.confusion_matrix,
+                               "probe" if task == "linear_probe" else "adapter": info,
                                "label_alignment": alignment, "identity": identity or {}} | ev.extra
                         | provenance(model, dataset, threshold_source=DEFAULT_THRESHOLD_SOURCE)
                         | {"n_cached": test.n_cached})

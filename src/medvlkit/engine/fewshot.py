@@ -1,0 +1,238 @@
+"""Few-shot adaptation of a frozen dual encoder on its cached embeddings: the methods of the literature that need
+only unit image embeddings, the class text embeddings of a prompt set and the model's temperature.
+
+- ``tip_adapter`` (Zhang et al., ECCV 2022): training-free. A cache whose keys are the K-shot image embeddings and
+  values their one-hot labels; logits = ``scale * x W^T + alpha * exp(-beta * (1 - x K^T)) V``;
+- ``tip_adapter_f``: the same with the keys fine-tuned by cross-entropy (AdamW, lr 1e-3, eps 1e-4, cosine schedule,
+  20 epochs of batches of 256: the paper's recipe, here without its augmented views: the embeddings are frozen);
+- ``clap`` (Silva-Rodriguez et al., CVPR 2024, "A Closer Look at the Few-Shot Adaptation of Large Vision-Language
+  Models"): a linear probe whose class weights start at the text embeddings and are held near them by a penalty
+  ``sum_c lambda_c ||w_c - t_c||^2``, each ``lambda_c`` the mean zero-shot probability of class c on its own shots
+  (so no validation is needed); SGD, momentum 0.9, lr 0.1, 300 epochs of batches of 32, without augmentations.
+
+Hyper-parameters are chosen on a validation part of the K shots, never on test (:func:`split_shots`): Tip-Adapter's
+``alpha``/``beta`` on a grid (the paper's search, ranges 0-3 and 0-7), with the final cache built from all K shots; at
+one shot per class nothing is left to validate on and the paper's defaults (``alpha = 1``, ``beta = 5.5``) are used.
+Single-label (softmax) data only: the methods are defined for one class per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medvlkit.engine.scores import log_softmax
+from medvlkit.errors import MedvlkitError
+
+METHODS = ("tip_adapter", "tip_adapter_f", "clap")
+TIP_DEFAULTS = {"alpha": 1.0, "beta": 5.5}
+ALPHAS = tuple(np.round(np.linspace(0.0, 3.0, 13)[1:], 4))    # 0.25 .. 3
+BETAS = tuple(np.round(np.linspace(0.0, 7.0, 15)[1:], 4))     # 0.5 .. 7
+
+
+def tip_logits(x: np.ndarray, text: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: float,
+               alpha: float, beta: float) -> np.ndarray:
+    """Tip-Adapter's logits (N, C): the zero-shot logits ``scale * x text^T`` plus ``alpha`` times the cache's
+    ``exp(-beta * (1 - x keys^T)) values``, in float64."""
+    x64 = x.astype(np.float64)
+    affinity = np.exp(-beta * (1.0 - x64 @ keys.astype(np.float64).T))
+    return scale * (x64 @ text.astype(np.float64).T) + alpha * affinity @ values.astype(np.float64)
+
+
+def split_shots(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) indices of K-shot data, per class: half of each class's shots (rounded down) validate, the
+    rest fit. One shot per class gives no validation (an empty array)."""
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for c in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        n_val = len(rows) // 2
+        val += rows[:n_val].tolist()
+        fit += rows[n_val:].tolist()
+    return np.array(sorted(fit), dtype=int), np.array(sorted(val), dtype=int)
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean())
+
+
+def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(-log_softmax(logits)[np.arange(len(y)), y].mean())
+
+
+def search_tip(x_val: np.ndarray, y_val: np.ndarray, text: np.ndarray, keys: np.ndarray, values: np.ndarray,
+               scale: float) -> tuple[dict[str, float], float]:
+    """The (alpha, beta) of the grid with the best validation accuracy (the paper's criterion), ties broken by the
+    lower validation cross-entropy (a few validation shots tie on accuracy over most of the grid), then by grid
+    order; and that accuracy."""
+    best, best_key = dict(TIP_DEFAULTS), (-1.0, 0.0)
+    for beta in BETAS:
+        for alpha in ALPHAS:
+            logits = tip_logits(x_val, text, keys, values, scale, alpha, beta)
+            key = (_accuracy(logits, y_val), -_cross_entropy(logits, y_val))
+            if key > best_key:
+                best, best_key = {"alpha": float(alpha), "beta": float(beta)}, key
+    return best, best_key[0]
+
+
+@dataclass
+class FewShotAdapter:
+    """A fitted few-shot method: arrays only (it never sees a model or a dataset), so it saves and loads like the
+    probe. ``predict_log_proba`` gives (N, C) class log-probabilities in ``classnames_`` order.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        classnames_: the classes, in column order.
+        scale: the model's logit scale (its own temperature).
+        text: (C, D) the prompt set's class embeddings (zero-shot weights).
+        arrays: the method's fitted arrays (``keys``/``values`` for Tip-Adapter, ``weights`` for CLAP).
+        hyper: its hyper-parameters and where they came from.
+        seen_items_: the images that fitted it or chose its hyper-parameters (never scored: the probe's rule).
+    """
+
+    method: str
+    classnames_: list[str]
+    scale: float
+    text: np.ndarray
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    hyper: dict[str, Any] = field(default_factory=dict)
+    seen_items_: dict[str, list[str]] = field(default_factory=dict)
+    multilabel_: bool = False
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if self.method in ("tip_adapter", "tip_adapter_f"):
+            return tip_logits(x, self.text, self.arrays["keys"], self.arrays["values"], self.scale,
+                              self.hyper["alpha"], self.hyper["beta"])
+        return self.scale * (x.astype(np.float64) @ self.arrays["weights"].astype(np.float64).T)
+
+    def predict_log_proba(self, x: np.ndarray) -> np.ndarray:
+        return log_softmax(self.logits(x))
+
+    def save(self, path: Path, header: dict[str, Any]) -> None:
+        """``adapter.npz``: the arrays, the classes, the method and its hyper-parameters, and ``header`` (the model
+        it was fitted on)."""
+        import json
+
+        meta = {"method": self.method, "classnames": self.classnames_, "scale": self.scale, "hyper": self.hyper,
+                **header}
+        arrays: dict[str, Any] = {f"a_{k}": v for k, v in self.arrays.items()}
+        np.savez(path, text=self.text, meta=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[FewShotAdapter, dict[str, Any]]:
+        """(the adapter, its header) from :meth:`save`'s file.
+
+        Raises:
+            MedvlkitError: not an adapter file.
+        """
+        import json
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {k[2:]: z[k] for k in z.files if k.startswith("a_")}
+                text = z["text"]
+        except (OSError, KeyError, ValueError) as err:
+            raise MedvlkitError(f"{path}: not an adapter saved by `medvlkit adapt` ({err})") from None
+        return cls(meta["method"], meta["classnames"], float(meta["scale"]), text, arrays, meta["hyper"]), meta
+
+
+def one_hot(y: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((len(y), n))
+    out[np.arange(len(y)), y] = 1.0
+    return out
+
+
+def fit_tip_keys(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: float, alpha: float, beta: float,
+                 seed: int, epochs: int = 20, batch: int = 256) -> np.ndarray:
+    """Tip-Adapter-F: the cache keys (init: ``x``) fine-tuned by cross-entropy on (x, y), values and text fixed.
+    AdamW (lr 1e-3, eps 1e-4), cosine schedule over ``epochs`` epochs of ``batch`` (the paper's recipe)."""
+    g = torch.Generator().manual_seed(seed)
+    xt = torch.from_numpy(x.astype(np.float64))
+    keys = torch.nn.Parameter(xt.clone())
+    values = torch.from_numpy(one_hot(y, text.shape[0]))
+    zs = scale * xt @ torch.from_numpy(text.astype(np.float64)).T
+    target = torch.from_numpy(y.astype(np.int64))
+    opt = torch.optim.AdamW([keys], lr=1e-3, eps=1e-4)
+    steps = epochs * max(1, -(-len(x) // batch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), batch):
+            rows = order[start:start + batch]
+            affinity = torch.exp(-beta * (1.0 - xt[rows] @ keys.T))
+            loss = torch.nn.functional.cross_entropy(zs[rows] + alpha * affinity @ values, target[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return keys.detach().numpy()
+
+
+def clap_lambdas(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
+    """CLAP's per-class penalty weights: the mean zero-shot probability of class c over the shots of class c."""
+    probs = np.exp(log_softmax(scale * (x.astype(np.float64) @ text.astype(np.float64).T)))
+    return np.array([probs[y == c, c].mean() if np.any(y == c) else 0.0 for c in range(text.shape[0])])
+
+
+def fit_clap(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: float, seed: int, epochs: int = 300,
+             batch: int = 32, lr: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """CLAP: class weights (init: ``text``) trained by cross-entropy plus ``sum_c lambda_c ||w_c - t_c||^2`` with
+    :func:`clap_lambdas`; SGD (momentum 0.9, ``lr``) over ``epochs`` epochs of ``batch``. Returns (weights, lambdas)."""
+    lambdas = clap_lambdas(x, y, text, scale)
+    g = torch.Generator().manual_seed(seed)
+    xt, t0 = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(text.astype(np.float64))
+    w = torch.nn.Parameter(t0.clone())
+    lam, target = torch.from_numpy(lambdas), torch.from_numpy(y.astype(np.int64))
+    opt = torch.optim.SGD([w], lr=lr, momentum=0.9)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), batch):
+            rows = order[start:start + batch]
+            loss = torch.nn.functional.cross_entropy(scale * xt[rows] @ w.T, target[rows]) + \
+                (lam * ((w - t0) ** 2).sum(1)).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w.detach().numpy(), lambdas
+
+
+def fit_fewshot(method: str, x: np.ndarray, y: np.ndarray, classnames: list[str], text: np.ndarray, scale: float,
+                seed: int = 0) -> FewShotAdapter:
+    """Fit ``method`` on K-shot unit embeddings ``x`` (N, D) with class indices ``y`` (N,), the prompt set's class
+    embeddings ``text`` (C, D) and the model's ``scale``; hyper-parameters from a validation part of the shots
+    (:func:`split_shots`; see the module docstring).
+
+    Raises:
+        MedvlkitError: an unknown method, or a class without shots.
+    """
+    if method not in METHODS:
+        raise MedvlkitError(f"--method {method}: valid options: {', '.join(METHODS)}")
+    missing = [classnames[c] for c in range(len(classnames)) if not np.any(y == c)]
+    if missing:
+        raise MedvlkitError(f"no shots of class {missing[0]}: every class needs at least one")
+    ad = FewShotAdapter(method, list(classnames), float(scale), text.astype(np.float32))
+    if method == "clap":
+        weights, lambdas = fit_clap(x, y, text, scale, seed)
+        ad.arrays = {"weights": weights.astype(np.float32)}
+        ad.hyper = {"lambdas": [float(v) for v in lambdas], "source": "CLAP: zero-shot confidence on the shots"}
+        return ad
+    values = one_hot(y, len(classnames))
+    fit, val = split_shots(y, seed)
+    if len(val) == 0:
+        hyper: dict[str, Any] = dict(TIP_DEFAULTS) | {"source": "the paper's defaults (one shot per class: nothing "
+                                                                "to validate on)"}
+    else:
+        keys = x[fit] if method == "tip_adapter" else fit_tip_keys(x[fit], y[fit], text, scale, TIP_DEFAULTS["alpha"],
+                                                                   TIP_DEFAULTS["beta"], seed)
+        best, acc = search_tip(x[val], y[val], text, keys, values[fit], scale)
+        hyper = best | {"source": f"grid search on {len(val)} validation shots (accuracy {acc:.3f}); the cache "
+                                  f"then built from all {len(x)} shots"}
+    keys = x if method == "tip_adapter" else fit_tip_keys(x, y, text, scale, hyper["alpha"], hyper["beta"], seed)
+    ad.arrays = {"keys": keys.astype(np.float32), "values": values.astype(np.float32)}
+    ad.hyper = hyper
+    return ad

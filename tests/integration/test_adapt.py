@@ -1,0 +1,32 @@
+"""`medvlkit adapt` end to end on a tiny random CLIP and generated images: fit, score, save, load, refuse."""
+
+import json
+
+import pytest
+
+from helpers import make_split_folders
+from medvlkit.apps.cli import main
+
+
+@pytest.mark.parametrize("method", ["tip_adapter", "tip_adapter_f", "clap"])
+def test_adapt_fits_scores_and_reloads(tiny_clip_dir, tmp_path, method):
+    data = make_split_folders(tmp_path / "data", {"train": 6, "test": 3})
+    base = ["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "20"]
+    assert main([*base, "--method", method, "--shots", "4", "--out", str(tmp_path / "fit")]) == 0
+    res = json.loads((tmp_path / "fit" / "result.json").read_text())
+    assert res["task"] == "fewshot_adapt" and res["adapter"]["n_shots"] == 8 and res["adapter"]["method"] == method
+    assert res["classnames"] == ["NORMAL", "PNEUMONIA"]
+    assert len((tmp_path / "fit" / "predictions.csv").read_text().splitlines()) == 1 + 6  # the 6 test images
+    assert (tmp_path / "fit" / "adapter.npz").is_file()
+    assert main([*base, "--load", str(tmp_path / "fit" / "adapter.npz"), "--out", str(tmp_path / "load")]) == 0
+    again = json.loads((tmp_path / "load" / "result.json").read_text())
+    assert again["metrics"] == res["metrics"]
+    # the shots are never scored: the training split as the test split is refused
+    assert main([*base, "--method", method, "--shots", "4", "--test-split", "train",
+                 "--out", str(tmp_path / "same")]) == 2
+
+
+def test_adapt_refuses_more_shots_than_the_data_has(tiny_clip_dir, tmp_path):
+    data = make_split_folders(tmp_path / "data", {"train": 2, "test": 2})
+    assert main(["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0",
+                 "--shots", "5", "--out", str(tmp_path / "o")]) == 2
