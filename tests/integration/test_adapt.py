@@ -8,7 +8,7 @@ from helpers import make_split_folders
 from medvlkit.apps.cli import main
 
 
-@pytest.mark.parametrize("method", ["tip_adapter", "tip_adapter_f", "clap"])
+@pytest.mark.parametrize("method", ["tip_adapter", "tip_adapter_f", "clip_adapter", "clap"])
 def test_adapt_fits_scores_and_reloads(tiny_clip_dir, tmp_path, method):
     data = make_split_folders(tmp_path / "data", {"train": 6, "test": 3})
     base = ["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "20"]

@@ -117,3 +117,28 @@ def test_an_adapter_saves_and_loads_to_the_same_answers(tmp_path):
         fit_fewshot("coop", x, y, ["a", "b", "c"], text, 10.0)
     with pytest.raises(MedvlkitError, match="no shots of class c"):
         fit_fewshot("tip_adapter", x[y < 2], y[y < 2], ["a", "b", "c"], text, 10.0)
+
+
+def test_clip_adapter_by_hand_and_its_training():
+    from medvlkit.engine.fewshot import CLIP_ADAPTER_RATIOS, clip_adapter_logits, fit_clip_adapter
+
+    x, y, text = data(seed=6)
+    rng = np.random.default_rng(0)
+    down, up = rng.normal(size=(6, 1)), rng.normal(size=(1, 6))
+    got = clip_adapter_logits(x, text, down, up, 10.0, 0.2)
+    f = 0.2 * np.maximum(np.maximum(x @ down, 0) @ up, 0) + 0.8 * x
+    assert got == pytest.approx(10.0 * unit(f) @ text.T, rel=1e-12)
+    text_before = text.copy()
+    down, up = fit_clip_adapter(x, y, text, 10.0, 0.6, seed=0, epochs=100, lr=0.05)
+    assert down.shape == (6, 1) and up.shape == (1, 6) and np.array_equal(text, text_before)
+
+    def ce(logits):
+        lp = logits - logits.max(1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(1, keepdims=True))
+        return -lp[np.arange(len(y)), y].mean()
+
+    assert ce(clip_adapter_logits(x, text, down, up, 10.0, 0.6)) < ce(10.0 * x @ text.T)
+    x1, y1, t1 = data(n_per_class=1)
+    assert fit_fewshot("clip_adapter", x1, y1, ["a", "b", "c"], t1, 10.0).hyper["ratio"] == CLIP_ADAPTER_RATIOS[0]
+    ad = fit_fewshot("clip_adapter", x, y, ["a", "b", "c"], text, 10.0)
+    assert ad.hyper["ratio"] in CLIP_ADAPTER_RATIOS and "validation shots" in ad.hyper["source"]

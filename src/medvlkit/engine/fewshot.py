@@ -5,6 +5,9 @@ only unit image embeddings, the class text embeddings of a prompt set and the mo
   values their one-hot labels; logits = ``scale * x W^T + alpha * exp(-beta * (1 - x K^T)) V``;
 - ``tip_adapter_f``: the same with the keys fine-tuned by cross-entropy (AdamW, lr 1e-3, eps 1e-4, cosine schedule,
   20 epochs of batches of 256: the paper's recipe, here without its augmented views: the embeddings are frozen);
+- ``clip_adapter`` (Gao et al., IJCV 2023): a bottleneck MLP (D -> D/4 -> D, ReLU after each layer, no biases) on
+  the image embedding, mixed back as ``ratio * A(x) + (1 - ratio) * x``, then compared with the text embeddings;
+  SGD (momentum 0.9, lr 2e-3, cosine) over 200 epochs of batches of 32; ``ratio`` from 0.2/0.4/0.6/0.8 on validation;
 - ``clap`` (Silva-Rodriguez et al., CVPR 2024, "A Closer Look at the Few-Shot Adaptation of Large Vision-Language
   Models"): a linear probe whose class weights start at the text embeddings and are held near them by a penalty
   ``sum_c lambda_c ||w_c - t_c||^2``, each ``lambda_c`` the mean zero-shot probability of class c on its own shots
@@ -28,7 +31,8 @@ import torch
 from medvlkit.engine.scores import log_softmax
 from medvlkit.errors import MedvlkitError
 
-METHODS = ("tip_adapter", "tip_adapter_f", "clap")
+METHODS = ("tip_adapter", "tip_adapter_f", "clip_adapter", "clap")
+CLIP_ADAPTER_RATIOS = (0.2, 0.4, 0.6, 0.8)  # the residual ratios the CLIP-Adapter paper compares; 0.2 its default
 TIP_DEFAULTS = {"alpha": 1.0, "beta": 5.5}
 ALPHAS = tuple(np.round(np.linspace(0.0, 3.0, 13)[1:], 4))    # 0.25 .. 3
 BETAS = tuple(np.round(np.linspace(0.0, 7.0, 15)[1:], 4))     # 0.5 .. 7
@@ -107,6 +111,9 @@ class FewShotAdapter:
         if self.method in ("tip_adapter", "tip_adapter_f"):
             return tip_logits(x, self.text, self.arrays["keys"], self.arrays["values"], self.scale,
                               self.hyper["alpha"], self.hyper["beta"])
+        if self.method == "clip_adapter":
+            return clip_adapter_logits(x, self.text, self.arrays["down"], self.arrays["up"], self.scale,
+                                       self.hyper["ratio"])
         return self.scale * (x.astype(np.float64) @ self.arrays["weights"].astype(np.float64).T)
 
     def predict_log_proba(self, x: np.ndarray) -> np.ndarray:
@@ -173,6 +180,48 @@ def fit_tip_keys(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: float, a
     return keys.detach().numpy()
 
 
+def _adapted(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, ratio: float) -> torch.Tensor:
+    """CLIP-Adapter's image feature: ``ratio * relu(relu(x down) up) + (1 - ratio) * x``, re-normalised."""
+    mixed = ratio * torch.relu(torch.relu(x @ down) @ up) + (1.0 - ratio) * x
+    return mixed / mixed.norm(dim=-1, keepdim=True)
+
+
+def clip_adapter_logits(x: np.ndarray, text: np.ndarray, down: np.ndarray, up: np.ndarray, scale: float,
+                        ratio: float) -> np.ndarray:
+    """CLIP-Adapter's logits (N, C) in float64: the adapted, re-normalised image embeddings against ``text``."""
+    with torch.no_grad():
+        f = _adapted(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(down.astype(np.float64)),
+                     torch.from_numpy(up.astype(np.float64)), ratio)
+        return (scale * f @ torch.from_numpy(text.astype(np.float64)).T).numpy()
+
+
+def fit_clip_adapter(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: float, ratio: float, seed: int,
+                     epochs: int = 200, batch: int = 32, lr: float = 2e-3) -> tuple[np.ndarray, np.ndarray]:
+    """CLIP-Adapter's two bottleneck layers (D x D/4, D/4 x D; PyTorch's default init, seeded) trained by
+    cross-entropy with the text embeddings fixed. Returns (down, up)."""
+    g = torch.Generator().manual_seed(seed)
+    d = x.shape[1]
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(d, max(1, d // 4), bias=False).double(),
+              torch.nn.Linear(max(1, d // 4), d, bias=False).double()]
+    xt, t = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(text.astype(np.float64))
+    target = torch.from_numpy(y.astype(np.int64))
+    params = [p for layer in layers for p in layer.parameters()]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * max(1, -(-len(x) // batch)))
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), batch):
+            rows = order[start:start + batch]
+            f = _adapted(xt[rows], layers[0].weight.T, layers[1].weight.T, ratio)
+            loss = torch.nn.functional.cross_entropy(scale * f @ t.T, target[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return layers[0].weight.detach().T.numpy().copy(), layers[1].weight.detach().T.numpy().copy()
+
+
 def clap_lambdas(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
     """CLAP's per-class penalty weights: the mean zero-shot probability of class c over the shots of class c."""
     probs = np.exp(log_softmax(scale * (x.astype(np.float64) @ text.astype(np.float64).T)))
@@ -221,8 +270,25 @@ def fit_fewshot(method: str, x: np.ndarray, y: np.ndarray, classnames: list[str]
         ad.arrays = {"weights": weights.astype(np.float32)}
         ad.hyper = {"lambdas": [float(v) for v in lambdas], "source": "CLAP: zero-shot confidence on the shots"}
         return ad
-    values = one_hot(y, len(classnames))
     fit, val = split_shots(y, seed)
+    if method == "clip_adapter":
+        if len(val) == 0:
+            ratio, source = CLIP_ADAPTER_RATIOS[0], "the paper's default ratio (one shot per class: nothing to " \
+                                                    "validate on)"
+        else:
+            scores = []
+            for r in CLIP_ADAPTER_RATIOS:
+                down, up = fit_clip_adapter(x[fit], y[fit], text, scale, r, seed)
+                logits = clip_adapter_logits(x[val], text, down, up, scale, r)
+                scores.append((_accuracy(logits, y[val]), -_cross_entropy(logits, y[val])))
+            ratio = CLIP_ADAPTER_RATIOS[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+            source = f"ratio chosen on {len(val)} validation shots (accuracy {max(scores)[0]:.3f}); the adapter " \
+                     f"then trained on all {len(x)} shots"
+        down, up = fit_clip_adapter(x, y, text, scale, ratio, seed)
+        ad.arrays = {"down": down.astype(np.float32), "up": up.astype(np.float32)}
+        ad.hyper = {"ratio": ratio, "source": source}
+        return ad
+    values = one_hot(y, len(classnames))
     if len(val) == 0:
         hyper: dict[str, Any] = dict(TIP_DEFAULTS) | {"source": "the paper's defaults (one shot per class: nothing "
                                                                 "to validate on)"}
