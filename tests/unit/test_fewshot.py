@@ -114,6 +114,8 @@ def test_an_adapter_saves_and_loads_to_the_same_answers(tmp_path):
         assert header["model_fingerprint"] == "f" and back.classnames_ == ["a", "b", "c"]
         assert np.allclose(back.predict_log_proba(x), ad.predict_log_proba(x), atol=1e-6)
     with pytest.raises(MedvlkitError, match="valid options"):
+        fit_fewshot("maple", x, y, ["a", "b", "c"], text, 10.0)
+    with pytest.raises(MedvlkitError, match="coop needs the model"):
         fit_fewshot("coop", x, y, ["a", "b", "c"], text, 10.0)
     with pytest.raises(MedvlkitError, match="no shots of class c"):
         fit_fewshot("tip_adapter", x[y < 2], y[y < 2], ["a", "b", "c"], text, 10.0)
@@ -142,3 +144,26 @@ def test_clip_adapter_by_hand_and_its_training():
     assert fit_fewshot("clip_adapter", x1, y1, ["a", "b", "c"], t1, 10.0).hyper["ratio"] == CLIP_ADAPTER_RATIOS[0]
     ad = fit_fewshot("clip_adapter", x, y, ["a", "b", "c"], text, 10.0)
     assert ad.hyper["ratio"] in CLIP_ADAPTER_RATIOS and "validation shots" in ad.hyper["source"]
+
+
+@pytest.mark.slow
+def test_coop_context_reproduces_the_text_and_only_it_learns(lite):
+    """With the context vectors at their initialisation ("a photo of a"), CoOp's class embeddings are lite's own
+    embeddings of "a photo of a <class>." (the prompt is assembled right); training moves only the context."""
+    import torch
+
+    from medvlkit.engine.fewshot import coop_prompt_encoder, fit_coop
+
+    encode, ctx0 = coop_prompt_encoder(lite, ["pneumonia", "normal lungs"])
+    with torch.no_grad():
+        ref = lite.encode_text(lite.tokenize(["a photo of a pneumonia.", "a photo of a normal lungs."]))
+        assert torch.allclose(encode(ctx0), ref, atol=1e-6)
+    rng = np.random.default_rng(0)
+    x = unit(ref.numpy()[[0, 0, 1, 1]] + 0.5 * rng.normal(size=(4, ref.shape[1])))
+    y = np.array([1, 1, 0, 0])  # the opposite of what the text says: the context must move
+    params = list(lite.parameters())
+    flags = [p.requires_grad for p in params]
+    ctx, weights = fit_coop(x, y, encode, ctx0, lite.logit_scale, seed=0, epochs=5, frozen=params)
+    assert all(p.grad is None for p in params) and [p.requires_grad for p in params] == flags
+    assert not np.allclose(ctx, ctx0.numpy()) and weights.shape == (2, ref.shape[1])
+    assert np.allclose(np.linalg.norm(weights, axis=1), 1, atol=1e-5)

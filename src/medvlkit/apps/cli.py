@@ -671,8 +671,9 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
           method: str = typer.Option("tip_adapter", "--method", help="tip_adapter (training-free cache), "
                                                                      "tip_adapter_f (its keys fine-tuned), "
                                                                      "clip_adapter (a residual MLP on image "
-                                                                     "embeddings) or clap (a probe held near the "
-                                                                     "zero-shot weights)"),
+                                                                     "embeddings), clap (a probe held near the "
+                                                                     "zero-shot weights) or coop (learned prompt "
+                                                                     "context; lite)"),
           shots: int = typer.Option(16, "--shots", min=1, help="K labelled training images per class (seeded)"),
           prompts: str = typer.Option(None, "--prompts", "-p", help="the prompt set the methods start from "
                                                                     "(default: generic prompts of the class names)"),
@@ -683,7 +684,7 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
           seed: int = typer.Option(0, "--seed", help="seed of the shots, their validation part and training"),
           run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Few-shot adaptation of a frozen model from K labelled images per class (Tip-Adapter, Tip-Adapter-F,
-    CLIP-Adapter, CLAP), starting from the prompt set's zero-shot classifier; hyper-parameters from the shots only,
+    CLIP-Adapter, CLAP, CoOp), starting from the prompt set's zero-shot classifier; hyper-parameters from the shots only,
     scored on test.
 
     Example: medvlkit adapt --data ../shared/data/chest_xray_pneumonia --prompts pneumonia --method clap --shots 8

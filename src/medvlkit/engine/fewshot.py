@@ -13,6 +13,13 @@ only unit image embeddings, the class text embeddings of a prompt set and the mo
   ``sum_c lambda_c ||w_c - t_c||^2``, each ``lambda_c`` the mean zero-shot probability of class c on its own shots
   (so no validation is needed); SGD, momentum 0.9, lr 0.1, 300 epochs of batches of 32, without augmentations.
 
+- ``coop`` (Zhou et al., IJCV 2022): prompt learning. The prompt ``[V1]..[V4] <class>.`` goes through the frozen
+  text tower with the context vectors ``V`` (shared by the classes, initialised from the word embeddings of "a photo
+  of a", the paper's initialisation) learned by cross-entropy on the shots' image embeddings: SGD (momentum 0.9,
+  lr 2e-3, cosine) over the paper's epochs (50 for 1-2 shots, 100 for 4-8, 200 beyond), batches of 32. Only the
+  context vectors receive gradients. Needs a model whose text tower takes word embeddings
+  (:meth:`~medvlkit.models.base.ModelBase.encode_text_from_embeddings`: ``lite``).
+
 Hyper-parameters are chosen on a validation part of the K shots, never on test (:func:`split_shots`): Tip-Adapter's
 ``alpha``/``beta`` on a grid (the paper's search, ranges 0-3 and 0-7), with the final cache built from all K shots; at
 one shot per class nothing is left to validate on and the paper's defaults (``alpha = 1``, ``beta = 5.5``) are used.
@@ -31,7 +38,7 @@ import torch
 from medvlkit.engine.scores import log_softmax
 from medvlkit.errors import MedvlkitError
 
-METHODS = ("tip_adapter", "tip_adapter_f", "clip_adapter", "clap")
+METHODS = ("tip_adapter", "tip_adapter_f", "clip_adapter", "clap", "coop")
 CLIP_ADAPTER_RATIOS = (0.2, 0.4, 0.6, 0.8)  # the residual ratios the CLIP-Adapter paper compares; 0.2 its default
 TIP_DEFAULTS = {"alpha": 1.0, "beta": 5.5}
 ALPHAS = tuple(np.round(np.linspace(0.0, 3.0, 13)[1:], 4))    # 0.25 .. 3
@@ -222,6 +229,75 @@ def fit_clip_adapter(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: floa
     return layers[0].weight.detach().T.numpy().copy(), layers[1].weight.detach().T.numpy().copy()
 
 
+COOP_INIT = "a photo of a"
+
+
+def coop_epochs(shots: int) -> int:
+    """The CoOp paper's schedule: 50 epochs for 1-2 shots, 100 for 4-8, 200 for 16."""
+    return 50 if shots <= 2 else 100 if shots <= 8 else 200
+
+
+def coop_prompt_encoder(model: Any, class_texts: list[str], init: str = COOP_INIT) -> tuple[Any, torch.Tensor]:
+    """(encode, initial context): ``encode(ctx)`` gives the (C, D) unit text embeddings of ``[ctx] <class text>.``
+    for each class, through ``model``'s frozen text tower, differentiable in ``ctx`` (M, H); the initial context is
+    the word embeddings of ``init`` (M = its number of tokens).
+
+    Raises:
+        MedvlkitError: the model's text tower does not take embeddings, or its tokenizer does not keep the context
+            placeholders as one token each right after its start token.
+    """
+    init_tokens = model.tokenize([init])
+    n = int(init_tokens["attention_mask"][0].sum()) - 2 if "attention_mask" in init_tokens else len(init.split())
+    with torch.no_grad():
+        ctx0 = model.text_input_embeddings(init_tokens)[0, 1:1 + n].detach().clone()
+    tokens = model.tokenize([" ".join(["X"] * n) + f" {t}." for t in class_texts])
+    ids = tokens["input_ids"]
+    if not bool((ids[:, 1:1 + n] == ids[0, 1]).all()):
+        raise MedvlkitError(f"{model.name}: its tokenizer splits the context placeholders; CoOp cannot place its "
+                            "context vectors")
+    with torch.no_grad():
+        base = model.text_input_embeddings(tokens).detach()
+
+    def encode(ctx: torch.Tensor) -> torch.Tensor:
+        emb = torch.cat([base[:, :1], ctx.unsqueeze(0).expand(len(class_texts), -1, -1).to(base.dtype),
+                         base[:, 1 + n:]], dim=1)
+        return model.encode_text_from_embeddings(emb, tokens)
+
+    return encode, ctx0
+
+
+def fit_coop(x: np.ndarray, y: np.ndarray, encode: Any, ctx0: torch.Tensor, scale: float, seed: int, epochs: int,
+             frozen: list[torch.nn.Parameter], batch: int = 32, lr: float = 2e-3) -> tuple[np.ndarray, np.ndarray]:
+    """CoOp's context vectors (init ``ctx0``) trained by cross-entropy of ``scale * x encode(ctx)^T``; ``frozen``:
+    the model's parameters, which get no gradient (their ``requires_grad`` is restored after). Returns (context,
+    the final (C, D) class embeddings)."""
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.nn.Parameter(ctx0.clone().float())
+    xt, target = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+    opt = torch.optim.SGD([ctx], lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * max(1, -(-len(x) // batch)))
+    before = [p.requires_grad for p in frozen]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for _ in range(epochs):
+                order = torch.randperm(len(x), generator=g)
+                for start in range(0, len(x), batch):
+                    rows = order[start:start + batch]
+                    loss = torch.nn.functional.cross_entropy(scale * xt[rows] @ encode(ctx).T, target[rows])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+        with torch.no_grad():
+            final = encode(ctx)
+    finally:
+        for p, flag in zip(frozen, before):
+            p.requires_grad_(flag)
+    return ctx.detach().numpy(), final.detach().numpy()
+
+
 def clap_lambdas(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
     """CLAP's per-class penalty weights: the mean zero-shot probability of class c over the shots of class c."""
     probs = np.exp(log_softmax(scale * (x.astype(np.float64) @ text.astype(np.float64).T)))
@@ -251,10 +327,11 @@ def fit_clap(x: np.ndarray, y: np.ndarray, text: np.ndarray, scale: float, seed:
 
 
 def fit_fewshot(method: str, x: np.ndarray, y: np.ndarray, classnames: list[str], text: np.ndarray, scale: float,
-                seed: int = 0) -> FewShotAdapter:
+                seed: int = 0, prompt_model: Any = None, class_texts: list[str] | None = None) -> FewShotAdapter:
     """Fit ``method`` on K-shot unit embeddings ``x`` (N, D) with class indices ``y`` (N,), the prompt set's class
     embeddings ``text`` (C, D) and the model's ``scale``; hyper-parameters from a validation part of the shots
-    (:func:`split_shots`; see the module docstring).
+    (:func:`split_shots`; see the module docstring). ``coop`` also needs ``prompt_model`` (the model, whose text
+    tower it runs) and ``class_texts`` (each class's name as the prompt's last words).
 
     Raises:
         MedvlkitError: an unknown method, or a class without shots.
@@ -265,6 +342,16 @@ def fit_fewshot(method: str, x: np.ndarray, y: np.ndarray, classnames: list[str]
     if missing:
         raise MedvlkitError(f"no shots of class {missing[0]}: every class needs at least one")
     ad = FewShotAdapter(method, list(classnames), float(scale), text.astype(np.float32))
+    if method == "coop":
+        if prompt_model is None or class_texts is None:
+            raise MedvlkitError("coop needs the model and the class texts (prompt_model, class_texts)")
+        encode, ctx0 = coop_prompt_encoder(prompt_model, class_texts)
+        shots = int(np.bincount(y).max())
+        ctx, weights = fit_coop(x, y, encode, ctx0, scale, seed, coop_epochs(shots), list(prompt_model.parameters()))
+        ad.arrays = {"weights": weights.astype(np.float32), "context": ctx.astype(np.float32)}
+        ad.hyper = {"context_init": COOP_INIT, "n_context": int(ctx.shape[0]), "epochs": coop_epochs(shots),
+                    "class_texts": list(class_texts), "source": "the paper's fixed recipe (no validation)"}
+        return ad
     if method == "clap":
         weights, lambdas = fit_clap(x, y, text, scale, seed)
         ad.arrays = {"weights": weights.astype(np.float32)}

@@ -288,6 +288,24 @@ class ModelBase(torch.nn.Module):
                                 "embed, probe, index and search by image, audit and fine-tuning with a classifier "
                                 "head (--mode supervised) work")
 
+    def text_input_embeddings(self, tokens: TextBatch) -> torch.Tensor:
+        """The text tower's word embeddings of ``tokens`` (B, L, H), before positions are added: what prompt
+        learning (CoOp) replaces with learned context vectors. Backbones whose text tower takes embeddings override
+        this and :meth:`encode_text_from_embeddings`.
+
+        Raises:
+            MedvlkitError: this backbone's text tower does not take embeddings (yet).
+        """
+        raise MedvlkitError(f"{self.name}: its text tower does not take word embeddings in medvlkit yet, so prompt "
+                            "learning (--method coop) cannot run on it; the other --method choices can")
+
+    def encode_text_from_embeddings(self, embeds: torch.Tensor, tokens: TextBatch,
+                                    normalize: bool = True) -> torch.Tensor:
+        """:meth:`encode_text` from word embeddings (B, L, H) in place of ``tokens["input_ids"]`` (the rest of
+        ``tokens``, e.g. the attention mask, is used as is): with ``text_input_embeddings(tokens)`` it gives
+        ``encode_text(tokens)``."""
+        raise MedvlkitError(f"{self.name}: its text tower does not take word embeddings in medvlkit yet")
+
     def training_manifest(self):
         """The :class:`~medvlkit.models.training_data.TrainingManifest` these weights declare, or None."""
         from medvlkit.models.training_data import read_manifest

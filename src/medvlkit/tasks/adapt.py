@@ -94,7 +94,8 @@ def run_adapt_task(cfg: AdaptConfig, out_dir: Path, config: dict[str, Any], n_bo
         train = embed_split(model, train_ds, **embed_options)
         keep = few_shot_indices(train.Y, cfg.shots, cfg.seed)
         y = np.argmax(train.Y[keep], axis=1)
-        adapter = fit_fewshot(cfg.method, train.X[keep], y, train_ds.classnames, text, model.logit_scale, cfg.seed)
+        adapter = fit_fewshot(cfg.method, train.X[keep], y, train_ds.classnames, text, model.logit_scale, cfg.seed,
+                              prompt_model=model, class_texts=[c.positive[0] for c in ps.classes])
         adapter.seen_items_ = {"fitted the adapter or chose its hyper-parameters": [train.items[i] for i in keep]}
         info = {"method": cfg.method, "shots": cfg.shots, "n_shots": int(len(keep)), "seed": cfg.seed,
                 "prompt_set": ps.name, "hyper": adapter.hyper}
