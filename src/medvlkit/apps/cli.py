@@ -684,8 +684,8 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
           seed: int = typer.Option(0, "--seed", help="seed of the shots, their validation part and training"),
           run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Few-shot adaptation of a frozen model from K labelled images per class (Tip-Adapter, Tip-Adapter-F,
-    CLIP-Adapter, CLAP, CoOp), starting from the prompt set's zero-shot classifier; hyper-parameters from the shots only,
-    scored on test.
+    CLIP-Adapter, CLAP, CoOp), starting from the prompt set's zero-shot classifier; hyper-parameters from the shots
+    only, scored on test.
 
     Example: medvlkit adapt --data ../shared/data/chest_xray_pneumonia --prompts pneumonia --method clap --shots 8
     """
