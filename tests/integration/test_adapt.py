@@ -37,3 +37,30 @@ def test_coop_is_refused_in_one_line_where_the_text_tower_takes_no_embeddings(ti
     assert main(["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0",
                  "--method", "coop", "--shots", "2", "--out", str(tmp_path / "o")]) == 2
     assert "does not take word embeddings" in capsys.readouterr().err
+
+
+def test_the_grid_is_its_single_runs_summarised_and_resumes(tiny_clip_dir, tmp_path):
+    import csv
+
+    data = make_split_folders(tmp_path / "data", {"train": 4, "test": 3})
+    base = ["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "20"]
+    grid = tmp_path / "grid"
+    assert main([*base, "--method", "tip_adapter,clap", "--shots", "1,2", "--seeds", "0,1", "--out", str(grid)]) == 0
+    with open(grid / "grid.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 + 2 * 2 * 2 and rows[0]["method"] == "zeroshot"
+    with open(grid / "summary.csv", newline="") as f:
+        summary = {(r["method"], r["shots"]): r for r in csv.DictReader(f)}
+    cells = [r for r in rows if r["method"] == "clap" and r["shots"] == "2"]
+    assert float(summary[("clap", "2")]["auroc_mean"]) == pytest.approx(sum(float(r["auroc"]) for r in cells) / 2)
+    assert (grid / "fewshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (grid / "summary.md").is_file()
+    # a cell is the single run with the same method, shots and seed: one path, the same numbers
+    assert main([*base, "--method", "clap", "--shots", "2", "--seed", "1", "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    cell = json.loads((grid / "clap" / "k2-s1" / "result.json").read_text())
+    assert cell["metrics"] == one["metrics"] and cell["identity"]["sha256"] == one["identity"]["sha256"]
+    # rerun: every cell is kept (same identity), nothing refitted
+    stamp = (grid / "clap" / "k2-s1" / "result.json").stat().st_mtime_ns
+    assert main([*base, "--method", "tip_adapter,clap", "--shots", "1,2", "--seeds", "0,1", "--out", str(grid),
+                 "--overwrite"]) == 0
+    assert (grid / "clap" / "k2-s1" / "result.json").stat().st_mtime_ns == stamp

@@ -673,8 +673,10 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
                                                                      "clip_adapter (a residual MLP on image "
                                                                      "embeddings), clap (a probe held near the "
                                                                      "zero-shot weights) or coop (learned prompt "
-                                                                     "context; lite)"),
-          shots: int = typer.Option(16, "--shots", min=1, help="K labelled training images per class (seeded)"),
+                                                                     "context; lite); several, comma-separated, or "
+                                                                     "all: a grid"),
+          shots: str = typer.Option("16", "--shots", help="K labelled training images per class (seeded); several, "
+                                                          "e.g. 1,2,4,8,16: a grid"),
           prompts: str = typer.Option(None, "--prompts", "-p", help="the prompt set the methods start from "
                                                                     "(default: generic prompts of the class names)"),
           train_split: str = typer.Option("train", "--train-split", help="where the shots come from"),
@@ -682,22 +684,48 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
           load: Path = typer.Option(None, "--load", help="a saved adapter.npz: skip fitting, score --test-split"),
           bootstrap: int = BootstrapOpt,
           seed: int = typer.Option(0, "--seed", help="seed of the shots, their validation part and training"),
+          seeds: str = typer.Option(None, "--seeds", help="a grid over these seeds, e.g. 0,1,2 (mean and SD)"),
           run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Few-shot adaptation of a frozen model from K labelled images per class (Tip-Adapter, Tip-Adapter-F,
     CLIP-Adapter, CLAP, CoOp), starting from the prompt set's zero-shot classifier; hyper-parameters from the shots
-    only, scored on test.
+    only, scored on test. Several methods, shot counts or --seeds run a grid (data embedded once; rerun with
+    --overwrite to resume: cells computed from the same data and settings are kept).
 
     Example: medvlkit adapt --data ../shared/data/chest_xray_pneumonia --prompts pneumonia --method clap --shots 8
+    Grid:    medvlkit adapt --data DIR --prompts pneumonia --method all --shots 1,2,4,8,16 --seeds 0,1,2
     """
     from medvlkit.apps.display import print_metrics
-    from medvlkit.tasks.adapt import AdaptConfig, run_adapt_task
+    from medvlkit.engine.fewshot import METHODS
+    from medvlkit.tasks.adapt import AdaptConfig, run_adapt_grid, run_adapt_task
 
     config = _jsonable(dict(locals()))
+    methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",") if m.strip()]
+    shot_list, seed_list = _ints(shots, "--shots"), _ints(seeds, "--seeds") if seeds else [seed]
     out_dir = _out(out, "adapt")
-    res, adapter = run_adapt_task(_config_from(AdaptConfig, config), out_dir, config, bootstrap, run, data_opts)
+    cfg = _config_from(AdaptConfig, config, method=methods[0] if methods else "", shots=shot_list[0], seed=seed_list[0])
+    if len(methods) > 1 or len(shot_list) > 1 or seeds:
+        if load:
+            raise MedvlkitError("--load scores one saved adapter; leave out the grid options (lists, --seeds)")
+        grid = run_adapt_grid(cfg, methods, shot_list, seed_list, out_dir, config, bootstrap, run, data_opts,
+                              progress=run.progress)
+        print(grid["markdown"])  # plain: a Markdown table must not be wrapped
+        console.print(f"wrote {out_dir}/grid.csv, summary.csv, summary.md, fewshot.png, result.json and one folder per "
+                      "cell")
+        return
+    res, adapter = run_adapt_task(cfg, out_dir, config, bootstrap, run, data_opts)
     print_metrics(res)
     console.print(f"{adapter.method}: {adapter.hyper.get('source', '')}; wrote {out_dir}/result.json, predictions.csv "
                   "and adapter.npz")
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MedvlkitError(f"{flag} {text}: whole numbers, comma-separated (e.g. 1,2,4,8,16)") from None
+    if not values:
+        raise MedvlkitError(f"{flag}: give at least one number")
+    return values
 
 
 @app.command()

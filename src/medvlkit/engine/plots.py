@@ -130,3 +130,25 @@ def forest_png(rows: list[tuple[str, float, float, float]], metric: str, title: 
     ax.set_xlabel(metric)
     ax.set_title(title)
     return _png(fig)
+
+
+def fewshot_curve_png(curves: dict[str, list[tuple[int, float, float]]], zeroshot: float | None, metric: str,
+                      title: str = "few-shot") -> bytes:
+    """A metric against shots per class (log2 axis), one line per method with its SD over seeds as error bars,
+    and the zero-shot value as a dashed line."""
+    fig, ax = _figure(5.0, 3.6)
+    for name, points in curves.items():
+        points = sorted(points)
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o", ms=3,
+                    capsize=2, lw=1.2, label=name)
+    if zeroshot is not None:
+        ax.axhline(zeroshot, ls="--", c="grey", lw=0.9, label="zero-shot")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({p[0] for points in curves.values() for p in points})
+    if ticks:
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)

@@ -1,16 +1,21 @@
 """The ``adapt`` task: few-shot adaptation of a frozen model with K labelled images per class
-(:mod:`medvlkit.engine.fewshot`'s methods), scored on the test split like the probe and saved as ``adapter.npz``.
+(:mod:`medvlkit.engine.fewshot`'s methods), scored on the test split like the probe and saved as ``adapter.npz``;
+and its grid (methods x shots x seeds on one dataset), whose every cell is that same run.
 
 The K shots are a seeded sample of the training split (:func:`medvlkit.data.splits.few_shot_indices`, the probe's
 ``--shots``); the prompt set's classes are matched to the training data's class names as zero-shot matches them
 (:func:`medvlkit.tasks.zeroshot.prompts_used`), so the adapter starts from exactly the zero-shot classifier
 ``zeroshot`` would use. Hyper-parameters come from the shots alone; the test split chooses nothing, and an image
-that fitted the adapter is never scored (the probe's rule).
+that fitted the adapter is never scored (the probe's rule). The data are read, checked and embedded once
+(:func:`prepare_adapt`); each (method, shots, seed) is then one :func:`adapt_cell`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from medvlkit.data.splits import few_shot_indices, load_train
 from medvlkit.engine.fewshot import METHODS, FewShotAdapter, fit_fewshot
 from medvlkit.engine.options import DataOptions, RunOptions
 from medvlkit.errors import MedvlkitError
-from medvlkit.tasks.probe import check_probe_model, embed_split, save_probe_run
+from medvlkit.tasks.probe import ProbeData, align_probe_data, check_probe_model, embed_split, save_probe_run
 
 
 @dataclass
@@ -47,28 +52,32 @@ class AdaptConfig:
     load: str | None = None
 
 
-def run_adapt_task(cfg: AdaptConfig, out_dir: Path, config: dict[str, Any], n_bootstrap: int = 1000,
-                   run: RunOptions | None = None, data: DataOptions | None = None,
-                   model: Any = None) -> tuple[dict[str, Any], FewShotAdapter]:
-    """Fit (or load) a few-shot adapter, score it on the test split, write result.json, predictions.csv and
-    adapter.npz into ``out_dir``. Returns the result dict and the adapter.
+@dataclass
+class Prepared:
+    """What every cell of an ``adapt`` run or grid shares: the model, the data read and embedded once, the prompt set
+    matched to the training data's classes and its class vectors, and the embedding options."""
+
+    model: Any
+    test_ds: Any
+    test: ProbeData
+    train_ds: Any = None
+    train: ProbeData | None = None
+    vectors: Any = None
+    embed_options: dict[str, Any] | None = None
+
+
+def prepare_adapt(cfg: AdaptConfig, run: RunOptions, data: DataOptions, model: Any = None) -> Prepared:
+    """Load the model, read the test split (without the model's training images) and, unless ``cfg.load``, the
+    training split; embed both (cached); encode the prompt set's classes.
 
     Raises:
-        MedvlkitError: an unknown method, fewer than ``shots`` training images of a class, multi-label data, a model
-            without a text tower, a loaded adapter of another model, a test image among the shots.
+        MedvlkitError: a model without a text tower, multi-label data, a dataset class the prompt set lacks.
     """
     from medvlkit.data.prompts import resolve_prompt_set
     from medvlkit.engine.answer import class_vectors
-    from medvlkit.engine.identity import dataset_identity, identity_record, model_identity, result_options
-    from medvlkit.models.base import file_sha256
     from medvlkit.tasks.zeroshot import prompts_used
 
-    run, data = run or RunOptions(), data or DataOptions()
     embed_options = run.embed_kwargs()
-    if cfg.method not in METHODS:
-        raise MedvlkitError(f"--method {cfg.method}: valid options: {', '.join(METHODS)}")
-    if cfg.shots < 1:
-        raise MedvlkitError(f"--shots {cfg.shots}: must be at least 1")
     model = model if model is not None else run.load_model(cfg.model)
     model.require_text("few-shot adaptation (its methods start from the prompt set's class embeddings)")
     test_ds = data.held_out(data.load(cfg.data, cfg.test_split or None), model, "test", **embed_options)
@@ -76,30 +85,190 @@ def run_adapt_task(cfg: AdaptConfig, out_dir: Path, config: dict[str, Any], n_bo
     for ds in (train_ds, test_ds):
         if ds is not None and (not ds.has_labels or ds.multilabel):
             raise MedvlkitError(f"{ds.full_name}: few-shot adaptation needs single-label data (one class per image)")
-    identity = identity_record("fewshot_adapt", model=model_identity(model),
-                               settings={k: v for k, v in asdict(cfg).items() if k not in ("model", "data")},
-                               train=dataset_identity(train_ds) if train_ds is not None else None,
-                               test=dataset_identity(test_ds),
-                               loaded=file_sha256(cfg.load) if cfg.load and Path(cfg.load).is_file() else None,
-                               bootstrap=n_bootstrap, options=result_options(embed_options))
-    if cfg.load:
-        adapter, header = FewShotAdapter.load(Path(cfg.load))
-        check_probe_model(header, model)
-        info: dict[str, Any] = {"loaded": cfg.load, "method": adapter.method, "hyper": adapter.hyper}
-    else:
-        assert train_ds is not None
+    p = Prepared(model, test_ds, embed_split(model, test_ds, **embed_options), embed_options=embed_options)
+    if train_ds is not None:
         generic = None if cfg.prompts else ",".join(train_ds.classnames)  # "a photo of a {class}"-style prompts
         ps = prompts_used(train_ds, resolve_prompt_set(cfg.prompts, generic, "softmax"), "softmax")
-        text = class_vectors(model, ps, "softmax", cache=run.cache, cache_dir=run.cache_dir).positive
-        train = embed_split(model, train_ds, **embed_options)
-        keep = few_shot_indices(train.Y, cfg.shots, cfg.seed)
-        y = np.argmax(train.Y[keep], axis=1)
-        adapter = fit_fewshot(cfg.method, train.X[keep], y, train_ds.classnames, text, model.logit_scale, cfg.seed,
-                              prompt_model=model, class_texts=[c.positive[0] for c in ps.classes])
-        adapter.seen_items_ = {"fitted the adapter or chose its hyper-parameters": [train.items[i] for i in keep]}
+        p.vectors = class_vectors(model, ps, "softmax", cache=run.cache, cache_dir=run.cache_dir)
+        p.train_ds, p.train = train_ds, embed_split(model, train_ds, **embed_options)
+    return p
+
+
+def adapt_identity(cfg: AdaptConfig, p: Prepared, n_bootstrap: int) -> dict[str, Any]:
+    """What one cell's result is computed from (see :mod:`medvlkit.engine.identity`)."""
+    from medvlkit.engine.identity import dataset_identity, identity_record, model_identity, result_options
+    from medvlkit.models.base import file_sha256
+
+    return identity_record("fewshot_adapt", model=model_identity(p.model),
+                           settings={k: v for k, v in asdict(cfg).items() if k not in ("model", "data")},
+                           prompts=p.vectors.prompts.identity("softmax") if p.vectors is not None else None,
+                           train=dataset_identity(p.train_ds) if p.train_ds is not None else None,
+                           test=dataset_identity(p.test_ds),
+                           loaded=file_sha256(cfg.load) if cfg.load and Path(cfg.load).is_file() else None,
+                           bootstrap=n_bootstrap, options=result_options(p.embed_options or {}))
+
+
+def adapt_cell(cfg: AdaptConfig, p: Prepared, out_dir: Path, config: dict[str, Any],
+               n_bootstrap: int = 1000) -> tuple[dict[str, Any], FewShotAdapter]:
+    """Fit ``cfg.method`` on ``cfg.shots`` seeded shots of the prepared training data (or load ``cfg.load``), score
+    it on the test split and write result.json, predictions.csv and adapter.npz into ``out_dir``.
+
+    Raises:
+        MedvlkitError: an unknown method, fewer than ``shots`` training images of a class, a loaded adapter of
+            another model, a test image among the shots.
+    """
+    if cfg.method not in METHODS:
+        raise MedvlkitError(f"--method {cfg.method}: valid options: {', '.join(METHODS)}")
+    if cfg.shots < 1:
+        raise MedvlkitError(f"--shots {cfg.shots}: must be at least 1")
+    if cfg.load:
+        adapter, header = FewShotAdapter.load(Path(cfg.load))
+        check_probe_model(header, p.model)
+        info: dict[str, Any] = {"loaded": cfg.load, "method": adapter.method, "hyper": adapter.hyper}
+    else:
+        assert p.train is not None and p.vectors is not None and p.train_ds is not None
+        keep = few_shot_indices(p.train.Y, cfg.shots, cfg.seed)
+        y = np.argmax(p.train.Y[keep], axis=1)
+        start = time.perf_counter()
+        adapter = fit_fewshot(cfg.method, p.train.X[keep], y, p.train_ds.classnames, p.vectors.positive,
+                              p.model.logit_scale, cfg.seed, prompt_model=p.model,
+                              class_texts=[c.positive[0] for c in p.vectors.prompts.classes])
+        adapter.seen_items_ = {"fitted the adapter or chose its hyper-parameters": [p.train.items[i] for i in keep]}
         info = {"method": cfg.method, "shots": cfg.shots, "n_shots": int(len(keep)), "seed": cfg.seed,
-                "prompt_set": ps.name, "hyper": adapter.hyper}
-    result = save_probe_run(adapter, embed_split(model, test_ds, **embed_options), model, test_ds,  # type: ignore[arg-type]
-                            out_dir, config, info, n_bootstrap, cfg.seed, identity, task="fewshot_adapt",
+                "prompt_set": p.vectors.prompts.name, "hyper": adapter.hyper,
+                "fit_seconds": round(time.perf_counter() - start, 3)}
+    result = save_probe_run(adapter, p.test, p.model, p.test_ds, out_dir, config, info,  # type: ignore[arg-type]
+                            n_bootstrap, cfg.seed, adapt_identity(cfg, p, n_bootstrap), task="fewshot_adapt",
                             file_name="adapter.npz")
     return result, adapter
+
+
+def run_adapt_task(cfg: AdaptConfig, out_dir: Path, config: dict[str, Any], n_bootstrap: int = 1000,
+                   run: RunOptions | None = None, data: DataOptions | None = None,
+                   model: Any = None) -> tuple[dict[str, Any], FewShotAdapter]:
+    """One ``adapt`` run: :func:`prepare_adapt` then :func:`adapt_cell`. Returns the result dict and the adapter."""
+    if cfg.method not in METHODS:  # before any image is read
+        raise MedvlkitError(f"--method {cfg.method}: valid options: {', '.join(METHODS)}")
+    run, data = run or RunOptions(), data or DataOptions()
+    return adapt_cell(cfg, prepare_adapt(cfg, run, data, model), out_dir, config, n_bootstrap)
+
+
+GRID_METRICS = ("auroc", "accuracy")
+
+
+def run_adapt_grid(cfg: AdaptConfig, methods: list[str], shots: list[int], seeds: list[int], out_dir: Path,
+                   config: dict[str, Any], n_bootstrap: int = 1000, run: RunOptions | None = None,
+                   data: DataOptions | None = None, progress: bool = True) -> dict[str, Any]:
+    """Methods x shots x seeds on one dataset and model: the data embedded once, each cell an :func:`adapt_cell`
+    written to ``out_dir/<method>/k<K>-s<seed>/`` (a cell whose result.json has the same identity is kept: rerun the
+    command to continue an interrupted grid), the zero-shot row once, then ``grid.csv`` (every cell, metrics with
+    95% CIs and fit time), ``summary.csv`` / ``summary.md`` (mean and SD over seeds), ``fewshot.png`` (AUROC vs
+    shots per method) and ``result.json``.
+
+    Raises:
+        MedvlkitError: an unknown method, a shot count or seed list that is empty or invalid.
+    """
+    from medvlkit.engine.answer import answer
+    from medvlkit.engine.results import write_result
+    from medvlkit.tasks.evaluate import evaluate_probs
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise MedvlkitError(f"--method {','.join(bad) or '(none)'}: valid options: {', '.join(METHODS)}")
+    if not shots or min(shots) < 1 or not seeds:
+        raise MedvlkitError("give at least one shot count (each >= 1) and one seed")
+    run, data = run or RunOptions(), data or DataOptions()
+    p = prepare_adapt(cfg, run, data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    test, _ = align_probe_data(p.test, p.test_ds.classnames, p.vectors.classnames, False)  # as each cell scores
+    zs = answer(test.X, p.vectors, p.model.logit_scale)
+    ev = evaluate_probs(test.Y, None, zs.classnames, False, n_bootstrap, cfg.seed, log_probs=zs.log_probs)
+    rows = [_grid_row("zeroshot", 0, None, ev.metrics, ev.ci, 0.0)]
+    cells = [(m, k, s) for m in methods for k in shots for s in seeds]
+    from tqdm.auto import tqdm
+
+    for method, k, seed in tqdm(cells, desc="few-shot grid", disable=not progress, unit="fit"):
+        cell = replace(cfg, method=method, shots=k, seed=seed)
+        folder = out_dir / method / f"k{k}-s{seed}"
+        res = _kept(folder, adapt_identity(cell, p, n_bootstrap))
+        if res is None:
+            res, _ = adapt_cell(cell, p, folder, config | {"method": method, "shots": k, "seed": seed}, n_bootstrap)
+        rows.append(_grid_row(method, k, seed, res["metrics"], res.get("ci", {}),
+                              float(res.get("adapter", {}).get("fit_seconds", 0.0))))
+    summary = _summarise(rows)
+    _write_csv(out_dir / "grid.csv", rows)
+    _write_csv(out_dir / "summary.csv", summary)
+    (out_dir / "summary.md").write_text(_markdown(summary))
+    (out_dir / "fewshot.png").write_bytes(_curve_png(summary, f"{p.test_ds.full_name}, {p.model.name}"))
+    metrics = {f"{r['method']}@{r['shots']}": r["auroc_mean"] for r in summary}
+    write_result(out_dir, dataset=p.test_ds.full_name, model=p.model.name, task="fewshot_grid", metrics=metrics,
+                 ci={}, config=config, seed=cfg.seed,
+                 extra={"methods": methods, "shots": shots, "seeds": seeds, "summary": summary,
+                        "seconds": round(time.perf_counter() - start, 1)}, headline=list(metrics)[:6])
+    return {"summary": summary, "markdown": _markdown(summary), "rows": rows}
+
+
+def _kept(folder: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The result already in ``folder`` when it was computed from the same things (an interrupted grid resumes)."""
+    path = folder / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        res = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return res if res.get("identity", {}).get("sha256") == identity["sha256"] else None
+
+
+def _grid_row(method: str, shots: int, seed: int | None, metrics: dict, ci: dict, seconds: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": method, "shots": shots, "seed": "" if seed is None else seed}
+    for m in GRID_METRICS:
+        lo, hi = (ci.get(m) or [None, None])[:2]
+        row |= {m: metrics.get(m), f"{m}_lo": lo, f"{m}_hi": hi}
+    return row | {"fit_seconds": seconds}
+
+
+def _summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and SD (over seeds, ddof 1; 0 for one seed) of each metric per (method, shots), in run order."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["shots"]), []).append(r)
+    out = []
+    for (method, shots), rs in groups.items():
+        row: dict[str, Any] = {"method": method, "shots": shots, "n_seeds": len(rs) if method != "zeroshot" else 0}
+        for m in GRID_METRICS:
+            v = np.array([r[m] for r in rs if r[m] is not None], dtype=float)
+            row[f"{m}_mean"] = float(v.mean()) if len(v) else None
+            row[f"{m}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        out.append(row | {"fit_seconds": round(sum(r["fit_seconds"] for r in rs), 2)})
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _markdown(summary: list[dict[str, Any]]) -> str:
+    lines = ["| method | shots | seeds | AUROC mean (SD) | accuracy mean (SD) | fit s |", "|---|---|---|---|---|---|"]
+    def cell(r: dict[str, Any], m: str) -> str:
+        return "-" if r[f"{m}_mean"] is None else f"{r[f'{m}_mean']:.4f} ({r[f'{m}_sd']:.4f})"
+
+    for r in summary:
+        lines.append(f"| {r['method']} | {r['shots'] or '-'} | {r['n_seeds'] or '-'} | {cell(r, 'auroc')} | "
+                     f"{cell(r, 'accuracy')} | {r['fit_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _curve_png(summary: list[dict[str, Any]], title: str) -> bytes:
+    from medvlkit.engine.plots import fewshot_curve_png
+
+    zs = next((r["auroc_mean"] for r in summary if r["method"] == "zeroshot"), None)
+    curves: dict[str, list[tuple[int, float, float]]] = {}
+    for r in summary:
+        if r["method"] != "zeroshot" and r["auroc_mean"] is not None:
+            curves.setdefault(r["method"], []).append((r["shots"], r["auroc_mean"], r["auroc_sd"]))
+    return fewshot_curve_png(curves, zs, "AUROC", title)
