@@ -266,8 +266,12 @@ def _level_of(key: str) -> str:
     return "instance"
 
 
-def query_instances(query: Query, page_size: int = PAGE_SIZE,
-                    progress: Callable[[int], None] | None = None) -> list[dict[str, str | None]]:
+def _instance_filters(query: Query) -> list[str]:
+    """The query's filters on instance attributes (sorted): they keep its answer from being checked."""
+    return [k for k in sorted(dict(query.filters)) if _level_of(k) == "instance"]
+
+
+def query_instances(query: Query, page_size: int = PAGE_SIZE) -> list[dict[str, str | None]]:
     """Every instance the query matches: ``{"study", "series", "sop", "modality", "patient", "sop_class"}`` per
     instance, sorted by UIDs, each SOP Instance UID once.
 
@@ -295,10 +299,10 @@ def query_instances(query: Query, page_size: int = PAGE_SIZE,
         instance_filters = {}
     found: dict[str, dict[str, str | None]] = {}
     for study, series in parents:
-        _collect(c, query.root, study, series, instance_filters, page_size, found, progress)
-    unverifiable = [k for k in sorted(filters) if _level_of(k) == "instance"]
+        _collect(c, query.root, study, series, instance_filters, page_size, found)
+    unverifiable = _instance_filters(query)
     if found and not unverifiable:
-        _complete(c, query, filters, page_size, found, progress)
+        _complete(c, query, filters, page_size, found)
     elif unverifiable:
         logger.info("%s: a filter on instance attributes (%s): the answer's completeness cannot be checked against "
                     "the PACS's series counts", query.root, ", ".join(unverifiable))
@@ -307,14 +311,14 @@ def query_instances(query: Query, page_size: int = PAGE_SIZE,
 
 def completeness_check(query: Query) -> str:
     """How :func:`query_instances` checks that the answer is whole, in words (recorded with the dataset)."""
-    unverifiable = [k for k in sorted(dict(query.filters)) if _level_of(k) == "instance"]
+    unverifiable = _instance_filters(query)
     if unverifiable:
         return f"not checked: a filter on instance attributes ({', '.join(unverifiable)})"
     return "checked against the PACS's instance count of every matching series of each study found"
 
 
 def _collect(c: Any, root: str, study: str | None, series: str | None, filters: dict[str, str], page_size: int,
-             found: dict[str, dict[str, str | None]], progress: Callable[[int], None] | None) -> None:
+             found: dict[str, dict[str, str | None]]) -> None:
     """Add every instance a paged instance-level search returns to ``found`` (by SOP Instance UID)."""
     if series and not study:  # a series named without its study: matched as a filter (no /series/<uid> route)
         filters, series = {**filters, "SeriesInstanceUID": series}, None
@@ -331,12 +335,10 @@ def _collect(c: Any, root: str, study: str | None, series: str | None, filters: 
             raise MedvlkitError(f"DICOMweb search at {root}: the PACS listed an instance with a malformed UID "
                                 f"{str(bad)[:80]!r}")
         found.setdefault(str(row["sop"]), row)
-        if progress:
-            progress(len(found))
 
 
-def _complete(c: Any, query: Query, filters: dict[str, str], page_size: int, found: dict[str, dict[str, str | None]],
-              progress: Callable[[int], None] | None) -> None:
+def _complete(c: Any, query: Query, filters: dict[str, str], page_size: int,
+              found: dict[str, dict[str, str | None]]) -> None:
     """Check ``found`` against each found study's matching series and their instance counts; read a short series
     again on its own; raise for one still short (see :func:`query_instances`)."""
     from collections import Counter
@@ -361,7 +363,7 @@ def _complete(c: Any, query: Query, filters: dict[str, str], page_size: int, fou
                     expected[(study_uid, _value(r, SERIES))] = int(count)
     short = [key for key, n in expected.items() if have.get(key, 0) < n]
     for study, series in short:
-        _collect(c, query.root, study, series, {}, page_size, found, progress)
+        _collect(c, query.root, study, series, {}, page_size, found)
     have = counts()
     still = [(key, have.get(key, 0), expected[key]) for key in short if have.get(key, 0) < expected[key]]
     if still:
@@ -469,23 +471,36 @@ def row_ref(query: Query, row: dict[str, str | None]) -> InstanceRef:
     return InstanceRef(query.root, str(row["study"]), str(row["series"]), str(row["sop"]))
 
 
+def split_images(query: Query, rows: list[dict[str, str | None]]) -> tuple[list[dict[str, str | None]],
+                                                                             list[tuple[str, str]]]:
+    """(the rows of :func:`query_instances` that are images, (item, why) of those that are not)."""
+    return [r for r in rows if is_image_class(r["sop_class"])], \
+        [(row_ref(query, r).item, f"not an image (SOP class {r['sop_class']}: a report, presentation state or "
+                                  "document)") for r in rows if not is_image_class(r["sop_class"])]
+
+
+def check_uid(name: str, uid: str | None) -> None:
+    """Refuse a UID that is not digits and dots (``name``: what it is, in the message).
+
+    Raises:
+        MedvlkitError: a malformed UID.
+    """
+    if uid is not None and not _UID.fullmatch(uid):
+        raise MedvlkitError(f"{name} UID '{uid}' is not a DICOM UID (digits and dots)")
+
+
 def study_images(root: str, study: str | None = None, series: str | None = None,
                  page_size: int = PAGE_SIZE) -> tuple[list[str], list[tuple[str, str]]]:
     """The image instances of one study and/or series on the PACS at ``root`` (items, in UID order), and the
-    instances left out as not images (item, why).
+    instances left out as not images (item, why); both empty when the PACS holds none.
 
     Raises:
-        MedvlkitError: neither UID given, a malformed UID, a PACS error, or no instance found.
+        MedvlkitError: neither UID given, a malformed UID, a PACS error.
     """
-    for name, uid in (("study", study), ("series", series)):
-        if uid is not None and not _UID.fullmatch(uid):
-            raise MedvlkitError(f"{name} UID '{uid}' is not a DICOM UID (digits and dots)")
+    check_uid("study", study)
+    check_uid("series", series)
     if not (study or series):
         raise MedvlkitError("name a study or a series (its Instance UID)")
     query = Query(root, "instances", study, None, (("SeriesInstanceUID", series),) if series else ())
-    rows = query_instances(query, page_size)
-    if not rows:
-        raise MedvlkitError(f"the PACS holds no instance of {'series ' + series if series else 'study ' + str(study)}")
-    return [row_ref(query, r).item for r in rows if is_image_class(r["sop_class"])], \
-        [(row_ref(query, r).item, f"not an image (SOP class {r['sop_class']})") for r in rows
-         if not is_image_class(r["sop_class"])]
+    images, not_images = split_images(query, query_instances(query, page_size))
+    return [row_ref(query, r).item for r in images], not_images

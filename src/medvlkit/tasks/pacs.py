@@ -132,8 +132,7 @@ def _new_object(source: Any, ref: InstanceRef, run: RunInfo, sop_class: str, wha
     ds.SeriesInstanceUID = run.uid("series", ref.study, what)
     ds.SOPInstanceUID = run.uid("instance", ref.sop, what)
     ds.SOPClassUID = sop_class
-    ds.SeriesNumber, ds.InstanceNumber = 9000 + STOW_TASKS.index(run.task if run.task in STOW_TASKS else "zeroshot"), \
-        number
+    ds.SeriesNumber, ds.InstanceNumber = 9000 + STOW_TASKS.index(run.task), number
     ds.SeriesDescription = f"medvlkit {run.task} {what} (not a diagnosis)"[:64]
     ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "medvlkit", run.model[:64], run.version
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -268,6 +267,12 @@ def stow_run(out_dir: Path, task: str) -> dict[str, Any]:
     result = json.loads((out_dir / "result.json").read_text())
     run = RunInfo.from_result(result)
     run.task = task
+    files = [row["file"] for row in result.get("images") or []] if task == "explain" else \
+        [row["file"] for row in _rows(out_dir / ("predictions.csv" if task == "zeroshot" else "gate.csv"))]
+    bad = [item for item in files if not is_dicomweb(item)]
+    if bad:
+        raise MedvlkitError(f"--stow writes results back to the PACS the images came from; {bad[0]} is not a "
+                            "DICOMweb instance (read the images with --data dicomweb:...)")
     objects: list[tuple[str, Any]] = []
     if task == "zeroshot":
         classes = list(result.get("classnames") or [])
@@ -286,10 +291,6 @@ def stow_run(out_dir: Path, task: str) -> dict[str, Any]:
 
 
 def _store_all(objects: list[tuple[str, Any]], out_dir: Path) -> dict[str, Any]:
-    bad = [item for item, _ in objects if not is_dicomweb(item)]
-    if bad:
-        raise MedvlkitError(f"--stow writes results back to the PACS the images came from; {bad[0]} is not a "
-                            "DICOMweb instance (read the images with --data dicomweb:...)")
     by_root: dict[str, list[Any]] = defaultdict(list)
     for item, ds in objects:
         by_root[parse_item(item).root].append(ds)

@@ -88,15 +88,22 @@ class ServeState:
         """The images of a study or series on the configured PACS, fetched (and cached) by SOP Instance UID, then
         decoded like uploads: (images, SOP Instance UIDs, instances left out as not images). 409 without a PACS, 413
         for more instances than a request may hold, 404 for none, 502 when the PACS fails."""
-        from medvlkit.data.dicomweb import fetch_instance, parse_item, study_images
+        from medvlkit.data.dicomweb import check_uid, fetch_instance, parse_item, study_images
 
         if self.pacs is None:
             raise HTTPException(409, "no PACS is configured: start the server with --pacs <DICOMweb root>")
         try:
+            check_uid("study", study)
+            check_uid("series", series)
+        except MedvlkitError as err:
+            raise HTTPException(400, str(err)) from None
+        try:
             items, not_images = await self.in_pool(study_images, self.pacs, study, series)
         except MedvlkitError as err:
-            code = 404 if "holds no instance" in str(err) else 400 if "not a DICOM UID" in str(err) else 502
-            raise HTTPException(code, str(err)) from None
+            raise HTTPException(502, str(err)) from None
+        if not items and not not_images:
+            named = f"series {series}" if series else f"study {study}"
+            raise HTTPException(404, f"the PACS holds no instance of {named}")
         if len(items) > self.limits.max_files:
             raise HTTPException(413, f"{len(items)} images in this study/series; at most {self.limits.max_files} per "
                                      "request: name a series")

@@ -10,7 +10,15 @@ from urllib.parse import urlsplit
 
 from medvlkit.data.adapters.csv_labels import read_label_table
 from medvlkit.data.dataset import ImageDataset, register_adapter
-from medvlkit.data.dicomweb import PAGE_SIZE, completeness_check, is_image_class, parse_spec, query_instances, row_ref
+from medvlkit.data.dicomweb import (
+    PAGE_SIZE,
+    completeness_check,
+    is_image_class,
+    parse_spec,
+    query_instances,
+    row_ref,
+    split_images,
+)
 from medvlkit.errors import MedvlkitError, NoSplitsError
 
 logger = logging.getLogger(__name__)
@@ -58,9 +66,7 @@ def load_dicomweb(spec: str, split: str | None = None, labels: str | None = None
                                          "series": query.series, "filters": dict(query.filters),
                                          "instances_found": len(rows),
                                          "completeness": completeness_check(query)}}
-    skipped = [(row_ref(query, r).item, f"not an image (SOP class {r['sop_class']}: a report, presentation state or "
-                                      "document)") for r in rows if not is_image_class(r["sop_class"])]
-    rows = [r for r in rows if is_image_class(r["sop_class"])]
+    rows, skipped = split_images(query, rows)
     classnames: list[str] = []
     matrix = None
     multilabel = False
