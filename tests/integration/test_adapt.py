@@ -64,3 +64,16 @@ def test_the_grid_is_its_single_runs_summarised_and_resumes(tiny_clip_dir, tmp_p
     assert main([*base, "--method", "tip_adapter,clap", "--shots", "1,2", "--seeds", "0,1", "--out", str(grid),
                  "--overwrite"]) == 0
     assert (grid / "clap" / "k2-s1" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_class_names_with_commas_get_their_own_prompts(tiny_clip_dir, tmp_path):
+    """BreastMNIST names a class 'normal, benign': generic prompts are made from the names, never from a
+    comma-joined string (that split it into three classes)."""
+    from helpers import make_image_folder
+
+    for i, split in enumerate(("train", "test")):
+        make_image_folder(tmp_path / "data" / split, {"malignant": 3, "normal, benign": 3}, seed=10 * i)
+    assert main(["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(tmp_path / "data"), "-q", "--workers", "0",
+                 "--bootstrap", "0", "--method", "clap", "--shots", "2", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert res["classnames"] == ["malignant", "normal, benign"] and res["metrics"]["n"] == 6

@@ -120,3 +120,42 @@ def test_the_grid_shows_its_progress(tiny_clip_dir, grid_data, tmp_path, capsys)
                  str(pairs), "--out", str(tmp_path / "s"), "--bootstrap", "0", "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "eval: cells" in err and "6/6" in err  # 3 cells run, 3 failed with the missing model, all counted
+
+
+def test_fewshot_cells_are_the_adapt_grid_from_the_zero_shot_cells_prompts(tiny_clip_dir, grid_data, tmp_path):
+    """``eval --task fewshot``: each cell is ``adapt``'s grid started from the prompt set the dataset's zero-shot cell
+    uses (its zero-shot row equals that cell), data without a train split is not applicable, and the report puts
+    every grid into one table."""
+    import csv
+
+    labelled, pairs, no_test = grid_data
+    out = tmp_path / "sweep"
+    args = ["eval", "-m", f"hf:{tiny_clip_dir}", "-d", str(labelled), "-d", str(pairs), "--out", str(out),
+            "--bootstrap", "20", "-q", "--workers", "0", "--task", "zeroshot,fewshot",
+            "--fewshot-methods", "tip_adapter,clap", "--shots", "1,2", "--seeds", "0,1"]
+    assert main(args) == 0
+    cells = _cells(out)
+    assert cells[("hf", "cxr", "fewshot")]["status"] == "done"
+    assert cells[("hf", "pairs.jsonl", "fewshot")]["status"] == "not applicable"
+    folder = out / slug(f"hf:{tiny_clip_dir}") / slug(str(labelled))
+    grid = json.loads((folder / "fewshot" / "result.json").read_text())
+    zs = json.loads((folder / "zeroshot" / "result.json").read_text())
+    assert grid["task"] == "fewshot_grid" and grid["config"]["prompts"] == zs["config"]["prompts"] == "pneumonia"
+    with open(folder / "fewshot" / "grid.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 + 2 * 2 * 2
+    assert float(rows[0]["auroc"]) == pytest.approx(zs["metrics"]["auroc"], abs=1e-12)  # two paths, one number
+    # a cell is `medvlkit adapt` with the same prompt set, method, shots and seed
+    assert main(["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(labelled), "--prompts", "pneumonia", "-q",
+                 "--workers", "0", "--bootstrap", "20", "--method", "clap", "--shots", "2", "--seed", "1",
+                 "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    assert json.loads((folder / "fewshot" / "clap" / "k2-s1" / "result.json").read_text())["metrics"] == one["metrics"]
+    report = (out / "report" / "report.md").read_text()
+    assert "## Few-shot adaptation" in report and report.count("| tip_adapter |") == 1 and "**" in report
+    assert "few-shot curve" in (out / "report" / "report.html").read_text()
+    # rerun: the grid keeps every fit (same identity), nothing refitted
+    stamp = (folder / "fewshot" / "clap" / "k2-s1" / "result.json").stat().st_mtime_ns
+    assert main([*args, "--skip-existing"]) == 0
+    assert (folder / "fewshot" / "clap" / "k2-s1" / "result.json").stat().st_mtime_ns == stamp
+    assert main([*args[:-6], "--fewshot-methods", "nope"]) == 2

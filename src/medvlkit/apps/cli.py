@@ -921,7 +921,8 @@ def benchmark(model: str = ModelOpt, data: Path = DataOpt, fmt: str = FormatOpt,
 def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a model spec; repeat for several"),
              datasets: list[Path] = typer.Option(..., "--data", "-d", help="a dataset; repeat for several"),
              task: str = typer.Option("auto", "--task", help="auto (labels: zeroshot + probe; captions: retrieval) or "
-                                                             "a comma-separated subset of zeroshot,probe,retrieval"),
+                                                             "a comma-separated subset of zeroshot,probe,retrieval,"
+                                                             "fewshot (the adapt grid: never part of auto)"),
              split: str = typer.Option("test", "--split", help="the split every run is scored on"),
              prompts: str = typer.Option(None, "--prompts", help="prompt set for every labelled dataset (default: "
                                                                  "the shipped set matching its classes)"),
@@ -938,11 +939,16 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
              subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
              subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt,
              prompt_sensitivity: bool = PromptSensitivityOpt,
+             fewshot_methods: str = typer.Option("all", "--fewshot-methods", help="fewshot cells: the adapt methods "
+                                                                                  "(comma-separated, or all)"),
+             shots: str = typer.Option("1,2,4,8,16", "--shots", help="fewshot cells: K labelled images per class"),
+             seeds: str = typer.Option("0,1,2", "--seeds", help="fewshot cells: the seeds of the shots (mean, SD)"),
              run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Evaluate every model on every dataset (CLIP_benchmark-style sweep), then write one report over all runs.
 
     Example: medvlkit eval -m lite -m hf:/models/clip -d ../shared/data/medmnist/breastmnist.npz
              -d ../shared/data/medpix2 --skip-existing --out runs/sweep
+    Few-shot: medvlkit eval -m lite -d DIR -d DIR2 --task fewshot --shots 1,2,4,8,16 --seeds 0,1,2
     """
     from medvlkit.apps.display import print_cells
     from medvlkit.tasks.sweep import SweepConfig, run_sweep
@@ -951,7 +957,10 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
                       tuple(t.strip() for t in task.split(",") if t.strip()), split, prompts, bootstrap, seed,
                       skip_existing, group_pattern, val_split, conformal, conformal_mode, subgroups,
                       sorted(_levels(age_bands, "--age-bands", upper=None)) if age_bands else [], min_subgroup,
-                      str(metadata) if metadata else None, prompt_sensitivity, subgroup_metric)
+                      str(metadata) if metadata else None, prompt_sensitivity, subgroup_metric,
+                      () if fewshot_methods == "all" else tuple(m.strip() for m in fewshot_methods.split(",")
+                                                              if m.strip()),
+                      tuple(_ints(shots, "--shots")), tuple(_ints(seeds, "--seeds")))
     cells = run_sweep(cfg, run, data_opts)
     print_cells(cells)
     if finished := [Path(c.out) for c in cells if c.status in ("done", "skipped")]:

@@ -74,6 +74,12 @@ def write_tables(runs: list[Run], out: Path) -> None:
     """report.md (headline table) and report.csv (every scalar metric of every run)."""
     lines = ["| run | task | dataset | model | metrics (95% CI) |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in headline_rows(runs)]
+    grids = [r.result for r in runs if r.result.get("task") == "fewshot_grid"]
+    if grids:
+        from medvlkit.tasks.adapt import fewshot_markdown
+
+        lines += ["", "## Few-shot adaptation: test AUROC, mean (SD over seeds); best method per shot count in bold",
+                  "", fewshot_markdown(grids).rstrip("\n")]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     keys = sorted({k for r in runs for k, v in r.result.get("metrics", {}).items() if isinstance(v, (int, float))})
     with open(out / "report.csv", "w", newline="") as f:
@@ -164,10 +170,39 @@ def run_section(run: Run) -> str:
         parts.append(explain_grid(run))
     if res.get("task") == "audit":
         parts.append(audit_section(run))
+    if res.get("task") == "fewshot_grid":
+        parts.append(fewshot_section(run))
     return "".join(parts) + "</section>"
 
 
 AUDIT_PAIRS_SHOWN = 24
+
+
+def fewshot_section(run: Run) -> str:
+    """A few-shot grid: its curve (``fewshot.png``) and mean (SD) per method and shot count."""
+    png = run.folder / "fewshot.png"
+    figure = _img(png.read_bytes(), "few-shot curve") if png.is_file() else ""
+    return figure + fewshot_html([run.result])
+
+
+def fewshot_html(grids: list[dict]) -> str:
+    """:func:`medvlkit.tasks.adapt.fewshot_table` as an HTML table (the best method per shot count in bold)."""
+    from medvlkit.tasks.adapt import fewshot_table
+
+    shots, rows = fewshot_table(grids)
+    head = "".join(f"<th>{'zero-shot' if k == 0 else f'{k} shots'}</th>" for k in shots)
+    body = ""
+    for r in rows:
+        cells = ""
+        for k in shots:
+            mean, sd, best = r["cells"].get(k, (None, None, False))
+            text = "" if mean is None else f"{mean:.3f}" if k == 0 else f"{mean:.3f} ({sd:.3f})"
+            cells += f"<td>{'<b>' + text + '</b>' if best else text}</td>"
+        body += (f"<tr><td>{html.escape(str(r['dataset']))}</td><td>{html.escape(str(r['model']))}</td>"
+                 f"<td>{html.escape(r['method'])}</td>{cells}</tr>")
+    return (f'<table class="metrics"><tr><th>dataset</th><th>model</th><th>method</th>{head}</tr>{body}</table>'
+            '<p class="meta">test AUROC, mean (SD over seeds); the best method per shot count in bold; 95% CIs of '
+            "each fit in grid.csv</p>")
 
 
 def _pair_figures(pairs: list[dict]) -> str:
@@ -354,7 +389,10 @@ def write_report(folders: list[Path], out: Path) -> Path:
     write_tables(runs, out)
     head = "".join(f"<tr>{''.join(f'<td>{html.escape(c)}</td>' for c in row)}</tr>" for row in headline_rows(runs))
     body = (f"<h1>medvlkit report: {len(runs)} run(s)</h1><table><tr><th>run</th><th>task</th><th>dataset</th>"
-            f"<th>model</th><th>metrics (95% CI)</th></tr>{head}</table>" + "".join(map(run_section, runs)))
+            f"<th>model</th><th>metrics (95% CI)</th></tr>{head}</table>")
+    if grids := [r.result for r in runs if r.result.get("task") == "fewshot_grid"]:
+        body += "<h2>Few-shot adaptation</h2>" + fewshot_html(grids)
+    body += "".join(map(run_section, runs))
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>medvlkit report</title><style>{CSS}</style>" \
            f"</head><body>{body}</body></html>"
     (out / "report.html").write_text(page)

@@ -66,14 +66,16 @@ class Prepared:
     embed_options: dict[str, Any] | None = None
 
 
-def prepare_adapt(cfg: AdaptConfig, run: RunOptions, data: DataOptions, model: Any = None) -> Prepared:
+def prepare_adapt(cfg: AdaptConfig, run: RunOptions, data: DataOptions, model: Any = None,
+                  prompt_set: Any = None) -> Prepared:
     """Load the model, read the test split (without the model's training images) and, unless ``cfg.load``, the
-    training split; embed both (cached); encode the prompt set's classes.
+    training split; embed both (cached); encode the prompt set's classes: ``prompt_set`` when given (``eval``
+    passes the set its zero-shot cells use), else ``cfg.prompts``, else generic prompts of the class names.
 
     Raises:
         MedvlkitError: a model without a text tower, multi-label data, a dataset class the prompt set lacks.
     """
-    from medvlkit.data.prompts import resolve_prompt_set
+    from medvlkit.data.prompts import load_prompt_set, prompt_set_from_classes
     from medvlkit.engine.answer import class_vectors
     from medvlkit.tasks.zeroshot import prompts_used
 
@@ -87,8 +89,9 @@ def prepare_adapt(cfg: AdaptConfig, run: RunOptions, data: DataOptions, model: A
             raise MedvlkitError(f"{ds.full_name}: few-shot adaptation needs single-label data (one class per image)")
     p = Prepared(model, test_ds, embed_split(model, test_ds, **embed_options), embed_options=embed_options)
     if train_ds is not None:
-        generic = None if cfg.prompts else ",".join(train_ds.classnames)  # "a photo of a {class}"-style prompts
-        ps = prompts_used(train_ds, resolve_prompt_set(cfg.prompts, generic, "softmax"), "softmax")
+        chosen = prompt_set or (load_prompt_set(cfg.prompts) if cfg.prompts else
+                                prompt_set_from_classes(train_ds.classnames, "softmax"))  # names may hold commas
+        ps = prompts_used(train_ds, chosen, "softmax")
         p.vectors = class_vectors(model, ps, "softmax", cache=run.cache, cache_dir=run.cache_dir)
         p.train_ds, p.train = train_ds, embed_split(model, train_ds, **embed_options)
     return p
@@ -158,8 +161,10 @@ GRID_METRICS = ("auroc", "accuracy")
 
 def run_adapt_grid(cfg: AdaptConfig, methods: list[str], shots: list[int], seeds: list[int], out_dir: Path,
                    config: dict[str, Any], n_bootstrap: int = 1000, run: RunOptions | None = None,
-                   data: DataOptions | None = None, progress: bool = True) -> dict[str, Any]:
-    """Methods x shots x seeds on one dataset and model: the data embedded once, each cell an :func:`adapt_cell`
+                   data: DataOptions | None = None, progress: bool = True, model: Any = None,
+                   prompt_set: Any = None) -> dict[str, Any]:
+    """Methods x shots x seeds on one dataset and model (``model``, ``prompt_set``: as :func:`prepare_adapt`
+    takes them): the data embedded once, each cell an :func:`adapt_cell`
     written to ``out_dir/<method>/k<K>-s<seed>/`` (a cell whose result.json has the same identity is kept: rerun the
     command to continue an interrupted grid), the zero-shot row once, then ``grid.csv`` (every cell, metrics with
     95% CIs and fit time), ``summary.csv`` / ``summary.md`` (mean and SD over seeds), ``fewshot.png`` (AUROC vs
@@ -178,7 +183,7 @@ def run_adapt_grid(cfg: AdaptConfig, methods: list[str], shots: list[int], seeds
     if not shots or min(shots) < 1 or not seeds:
         raise MedvlkitError("give at least one shot count (each >= 1) and one seed")
     run, data = run or RunOptions(), data or DataOptions()
-    p = prepare_adapt(cfg, run, data)
+    p = prepare_adapt(cfg, run, data, model, prompt_set)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     test, _ = align_probe_data(p.test, p.test_ds.classnames, p.vectors.classnames, False)  # as each cell scores
@@ -272,3 +277,42 @@ def _curve_png(summary: list[dict[str, Any]], title: str) -> bytes:
         if r["method"] != "zeroshot" and r["auroc_mean"] is not None:
             curves.setdefault(r["method"], []).append((r["shots"], r["auroc_mean"], r["auroc_sd"]))
     return fewshot_curve_png(curves, zs, "AUROC", title)
+
+
+def fewshot_table(grids: list[dict[str, Any]], metric: str = "auroc") -> tuple[list[int], list[dict[str, Any]]]:
+    """Several grids' results (``result.json`` of :func:`run_adapt_grid`, e.g. every ``eval --task fewshot`` cell) as
+    one table: the shot counts (0 is zero-shot) and one row per (dataset, model, method) holding ``{shots: (mean,
+    sd, best)}``, where ``best`` marks the highest mean among the methods of that grid at that shot count."""
+    shots = sorted({r["shots"] for g in grids for r in g.get("summary") or []})
+    rows = []
+    for g in grids:
+        summary = g.get("summary") or []
+        top = {k: max((r[f"{metric}_mean"] for r in summary if r["shots"] == k and r[f"{metric}_mean"] is not None),
+                      default=None) for k in shots}
+        by_method: dict[str, dict[int, tuple[float, float, bool]]] = {}
+        for r in summary:
+            mean = r[f"{metric}_mean"]
+            if mean is not None:
+                by_method.setdefault(r["method"], {})[r["shots"]] = (mean, r[f"{metric}_sd"], mean == top[r["shots"]]
+                                                                     and r["shots"] > 0)
+        rows += [{"dataset": g.get("dataset", ""), "model": g.get("model", ""), "method": m, "cells": cells}
+                 for m, cells in by_method.items()]
+    return shots, rows
+
+
+def fewshot_markdown(grids: list[dict[str, Any]], metric: str = "auroc") -> str:
+    """:func:`fewshot_table` as Markdown: mean (SD over seeds), the best method at each shot count in bold."""
+    shots, rows = fewshot_table(grids, metric)
+    lines = ["| dataset | model | method | " + " | ".join("zero-shot" if k == 0 else f"{k} shots" for k in shots)
+             + " |", "|---|---|---|" + "---|" * len(shots)]
+    for r in rows:
+        cells = []
+        for k in shots:
+            if k not in r["cells"]:
+                cells.append("")
+                continue
+            mean, sd, best = r["cells"][k]
+            text = f"{mean:.3f}" if k == 0 else f"{mean:.3f} ({sd:.3f})"
+            cells.append(f"**{text}**" if best else text)
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

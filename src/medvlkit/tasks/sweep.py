@@ -6,6 +6,11 @@ part of train, and is scored on the evaluation split); captions give image-text 
 ``--prompts`` when given, else the shipped prompt set whose classes match the dataset's (``pneumonia`` for
 NORMAL/PNEUMONIA...), else templates of the class names.
 
+``fewshot`` (asked by name, never part of ``auto``: it fits methods x shots x seeds) runs the ``adapt`` grid of
+:func:`medvlkit.tasks.adapt.run_adapt_grid` on datasets with single-label classes and a ``train`` split, starting
+from the same prompt set as the dataset's zero-shot cell; its folder holds ``grid.csv``, ``summary.csv`` and
+``fewshot.png``, and the report puts every few-shot cell into one table.
+
 Each cell writes ``<out>/<model>/<dataset>/<task>/result.json``; ``skip_existing`` keeps a cell whose result holds
 the identity the cell would have now (what it consumed: weights, data files and labels, prompt texts, version,
 options that change numbers). A failing cell (a model that does not load, data without the split) is recorded
@@ -30,7 +35,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("zeroshot", "probe", "retrieval")
+TASKS = ("zeroshot", "probe", "retrieval", "fewshot")
+AUTO_TASKS = ("zeroshot", "probe", "retrieval")  # what ``auto`` may pick; fewshot is asked for by name
+FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
+FEWSHOT_SEEDS = (0, 1, 2)
 
 
 @dataclass
@@ -39,7 +47,8 @@ class SweepConfig:
 
     Attributes:
         models: model specs; ``datasets``: dataset paths.
-        tasks: ``auto`` (from what each dataset holds) or a subset of ``zeroshot``, ``probe``, ``retrieval``.
+        tasks: ``auto`` (from what each dataset holds) or a subset of ``zeroshot``, ``probe``, ``retrieval``,
+            ``fewshot``.
         split: the split every cell is scored on.
         prompts: a prompt set for every labelled dataset (None: matched per dataset).
         bootstrap, seed: resamples for the 95% CIs, and the seed of the bootstrap and the probe.
@@ -54,6 +63,7 @@ class SweepConfig:
             (comma-separated; those a dataset lacks are recorded as not made).
         subgroup_metric: the metric whose largest between-subgroup gap each cell reports.
         prompt_sensitivity: zero-shot cells also score each wording of their prompt set.
+        fewshot_methods, shots, seeds: the grid of a ``fewshot`` cell (:data:`medvlkit.engine.fewshot.METHODS`).
     """
 
     models: list[str]
@@ -75,9 +85,19 @@ class SweepConfig:
     metadata: str | None = None
     prompt_sensitivity: bool = False
     subgroup_metric: str = "auroc"
+    fewshot_methods: tuple[str, ...] = ()
+    shots: tuple[int, ...] = FEWSHOT_SHOTS
+    seeds: tuple[int, ...] = FEWSHOT_SEEDS
 
     def __post_init__(self) -> None:
+        from medvlkit.engine.fewshot import METHODS
         from medvlkit.engine.subgroups import MULTI_KEYS, SINGLE_KEYS
+
+        self.fewshot_methods = tuple(self.fewshot_methods) or METHODS
+        if bad := [m for m in self.fewshot_methods if m not in METHODS]:
+            raise MedvlkitError(f"--fewshot-methods {','.join(bad)}: valid: {', '.join(METHODS)} (or all)")
+        if not self.shots or min(self.shots) < 1 or not self.seeds:
+            raise MedvlkitError("--shots and --seeds: give at least one shot count (each >= 1) and one seed")
 
         if not self.models or not self.datasets:
             raise MedvlkitError("pass at least one --model and one --data")
@@ -128,8 +148,10 @@ def dataset_tasks(ds, data: str, opts: DataOptions, wanted: tuple[str, ...], pro
                         if numbered else ""),
            "probe": "" if ds.has_labels and has_train else ("no labels" if not ds.has_labels else "no train split"),
            "retrieval": "" if ds.texts else "no captions"}
+    why["fewshot"] = why["zeroshot"] or why["probe"] or ("multi-label data: the few-shot methods fit one class per "
+                                                          "image" if ds.multilabel else "")
     if wanted == ("auto",):
-        return {t: r for t, r in why.items() if not r}
+        return {t: r for t, r in why.items() if not r and t in AUTO_TASKS}
     return {t: why[t] for t in wanted}
 
 
@@ -245,7 +267,7 @@ def _plan(cfg: SweepConfig, data: DataOptions, out: Path) -> tuple[list[Cell], d
             tasks = dataset_tasks(splits[str(path)], path, data, cfg.tasks, cfg.prompts)
             error = ""
         except MedvlkitError as err:
-            tasks, error = {t: "" for t in (TASKS if cfg.tasks == ("auto",) else cfg.tasks)}, first_line(err)
+            tasks, error = {t: "" for t in (AUTO_TASKS if cfg.tasks == ("auto",) else cfg.tasks)}, first_line(err)
         for model in cfg.models:
             for task, why_not in tasks.items():
                 cell = Cell(model, str(path), task, str(out / slug(model) / slug(str(path)) / task))
@@ -261,7 +283,8 @@ def _record(cell: Cell, cfg: SweepConfig) -> dict:
     """The sweep's settings of a cell, recorded in its config for people (skip_existing compares identities)."""
     return {"model": cell.model, "data": cell.data, "task": cell.task, "split": cfg.split, "prompts": cfg.prompts,
             "bootstrap": cfg.bootstrap, "seed": cfg.seed, "group_pattern": cfg.group_pattern,
-            "val_split": cfg.val_split}
+            "val_split": cfg.val_split} | ({"fewshot_methods": list(cfg.fewshot_methods), "shots": list(cfg.shots),
+                                          "seeds": list(cfg.seeds)} if cell.task == "fewshot" else {})
 
 
 def _probe_cfg(cell: Cell, cfg: SweepConfig):
@@ -291,9 +314,10 @@ def cell_identity(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data
 
 
 def _same_result(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: DataOptions, val=None) -> bool:
-    """Whether the cell's result.json was computed from exactly what the cell would consume now."""
+    """Whether the cell's result.json was computed from exactly what the cell would consume now (a ``fewshot`` cell
+    always runs: its grid keeps each fit whose identity is unchanged, :func:`medvlkit.tasks.adapt.run_adapt_grid`)."""
     path = Path(cell.out) / "result.json"
-    if not path.is_file():
+    if cell.task == "fewshot" or not path.is_file():
         return False
     try:
         recorded = (json.loads(path.read_text()).get("identity") or {}).get("sha256")
@@ -340,6 +364,15 @@ def _run_cell(cell: Cell, model, ds, cfg: SweepConfig, run: RunOptions, data: Da
                                       cfg.seed, **embed)
             save_zeroshot(res, ds, model, out, config, cfg.bootstrap, cfg.seed, extra, embed, groups,
                           clinical_identity(val, _clinical(cfg), groups, cfg.prompt_sensitivity))
+        elif cell.task == "fewshot":
+            from medvlkit.tasks.adapt import AdaptConfig, run_adapt_grid
+
+            prompts = matching_prompts(ds, cfg.prompts)  # the zero-shot cell's set: the grid's zero-shot row is it
+            cell.prompts = config["prompts"] = prompts.name
+            adapt = AdaptConfig(model=cell.model, data=cell.data, prompts=cfg.prompts, seed=cfg.seed,
+                                test_split=cfg.split)
+            run_adapt_grid(adapt, list(cfg.fewshot_methods), list(cfg.shots), list(cfg.seeds), out, config,
+                           cfg.bootstrap, run, data, progress=run.progress, model=model, prompt_set=prompts)
         else:
             save_retrieval(model, ds, out, config, cfg.bootstrap, cfg.seed, **run.embed_kwargs())
     except MedvlkitError as err:
