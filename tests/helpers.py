@@ -375,3 +375,22 @@ def assert_equals_upstream(model, folder: Path, tokens: dict | None = None) -> N
     np.testing.assert_allclose(img, expected["image_features"], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(txt, expected["text_features"], atol=1e-5, rtol=1e-5)
     assert model.logit_scale == pytest.approx(float(np.exp(expected["logit_scale"])), rel=1e-6)
+
+
+def assert_prompt_learning_path(model, texts=("a chest x-ray of the lungs", "no acute findings")) -> None:
+    """CoOp's path through a backbone's text tower: its word embeddings fed back give ``encode_text`` exactly, other
+    embeddings give other outputs, and the gradient reaches the embeddings."""
+    tokens = model.tokenize(list(texts))
+    with torch.no_grad():
+        emb = model.text_input_embeddings(tokens)
+        direct = model.encode_text(tokens)
+        via = model.encode_text_from_embeddings(emb, tokens)
+        noise = torch.randn(emb.shape, generator=torch.Generator().manual_seed(0)).to(emb.dtype)
+        other = model.encode_text_from_embeddings(emb + noise, tokens)
+    assert emb.ndim == 3 and emb.shape[0] == len(texts)
+    torch.testing.assert_close(via, direct, atol=1e-6, rtol=1e-6)
+    assert (other - direct).abs().max() > 1e-3  # the embeddings given are the ones used
+    emb = emb.clone().requires_grad_(True)
+    with torch.enable_grad():
+        model.encode_text_from_embeddings(emb, tokens).sum().backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0

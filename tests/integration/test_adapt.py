@@ -8,7 +8,7 @@ from helpers import make_split_folders
 from medvlkit.apps.cli import main
 
 
-@pytest.mark.parametrize("method", ["tip_adapter", "tip_adapter_f", "clip_adapter", "clap"])
+@pytest.mark.parametrize("method", ["tip_adapter", "tip_adapter_f", "clip_adapter", "clap", "coop"])
 def test_adapt_fits_scores_and_reloads(tiny_clip_dir, tmp_path, method):
     data = make_split_folders(tmp_path / "data", {"train": 6, "test": 3})
     base = ["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0", "--bootstrap", "20"]
@@ -30,13 +30,6 @@ def test_adapt_refuses_more_shots_than_the_data_has(tiny_clip_dir, tmp_path):
     data = make_split_folders(tmp_path / "data", {"train": 2, "test": 2})
     assert main(["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0",
                  "--shots", "5", "--out", str(tmp_path / "o")]) == 2
-
-
-def test_coop_is_refused_in_one_line_where_the_text_tower_takes_no_embeddings(tiny_clip_dir, tmp_path, capsys):
-    data = make_split_folders(tmp_path / "data", {"train": 2, "test": 2})
-    assert main(["adapt", "-m", f"hf:{tiny_clip_dir}", "--data", str(data), "-q", "--workers", "0",
-                 "--method", "coop", "--shots", "2", "--out", str(tmp_path / "o")]) == 2
-    assert "does not take word embeddings" in capsys.readouterr().err
 
 
 def test_the_grid_is_its_single_runs_summarised_and_resumes(tiny_clip_dir, tmp_path):

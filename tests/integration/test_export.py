@@ -66,6 +66,10 @@ def test_onnx_model_runs_the_inference_tasks(tiny_onnx, tiny_clip_dir, tmp_path,
     assert main(["finetune", "--model", f"onnx:{out}", "--data", str(folder), "--quiet", "--workers", "0",
                  "--out", str(tmp_path / "ft")]) == 2
     assert "runs inference only" in capsys.readouterr().err
+    shots = make_split_folders(tmp_path / "shots", {"train": 2, "test": 2})
+    assert main(["adapt", "--model", f"onnx:{out}", "--data", str(shots), "--quiet", "--workers", "0", "--method",
+                 "coop", "--shots", "2", "--out", str(tmp_path / "coop")]) == 2  # the graph takes token ids only
+    assert "does not take word embeddings" in capsys.readouterr().err
 
 
 def test_int8_export_is_measured_not_bounded(tiny_clip_dir, tmp_path):

@@ -46,3 +46,9 @@ def test_biomedclip_runs_the_tasks(fixture, folder, tmp_path):
     out = run_backbone_tasks(f"biomedclip:{folder}", tmp_path, embed_dim=48)
     layers = json.loads((out / "best" / "finetune.json").read_text())["lora_layers"]
     assert any("qkv" in n for n in layers) and any("query" in n for n in layers)
+
+
+def test_prompt_learning_reaches_the_bert_tower(folder):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"biomedclip:{folder}"))

@@ -48,3 +48,9 @@ def test_biovil_runs_the_tasks(biovil_dir, tmp_path):
     (folder / "preprocess.json").write_text(json.dumps({"image_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1]}))
     run_backbone_tasks(f"biovil:{folder}", tmp_path, embed_dim=128, finetune_args=("--mode", "supervised"))
     (folder / "preprocess.json").unlink()
+
+
+def test_prompt_learning_reaches_the_cxr_bert_tower(biovil_dir):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"biovil:{biovil_dir[0]}"))

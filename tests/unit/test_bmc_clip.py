@@ -73,3 +73,9 @@ def test_the_preset_runs_the_tasks(tmp_path):
 
     released(Path(os.environ["MEDVLKIT_MODELS"]) / "bmc-clip" / "BMC_CLIP_CF.pt")
     assert run_tasks("bmc-clip", tmp_path)["lora_layers"]
+
+
+def test_prompt_learning_reaches_the_bert_tower(tmp_path):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"bmc:{released(tmp_path / 'BMC_CLIP_CF.pt')}"))

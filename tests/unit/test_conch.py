@@ -98,3 +98,9 @@ def test_the_gated_release_downloads_with_a_token_and_is_recorded(hub, tmp_path,
         img = m.encode_image(torch.from_numpy(inputs["pixel_values"]), normalize=False).numpy()
     np.testing.assert_allclose(img, expected["image_features"], atol=1e-5, rtol=1e-5)
     assert m.hub_source["hub"] == "MahmoodLab/CONCH" and m.hub_source["commit"] == commit
+
+
+def test_prompt_learning_reaches_the_coca_text_tower(tmp_path):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"conch:{released(tmp_path / 'conch')}"))

@@ -62,3 +62,9 @@ def test_the_preset_reads_the_release_and_runs_the_tasks(tmp_path):
     released_checkpoint(Path(os.environ["MEDVLKIT_MODELS"]) / "eyeclip" / "eyeclip.pth")
     assert run_tasks("eyeclip", tmp_path)["lora_layers"]
     assert "eyeclip.pth" in (tmp_path / "z" / "result.json").read_text()
+
+
+def test_prompt_learning_reaches_the_text_transformer(tmp_path):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"openai-ckpt:{released_checkpoint(tmp_path / 'eyeclip.pth')}"))

@@ -167,3 +167,20 @@ def test_coop_context_reproduces_the_text_and_only_it_learns(lite):
     assert all(p.grad is None for p in params) and [p.requires_grad for p in params] == flags
     assert not np.allclose(ctx, ctx0.numpy()) and weights.shape == (2, ref.shape[1])
     assert np.allclose(np.linalg.norm(weights, axis=1), 1, atol=1e-5)
+
+
+def test_prompt_learning_reaches_the_hf_text_towers(tiny_clip_dir, tiny_siglip_dir, lite):
+    """CLIP (start and end tokens), SigLIP (no start token) and lite (BERT): the word embeddings fed back give the
+    tower's own output, and CoOp's initial context assembles "a photo of a <class>." where the tokenizer puts it."""
+    import torch
+
+    from helpers import assert_prompt_learning_path
+    from medvlkit import create_model
+    from medvlkit.engine.fewshot import coop_prompt_encoder
+
+    for model in (create_model(f"hf:{tiny_clip_dir}"), create_model(f"hf:{tiny_siglip_dir}"), lite):
+        assert_prompt_learning_path(model)
+        encode, ctx0 = coop_prompt_encoder(model, ["lung", "heart"])
+        with torch.no_grad():
+            ref = model.encode_text(model.tokenize(["a photo of a lung.", "a photo of a heart."]))
+            torch.testing.assert_close(encode(ctx0), ref, atol=1e-6, rtol=1e-6)

@@ -97,3 +97,9 @@ def test_the_preset_runs_the_tasks(tmp_path):
     (Path(os.environ["MEDVLKIT_MODELS"]) / "flair" / "preprocess.json").write_text('{"image_size": 64}')
     meta = run_tasks("flair", tmp_path)
     assert any("conv" in n for n in meta["lora_layers"]) and any("query" in n for n in meta["lora_layers"])
+
+
+def test_prompt_learning_reaches_the_bert_tower(tmp_path):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"flair:{released_checkpoint(tmp_path)}"))

@@ -163,3 +163,9 @@ def test_gloria_refuses_other_files(tmp_path):
 
 def test_gloria_runs_the_tasks(tmp_path):
     run_backbone_tasks(f"gloria:{write_gloria(tmp_path / 'g', 18)}", tmp_path, embed_dim=HIDDEN)
+
+
+def test_prompt_learning_reaches_the_bert_tower(tmp_path):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"gloria:{write_gloria(tmp_path / 'g', 18)}"))

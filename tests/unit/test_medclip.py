@@ -157,3 +157,9 @@ def test_presets_find_their_local_copies(resnet_dir, tmp_path):
     assert m.name == f"medclip:{models / 'medclip-resnet'}" and not m.swin
     with pytest.raises(MedvlkitError, match="chexpert_resnet50.ckpt"):
         create_model("gloria")
+
+
+def test_prompt_learning_reaches_the_bert_tower(vit_dir):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"medclip:{vit_dir}"))

@@ -92,3 +92,9 @@ def test_open_clip_s_older_option_names_are_read_not_defaulted(tmp_path):
     (folder / "open_clip_config.json").write_text(json.dumps(cfg))
     with pytest.raises(MedvlkitError, match="older name"):
         create_model(f"open_clip:{folder}")
+
+
+def test_prompt_learning_reaches_the_hf_text_tower():
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"open_clip:{FIXTURES / 'vit_mean_linear'}"))

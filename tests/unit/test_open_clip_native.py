@@ -74,3 +74,9 @@ def test_unsupported_configs_and_wrong_tokenizers_are_refused(vit_dir, tmp_path)
 
 def test_open_clip_folder_runs_the_tasks(vit_dir, tmp_path):
     run_backbone_tasks(f"open_clip:{vit_dir}", tmp_path, embed_dim=32)
+
+
+def test_prompt_learning_reaches_the_text_transformer(vit_dir):
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"open_clip:{vit_dir}"))

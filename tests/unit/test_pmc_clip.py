@@ -64,3 +64,9 @@ def test_the_preset_runs_the_tasks(tmp_path):
     shutil.copytree(FIXTURE, Path(os.environ["MEDVLKIT_MODELS"]) / "pmc-clip")
     meta = run_tasks("pmc-clip", tmp_path)
     assert any("attnpool" in n for n in meta["lora_layers"]) and any("bert" in n for n in meta["lora_layers"])
+
+
+def test_prompt_learning_reaches_the_bert_tower():
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"pmc-clip:{FIXTURE / 'checkpoint.pt'}"))

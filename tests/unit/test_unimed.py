@@ -56,3 +56,9 @@ def test_the_preset_runs_the_tasks(tmp_path):
     shutil.copytree(FIXTURE / "text", folder / "text")
     meta = run_tasks("unimed-clip-b16", tmp_path)
     assert any("q_proj" in n for n in meta["lora_layers"]) and any("query" in n for n in meta["lora_layers"])
+
+
+def test_prompt_learning_reaches_the_text_tower():
+    from helpers import assert_prompt_learning_path
+
+    assert_prompt_learning_path(create_model(f"unimed:{FIXTURE / 'checkpoint.pt'}"))

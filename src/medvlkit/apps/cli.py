@@ -673,7 +673,7 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
                                                                      "clip_adapter (a residual MLP on image "
                                                                      "embeddings), clap (a probe held near the "
                                                                      "zero-shot weights) or coop (learned prompt "
-                                                                     "context; lite); several, comma-separated, or "
+                                                                     "context); several, comma-separated, or "
                                                                      "all: a grid"),
           shots: str = typer.Option("16", "--shots", help="K labelled training images per class (seeded); several, "
                                                           "e.g. 1,2,4,8,16: a grid"),

@@ -18,7 +18,8 @@ only unit image embeddings, the class text embeddings of a prompt set and the mo
   of a", the paper's initialisation) learned by cross-entropy on the shots' image embeddings: SGD (momentum 0.9,
   lr 2e-3, cosine) over the paper's epochs (50 for 1-2 shots, 100 for 4-8, 200 beyond), batches of 32. Only the
   context vectors receive gradients. Needs a model whose text tower takes word embeddings
-  (:meth:`~medvlkit.models.base.ModelBase.encode_text_from_embeddings`: ``lite``).
+  (:meth:`~medvlkit.models.base.ModelBase.encode_text_from_embeddings`: every backbone whose text tower has a
+  word-embedding table medvlkit reaches).
 
 Hyper-parameters are chosen on a validation part of the K shots, never on test (:func:`split_shots`): Tip-Adapter's
 ``alpha``/``beta`` on a grid (the paper's search, ranges 0-3 and 0-7), with the final cache built from all K shots; at
@@ -242,25 +243,40 @@ def coop_prompt_encoder(model: Any, class_texts: list[str], init: str = COOP_INI
     for each class, through ``model``'s frozen text tower, differentiable in ``ctx`` (M, H); the initial context is
     the word embeddings of ``init`` (M = its number of tokens).
 
+    Where the context goes is found from the tokenizer, not assumed (with or without a start token, padding with the
+    end token or not: CLIP, BERT and SigLIP alike): "X" and "Y" differ at the first word's position S; "<init> X" and
+    "<init> Y" at S + M; prompts with M placeholders "X" must differ from the same prompts with "Y" at exactly
+    S..S+M-1.
+
     Raises:
         MedvlkitError: the model's text tower does not take embeddings, or its tokenizer does not keep the context
-            placeholders as one token each right after its start token.
+            placeholders as one token each at the positions of the context.
     """
+    def ids(texts: list[str]) -> torch.Tensor:
+        return model.tokenize(texts)["input_ids"]
+
+    def first_difference(a: str, b: str) -> int:
+        pair = ids([a, b])
+        where = (pair[0] != pair[1]).nonzero().flatten().tolist()
+        return where[0] if where else -1
+
+    start = first_difference("X", "Y")
+    n = first_difference(f"{init} X", f"{init} Y") - start if start >= 0 else 0
     init_tokens = model.tokenize([init])
-    n = int(init_tokens["attention_mask"][0].sum()) - 2 if "attention_mask" in init_tokens else len(init.split())
     with torch.no_grad():
-        ctx0 = model.text_input_embeddings(init_tokens)[0, 1:1 + n].detach().clone()
+        ctx0 = model.text_input_embeddings(init_tokens)[0, start:start + n].detach().clone()
     tokens = model.tokenize([" ".join(["X"] * n) + f" {t}." for t in class_texts])
-    ids = tokens["input_ids"]
-    if not bool((ids[:, 1:1 + n] == ids[0, 1]).all()):
-        raise MedvlkitError(f"{model.name}: its tokenizer splits the context placeholders; CoOp cannot place its "
-                            "context vectors")
+    other = ids([" ".join(["Y"] * n) + f" {t}." for t in class_texts])
+    where = tokens["input_ids"] != other
+    if n < 1 or not bool((where.sum(1) == n).all() and where[:, start:start + n].all()):
+        raise MedvlkitError(f"{model.name}: its tokenizer does not keep {n or 'the'} context placeholders as one token "
+                            f"each where '{init}' sits; CoOp cannot place its context vectors")
     with torch.no_grad():
         base = model.text_input_embeddings(tokens).detach()
 
     def encode(ctx: torch.Tensor) -> torch.Tensor:
-        emb = torch.cat([base[:, :1], ctx.unsqueeze(0).expand(len(class_texts), -1, -1).to(base.dtype),
-                         base[:, 1 + n:]], dim=1)
+        emb = torch.cat([base[:, :start], ctx.unsqueeze(0).expand(len(class_texts), -1, -1).to(base.dtype),
+                         base[:, start + n:]], dim=1)
         return model.encode_text_from_embeddings(emb, tokens)
 
     return encode, ctx0

@@ -288,23 +288,58 @@ class ModelBase(torch.nn.Module):
                                 "embed, probe, index and search by image, audit and fine-tuning with a classifier "
                                 "head (--mode supervised) work")
 
+    def text_word_embedding(self) -> torch.nn.Module | None:
+        """The text tower's word-embedding table (``input_ids`` -> (B, L, H), looked up once per :meth:`encode_text`
+        before positions are added), or None where the tower has none medvlkit can reach (ONNX, TorchScript,
+        image-only). Backbones override this one method; prompt learning (CoOp) then works through
+        :meth:`text_input_embeddings` and :meth:`encode_text_from_embeddings`."""
+        return None
+
+    def _word_table(self) -> torch.nn.Module:
+        table = self.text_word_embedding() if self.has_text else None
+        if table is None:
+            raise MedvlkitError(f"{self.name}: its text tower does not take word embeddings in medvlkit, so prompt "
+                                "learning (--method coop) cannot run on it; the other --method choices can")
+        return table
+
     def text_input_embeddings(self, tokens: TextBatch) -> torch.Tensor:
         """The text tower's word embeddings of ``tokens`` (B, L, H), before positions are added: what prompt
-        learning (CoOp) replaces with learned context vectors. Backbones whose text tower takes embeddings override
-        this and :meth:`encode_text_from_embeddings`.
+        learning (CoOp) replaces with learned context vectors.
 
         Raises:
-            MedvlkitError: this backbone's text tower does not take embeddings (yet).
+            MedvlkitError: this backbone's text tower does not take embeddings.
         """
-        raise MedvlkitError(f"{self.name}: its text tower does not take word embeddings in medvlkit yet, so prompt "
-                            "learning (--method coop) cannot run on it; the other --method choices can")
+        table = self._word_table()
+        return table(tokens["input_ids"].to(self.device))
 
     def encode_text_from_embeddings(self, embeds: torch.Tensor, tokens: TextBatch,
                                     normalize: bool = True) -> torch.Tensor:
-        """:meth:`encode_text` from word embeddings (B, L, H) in place of ``tokens["input_ids"]`` (the rest of
-        ``tokens``, e.g. the attention mask, is used as is): with ``text_input_embeddings(tokens)`` it gives
-        ``encode_text(tokens)``."""
-        raise MedvlkitError(f"{self.name}: its text tower does not take word embeddings in medvlkit yet")
+        """:meth:`encode_text` with word embeddings (B, L, H) in place of the table's lookup of
+        ``tokens["input_ids"]`` (everything else, the attention mask and where the tower pools, still comes from
+        ``tokens``): with ``text_input_embeddings(tokens)`` it gives ``encode_text(tokens)``. One path for every
+        backbone: a forward hook swaps the table's output, so the tower's own code runs unchanged.
+
+        Raises:
+            MedvlkitError: no table; the tower looked the table up other than exactly once, or with another shape.
+        """
+        table, calls = self._word_table(), []
+
+        def swap(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            if output.shape != embeds.shape:
+                raise MedvlkitError(f"{self.name}: embeddings of shape {tuple(embeds.shape)} given where its text "
+                                    f"tower looked up {tuple(output.shape)}")
+            calls.append(1)
+            return embeds.to(output.dtype)
+
+        handle = table.register_forward_hook(swap)
+        try:
+            out = self.encode_text(tokens, normalize)
+        finally:
+            handle.remove()
+        if len(calls) != 1:
+            raise MedvlkitError(f"{self.name}: its text tower looked up its word embeddings {len(calls)} times in one "
+                                "encoding; prompt learning needs exactly one lookup")
+        return out
 
     def training_manifest(self):
         """The :class:`~medvlkit.models.training_data.TrainingManifest` these weights declare, or None."""

@@ -61,6 +61,9 @@ class BioViL(ModelBase):
         feats = self.projector(self.resnet(pixels.to(self.device, self.dtype))).mean(dim=(2, 3))
         return l2_normalize(feats) if normalize else feats
 
+    def text_word_embedding(self) -> torch.nn.Module:
+        return self.bert.get_input_embeddings()
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         feats = self.text_head(self.bert(**tokens).last_hidden_state[:, 0])

@@ -162,6 +162,9 @@ class ResNetCLIP(LearnedTemperature, ModifiedResNetImage):
     def token_recipe(self) -> TokenizerRecipe:
         return TokenizerRecipe(self.context_length)
 
+    def text_word_embedding(self) -> torch.nn.Module:
+        return self.text.get_input_embeddings()
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         feats = self.text(**{k: v.to(self.device) for k, v in tokens.items()}).text_embeds
         return l2_normalize(feats) if normalize else feats

@@ -197,6 +197,9 @@ class CONCH(LearnedTemperature, ModelBase):
         feats = self.image_backbone_features(pixels) @ self.proj_contrast
         return l2_normalize(feats) if normalize else feats
 
+    def text_word_embedding(self) -> torch.nn.Module:
+        return self.text.token_embedding
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         feats = self.text(tokens["input_ids"].to(self.device))
         return l2_normalize(feats) if normalize else feats

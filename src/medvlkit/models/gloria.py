@@ -89,6 +89,9 @@ class GLoRIA(LearnedTemperature, ModelBase):
         feats = self.image_proj(self.image_backbone_features(pixels))
         return l2_normalize(feats) if normalize else feats
 
+    def text_word_embedding(self) -> torch.nn.Module:
+        return self.bert.get_input_embeddings()
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         ids = tokens["input_ids"].to(self.device)
         out = self.bert(input_ids=ids, attention_mask=tokens["attention_mask"].to(self.device),

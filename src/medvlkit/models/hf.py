@@ -75,6 +75,10 @@ class HFDualEncoder(ModelBase):
         feats = _pooled(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
         return l2_normalize(feats) if normalize else feats
 
+    def text_word_embedding(self) -> torch.nn.Module | None:
+        text = getattr(self.model, "text_model", None)  # CLIP, SigLIP
+        return text.embeddings.token_embedding if text is not None else None
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         feats = _pooled(self.model.get_text_features(**tokens))

@@ -152,6 +152,9 @@ class HFTextCLIP(LearnedTemperature, ModelBase):
         feats = self.image_proj(self.trunk(pixels.to(self.device, self.dtype)))
         return l2_normalize(feats) if normalize else feats
 
+    def text_word_embedding(self) -> torch.nn.Module:
+        return self.bert.get_input_embeddings()
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         ids = tokens["input_ids"].to(self.device)
         mask = (ids != self.bert.config.pad_token_id).long()  # open_clip ignores the tokenizer's own mask

@@ -237,17 +237,8 @@ class LiteModel(ModelBase):
         z = self.heads.project_text(self.text_features(tokens))
         return l2_normalize(z) if normalize else z
 
-    def text_input_embeddings(self, tokens: TextBatch) -> torch.Tensor:
-        return self.text_tower.get_input_embeddings()(tokens["input_ids"].to(self.device))
-
-    def encode_text_from_embeddings(self, embeds: torch.Tensor, tokens: TextBatch,
-                                    normalize: bool = True) -> torch.Tensor:
-        """BERT adds its position and token-type embeddings to ``embeds`` itself; mean pooling and the text head as
-        :meth:`encode_text`."""
-        rest = {k: v.to(self.device) for k, v in tokens.items() if k != "input_ids"}
-        out = self.text_tower(inputs_embeds=embeds, **rest).last_hidden_state
-        z = self.heads.project_text(mean_pool(out, rest["attention_mask"]))
-        return l2_normalize(z) if normalize else z
+    def text_word_embedding(self) -> torch.nn.Module:
+        return self.text_tower.get_input_embeddings()
 
 
 TRAINING_MANIFEST = "lite_training_images.txt.gz"

@@ -103,6 +103,9 @@ class MedCLIP(ModelBase):
         feats = head(pooled)
         return l2_normalize(feats) if normalize else feats
 
+    def text_word_embedding(self) -> torch.nn.Module:
+        return self.bert.get_input_embeddings()
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         feats = self.text_proj(self.pooled_text(tokens))
         return l2_normalize(feats) if normalize else feats

@@ -81,6 +81,13 @@ class OpenCLIPDualEncoder(ModelBase):
         feats = self.model.encode_image(pixels.to(self.device, self.dtype))
         return l2_normalize(feats) if normalize else feats
 
+    def text_word_embedding(self) -> torch.nn.Module | None:
+        m = self.model
+        if hasattr(m, "text"):  # CustomTextCLIP: a Hugging Face text tower
+            get = getattr(getattr(m.text, "transformer", None), "get_input_embeddings", None)
+            return get() if get is not None else None
+        return m.token_embedding
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         feats = self.model.encode_text(tokens["input_ids"].to(self.device))
         return l2_normalize(feats) if normalize else feats

@@ -60,6 +60,9 @@ class PMCCLIP(LearnedTemperature, ModifiedResNetImage):
     def token_recipe(self) -> TokenizerRecipe:
         return TokenizerRecipe(self.context_length, padding="max_length", keys=("input_ids",))
 
+    def text_word_embedding(self) -> torch.nn.Module:
+        return self.bert.get_input_embeddings()
+
     def encode_text(self, tokens: TextBatch, normalize: bool = True) -> torch.Tensor:
         ids = tokens["input_ids"].to(self.device)
         hidden = self.bert(input_ids=ids).last_hidden_state  # no attention mask: PMC-CLIP attends to the padding
