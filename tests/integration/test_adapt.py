@@ -70,3 +70,32 @@ def test_class_names_with_commas_get_their_own_prompts(tiny_clip_dir, tmp_path):
                  "--bootstrap", "0", "--method", "clap", "--shots", "2", "--out", str(tmp_path / "o")]) == 0
     res = json.loads((tmp_path / "o" / "result.json").read_text())
     assert res["classnames"] == ["malignant", "normal, benign"] and res["metrics"]["n"] == 6
+
+
+def test_clip_lora_is_finetune_s_prompt_ce_run_and_scores_as_finetune_does(tiny_clip_dir, tmp_path):
+    """clip_lora: finetune with the paper's recipe on the cell's K shots (recorded in its folder), then the tuned
+    model's zero-shot classifier; its numbers equal finetune's own scoring of that model (two paths, one answer), a
+    rerun keeps the training, and the saved adapter reloads with the tuned model."""
+    data = make_split_folders(tmp_path / "data", {"train": 4, "test": 3})
+    base = ["-m", f"hf:{tiny_clip_dir}", "--data", str(data), "--prompts", "pneumonia", "-q", "--workers", "0",
+            "--bootstrap", "20"]
+    out = tmp_path / "cl"
+    assert main(["adapt", *base, "--method", "clip_lora", "--shots", "2", "--steps", "3", "--out", str(out)]) == 0
+    res = json.loads((out / "result.json").read_text())
+    cfg = json.loads((out / "clip_lora" / "config.json").read_text())
+    assert cfg["mode"] == "prompt_ce" and cfg["shots"] == 2 and cfg["val_split"] == "none" and cfg["max_steps"] == 3
+    assert cfg["lora"] == "r=2,alpha=1.0,dropout=0.25,targets=q_proj,k_proj,v_proj" and cfg["lr"] == 2e-4
+    assert res["model"] == f"ft:{out / 'clip_lora' / 'best'}" and res["adapter"]["n_shots"] == 4
+    assert main(["finetune", *base, "--mode", "prompt_ce", "--load", str(out / "clip_lora" / "best"),
+                 "--out", str(tmp_path / "ft")]) == 0
+    ft = json.loads((tmp_path / "ft" / "result.json").read_text())
+    for k in ("auroc", "accuracy", "n"):
+        assert ft["metrics"][k] == pytest.approx(res["metrics"][k], abs=1e-9)
+    stamp = (out / "clip_lora" / "best" / "finetune.json").stat().st_mtime_ns
+    assert main(["adapt", *base, "--method", "clip_lora", "--shots", "2", "--steps", "3", "--out", str(out),
+                 "--overwrite"]) == 0
+    assert (out / "clip_lora" / "best" / "finetune.json").stat().st_mtime_ns == stamp  # not trained again
+    assert main(["adapt", *base, "-m", f"ft:{out / 'clip_lora' / 'best'}", "--load", str(out / "adapter.npz"),
+                 "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "result.json").read_text())["metrics"] == res["metrics"]
+    assert main(["adapt", *base, "--method", "clap", "--steps", "3", "--out", str(tmp_path / "no")]) == 2

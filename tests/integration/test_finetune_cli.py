@@ -55,6 +55,9 @@ def test_finetune_contrastive_lora_and_use_model_elsewhere(tiny_clip_dir, folder
     (["--mode", "generative"], "--mode generative"),
     (["--freeze", "both"], "--freeze both"),
     (["--resume"], "no checkpoint.pt"),
+    (["--prompts", "pneumonia"], "--prompts goes with --mode prompt_ce"),
+    (["--shots", "-1"], "--shots -1"),
+    (["--mode", "prompt_ce", "--prompts", "brain_tumor_mri"], "has no prompts for class"),  # a set without the data's classes
 ])
 def test_finetune_bad_options_are_one_line_errors(tiny_clip_dir, folder, tmp_path, capsys, args, message):
     rc = main(["finetune", *_common(tiny_clip_dir, folder), "--out", str(tmp_path / "x"), *args])
@@ -139,3 +142,21 @@ def test_lora_adapter_is_readable_by_peft_itself(tiny_clip_dir, tmp_path):
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
     np.testing.assert_allclose(c.numpy(), d.numpy(), atol=1e-6)
     assert (a - untouched).abs().max() > 1e-4  # the adapter did change the model: the comparison means something
+
+
+def test_prompt_ce_on_k_shots_without_validation(tiny_clip_dir, folder, tmp_path):
+    """CLIP-LoRA's loss: K seeded shots per class, no validation (the last epoch is the model), scored zero-shot
+    with the prompt set it trained over; an adapter in both towers."""
+    out = tmp_path / "pce"
+    assert main(["finetune", *_common(tiny_clip_dir, folder), "--mode", "prompt_ce", "--prompts", "pneumonia",
+                 "--shots", "3", "--val-split", "none", "--lora", "r=2,alpha=1,targets=q_proj,k_proj,v_proj",
+                 "--epochs", "3", "--batch-size", "4", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_train"] == 6 and summary["n_val"] == 0 and summary["best"]["epoch"] == 2
+    assert len(summary["history"]) == 3 and summary["history"][-1]["train_loss"] is not None
+    meta = json.loads((out / "best" / "finetune.json").read_text())
+    assert meta["mode"] == "prompt_ce"
+    assert any(".text_model." in n for n in meta["lora_layers"]) and any(".vision_model." in n
+                                                                        for n in meta["lora_layers"])
+    result = json.loads((out / "result.json").read_text())
+    assert result["prompt_set"] == "pneumonia" and result["metrics"]["n"] == 12

@@ -180,3 +180,21 @@ def test_siglip_fine_tunes_with_its_own_sigmoid_loss(tiny_siglip_dir, folder, tm
              progress=False)
     trained = load_checkpoint(tmp_path / "sig" / "checkpoint.pt")["trainable"]
     assert "model.logit_bias" in trained and float(trained["model.logit_bias"]) != bias0
+
+
+def test_prompt_ce_class_embeddings_are_the_zero_shot_ensembles(tiny_clip_dir):
+    """The class embeddings CLIP-LoRA's loss trains through are those zero-shot scores with (one formula, in the
+    graph): each class the re-normalised mean of its prompts' unit embeddings."""
+    import torch
+
+    from medvlkit import create_model
+    from medvlkit.data.prompts import load_prompt_set
+    from medvlkit.engine.answer import ensemble_embeddings
+    from medvlkit.tasks.finetune.steps import class_text_embeddings
+
+    model, ps = create_model(f"hf:{tiny_clip_dir}"), load_prompt_set("pneumonia")
+    texts = [(c, t) for c, cls in enumerate(ps.classes) for t in ps.texts(cls.positive)]
+    with torch.no_grad():
+        ours = class_text_embeddings(model, model.tokenize([t for _, t in texts]),
+                                     torch.tensor([c for c, _ in texts]), len(ps.classes))
+    np.testing.assert_allclose(ours.numpy(), ensemble_embeddings(model, ps), atol=1e-6)

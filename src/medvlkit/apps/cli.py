@@ -672,9 +672,11 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
                                                                      "tip_adapter_f (its keys fine-tuned), "
                                                                      "clip_adapter (a residual MLP on image "
                                                                      "embeddings), clap (a probe held near the "
-                                                                     "zero-shot weights) or coop (learned prompt "
-                                                                     "context); several, comma-separated, or "
-                                                                     "all: a grid"),
+                                                                     "zero-shot weights), coop (learned prompt "
+                                                                     "context) or clip_lora (LoRA on both towers: "
+                                                                     "trains, slow on a CPU); several, "
+                                                                     "comma-separated, or all (every method but "
+                                                                     "clip_lora): a grid"),
           shots: str = typer.Option("16", "--shots", help="K labelled training images per class (seeded); several, "
                                                           "e.g. 1,2,4,8,16: a grid"),
           prompts: str = typer.Option(None, "--prompts", "-p", help="the prompt set the methods start from "
@@ -682,17 +684,20 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
           train_split: str = typer.Option("train", "--train-split", help="where the shots come from"),
           test_split: str = typer.Option("test", "--test-split", help="what is scored"),
           load: Path = typer.Option(None, "--load", help="a saved adapter.npz: skip fitting, score --test-split"),
+          steps: int = typer.Option(0, "--steps", min=0, help="clip_lora's training steps (0: the paper's 500 x "
+                                                               "shots)"),
           bootstrap: int = BootstrapOpt,
           seed: int = typer.Option(0, "--seed", help="seed of the shots, their validation part and training"),
           seeds: str = typer.Option(None, "--seeds", help="a grid over these seeds, e.g. 0,1,2 (mean and SD)"),
           run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
-    """Few-shot adaptation of a frozen model from K labelled images per class (Tip-Adapter, Tip-Adapter-F,
-    CLIP-Adapter, CLAP, CoOp), starting from the prompt set's zero-shot classifier; hyper-parameters from the shots
-    only, scored on test. Several methods, shot counts or --seeds run a grid (data embedded once; rerun with
-    --overwrite to resume: cells computed from the same data and settings are kept).
+    """Few-shot adaptation from K labelled images per class (Tip-Adapter, Tip-Adapter-F, CLIP-Adapter, CLAP, CoOp on
+    frozen embeddings; CLIP-LoRA trains LoRA in both towers), starting from the prompt set's zero-shot classifier;
+    hyper-parameters from the shots only, scored on test. Several methods, shot counts or --seeds run a grid (data
+    embedded once; rerun with --overwrite to resume: cells computed from the same data and settings are kept).
 
     Example: medvlkit adapt --data ../shared/data/chest_xray_pneumonia --prompts pneumonia --method clap --shots 8
     Grid:    medvlkit adapt --data DIR --prompts pneumonia --method all --shots 1,2,4,8,16 --seeds 0,1,2
+    CLIP-LoRA: medvlkit adapt --data DIR --prompts pneumonia --method clip_lora --shots 4 (--steps N: shorter)
     """
     from medvlkit.apps.display import print_metrics
     from medvlkit.engine.fewshot import METHODS
@@ -703,6 +708,8 @@ def adapt(model: str = ModelOpt, data: str = DataOpt, out: Path = OutOpt,
     shot_list, seed_list = _ints(shots, "--shots"), _ints(seeds, "--seeds") if seeds else [seed]
     out_dir = _out(out, "adapt")
     cfg = _config_from(AdaptConfig, config, method=methods[0] if methods else "", shots=shot_list[0], seed=seed_list[0])
+    if steps and "clip_lora" not in methods:
+        raise MedvlkitError("--steps sets clip_lora's training length; the other methods have fixed recipes")
     if len(methods) > 1 or len(shot_list) > 1 or seeds:
         if load:
             raise MedvlkitError("--load scores one saved adapter; leave out the grid options (lists, --seeds)")
@@ -809,10 +816,12 @@ def pretrain(data_root: Path = typer.Option(None, "--data-root", help="medvlkit 
 
 
 _FT_MODE = typer.Option("contrastive", "--mode", help="contrastive (image-caption InfoNCE; captions from labels when "
-                                                     "the data has none) or supervised (CE/BCE head)")
+                                                     "the data has none), supervised (CE/BCE head) or prompt_ce "
+                                                     "(CLIP-LoRA: cross-entropy over the --prompts classes, both "
+                                                     "towers training)")
 _FT_VAL_SPLIT = typer.Option(None, "--val-split", help="split choosing the best epoch (default 'val' when the data "
                                                        "has one, else a held-out --val-fraction of train; 'holdout' "
-                                                       "forces that)")
+                                                       "forces that; 'none': no validation, the last epoch kept)")
 _FT_AMP = typer.Option("auto", "--amp", help="mixed-precision training (autocast; weights stay fp32): auto "
                                              "(bf16/fp16 on CUDA, off on CPU), fp32 (off), bf16, fp16")
 
@@ -822,6 +831,10 @@ _FT_AMP = typer.Option("auto", "--amp", help="mixed-precision training (autocast
 @shared_options(model=False, embed=False)
 def finetune(model: str = ModelOpt, data: Path = DataOpt, out: Path = OutOpt,
              mode: str = _FT_MODE,
+             prompts: str = typer.Option(None, "--prompts", "-p", help="prompt_ce: the prompt set it trains over "
+                                                                       "('classes': generic prompts of the class "
+                                                                       "names; default: the training phrasings)"),
+             shots: int = typer.Option(0, "--shots", help="train on K seeded images per class (0: all)"),
              lora: str = typer.Option(None, "--lora", help="LoRA instead of full fine-tuning: 'default' or "
                                                            "r=4,alpha=16,dropout=0.1,targets=q_proj,v_proj,fc1,fc2"),
              freeze: str = typer.Option("none", "--freeze", help="keep a tower fixed: vision, text or none"),

@@ -8,6 +8,11 @@ The K shots are a seeded sample of the training split (:func:`medvlkit.data.spli
 ``zeroshot`` would use. Hyper-parameters come from the shots alone; the test split chooses nothing, and an image
 that fitted the adapter is never scored (the probe's rule). The data are read, checked and embedded once
 (:func:`prepare_adapt`); each (method, shots, seed) is then one :func:`adapt_cell`.
+
+``clip_lora`` (CLIP-LoRA, Zanella & Ben Ayed, CVPRW 2024) is the one method that trains the towers: it is
+``medvlkit finetune --mode prompt_ce --lora ... --shots K --val-split none`` with the paper's recipe
+(:data:`CLIP_LORA_RECIPE`), run inside the cell's folder, then the tuned model's zero-shot classifier is the
+adapter. It is asked by name: ``--method all`` means the methods on frozen embeddings, which a CPU runs in seconds.
 """
 
 from __future__ import annotations
@@ -27,6 +32,16 @@ from medvlkit.engine.options import DataOptions, RunOptions
 from medvlkit.errors import MedvlkitError
 from medvlkit.tasks.probe import ProbeData, align_probe_data, check_probe_model, embed_split, save_probe_run
 
+CLIP_LORA = "clip_lora"
+ADAPT_METHODS = (*METHODS, CLIP_LORA)
+CLIP_LORA_RECIPE = {"r": 2, "alpha": 1.0, "dropout": 0.25, "lr": 2e-4, "weight_decay": 0.01, "batch_size": 32,
+                    "steps_per_shot": 500}
+"""CLIP-LoRA's few-shot recipe (its paper and code): rank 2, alpha 1, dropout 0.25 on the query, key and value
+projections of both towers (where a tower has none, e.g. lite's CNN image tower, the model's default LoRA targets),
+AdamW lr 2e-4, weight decay 0.01, cosine schedule, batches of 32, 500 x K steps, no validation, the last model kept.
+Unlike the paper, no augmented views (medvlkit's fine-tuning reads each image as evaluation does)."""
+ATTENTION_TARGETS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+
 
 @dataclass
 class AdaptConfig:
@@ -39,6 +54,7 @@ class AdaptConfig:
             sample of shots, the validation part of them and the training order.
         train_split, test_split: where the shots come from and what is scored.
         load: an ``adapter.npz`` to score instead of fitting one.
+        steps: ``clip_lora``'s training steps (0: the paper's 500 x shots).
     """
 
     model: str = "lite"
@@ -50,6 +66,7 @@ class AdaptConfig:
     train_split: str = "train"
     test_split: str = "test"
     load: str | None = None
+    steps: int = 0
 
 
 @dataclass
@@ -64,6 +81,8 @@ class Prepared:
     train: ProbeData | None = None
     vectors: Any = None
     embed_options: dict[str, Any] | None = None
+    run: RunOptions | None = None
+    data: DataOptions | None = None
 
 
 def prepare_adapt(cfg: AdaptConfig, run: RunOptions, data: DataOptions, model: Any = None,
@@ -87,7 +106,8 @@ def prepare_adapt(cfg: AdaptConfig, run: RunOptions, data: DataOptions, model: A
     for ds in (train_ds, test_ds):
         if ds is not None and (not ds.has_labels or ds.multilabel):
             raise MedvlkitError(f"{ds.full_name}: few-shot adaptation needs single-label data (one class per image)")
-    p = Prepared(model, test_ds, embed_split(model, test_ds, **embed_options), embed_options=embed_options)
+    p = Prepared(model, test_ds, embed_split(model, test_ds, **embed_options), embed_options=embed_options, run=run,
+                 data=data)
     if train_ds is not None:
         chosen = prompt_set or (load_prompt_set(cfg.prompts) if cfg.prompts else
                                 prompt_set_from_classes(train_ds.classnames, "softmax"))  # names may hold commas
@@ -103,7 +123,8 @@ def adapt_identity(cfg: AdaptConfig, p: Prepared, n_bootstrap: int) -> dict[str,
     from medvlkit.models.base import file_sha256
 
     return identity_record("fewshot_adapt", model=model_identity(p.model),
-                           settings={k: v for k, v in asdict(cfg).items() if k not in ("model", "data")},
+                           settings={k: v for k, v in asdict(cfg).items() if k not in ("model", "data")
+                                     and (k != "steps" or cfg.method == CLIP_LORA)},  # steps: clip_lora's only
                            prompts=p.vectors.prompts.identity("softmax") if p.vectors is not None else None,
                            train=dataset_identity(p.train_ds) if p.train_ds is not None else None,
                            test=dataset_identity(p.test_ds),
@@ -120,27 +141,30 @@ def adapt_cell(cfg: AdaptConfig, p: Prepared, out_dir: Path, config: dict[str, A
         MedvlkitError: an unknown method, fewer than ``shots`` training images of a class, a loaded adapter of
             another model, a test image among the shots.
     """
-    if cfg.method not in METHODS:
-        raise MedvlkitError(f"--method {cfg.method}: valid options: {', '.join(METHODS)}")
+    check_method(cfg.method)
     if cfg.shots < 1:
         raise MedvlkitError(f"--shots {cfg.shots}: must be at least 1")
+    model, test = p.model, p.test
     if cfg.load:
         adapter, header = FewShotAdapter.load(Path(cfg.load))
-        check_probe_model(header, p.model)
+        check_probe_model(header, model)
         info: dict[str, Any] = {"loaded": cfg.load, "method": adapter.method, "hyper": adapter.hyper}
     else:
         assert p.train is not None and p.vectors is not None and p.train_ds is not None
         keep = few_shot_indices(p.train.Y, cfg.shots, cfg.seed)
         y = np.argmax(p.train.Y[keep], axis=1)
         start = time.perf_counter()
-        adapter = fit_fewshot(cfg.method, p.train.X[keep], y, p.train_ds.classnames, p.vectors.positive,
-                              p.model.logit_scale, cfg.seed, prompt_model=p.model,
-                              class_texts=[c.positive[0] for c in p.vectors.prompts.classes])
+        if cfg.method == CLIP_LORA:
+            adapter, model, test = fit_clip_lora(cfg, p, out_dir / CLIP_LORA)
+        else:
+            adapter = fit_fewshot(cfg.method, p.train.X[keep], y, p.train_ds.classnames, p.vectors.positive,
+                                  p.model.logit_scale, cfg.seed, prompt_model=p.model,
+                                  class_texts=[c.positive[0] for c in p.vectors.prompts.classes])
         adapter.seen_items_ = {"fitted the adapter or chose its hyper-parameters": [p.train.items[i] for i in keep]}
         info = {"method": cfg.method, "shots": cfg.shots, "n_shots": int(len(keep)), "seed": cfg.seed,
                 "prompt_set": p.vectors.prompts.name, "hyper": adapter.hyper,
                 "fit_seconds": round(time.perf_counter() - start, 3)}
-    result = save_probe_run(adapter, p.test, p.model, p.test_ds, out_dir, config, info,  # type: ignore[arg-type]
+    result = save_probe_run(adapter, test, model, p.test_ds, out_dir, config, info,  # type: ignore[arg-type]
                             n_bootstrap, cfg.seed, adapt_identity(cfg, p, n_bootstrap), task="fewshot_adapt",
                             file_name="adapter.npz")
     return result, adapter
@@ -150,10 +174,67 @@ def run_adapt_task(cfg: AdaptConfig, out_dir: Path, config: dict[str, Any], n_bo
                    run: RunOptions | None = None, data: DataOptions | None = None,
                    model: Any = None) -> tuple[dict[str, Any], FewShotAdapter]:
     """One ``adapt`` run: :func:`prepare_adapt` then :func:`adapt_cell`. Returns the result dict and the adapter."""
-    if cfg.method not in METHODS:  # before any image is read
-        raise MedvlkitError(f"--method {cfg.method}: valid options: {', '.join(METHODS)}")
+    check_method(cfg.method)  # before any image is read
     run, data = run or RunOptions(), data or DataOptions()
     return adapt_cell(cfg, prepare_adapt(cfg, run, data, model), out_dir, config, n_bootstrap)
+
+
+def check_method(method: str) -> None:
+    """Refuse a method ``adapt`` does not know, naming those it does.
+
+    Raises:
+        MedvlkitError: an unknown method.
+    """
+    if method not in ADAPT_METHODS:
+        raise MedvlkitError(f"--method {method}: valid options: {', '.join(ADAPT_METHODS)} (or all: "
+                            f"{', '.join(METHODS)})")
+
+
+def clip_lora_targets(model: Any) -> tuple[str, ...]:
+    """The query, key and value projections of both towers (CLIP-LoRA's choice), by the names this model gives them;
+    the model's default LoRA targets where a tower has no attention layer named so (lite's CNN image tower)."""
+    towers = model.tower_modules()
+    for names in ATTENTION_TARGETS:
+        if all(any(n.endswith(names) for m in towers[t] for n, _ in m.named_modules()) for t in ("vision", "text")):
+            return names
+    return tuple(model.default_lora_targets)
+
+
+def fit_clip_lora(cfg: AdaptConfig, p: Prepared, folder: Path) -> tuple[FewShotAdapter, Any, ProbeData]:
+    """CLIP-LoRA on ``cfg.shots`` seeded shots: ``finetune`` (mode ``prompt_ce``, :data:`CLIP_LORA_RECIPE`, no
+    validation) into ``folder`` (an interrupted run resumes from its checkpoint; a finished one of the same options
+    is kept), then the tuned model's class embeddings of the same prompt set as the adapter's weights. Returns the
+    adapter, the tuned model and its embeddings of the test split (what the adapter scores)."""
+    from medvlkit.engine.answer import class_vectors
+    from medvlkit.tasks.finetune.config import NO_VALIDATION, FinetuneConfig
+    from medvlkit.tasks.finetune.loop import finetune
+    from medvlkit.tasks.zeroshot import prompts_used
+
+    assert p.vectors is not None and p.train_ds is not None and p.run is not None and p.data is not None
+    r = CLIP_LORA_RECIPE
+    steps = cfg.steps or int(r["steps_per_shot"]) * cfg.shots
+    per_epoch = max(1, (cfg.shots * len(p.vectors.classnames)) // int(r["batch_size"]))  # finetune's full batches
+    targets = clip_lora_targets(p.model)
+    ft = FinetuneConfig(model=cfg.model, data=cfg.data, format=p.data.format, dataset_options=p.data.options(),
+                        out_dir=str(folder), mode="prompt_ce", prompts=cfg.prompts or p.vectors.prompts.name,
+                        shots=cfg.shots, train_split=cfg.train_split, val_split=NO_VALIDATION,
+                        lora=f"r={r['r']},alpha={r['alpha']},dropout={r['dropout']},targets={','.join(targets)}",
+                        epochs=-(-steps // per_epoch), max_steps=steps, batch_size=int(r["batch_size"]),
+                        lr=float(r["lr"]), weight_decay=float(r["weight_decay"]), warmup=0, device=p.run.device,
+                        workers=0, seed=cfg.seed, save_every=max(100, steps // 10))
+    done = folder / "summary.json"
+    same = done.is_file() and json.loads(done.read_text()).get("config") == ft.to_dict()
+    if not same:
+        finetune(ft, resume=(folder / "checkpoint.pt").is_file() and not done.is_file(), progress=p.run.progress)
+    tuned = p.run.load_model(f"ft:{folder / 'best'}")
+    ps = prompts_used(p.train_ds, p.vectors.prompts, "softmax")
+    weights = class_vectors(tuned, ps, "softmax").positive
+    adapter = FewShotAdapter(CLIP_LORA, list(p.train_ds.classnames), float(tuned.logit_scale),
+                             p.vectors.positive.astype(np.float32), {"weights": weights.astype(np.float32)},
+                             {"lora": ft.lora, "steps": steps, "lr": ft.lr, "batch_size": ft.batch_size,
+                              "tuned_model": f"ft:{folder / 'best'}",
+                              "source": "the paper's fixed recipe (no validation; no augmented views)"})
+    return adapter, tuned, embed_split(tuned, p.test_ds, **(p.embed_options or {}))
 
 
 GRID_METRICS = ("auroc", "accuracy")
@@ -177,9 +258,10 @@ def run_adapt_grid(cfg: AdaptConfig, methods: list[str], shots: list[int], seeds
     from medvlkit.engine.results import write_result
     from medvlkit.tasks.evaluate import evaluate_probs
 
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise MedvlkitError(f"--method {','.join(bad) or '(none)'}: valid options: {', '.join(METHODS)}")
+    if not methods:
+        raise MedvlkitError(f"--method: give at least one of {', '.join(ADAPT_METHODS)}")
+    for m in methods:
+        check_method(m)
     if not shots or min(shots) < 1 or not seeds:
         raise MedvlkitError("give at least one shot count (each >= 1) and one seed")
     run, data = run or RunOptions(), data or DataOptions()

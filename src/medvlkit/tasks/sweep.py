@@ -92,10 +92,12 @@ class SweepConfig:
     def __post_init__(self) -> None:
         from medvlkit.engine.fewshot import METHODS
         from medvlkit.engine.subgroups import MULTI_KEYS, SINGLE_KEYS
+        from medvlkit.tasks.adapt import ADAPT_METHODS
 
         self.fewshot_methods = tuple(self.fewshot_methods) or METHODS
-        if bad := [m for m in self.fewshot_methods if m not in METHODS]:
-            raise MedvlkitError(f"--fewshot-methods {','.join(bad)}: valid: {', '.join(METHODS)} (or all)")
+        if bad := [m for m in self.fewshot_methods if m not in ADAPT_METHODS]:
+            raise MedvlkitError(f"--fewshot-methods {','.join(bad)}: valid: {', '.join(ADAPT_METHODS)} (or all: "
+                                f"{', '.join(METHODS)})")
         if not self.shots or min(self.shots) < 1 or not self.seeds:
             raise MedvlkitError("--shots and --seeds: give at least one shot count (each >= 1) and one seed")
 

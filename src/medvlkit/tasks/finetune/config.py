@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 from medvlkit.errors import MedvlkitError
 
-MODES = ("contrastive", "supervised")
+MODES = ("contrastive", "supervised", "prompt_ce")
+NO_VALIDATION = "none"  # val_split: a fixed recipe, the last epoch kept (CLIP-LoRA's few-shot recipe)
 FREEZE = ("none", "vision", "text")
 AMP = ("auto", "fp32", "bf16", "fp16")
 
@@ -20,13 +21,19 @@ class FinetuneConfig:
         data: dataset path; ``format``: adapter name or auto; ``dataset_options``: adapter options
             (``path_column``, ``label_columns``, ``uncertain``, ``image_root``).
         out_dir: checkpoints, the best model (``best/``), history and results.
-        mode: ``contrastive`` (image-caption InfoNCE; template captions from labels when the data has none) or
-            ``supervised`` (a linear classification head on the image embedding; CE or BCE).
+        mode: ``contrastive`` (image-caption InfoNCE; template captions from labels when the data has none),
+            ``supervised`` (a linear classification head on the image embedding; CE or BCE) or ``prompt_ce``
+            (CLIP-LoRA's loss: cross-entropy of each image over the class embeddings of ``prompts``, both towers in
+            the graph; single-label data).
+        prompts: ``prompt_ce``'s prompt set (a name or file; ``classes``: generic prompts of the class names; None:
+            the phrasings contrastive fine-tuning uses). Its validation scores zero-shot with the same set.
+        shots: train on K seeded images per class of the training split (0: all of it).
         lora: ``--lora`` text (``r=4,alpha=16,dropout=0.1,targets=...``); None: full fine-tuning.
         freeze: ``vision`` or ``text`` keeps that tower (and its head) fixed; ``none`` trains both.
         train_split, val_split: splits to train on and to choose the best epoch on; without a val split a
             seeded ``val_fraction`` of the training groups (``group_pattern``: patient id regex) is held out
-            (``val_split="holdout"`` forces this even when a val split exists).
+            (``val_split="holdout"`` forces this even when a val split exists; ``"none"``: no validation, a fixed
+            length, the last epoch is the model kept).
         epochs, max_steps: training length (``max_steps`` > 0 stops earlier); ``patience``: epochs without a better
             validation score before stopping.
         batch_size: global batch (summed over ranks); ``grad_cache``: chunk size for GradCache (0: off).
@@ -48,6 +55,8 @@ class FinetuneConfig:
     dataset_options: dict = field(default_factory=dict)
     out_dir: str = ""
     mode: str = "contrastive"
+    prompts: str | None = None
+    shots: int = 0
     lora: str | None = None
     freeze: str = "none"
     train_split: str = "train"
@@ -88,6 +97,10 @@ class FinetuneConfig:
                 raise MedvlkitError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.mode == "contrastive" and self.batch_size < 2:
             raise MedvlkitError("--batch-size must be at least 2 for a contrastive loss")
+        if self.shots < 0:
+            raise MedvlkitError(f"--shots {self.shots}: must be >= 0 (0: the whole training split)")
+        if self.prompts is not None and self.mode != "prompt_ce":
+            raise MedvlkitError("--prompts goes with --mode prompt_ce (the classes its cross-entropy runs over)")
         if self.grad_cache < 0 or self.max_steps < 0 or self.warmup < 0 or self.max_val < 0:
             raise MedvlkitError("--grad-cache, --max-steps, --warmup and --max-val must be >= 0")
         from medvlkit.engine.options import DataOptions

@@ -46,29 +46,30 @@ def _macro_auroc(labels: np.ndarray, log_probs: np.ndarray, classnames: list[str
 
 
 def validation_score(model, dataset: ImageDataset, mode: str, head=None, progress: bool = False,
-                     batch_size: int = 64, num_workers: int = 0) -> dict:
+                     batch_size: int = 64, num_workers: int = 0, prompts: PromptSet | None = None) -> dict:
     """Metrics on validation data and ``score``, the number early stopping maximises.
 
     - supervised: macro AUROC of the classifier head;
     - contrastive on labelled data: macro AUROC of zero-shot classification with the training phrasings;
-    - contrastive on captions: mean of image->text and text->image recall@5.
+    - contrastive on captions: mean of image->text and text->image recall@5;
+    - prompt_ce: macro AUROC of zero-shot classification with ``prompts`` (the set it trains over).
     """
     from medvlkit.engine.answer import answer, class_vectors
     from medvlkit.tasks.retrieval import retrieval_metrics
 
-    normalize = mode == "contrastive"
+    normalize = mode != "supervised"
     emb = _embed(model, dataset, normalize, batch_size, progress, num_workers=num_workers)
     if mode == "supervised":
         out = _macro_auroc(dataset.label_matrix, head_log_probs(head, emb, dataset.multilabel, model.device),
                            dataset.classnames, dataset.multilabel)
         return out | {"score": out["auroc"]}
-    if dataset.texts:
+    if dataset.texts and mode == "contrastive":
         from medvlkit.engine.features import embed_texts
 
         m, _ = retrieval_metrics(emb, embed_texts(model, dataset.texts), dataset.texts, n_bootstrap=0)
         r5 = 0.5 * (m["image_to_text_recall@5"] + m["text_to_image_recall@5"])
         return {k: m[k] for k in ("image_to_text_recall@5", "text_to_image_recall@5")} | {"score": r5}
-    prompts = caption_prompts(dataset)
+    prompts = prompts or caption_prompts(dataset)
     log_probs = answer(emb, class_vectors(model, prompts), model.logit_scale).log_probs
     out = _macro_auroc(dataset.label_matrix, log_probs, dataset.classnames, dataset.multilabel)
     return out | {"score": out["auroc"]}
@@ -87,11 +88,12 @@ def _embed(model, dataset: ImageDataset, normalize: bool, batch_size: int, progr
 
 
 def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict, n_bootstrap: int = 1000,
-                       seed: int = 0, **embed_options) -> dict:
+                       seed: int = 0, prompts: PromptSet | None = None, **embed_options) -> dict:
     """Score a fine-tuned model (``ft:DIR``) on a test split and write result.json (+ predictions.csv).
 
     A supervised run is scored by its classifier head; a contrastive run by zero-shot classification with its
-    training phrasings (labelled data) or by retrieval (captioned data).
+    training phrasings (labelled data) or by retrieval (captioned data); a ``prompt_ce`` run by zero-shot
+    classification with ``prompts`` (the set it trained over).
     """
     from medvlkit.engine.results import DEFAULT_THRESHOLD_SOURCE, provenance, write_predictions, write_result
     from medvlkit.tasks.evaluate import evaluate_probs
@@ -119,7 +121,7 @@ def evaluate_finetuned(model, dataset: ImageDataset, out_dir: Path, config: dict
     if dataset.has_labels and not dataset.texts:
         from medvlkit.tasks.zeroshot import save_zeroshot, zeroshot_classify
 
-        result = zeroshot_classify(model, dataset, caption_prompts(dataset), **embed_options)
+        result = zeroshot_classify(model, dataset, prompts or caption_prompts(dataset), **embed_options)
         return save_zeroshot(result, dataset, model, out_dir, config, n_bootstrap, seed, embed_options=embed_options)
     from medvlkit.tasks.retrieval import save_retrieval
 

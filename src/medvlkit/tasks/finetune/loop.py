@@ -27,7 +27,7 @@ from medvlkit.engine.training import Job, LoopOptions, fit, open_run
 from medvlkit.errors import MedvlkitError
 from medvlkit.models.base import ModelBase
 from medvlkit.models.registry import absolute_spec
-from medvlkit.tasks.finetune.config import FinetuneConfig
+from medvlkit.tasks.finetune.config import NO_VALIDATION, FinetuneConfig
 from medvlkit.tasks.finetune.data import batch_loader, caption_pools, epoch_batches, pick_captions
 from medvlkit.tasks.finetune.evaluation import validation_score
 from medvlkit.tasks.finetune.lora import LoraSpec, add_lora, check_adapters_act, is_lora_param, target_names
@@ -36,6 +36,7 @@ from medvlkit.tasks.finetune.steps import (
     ClassifierHead,
     class_weights,
     contrastive_step,
+    prompt_ce_step,
     supervised_count,
     supervised_step,
 )
@@ -60,8 +61,8 @@ def prepare_model(model: ModelBase, cfg: FinetuneConfig, classnames: list[str] |
     Raises:
         MedvlkitError: nothing would train, or the LoRA targets match no layer.
     """
-    if cfg.mode == "contrastive":
-        model.require_text("contrastive fine-tuning (use --mode supervised: a classifier head)")
+    if cfg.mode in ("contrastive", "prompt_ce"):
+        model.require_text(f"{cfg.mode} fine-tuning (use --mode supervised: a classifier head)")
     towers, heads = model.tower_modules(), model.head_modules()
     trainable = [t for t in ("vision", "text") if t != cfg.freeze]
     if cfg.mode == "supervised":
@@ -87,6 +88,8 @@ def prepare_model(model: ModelBase, cfg: FinetuneConfig, classnames: list[str] |
         for t in trainable:
             for m in towers[t] + heads[t]:
                 m.requires_grad_(True)
+    if cfg.mode == "prompt_ce" and not trainable:
+        raise MedvlkitError("--freeze leaves nothing to train")
     if cfg.mode == "contrastive":
         if not trainable:
             raise MedvlkitError("--freeze leaves nothing to train in contrastive mode")
@@ -137,17 +140,30 @@ def _lr_lambda(warmup: int, total: int):
     return fn
 
 
-def split_train_val(cfg: FinetuneConfig, model=None, progress: bool = True) -> tuple[ImageDataset, ImageDataset]:
-    """The training data and the validation data (see ``data/splits.py``: a val split, or a seeded, patient-level
-    held-out part of train). With ``model``, validation holds no image the model was trained on
+def split_train_val(cfg: FinetuneConfig, model=None, progress: bool = True
+                    ) -> tuple[ImageDataset, ImageDataset | None]:
+    """The training data (``cfg.shots`` seeded images per class of it, when given) and the validation data (see
+    ``data/splits.py``: a val split, or a seeded, patient-level held-out part of train; None for
+    ``val_split="none"``). With ``model``, validation holds no image the model was trained on
     (:meth:`DataOptions.held_out`; held out of train, those go back to train), unless ``--allow-seen``; the record
-    is in ``val.meta["seen_by_model"]``."""
-    from medvlkit.data.splits import holdout_indices, load_train, load_val
+    is in ``val.meta["seen_by_model"]``.
+
+    Raises:
+        MedvlkitError: ``shots`` on data without single labels, or more shots than a class has.
+    """
+    from medvlkit.data.splits import few_shot_indices, holdout_indices, load_train, load_val
     from medvlkit.engine.options import DataOptions
 
     opts = DataOptions(format=cfg.format, **cfg.dataset_options)
     embed: dict[str, Any] = {"num_workers": cfg.workers, "progress": progress}
     train = load_train(cfg.data, opts, cfg.train_split)
+    if cfg.shots:
+        if not train.has_labels or train.multilabel:
+            raise MedvlkitError(f"--shots needs single-label training data; '{train.name}' has "
+                                f"{'several labels per image' if train.has_labels else 'no labels'}")
+        train = train.subset(few_shot_indices(train.label_matrix, cfg.shots, cfg.seed))
+    if cfg.val_split == NO_VALIDATION:
+        return train, None
     val = load_val(cfg.data, opts, cfg.val_split)
     if val is not None:
         return train, val if model is None else opts.held_out(val, model, "val", **embed)
@@ -162,14 +178,14 @@ def split_train_val(cfg: FinetuneConfig, model=None, progress: bool = True) -> t
     return train.subset(tr), val
 
 
-def check_validation_scorable(val: ImageDataset, mode: str) -> None:
+def check_validation_scorable(val: ImageDataset | None, mode: str) -> None:
     """Validation scored by AUROC (supervised, or contrastive on labelled data) needs a class with both positive and
     negative images; refused at the start, not after an epoch whose score would be NaN.
 
     Raises:
         MedvlkitError: no class of the validation data has both.
     """
-    if (mode == "contrastive" and val.texts) or not val.has_labels:
+    if val is None or (mode == "contrastive" and val.texts) or not val.has_labels:
         return
     y = val.label_matrix
     known = ~np.isnan(y)
@@ -186,7 +202,7 @@ class FinetuneJob(Job[list[int]]):
     """Fine-tuning as a :class:`~medvlkit.engine.training.Job`: the seeded batch plan of ``finetune/data.py``, one
     contrastive or supervised step per batch, gradients summed over torchrun ranks, validation on rank 0."""
 
-    def __init__(self, cfg: FinetuneConfig, prep: Prepared, train_ds: ImageDataset, val_ds: ImageDataset,
+    def __init__(self, cfg: FinetuneConfig, prep: Prepared, train_ds: ImageDataset, val_ds: ImageDataset | None,
                  world: World, out: Path, progress: bool) -> None:
         model, head = prep.model, prep.head
         self.cfg, self.prep, self.model, self.head = cfg, prep, model, head
@@ -196,6 +212,11 @@ class FinetuneJob(Job[list[int]]):
         # a supervised run has labels (checked by the task); a contrastive one may have none
         self.labels = torch.from_numpy(train_ds.label_matrix) if train_ds.has_labels else torch.empty(0)
         self.weights: torch.Tensor | None = None
+        self.prompts = training_prompts(cfg, train_ds) if cfg.mode == "prompt_ce" else None
+        if self.prompts is not None:  # every class's prompts, tokenized once; owner: the class of each prompt
+            texts = [(c, t) for c, cls in enumerate(self.prompts.classes) for t in self.prompts.texts(cls.positive)]
+            self.class_tokens = model.tokenize([t for _, t in texts])
+            self.owner = torch.tensor([c for c, _ in texts], device=model.device)
         if cfg.mode == "supervised" and cfg.class_weight == "balanced":
             self.weights = class_weights(self.labels, train_ds.multilabel).to(model.device)
         loss_params = [p for p in (model.log_scale_param(), model.log_bias_param()) if p is not None] \
@@ -240,6 +261,11 @@ class FinetuneJob(Job[list[int]]):
             return contrastive_step(model, pixels, tokens, targets.to(self.device), world, cfg.grad_cache,
                                     self.autocast, scale)
         y = self.labels[idx]
+        if self.prompts is not None:
+            count = sum(gather_objects(float(len(y)), world))
+            loss = prompt_ce_step(model, pixels, torch.nan_to_num(y, nan=0.0).argmax(1), self.class_tokens, self.owner,
+                                  len(self.prompts.classes), max(count, 1e-12), self.autocast, scale)
+            return reduce_mean(loss, world) * world.size
         count = sum(gather_objects(supervised_count(y, self.train_ds.multilabel, self.weights), world))
         assert self.head is not None, "a supervised job has a classifier head"
         loss = supervised_step(model, self.head, pixels, y, self.train_ds.multilabel, self.weights,
@@ -251,15 +277,19 @@ class FinetuneJob(Job[list[int]]):
 
     def validate(self, epoch: int) -> dict:
         """Validation metrics computed on rank 0 and shared with every rank (all ranks then agree on stopping)."""
+        if self.val_ds is None:  # a fixed recipe: each epoch "beats" the last, so the last one is kept
+            return {"score": float(epoch)}
         self.model.eval()
         if self.head is not None:
             self.head.eval()
         main = self.world.is_main
         score = validation_score(self.model, self.val_ds, self.cfg.mode, self.head, self.progress and main,
-                                 num_workers=self.cfg.workers) if main else None
+                                 num_workers=self.cfg.workers, prompts=self.prompts) if main else None
         return gather_objects(score, self.world)[0]
 
     def save_best(self, record: dict) -> None:
+        if self.val_ds is None and record["step"] < self.total_steps and record["epoch"] < self.cfg.epochs - 1:
+            return  # without validation only the final model is written (not one per epoch)
         score = {k: v for k, v in record.items() if k not in ("epoch", "step")}
         save_finetuned(self.model, self.out / "best",
                        self.prep.meta | {"val": score, "epoch": record["epoch"], "step": record["step"]}, self.head)
@@ -298,10 +328,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     if not model.trainable:
         _refuse_inference_only(cfg.model)
     train_ds, val_ds = split_train_val(cfg, model, progress and world.is_main)
-    if cfg.max_val and len(val_ds) > cfg.max_val:
+    if val_ds is not None and cfg.max_val and len(val_ds) > cfg.max_val:
         val_ds = val_ds.subset(np.random.default_rng(cfg.seed).permutation(len(val_ds))[:cfg.max_val])
-    if cfg.mode == "supervised" and not train_ds.has_labels:
-        raise MedvlkitError(f"--mode supervised needs labels; '{train_ds.name}' has none")
+    if cfg.mode in ("supervised", "prompt_ce") and not train_ds.has_labels:
+        raise MedvlkitError(f"--mode {cfg.mode} needs labels; '{train_ds.name}' has none")
+    if cfg.mode == "prompt_ce" and train_ds.multilabel:
+        raise MedvlkitError("--mode prompt_ce needs single-label data (one softmax over the classes)")
     check_validation_scorable(val_ds, cfg.mode)
     prep = prepare_model(model, cfg, train_ds.classnames if cfg.mode == "supervised" else None, train_ds.multilabel)
     if world.is_main:
@@ -315,7 +347,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     state = fit(job, opts, out, cfg.to_dict(), checkpoint, progress)
     barrier(world)
     summary = {"best": state.best, "history": state.history, "steps": state.step, "n_train": len(train_ds),
-               "n_val": len(val_ds), "val_seen_by_model": val_ds.meta.get("seen_by_model"),
+               "n_val": len(val_ds) if val_ds is not None else 0,
+               "val_seen_by_model": val_ds.meta.get("seen_by_model") if val_ds is not None else None,
                "n_trainable_params": prep.n_trainable, "world_size": world.size,
                "train_seconds": time.perf_counter() - t_start, "config": cfg.to_dict(),
                "best_model": str(out / "best")}
@@ -323,6 +356,25 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         (out / "history.json").write_text(json.dumps(state.history, indent=1) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def training_prompts(cfg: FinetuneConfig, train_ds: ImageDataset):
+    """``prompt_ce``'s prompt set, matched to the training data's classes in their order (as zero-shot matches them):
+    ``cfg.prompts`` by name or file, ``classes`` for generic prompts of the class names, None for the phrasings
+    contrastive fine-tuning uses.
+
+    Raises:
+        MedvlkitError: the set lacks one of the data's classes.
+    """
+    from medvlkit.data.prompts import load_prompt_set, prompt_set_from_classes
+    from medvlkit.tasks.finetune.evaluation import caption_prompts
+    from medvlkit.tasks.zeroshot import prompts_used
+
+    if cfg.prompts is None:
+        return caption_prompts(train_ds)
+    chosen = (prompt_set_from_classes(train_ds.classnames, "softmax") if cfg.prompts == "classes" else
+              load_prompt_set(cfg.prompts))
+    return prompts_used(train_ds, chosen, "softmax")
 
 
 def _refuse_inference_only(spec: str) -> None:

@@ -113,3 +113,29 @@ def supervised_step(model, head: ClassifierHead, pixels: torch.Tensor, labels: t
     loss = supervised_loss(logits, labels.to(logits.device), multilabel, weights, global_count)
     scale_loss(loss).backward()
     return float(loss.detach())
+
+
+def class_text_embeddings(model, tokens: dict, owner: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C, D) unit class embeddings from the prompts in ``tokens`` (``owner[i]``: the class of prompt i): each class
+    the re-normalised mean of its prompts' unit embeddings, as :func:`medvlkit.engine.answer.ensemble_embeddings`
+    computes them, but in the graph (the text tower trains)."""
+    text = model.encode_text(tokens).float()
+    sums = torch.zeros(n_classes, text.shape[1], device=text.device, dtype=text.dtype).index_add_(0, owner, text)
+    counts = torch.bincount(owner, minlength=n_classes).clamp_min(1).to(text.dtype)
+    return F.normalize(sums / counts[:, None], dim=-1)
+
+
+def prompt_ce_step(model, pixels: torch.Tensor, target: torch.Tensor, tokens: dict, owner: torch.Tensor,
+                   n_classes: int, global_count: float, autocast: Callable = contextlib.nullcontext,
+                   scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> float:
+    """CLIP-LoRA's loss on this rank's slice: cross-entropy of ``model.logit_scale * image @ classes^T`` (the model's
+    own fixed temperature, as zero-shot scores) against the class index ``target``; the class embeddings are
+    re-encoded every step (the text tower's adapters train). Summed over the slice and divided by the global batch
+    size; returns that share."""
+    with autocast():
+        img = model.encode_image(pixels).float()
+        classes = class_text_embeddings(model, tokens, owner, n_classes)
+        logits = model.logit_scale * img @ classes.T
+    loss = F.cross_entropy(logits, target.to(logits.device), reduction="sum") / global_count
+    scale_loss(loss).backward()
+    return float(loss.detach())

@@ -71,8 +71,13 @@ def run_finetune_task(cfg: FinetuneConfig, config: dict, test_split: str = "test
     model = create_model(f"ft:{load}", device=cfg.device)
     test_ds = DataOptions(format=cfg.format, **cfg.dataset_options).held_out(test_ds, model, "test",
                                                                             num_workers=cfg.workers, progress=progress)
+    prompts, trained = None, _run_config(Path(load)) or cfg
+    if trained.mode == "prompt_ce":  # scored with the prompt set it was trained over
+        from medvlkit.tasks.finetune.loop import training_prompts
+
+        prompts = training_prompts(trained, test_ds)
     outcome.result = evaluate_finetuned(model, test_ds, out_dir, config, n_bootstrap, cfg.seed, batch_size=64,
-                                        num_workers=cfg.workers, progress=progress)
+                                        num_workers=cfg.workers, progress=progress, prompts=prompts)
     return outcome
 
 
@@ -84,7 +89,6 @@ def _test_split(cfg: FinetuneConfig, test_split: str, load: Path | None):
     Raises:
         MedvlkitError: the test split shares images with the training or validation data.
     """
-    import json
 
     from medvlkit.data.splits import check_scored_apart
     from medvlkit.engine.options import DataOptions
@@ -97,21 +101,29 @@ def _test_split(cfg: FinetuneConfig, test_split: str, load: Path | None):
         test_ds = DataOptions(format=cfg.format, **cfg.dataset_options).load(cfg.data, test_split)
     except NoSplitsError:
         return None
-    trained: FinetuneConfig | None = cfg
-    if load is not None:
-        run_config = Path(load).parent / "config.json"
-        try:
-            trained = FinetuneConfig(**json.loads(run_config.read_text())) if run_config.is_file() else None
-        except (OSError, ValueError, TypeError):
-            trained = None  # a run folder from elsewhere: what it trained on is not known here
+    trained: FinetuneConfig | None = cfg if load is None else _run_config(Path(load))
     if trained is not None and load is not None:
         try:
             train, val = split_train_val(trained)
         except MedvlkitError as err:
             logger.warning("cannot re-read the data %s trained on (%s); not checked against the test split", load, err)
             return test_ds
-        check_scored_apart(test_ds.items, {"trained the model": train.items, "chose its best epoch": val.items})
+        check_scored_apart(test_ds.items, {"trained the model": train.items,
+                                           "chose its best epoch": val.items if val is not None else []})
     elif trained is not None:
         train, val = split_train_val(trained)
-        check_scored_apart(test_ds.items, {"trained the model": train.items, "chose its best epoch": val.items})
+        check_scored_apart(test_ds.items, {"trained the model": train.items,
+                                           "chose its best epoch": val.items if val is not None else []})
     return test_ds
+
+
+def _run_config(best_dir: Path) -> FinetuneConfig | None:
+    """The options of the run whose ``best/`` folder this is (its ``config.json`` beside it), or None (a folder from
+    elsewhere: what it trained on is not known here)."""
+    import json
+
+    run_config = best_dir.parent / "config.json"
+    try:
+        return FinetuneConfig(**json.loads(run_config.read_text())) if run_config.is_file() else None
+    except (OSError, ValueError, TypeError):
+        return None
