@@ -57,7 +57,7 @@ def test_finetune_contrastive_lora_and_use_model_elsewhere(tiny_clip_dir, folder
     (["--resume"], "no checkpoint.pt"),
     (["--prompts", "pneumonia"], "--prompts goes with --mode prompt_ce"),
     (["--shots", "-1"], "--shots -1"),
-    (["--mode", "prompt_ce", "--prompts", "brain_tumor_mri"], "has no prompts for class"),  # a set without the data's classes
+    (["--mode", "prompt_ce", "--prompts", "brain_tumor_mri"], "has no prompts for class"),  # not the data's classes
 ])
 def test_finetune_bad_options_are_one_line_errors(tiny_clip_dir, folder, tmp_path, capsys, args, message):
     rc = main(["finetune", *_common(tiny_clip_dir, folder), "--out", str(tmp_path / "x"), *args])

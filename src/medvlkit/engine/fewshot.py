@@ -68,12 +68,11 @@ def split_shots(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sorted(fit), dtype=int), np.array(sorted(val), dtype=int)
 
 
-def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.argmax(1) == y).mean())
-
-
-def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
-    return float(-log_softmax(logits)[np.arange(len(y)), y].mean())
+def validation_key(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """What every validation search here maximises: accuracy on the validation shots (the papers' criterion), ties
+    broken by the lower cross-entropy (a few validation shots tie on accuracy over most of a grid)."""
+    accuracy = float((logits.argmax(1) == y).mean())
+    return accuracy, -float(-log_softmax(logits)[np.arange(len(y)), y].mean())
 
 
 def search_tip(x_val: np.ndarray, y_val: np.ndarray, text: np.ndarray, keys: np.ndarray, values: np.ndarray,
@@ -85,7 +84,7 @@ def search_tip(x_val: np.ndarray, y_val: np.ndarray, text: np.ndarray, keys: np.
     for beta in BETAS:
         for alpha in ALPHAS:
             logits = tip_logits(x_val, text, keys, values, scale, alpha, beta)
-            key = (_accuracy(logits, y_val), -_cross_entropy(logits, y_val))
+            key = validation_key(logits, y_val)
             if key > best_key:
                 best, best_key = {"alpha": float(alpha), "beta": float(beta)}, key
     return best, best_key[0]
@@ -383,7 +382,7 @@ def fit_fewshot(method: str, x: np.ndarray, y: np.ndarray, classnames: list[str]
             for r in CLIP_ADAPTER_RATIOS:
                 down, up = fit_clip_adapter(x[fit], y[fit], text, scale, r, seed)
                 logits = clip_adapter_logits(x[val], text, down, up, scale, r)
-                scores.append((_accuracy(logits, y[val]), -_cross_entropy(logits, y[val])))
+                scores.append(validation_key(logits, y[val]))
             ratio = CLIP_ADAPTER_RATIOS[max(range(len(scores)), key=lambda i: (scores[i], -i))]
             source = f"ratio chosen on {len(val)} validation shots (accuracy {max(scores)[0]:.3f}); the adapter " \
                      f"then trained on all {len(x)} shots"

@@ -164,9 +164,8 @@ def adapt_cell(cfg: AdaptConfig, p: Prepared, out_dir: Path, config: dict[str, A
         info = {"method": cfg.method, "shots": cfg.shots, "n_shots": int(len(keep)), "seed": cfg.seed,
                 "prompt_set": p.vectors.prompts.name, "hyper": adapter.hyper,
                 "fit_seconds": round(time.perf_counter() - start, 3)}
-    result = save_probe_run(adapter, test, model, p.test_ds, out_dir, config, info,  # type: ignore[arg-type]
-                            n_bootstrap, cfg.seed, adapt_identity(cfg, p, n_bootstrap), task="fewshot_adapt",
-                            file_name="adapter.npz")
+    result = save_probe_run(adapter, test, model, p.test_ds, out_dir, config, info, n_bootstrap, cfg.seed,
+                            adapt_identity(cfg, p, n_bootstrap), task="fewshot_adapt", file_name="adapter.npz")
     return result, adapter
 
 

@@ -12,6 +12,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -324,7 +325,19 @@ def probe_splits(model, data: Path, data_opts: DataOptions | None = None, train_
     return train_ds, train, val
 
 
-def save_probe_run(probe: LinearProbe, test: ProbeData, model, dataset, out_dir: Path, config: dict, info: dict,
+class ScoredOnEmbeddings(Protocol):
+    """What :func:`save_probe_run` scores and saves: a linear probe, or a few-shot adapter
+    (:class:`medvlkit.engine.fewshot.FewShotAdapter`)."""
+
+    classnames_: list[str]
+    multilabel_: bool
+
+    def predict_log_proba(self, x: np.ndarray) -> np.ndarray: ...
+
+    def save(self, path: Path, header: dict[str, Any]) -> None: ...
+
+
+def save_probe_run(probe: ScoredOnEmbeddings, test: ProbeData, model, dataset, out_dir: Path, config: dict, info: dict,
                    n_bootstrap: int = 1000, seed: int = 0, identity: dict | None = None, task: str = "linear_probe",
                    file_name: str = "probe.npz") -> dict:
     """Score the probe on the test split; write probe.npz, predictions.csv and result.json (with ``identity``,
