@@ -135,7 +135,8 @@ def test_fewshot_cells_are_the_adapt_grid_from_the_zero_shot_cells_prompts(tiny_
             "--fewshot-methods", "tip_adapter,clap", "--shots", "1,2", "--seeds", "0,1"]
     assert main(args) == 0
     cells = _cells(out)
-    assert cells[("hf", "cxr", "fewshot")]["status"] == "done"
+    assert cells[("hf", "cxr", "fewshot")]["status"] == "done" and cells[("hf", "cxr", "fewshot")]["prompts"] == \
+        "pneumonia"
     assert cells[("hf", "pairs.jsonl", "fewshot")]["status"] == "not applicable"
     folder = out / slug(f"hf:{tiny_clip_dir}") / slug(str(labelled))
     grid = json.loads((folder / "fewshot" / "result.json").read_text())

@@ -69,3 +69,14 @@ def test_plots_leave_pyplot_alone():
             "assert png[:4] == b'\\x89PNG'; assert 'matplotlib.pyplot' not in sys.modules; "
             "assert dict.__getitem__(rc, 'backend') is before")  # raw rcParam: reading it must not resolve it
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_runs_are_named_by_as_much_of_their_path_as_tells_them_apart(tmp_path):
+    """An eval sweep's folders all end in <task>: named 'zeroshot', "zeroshot'", ... a reader could not tell which
+    model and dataset each row is."""
+    from medvlkit.apps.report import _unique_names
+
+    paths = [tmp_path / "m1" / "d1" / "zeroshot", tmp_path / "m2" / "d1" / "zeroshot", tmp_path / "m1" / "d2" / "probe"]
+    assert _unique_names(paths) == ["m1/d1/zeroshot", "m2/d1/zeroshot", "m1/d2/probe"]
+    assert _unique_names([tmp_path / "a", tmp_path / "b"]) == ["a", "b"]
+    assert _unique_names([tmp_path / "a", tmp_path / "a"]) == ["a", "a'"]

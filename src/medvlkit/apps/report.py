@@ -34,20 +34,31 @@ class Run:
 
 
 def load_runs(folders: list[Path]) -> list[Run]:
-    """Read ``result.json`` of each folder; names are the folder names (made unique)."""
-    runs, seen = [], set()
-    for folder in folders:
-        path = Path(folder) / "result.json"
-        if not path.is_file():
+    """Read ``result.json`` of each folder; a run is named by its folder's name, with as many parent folders as make
+    the names unique (an ``eval`` sweep's ``<model>/<dataset>/<task>`` folders share their last parts)."""
+    paths = [Path(f) for f in folders]
+    for folder in paths:
+        if not (folder / "result.json").is_file():
             raise MedvlkitError(f"{folder}: no result.json (pass run folders written by medvlkit commands)")
-        name = Path(folder).name
+    if not paths:
+        raise MedvlkitError("no run folders given")
+    return [Run(name, folder, read_result(folder / "result.json")) for name, folder in zip(_unique_names(paths), paths)]
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    """The shortest trailing parts of each path that no other path shares (a repeated path gets primes)."""
+    parts = [p.resolve().parts for p in paths]
+    depth = 1
+    while depth < max(len(p) for p in parts) and len({p[-depth:] for p in parts}) < len(set(parts)):
+        depth += 1
+    names, seen = [], set()
+    for p in parts:
+        name = "/".join(p[-depth:])
         while name in seen:
             name += "'"
         seen.add(name)
-        runs.append(Run(name, Path(folder), read_result(path)))
-    if not runs:
-        raise MedvlkitError("no run folders given")
-    return runs
+        names.append(name)
+    return names
 
 
 def _fmt(v, ci=None) -> str:

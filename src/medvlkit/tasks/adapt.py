@@ -291,6 +291,7 @@ def run_adapt_grid(cfg: AdaptConfig, methods: list[str], shots: list[int], seeds
     write_result(out_dir, dataset=p.test_ds.full_name, model=p.model.name, task="fewshot_grid", metrics=metrics,
                  ci={}, config=config, seed=cfg.seed,
                  extra={"methods": methods, "shots": shots, "seeds": seeds, "summary": summary,
+                        "prompt_set": p.vectors.prompts.name,
                         "seconds": round(time.perf_counter() - start, 1)}, headline=list(metrics)[:6])
     return {"summary": summary, "markdown": _markdown(summary), "rows": rows}
 
