@@ -2,8 +2,11 @@
 copies never straddles two parts, label conflicts and the audit's exclusions are dropped, a public test split stays
 whole, and the result does not depend on file order."""
 
+from pathlib import Path
+
 import numpy as np
 
+from helpers import make_image
 from medvlkit.data.dataset import ImageDataset
 from medvlkit.tasks.pretrain.splits import Groups, assign_parts, part_of, read_splits, write_splits
 
@@ -46,3 +49,33 @@ def test_split_file_round_trips_byte_for_byte(tmp_path):
     write_splits(rows, tmp_path / "two.csv.gz")
     assert read_splits(tmp_path / "one.csv.gz") == rows
     assert (tmp_path / "one.csv.gz").read_bytes() == (tmp_path / "two.csv.gz").read_bytes()
+
+
+def test_part_csvs_and_the_set_csv_with_a_split_column_hold_the_same_rows(tmp_path):
+    """Each part as its own CSV, and the set in one CSV whose split column is the part (what probe and adapt read
+    to train on one part and score another)."""
+    import csv
+
+    from medvlkit.engine.options import DataOptions
+    from medvlkit.tasks.pretrain.splits import write_part_csvs
+
+    rows = [("busi_breast_ultrasound/benign/a.png", "benign", "train"),
+            ("busi_breast_ultrasound/malignant/b.png", "malignant", "test"),
+            ("busi_breast_ultrasound/benign/c.png", "benign", "val"),
+            ("busi_breast_ultrasound/malignant/d.png", "malignant", "train")]
+    for f, _, _ in rows:
+        make_image(tmp_path / "data" / f)
+    written = write_part_csvs(rows, tmp_path / "data", tmp_path / "out")
+    assert sorted(p.name for p in written) == ["busi_breast_ultrasound-test.csv", "busi_breast_ultrasound-train.csv",
+                                               "busi_breast_ultrasound-val.csv", "busi_breast_ultrasound.csv"]
+    with open(tmp_path / "out" / "busi_breast_ultrasound.csv", newline="") as f:
+        every = [(Path(r["path"]).name, r["label"], r["split"]) for r in csv.DictReader(f)]
+    assert sorted(every) == sorted((Path(f).name, label, part) for f, label, part in rows)
+    for part in ("train", "val", "test"):
+        a = DataOptions().load(str(tmp_path / "out" / "busi_breast_ultrasound.csv"), part)
+        b = DataOptions().load(str(tmp_path / "out" / f"busi_breast_ultrasound-{part}.csv"))
+        assert a.items == b.items
+        def names(ds):
+            return [ds.classnames[i] for i in ds.label_matrix.argmax(1)]
+
+        assert names(a) == names(b)

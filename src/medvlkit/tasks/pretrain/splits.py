@@ -14,8 +14,9 @@ straddles two parts:
 The result is shipped as ``lite_splits.csv.gz`` beside ``lite``'s heads (file relative to the data root, label,
 part), so training and the model card's test numbers read one list; ``python -m medvlkit.tasks.pretrain.splits
 --data-root ../shared/data --out DIR`` rebuilds it (byte for byte; 4 minutes on 2 cores) and writes one CSV per set
-and part that every verb reads (``medvlkit zeroshot --data DIR/busi_breast_ultrasound-test.csv``); with
-``--shipped`` it writes those CSVs from the shipped list at once.
+and part that every verb reads (``medvlkit zeroshot --data DIR/busi_breast_ultrasound-test.csv``), and one per set
+with every part in a ``split`` column for the verbs that train on one part and score another (``medvlkit probe|adapt
+--data DIR/busi_breast_ultrasound.csv``); with ``--shipped`` it writes those CSVs from the shipped list at once.
 """
 
 from __future__ import annotations
@@ -162,21 +163,29 @@ def rows_of(rows: list[tuple[str, str, str]], name: str, part: str) -> list[tupl
 
 
 def write_part_csvs(rows: list[tuple[str, str, str]], data_root: Path, out: Path) -> list[Path]:
-    """``out/<set>-<part>.csv`` (``path,label``, absolute paths) for every set and part: data any verb reads."""
+    """``out/<set>-<part>.csv`` (``path,label``, absolute paths) for every set and part, and ``out/<set>.csv``
+    (``path,label,split``: every part, the part as the split): data any verb reads."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in SETS:
+        every = []
         for part in PARTS:
             chosen = [(str((data_root / f).resolve()), label) for f, label in rows_of(rows, name, part)]
             if not chosen:
                 continue
-            path = out / f"{name}-{part}.csv"
-            with open(path, "w", newline="") as f:
-                w = csv.writer(f, lineterminator="\n")
-                w.writerow(["path", "label"])
-                w.writerows(chosen)
-            written.append(path)
+            written.append(_write_csv(out / f"{name}-{part}.csv", ["path", "label"], chosen))
+            every += [(path, label, part) for path, label in chosen]
+        if every:
+            written.append(_write_csv(out / f"{name}.csv", ["path", "label", "split"], every))
     return written
+
+
+def _write_csv(path: Path, header: list[str], rows: list[tuple[str, ...]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
 
 
 def part_dataset(data_root: Path, name: str, part: str) -> ImageDataset:
