@@ -198,3 +198,15 @@ def test_prompt_ce_class_embeddings_are_the_zero_shot_ensembles(tiny_clip_dir):
         ours = class_text_embeddings(model, model.tokenize([t for _, t in texts]),
                                      torch.tensor([c for c, _ in texts]), len(ps.classes))
     np.testing.assert_allclose(ours.numpy(), ensemble_embeddings(model, ps), atol=1e-6)
+    # the step's loss by hand: mean cross-entropy of the model's fixed temperature x cosine to each class
+    from medvlkit.tasks.finetune.steps import prompt_ce_step
+
+    pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1, 1])
+    loss = prompt_ce_step(model, pixels, target, model.tokenize([t for _, t in texts]),
+                          torch.tensor([c for c, _ in texts]), len(ps.classes), 3.0)
+    with torch.no_grad():
+        img = model.encode_image(pixels).double().numpy()
+    logits = model.logit_scale * img @ ensemble_embeddings(model, ps).astype(np.float64).T
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert loss == pytest.approx(-logp[np.arange(3), target.numpy()].mean(), rel=1e-5)
