@@ -155,7 +155,7 @@ def adapt_cell(cfg: AdaptConfig, p: Prepared, out_dir: Path, config: dict[str, A
         y = np.argmax(p.train.Y[keep], axis=1)
         start = time.perf_counter()
         if cfg.method == CLIP_LORA:
-            adapter, model, test = fit_clip_lora(cfg, p, out_dir / CLIP_LORA)
+            adapter, model, test = fit_clip_lora(cfg, p, out_dir / CLIP_LORA, [p.train.items[i] for i in keep])
         else:
             adapter = fit_fewshot(cfg.method, p.train.X[keep], y, p.train_ds.classnames, p.vectors.positive,
                                   p.model.logit_scale, cfg.seed, prompt_model=p.model,
@@ -199,14 +199,19 @@ def clip_lora_targets(model: Any) -> tuple[str, ...]:
     return tuple(model.default_lora_targets)
 
 
-def fit_clip_lora(cfg: AdaptConfig, p: Prepared, folder: Path) -> tuple[FewShotAdapter, Any, ProbeData]:
+def fit_clip_lora(cfg: AdaptConfig, p: Prepared, folder: Path, shots: list[str]) -> tuple[FewShotAdapter, Any,
+                                                                                           ProbeData]:
     """CLIP-LoRA on ``cfg.shots`` seeded shots: ``finetune`` (mode ``prompt_ce``, :data:`CLIP_LORA_RECIPE`, no
     validation) into ``folder`` (an interrupted run resumes from its checkpoint; a finished one of the same options
     is kept), then the tuned model's class embeddings of the same prompt set as the adapter's weights. Returns the
-    adapter, the tuned model and its embeddings of the test split (what the adapter scores)."""
+    adapter, the tuned model and its embeddings of the test split (what the adapter scores).
+
+    Raises:
+        MedvlkitError: the images ``finetune`` draws as its shots are not ``shots`` (what the cell records as seen).
+    """
     from medvlkit.engine.answer import class_vectors
     from medvlkit.tasks.finetune.config import NO_VALIDATION, FinetuneConfig
-    from medvlkit.tasks.finetune.loop import finetune
+    from medvlkit.tasks.finetune.loop import finetune, split_train_val
     from medvlkit.tasks.zeroshot import prompts_used
 
     assert p.vectors is not None and p.train_ds is not None and p.run is not None and p.data is not None
@@ -221,6 +226,10 @@ def fit_clip_lora(cfg: AdaptConfig, p: Prepared, folder: Path) -> tuple[FewShotA
                         epochs=-(-steps // per_epoch), max_steps=steps, batch_size=int(r["batch_size"]),
                         lr=float(r["lr"]), weight_decay=float(r["weight_decay"]), warmup=0, device=p.run.device,
                         workers=0, seed=cfg.seed, save_every=max(100, steps // 10))
+    drawn = split_train_val(ft, progress=False)[0].items
+    if sorted(drawn) != sorted(shots):
+        raise MedvlkitError(f"finetune would train on {len(drawn)} images that are not the {len(shots)} shots this "
+                            "cell records (the training split read two ways); nothing was trained")
     done = folder / "summary.json"
     same = done.is_file() and json.loads(done.read_text()).get("config") == ft.to_dict()
     if not same:

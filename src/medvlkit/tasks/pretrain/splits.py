@@ -27,6 +27,7 @@ import gzip
 import hashlib
 import io
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -180,7 +181,7 @@ def write_part_csvs(rows: list[tuple[str, str, str]], data_root: Path, out: Path
     return written
 
 
-def _write_csv(path: Path, header: list[str], rows: list[tuple[str, ...]]) -> Path:
+def _write_csv(path: Path, header: list[str], rows: Sequence[tuple[str, ...]]) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
