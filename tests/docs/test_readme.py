@@ -29,7 +29,7 @@ SKIP = {
     "bash scripts/setup.sh && .venv/bin/python -m pytest": "this is that run",
     "medvlkit finetune ... --resume": "a placeholder; resuming is tested in tests/unit/test_training_loop.py",
     "medvlkit eval -m lite@1 -d ../shared/data/chest_xray_pneumonia -d ../shared/data/medmnist/breastmnist.npz":
-        "the README's full few-shot grid (450 fits, 12 minutes, on all six sets); the same command on smaller data "
+        "the README's full few-shot grid (450 fits, 702 s, on all six sets); the same command on smaller data "
         "runs in docs/how-to/probe.md and tests/integration/test_eval_sweep.py",
     "torchrun --nproc-per-node 4": "needs 4 CUDA devices; the gloo paths run in tests/integration/test_distributed.py "
                                    "(finetune) and test_distributed_embed.py (embed)",
