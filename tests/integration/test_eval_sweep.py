@@ -160,3 +160,6 @@ def test_fewshot_cells_are_the_adapt_grid_from_the_zero_shot_cells_prompts(tiny_
     assert main([*args, "--skip-existing"]) == 0
     assert (folder / "fewshot" / "clap" / "k2-s1" / "result.json").stat().st_mtime_ns == stamp
     assert main([*args[:-6], "--fewshot-methods", "nope"]) == 2
+    assert main([*args[:-6], "--fewshot-methods", ","]) == 2  # nothing named is not "all"
+    no_fewshot = [a if a != "zeroshot,fewshot" else "zeroshot" for a in args]
+    assert main(no_fewshot) == 2  # grid options without a fewshot cell to apply them to

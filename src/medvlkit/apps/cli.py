@@ -952,10 +952,11 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
              subgroups: str = SubgroupsOpt, age_bands: str = AgeBandsOpt, min_subgroup: int = MinSubgroupOpt,
              subgroup_metric: str = SubgroupMetricOpt, metadata: Path = MetadataOpt,
              prompt_sensitivity: bool = PromptSensitivityOpt,
-             fewshot_methods: str = typer.Option("all", "--fewshot-methods", help="fewshot cells: the adapt methods "
-                                                                                  "(comma-separated, or all)"),
-             shots: str = typer.Option("1,2,4,8,16", "--shots", help="fewshot cells: K labelled images per class"),
-             seeds: str = typer.Option("0,1,2", "--seeds", help="fewshot cells: the seeds of the shots (mean, SD)"),
+             fewshot_methods: str = typer.Option(None, "--fewshot-methods", help="fewshot cells: the adapt methods "
+                                                                                 "(comma-separated; default all)"),
+             shots: str = typer.Option(None, "--shots", help="fewshot cells: K labelled images per class (default "
+                                                             "1,2,4,8,16)"),
+             seeds: str = typer.Option(None, "--seeds", help="fewshot cells: the seeds of the shots (default 0,1,2)"),
              run: RunOptions = FILLED, data_opts: DataOptions = FILLED) -> None:
     """Evaluate every model on every dataset (CLIP_benchmark-style sweep), then write one report over all runs.
 
@@ -964,16 +965,22 @@ def eval_cmd(models: list[str] = typer.Option(..., "--model", "-m", help="a mode
     Few-shot: medvlkit eval -m lite -d DIR -d DIR2 --task fewshot --shots 1,2,4,8,16 --seeds 0,1,2
     """
     from medvlkit.apps.display import print_cells
-    from medvlkit.tasks.sweep import SweepConfig, run_sweep
+    from medvlkit.tasks.sweep import FEWSHOT_SEEDS, FEWSHOT_SHOTS, SweepConfig, run_sweep
 
+    tasks = tuple(t.strip() for t in task.split(",") if t.strip())
+    if (fewshot_methods or shots or seeds) and "fewshot" not in tasks:
+        raise MedvlkitError("--fewshot-methods, --shots and --seeds set the fewshot cells: add fewshot to --task")
+    methods = () if fewshot_methods in (None, "all") else tuple(m.strip() for m in fewshot_methods.split(",")
+                                                                if m.strip())
+    if fewshot_methods not in (None, "all") and not methods:
+        raise MedvlkitError(f"--fewshot-methods {fewshot_methods!r}: name at least one method, or all")
     cfg = SweepConfig([str(m) for m in models], [str(d) for d in datasets], str(_out(out, "eval")),
-                      tuple(t.strip() for t in task.split(",") if t.strip()), split, prompts, bootstrap, seed,
+                      tasks, split, prompts, bootstrap, seed,
                       skip_existing, group_pattern, val_split, conformal, conformal_mode, subgroups,
                       sorted(_levels(age_bands, "--age-bands", upper=None)) if age_bands else [], min_subgroup,
-                      str(metadata) if metadata else None, prompt_sensitivity, subgroup_metric,
-                      () if fewshot_methods == "all" else tuple(m.strip() for m in fewshot_methods.split(",")
-                                                              if m.strip()),
-                      tuple(_ints(shots, "--shots")), tuple(_ints(seeds, "--seeds")))
+                      str(metadata) if metadata else None, prompt_sensitivity, subgroup_metric, methods,
+                      tuple(_ints(shots, "--shots")) if shots else FEWSHOT_SHOTS,
+                      tuple(_ints(seeds, "--seeds")) if seeds else FEWSHOT_SEEDS)
     cells = run_sweep(cfg, run, data_opts)
     print_cells(cells)
     if finished := [Path(c.out) for c in cells if c.status in ("done", "skipped")]:
